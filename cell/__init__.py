@@ -1,0 +1,1 @@
+"""celltap cell package."""

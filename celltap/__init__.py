@@ -1,0 +1,2 @@
+"""celltap celltap package."""
+__version__ = "0.1.0"

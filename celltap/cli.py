@@ -1,0 +1,66 @@
+"""The single `celltap` entry point: dispatches subcommands to the module of each plane."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Each subcommand lives in the module of the plane that owns it.  A module exposes
+# `add_arguments(parser)` and `main(args) -> int`; it is imported only when its
+# subcommand runs so that `celltap loadgen` does not pay for grpc, etc.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("celltap.demo", "local cluster on embedded defaults, generated traffic, summary"),
+    "incubator": ("incubator.cli", "flow-hashing cell balancer (live or offline split)"),
+    "cell": ("cell.cli", "SF-TAP-compatible flow abstractor with IPFIX export"),
+    "analyzer": ("cell.analyzers.cli", "application analyzers reading a cell interface"),
+    "collector": ("collector.cli", "IPFIX / NetFlow collector and inspector"),
+    "node": ("collector.node_cli", "analysis node hosting analysis apps"),
+    "loadgen": ("loadgen.cli", "traffic, pcap and IPFIX generators"),
+    "status": ("celltap.status", "cluster view from the registry and metrics endpoints"),
+    "top": ("celltap.status", "cluster-wide queries"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with one sub-parser per available subcommand."""
+    parser = argparse.ArgumentParser(prog="celltap", description="celltap: scale-out traffic analysis")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                continue  # that plane is not built yet: leave its command out of --help
+            raise
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(_module=module)
+        if name == "top" and hasattr(module, "add_top_arguments"):
+            module.add_top_arguments(sp)
+            sp.set_defaults(_entry="top_main")
+        else:
+            module.add_arguments(sp)
+            sp.set_defaults(_entry="main")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the celltap command line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    entry = getattr(args._module, args._entry)
+    try:
+        return int(entry(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""pcap / pcapng I/O in batches: the capture format every plane reads and writes."""
+
+from celltap.pcap.batch import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_RAW,
+    FrameBatch,
+    gather_frames,
+)
+from celltap.pcap.reader import CaptureFormatError, CaptureReader, open_capture, read_all
+from celltap.pcap.writer import PcapngWriter, PcapWriter
+
+__all__ = [
+    "LINKTYPE_ETHERNET",
+    "LINKTYPE_IPV4",
+    "LINKTYPE_IPV6",
+    "LINKTYPE_LINUX_SLL",
+    "LINKTYPE_LINUX_SLL2",
+    "LINKTYPE_RAW",
+    "CaptureFormatError",
+    "CaptureReader",
+    "FrameBatch",
+    "PcapWriter",
+    "PcapngWriter",
+    "gather_frames",
+    "open_capture",
+    "read_all",
+]

@@ -1,0 +1,1 @@
+"""celltap collector package."""
