@@ -1,0 +1,294 @@
+"""IPFIX / NetFlow v9 templates: parsing, encoding and the numpy dtypes a template implies."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from celltap.ipfix.errors import MalformedError
+from celltap.ipfix.iana import FIXED_SIZES, InformationElement, Registry, default_registry
+
+VARLEN = 65535
+SET_TEMPLATE = 2
+SET_OPTIONS_TEMPLATE = 3
+V9_SET_TEMPLATE = 0
+V9_SET_OPTIONS_TEMPLATE = 1
+MAX_FIELDS = 512  # no real exporter comes close; a bound keeps a hostile template cheap to reject
+
+# NetFlow v9 options scope field types (RFC 3954 section 6.1) have their own small namespace.
+V9_SCOPE_NAMES = {1: "scopeSystem", 2: "scopeInterface", 3: "scopeLineCard", 4: "scopeCache", 5: "scopeTemplate"}
+
+_INT_TYPES = {
+    "unsigned8": "u", "unsigned16": "u", "unsigned32": "u", "unsigned64": "u",
+    "signed8": "i", "signed16": "i", "signed32": "i", "signed64": "i",
+    "dateTimeSeconds": "u", "dateTimeMilliseconds": "u", "dateTimeMicroseconds": "u",
+    "dateTimeNanoseconds": "u", "ipv4Address": "u", "boolean": "u",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One template field: element, encoded length (65535 = variable) and the column name it decodes to."""
+
+    ie: InformationElement
+    length: int
+    name: str
+    scope: bool = False
+
+    @property
+    def variable(self) -> bool:
+        """True for a variable-length field (RFC 7011 section 7)."""
+        return self.length == VARLEN
+
+
+def _wire_and_out(ie: InformationElement, length: int) -> tuple[object, object, bool]:
+    """(wire dtype, output dtype, needs a per-field conversion) for a fixed-length field."""
+    dt = ie.data_type
+    letter = _INT_TYPES.get(dt)
+    if letter is not None and length <= 8:
+        full = max(FIXED_SIZES.get(dt, 8), length)
+        if length in (1, 2, 4, 8):
+            return f">{letter}{length}", f"{letter}{full if full in (1, 2, 4, 8) else 8}", False
+        # Reduced-size encoding to an odd width (RFC 7011 section 6.2): numpy has no u3/u5.
+        return ("u1", (length,)), f"{letter}8", True
+    if dt in ("float32", "float64") and length in (4, 8):
+        return f">f{length}", "f8" if dt == "float64" else f"f{length}", False
+    if dt == "string":
+        return f"S{length}", f"S{length}", False
+    return f"V{length}", f"V{length}", False
+
+
+def odd_width_to_int(raw: np.ndarray, signed: bool) -> np.ndarray:
+    """Combine an (n, width) big-endian byte array into int64/uint64 values."""
+    width = raw.shape[1]
+    val = np.zeros(raw.shape[0], dtype=np.uint64)
+    for i in range(width):
+        val = (val << np.uint64(8)) | raw[:, i].astype(np.uint64)
+    if signed:
+        shift = np.uint64(64 - 8 * width)
+        return ((val << shift).view(np.int64)) >> np.int64(64 - 8 * width)
+    return val
+
+
+@dataclass
+class Template:
+    """A (options) template: id, fields and derived record layout."""
+
+    template_id: int
+    fields: tuple[FieldSpec, ...]
+    scope_count: int = 0
+    wire_dtype: np.dtype | None = field(init=False, default=None)
+    out_dtype: np.dtype = field(init=False)
+    record_length: int | None = field(init=False, default=None)
+    min_record_length: int = field(init=False, default=0)
+    simple_cast: bool = field(init=False, default=True)
+
+    def __post_init__(self) -> None:
+        wire, out = [], []
+        self.simple_cast = True
+        minimum = 0
+        for f in self.fields:
+            if f.variable:
+                out.append((f.name, object))
+                minimum += 1
+                continue
+            w, o, convert = _wire_and_out(f.ie, f.length)
+            wire.append((f.name, w))
+            out.append((f.name, o))
+            minimum += f.length
+            if convert:
+                self.simple_cast = False
+        self.out_dtype = np.dtype(out)
+        self.min_record_length = minimum
+        if any(f.variable for f in self.fields):
+            self.wire_dtype = None
+            self.record_length = None
+        else:
+            self.wire_dtype = np.dtype(wire)
+            self.record_length = self.wire_dtype.itemsize
+
+    @property
+    def is_options(self) -> bool:
+        """True for an options template (it has scope fields)."""
+        return self.scope_count > 0
+
+    @property
+    def names(self) -> list[str]:
+        """Column names in template order."""
+        return [f.name for f in self.fields]
+
+    def record_bytes(self) -> bytes:
+        """The IPFIX template record (header + field specifiers), as sent in a set."""
+        out = bytearray()
+        if self.is_options:
+            out += struct.pack("!HHH", self.template_id, len(self.fields), self.scope_count)
+        else:
+            out += struct.pack("!HH", self.template_id, len(self.fields))
+        for f in self.fields:
+            if f.ie.enterprise:
+                out += struct.pack("!HHI", f.ie.element_id | 0x8000, f.length, f.ie.enterprise)
+            else:
+                out += struct.pack("!HH", f.ie.element_id, f.length)
+        return bytes(out)
+
+    def set_bytes(self) -> bytes:
+        """A complete IPFIX template (or options template) set holding only this template."""
+        rec = self.record_bytes()
+        sid = SET_OPTIONS_TEMPLATE if self.is_options else SET_TEMPLATE
+        return struct.pack("!HH", sid, 4 + len(rec)) + rec
+
+    def v9_record_bytes(self) -> bytes:
+        """The NetFlow v9 template record (options templates use v9's scope layout)."""
+        if self.is_options:
+            scope = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields[: self.scope_count])
+            opts = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields[self.scope_count:])
+            return struct.pack("!HHH", self.template_id, len(scope), len(opts)) + scope + opts
+        body = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields)
+        return struct.pack("!HH", self.template_id, len(self.fields)) + body
+
+
+def make_fields(specs: list[tuple[int, int, int]], registry: Registry | None = None,
+                scope_count: int = 0) -> tuple[FieldSpec, ...]:
+    """FieldSpecs from (element id, length, enterprise) triples, with unique column names."""
+    reg = registry or default_registry()
+    seen: dict[str, int] = {}
+    out = []
+    for i, (eid, length, pen) in enumerate(specs):
+        ie = reg.get(eid, pen)
+        n = seen.get(ie.name, 0) + 1
+        seen[ie.name] = n
+        name = ie.name if n == 1 else f"{ie.name}_{n}"
+        out.append(FieldSpec(ie, length, name, scope=i < scope_count))
+    return tuple(out)
+
+
+def template_from_names(template_id: int, columns: list[tuple[str, int | None]],
+                        registry: Registry | None = None, scope_count: int = 0) -> Template:
+    """Build a template from (IANA name, length or None for the element's full/variable length)."""
+    reg = registry or default_registry()
+    specs = []
+    for name, length in columns:
+        ie = reg.by_name(name)
+        if length is None:
+            length = ie.default_length if ie.default_length is not None else VARLEN
+        specs.append((ie.element_id, length, ie.enterprise))
+    return Template(template_id, make_fields(specs, reg, scope_count), scope_count)
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """A template withdrawal (field count 0); template_id 2/3 withdraws all (options) templates."""
+
+    template_id: int
+    options: bool
+
+
+def parse_template_set(buf: bytes | memoryview, start: int, end: int, set_id: int,
+                       registry: Registry | None = None) -> list[Template | Withdrawal]:
+    """Parse the records of an IPFIX (2) or options (3) template set between start and end."""
+    reg = registry or default_registry()
+    options = set_id == SET_OPTIONS_TEMPLATE
+    out: list[Template | Withdrawal] = []
+    pos = start
+    while end - pos >= 4:
+        tid, count = struct.unpack_from("!HH", buf, pos)
+        pos += 4
+        if count == 0:
+            out.append(Withdrawal(tid, options))
+            continue
+        if tid < 256:
+            raise MalformedError("bad_template", f"template id {tid} < 256")
+        if count > MAX_FIELDS:
+            raise MalformedError("bad_template", f"template {tid} declares {count} fields")
+        scope = 0
+        if options:
+            if end - pos < 2:
+                raise MalformedError("truncated_template", f"options template {tid}")
+            (scope,) = struct.unpack_from("!H", buf, pos)
+            pos += 2
+            if scope == 0 or scope > count:
+                raise MalformedError("bad_template", f"options template {tid} scope count {scope}")
+        specs = []
+        for _ in range(count):
+            if end - pos < 4:
+                raise MalformedError("truncated_template", f"template {tid} runs past its set")
+            eid, length = struct.unpack_from("!HH", buf, pos)
+            pos += 4
+            pen = 0
+            if eid & 0x8000:
+                if end - pos < 4:
+                    raise MalformedError("truncated_template", f"template {tid} enterprise number")
+                (pen,) = struct.unpack_from("!I", buf, pos)
+                pos += 4
+                eid &= 0x7FFF
+            if length == 0:
+                raise MalformedError("bad_template", f"template {tid} field {eid} has length 0")
+            specs.append((eid, length, pen))
+        out.append(Template(tid, make_fields(specs, reg, scope), scope))
+    return out
+
+
+def parse_v9_template_set(buf: bytes | memoryview, start: int, end: int, set_id: int,
+                          registry: Registry | None = None) -> list[Template]:
+    """Parse a NetFlow v9 template (0) or options template (1) flowset."""
+    reg = registry or default_registry()
+    out: list[Template] = []
+    pos = start
+    if set_id == V9_SET_TEMPLATE:
+        while end - pos >= 4:
+            tid, count = struct.unpack_from("!HH", buf, pos)
+            pos += 4
+            if tid < 256 or count == 0 or count > MAX_FIELDS:
+                raise MalformedError("bad_template", f"v9 template {tid} with {count} fields")
+            if end - pos < 4 * count:
+                raise MalformedError("truncated_template", f"v9 template {tid} runs past its flowset")
+            specs = [struct.unpack_from("!HH", buf, pos + 4 * i) + (0,) for i in range(count)]
+            pos += 4 * count
+            out.append(Template(tid, make_fields(specs, reg), 0))
+        return out
+    while end - pos >= 6:
+        tid, scope_len, opt_len = struct.unpack_from("!HHH", buf, pos)
+        pos += 6
+        if tid < 256 or scope_len % 4 or opt_len % 4 or scope_len == 0:
+            raise MalformedError("bad_template", f"v9 options template {tid}")
+        if end - pos < scope_len + opt_len:
+            raise MalformedError("truncated_template", f"v9 options template {tid}")
+        n_scope, n_opt = scope_len // 4, opt_len // 4
+        raw = [struct.unpack_from("!HH", buf, pos + 4 * i) for i in range(n_scope + n_opt)]
+        pos += scope_len + opt_len
+        fields = []
+        scope_specs = make_fields([(t, ln, 0) for t, ln in raw[:n_scope]], reg, n_scope)
+        for f, (t, ln) in zip(scope_specs, raw[:n_scope], strict=True):
+            # v9 scope types are not IANA ids: give them their own names and an integer/bytes type.
+            kind = "unsigned32" if ln in (1, 2, 4, 8) else "octetArray"
+            ie = InformationElement(t, -1, V9_SCOPE_NAMES.get(t, f"scope{t}"), kind)
+            fields.append(FieldSpec(ie, ln, ie.name, scope=True))
+        fields.extend(make_fields([(t, ln, 0) for t, ln in raw[n_scope:]], reg))
+        out.append(Template(tid, tuple(fields), n_scope))
+        if end - pos < 4:
+            break  # the rest is padding
+    return out
+
+
+def template_set_bytes(template: Template) -> bytes:
+    """A self-describing set for storage and transport: IPFIX (ids 2/3) unless it has v9 scope fields."""
+    if any(f.ie.enterprise < 0 for f in template.fields):
+        rec = template.v9_record_bytes()
+        return struct.pack("!HH", V9_SET_OPTIONS_TEMPLATE, 4 + len(rec)) + rec
+    return template.set_bytes()
+
+
+def template_from_set_bytes(data: bytes, registry: Registry | None = None) -> Template:
+    """Inverse of template_set_bytes: the single template held in a stored set."""
+    set_id, length = struct.unpack_from("!HH", data, 0)
+    if length > len(data):
+        raise MalformedError("truncated_template", "stored template set")
+    if set_id in (V9_SET_TEMPLATE, V9_SET_OPTIONS_TEMPLATE):
+        items: list = parse_v9_template_set(data, 4, length, set_id, registry)
+    else:
+        items = parse_template_set(data, 4, length, set_id, registry)
+    if len(items) != 1 or not isinstance(items[0], Template):
+        raise MalformedError("bad_template", "stored set must hold exactly one template")
+    return items[0]
