@@ -13,7 +13,8 @@ V9_VERSION = 9
 V5_VERSION = 5
 IPFIX_HEADER = struct.Struct("!HHIII")  # version, length, exportTime, sequence, observation domain
 V9_HEADER = struct.Struct("!HHIIII")  # version, count, sysUptime, unixSecs, sequence, source id
-V5_HEADER = struct.Struct("!HHIIIIBBH")  # version, count, uptime, secs, nsecs, flow seq, engine type/id, sampling
+# version, count, uptime, secs, nsecs, flow sequence, engine type, engine id, sampling
+V5_HEADER = struct.Struct("!HHIIIIBBH")
 SET_HEADER = struct.Struct("!HH")
 V5_RECORD_LENGTH = 48
 V5_MAX_COUNT = 30

@@ -18,7 +18,9 @@ V9_SET_OPTIONS_TEMPLATE = 1
 MAX_FIELDS = 512  # no real exporter comes close; a bound keeps a hostile template cheap to reject
 
 # NetFlow v9 options scope field types (RFC 3954 section 6.1) have their own small namespace.
-V9_SCOPE_NAMES = {1: "scopeSystem", 2: "scopeInterface", 3: "scopeLineCard", 4: "scopeCache", 5: "scopeTemplate"}
+V9_SCOPE_NAMES = {
+    1: "scopeSystem", 2: "scopeInterface", 3: "scopeLineCard", 4: "scopeCache", 5: "scopeTemplate",
+}
 
 _INT_TYPES = {
     "unsigned8": "u", "unsigned16": "u", "unsigned32": "u", "unsigned64": "u",
@@ -142,8 +144,9 @@ class Template:
     def v9_record_bytes(self) -> bytes:
         """The NetFlow v9 template record (options templates use v9's scope layout)."""
         if self.is_options:
-            scope = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields[: self.scope_count])
-            opts = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields[self.scope_count:])
+            n = self.scope_count
+            scope = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields[:n])
+            opts = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields[n:])
             return struct.pack("!HHH", self.template_id, len(scope), len(opts)) + scope + opts
         body = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields)
         return struct.pack("!HH", self.template_id, len(self.fields)) + body
@@ -244,7 +247,7 @@ def parse_v9_template_set(buf: bytes | memoryview, start: int, end: int, set_id:
                 raise MalformedError("bad_template", f"v9 template {tid} with {count} fields")
             if end - pos < 4 * count:
                 raise MalformedError("truncated_template", f"v9 template {tid} runs past its flowset")
-            specs = [struct.unpack_from("!HH", buf, pos + 4 * i) + (0,) for i in range(count)]
+            specs = [(*struct.unpack_from("!HH", buf, pos + 4 * i), 0) for i in range(count)]
             pos += 4 * count
             out.append(Template(tid, make_fields(specs, reg), 0))
         return out
@@ -259,8 +262,7 @@ def parse_v9_template_set(buf: bytes | memoryview, start: int, end: int, set_id:
         raw = [struct.unpack_from("!HH", buf, pos + 4 * i) for i in range(n_scope + n_opt)]
         pos += scope_len + opt_len
         fields = []
-        scope_specs = make_fields([(t, ln, 0) for t, ln in raw[:n_scope]], reg, n_scope)
-        for f, (t, ln) in zip(scope_specs, raw[:n_scope], strict=True):
+        for t, ln in raw[:n_scope]:
             # v9 scope types are not IANA ids: give them their own names and an integer/bytes type.
             kind = "unsigned32" if ln in (1, 2, 4, 8) else "octetArray"
             ie = InformationElement(t, -1, V9_SCOPE_NAMES.get(t, f"scope{t}"), kind)
