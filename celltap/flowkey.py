@@ -31,8 +31,11 @@ class FlowKey(NamedTuple):
     def to_bytes(self) -> bytes:
         """The key's canonical byte encoding."""
         return (
-            bytes((self.l3, self.l4)) + self.addr1 + self.port1.to_bytes(2, "big")
-            + self.addr2 + self.port2.to_bytes(2, "big")
+            bytes((self.l3, self.l4))
+            + self.addr1
+            + self.port1.to_bytes(2, "big")
+            + self.addr2
+            + self.port2.to_bytes(2, "big")
         )
 
     def hash(self, seed: int = 0) -> int:

@@ -37,7 +37,11 @@ class FrameBatch:
     def select(self, index: np.ndarray) -> FrameBatch:
         """Return the sub-batch of the frames at `index` (a mask or positions), sharing buf."""
         return FrameBatch(
-            self.buf, self.offsets[index], self.caplens[index], self.wirelens[index], self.ts_ns[index],
+            self.buf,
+            self.offsets[index],
+            self.caplens[index],
+            self.wirelens[index],
+            self.ts_ns[index],
             self.linktype,
         )
 

@@ -37,7 +37,7 @@ class CaptureFormatError(ValueError):
 def open_capture(source: str | BinaryIO, chunk_size: int = DEFAULT_CHUNK) -> CaptureReader:
     """Open a pcap or pcapng file (path, '-' for stdin, or binary stream) for batch reading."""
     if isinstance(source, str):
-        stream: BinaryIO = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+        stream: BinaryIO = sys.stdin.buffer if source == "-" else open(source, "rb")
     else:
         stream = source
     return CaptureReader(stream, chunk_size)
@@ -212,8 +212,12 @@ class CaptureReader:
                 wl = struct.unpack_from(e + "I", mv, pos + 8)[0]
                 cl = min(wl, blen - 16)
                 yield FrameBatch(
-                    arr, np.array([pos + 12], np.int64), np.array([cl], np.int64),
-                    np.array([wl], np.int64), np.zeros(1, np.int64), self.linktypes[0],
+                    arr,
+                    np.array([pos + 12], np.int64),
+                    np.array([cl], np.int64),
+                    np.array([wl], np.int64),
+                    np.zeros(1, np.int64),
+                    self.linktypes[0],
                 )
             pos += blen
         return pos

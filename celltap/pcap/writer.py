@@ -23,7 +23,7 @@ class PcapWriter:
         nanosecond: bool = False,
     ) -> None:
         if isinstance(target, str):
-            self.stream: BinaryIO = sys.stdout.buffer if target == "-" else open(target, "wb")  # noqa: SIM115
+            self.stream: BinaryIO = sys.stdout.buffer if target == "-" else open(target, "wb")
             self._owns = target != "-"
         else:
             self.stream, self._owns = target, False
@@ -92,22 +92,29 @@ class PcapngWriter:
     """Write a pcapng file with one section and one interface (nanosecond if asked)."""
 
     def __init__(
-        self, target: str | BinaryIO, linktype: int = LINKTYPE_ETHERNET, nanosecond: bool = False,
+        self,
+        target: str | BinaryIO,
+        linktype: int = LINKTYPE_ETHERNET,
+        nanosecond: bool = False,
         snaplen: int = 262144,
     ) -> None:
         if isinstance(target, str):
-            self.stream: BinaryIO = open(target, "wb")  # noqa: SIM115
+            self.stream: BinaryIO = open(target, "wb")
             self._owns = True
         else:
             self.stream, self._owns = target, False
         self.nanosecond = nanosecond
         self.snaplen = snaplen
-        self.stream.write(struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28))
+        self.stream.write(
+            struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
+        )
         opts = b""
         if nanosecond:
             opts = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HH", 0, 0)
         blen = 20 + len(opts)
-        self.stream.write(struct.pack("<IIHHI", 1, blen, linktype, 0, snaplen) + opts + struct.pack("<I", blen))
+        self.stream.write(
+            struct.pack("<IIHHI", 1, blen, linktype, 0, snaplen) + opts + struct.pack("<I", blen)
+        )
         self.frames = 0
 
     def write(self, ts_ns: int, frame: bytes, wirelen: int | None = None) -> None:
@@ -117,8 +124,12 @@ class PcapngWriter:
         pad = (-len(cap)) % 4
         blen = 32 + len(cap) + pad
         self.stream.write(
-            struct.pack("<IIIIIII", 6, blen, 0, ticks >> 32, ticks & 0xFFFFFFFF, len(cap), wirelen or len(frame))
-            + cap + b"\0" * pad + struct.pack("<I", blen)
+            struct.pack(
+                "<IIIIIII", 6, blen, 0, ticks >> 32, ticks & 0xFFFFFFFF, len(cap), wirelen or len(frame)
+            )
+            + cap
+            + b"\0" * pad
+            + struct.pack("<I", blen)
         )
         self.frames += 1
 

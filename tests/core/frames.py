@@ -23,14 +23,24 @@ def eth(payload: bytes, ethertype: int = 0x0800, tags: tuple[tuple[int, int], ..
     return hdr + struct.pack("!H", ethertype) + payload
 
 
-def ipv4(src: str, dst: str, proto: int, payload: bytes, ident: int = 1, flags_off: int = 0,
-         options: bytes = b"", ttl: int = 64) -> bytes:
+def ipv4(
+    src: str,
+    dst: str,
+    proto: int,
+    payload: bytes,
+    ident: int = 1,
+    flags_off: int = 0,
+    options: bytes = b"",
+    ttl: int = 64,
+) -> bytes:
     """IPv4 header with a valid checksum."""
     opts = options + b"\0" * (-len(options) % 4)
     ihl = 5 + len(opts) // 4
     s = bytes(int(x) for x in src.split("."))
     d = bytes(int(x) for x in dst.split("."))
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 4 * ihl + len(payload), ident, flags_off, ttl, proto, 0, s, d)
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s", 0x40 | ihl, 0, 4 * ihl + len(payload), ident, flags_off, ttl, proto, 0, s, d
+    )
     hdr += opts
     hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
     return hdr + payload
@@ -41,8 +51,15 @@ def ipv6(src: bytes, dst: bytes, nh: int, payload: bytes, hlim: int = 64) -> byt
     return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nh, hlim, src, dst) + payload
 
 
-def tcp(sport: int, dport: int, seq: int = 1, ack: int = 0, flags: int = 0x18, data: bytes = b"",
-        options: bytes = b"") -> bytes:
+def tcp(
+    sport: int,
+    dport: int,
+    seq: int = 1,
+    ack: int = 0,
+    flags: int = 0x18,
+    data: bytes = b"",
+    options: bytes = b"",
+) -> bytes:
     """TCP segment (checksum left zero: the decoder does not verify it)."""
     opts = options + b"\0" * (-len(options) % 4)
     doff = (20 + len(opts)) // 4
@@ -64,7 +81,14 @@ def sample_frames() -> list[bytes]:
         eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(40000, 80, data=b"GET / HTTP/1.1\r\n\r\n"))),
         eth(ipv4("10.0.0.2", "10.0.0.1", 17, udp(53, 5353, b"x" * 30))),
         eth(ipv4("10.0.0.1", "10.0.0.9", 1, bytes([8, 0, 0, 0, 0, 1, 0, 1]) + b"ping")),
-        eth(ipv4("10.0.0.1", "10.0.0.2", 132, struct.pack("!HHII", 5000, 38412, 0, 0) + b"\1\0\0\x14" + b"\0" * 16)),
+        eth(
+            ipv4(
+                "10.0.0.1",
+                "10.0.0.2",
+                132,
+                struct.pack("!HHII", 5000, 38412, 0, 0) + b"\1\0\0\x14" + b"\0" * 16,
+            )
+        ),
         eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1, 2, data=b"opts"), options=b"\x07\x07\x04" + b"\0" * 4)),
         eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(1000, 2000, b"A" * 40)[:24], ident=7, flags_off=0x2000)),
         eth(ipv4("10.0.0.1", "10.0.0.2", 17, b"B" * 24, ident=7, flags_off=3)),
@@ -74,10 +98,20 @@ def sample_frames() -> list[bytes]:
         eth(ipv6(V6A, V6B, 6, tcp(443, 50000, flags=0x12)), ethertype=0x86DD),
         eth(ipv6(V6A, V6B, 58, bytes([128, 0, 0, 0, 0, 1, 0, 1])), ethertype=0x86DD),
         # hop-by-hop (8 bytes) then destination options (8 bytes) then UDP
-        eth(ipv6(V6A, V6B, 0, bytes([60, 0, 1, 4, 0, 0, 0, 0]) + bytes([17, 0, 1, 4, 0, 0, 0, 0]) + udp(9, 10, b"zz")),
-            ethertype=0x86DD),
+        eth(
+            ipv6(
+                V6A,
+                V6B,
+                0,
+                bytes([60, 0, 1, 4, 0, 0, 0, 0]) + bytes([17, 0, 1, 4, 0, 0, 0, 0]) + udp(9, 10, b"zz"),
+            ),
+            ethertype=0x86DD,
+        ),
         # fragment header, first fragment (offset 0, M=1)
-        eth(ipv6(V6A, V6B, 44, struct.pack("!BBHI", 17, 0, 1, 0xABCD) + udp(7, 8, b"q" * 16)), ethertype=0x86DD),
+        eth(
+            ipv6(V6A, V6B, 44, struct.pack("!BBHI", 17, 0, 1, 0xABCD) + udp(7, 8, b"q" * 16)),
+            ethertype=0x86DD,
+        ),
         # fragment header, later fragment (offset 24)
         eth(ipv6(V6A, V6B, 44, struct.pack("!BBHI", 17, 0, 24, 0xABCD) + b"r" * 16), ethertype=0x86DD),
         # AH then TCP

@@ -50,8 +50,10 @@ def test_known_fields() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.binary(min_size=0, max_size=120), min_size=1, max_size=20),
-       st.sampled_from([LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LINUX_SLL]))
+@given(
+    st.lists(st.binary(min_size=0, max_size=120), min_size=1, max_size=20),
+    st.sampled_from([LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LINUX_SLL]),
+)
 def test_random_bytes_agree(frames: list[bytes], linktype: int) -> None:
     assert_agree(frames, linktype)
 

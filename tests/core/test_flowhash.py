@@ -45,8 +45,14 @@ def test_scalar_vectorised_and_package_agree_on_100k_keys() -> None:
         vec = flow_hashes(np.full(N, version, np.uint8), l4, src, sport, dst, dport, seed)
         rows = key_rows(version, l4, src, sport, dst, dport)
         for i in range(N):
-            key, _ = canonical_key(version, int(l4[i]), src[i, :alen].tobytes(), int(sport[i]),
-                                   dst[i, :alen].tobytes(), int(dport[i]))
+            key, _ = canonical_key(
+                version,
+                int(l4[i]),
+                src[i, :alen].tobytes(),
+                int(sport[i]),
+                dst[i, :alen].tobytes(),
+                int(dport[i]),
+            )
             kb = key.to_bytes()
             assert rows[i].tobytes() == kb
             ref = xxhash.xxh64_intdigest(kb, seed)

@@ -92,23 +92,28 @@ def test_stdin_streaming(tmp_path) -> None:
     frames = _frames(500, seed=4)
     path = tmp_path / "in.pcap"
     path.write_bytes(_write(PcapWriter, frames, False))
-    code = (
-        "from celltap.pcap import open_capture\n"
-        "print(sum(len(b) for b in open_capture('-')))\n"
-    )
+    code = "from celltap.pcap import open_capture\nprint(sum(len(b) for b in open_capture('-')))\n"
     with path.open("rb") as fh:
-        out = subprocess.run([sys.executable, "-c", code], stdin=fh, capture_output=True, check=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], stdin=fh, capture_output=True, check=True, text=True
+        )
     assert out.stdout.strip() == "500"
 
 
-@pytest.mark.parametrize("writer_cls,nanosecond", [(PcapWriter, False), (PcapWriter, True), (PcapngWriter, True)])
+@pytest.mark.parametrize(
+    "writer_cls,nanosecond", [(PcapWriter, False), (PcapWriter, True), (PcapngWriter, True)]
+)
 def test_tcpdump_and_tshark_read_what_we_write(tmp_path, writer_cls: type, nanosecond: bool) -> None:
     tshark = require_tool("tshark")
     frames = _frames(200, seed=5)
     path = tmp_path / "out.cap"
     path.write_bytes(_write(writer_cls, frames, nanosecond))
-    out = subprocess.run([tshark, "-r", str(path), "-T", "fields", "-e", "frame.len", "-e", "frame.time_epoch",
-                          "-e", "ip.id"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [tshark, "-r", str(path), "-T", "fields", "-e", "frame.len", "-e", "frame.time_epoch", "-e", "ip.id"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = [line.split("\t") for line in out.stdout.splitlines()]
     assert [int(r[0]) for r in rows] == [len(f) for f in frames]
     assert [int(r[2], 16) if r[2].startswith("0x") else int(r[2]) for r in rows] == list(range(200))
@@ -131,7 +136,9 @@ def test_we_read_what_tcpdump_writes(tmp_path) -> None:
     assert got == frames
     editcap = require_tool("editcap")
     ng = tmp_path / "dst.pcapng"
-    subprocess.run([editcap, "-F", "pcapng", "--set-tsprec", "9" , str(src), str(ng)], check=False, capture_output=True)
+    subprocess.run(
+        [editcap, "-F", "pcapng", "--set-tsprec", "9", str(src), str(ng)], check=False, capture_output=True
+    )
     if not ng.exists() or ng.stat().st_size == 0:
         subprocess.run([editcap, "-F", "pcapng", str(src), str(ng)], check=True, capture_output=True)
     got_ng = [b.frame(i) for b in read_all(str(ng)) for i in range(len(b))]

@@ -37,7 +37,9 @@ def test_removing_a_member_moves_only_its_keys(n: int) -> None:
 def test_points_follow_the_design() -> None:
     ring = Ring({"a": 2, "b": 1}, seed=5)
     assert ring.points.size == POINTS_PER_WEIGHT * 3
-    want = sorted([xxh64(f"a#{i}".encode(), 5) for i in range(128)] + [xxh64(f"b#{i}".encode(), 5) for i in range(64)])
+    want = sorted(
+        [xxh64(f"a#{i}".encode(), 5) for i in range(128)] + [xxh64(f"b#{i}".encode(), 5) for i in range(64)]
+    )
     assert ring.points.tolist() == want
 
 
