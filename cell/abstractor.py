@@ -1,0 +1,453 @@
+"""The flow abstractor core, sans-IO: decoded frame batches in, interface byte streams and ended flows out.
+
+Pipeline per batch: decode status -> IP defragmentation -> canonical flow key and hash (numpy, whole
+batch) -> packets grouped by flow with one stable argsort (packet order inside a flow is kept) ->
+per-flow TCP reassembly / UDP datagrams / ICMP messages -> classification -> events appended to the
+interface sinks. The I/O edge (cell/interfaces.py) drains `Sink.parts` after each batch.
+
+Flows end with a reason: NORMAL (FIN both ways), RESET, TIMEOUT (idle; also end of input),
+COMPROMISED (evicted because the flow table is full). A closed TCP flow lingers briefly so trailing
+ACKs still count in its IPFIX record; the record is produced when the flow leaves the table.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import xxhash
+
+from cell import events as ev
+from cell.classifier import Classifier
+from cell.defrag import Defragmenter
+from cell.flow_table import Flow, FlowTable
+from cell.sftap_config import CellConfig, Rule
+from cell.tcp_reassembly import ACK, KEEP, SYN, TcpStats, segment, skip_gaps
+from celltap.decode import DecodedBatch, Reason, decode_batch
+from celltap.flowkey import canonical_key, canonical_swap, flow_hashes
+from celltap.pcap.batch import LINKTYPE_RAW, FrameBatch
+
+log = logging.getLogger("celltap.cell")
+
+LINGER_NS = 2_000_000_000  # closed TCP flows absorb trailing ACKs / FIN retransmissions this long
+
+# IPFIX flowEndReason (IANA IE 136)
+END_IDLE, END_DETECTED, END_FORCED, END_RESOURCES = 1, 3, 4, 5
+
+_PROTO_DIR = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmp"}
+
+
+@dataclass
+class Sink:
+    """One interface socket: the bytes produced for it since the last drain."""
+
+    name: str  # e.g. "tcp/http0", "udp/dns", "icmp/icmp"
+    fmt: str
+    body: bool
+    parts: list[bytes] = field(default_factory=list)
+    events: int = 0
+    nbytes: int = 0  # bytes appended since the last drain
+
+
+def sink_name(rule: Rule, sock: str) -> str:
+    """Path of an interface socket relative to home."""
+    d = _PROTO_DIR.get(rule.proto)
+    return f"{d}/{sock}" if d else sock
+
+
+class Abstractor:
+    """Flow table + reassembly + classification; produces interface events and ended-flow records."""
+
+    def __init__(self, cfg: CellConfig) -> None:
+        g = cfg.glob
+        self.cfg = cfg
+        self.classifier = Classifier(cfg)
+        self.table = FlowTable(g.timeout, g.udp_timeout, LINGER_NS / 1e9)
+        self.defrag = Defragmenter(g.defrag_timeout, g.defrag_memory)
+        self.tcp_stats = TcpStats()
+        self.classify_bytes = g.classify_bytes
+        self.ooo_limit = g.ooo_limit
+        self.midstream = g.midstream
+        self.hop_limit = g.hop_limit
+        self.max_flows = g.max_flows
+        self.gc_budget = g.gc_scan
+        self.sinks: dict[str, Sink] = {}
+        self.rule_sinks: dict[str, list[Sink]] = {}
+        for rule in [*cfg.rules, *cfg.special.values()]:
+            if rule.name in ("loopback7", "pcap"):
+                continue
+            sinks = []
+            for sock in rule.socket_names():
+                name = sink_name(rule, sock)
+                sink = self.sinks.get(name)
+                if sink is None:
+                    sink = self.sinks[name] = Sink(name, rule.fmt, rule.body)
+                sinks.append(sink)
+            self.rule_sinks[rule.name] = sinks
+        self.icmp_rule = {1: cfg.special.get("icmp"), 58: cfg.special.get("icmpv6")}
+        self.finished: list[Flow] = []
+        self.drops: dict[str, int] = {}  # packets not turned into flow data, by reason
+        self.packets = 0
+        self.octets = 0
+        self.flows_created: dict[str, int] = {}
+        self.flows_destroyed: dict[str, int] = {}
+        self.unrouted_bytes = 0  # flow data with no interface to go to (no rule, no default)
+        self.now_ns = 0
+
+    # ------------------------------------------------------------------ counters
+    def _drop(self, reason: str, n: int = 1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + n
+
+    # ------------------------------------------------------------------ events
+    def _emit_created(self, flow: Flow) -> None:
+        sink = flow.sink
+        if sink is None:
+            return
+        w = flow.wire_id()
+        data = ev.text_created(w, flow.start_ns) if sink.fmt == "text" else ev.binary_created(w, flow.start_ns)
+        sink.parts.append(data)
+        sink.events += 1
+        sink.nbytes += len(data)
+
+    def _emit_destroyed(self, flow: Flow, reason: int, ts_ns: int) -> None:
+        sink = flow.sink
+        if sink is None:
+            return
+        w = flow.wire_id()
+        data = ev.text_destroyed(w, reason, ts_ns) if sink.fmt == "text" else ev.binary_destroyed(w, reason, ts_ns)
+        sink.parts.append(data)
+        sink.events += 1
+        sink.nbytes += len(data)
+
+    def _emit_data(self, flow: Flow, sender: int, data: bytes, ts_ns: int) -> None:
+        sink = flow.sink
+        if sink is None:
+            self.unrouted_bytes += len(data)
+            return
+        match = flow.match1 if sender == 1 else flow.match2
+        parts = sink.parts
+        before = len(parts)
+        if sink.fmt == "text":
+            sink.events += ev.text_data(parts, flow.wire_id(), sender, match, data, ts_ns, sink.body)
+        else:
+            sink.events += ev.binary_data(parts, flow.wire_id(), sender, match, data, ts_ns, sink.body)
+        for i in range(before, len(parts)):
+            sink.nbytes += len(parts[i])
+
+    # ------------------------------------------------------------------ classification
+    def _route(self, flow: Flow, rule: Rule | None, m1: int, m2: int) -> None:
+        flow.rule = rule
+        flow.match1, flow.match2 = m1, m2
+        if rule is not None:
+            sinks = self.rule_sinks[rule.name]
+            flow.sink = sinks[flow.hash % len(sinks)] if len(sinks) > 1 else sinks[0]
+
+    def _classify_tcp(self, flow: Flow) -> None:
+        rule, m1, m2 = self.classifier.classify_tcp(flow.head1, flow.head2, flow.port1, flow.port2)
+        self._route(flow, rule, m1, m2)
+        flow.created = True
+        self._emit_created(flow)
+        pending = flow.pending or ()
+        flow.pending = None
+        flow.head1 = flow.head2 = b""
+        for sender, data, ts in pending:
+            self._emit_data(flow, sender, data, ts)
+
+    def _deliver(self, flow: Flow, sender: int, data: bytes, ts_ns: int) -> None:
+        """In-order stream bytes of a TCP flow (callback of the reassembler)."""
+        pending = flow.pending
+        if pending is None:
+            self._emit_data(flow, sender, data, ts_ns)
+            return
+        pending.append((sender, data, ts_ns))
+        limit = self.classify_bytes
+        if sender == 1:
+            if len(flow.head1) < limit:
+                flow.head1 = (flow.head1 + data)[:limit]
+            full = len(flow.head1) >= limit
+        else:
+            if len(flow.head2) < limit:
+                flow.head2 = (flow.head2 + data)[:limit]
+            full = len(flow.head2) >= limit
+        if full or (flow.head1 and flow.head2):
+            self._classify_tcp(flow)
+
+    # ------------------------------------------------------------------ flow lifecycle
+    def _new_flow(self, key: int, fhash: int, l3: int, l4: int, src: bytes, sport: int, dst: bytes,
+                  dport: int, swapped: bool, hop: int, ts_ns: int) -> Flow | None:
+        if len(self.table) >= self.max_flows:
+            self._drop("flow_table_full")
+            return None
+        if swapped:
+            flow = Flow(key, fhash, l3, l4, dst, dport, src, sport, hop, ts_ns)
+            flow.init_dir = 2
+        else:
+            flow = Flow(key, fhash, l3, l4, src, sport, dst, dport, hop, ts_ns)
+        if l4 == 6:
+            flow.pending = []
+        self.table.add(flow)
+        name = ev.L4_NAMES.get(l4, str(l4))
+        self.flows_created[name] = self.flows_created.get(name, 0) + 1
+        return flow
+
+    def _close(self, flow: Flow, reason: int, ts_ns: int, ipfix_end: int) -> None:
+        """End a flow's stream: flush, classify if still undecided, DESTROYED (TCP); keep it lingering."""
+        if flow.ended:
+            return
+        if flow.l4 == 6:
+            skip_gaps(flow, 1, ts_ns, self._deliver, self.tcp_stats)
+            skip_gaps(flow, 2, ts_ns, self._deliver, self.tcp_stats)
+            if flow.pending is not None:
+                self._classify_tcp(flow)
+            self._emit_destroyed(flow, reason, ts_ns)
+        flow.end_reason = reason
+        flow.end_ns = max(flow.end_ns, ts_ns)
+        flow.ended = True
+        flow.ipfix_end = ipfix_end
+        self.table.schedule(flow, ts_ns + LINGER_NS)
+        self.tcp_stats.ooo_bytes -= flow.ooo_bytes
+        flow.ooo_bytes = 0
+        flow.ooo1 = flow.ooo2 = None
+        key = ev.REASON_NAMES[reason]
+        self.flows_destroyed[key] = self.flows_destroyed.get(key, 0) + 1
+        flow.wire = None
+        flow.head1 = flow.head2 = b""
+
+    def _export(self, flow: Flow) -> None:
+        """The flow leaves the table: its record goes to the IPFIX exporter."""
+        self.table.remove(flow)
+        self.finished.append(flow)
+
+    # ------------------------------------------------------------------ batch processing
+    def process_frames(self, batch: FrameBatch, now_ns: int | None = None) -> None:
+        """Decode and process one batch of captured frames."""
+        if len(batch):
+            self.process_decoded(decode_batch(batch))
+        self.collect(now_ns if now_ns is not None else self.now_ns)
+
+    def process_decoded(self, db: DecodedBatch, weights: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Process decoded frames; `weights` = (packets, wire octets) per frame for reassembled datagrams."""
+        n = len(db)
+        if n == 0:
+            return
+        batch = db.batch
+        status = db.status
+        bad = status != 0
+        if bad.any():
+            for code, cnt in enumerate(np.bincount(status[bad])):
+                if cnt:
+                    self._drop(f"decode_{Reason(code).label}", int(cnt))
+        if weights is None:
+            self.packets += n
+            self.octets += int(batch.wirelens.sum())
+        ts_all = batch.ts_ns
+        if n:
+            self.now_ns = max(self.now_ns, int(ts_all.max()))
+        l4 = db.l4
+        frag = db.is_frag & ~bad
+        datagrams: list[tuple[bytes, int, int, int]] = []
+        if frag.any():
+            self._defragment(db, np.flatnonzero(frag), datagrams)
+        keep = ~bad & ~frag
+        known = (l4 == 6) | (l4 == 17) | (l4 == 1) | (l4 == 58)
+        other = keep & ~known
+        if other.any():
+            self._drop("unsupported_l4", int(other.sum()))
+        idx = np.flatnonzero(keep & known)
+        if idx.size:
+            self._process_packets(db, idx, weights)
+        if datagrams:
+            self._process_datagrams(datagrams)
+
+    def _defragment(self, db: DecodedBatch, idx: np.ndarray, out: list[tuple[bytes, int, int, int]]) -> None:
+        batch = db.batch
+        buf = batch.buf
+        offs = batch.offsets
+        for i in idx.tolist():
+            start = int(offs[i]) + int(db.l3_off[i])
+            ip_len = int(db.ip_len[i])
+            packet = buf[start : start + ip_len].tobytes()
+            ts = int(batch.ts_ns[i])
+            done = self.defrag.push(packet, ts, ip_len)
+            if done is not None:
+                out.append((done[0], ts, done[1], done[2]))
+        self.defrag.expire(self.now_ns)
+
+    def _process_datagrams(self, datagrams: list[tuple[bytes, int, int, int]]) -> None:
+        fb = FrameBatch.from_frames([d[0] for d in datagrams], [d[1] for d in datagrams], LINKTYPE_RAW)
+        pk = np.array([d[2] for d in datagrams], dtype=np.int64)
+        oc = np.array([d[3] for d in datagrams], dtype=np.int64)
+        self.process_decoded(decode_batch(fb), (pk, oc))
+
+    def _process_packets(self, db: DecodedBatch, idx: np.ndarray, weights: tuple[np.ndarray, np.ndarray] | None) -> None:
+        src = db.src[idx]
+        dst = db.dst[idx]
+        sport = db.sport[idx]
+        dport = db.dport[idx]
+        l3 = db.l3[idx]
+        l4 = db.l4[idx]
+        hashes = flow_hashes(l3, l4, src, sport, dst, dport)
+        swap = canonical_swap(src, sport, dst, dport)
+        order = np.argsort(hashes, kind="stable")
+        batch = db.batch
+        abs_off = batch.offsets[idx] + db.payload_off[idx]
+        icmp = (l4 == 1) | (l4 == 58)
+        if icmp.any():
+            # ICMP DATA is the whole ICMP message
+            l4o = batch.offsets[idx] + db.l4_off[idx]
+            abs_off = np.where(icmp, l4o, abs_off)
+            plen_all = np.where(icmp, db.ip_len[idx] - (db.l4_off[idx] - db.l3_off[idx]), db.payload_len[idx])
+        else:
+            plen_all = db.payload_len[idx]
+        if weights is None:
+            pk_l = None
+            oct_l = db.ip_len[idx][order].tolist()
+        else:
+            pk_l = weights[0][idx][order].tolist()
+            oct_l = weights[1][idx][order].tolist()
+        H = hashes[order].tolist()
+        SW = swap[order].tolist()
+        L4 = l4[order].tolist()
+        FL = db.tcp_flags[idx][order].tolist()
+        SQ = db.tcp_seq[idx][order].tolist()
+        PO = abs_off[order].tolist()
+        PL = plen_all[order].tolist()
+        TS = batch.ts_ns[idx][order].tolist()
+        ORD = order.tolist()
+        raw = batch.buf
+        flows = self.table.flows
+        deliver = self._deliver
+        stats = self.tcp_stats
+        ooo_limit = self.ooo_limit
+        midstream = self.midstream
+        prev = -1
+        flow: Flow | None = None
+        for j in range(len(H)):
+            h = H[j]
+            if h != prev:
+                prev = h
+                flow = flows.get(h)
+            sender = 2 if SW[j] else 1
+            ts = TS[j]
+            proto = L4[j]
+            plen = PL[j]
+            flags = FL[j]
+            if flow is not None and flow.ended and proto == 6 and flags & SYN and not flags & ACK:
+                # a new connection on a lingering key (port reuse): the old record is complete
+                self._export(flow)
+                flow = None
+            if flow is None:
+                if proto == 6 and not (flags & SYN and not flags & ACK) and not midstream:
+                    self._drop("tcp_no_syn")
+                    continue
+                r = ORD[j]
+                a = 4 if l3[r] == 4 else 16
+                flow = self._new_flow(h, h, int(l3[r]), proto, src[r, :a].tobytes(), int(sport[r]),
+                                      dst[r, :a].tobytes(), int(dport[r]), SW[j], 0, ts)
+                if flow is None:
+                    continue
+                if proto == 6 and not flags & SYN and midstream:
+                    # midstream pickup: call the endpoint with the lower port the server
+                    flow.init_dir = 2 if flow.port1 < flow.port2 else 1
+            if flow.last_ns < ts:
+                flow.last_ns = ts
+            if sender == 1:
+                flow.pkts1 += 1 if pk_l is None else pk_l[j]
+                flow.octets1 += oct_l[j]
+            else:
+                flow.pkts2 += 1 if pk_l is None else pk_l[j]
+                flow.octets2 += oct_l[j]
+            if flow.ended:
+                continue  # lingering after close: counted, nothing more to deliver
+            po = PO[j]
+            payload = raw[po : po + plen].tobytes() if plen > 0 else b""
+            if proto == 6:
+                res = segment(flow, sender, flags, SQ[j], payload, ts, deliver, stats, ooo_limit)
+                if res != KEEP:
+                    self._close(flow, res, ts, END_DETECTED)
+                    flow.last_ns = ts
+            elif payload:
+                self._datagram(flow, sender, payload, ts)
+
+    def _datagram(self, flow: Flow, sender: int, payload: bytes, ts: int) -> None:
+        if not flow.created:
+            flow.created = True
+            if flow.l4 == 17:
+                rule, m1, m2 = self.classifier.classify_udp(payload, sender, flow.port1, flow.port2)
+            else:
+                rule, m1, m2 = self.icmp_rule.get(flow.l4), ev.MATCH_NONE, ev.MATCH_NONE
+            self._route(flow, rule, m1, m2)
+        self._emit_data(flow, sender, payload, ts)
+
+    # ------------------------------------------------------------------ timers and the end of input
+    def collect(self, now_ns: int) -> None:
+        """Garbage-collect: partial scan of due timers; idle flows end (TIMEOUT), lingering ones leave."""
+        if now_ns > self.now_ns:
+            self.now_ns = now_ns
+        for flow in self.table.expired(self.now_ns, self.gc_budget):
+            if flow.dead:
+                continue
+            if not flow.ended:
+                both_fin = flow.fin1 >= 0 and flow.fin2 >= 0
+                self._close(flow, ev.REASON_NORMAL if both_fin else ev.REASON_TIMEOUT, self.now_ns, END_IDLE)
+            self._export(flow)
+        if self.defrag.pending:
+            self.defrag.expire(self.now_ns)
+
+    def finish(self) -> None:
+        """End of input: every flow ends now (TIMEOUT unless both FINs were seen), records are produced."""
+        for flow in self.table.all_flows():
+            if not flow.ended:
+                both_fin = flow.fin1 >= 0 and flow.fin2 >= 0
+                self._close(flow, ev.REASON_NORMAL if both_fin else ev.REASON_TIMEOUT, self.now_ns, END_FORCED)
+            self._export(flow)
+        self.defrag.expire(1 << 62)
+
+    def take_ended(self) -> list[Flow]:
+        """Flows that left the table since the last call (for the IPFIX exporter)."""
+        out = self.finished
+        self.finished = []
+        return out
+
+    # ------------------------------------------------------------------ L7 loopback
+    def loopback_key(self, l3: int, l4: int, a1: bytes, p1: int, a2: bytes, p2: int, hop: int) -> tuple[int, int]:
+        """(table key, balance hash) of a re-injected flow: the hop is part of the identity."""
+        fk, _ = canonical_key(l3, l4, a1, p1, a2, p2)
+        kb = fk.to_bytes()
+        return xxhash.xxh64_intdigest(kb + bytes((hop,))), xxhash.xxh64_intdigest(kb)
+
+    def inject(self, event: str, l3: int, l4: int, a1: bytes, p1: int, a2: bytes, p2: int, hop: int,
+               sender: int, data: bytes, ts_ns: int) -> bool:
+        """One event read from the L7 loopback (hop already raised); False when dropped by the hop limit."""
+        if hop > self.hop_limit:
+            self._drop("hop_limit")
+            return False
+        if ts_ns > self.now_ns:
+            self.now_ns = ts_ns
+        key, fhash = self.loopback_key(l3, l4, a1, p1, a2, p2, hop)
+        flow = self.table.flows.get(key)
+        if flow is not None and flow.ended:
+            self._export(flow)
+            flow = None
+        if event == "DESTROYED":
+            if flow is not None:
+                self._close(flow, ev.REASON_NORMAL, ts_ns, END_DETECTED)
+            return True
+        if flow is None:
+            flow = self._new_flow(key, fhash, l3, l4, a1, p1, a2, p2, False, hop, ts_ns)
+            if flow is None:
+                return False
+        flow.last_ns = max(flow.last_ns, ts_ns)
+        if event == "DATA" and data:
+            if sender == 1:
+                flow.pkts1 += 1
+                flow.octets1 += len(data)
+            else:
+                flow.pkts2 += 1
+                flow.octets2 += len(data)
+            if l4 == 6:
+                self._deliver(flow, sender, data, ts_ns)
+            else:
+                self._datagram(flow, sender, data, ts_ns)
+        return True

@@ -1,0 +1,115 @@
+"""Encoders of SF-TAP interface events (text and binary), sans-IO: flow identity + event -> bytes.
+
+Text (one header line, then `len` body bytes for DATA when `body: yes`):
+    ip1=A,ip2=B,port1=P,port2=Q,hop=H,l3=ipv4,l4=tcp,event=CREATED,time=S.UUUUUU
+    ...,event=DATA,from=1|2,match=up|down|none,len=N,time=S.UUUUUU
+    ...,event=DESTROYED,reason=NORMAL|RESET|TIMEOUT|COMPROMISED,time=S.UUUUUU
+
+Binary: SF-TAP's 64-byte `fabs_appif_header` (packed, x86-64): addr1[16], addr2[16], tv_sec int64 LE,
+tv_usec int64 LE, port1 u16 BE, port2 u16 BE, event u8 (0 CREATED, 1 DESTROYED, 2 DATA), from u8
+(0 endpoint 1, 1 endpoint 2, 3 none), len u16 LE, hop u8, l3 u8 (0 IPv4, 41 IPv6), l4 u8, match u8
+(0 up, 1 down, 2 none), reason u8 (0 NORMAL, 1 RESET, 2 TIMEOUT, 3 COMPROMISED; SF-TAP's unused[0]),
+3 zero bytes. `len` is 16 bits, so DATA longer than 65535 bytes is split into several events.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+MAX_EVENT_DATA = 0xFFFF
+
+MATCH_UP, MATCH_DOWN, MATCH_NONE = 0, 1, 2
+MATCH_NAMES = (b"up", b"down", b"none")
+
+REASON_NORMAL, REASON_RESET, REASON_TIMEOUT, REASON_COMPROMISED = 0, 1, 2, 3
+REASON_NAMES = ("NORMAL", "RESET", "TIMEOUT", "COMPROMISED")
+
+L3_NAMES = {4: "ipv4", 6: "ipv6"}
+L3_CODES = {4: 0, 6: 41}
+L4_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
+
+_TV = struct.Struct("<qq")
+_TAIL = struct.Struct("<BBHBBBBB3x")
+FROM_NONE = 3
+
+
+def addr_text(l3: int, addr: bytes) -> str:
+    """Printable address (IPv4 dotted quad, IPv6 compressed)."""
+    return str(ipaddress.IPv4Address(addr[:4]) if l3 == 4 else ipaddress.IPv6Address(addr[:16]))
+
+
+class WireId:
+    """Per-flow precomputed header pieces, so each event costs one format and one join."""
+
+    __slots__ = ("bin_addrs", "bin_ports", "hop", "l3code", "l4", "text_prefix")
+
+    def __init__(self, l3: int, l4: int, addr1: bytes, port1: int, addr2: bytes, port2: int, hop: int) -> None:
+        self.text_prefix = (
+            f"ip1={addr_text(l3, addr1)},ip2={addr_text(l3, addr2)},port1={port1},port2={port2},"
+            f"hop={hop},l3={L3_NAMES[l3]},l4={L4_NAMES.get(l4, str(l4))},event="
+        ).encode()
+        self.bin_addrs = addr1.ljust(16, b"\0") + addr2.ljust(16, b"\0")
+        self.bin_ports = struct.pack(">HH", port1, port2)
+        self.hop = hop
+        self.l3code = L3_CODES[l3]
+        self.l4 = l4
+
+
+def _ts_text(ts_ns: int) -> bytes:
+    us = ts_ns // 1000
+    return b"%d.%06d" % (us // 1_000_000, us % 1_000_000)
+
+
+def text_created(w: WireId, ts_ns: int) -> bytes:
+    """CREATED header line."""
+    return w.text_prefix + b"CREATED,time=" + _ts_text(ts_ns) + b"\n"
+
+
+def text_destroyed(w: WireId, reason: int, ts_ns: int) -> bytes:
+    """DESTROYED header line."""
+    return b"%sDESTROYED,reason=%s,time=%s\n" % (w.text_prefix, REASON_NAMES[reason].encode(), _ts_text(ts_ns))
+
+
+def text_data(out: list[bytes], w: WireId, sender: int, match: int, data: bytes, ts_ns: int, body: bool) -> int:
+    """Append DATA event(s) to `out`; return the number of events."""
+    n = len(data)
+    if n <= MAX_EVENT_DATA:
+        out.append(b"%sDATA,from=%d,match=%s,len=%d,time=%s\n" % (
+            w.text_prefix, sender, MATCH_NAMES[match], n, _ts_text(ts_ns)))
+        if body:
+            out.append(data)
+        return 1
+    count = 0
+    for pos in range(0, n, MAX_EVENT_DATA):
+        count += text_data(out, w, sender, match, data[pos : pos + MAX_EVENT_DATA], ts_ns, body)
+    return count
+
+
+def _bin_head(w: WireId, event: int, sender: int, length: int, match: int, reason: int, ts_ns: int) -> bytes:
+    us = ts_ns // 1000
+    return (w.bin_addrs + _TV.pack(us // 1_000_000, us % 1_000_000) + w.bin_ports
+            + _TAIL.pack(event, sender, length, w.hop, w.l3code, w.l4, match, reason))
+
+
+def binary_created(w: WireId, ts_ns: int) -> bytes:
+    """CREATED header."""
+    return _bin_head(w, 0, FROM_NONE, 0, MATCH_NONE, 0, ts_ns)
+
+
+def binary_destroyed(w: WireId, reason: int, ts_ns: int) -> bytes:
+    """DESTROYED header."""
+    return _bin_head(w, 1, FROM_NONE, 0, MATCH_NONE, reason, ts_ns)
+
+
+def binary_data(out: list[bytes], w: WireId, sender: int, match: int, data: bytes, ts_ns: int, body: bool) -> int:
+    """Append DATA event(s) to `out`; return the number of events."""
+    n = len(data)
+    count = 0
+    for pos in range(0, max(n, 1), MAX_EVENT_DATA):
+        chunk = data[pos : pos + MAX_EVENT_DATA]
+        out.append(_bin_head(w, 2, sender - 1, len(chunk), match, 0, ts_ns))
+        if body:
+            out.append(chunk)
+        count += 1
+    return count

@@ -1,0 +1,289 @@
+"""SF-TAP flow abstractor configuration: YAML map of rule name -> keys, validated into dataclasses.
+
+Accepts every key of SF-TAP's published configuration (`global: home, timeout, lru, cache,
+tcp_threads, regex_threads`; rule keys `up, down, proto, if, format, body, nice, balance, port,
+utf8`) plus celltap's own `global` extensions. Anything else is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SPECIAL_RULES = ("loopback7", "pcap", "tcp_default", "udp_default", "icmp", "icmpv6")
+PROTOS = {"TCP": "tcp", "UDP": "udp", "ICMP": "icmp", "ICMPV6": "icmpv6"}
+
+# SF-TAP's own global keys that celltap accepts but has no use for (threading and regex caching are
+# internal matters of the C++ implementation).
+_SFTAP_GLOBAL_IGNORED = ("lru", "cache", "tcp_threads", "regex_threads")
+_GLOBAL_KEYS = (
+    "home", "timeout", *_SFTAP_GLOBAL_IGNORED,
+    # celltap extensions
+    "udp_timeout", "hop_limit", "midstream", "classify_bytes", "ooo_limit", "reader_buffer",
+    "max_flows", "defrag_timeout", "defrag_memory", "gc_scan", "cell_id",
+)
+_RULE_KEYS = ("up", "down", "proto", "if", "format", "body", "nice", "balance", "port", "utf8")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key."""
+
+
+@dataclass
+class Rule:
+    """One classification rule (or special interface) of the configuration."""
+
+    name: str
+    proto: str = ""  # tcp | udp | icmp | icmpv6 | "" (special interfaces without a protocol)
+    ifname: str = ""
+    up: re.Pattern[bytes] | None = None
+    down: re.Pattern[bytes] | None = None
+    up_text: str = ""
+    down_text: str = ""
+    ports: tuple[tuple[int, int], ...] = ()
+    fmt: str = "text"
+    body: bool = True
+    nice: int = 100
+    balance: int = 1
+    order: int = 0  # position in the file: the tie-break inside one nice level
+
+    @property
+    def has_regex(self) -> bool:
+        """True when the rule classifies by payload (SF-TAP puts these before port rules)."""
+        return self.up is not None or self.down is not None
+
+    def port_match(self, port1: int, port2: int) -> bool:
+        """SF-TAP's is_in_port: an empty list matches everything, otherwise either side matches."""
+        if not self.ports:
+            return True
+        for lo, hi in self.ports:
+            if lo <= port1 <= hi or lo <= port2 <= hi:
+                return True
+        return False
+
+    def socket_names(self) -> list[str]:
+        """Interface socket names: `if`, or `if0 .. ifN-1` with `balance: N`."""
+        if self.balance > 1:
+            return [f"{self.ifname}{i}" for i in range(self.balance)]
+        return [self.ifname]
+
+
+@dataclass
+class GlobalConfig:
+    """The `global` section."""
+
+    home: str = "/tmp/sf-tap"
+    timeout: float = 30.0
+    udp_timeout: float = 30.0
+    hop_limit: int = 2
+    midstream: bool = False
+    classify_bytes: int = 4096
+    ooo_limit: int = 1 << 20
+    reader_buffer: int = 64 << 20
+    max_flows: int = 4_000_000
+    defrag_timeout: float = 30.0
+    defrag_memory: int = 64 << 20
+    gc_scan: int = 2048
+    cell_id: int = 0
+
+
+@dataclass
+class CellConfig:
+    """A validated SF-TAP configuration."""
+
+    glob: GlobalConfig = field(default_factory=GlobalConfig)
+    rules: list[Rule] = field(default_factory=list)  # classification rules (TCP and UDP)
+    special: dict[str, Rule] = field(default_factory=dict)
+
+    def rules_for(self, proto: str) -> list[Rule]:
+        """Rules of one protocol in evaluation order: nice, then regex before port, then file order."""
+        sel = [r for r in self.rules if r.proto == proto]
+        return sorted(sel, key=lambda r: (r.nice, 0 if r.has_regex else 1, r.order))
+
+
+def _yes_no(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("yes", "no", "true", "false"):
+        return value.lower() in ("yes", "true")
+    raise ConfigError(f"{where}: expected yes or no, got {value!r}")
+
+
+def _int(value: Any, where: str, lo: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if lo is not None and n < lo:
+        raise ConfigError(f"{where}: must be at least {lo}, got {n}")
+    return n
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    try:
+        x = float(value)
+    except ValueError:
+        raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if x <= 0:
+        raise ConfigError(f"{where}: must be positive, got {x}")
+    return x
+
+
+def parse_ports(value: Any, where: str) -> tuple[tuple[int, int], ...]:
+    """Parse `53`, `53,5353,5355` or `100-110` into (lo, hi) ranges."""
+    text = str(value)
+    out: list[tuple[int, int]] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo_s, _, hi_s = part.partition("-")
+        lo = _int(lo_s.strip(), where)
+        hi = _int(hi_s.strip(), where) if hi_s.strip() else lo
+        if not (0 <= lo <= hi <= 65535):
+            raise ConfigError(f"{where}: bad port range {part!r}")
+        out.append((lo, hi))
+    if not out:
+        raise ConfigError(f"{where}: empty port list")
+    return tuple(out)
+
+
+def _regex(value: Any, where: str) -> re.Pattern[bytes]:
+    # Patterns apply to raw bytes (SF-TAP's `utf8: no`, latin-1): every code point < 256 maps to one byte.
+    try:
+        return re.compile(str(value).encode("latin-1"))
+    except (re.error, UnicodeEncodeError) as exc:
+        raise ConfigError(f"{where}: bad regular expression {value!r}: {exc}") from None
+
+
+def _parse_global(section: Any) -> GlobalConfig:
+    g = GlobalConfig()
+    if section is None:
+        return g
+    if not isinstance(section, dict):
+        raise ConfigError("global: expected a map of keys")
+    for key, value in section.items():
+        where = f"global.{key}"
+        if key not in _GLOBAL_KEYS:
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(_GLOBAL_KEYS)})")
+        if key == "home":
+            g.home = str(value)
+        elif key == "timeout":
+            g.timeout = _number(value, where)
+        elif key == "udp_timeout":
+            g.udp_timeout = _number(value, where)
+        elif key == "defrag_timeout":
+            g.defrag_timeout = _number(value, where)
+        elif key == "midstream":
+            g.midstream = _yes_no(value, where)
+        elif key in ("lru", "cache"):
+            _yes_no(value, where)
+        elif key in ("tcp_threads", "regex_threads"):
+            _int(value, where, 1)
+        elif key == "hop_limit":
+            g.hop_limit = _int(value, where, 0)
+        elif key == "cell_id":
+            g.cell_id = _int(value, where, 0)
+        else:
+            setattr(g, key, _int(value, where, 1))
+    return g
+
+
+def _parse_rule(name: str, section: Any, order: int) -> Rule:
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{name}: expected a map of keys")
+    rule = Rule(name=name, order=order, ifname=name)
+    for key, value in section.items():
+        where = f"{name}.{key}"
+        if key not in _RULE_KEYS:
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(_RULE_KEYS)})")
+        if key == "up":
+            rule.up, rule.up_text = _regex(value, where), str(value)
+        elif key == "down":
+            rule.down, rule.down_text = _regex(value, where), str(value)
+        elif key == "proto":
+            proto = PROTOS.get(str(value).upper())
+            if proto is None:
+                raise ConfigError(f"{where}: expected one of {', '.join(PROTOS)}, got {value!r}")
+            rule.proto = proto
+        elif key == "if":
+            ifname = str(value)
+            if not ifname or "/" in ifname or ifname in (".", ".."):
+                raise ConfigError(f"{where}: bad interface name {value!r}")
+            rule.ifname = ifname
+        elif key == "format":
+            if value not in ("text", "binary"):
+                raise ConfigError(f"{where}: expected text or binary, got {value!r}")
+            rule.fmt = value
+        elif key == "body":
+            rule.body = _yes_no(value, where)
+        elif key == "nice":
+            rule.nice = _int(value, where)
+        elif key == "balance":
+            rule.balance = _int(value, where, 1)
+        elif key == "port":
+            rule.ports = parse_ports(value, where)
+        elif key == "utf8":
+            _yes_no(value, where)
+    if name == "tcp_default":
+        rule.proto = rule.proto or "tcp"
+    elif name == "udp_default":
+        rule.proto = rule.proto or "udp"
+    elif name in ("icmp", "icmpv6"):
+        rule.proto = rule.proto or name
+    elif name not in ("loopback7", "pcap"):
+        if not rule.proto:
+            raise ConfigError(f"{name}.proto: missing (TCP or UDP)")
+        if rule.proto not in ("tcp", "udp"):
+            raise ConfigError(f"{name}.proto: classification rules take TCP or UDP, got {rule.proto}")
+    return rule
+
+
+def parse_config(doc: Any) -> CellConfig:
+    """Validate a parsed YAML document."""
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError("configuration: expected a map of rule name to keys")
+    cfg = CellConfig(glob=_parse_global(doc.get("global")))
+    names: dict[tuple[str, str], str] = {}
+    for order, (name, section) in enumerate(doc.items()):
+        if name == "global":
+            continue
+        name = str(name)
+        rule = _parse_rule(name, section, order)
+        if name in SPECIAL_RULES:
+            cfg.special[name] = rule
+        else:
+            cfg.rules.append(rule)
+        # Two rules may share one interface (SF-TAP's dns_udp/dns_tcp, pop/smtp) only with equal
+        # balance, since the socket set is per interface.
+        for sock in rule.socket_names():
+            prev = names.get((rule.proto, sock))
+            if prev is not None and prev != f"{rule.balance}":
+                raise ConfigError(f"{name}.balance: interface {sock} is shared with another balance")
+            names[(rule.proto, sock)] = f"{rule.balance}"
+    return cfg
+
+
+def load_config(path: str | Path) -> CellConfig:
+    """Read and validate an SF-TAP YAML configuration file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(doc)
