@@ -1,0 +1,76 @@
+"""`celltap analyzer NAME --socket PATH`: run one analyzer (or N balanced ones) on a cell interface."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from cell.analyzers.registry import ANALYZERS
+from cell.analyzers.supervisor import child_command, supervise
+from cell.sdk.client import run_socket
+from cell.sdk.output import JsonLinesWriter
+from cell.sdk.session import FORMATS
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the analyzer subcommand's options."""
+    parser.add_argument("name", choices=sorted(ANALYZERS), help="which analyzer to run")
+    parser.add_argument("--socket", help="interface socket, e.g. /tmp/sf-tap/tcp/http")
+    parser.add_argument(
+        "--socket-prefix", help="balanced interfaces: PREFIX0 .. PREFIX{N-1} (with --balance)"
+    )
+    parser.add_argument(
+        "--balance", type=int, default=0, help="start N child analyzers, restart any that dies"
+    )
+    parser.add_argument("--format", choices=FORMATS, default="text", help="interface format (default text)")
+    parser.add_argument("--out", help="append JSON lines to FILE (default stdout)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics on this port (with --balance: the supervisor; child i uses PORT+1+i)",
+    )
+    parser.add_argument(
+        "--exit-on-eof",
+        action="store_true",
+        help="exit when the interface closes instead of reconnecting (offline runs)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the analyzer (or the balance supervisor) until SIGTERM, or EOF with --exit-on-eof."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
+    if args.balance:
+        if not args.socket_prefix:
+            log.error("analyzer: --balance needs --socket-prefix")
+            return 2
+        commands = [
+            child_command(
+                args.name,
+                f"{args.socket_prefix}{i}",
+                args.format,
+                args.out,
+                None if args.metrics_port is None else args.metrics_port + 1 + i,
+                args.exit_on_eof,
+            )
+            for i in range(args.balance)
+        ]
+        return supervise(commands, args.name, stop, args.exit_on_eof)
+    if not args.socket:
+        log.error("analyzer: --socket PATH is required (or --socket-prefix with --balance)")
+        return 2
+    analyzer = ANALYZERS[args.name]()
+    writer = JsonLinesWriter(args.out)
+    try:
+        run_socket(args.socket, analyzer, writer.write, args.format, args.exit_on_eof, stop)
+    finally:
+        writer.close()
+    return 0

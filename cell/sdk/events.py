@@ -1,0 +1,65 @@
+"""The event model shared by the text and binary decoders: flow identity plus one abstracted TCP/UDP event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CREATED = "CREATED"
+DATA = "DATA"
+DESTROYED = "DESTROYED"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowId:
+    """A flow as the cell names it: endpoint 1 is the lexicographically smaller (address, port)."""
+
+    ip1: str
+    ip2: str
+    port1: int
+    port2: int
+    hop: int
+    l3: str  # "ipv4" | "ipv6"
+    l4: str  # "tcp" | "udp" | "icmp" | "icmpv6"
+
+    def endpoint(self, which: int) -> tuple[str, int]:
+        """Return (ip, port) of endpoint 1 or 2."""
+        return (self.ip1, self.port1) if which == 1 else (self.ip2, self.port2)
+
+
+class Event:
+    """One interface event; `key` is an opaque hashable flow key, `flow` its decoded identity."""
+
+    __slots__ = ("data", "event", "flow", "key", "match", "reason", "sender", "time")
+
+    def __init__(
+        self,
+        event: str,
+        key: bytes,
+        flow: FlowId,
+        time: float,
+        sender: int = 0,
+        data: bytes = b"",
+        match: str = "none",
+        reason: str = "",
+    ) -> None:
+        self.event = event
+        self.key = key
+        self.flow = flow
+        self.time = time
+        self.sender = sender  # 1 or 2 for DATA: which endpoint sent the bytes
+        self.data = data
+        self.match = match
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return (
+            f"Event({self.event}, {self.flow.ip1}:{self.flow.port1}<->{self.flow.ip2}:{self.flow.port2},"
+            f" from={self.sender}, len={len(self.data)}, reason={self.reason!r})"
+        )
+
+
+class WireError(ValueError):
+    """The byte stream from the interface is not in the documented format (the connection must reset)."""
+
+
+MAX_CACHED_FLOWS = 200_000

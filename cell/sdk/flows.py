@@ -1,0 +1,101 @@
+"""Sans-IO dispatch of interface events to an analyzer: per-flow, per-direction byte streams for TCP,
+one call per datagram for UDP."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Protocol
+
+from cell.sdk.events import CREATED, DATA, DESTROYED, Event, FlowId
+
+MAX_STREAMS = 100_000
+
+
+class StreamHandler(Protocol):
+    """Per-TCP-flow state an analyzer returns from `FlowAnalyzer.stream`."""
+
+    def data(self, sender: int, data: bytes, time: float) -> None:
+        """Bytes sent by endpoint `sender` (1 or 2), in order."""
+
+    def end(self, reason: str, time: float) -> None:
+        """The flow ended (NORMAL, RESET, TIMEOUT, COMPROMISED, or DISCONNECTED when the cell went away)."""
+
+
+class FlowAnalyzer:
+    """Base of every analyzer: collects records and error counts; the front end drains them per batch."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.errors: Counter[str] = Counter()
+
+    def error(self, reason: str) -> None:
+        """Count one parse error by reason."""
+        self.errors[reason] += 1
+
+    def stream(self, flow: FlowId, time: float) -> StreamHandler | None:
+        """Return a handler for a new TCP flow, or None to ignore the flow."""
+        return None
+
+    def datagram(self, flow: FlowId, sender: int, data: bytes, time: float) -> None:
+        """Handle one UDP datagram sent by endpoint `sender`."""
+
+    def close(self, time: float) -> None:
+        """End of input: flush any state that would otherwise wait for more traffic."""
+
+
+class FlowTable:
+    """Routes decoded events to an analyzer's per-flow handlers; bounded in the number of live flows."""
+
+    def __init__(self, analyzer: FlowAnalyzer, max_streams: int = MAX_STREAMS) -> None:
+        self.analyzer = analyzer
+        self.max_streams = max_streams
+        self.streams: dict[bytes, StreamHandler | None] = {}
+        self.dropped: Counter[str] = Counter()  # events dropped by reason, drained by the front end
+
+    def handle(self, events: list[Event]) -> list[bytes]:
+        """Dispatch a batch of events; return the keys of flows that ended (decoders may forget them)."""
+        streams = self.streams
+        analyzer = self.analyzer
+        ended: list[bytes] = []
+        for ev in events:
+            kind = ev.event
+            if kind is DATA:
+                if ev.flow.l4 != "tcp":
+                    analyzer.datagram(ev.flow, ev.sender, ev.data, ev.time)
+                    continue
+                try:
+                    handler = streams[ev.key]
+                except KeyError:
+                    # DATA without CREATED: we connected (or reconnected) mid-flow; analyze what we get.
+                    handler = self._open(ev)
+                if handler is not None:
+                    handler.data(ev.sender, ev.data, ev.time)
+            elif kind is CREATED:
+                old = streams.pop(ev.key, None)
+                if old is not None:
+                    old.end("REPLACED", ev.time)
+                self._open(ev)
+            elif kind is DESTROYED:
+                handler = streams.pop(ev.key, None)
+                if handler is not None:
+                    handler.end(ev.reason or "NORMAL", ev.time)
+                ended.append(ev.key)
+        return ended
+
+    def _open(self, ev: Event) -> StreamHandler | None:
+        if len(self.streams) >= self.max_streams:
+            self.dropped["flow_table_full"] += 1
+            return None
+        handler = self.analyzer.stream(ev.flow, ev.time)
+        self.streams[ev.key] = handler
+        return handler
+
+    def end_all(self, reason: str, time: float) -> None:
+        """End every live flow (the cell went away or input ended) and let the analyzer flush."""
+        streams, self.streams = self.streams, {}
+        for handler in streams.values():
+            if handler is not None:
+                handler.end(reason, time)
+        self.analyzer.close(time)

@@ -1,0 +1,54 @@
+"""Prometheus counters of the analyzer plane, updated once per batch."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prometheus_client import Counter as PromCounter
+
+EVENTS_READ = PromCounter(
+    "celltap_analyzer_events_read_total", "Interface events read", ["analyzer", "event"]
+)
+BYTES_READ = PromCounter("celltap_analyzer_bytes_read_total", "Bytes read from the interface", ["analyzer"])
+RECORDS_WRITTEN = PromCounter("celltap_analyzer_records_written_total", "JSON records written", ["analyzer"])
+PARSE_ERRORS = PromCounter(
+    "celltap_analyzer_parse_errors_total", "Parse errors and bounded-buffer overflows", ["analyzer", "reason"]
+)
+DROPPED_EVENTS = PromCounter(
+    "celltap_analyzer_dropped_events_total", "Events not analyzed, by reason", ["analyzer", "reason"]
+)
+RECONNECTS = PromCounter(
+    "celltap_analyzer_reconnects_total", "Connections (re)established to the interface", ["analyzer"]
+)
+WIRE_ERRORS = PromCounter(
+    "celltap_analyzer_wire_errors_total", "Interface streams reset because framing was lost", ["analyzer"]
+)
+
+
+class BatchStats:
+    """Counts gathered while handling one batch, then added to Prometheus in one step."""
+
+    def __init__(self, analyzer: str) -> None:
+        self.analyzer = analyzer
+        self.events: Counter[str] = Counter()
+        self.records = 0
+        self.bytes = 0
+
+    def flush(self, errors: Counter[str], dropped: Counter[str]) -> None:
+        """Add this batch's counts (and the analyzer's error counts) to the Prometheus counters."""
+        name = self.analyzer
+        for kind, n in self.events.items():
+            EVENTS_READ.labels(name, kind).inc(n)
+        if self.bytes:
+            BYTES_READ.labels(name).inc(self.bytes)
+        if self.records:
+            RECORDS_WRITTEN.labels(name).inc(self.records)
+        for reason, n in errors.items():
+            PARSE_ERRORS.labels(name, reason).inc(n)
+        for reason, n in dropped.items():
+            DROPPED_EVENTS.labels(name, reason).inc(n)
+        errors.clear()
+        dropped.clear()
+        self.events.clear()
+        self.records = 0
+        self.bytes = 0

@@ -1,0 +1,129 @@
+"""SF-TAP text interface format: a sans-IO decoder (bytes in, events out) and an encoder."""
+
+from __future__ import annotations
+
+from cell.sdk.events import CREATED, DATA, DESTROYED, MAX_CACHED_FLOWS, Event, FlowId, WireError
+
+MAX_HEADER_LINE = 4096  # a real header line is ~150 bytes; anything longer means we lost framing
+
+_EVENT_NAMES = {b"CREATED": CREATED, b"DATA": DATA, b"DESTROYED": DESTROYED}
+
+
+def _parse_flow(prefix: bytes) -> FlowId:
+    fields = dict(part.split(b"=", 1) for part in prefix.split(b","))
+    try:
+        return FlowId(
+            ip1=fields[b"ip1"].decode(),
+            ip2=fields[b"ip2"].decode(),
+            port1=int(fields[b"port1"]),
+            port2=int(fields[b"port2"]),
+            hop=int(fields.get(b"hop", b"0")),
+            l3=fields.get(b"l3", b"ipv4").decode(),
+            l4=fields.get(b"l4", b"tcp").decode(),
+        )
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise WireError(f"bad flow fields in header {prefix[:200]!r}: {exc}") from None
+
+
+class TextDecoder:
+    """Turn the text byte stream into Events; feed() may be called with any split of the stream."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pending: Event | None = None
+        self._need = 0
+        # The flow part of the header (everything before ",event=") is the flow key: parsing it once
+        # per flow instead of once per event is most of the decoder's speed.
+        self._flows: dict[bytes, FlowId] = {}
+
+    def forget(self, key: bytes) -> None:
+        """Drop the cached identity of a finished flow."""
+        self._flows.pop(key, None)
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Consume bytes and return every event completed by them."""
+        buf = self._buf
+        buf += data
+        out: list[Event] = []
+        pos = 0
+        n = len(buf)
+        flows = self._flows
+        while pos < n:
+            if self._pending is not None:
+                need = self._need
+                if n - pos < need:
+                    break
+                ev = self._pending
+                ev.data = bytes(buf[pos : pos + need])
+                pos += need
+                self._pending = None
+                out.append(ev)
+                continue
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                if n - pos > MAX_HEADER_LINE:
+                    raise WireError(f"header line longer than {MAX_HEADER_LINE} bytes")
+                break
+            if nl - pos > MAX_HEADER_LINE:
+                raise WireError(f"header line longer than {MAX_HEADER_LINE} bytes")
+            line = bytes(buf[pos:nl]).rstrip(b"\r")
+            pos = nl + 1
+            if not line:
+                continue
+            cut = line.find(b",event=")
+            if cut < 0:
+                raise WireError(f"header without event: {line[:200]!r}")
+            key = line[:cut]
+            flow = flows.get(key)
+            if flow is None:
+                if len(flows) >= MAX_CACHED_FLOWS:
+                    flows.clear()  # UDP flows never end: bound the cache, re-parsing is cheap
+                flow = flows[key] = _parse_flow(key)
+            try:
+                fields = dict(part.split(b"=", 1) for part in line[cut + 1 :].split(b","))
+                kind = _EVENT_NAMES[fields[b"event"]]
+                tval = fields.get(b"time")
+                t = float(tval) if tval else 0.0
+                if kind is DATA:
+                    ev = Event(
+                        DATA,
+                        key,
+                        flow,
+                        t,
+                        int(fields[b"from"]),
+                        b"",
+                        fields.get(b"match", b"none").decode(),
+                    )
+                    length = int(fields.get(b"len", b"0"))
+                    if length:
+                        self._pending = ev
+                        self._need = length
+                    else:
+                        out.append(ev)
+                else:
+                    out.append(Event(kind, key, flow, t, reason=fields.get(b"reason", b"").decode()))
+            except (KeyError, ValueError, UnicodeDecodeError) as exc:
+                raise WireError(f"bad event header {line[:200]!r}: {exc}") from None
+        del buf[:pos]
+        return out
+
+
+def encode_text(
+    flow: FlowId,
+    event: str,
+    time: float,
+    sender: int = 0,
+    data: bytes = b"",
+    match: str = "none",
+    reason: str = "NORMAL",
+) -> bytes:
+    """Encode one event in the text format (the cell's job; used by tests, benches and replays)."""
+    head = (
+        f"ip1={flow.ip1},ip2={flow.ip2},port1={flow.port1},port2={flow.port2},hop={flow.hop},"
+        f"l3={flow.l3},l4={flow.l4},event={event}"
+    )
+    if event == DATA:
+        return f"{head},from={sender},match={match},len={len(data)},time={time:.6f}\n".encode() + data
+    if event == DESTROYED:
+        return f"{head},reason={reason},time={time:.6f}\n".encode()
+    return f"{head},time={time:.6f}\n".encode()
