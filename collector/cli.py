@@ -1,0 +1,134 @@
+"""`celltap collector`: run from a config, inspect a capture, or inspect live export as JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+
+from collector.config import CollectorConfig, ConfigError, load_config, parse_listen
+
+log = logging.getLogger("celltap.collector")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Collector options."""
+    parser.add_argument("--config", help="collector YAML file (listen, workers, allow, registry, ...)")
+    parser.add_argument("--read-pcap", metavar="PCAP", help="decode the IPFIX/NetFlow messages of a capture")
+    parser.add_argument("--listen", action="append", metavar="URL",
+                        help="udp://ADDR:PORT or tcp://ADDR:PORT (repeatable); overrides the config's")
+    parser.add_argument("--json", action="store_true", help="print decoded records as JSON lines")
+    parser.add_argument("--workers", type=int, help="UDP worker processes per UDP address")
+    parser.add_argument("--allow", action="append", metavar="NET", help="accept only these exporters")
+    parser.add_argument("--port", type=int, action="append",
+                        help="with --read-pcap: only traffic to this destination port")
+    parser.add_argument("--metrics-port", type=int, help="serve /metrics here (0: off)")
+    parser.add_argument("--count", type=int, help="stop after this many records (live inspect)")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds")
+
+
+def _summary(stats: object, out: object) -> None:
+    s = stats
+    summary = {
+        "messages": s.total("messages"), "records": s.total("records"),  # type: ignore[attr-defined]
+        "dropped_messages": dict(s.dropped_messages),  # type: ignore[attr-defined]
+        "dropped_sets": dict(s.dropped_sets),  # type: ignore[attr-defined]
+        "sequence_lost": s.total("sequence_lost"),  # type: ignore[attr-defined]
+    }
+    print(json.dumps(summary), file=out)  # type: ignore[call-overload]
+
+
+def read_pcap(args: argparse.Namespace, cfg: CollectorConfig) -> int:
+    """Decode a capture offline and print records (--json) or a summary."""
+    from collector.json_output import JsonLinesSink
+    from collector.pcap_input import messages_from_capture
+    from collector.service import make_ingestor
+    from collector.template_store import InMemoryTemplateStore
+
+    ingestor = make_ingestor(cfg, InMemoryTemplateStore())
+    sink = JsonLinesSink(sys.stdout) if args.json else None
+    pending: list = []
+    last_ts = 0.0
+
+    def flush() -> None:
+        batches = ingestor.feed(pending, last_ts)
+        if sink is not None:
+            sink(batches)
+        pending.clear()
+
+    ports = set(args.port) if args.port else None
+    try:
+        for ts, exporter, msg in messages_from_capture(args.read_pcap, ports):
+            if pending and ts != last_ts and len(pending) >= 256:
+                flush()
+            last_ts = ts
+            pending.append((exporter, msg))
+        flush()
+    except (OSError, ValueError) as exc:
+        print(f"celltap collector: {args.read_pcap}: {exc}", file=sys.stderr)
+        return 1
+    _summary(ingestor.stats, sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the collector subcommand."""
+    try:
+        cfg = load_config(args.config) if args.config else CollectorConfig()
+        if args.listen:
+            cfg.listen = [parse_listen(u, "--listen") for u in args.listen]
+        if args.workers is not None:
+            cfg.workers = args.workers
+        elif args.json and not args.config:
+            cfg.workers = 1  # one printer keeps JSON lines whole and in order
+        if args.allow:
+            from collector.config import _allow
+
+            cfg.allow = _allow("--allow", args.allow)
+        if args.metrics_port is not None:
+            cfg.metrics_port = args.metrics_port
+        elif not args.config:
+            cfg.metrics_port = 0
+    except ConfigError as exc:
+        print(f"celltap collector: {exc}", file=sys.stderr)
+        return 2
+    if args.read_pcap:
+        return read_pcap(args, cfg)
+    if not args.config and not args.listen:
+        print("celltap collector: give --config, --listen or --read-pcap", file=sys.stderr)
+        return 2
+    from collector.json_output import JsonLinesSink
+    from collector.service import CollectorService
+
+    sinks: list[JsonLinesSink] = []
+
+    def json_hook(index: int) -> JsonLinesSink:
+        sink = JsonLinesSink(sys.stdout)
+        sinks.append(sink)
+        return sink
+
+    service = CollectorService(cfg, json_hook if args.json else None)
+    signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
+    try:
+        service.start()
+    except OSError as exc:
+        print(f"celltap collector: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    print(f"celltap collector: listening on {', '.join(map(str, cfg.listen))}"
+          f" ({cfg.workers if service.processes else 1} UDP worker(s))", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    try:
+        while not service.stopped():
+            time.sleep(0.05)
+            if args.duration is not None and time.monotonic() - start >= args.duration:
+                break
+            if args.count is not None and sum(s.records for s in sinks) >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    service.stop()
+    _summary(service.totals, sys.stderr)
+    return 0

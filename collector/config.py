@@ -1,0 +1,146 @@
+"""Collector configuration (YAML) with a small schema check: a bad key is one clear error line.
+
+celltap has no shared config loader yet; this one lives in collector/ until it does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """udp://ADDR:PORT or tcp://ADDR:PORT."""
+
+    transport: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}://{host}:{self.port}"
+
+
+def parse_listen(text: str, key: str = "listen") -> ListenAddress:
+    """Parse a listen URL; raises ConfigError naming `key`."""
+    u = urlsplit(str(text))
+    if u.scheme not in ("udp", "tcp"):
+        raise ConfigError(f"{key}: {text!r} must start with udp:// or tcp://")
+    try:
+        port = u.port
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {text!r}: {exc}") from None
+    if port is None or not u.hostname:
+        raise ConfigError(f"{key}: {text!r} needs ADDR:PORT")
+    return ListenAddress(u.scheme, u.hostname, port)
+
+
+@dataclass
+class CollectorConfig:
+    """What `celltap collector --config F` reads."""
+
+    listen: list[ListenAddress] = field(default_factory=lambda: [ListenAddress("udp", "0.0.0.0", 4739)])
+    workers: int = 2
+    receive_buffer: int = 32 * 1024 * 1024
+    allow: list[str] = field(default_factory=list)
+    template_expiry: float = 1800.0
+    max_templates_per_domain: int = 1024
+    max_domains: int = 16384
+    registry: str | None = None
+    cluster: str = "default"
+    metrics_port: int = 9464
+    metrics_addr: str = "127.0.0.1"
+    collector_id: str | None = None
+    batch_datagrams: int = 256
+
+
+def _int(key: str, v: Any, lo: int, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise ConfigError(f"{key}: must be an integer {rng}, got {v!r}")
+    return v
+
+
+def _num(key: str, v: Any, lo: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < lo:
+        raise ConfigError(f"{key}: must be a number >= {lo}, got {v!r}")
+    return float(v)
+
+
+def _str(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{key}: must be a non-empty string, got {v!r}")
+    return v
+
+
+def _listen(key: str, v: Any) -> list[ListenAddress]:
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{key}: must be a URL or a non-empty list of udp:// / tcp:// URLs")
+    return [parse_listen(x, f"{key}[{i}]") for i, x in enumerate(items)]
+
+
+def _allow(key: str, v: Any) -> list[str]:
+    if not isinstance(v, list):
+        raise ConfigError(f"{key}: must be a list of addresses or networks")
+    for i, x in enumerate(v):
+        try:
+            ipaddress.ip_network(str(x), strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}[{i}]: {x!r} is not an address or network") from None
+    return [str(x) for x in v]
+
+
+_SCHEMA = {
+    "listen": _listen,
+    "workers": lambda k, v: _int(k, v, 1, 64),
+    "receive_buffer": lambda k, v: _int(k, v, 4096),
+    "allow": _allow,
+    "template_expiry": lambda k, v: _num(k, v, 1),
+    "max_templates_per_domain": lambda k, v: _int(k, v, 1),
+    "max_domains": lambda k, v: _int(k, v, 1),
+    "registry": lambda k, v: None if v is None else _str(k, v),
+    "cluster": _str,
+    "metrics_port": lambda k, v: _int(k, v, 0, 65535),
+    "metrics_addr": _str,
+    "collector_id": lambda k, v: None if v is None else _str(k, v),
+    "batch_datagrams": lambda k, v: _int(k, v, 1, 65536),
+}
+
+
+def config_from_dict(data: Any, source: str = "config") -> CollectorConfig:
+    """Validate a parsed YAML mapping into a CollectorConfig (ConfigError on the first bad key)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    cfg = CollectorConfig()
+    for key, value in data.items():
+        check = _SCHEMA.get(key)
+        if check is None:
+            raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(sorted(_SCHEMA))})")
+        setattr(cfg, key, check(key, value))
+    return cfg
+
+
+def load_config(path: str | Path) -> CollectorConfig:
+    """Read and validate a collector YAML file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return config_from_dict(data, str(path))

@@ -1,0 +1,183 @@
+"""The running collector: UDP worker processes, a TCP server, metrics, and the batch hook."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from prometheus_client import start_http_server
+
+from celltap.ipfix.records import RecordBatch
+from collector.allowlist import AllowList
+from collector.config import CollectorConfig, ListenAddress
+from collector.ingest import IngestConfig, Ingestor
+from collector.metrics import CollectorMetrics
+from collector.stats import IngestStats
+from collector.tcp_server import TcpServer
+from collector.template_store import InMemoryTemplateStore, KVTemplateStore, TemplateStore
+from collector.udp_server import UdpWorker, open_udp_socket
+
+log = logging.getLogger("celltap.collector")
+
+Sink = Callable[[list[RecordBatch]], None]
+# Called once inside each worker (process or thread) with the worker's index (-1 for TCP); returns
+# the callable that receives that worker's decoded RecordBatches.
+HookFactory = Callable[[int], Sink]
+
+
+def discard(batches: list[RecordBatch]) -> None:
+    """The sink when nothing is configured to take records (they are still counted as decoded)."""
+
+
+def make_store(config: CollectorConfig) -> TemplateStore:
+    """The template store: the registry when one is configured, else this process's memory."""
+    if not config.registry:
+        return InMemoryTemplateStore()
+    from celltap.registry import open_registry  # imported here: workers open their own connection
+
+    return KVTemplateStore(open_registry(config.registry), config.cluster)
+
+
+def make_ingestor(config: CollectorConfig, store: TemplateStore | None = None) -> Ingestor:
+    """An Ingestor with the config's limits, allow-list and template store."""
+    ic = IngestConfig(template_expiry=config.template_expiry,
+                      max_templates_per_domain=config.max_templates_per_domain,
+                      max_domains=config.max_domains)
+    return Ingestor(ic, store if store is not None else make_store(config), IngestStats(),
+                    AllowList(config.allow))
+
+
+def _udp_worker_main(index: int, addr: ListenAddress, config: CollectorConfig, hook: HookFactory | None,
+                     stats_q: mp.Queue, stop: threading.Event, ready: threading.Event) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    sock = open_udp_socket(addr, config.receive_buffer)
+    ingestor = make_ingestor(config)
+    sink = hook(index) if hook is not None else discard
+    worker = UdpWorker(sock, ingestor, sink, config.batch_datagrams, on_stats=stats_q.put)
+    ready.set()
+    try:
+        worker.run(stop.is_set)
+    finally:
+        sock.close()
+
+
+class CollectorService:
+    """Start/stop the whole collector described by a CollectorConfig."""
+
+    def __init__(self, config: CollectorConfig, hook: HookFactory | None = None,
+                 metrics: CollectorMetrics | None = None, processes: bool | None = None) -> None:
+        self.config = config
+        self.hook = hook
+        self.metrics = metrics
+        self.totals = IngestStats()
+        self._totals_lock = threading.Lock()
+        self._ctx = mp.get_context("fork")
+        self._stop = self._ctx.Event()
+        self._stats_done = threading.Event()
+        self._stats_q: mp.Queue = self._ctx.Queue()
+        self._procs: list = []
+        self._threads: list[threading.Thread] = []
+        self.processes = config.workers > 1 if processes is None else processes
+        self.tcp_servers: list[TcpServer] = []
+
+    def _apply(self, deltas: dict) -> None:
+        with self._totals_lock:
+            self.totals.merge(deltas)
+        if self.metrics is not None:
+            self.metrics.apply(deltas)
+
+    def _stats_loop(self) -> None:
+        while not self._stats_done.is_set():
+            try:
+                self._apply(self._stats_q.get(timeout=0.2))
+            except queue.Empty:
+                continue
+            except (EOFError, OSError):
+                break
+
+    def start(self) -> None:
+        """Bind everything and start receiving; returns once every socket is bound."""
+        cfg = self.config
+        if cfg.metrics_port and self.metrics is None:
+            self.metrics = CollectorMetrics()
+            start_http_server(cfg.metrics_port, cfg.metrics_addr)
+        readies = []
+        index = 0
+        for addr in cfg.listen:
+            if addr.transport == "tcp":
+                ingestor = make_ingestor(cfg)
+                sink = self.hook(-1) if self.hook is not None else discard
+                srv = TcpServer(addr, ingestor, sink)
+                self.tcp_servers.append(srv)
+
+                def tick(ing: Ingestor = ingestor) -> None:
+                    self._apply(ing.stats.drain())
+
+                t = threading.Thread(target=srv.run, args=(self._stop.is_set, tick), name="tcp", daemon=True)
+                self._threads.append(t)
+                continue
+            for _ in range(cfg.workers if self.processes else 1):
+                ready = self._ctx.Event()
+                readies.append(ready)
+                args = (index, addr, cfg, self.hook, self._stats_q, self._stop, ready)
+                if self.processes:
+                    self._procs.append(self._ctx.Process(target=_udp_worker_main, args=args,
+                                                         name=f"udp-{index}", daemon=True))
+                else:
+                    self._threads.append(threading.Thread(target=self._udp_thread, args=args, daemon=True))
+                index += 1
+        for p in self._procs:
+            p.start()
+        for t in self._threads:
+            t.start()
+        self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
+        self._stats_thread.start()
+        for r in readies:
+            if not r.wait(10):
+                raise RuntimeError("a UDP worker did not start within 10 s")
+        if self.metrics is not None:
+            self.metrics.workers.set(len(self._procs) or len(readies))
+
+    def _udp_thread(self, index: int, addr: ListenAddress, config: CollectorConfig, hook: HookFactory | None,
+                    stats_q: mp.Queue, stop: threading.Event, ready: threading.Event) -> None:
+        sock = open_udp_socket(addr, config.receive_buffer)
+        ingestor = make_ingestor(config)
+        sink = hook(index) if hook is not None else discard
+        worker = UdpWorker(sock, ingestor, sink, config.batch_datagrams, on_stats=self._apply)
+        ready.set()
+        try:
+            worker.run(stop.is_set)
+        finally:
+            sock.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop receiving, collect the last stats, join workers."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        for p in self._procs:
+            p.join(max(0.1, deadline - time.monotonic()))
+            if p.is_alive():
+                p.terminate()
+        self._stats_done.set()
+        self._stats_thread.join(max(0.1, deadline - time.monotonic()))
+        while True:  # what the workers reported while stopping
+            try:
+                self._apply(self._stats_q.get(timeout=0.2 if self._procs else 0.01))
+            except (queue.Empty, EOFError, OSError):
+                break
+
+    def stopped(self) -> bool:
+        """True once stop() was requested."""
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        """Ask everything to stop (safe from a signal handler)."""
+        self._stop.set()
