@@ -34,8 +34,20 @@ def serve_stream(path: str, payload: bytes, connections: int = 1) -> threading.T
 
 def analyzer_cmd(name: str, sock: str, out: str, fmt: str = "text", *extra: str) -> list[str]:
     """Command line of `celltap analyzer`."""
-    return [sys.executable, "-m", "celltap.cli", "analyzer", name, "--socket", sock, "--format", fmt,
-            "--out", out, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "celltap.cli",
+        "analyzer",
+        name,
+        "--socket",
+        sock,
+        "--format",
+        fmt,
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 def run_analyzer(name: str, payload: bytes, tmp: Path, fmt: str = "text") -> list[dict]:
@@ -43,8 +55,9 @@ def run_analyzer(name: str, payload: bytes, tmp: Path, fmt: str = "text") -> lis
     sock = str(tmp / f"{name}.sock")
     out = tmp / f"{name}.jsonl"
     th = serve_stream(sock, payload)
-    proc = subprocess.run(analyzer_cmd(name, sock, str(out), fmt, "--exit-on-eof"), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        analyzer_cmd(name, sock, str(out), fmt, "--exit-on-eof"), capture_output=True, text=True, timeout=120
+    )
     th.join(10)
     assert proc.returncode == 0, proc.stderr
     if not out.exists():
@@ -54,13 +67,29 @@ def run_analyzer(name: str, payload: bytes, tmp: Path, fmt: str = "text") -> lis
 
 def tshark_fields(pcap: str, display_filter: str, fields: list[str]) -> list[dict[str, list[str]]]:
     """tshark -T fields output as one dict per packet; multi-valued fields split on the aggregator."""
-    cmd = ["tshark", "-r", pcap, "-n", "-Y", display_filter, "-T", "fields", "-E", "separator=\x1e",
-           "-E", "aggregator=\x1f", "-E", "occurrence=a"]
+    cmd = [
+        "tshark",
+        "-r",
+        pcap,
+        "-n",
+        "-Y",
+        display_filter,
+        "-T",
+        "fields",
+        "-E",
+        "separator=\x1e",
+        "-E",
+        "aggregator=\x1f",
+        "-E",
+        "occurrence=a",
+    ]
     for f in fields:
         cmd += ["-e", f]
     text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rows = []
-    for line in text.splitlines():
+    for line in text.split("\n"):
+        if not line:
+            continue
         values = line.split("\x1e")
         rows.append({f: (v.split("\x1f") if v else []) for f, v in zip(fields, values, strict=False)})
     return rows

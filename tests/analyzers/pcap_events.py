@@ -16,9 +16,22 @@ from cell.sdk.events import CREATED, DATA, DESTROYED, FlowId
 from cell.sdk.text_format import encode_text
 
 FIELDS = [
-    "frame.time_epoch", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "tcp.srcport", "tcp.dstport",
-    "udp.srcport", "udp.dstport", "tcp.stream", "tcp.flags.syn", "tcp.flags.fin", "tcp.flags.reset",
-    "tcp.seq_raw", "tcp.payload", "udp.payload",
+    "frame.time_epoch",
+    "ip.src",
+    "ip.dst",
+    "ipv6.src",
+    "ipv6.dst",
+    "tcp.srcport",
+    "tcp.dstport",
+    "udp.srcport",
+    "udp.dstport",
+    "tcp.stream",
+    "tcp.flags.syn",
+    "tcp.flags.fin",
+    "tcp.flags.reset",
+    "tcp.seq_raw",
+    "tcp.payload",
+    "udp.payload",
 ]
 
 
@@ -37,8 +50,20 @@ def _canon(src: str, sport: int, dst: str, dport: int) -> tuple[FlowId, int]:
 def pcap_to_events(pcap: str, fmt: str = "text", display_filter: str = "tcp or udp") -> bytes:
     """Return the interface byte stream a cell would send for every TCP/UDP flow of `pcap`."""
     enc = encode_text if fmt == "text" else encode_binary
-    cmd = ["tshark", "-r", pcap, "-n", "-Y", display_filter, "-T", "fields", "-E", "separator=\t",
-           "-o", "tcp.relative_sequence_numbers:FALSE"]
+    cmd = [
+        "tshark",
+        "-r",
+        pcap,
+        "-n",
+        "-Y",
+        display_filter,
+        "-T",
+        "fields",
+        "-E",
+        "separator=\t",
+        "-o",
+        "tcp.relative_sequence_numbers:FALSE",
+    ]
     for f in FIELDS:
         cmd += ["-e", f]
     lines = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()

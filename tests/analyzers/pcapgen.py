@@ -27,7 +27,9 @@ def _csum(data: bytes) -> int:
 
 def _ipv4(src: str, dst: str, proto: int, payload: bytes, ident: int) -> bytes:
     s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
-    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident & 0xFFFF, 0x4000, 64, proto, 0, s, d)
+    head = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident & 0xFFFF, 0x4000, 64, proto, 0, s, d
+    )
     head = head[:10] + struct.pack("!H", _csum(head)) + head[12:]
     l4 = payload
     pseudo = s + d + struct.pack("!BBH", 0, proto, len(l4))
