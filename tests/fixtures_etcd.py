@@ -2,7 +2,7 @@
 
 Use from any test directory::
 
-    from fixtures_etcd import etcd_factory, etcd_server  # noqa: F401  (fixtures)
+    from tests.fixtures_etcd import etcd_factory, etcd_server  # noqa: F401  (fixtures)
 
     def test_x(etcd_server):
         reg = open_registry(etcd_server.url)

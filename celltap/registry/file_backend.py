@@ -25,13 +25,14 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from celltap.registry.base import Lease, Registry, WatchCallback, WatchEvent, WatchHandle
 from celltap.registry.errors import LeaseNotFound, RegistryUnavailable
 from celltap.registry.health import ConnectionHealth
-from celltap.registry.metrics import REGISTRY_WATCH_RESYNCS
+from celltap.registry.metrics import REGISTRY_ERRORS, REGISTRY_WATCH_RESYNCS
 from celltap.registry.snapshot_watch import Snapshot, SnapshotWatch
 from celltap.registry.values import Value, encode_value
 
@@ -48,6 +49,28 @@ def key_file_name(key: str) -> str:
     if len(name) > MAX_NAME:
         name = "h-" + hashlib.sha256(key.encode()).hexdigest()
     return name + ".json"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One kv file, validated."""
+
+    path: str
+    key: str
+    lease: int | None
+    rev: int
+    value: bytes
+
+    @classmethod
+    def parse(cls, path: str, obj: dict[str, Any]) -> _Entry:
+        if not isinstance(obj["key"], str):
+            raise ValueError("key is not a string")
+        lease = obj.get("lease")
+        if "text" in obj:
+            value = str(obj["text"]).encode()
+        else:
+            value = base64.b64decode(obj.get("b64", ""), validate=True)
+        return cls(path, obj["key"], None if lease is None else int(lease), int(obj.get("rev", 0)), value)
 
 
 class FileLease(Lease):
@@ -75,7 +98,7 @@ class FileWatch(SnapshotWatch):
         self._thread.start()
 
     def _run(self) -> None:
-        last_rev = -1
+        last_rev: str | None = None
         next_expiry = 0.0
         failing = False
         while not self.cancelled:
@@ -127,6 +150,11 @@ class FileRegistry(Registry):
         fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            # Someone may have emptied the directory (a wiped registry): start it afresh, but never
+            # re-create the root itself, whose absence means an unmounted or lost volume.
+            for sub in (self._kv, self._leases):
+                if not os.path.isdir(sub):
+                    os.mkdir(sub)
             yield
         finally:
             os.close(fd)  # closing drops the flock
@@ -137,7 +165,8 @@ class FileRegistry(Registry):
             fh.write(data)
         os.replace(tmp, path)
 
-    def _read_json(self, path: str) -> dict[str, Any] | None:
+    def _read_json(self, path: str, required: tuple[str, ...]) -> dict[str, Any] | None:
+        """A JSON object with the `required` fields, or None (missing, or bad: logged and counted)."""
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
@@ -145,52 +174,73 @@ class FileRegistry(Registry):
             return None
         try:
             obj = json.loads(data)
-        except ValueError:
-            log.warning("registry file %s is not JSON; ignoring it", path)
+            if not isinstance(obj, dict) or any(name not in obj for name in required):
+                raise ValueError(f"needs fields {required}")
+        except ValueError as exc:
+            REGISTRY_ERRORS.labels(op="bad_file").inc()
+            log.warning("registry file %s is malformed (%s); ignoring it", path, exc)
             return None
-        return obj if isinstance(obj, dict) else None
+        return obj
 
-    def _read_rev(self) -> int:
+    def _lease_expiry(self, path: str) -> float | None:
+        """Expiry (wall clock) of the lease file at `path`, None if absent or unreadable."""
+        obj = self._read_json(path, ("id", "expires"))
         try:
-            with open(os.path.join(self.root, "rev"), "rb") as fh:
-                return int(fh.read() or b"0")
+            return None if obj is None else float(obj["expires"])
+        except (TypeError, ValueError):
+            REGISTRY_ERRORS.labels(op="bad_file").inc()
+            return None
+
+    def _read_rev(self) -> str:
+        """The revision token "<epoch> <n>"; the epoch changes when the directory is wiped."""
+        try:
+            with open(os.path.join(self.root, "rev"), encoding="ascii") as fh:
+                return fh.read().strip()
         except FileNotFoundError:
-            if not os.path.isdir(self._kv):
+            if not os.path.isdir(self.root):
                 raise
-            return 0
+            return ""
 
     def _bump_rev(self) -> int:
-        rev = self._read_rev() + 1
-        self._write_atomic(os.path.join(self.root, "rev"), str(rev).encode())
+        epoch, _, number = self._read_rev().partition(" ")
+        rev = int(number or 0) + 1
+        token = f"{epoch or secrets.token_hex(4)} {rev}"
+        self._write_atomic(os.path.join(self.root, "rev"), token.encode())
         return rev
+
+    def _listdir(self, path: str) -> list[str]:
+        try:
+            return [name for name in os.listdir(path) if not name.startswith(".")]
+        except FileNotFoundError:
+            if not os.path.isdir(self.root):
+                raise
+            return []  # root present but emptied: an empty registry, not an outage
 
     def _lease_path(self, lease_id: int) -> str:
         return os.path.join(self._leases, f"{lease_id:016x}.json")
 
     def _lease_expiries(self) -> dict[int, float]:
         out: dict[int, float] = {}
-        for name in os.listdir(self._leases):
-            if name.startswith("."):
-                continue
-            obj = self._read_json(os.path.join(self._leases, name))
-            if obj is not None:
-                out[int(obj["id"])] = float(obj["expires"])
+        for name in self._listdir(self._leases):
+            expires = self._lease_expiry(os.path.join(self._leases, name))
+            if expires is not None:
+                try:
+                    out[int(name.removesuffix(".json"), 16)] = expires
+                except ValueError:
+                    REGISTRY_ERRORS.labels(op="bad_file").inc()
         return out
 
-    def _entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        for name in os.listdir(self._kv):
-            if name.startswith("."):
-                continue
+    def _entries(self) -> Iterator[_Entry]:
+        for name in self._listdir(self._kv):
             path = os.path.join(self._kv, name)
-            obj = self._read_json(path)
-            if obj is not None:
-                yield path, obj
-
-    @staticmethod
-    def _value_of(entry: dict[str, Any]) -> bytes:
-        if "text" in entry:
-            return str(entry["text"]).encode()
-        return base64.b64decode(entry.get("b64", ""))
+            obj = self._read_json(path, ("key",))
+            if obj is None:
+                continue
+            try:
+                yield _Entry.parse(path, obj)
+            except (TypeError, ValueError) as exc:
+                REGISTRY_ERRORS.labels(op="bad_file").inc()
+                log.warning("registry file %s is malformed (%s); ignoring it", path, exc)
 
     def _scan(self, prefix: str) -> tuple[Snapshot, float]:
         """Live keys under `prefix` as {key: (rev, value)}, and the earliest expiry among their leases."""
@@ -199,18 +249,16 @@ class FileRegistry(Registry):
         snapshot: Snapshot = {}
         expired: set[int] = set()
         next_expiry = float("inf")
-        for _, entry in self._entries():
-            key = entry["key"]
-            if not key.startswith(prefix):
+        for entry in self._entries():
+            if not entry.key.startswith(prefix):
                 continue
-            lease = entry.get("lease")
-            if lease is not None:
-                expires = expiries.get(int(lease), 0.0)
+            if entry.lease is not None:
+                expires = expiries.get(entry.lease, 0.0)
                 if expires <= now:
-                    expired.add(int(lease))
+                    expired.add(entry.lease)
                     continue
                 next_expiry = min(next_expiry, expires)
-            snapshot[key] = (int(entry.get("rev", 0)), self._value_of(entry))
+            snapshot[entry.key] = (entry.rev, entry.value)
         if expired:
             self._reap(expired)
         return dict(sorted(snapshot.items())), next_expiry
@@ -222,17 +270,17 @@ class FileRegistry(Registry):
             dead = {
                 lid
                 for lid in lease_ids
-                if (obj := self._read_json(self._lease_path(lid))) is None or float(obj["expires"]) <= now
+                if (expires := self._lease_expiry(self._lease_path(lid))) is None or expires <= now
             }
             if dead:
                 self._drop_leases(dead)
 
     def _drop_leases(self, dead: set[int]) -> None:
         removed = False
-        for path, entry in self._entries():
-            if entry.get("lease") is not None and int(entry["lease"]) in dead:
+        for entry in self._entries():
+            if entry.lease in dead:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+                    os.unlink(entry.path)
                     removed = True
         for lid in dead:
             with contextlib.suppress(FileNotFoundError):
@@ -263,8 +311,8 @@ class FileRegistry(Registry):
             entry["b64"] = base64.b64encode(raw).decode()
         with self._guard("put"), self._locked():
             if lease is not None:
-                obj = self._read_json(self._lease_path(lease.id))
-                if obj is None or float(obj["expires"]) <= time.time():
+                expires = self._lease_expiry(self._lease_path(lease.id))
+                if expires is None or expires <= time.time():
                     raise LeaseNotFound(f"lease {lease.id:x} expired or revoked")
             entry["rev"] = self._bump_rev()
             self._write_atomic(os.path.join(self._kv, key_file_name(key)), json.dumps(entry).encode())
@@ -272,16 +320,23 @@ class FileRegistry(Registry):
     def get(self, key: str) -> bytes | None:
         """The live value of `key`, or None."""
         with self._guard("get"):
-            entry = self._read_json(os.path.join(self._kv, key_file_name(key)))
-            if entry is None or entry.get("key") != key:
+            path = os.path.join(self._kv, key_file_name(key))
+            obj = self._read_json(path, ("key",))
+            if obj is None:
                 return None
-            lease = entry.get("lease")
-            if lease is not None:
-                obj = self._read_json(self._lease_path(int(lease)))
-                if obj is None or float(obj["expires"]) <= time.time():
-                    self._reap({int(lease)})
+            try:
+                entry = _Entry.parse(path, obj)
+            except (TypeError, ValueError):
+                REGISTRY_ERRORS.labels(op="bad_file").inc()
+                return None
+            if entry.key != key:
+                return None
+            if entry.lease is not None:
+                expires = self._lease_expiry(self._lease_path(entry.lease))
+                if expires is None or expires <= time.time():
+                    self._reap({entry.lease})
                     return None
-            return self._value_of(entry)
+            return entry.value
 
     def get_prefix(self, prefix: str) -> dict[str, bytes]:
         """All live keys under `prefix`."""
@@ -313,10 +368,10 @@ class FileRegistry(Registry):
 
     def _refresh_lease(self, lease: FileLease) -> bool:
         with self._guard("keepalive"), self._locked():
-            obj = self._read_json(self._lease_path(lease.id))
-            if obj is None:
+            expires = self._lease_expiry(self._lease_path(lease.id))
+            if expires is None:
                 return False
-            if float(obj["expires"]) <= time.time():
+            if expires <= time.time():
                 self._drop_leases({lease.id})
                 return False
             self._write_lease(lease)
