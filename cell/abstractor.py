@@ -48,6 +48,18 @@ class Sink:
     parts: list[bytes] = field(default_factory=list)
     events: int = 0
     nbytes: int = 0  # bytes appended since the last drain
+    total_events: int = 0
+    total_bytes: int = 0
+
+    def take(self) -> tuple[list[bytes], int]:
+        """The parts and event count produced since the last call (and reset them)."""
+        parts, events = self.parts, self.events
+        self.total_events += events
+        self.total_bytes += self.nbytes
+        self.parts = []
+        self.events = 0
+        self.nbytes = 0
+        return parts, events
 
 
 def sink_name(rule: Rule, sock: str) -> str:
@@ -105,7 +117,8 @@ class Abstractor:
         if sink is None:
             return
         w = flow.wire_id()
-        data = ev.text_created(w, flow.start_ns) if sink.fmt == "text" else ev.binary_created(w, flow.start_ns)
+        t = flow.start_ns
+        data = ev.text_created(w, t) if sink.fmt == "text" else ev.binary_created(w, t)
         sink.parts.append(data)
         sink.events += 1
         sink.nbytes += len(data)
@@ -115,7 +128,10 @@ class Abstractor:
         if sink is None:
             return
         w = flow.wire_id()
-        data = ev.text_destroyed(w, reason, ts_ns) if sink.fmt == "text" else ev.binary_destroyed(w, reason, ts_ns)
+        if sink.fmt == "text":
+            data = ev.text_destroyed(w, reason, ts_ns)
+        else:
+            data = ev.binary_destroyed(w, reason, ts_ns)
         sink.parts.append(data)
         sink.events += 1
         sink.nbytes += len(data)
@@ -280,7 +296,8 @@ class Abstractor:
         oc = np.array([d[3] for d in datagrams], dtype=np.int64)
         self.process_decoded(decode_batch(fb), (pk, oc))
 
-    def _process_packets(self, db: DecodedBatch, idx: np.ndarray, weights: tuple[np.ndarray, np.ndarray] | None) -> None:
+    def _process_packets(self, db: DecodedBatch, idx: np.ndarray,
+                         weights: tuple[np.ndarray, np.ndarray] | None) -> None:
         src = db.src[idx]
         dst = db.dst[idx]
         sport = db.sport[idx]
@@ -400,7 +417,8 @@ class Abstractor:
         for flow in self.table.all_flows():
             if not flow.ended:
                 both_fin = flow.fin1 >= 0 and flow.fin2 >= 0
-                self._close(flow, ev.REASON_NORMAL if both_fin else ev.REASON_TIMEOUT, self.now_ns, END_FORCED)
+                reason = ev.REASON_NORMAL if both_fin else ev.REASON_TIMEOUT
+                self._close(flow, reason, self.now_ns, END_FORCED)
             self._export(flow)
         self.defrag.expire(1 << 62)
 
@@ -411,7 +429,8 @@ class Abstractor:
         return out
 
     # ------------------------------------------------------------------ L7 loopback
-    def loopback_key(self, l3: int, l4: int, a1: bytes, p1: int, a2: bytes, p2: int, hop: int) -> tuple[int, int]:
+    def loopback_key(self, l3: int, l4: int, a1: bytes, p1: int, a2: bytes, p2: int,
+                     hop: int) -> tuple[int, int]:
         """(table key, balance hash) of a re-injected flow: the hop is part of the identity."""
         fk, _ = canonical_key(l3, l4, a1, p1, a2, p2)
         kb = fk.to_bytes()

@@ -27,7 +27,8 @@ class Classifier:
         name = rule.name if rule is not None else "unclassified"
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    def classify_tcp(self, head1: bytes, head2: bytes, port1: int, port2: int) -> tuple[Rule | None, int, int]:
+    def classify_tcp(self, head1: bytes, head2: bytes, port1: int,
+                     port2: int) -> tuple[Rule | None, int, int]:
         """(rule, match of endpoint 1's data, match of endpoint 2's data); rule None: nowhere to go."""
         for rule in self.tcp:
             if not rule.port_match(port1, port2):

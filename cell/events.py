@@ -44,7 +44,8 @@ class WireId:
 
     __slots__ = ("bin_addrs", "bin_ports", "hop", "l3code", "l4", "text_prefix")
 
-    def __init__(self, l3: int, l4: int, addr1: bytes, port1: int, addr2: bytes, port2: int, hop: int) -> None:
+    def __init__(self, l3: int, l4: int, addr1: bytes, port1: int, addr2: bytes, port2: int,
+                 hop: int) -> None:
         self.text_prefix = (
             f"ip1={addr_text(l3, addr1)},ip2={addr_text(l3, addr2)},port1={port1},port2={port2},"
             f"hop={hop},l3={L3_NAMES[l3]},l4={L4_NAMES.get(l4, str(l4))},event="
@@ -68,10 +69,12 @@ def text_created(w: WireId, ts_ns: int) -> bytes:
 
 def text_destroyed(w: WireId, reason: int, ts_ns: int) -> bytes:
     """DESTROYED header line."""
-    return b"%sDESTROYED,reason=%s,time=%s\n" % (w.text_prefix, REASON_NAMES[reason].encode(), _ts_text(ts_ns))
+    name = REASON_NAMES[reason].encode()
+    return b"%sDESTROYED,reason=%s,time=%s\n" % (w.text_prefix, name, _ts_text(ts_ns))
 
 
-def text_data(out: list[bytes], w: WireId, sender: int, match: int, data: bytes, ts_ns: int, body: bool) -> int:
+def text_data(out: list[bytes], w: WireId, sender: int, match: int, data: bytes, ts_ns: int,
+              body: bool) -> int:
     """Append DATA event(s) to `out`; return the number of events."""
     n = len(data)
     if n <= MAX_EVENT_DATA:
@@ -102,7 +105,8 @@ def binary_destroyed(w: WireId, reason: int, ts_ns: int) -> bytes:
     return _bin_head(w, 1, FROM_NONE, 0, MATCH_NONE, reason, ts_ns)
 
 
-def binary_data(out: list[bytes], w: WireId, sender: int, match: int, data: bytes, ts_ns: int, body: bool) -> int:
+def binary_data(out: list[bytes], w: WireId, sender: int, match: int, data: bytes, ts_ns: int,
+                body: bool) -> int:
     """Append DATA event(s) to `out`; return the number of events."""
     n = len(data)
     count = 0

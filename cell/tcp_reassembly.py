@@ -26,7 +26,9 @@ Deliver = Callable[[Flow, int, bytes, int], None]
 class TcpStats:
     """Reassembly counters (plain ints; the metrics layer exports deltas)."""
 
-    __slots__ = ("gap_bytes", "ooo_bytes", "ooo_dropped_bytes", "overlap_bytes", "retrans_bytes", "retrans_segments")
+    __slots__ = (
+        "gap_bytes", "ooo_bytes", "ooo_dropped_bytes", "overlap_bytes", "retrans_bytes", "retrans_segments",
+    )
 
     def __init__(self) -> None:
         self.retrans_segments = 0

@@ -1,0 +1,91 @@
+"""`celltap cell`: the SF-TAP-compatible flow abstractor (offline from a pcap, or live)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+log = logging.getLogger("celltap.cell")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `celltap cell`."""
+    parser.add_argument("--config", required=True, help="SF-TAP YAML configuration")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--read", metavar="PCAP", help="offline: read a capture, end all flows at its end, exit 0")
+    src.add_argument("--input", action="append", default=[], metavar="SPEC",
+                     help="live input: vxlan://ADDR:PORT[?vni=N], iface:IFACE or pcap:FILE (repeatable)")
+    parser.add_argument("--wait-readers", default="", metavar="LIST",
+                        help="comma-separated interfaces (e.g. tcp/http,udp/dns) that must have a reader first")
+    parser.add_argument("--wait-timeout", type=float, default=60.0, help="seconds to wait for those readers")
+    parser.add_argument("--cell-id", type=int, default=None, help="cell id (IPFIX observation domain)")
+    parser.add_argument("--ipfix", metavar="udp://HOST:PORT", help="export one IPFIX biflow record per flow")
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
+    parser.add_argument("--home", help="interface directory (overrides global.home)")
+    parser.add_argument("--reader-buffer", type=int, default=None, help="bytes buffered per reader")
+    parser.add_argument("--stall-timeout", type=float, default=10.0,
+                        help="offline: seconds to wait for a full reader before dropping its events")
+    parser.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="offline: seconds to wait at the end for readers to take their bytes")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the cell; returns the process exit code."""
+    from cell.runtime import Cell
+    from cell.sftap_config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"celltap cell: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.home:
+        cfg.glob.home = args.home
+    cell_id = args.cell_id if args.cell_id is not None else cfg.glob.cell_id
+    try:
+        cell = Cell(cfg, cell_id, args.ipfix, args.reader_buffer)
+    except (ValueError, OSError) as exc:
+        print(f"celltap cell: {exc}", file=sys.stderr)
+        return 2
+
+    def _stop(signum: int, _frame: object) -> None:
+        cell.stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        if args.metrics_port is not None:
+            from prometheus_client import CollectorRegistry, start_http_server
+
+            from cell.metrics import CellCollector
+
+            registry = CollectorRegistry()
+            registry.register(CellCollector(cell))
+            start_http_server(args.metrics_port, registry=registry)
+        waits = cell.expand_waits([w.strip() for w in args.wait_readers.split(",") if w.strip()])
+        read = args.read
+        live = []
+        for spec in args.input:
+            if spec.startswith("pcap:"):
+                read = spec[len("pcap:"):]
+            else:
+                live.append(spec)
+        for spec in live:
+            cell.add_input(spec)
+        if waits and not cell.wait_readers(waits, args.wait_timeout):
+            return 1
+        if read:
+            cell.run_offline(read, args.stall_timeout, args.drain_timeout)
+        else:
+            cell.run_live()
+            cell.abstractor.finish()
+            cell.flush()
+            cell.server.drain(2.0)
+        return 0
+    except (ValueError, OSError) as exc:
+        print(f"celltap cell: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        cell.close()

@@ -1,0 +1,206 @@
+"""A running cell: the abstractor core wired to its inputs, interface sockets, L7 loopback and IPFIX export."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from cell.abstractor import Abstractor
+from cell.flow_export import FlowExporter
+from cell.inputs import DatagramSource, InterfaceSource, PcapStreamParser, VxlanSource, pcap_batches
+from cell.interfaces import InterfaceServer
+from cell.sdk.binary_format import BinaryDecoder
+from cell.sdk.text_format import TextDecoder
+from cell.sftap_config import CellConfig
+from celltap.pcap.batch import FrameBatch
+
+log = logging.getLogger("celltap.cell")
+
+_L3 = {"ipv4": 4, "ipv6": 6}
+_L4 = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+
+
+class Cell:
+    """One flow abstractor process's state; `run_offline` / `run_live` drive it."""
+
+    def __init__(self, cfg: CellConfig, cell_id: int = 0, ipfix: str | None = None,
+                 reader_buffer: int | None = None) -> None:
+        self.cfg = cfg
+        self.cell_id = cell_id
+        self.abstractor = Abstractor(cfg)
+        self.stop = False
+        self.loopback_events = 0
+        lb = cfg.special.get("loopback7")
+        pc = cfg.special.get("pcap")
+        self.loopback_format = lb.fmt if lb else "text"
+        self.server = InterfaceServer(
+            cfg.glob.home, list(self.abstractor.sinks), reader_buffer or cfg.glob.reader_buffer,
+            loopback=lb.ifname if lb else None, on_loopback=self._on_loopback,
+            pcap=pc.ifname if pc else None, on_pcap=self._on_pcap, on_input_close=self._on_input_close,
+        )
+        self.exporter = FlowExporter(ipfix, cell_id) if ipfix else None
+        self.sources: list[DatagramSource] = []
+        self._lb_state: dict[socket.socket, tuple[TextDecoder | BinaryDecoder, dict]] = {}
+        self._pcap_state: dict[socket.socket, PcapStreamParser] = {}
+
+    # ------------------------------------------------------------------ plumbing
+    def input_drops(self) -> dict[str, int]:
+        """Frames dropped by the live inputs, by reason."""
+        out: dict[str, int] = {}
+        for s in self.sources:
+            for k, v in s.drops.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def flush(self) -> None:
+        """Hand the produced events to the readers and the ended flows to the exporter."""
+        a = self.abstractor
+        for sink in a.sinks.values():
+            if sink.parts:
+                parts, events = sink.take()
+                self.server.deliver(sink.name, parts, events)
+        ended = a.take_ended()
+        if ended and self.exporter is not None:
+            self.exporter.export(ended, time.time())
+
+    def process(self, batch: FrameBatch, now_ns: int | None = None) -> None:
+        """One batch of frames through the core, then out to the readers."""
+        self.abstractor.process_frames(batch, now_ns)
+        self.flush()
+
+    def expand_waits(self, names: list[str]) -> list[str]:
+        """Interface names to wait for: `tcp/http` also names the balanced sockets tcp/http0..N-1."""
+        out: list[str] = []
+        sinks = self.abstractor.sinks
+        for name in names:
+            if name in sinks:
+                out.append(name)
+                continue
+            balanced = [s for s in sinks if s.startswith(name) and s[len(name):].isdigit()]
+            if not balanced:
+                raise ValueError(f"--wait-readers: no interface {name!r} (have: {', '.join(sorted(sinks))})")
+            out += balanced
+        return out
+
+    def wait_readers(self, names: list[str], timeout: float) -> bool:
+        """Serve sockets until every named interface has a reader; False on timeout or stop."""
+        deadline = time.monotonic() + timeout
+        while not self.stop:
+            missing = [n for n in names if self.server.connected(n) == 0]
+            if not missing:
+                return True
+            if time.monotonic() > deadline:
+                log.error("readers did not connect within %.0fs: %s", timeout, ", ".join(missing))
+                return False
+            self.server.poll(0.05)
+        return False
+
+    # ------------------------------------------------------------------ drivers
+    def run_offline(self, path: str, stall_timeout: float, drain_timeout: float) -> None:
+        """Read a capture to its end, end every flow, flush everything."""
+        self.server.pace = True
+        self.server.stall_timeout = stall_timeout
+        for batch in pcap_batches(path):
+            if self.stop:
+                break
+            self.process(batch)
+            self.server.poll(0)
+        self.abstractor.finish()
+        self.flush()
+        self.server.drain(drain_timeout)
+
+    def add_input(self, spec: str) -> None:
+        """Open a live input: `vxlan://ADDR:PORT[?vni=N]` or `iface:IFACE`."""
+        if spec.startswith("vxlan://"):
+            vni = None
+            if "?vni=" in spec:
+                spec, _, v = spec.partition("?vni=")
+                vni = int(v)
+            src: DatagramSource = VxlanSource(spec, vni)
+        elif spec.startswith("iface:"):
+            src = InterfaceSource(spec[len("iface:"):])
+        else:
+            raise ValueError(f"--input: expected vxlan://ADDR:PORT or iface:IFACE, got {spec!r}")
+        self.sources.append(src)
+        self.server.sel.register(src.sock, 1, ("cb", lambda s=src: self._source_ready(s)))
+
+    def _source_ready(self, src: DatagramSource) -> None:
+        batch = src.read_batch()
+        if batch is not None:
+            self.process(batch, time.time_ns())
+
+    def run_live(self, tick: float = 0.1, until: Callable[[], bool] | None = None) -> None:
+        """Serve inputs and sockets until stopped; idle flows time out by the wall clock."""
+        last_gc = 0.0
+        while not self.stop and not (until and until()):
+            self.server.poll(tick)
+            now = time.monotonic()
+            if now - last_gc >= tick:
+                last_gc = now
+                self.abstractor.collect(time.time_ns())
+                self.flush()
+
+    def close(self) -> None:
+        """Close inputs, sockets and the exporter."""
+        for s in self.sources:
+            s.close()
+        self.server.close()
+        if self.exporter is not None:
+            self.exporter.close()
+
+    # ------------------------------------------------------------------ L7 loopback and pcap injection
+    def _on_loopback(self, sock: socket.socket, data: bytes) -> None:
+        state = self._lb_state.get(sock)
+        if state is None:
+            dec = TextDecoder() if self.loopback_format == "text" else BinaryDecoder()
+            state = self._lb_state[sock] = (dec, {})
+        dec, open_flows = state
+        try:
+            events = dec.feed(data)
+        except ValueError as exc:
+            log.warning("L7 loopback: bad input, closing the connection: %s", exc)
+            self.server.sel.unregister(sock)
+            self._on_input_close(sock)
+            sock.close()
+            return
+        a = self.abstractor
+        for e in events:
+            f = e.flow
+            l3 = _L3.get(f.l3)
+            l4 = _L4.get(f.l4)
+            if l3 is None or l4 is None:
+                a._drop("loopback_bad_event")
+                continue
+            a1 = ipaddress.ip_address(f.ip1).packed
+            a2 = ipaddress.ip_address(f.ip2).packed
+            hop = f.hop + 1
+            ident = (l3, l4, a1, f.port1, a2, f.port2, hop)
+            self.loopback_events += 1
+            if a.inject(e.event, l3, l4, a1, f.port1, a2, f.port2, hop, e.sender or 1, e.data,
+                        int(e.time * 1e9) if e.time else time.time_ns()):
+                if e.event == "DESTROYED":
+                    open_flows.pop(ident, None)
+                else:
+                    open_flows[ident] = True
+        self.flush()
+
+    def _on_pcap(self, sock: socket.socket, data: bytes) -> None:
+        parser = self._pcap_state.setdefault(sock, PcapStreamParser())
+        batch = parser.feed(data)
+        if parser.failed:
+            self.abstractor._drop("pcap_socket_bad_stream")
+        if batch is not None:
+            self.process(batch)
+
+    def _on_input_close(self, sock: socket.socket) -> None:
+        state = self._lb_state.pop(sock, None)
+        if state is not None:
+            # as SF-TAP: streams a loopback writer leaves open end when it disconnects
+            for ident in list(state[1]):
+                l3, l4, a1, p1, a2, p2, hop = ident
+                self.abstractor.inject("DESTROYED", l3, l4, a1, p1, a2, p2, hop, 0, b"", self.abstractor.now_ns)
+            self.flush()
+        self._pcap_state.pop(sock, None)
