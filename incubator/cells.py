@@ -1,0 +1,70 @@
+"""The set of cells the incubator balances over: stable slots plus the consistent-hash ring.
+
+A cell keeps its slot (an index into `ids`) for the life of the process, so pinned flows keep
+pointing at the right output while the ring is rebuilt around joins and leaves.  The incubator
+scales every registry weight by `WEIGHT_SCALE`: the shared ring gives 64 points per weight unit,
+whose shares vary by about +-12 %; 64 units (4096 points per cell) bring the spread of cell
+shares to a few percent (measured in tests/incubator/test_cells.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from celltap.ring import Ring
+
+WEIGHT_SCALE = 64
+
+
+class CellSet:
+    """Cell ids with stable slots, and the ring over the cells currently alive."""
+
+    def __init__(
+        self, members: Mapping[str, int] | None = None, seed: int = 0, weight_scale: int = WEIGHT_SCALE
+    ) -> None:
+        self.seed = seed
+        self.weight_scale = weight_scale
+        self.ids: list[str] = []
+        self.slot_of: dict[str, int] = {}
+        self.alive: dict[str, int] = {}
+        self.ring = Ring({}, seed)
+        self._ring_to_slot = np.zeros(0, np.int32)
+        if members:
+            self.update(members)
+
+    def update(self, members: Mapping[str, int]) -> tuple[list[str], list[str]]:
+        """Make `members` ({id: weight}) the live set; returns (joined ids, left ids)."""
+        members = {str(k): int(v) for k, v in members.items()}
+        joined = sorted(set(members) - set(self.alive))
+        left = sorted(set(self.alive) - set(members))
+        changed = joined or left or any(self.alive.get(k) != v for k, v in members.items())
+        for cell in joined:
+            if cell not in self.slot_of:
+                self.slot_of[cell] = len(self.ids)
+                self.ids.append(cell)
+        self.alive = dict(members)
+        if changed:
+            self.ring = Ring({k: v * self.weight_scale for k, v in members.items()}, self.seed)
+            self._ring_to_slot = np.asarray([self.slot_of[c] for c in self.ring.ids], dtype=np.int32)
+        return joined, left
+
+    def __len__(self) -> int:
+        return len(self.alive)
+
+    def owner_slots(self, hashes: np.ndarray) -> np.ndarray:
+        """Slot of the ring owner of each hash (-1 for all when no cell is alive)."""
+        if not self.alive:
+            return np.full(hashes.shape[0], -1, dtype=np.int32)
+        return self._ring_to_slot[self.ring.owner_index(hashes)]
+
+    def first_slot(self) -> int:
+        """Slot of the first live cell in id order ("cell 0"), -1 when none."""
+        if not self.alive:
+            return -1
+        return self.slot_of[min(self.alive)]
+
+    def alive_slots(self) -> list[int]:
+        """Slots of all live cells, in id order."""
+        return [self.slot_of[c] for c in sorted(self.alive)]

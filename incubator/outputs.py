@@ -1,0 +1,190 @@
+"""Per-cell outputs: raw frames on a NIC, VXLAN (RFC 7348) over UDP, or a pcap file.
+
+Each output takes a FrameBatch and returns (frames sent, bytes sent, {drop reason: frames}).
+Send errors are counted, never raised: a slow or vanished cell must not stop the incubator.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+from abc import ABC, abstractmethod
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+
+from celltap.pcap.batch import FrameBatch, gather_frames
+from incubator.records import pack_pcap_records
+
+log = logging.getLogger("celltap.incubator.outputs")
+
+ETH_P_ALL = 0x0003
+VXLAN_DEFAULT_PORT = 4789
+VXLAN_FLAG_I = 0x08
+
+SendResult = tuple[int, int, dict[str, int]]
+
+
+class OutputSpecError(ValueError):
+    """An output URL that cannot be understood."""
+
+
+def errno_reason(exc: OSError) -> str:
+    """Metric label for a send error."""
+    name = errno.errorcode.get(exc.errno or 0, "oserror")
+    return f"output_{name.lower()}"
+
+
+class Output(ABC):
+    """Where one cell's frames go."""
+
+    spec: str
+
+    @abstractmethod
+    def send(self, batch: FrameBatch) -> SendResult:
+        """Send every frame of `batch`; returns (frames, bytes, drops by reason)."""
+
+    def close(self) -> None:  # noqa: B027 -- most outputs hold a resource; some need no cleanup
+        """Release the output's resources."""
+
+
+def _frames(batch: FrameBatch) -> tuple[memoryview, list[int]]:
+    body = gather_frames(batch.buf, batch.offsets, batch.caplens)
+    ends = np.cumsum(batch.caplens).tolist()
+    return memoryview(body), ends
+
+
+class PcapOutput(Output):
+    """Append the frames to a classic pcap file (the offline split's output)."""
+
+    def __init__(self, path: str, linktype: int = 1, nanosecond: bool = False) -> None:
+        self.spec = f"pcap:{path}"
+        self.f = open(path, "wb", buffering=1 << 20)
+        magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
+        self.f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, 262144, linktype))
+        self.nanosecond = nanosecond
+
+    def send(self, batch: FrameBatch) -> SendResult:
+        if len(batch) == 0:
+            return 0, 0, {}
+        self.f.write(pack_pcap_records(batch, self.nanosecond).data)
+        return len(batch), batch.nbytes, {}
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def parse_mac(text: str) -> bytes:
+    """'02:00:00:00:00:01' -> 6 bytes."""
+    parts = text.split(":")
+    if len(parts) != 6:
+        raise OutputSpecError(f"bad MAC address {text!r}")
+    try:
+        return bytes(int(p, 16) for p in parts)
+    except ValueError as exc:
+        raise OutputSpecError(f"bad MAC address {text!r}") from exc
+
+
+class IfaceOutput(Output):
+    """Raw frames on an interface (SF-TAP's NIC per cell); `@dstmac` rewrites the destination MAC."""
+
+    def __init__(self, ifname: str, dst_mac: bytes | None = None) -> None:
+        self.spec = f"iface:{ifname}"
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # proto 0: never receives
+        self.sock.bind((ifname, 0))
+        self.dst_mac = dst_mac
+
+    def send(self, batch: FrameBatch) -> SendResult:
+        body, ends = _frames(batch)
+        if self.dst_mac is not None and len(batch):
+            arr = np.frombuffer(body, np.uint8).copy()
+            starts = np.concatenate(([0], np.asarray(ends[:-1], np.int64)))
+            long_enough = batch.caplens >= 6
+            rows = starts[long_enough][:, None] + np.arange(6)
+            arr[rows] = np.frombuffer(self.dst_mac, np.uint8)
+            body = memoryview(arr)
+        return _send_each(self.sock.send, body, ends)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _send_each(send: object, body: memoryview, ends: list[int], prefix: bytes = b"") -> SendResult:
+    sent = nbytes = 0
+    drops: dict[str, int] = {}
+    start = 0
+    fn = send  # a bound socket method
+    for end in ends:
+        frame = body[start:end]
+        try:
+            if prefix:
+                fn([prefix, frame])  # type: ignore[operator]
+            else:
+                fn(frame)  # type: ignore[operator]
+            sent += 1
+            nbytes += end - start
+        except OSError as exc:
+            reason = errno_reason(exc)
+            drops[reason] = drops.get(reason, 0) + 1
+        start = end
+    return sent, nbytes, drops
+
+
+def vxlan_header(vni: int) -> bytes:
+    """The 8-byte VXLAN header of RFC 7348: flags (I), 24 reserved bits, VNI, 8 reserved bits."""
+    if not 0 <= vni < (1 << 24):
+        raise OutputSpecError(f"VXLAN VNI must be 0..16777215, got {vni}")
+    return struct.pack("!B3xI", VXLAN_FLAG_I, vni << 8)
+
+
+class VxlanOutput(Output):
+    """Frames encapsulated in VXLAN over UDP to HOST:PORT (Linux vxlan devices decode them)."""
+
+    def __init__(self, host: str, port: int = VXLAN_DEFAULT_PORT, vni: int = 0) -> None:
+        self.spec = f"vxlan://{host}:{port}?vni={vni}"
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        self.sock = socket.socket(info[0], socket.SOCK_DGRAM)
+        self.sock.connect(info[4])
+        self.header = vxlan_header(vni)
+
+    def send(self, batch: FrameBatch) -> SendResult:
+        body, ends = _frames(batch)
+        return _send_each(self.sock.sendmsg, body, ends, self.header)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_output(spec: str, linktype: int = 1) -> Output:
+    """Open `iface:IF[@mac]`, `vxlan://HOST:PORT[?vni=N]` or `pcap:FILE`."""
+    if spec.startswith("pcap:"):
+        path = spec[5:]
+        if not path:
+            raise OutputSpecError(f"output {spec!r}: pcap needs a file name")
+        d = os.path.dirname(path)
+        if d:
+            os.makedirs(d, exist_ok=True)
+        return PcapOutput(path, linktype)
+    if spec.startswith("iface:"):
+        name, _, mac = spec[6:].partition("@")
+        if not name:
+            raise OutputSpecError(f"output {spec!r}: iface needs an interface name")
+        return IfaceOutput(name, parse_mac(mac) if mac else None)
+    if spec.startswith("vxlan://"):
+        u = urlsplit(spec)
+        if not u.hostname:
+            raise OutputSpecError(f"output {spec!r}: vxlan needs a host")
+        q = parse_qs(u.query)
+        unknown = set(q) - {"vni"}
+        if unknown:
+            raise OutputSpecError(f"output {spec!r}: unknown parameter {sorted(unknown)[0]!r}")
+        try:
+            vni = int(q.get("vni", ["0"])[0])
+            port = u.port or VXLAN_DEFAULT_PORT
+        except ValueError as exc:
+            raise OutputSpecError(f"output {spec!r}: {exc}") from exc
+        return VxlanOutput(u.hostname, port, vni)
+    raise OutputSpecError(f"unknown output {spec!r} (expected iface:, vxlan:// or pcap:)")
