@@ -86,8 +86,16 @@ def make_pki(directory: str | Path, openssl: str = "openssl") -> PKI:
 class EtcdServer:
     """One single-member etcd on loopback ports that stay the same across restarts."""
 
-    def __init__(self, binary: str, data_dir: str, pki: PKI | None = None, client_cert_auth: bool = True):
+    def __init__(
+        self,
+        binary: str,
+        data_dir: str,
+        pki: PKI | None = None,
+        client_cert_auth: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.binary = binary
+        self.extra_args = tuple(extra_args)
         self.data_dir = data_dir
         self.pki = pki
         self.client_cert_auth = client_cert_auth
@@ -120,7 +128,7 @@ class EtcdServer:
             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", f"t={peer_url}", "--initial-cluster-state", "new",
-            "--logger", "zap", "--log-level", "warn", *_FAST_RAFT,
+            "--logger", "zap", "--log-level", "warn", *_FAST_RAFT, *self.extra_args,
         ]  # fmt: skip
         if self.pki:
             args += ["--cert-file", self.pki.server_cert, "--key-file", self.pki.server_key]
@@ -204,12 +212,13 @@ def etcd_server() -> Iterator[EtcdServer]:
 
 @pytest.fixture
 def etcd_factory(tmp_path: Path) -> Iterator[Callable[..., EtcdServer]]:
-    """Start private etcd servers: `etcd_factory(pki=None, client_cert_auth=True)`; all stopped after."""
+    """Start private etcd servers: `etcd_factory(pki=None, client_cert_auth=True, extra_args=())`;
+    all are stopped at teardown."""
     binary = _etcd_binary()
     servers: list[EtcdServer] = []
 
-    def make(pki: PKI | None = None, client_cert_auth: bool = True) -> EtcdServer:
-        server = EtcdServer(binary, str(tmp_path / f"etcd{len(servers)}"), pki, client_cert_auth)
+    def make(pki: PKI | None = None, client_cert_auth: bool = True, extra_args: tuple[str, ...] = ()):
+        server = EtcdServer(binary, str(tmp_path / f"etcd{len(servers)}"), pki, client_cert_auth, extra_args)
         servers.append(server)
         server.start()
         return server

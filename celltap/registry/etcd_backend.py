@@ -208,9 +208,14 @@ class EtcdRegistry(Registry):
             host, port, secure=self.tls is not None, creds=creds, time_retry=0, opts=options
         )
         # The constructor authenticates right away when user/password are set.
-        return pyetcd.MultiEndpointEtcd3Client(
+        client = pyetcd.MultiEndpointEtcd3Client(
             endpoints=[endpoint], timeout=self.timeout, user=self.user, password=self.password
         )
+        if self.tls is None:
+            # gRPC refuses call credentials on a plaintext channel; the token also travels as
+            # plain metadata, which etcd accepts, so drop the credentials object.
+            client.call_credentials = None
+        return client
 
     def _drop(self, client: Any) -> None:
         with self._lock:
