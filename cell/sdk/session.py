@@ -67,6 +67,8 @@ class Session:
         records = self.analyzer.records
         if records:
             self.analyzer.records = []
+        else:
+            records = []  # never hand out the analyzer's own list: it keeps growing
         self.stats.records += len(records)
         self.stats.flush(self.analyzer.errors, self.table.dropped)
         return records

@@ -46,7 +46,7 @@ def http_tshark(pcap: str) -> tuple[dict, dict]:
             r["http.request.method"], r["http.request.uri"], r["http.request.version"], strict=True
         ):
             reqs[key].append((m, u, v))
-        reqs[key + ("hosts",)].extend(r["http.host"])
+        reqs[(*key, "hosts")].extend(r["http.host"])
     for r in tshark_fields(
         pcap,
         "http.response",
@@ -81,7 +81,7 @@ def http_ours(records: list[dict]) -> tuple[dict, dict]:
             m = c["method"]
             reqs[key].append((m["method"], m["uri"], m["ver"]))
             if "host" in c["header"]:
-                reqs[key + ("hosts",)].append(c["header"]["host"])
+                reqs[(*key, "hosts")].append(c["header"]["host"])
         for info in rec.get("informational", []):
             resps[key].append((info["ver"], info["code"], info["msg"]))
         if "response" in s:

@@ -34,7 +34,8 @@ def http_conversations() -> list[Conversation]:
                 (True, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nHEAD /b HTTP/1.1\r\nHost: h\r\n\r\n"),
                 (
                     False,
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n",
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n",
                 ),
             ],
         ),
@@ -46,7 +47,8 @@ def http_conversations() -> list[Conversation]:
             [
                 (
                     True,
-                    b"POST /upload HTTP/1.1\r\nHost: up\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+                    b"POST /upload HTTP/1.1\r\nHost: up\r\nTransfer-Encoding: chunked\r\n"
+                    b"Expect: 100-continue\r\n\r\n",
                 ),
                 (False, b"HTTP/1.1 100 Continue\r\n\r\n"),
                 (True, b"4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\n"),
