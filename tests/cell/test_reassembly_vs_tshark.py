@@ -62,3 +62,38 @@ def test_streams_match_tshark_follow(tmp_path, v6):
         assert o_server == t_server, f"server->client stream differs for {flow}"
         assert len(o_client) > 1000 and len(o_server) > 1000
     assert holes >= 2  # the loss cases really lost bytes (both directions), and we skipped the same holes
+
+
+def _write_scenario(path, name: str, count: int, seed: int = 3) -> None:
+    import loadgen.scenarios  # noqa: F401  (registers the scenarios)
+    from loadgen.scenario import get
+
+    with PcapWriter(str(path), nanosecond=True) as w:
+        for ts, frame in get(name).generate(seed, count):
+            w.write(ts, frame)
+
+
+@pytest.mark.tshark
+@pytest.mark.parametrize("scenario", ["tcpfaults", "mixed"])
+def test_loadgen_streams_match_tshark_follow(tmp_path, scenario):
+    tshark = require_tool("tshark")
+    pcap = tmp_path / f"{scenario}.pcap"
+    _write_scenario(pcap, scenario, 40)
+    home = tmp_path / "home"
+    cfg = write_config(tmp_path / "c.yaml", home, CONFIG)
+    proc, out = run_cell(cfg, pcap, home, ["tcp/default"])
+    assert proc.returncode == 0, proc.stderr
+    ours = {k: v for k, v in streams(parse_text(out["tcp/default"])).items() if k[6] == "tcp"}
+    assert len(ours) >= 10
+    theirs = tshark_streams(tshark, str(pcap), len(ours) + 5)
+    compared = 0
+    for flow, (o1, o2) in ours.items():
+        e1, e2 = endpoint(flow[0], flow[1]), endpoint(flow[2], flow[3])
+        if (e1, e2) in theirs:
+            t1, t2, _ = theirs[(e1, e2)]
+        else:
+            t2, t1, _ = theirs[(e2, e1)]
+        assert o1 == t1, f"endpoint 1 stream differs for {flow}"
+        assert o2 == t2, f"endpoint 2 stream differs for {flow}"
+        compared += 1
+    assert compared == len(ours)
