@@ -1,0 +1,127 @@
+{{/* Chart name, truncated to the 63 characters a DNS label allows. */}}
+{{- define "celltap.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-scoped name, at most 40 characters so that with the longest component suffix
+     ("-collector-metrics") every Service name stays within a 63-character DNS label. */}}
+{{- define "celltap.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "celltap.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Common labels; call with (dict "ctx" $ "component" "cell"). */}}
+{{- define "celltap.labels" -}}
+helm.sh/chart: {{ include "celltap.chart" .ctx }}
+{{ include "celltap.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: celltap
+{{- end -}}
+
+{{- define "celltap.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "celltap.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "celltap.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The headless Services of the StatefulSets. */}}
+{{- define "celltap.etcdHeadless" -}}{{ include "celltap.fullname" . }}-etcd-headless{{- end -}}
+{{- define "celltap.cellHeadless" -}}{{ include "celltap.fullname" . }}-cell-headless{{- end -}}
+{{- define "celltap.nodeHeadless" -}}{{ include "celltap.fullname" . }}-node-headless{{- end -}}
+
+{{/* The registry URL every component is given: the bundled etcd members, or the external URL. */}}
+{{- define "celltap.registryUrl" -}}
+{{- if .Values.etcd.bundled -}}
+{{- $full := include "celltap.fullname" . -}}
+{{- $headless := include "celltap.etcdHeadless" . -}}
+{{- $members := list -}}
+{{- range $i := until (int .Values.etcd.replicas) -}}
+{{- $members = append $members (printf "%s-etcd-%d.%s.%s.svc:%d" $full $i $headless $.Release.Namespace (int $.Values.etcd.clientPort)) -}}
+{{- end -}}
+etcd://{{ join "," $members }}
+{{- else -}}
+{{- required "etcd.externalUrl is required when etcd.bundled is false" .Values.etcd.externalUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where cells export IPFIX: the collectors' in-cluster Service address. */}}
+{{- define "celltap.collectorIpfixUrl" -}}
+{{- $port := 4739 -}}
+{{- range .Values.collector.service.ports -}}
+{{- if eq .name "ipfix" }}{{ $port = int .port }}{{ end -}}
+{{- end -}}
+udp://{{ include "celltap.fullname" . }}-collector.{{ .Release.Namespace }}.svc:{{ $port }}
+{{- end -}}
+
+{{/* Spread across racks, then across hosts; call with (dict "ctx" $ "component" "cell"). */}}
+{{- define "celltap.topologySpread" -}}
+- maxSkew: {{ int .ctx.Values.topology.maxSkew }}
+  topologyKey: {{ .ctx.Values.topology.rackLabel }}
+  whenUnsatisfiable: {{ .ctx.Values.topology.whenUnsatisfiable }}
+  labelSelector:
+    matchLabels:
+      {{- include "celltap.selectorLabels" . | nindent 6 }}
+- maxSkew: 1
+  topologyKey: kubernetes.io/hostname
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include "celltap.selectorLabels" . | nindent 6 }}
+{{- end -}}
+
+{{/* Probes on the Prometheus endpoint every component serves; call with the port number. */}}
+{{- define "celltap.metricsProbes" -}}
+readinessProbe:
+  httpGet:
+    path: /metrics
+    port: {{ int . }}
+  periodSeconds: 10
+  timeoutSeconds: 5
+livenessProbe:
+  httpGet:
+    path: /metrics
+    port: {{ int . }}
+  initialDelaySeconds: 15
+  periodSeconds: 20
+  timeoutSeconds: 5
+  failureThreshold: 3
+{{- end -}}
+
+{{- define "celltap.podEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- end -}}
+
+{{/* Checksum of one component's config file, so a change rolls only that component's pods
+     (an incubator restart loses its live-flow pins); call with (dict "ctx" $ "key" "incubator.yaml"). */}}
+{{- define "celltap.configChecksum" -}}
+{{- $cm := include (print .ctx.Template.BasePath "/configmap.yaml") .ctx | fromYaml -}}
+{{- index $cm.data .key | sha256sum -}}
+{{- end -}}
