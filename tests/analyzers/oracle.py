@@ -394,8 +394,16 @@ def smtp_ours(records: list[dict]) -> dict:
 # ---------------------------------------------------------------- SIP
 
 
-def sip_tshark(pcap: str) -> tuple[list, dict]:
-    """Every SIP message in capture order, and per Call-ID the times of INVITE, its 2xx, and BYE's 2xx."""
+def _by_flow(msgs: list[tuple]) -> dict:
+    """Messages grouped per UDP flow (endpoint pair), in order: the cell keeps order within a flow only."""
+    out: dict = defaultdict(list)
+    for m in msgs:
+        out[tuple(sorted([(m[0], m[1]), (m[9], m[10])]))].append(m[:9])
+    return dict(out)
+
+
+def sip_tshark(pcap: str) -> tuple[dict, dict]:
+    """SIP messages per flow in capture order, and per Call-ID the times of INVITE, its 2xx, and BYE's 2xx."""
     msgs = []
     times: dict = defaultdict(dict)
     for r in tshark_fields(
@@ -412,6 +420,8 @@ def sip_tshark(pcap: str) -> tuple[list, dict]:
             "sip.CSeq.method",
             "sip.from.addr",
             "sip.to.addr",
+            "ip.dst",
+            "udp.dstport",
         ],
     ):
         t = float(_one(r["frame.time_epoch"]))
@@ -432,6 +442,8 @@ def sip_tshark(pcap: str) -> tuple[list, dict]:
                 cm,
                 _one(r["sip.from.addr"]),
                 _one(r["sip.to.addr"]),
+                _one(r["ip.dst"]),
+                _one(r["udp.dstport"]),
             )
         )
         if method == "INVITE":
@@ -440,10 +452,10 @@ def sip_tshark(pcap: str) -> tuple[list, dict]:
             times[cid].setdefault("answer", t)
         elif code and code.startswith("2") and cm == "BYE":
             times[cid]["end"] = t
-    return msgs, dict(times)
+    return _by_flow(msgs), dict(times)
 
 
-def sip_ours(records: list[dict]) -> tuple[list, dict]:
+def sip_ours(records: list[dict]) -> tuple[dict, dict]:
     """The same facts from SIP analyzer records (messages, and call setup/teardown)."""
     msgs = []
     calls = {}
@@ -460,8 +472,10 @@ def sip_ours(records: list[dict]) -> tuple[list, dict]:
                     rec["cseq"]["method"],
                     rec["from"],
                     rec["to"],
+                    rec["dst"]["ip"],
+                    rec["dst"]["port"],
                 )
             )
         elif rec["type"] == "call":
             calls[rec["call_id"]] = rec
-    return msgs, calls
+    return _by_flow(msgs), calls

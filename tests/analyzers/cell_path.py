@@ -1,0 +1,86 @@
+"""The real path: pcap -> `celltap cell --read` -> UNIX interfaces -> `celltap analyzer` processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.analyzers.harness import analyzer_cmd
+
+# rule name -> (proto, port or None, up regex or None, down regex or None); interfaces are named
+# after the analyzer so that UDP and TCP DNS land on udp/dns and tcp/dns.
+RULES = {
+    # Request syntax only: with a `down` regex too, a flow whose client sends more than the cell's
+    # classification window before the server answers (a large POST) would fall to tcp_default.
+    "http": [("TCP", None, r"^[-a-zA-Z]+ \S+ HTTP/1\.[01]\r?\n", None)],
+    "dns": [("UDP", "53", None, None), ("TCP", "53", None, None)],
+    "tls": [("TCP", "443", None, None)],
+    "smtp": [("TCP", "25,587", None, None)],
+    "sip": [("UDP", "5060", None, None)],
+}
+
+
+def cell_config(name: str, home: Path, fmt: str) -> dict:
+    """An SF-TAP configuration with the rules that send `name`'s traffic to its interface(s)."""
+    cfg: dict = {"global": {"home": str(home), "timeout": 60}}
+    for i, (proto, port, up, down) in enumerate(RULES[name]):
+        rule: dict = {"proto": proto, "if": name, "format": fmt, "body": "yes", "nice": 10}
+        if port:
+            rule["port"] = port
+        if up:
+            rule["up"] = up
+        if down:
+            rule["down"] = down
+        cfg[f"{name}{i}"] = rule
+    return cfg
+
+
+def cell_records(name: str, pcap: str, tmp: Path, fmt: str) -> list[dict]:
+    """Run the cell on `pcap` with one analyzer process per interface; return all their records."""
+    home = tmp / "home"
+    config = tmp / "sftap.yaml"
+    config.write_text(yaml.safe_dump(cell_config(name, home, fmt)))
+    sockets = sorted({f"{proto.lower()}/{name}" for proto, *_ in RULES[name]})
+    outs = [tmp / f"{s.replace('/', '-')}.jsonl" for s in sockets]
+    analyzers = [
+        subprocess.Popen(
+            analyzer_cmd(name, str(home / s), str(o), fmt, "--exit-on-eof"), stderr=subprocess.PIPE, text=True
+        )
+        for s, o in zip(sockets, outs, strict=True)
+    ]
+    try:
+        cell = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "celltap.cli",
+                "cell",
+                "--config",
+                str(config),
+                "--read",
+                pcap,
+                "--wait-readers",
+                ",".join(sockets),
+                "--wait-timeout",
+                "30",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert cell.returncode == 0, cell.stderr[-2000:]
+        for a in analyzers:
+            assert a.wait(60) == 0, a.stderr.read()
+    finally:
+        for a in analyzers:
+            if a.poll() is None:
+                a.kill()
+    records = []
+    for o in outs:
+        if o.exists():
+            records += [json.loads(line) for line in o.read_text().splitlines()]
+    return records
