@@ -300,6 +300,8 @@ class EtcdRegistry(Registry):
         """Grant a lease; etcd counts whole seconds and may raise the TTL to its minimum."""
         granted = self._call("lease", lambda c: c.lease(max(1, math.ceil(ttl))))
         lease = EtcdLease(self, int(granted.id), float(granted.ttl))
+        # Forget leases that ended so a long-lived process re-registering now and then does not grow.
+        self._owned_leases = [old for old in self._owned_leases if not old.lost.is_set()]
         self._owned_leases.append(lease)
         return lease
 

@@ -359,6 +359,8 @@ class FileRegistry(Registry):
         lease = FileLease(self, secrets.randbits(63) or 1, float(ttl))
         with self._guard("lease"), self._locked():
             self._write_lease(lease)
+        # Forget leases that ended so a long-lived process re-registering now and then does not grow.
+        self._owned_leases = [old for old in self._owned_leases if not old.lost.is_set()]
         self._owned_leases.append(lease)
         return lease
 

@@ -163,9 +163,9 @@ class Membership:
         self._thread.start()
 
     def register(self, kind: str, member_id: str, value: dict[str, Any]) -> Registration:
-        """Register (kind, id) with `value` (an "id" field is added); retried in the background if the
-        registry is unreachable now, so this never raises for an outage."""
-        body = {"id": member_id, **value}
+        """Register (kind, id) with `value` (its "id" field set to `member_id`); retried in the
+        background if the registry is unreachable now, so this never raises for an outage."""
+        body = {**value, "id": member_id}
         reg = Registration(self.registry, member_key(self.cluster, kind, member_id), kind, body, self.ttl)
         reg._on_lost = self._wake.set
         with self._lock:
