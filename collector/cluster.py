@@ -1,0 +1,499 @@
+"""The collector's side of the cluster: route record batches over the ring to analysis nodes.
+
+`ClusterRouter.on_batch(RecordBatch)` is the hook the collector's ingestion calls.  Small batches
+of one template are coalesced, then every partition key in use is hashed and owned in one pass;
+each node gets one message per routed batch (records packed as IPFIX data records plus one mask
+byte per record), and its backup for those keys gets a replica.  Messages stay pending until the
+primary and its replicas acknowledge; the pending total is bounded, and when it is full the
+router refuses batches at its ingress and counts them.  When membership changes, what a departed
+node had not safely handed over is re-routed with the same identity, so nodes drop duplicates.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from celltap.ipfix.encoder import pack_fixed
+from celltap.ipfix.records import RecordBatch, normalized_template
+from celltap.ipfix.template import Template, template_set_bytes
+from celltap.registry.tls import TLSConfig
+from celltap.ring import Ring
+from collector.cluster_grpc import make_channel
+from collector.cluster_metrics import CLUSTER_METRICS
+from collector.routing import MAX_KEYS, Part, Router, key_hashes
+from proto import celltap_pb2 as pb
+from proto import celltap_pb2_grpc as pb_grpc
+
+log = logging.getLogger("celltap.collector.cluster")
+
+
+@dataclass
+class RouterConfig:
+    """Tunables of the router (the collector config's `cluster:` section)."""
+
+    collector_id: str
+    seed: int = 0
+    batch_records: int = 8192  # coalesce small IPFIX messages into batches of about this size
+    flush_interval: float = 0.02  # seconds a partial batch may wait
+    max_pending_records: int = 2_000_000  # bound on records held until acknowledged
+    window: int = 8  # messages in flight per node stream
+    replication: bool = True  # also send each record to its backup (exact totals across failures)
+    tls: TLSConfig | None = None
+
+
+@dataclass(eq=False)
+class Outgoing:
+    """Records bound for one primary node (and replicas for its backups), pending until acknowledged."""
+
+    seq: int
+    origin: str
+    exporter: str
+    domain: int
+    template: Template  # normalized (full-width) template
+    template_bytes: bytes
+    keys: tuple[str, ...]
+    records: np.ndarray  # native records (for re-routing and variable-length packing)
+    wire: np.ndarray | None  # fixed-length wire records (packed once)
+    hashes: list[np.ndarray]
+    mask: np.ndarray
+    primary: str
+    replicas: dict[str, Part] = field(default_factory=dict)  # node -> Part (indices into records)
+    primary_acked: bool = False
+    replicas_acked: set[str] = field(default_factory=set)
+    generation: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Acknowledged by the primary and every replica."""
+        return self.primary_acked and self.replicas_acked >= self.replicas.keys()
+
+    def packed(self, index: np.ndarray | None) -> bytes:
+        """Records (all, or a subset) as IPFIX data records of `template`."""
+        if self.wire is not None:
+            return (self.wire if index is None else self.wire[index]).tobytes()
+        recs = self.records if index is None else self.records[index]
+        batch = RecordBatch(self.exporter, self.domain, self.template.template_id, self.template, recs)
+        return batch.to_wire()[1]
+
+
+@dataclass
+class _Accumulator:
+    exporter: str
+    domain: int
+    template: Template
+    arrays: list[np.ndarray] = field(default_factory=list)
+    count: int = 0
+    since: float = 0.0
+
+
+class NodeSender:
+    """One gRPC stream to one node: sends queued deliveries, at most `window` unacknowledged."""
+
+    def __init__(self, router: ClusterRouter, node: str, address: str) -> None:
+        self.router = router
+        self.node = node
+        self.address = address
+        self.queue: deque[int] = deque()
+        self.inflight: dict[int, None] = {}
+        self.cond = threading.Condition()
+        self.stopped = False
+        self.stream_id = 0
+        self.connected = False
+        self.thread = threading.Thread(target=self._run, name=f"send-{node}", daemon=True)
+        self.thread.start()
+
+    def enqueue(self, delivery: int) -> None:
+        """Send this delivery when the window allows."""
+        with self.cond:
+            self.queue.append(delivery)
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        """Stop sending (queued deliveries are the router's to re-route)."""
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+    def _requests(self, stream_id: int):
+        while True:
+            with self.cond:
+                while (
+                    not self.stopped
+                    and self.stream_id == stream_id
+                    and (not self.queue or len(self.inflight) >= self.router.config.window)
+                ):
+                    self.cond.wait(0.1)
+                if self.stopped or self.stream_id != stream_id:
+                    return
+                delivery = self.queue.popleft()
+                self.inflight[delivery] = None
+            msg = self.router._message(delivery)
+            if msg is None:
+                with self.cond:
+                    self.inflight.pop(delivery, None)
+                continue
+            yield msg
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self.stopped:
+            channel = make_channel(self.address, self.router.config.tls)
+            stream_id = self.stream_id
+            try:
+                call = pb_grpc.AnalysisNodeStub(channel).Push(self._requests(stream_id))
+                for ack in call:
+                    if not self.connected:
+                        self.connected, backoff = True, 0.05
+                    self.router._on_ack(self.node, ack)
+                    with self.cond:
+                        self.inflight.pop(ack.delivery, None)
+                        self.cond.notify_all()
+            except grpc.RpcError as exc:
+                if not self.stopped:
+                    log.debug("stream to %s (%s) broke: %s", self.node, self.address, exc.code())
+            finally:
+                with self.cond:
+                    # Unacknowledged sends go out again on the next stream (the node drops repeats).
+                    self.stream_id += 1
+                    self.queue.extendleft(reversed(list(self.inflight)))
+                    self.inflight.clear()
+                    self.connected = False
+                    self.cond.notify_all()
+                channel.close()
+            if not self.stopped:
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+
+class ClusterRouter:
+    """Routes RecordBatches to analysis nodes; membership comes from `set_members` (registry watch)."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.cid = config.collector_id
+        self.lock = threading.RLock()
+        self.router = Router(Ring({}, config.seed))
+        self.members: dict[str, dict[str, Any]] = {}
+        self.keys: tuple[str, ...] = ()
+        self.senders: dict[str, NodeSender] = {}
+        self.pending: dict[int, Outgoing] = {}  # id(outgoing) -> outgoing
+        self.deliveries: dict[int, tuple[Outgoing, str, int]] = {}  # delivery -> (out, node, generation)
+        self.pending_records = 0
+        self.accumulated = 0
+        self._acc: dict[tuple, _Accumulator] = {}
+        self._acc_lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._delivery = itertools.count(1)
+        self.idle = threading.Condition(self.lock)
+        self.counts: dict[str, int] = {
+            "records_in": 0, "dropped_buffer_full": 0, "dropped_no_nodes": 0, "rejected": 0,
+            "sent_primary": 0, "sent_replica": 0, "acked": 0, "resent": 0, "replica_lost": 0, "ring_changes": 0,
+        }  # fmt: skip
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="cluster-flush", daemon=True)
+        self._flusher.start()
+
+    # ---- ingress -------------------------------------------------------------------------
+
+    def __call__(self, batches: list[RecordBatch]) -> None:
+        """The collector's sink signature: a list of batches."""
+        for b in batches:
+            self.on_batch(b)
+
+    def on_batch(self, batch: RecordBatch) -> bool:
+        """Accept a batch for routing; False if it was dropped at ingress (and counted)."""
+        n = len(batch.records)
+        if n == 0:
+            return True
+        CLUSTER_METRICS.records_in.labels(self.cid).inc(n)
+        with self.lock:
+            self.counts["records_in"] += n
+            reason = None
+            if not self.members:
+                reason = "no_nodes"
+            elif self.pending_records + self.accumulated + n > self.config.max_pending_records:
+                reason = "buffer_full"
+            if reason is not None:
+                self.counts[f"dropped_{reason}"] += n
+                CLUSTER_METRICS.dropped.labels(self.cid, reason).inc(n)
+                return False
+            self.accumulated += n
+        t = batch.template
+        key = (batch.exporter, batch.domain, t.template_id, t.record_bytes())
+        ready = None
+        with self._acc_lock:
+            acc = self._acc.get(key)
+            if acc is None:
+                acc = self._acc[key] = _Accumulator(batch.exporter, batch.domain, t, since=time.monotonic())
+            acc.arrays.append(batch.records)
+            acc.count += n
+            if acc.count >= self.config.batch_records:
+                ready = self._acc.pop(key)
+        if ready is not None:
+            self._route(ready)
+        return True
+
+    def flush(self) -> None:
+        """Route every partially filled batch now."""
+        with self._acc_lock:
+            accs, self._acc = list(self._acc.values()), {}
+        for acc in accs:
+            self._route(acc)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.config.flush_interval / 2):
+            now = time.monotonic()
+            with self._acc_lock:
+                due = [k for k, a in self._acc.items() if now - a.since >= self.config.flush_interval]
+                accs = [self._acc.pop(k) for k in due]
+            for acc in accs:
+                try:
+                    self._route(acc)
+                except Exception:
+                    log.exception("routing a batch failed")
+
+    # ---- routing -------------------------------------------------------------------------
+
+    def _route(self, acc: _Accumulator) -> None:
+        records = acc.arrays[0] if len(acc.arrays) == 1 else np.concatenate(acc.arrays)
+        template = normalized_template(acc.template)
+        with self.lock:
+            router, keys = self.router, self.keys
+        hashes = [key_hashes(records, k, acc.exporter, self.config.seed) for k in keys]
+        wire = None
+        if template.record_length is not None:
+            cols = {name: records[name] for name in records.dtype.names or ()}
+            wire = pack_fixed(template, cols, len(records))
+        tbytes = template_set_bytes(template)
+        outs = []
+        for part in router.primaries(hashes) if router.ring.ids else []:
+            sub = [h[part.index] for h in hashes]
+            out = Outgoing(
+                seq=next(self._seq), origin=part.node, exporter=acc.exporter, domain=acc.domain,
+                template=template, template_bytes=tbytes, keys=keys, records=records[part.index],
+                wire=None if wire is None else wire[part.index], hashes=sub, mask=part.mask, primary=part.node,
+            )  # fmt: skip
+            if self.config.replication:
+                whole = Part(part.node, np.arange(len(part.index)), part.mask)
+                out.replicas = {p.node: p for p in router.backups(part.node, sub, whole)}
+            outs.append(out)
+        with self.lock:
+            self.accumulated -= acc.count
+            if not outs:  # the ring emptied meanwhile
+                self.counts["dropped_no_nodes"] += acc.count
+                CLUSTER_METRICS.dropped.labels(self.cid, "no_nodes").inc(acc.count)
+                return
+            for out in outs:
+                self._add_pending(out)
+                if router is not self.router:
+                    self._repair(out)  # membership changed while we hashed
+                else:
+                    self._dispatch(out)
+
+    def _add_pending(self, out: Outgoing) -> None:
+        self.pending[id(out)] = out
+        self.pending_records += len(out.records)
+        CLUSTER_METRICS.pending.labels(self.cid).set(self.pending_records)
+
+    def _drop_pending(self, out: Outgoing) -> None:
+        if self.pending.pop(id(out), None) is not None:
+            self.pending_records -= len(out.records)
+            CLUSTER_METRICS.pending.labels(self.cid).set(self.pending_records)
+            if not self.pending:
+                self.idle.notify_all()
+
+    def _send(self, out: Outgoing, node: str) -> None:
+        sender = self.senders.get(node)
+        if sender is None:
+            return  # not a member (any more): _repair handles it at the membership change
+        delivery = next(self._delivery)
+        self.deliveries[delivery] = (out, node, out.generation)
+        role = "primary" if node == out.primary else "replica"
+        n = len(out.records) if role == "primary" else len(out.replicas[node].index)
+        self.counts[f"sent_{role}"] += n
+        CLUSTER_METRICS.sent.labels(self.cid, node, role).inc(n)
+        sender.enqueue(delivery)
+
+    def _dispatch(self, out: Outgoing) -> None:
+        if not out.primary_acked:
+            self._send(out, out.primary)
+        for node in out.replicas:
+            if node not in out.replicas_acked:
+                self._send(out, node)
+
+    def _message(self, delivery: int) -> pb.RecordBatchMsg | None:
+        with self.lock:
+            entry = self.deliveries.get(delivery)
+            if entry is None or entry[0].generation != entry[2]:
+                self.deliveries.pop(delivery, None)
+                return None
+            out, node, _ = entry
+            part = out.replicas.get(node) if node != out.primary else None
+            if node != out.primary and part is None:
+                return None
+        index = None if part is None else part.index
+        mask = out.mask if part is None else part.mask
+        return pb.RecordBatchMsg(
+            collector=self.cid, sequence=out.seq, origin=out.origin,
+            replica_of=out.primary if part is not None else "", exporter=out.exporter, domain=out.domain,
+            template=out.template_bytes, records=out.packed(index), count=len(mask), keys=list(out.keys),
+            key_mask=mask.tobytes(), delivery=delivery,
+        )  # fmt: skip
+
+    def _on_ack(self, node: str, ack: pb.Ack) -> None:
+        with self.lock:
+            entry = self.deliveries.pop(ack.delivery, None)
+            if entry is None:
+                return
+            out, target, generation = entry
+            if generation != out.generation or id(out) not in self.pending:
+                return
+            role = "primary" if target == out.primary else "replica"
+            n = len(out.records) if role == "primary" else len(out.replicas[target].index)
+            if ack.error:
+                # The node could not decode what we sent: a bug, not a transient; count, do not retry.
+                self.counts["rejected"] += n
+                CLUSTER_METRICS.dropped.labels(self.cid, "rejected").inc(n)
+                log.error("node %s rejected batch %d: %s", node, out.seq, ack.error)
+            CLUSTER_METRICS.acked.labels(self.cid, target, role).inc(n)
+            if role == "primary":
+                out.primary_acked = True
+                self.counts["acked"] += n
+            else:
+                out.replicas_acked.add(target)
+            if out.complete:
+                self._drop_pending(out)
+
+    # ---- membership ----------------------------------------------------------------------
+
+    def set_members(self, members: Mapping[str, Mapping[str, Any]]) -> None:
+        """Apply a new node membership {id: registry value with grpc, weight, apps, incarnation}."""
+        with self.lock:
+            old = self.members
+            new = {m: dict(v) for m, v in members.items() if v.get("grpc")}
+            gone = [m for m in old if m not in new or old[m].get("incarnation") != new[m].get("incarnation")]
+            if (
+                not gone
+                and new.keys() == old.keys()
+                and all(
+                    old[m].get("grpc") == new[m].get("grpc") and old[m].get("weight") == new[m].get("weight")
+                    for m in new
+                )
+            ):
+                self.members = new
+                return
+            self.members = new
+            ring = Ring({m: int(v.get("weight", 1)) for m, v in new.items()}, self.config.seed)
+            self.router = Router(ring)
+            keys = sorted(
+                {str(a.get("key")) for v in new.values() for a in v.get("apps", []) if a.get("key")}
+            )
+            if len(keys) > MAX_KEYS:
+                log.error("more than %d partition keys in use (%s); routing only the first", MAX_KEYS, keys)
+                keys = keys[:MAX_KEYS]
+            self.keys = tuple(keys)
+            for m in gone:
+                sender = self.senders.pop(m, None)
+                if sender is not None:
+                    sender.stop()
+            for m, v in new.items():
+                sender = self.senders.get(m)
+                if sender is not None and sender.address != v["grpc"]:
+                    sender.stop()
+                    sender = None
+                if sender is None:
+                    self.senders[m] = NodeSender(self, m, str(v["grpc"]))
+            self.counts["ring_changes"] += 1
+            CLUSTER_METRICS.ring_changes.labels(self.cid).inc()
+            CLUSTER_METRICS.ring_members.labels(self.cid).set(len(new))
+            log.info("ring now %s (left: %s)", sorted(new), gone or "-")
+            for out in list(self.pending.values()):
+                self._repair(out, set(gone))
+
+    def _repair(self, out: Outgoing, gone: set[str] | None = None) -> None:
+        """Bring one pending message in line with the current membership."""
+        members = self.members
+        lost = [n for n in out.replicas if n not in members or (gone and n in gone)]
+        for node in lost:
+            if node not in out.replicas_acked:
+                n = len(out.replicas[node].index)
+                self.counts["replica_lost"] += n
+                CLUSTER_METRICS.replicas_lost.labels(self.cid).inc(n)
+            # A backup that left takes nothing with it; the primary still holds the records.
+            out.replicas.pop(node)
+            out.replicas_acked.discard(node)
+        primary_gone = out.primary not in members or (gone is not None and out.primary in gone)
+        if not primary_gone:
+            if out.complete:
+                self._drop_pending(out)
+            elif gone is None:
+                self._dispatch(out)  # routed on a ring that changed meanwhile: its owner is still here
+            return
+        if out.replicas and out.replicas.keys() <= out.replicas_acked:
+            # Every backup holds a replica; they absorb it when they see the primary leave.
+            self._drop_pending(out)
+            return
+        self._drop_pending(out)
+        if not self.router.ring.ids:
+            log.warning("no analysis nodes left; holding %d records for later", len(out.records))
+            self._add_pending(out)  # re-routed at the next membership change
+            return
+        self.counts["resent"] += len(out.records)
+        CLUSTER_METRICS.resent.labels(self.cid).inc(len(out.records))
+        for part in self.router.primaries(out.hashes, out.mask):
+            sub = [h[part.index] for h in out.hashes]
+            new = Outgoing(
+                seq=out.seq, origin=out.origin, exporter=out.exporter, domain=out.domain, template=out.template,
+                template_bytes=out.template_bytes, keys=out.keys, records=out.records[part.index],
+                wire=None if out.wire is None else out.wire[part.index], hashes=sub, mask=part.mask,
+                primary=part.node,
+            )  # fmt: skip
+            if self.config.replication:
+                whole = Part(part.node, np.arange(len(part.index)), part.mask)
+                new.replicas = {p.node: p for p in self.router.backups(part.node, sub, whole)}
+            self._add_pending(new)
+            self._dispatch(new)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Flush, then wait until nothing is pending; False on timeout."""
+        self.flush()
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while self.pending or self.accumulated:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.idle.wait(min(left, 0.1))
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and the current ring."""
+        with self.lock:
+            return {
+                "collector": self.cid, **self.counts, "pending_records": self.pending_records,
+                "members": sorted(self.members), "keys": list(self.keys),
+            }  # fmt: skip
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Deliver what is pending (up to `timeout`), then stop; True if nothing was left."""
+        done = self.wait_idle(timeout)
+        self._stop.set()
+        with self.lock:
+            for sender in self.senders.values():
+                sender.stop()
+            left = self.pending_records
+        if left:
+            log.error("closing with %d records unacknowledged", left)
+        return done

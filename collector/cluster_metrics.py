@@ -1,0 +1,53 @@
+"""Prometheus metrics of the collector's cluster routing (labelled by collector id)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+
+class ClusterMetrics:
+    """celltap_collector_cluster_* metrics."""
+
+    def __init__(self) -> None:
+        self.records_in = Counter(
+            "celltap_collector_cluster_records_in_total",
+            "records handed to the cluster router",
+            ["collector"],
+        )
+        self.dropped = Counter(
+            "celltap_collector_cluster_dropped_records_total",
+            "records dropped at the router's ingress (buffer_full, no_nodes) or rejected by a node",
+            ["collector", "reason"],
+        )
+        self.sent = Counter(
+            "celltap_collector_cluster_sent_records_total",
+            "records sent to nodes",
+            ["collector", "node", "role"],
+        )
+        self.acked = Counter(
+            "celltap_collector_cluster_acked_records_total",
+            "records acknowledged by nodes",
+            ["collector", "node", "role"],
+        )
+        self.resent = Counter(
+            "celltap_collector_cluster_resent_records_total",
+            "records re-routed to a new owner after a membership change",
+            ["collector"],
+        )
+        self.replicas_lost = Counter(
+            "celltap_collector_cluster_replica_lost_records_total",
+            "replica records whose backup node left before acknowledging (primary still holds them)",
+            ["collector"],
+        )
+        self.pending = Gauge(
+            "celltap_collector_cluster_pending_records", "records held until acknowledged", ["collector"]
+        )
+        self.ring_changes = Counter(
+            "celltap_collector_cluster_ring_changes_total", "ring membership changes applied", ["collector"]
+        )
+        self.ring_members = Gauge(
+            "celltap_collector_cluster_ring_members", "analysis nodes in the ring", ["collector"]
+        )
+
+
+CLUSTER_METRICS = ClusterMetrics()

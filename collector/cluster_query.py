@@ -1,0 +1,75 @@
+"""Cluster-wide queries: every node's partial state over gRPC (scatter), merged here (gather)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from celltap.registry.tls import TLSConfig
+from collector.apps.base import merge_partials
+from collector.cluster_grpc import make_channel
+from proto import celltap_pb2 as pb
+from proto import celltap_pb2_grpc as pb_grpc
+
+
+def node_partial(
+    address: str, app: str, params: Mapping[str, Any], tls: TLSConfig | None, timeout: float
+) -> dict[str, Any]:
+    """One node's {"describe", "partial"} for `app` (raises RuntimeError on failure)."""
+    with make_channel(address, tls) as channel:
+        stub = pb_grpc.AnalysisNodeStub(channel)
+        try:
+            reply = stub.Query(
+                pb.QueryRequest(app=app, params_json=json.dumps(dict(params))), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            raise RuntimeError(f"{address}: {exc.code().name} {exc.details()}") from None
+    if reply.error:
+        raise RuntimeError(f"{reply.node or address}: {reply.error}")
+    return json.loads(reply.partial_json)
+
+
+def node_status(address: str, tls: TLSConfig | None, timeout: float) -> dict[str, Any]:
+    """One node's status document."""
+    with make_channel(address, tls) as channel:
+        reply = pb_grpc.AnalysisNodeStub(channel).Status(pb.StatusRequest(), timeout=timeout)
+    return json.loads(reply.status_json)
+
+
+def scatter_gather(
+    nodes: Mapping[str, Mapping[str, Any]],
+    app: str,
+    params: Mapping[str, Any] | None = None,
+    tls: TLSConfig | None = None,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Ask every node {id: registry value with "grpc"} for `app`, merge, answer.
+
+    The answer carries "nodes" (who answered) and "errors" {node: message}; "complete" is False
+    when a node did not answer, since its share is then missing.
+    """
+    params = dict(params or {})
+    errors: dict[str, str] = {}
+    partials: list[dict[str, Any]] = []
+    answered: list[str] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
+        futures = {
+            nid: pool.submit(node_partial, str(v.get("grpc")), app, params, tls, timeout)
+            for nid, v in nodes.items()
+        }
+        for nid, fut in sorted(futures.items()):
+            try:
+                partials.append(fut.result())
+                answered.append(nid)
+            except Exception as exc:
+                errors[nid] = str(exc)
+    if not partials:
+        return {"app": app, "complete": False, "nodes": [], "errors": errors or {"*": "no analysis nodes"}}
+    merged = merge_partials(partials[0]["describe"], [p["partial"] for p in partials])
+    answer = merged.answer(params)
+    answer.update({"complete": not errors, "nodes": answered, "errors": errors})
+    return answer

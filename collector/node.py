@@ -1,0 +1,199 @@
+"""The analysis node process: gRPC service, HTTP JSON query API, registry membership."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from celltap.registry import Membership, open_registry
+from collector.apps.users import UserAccountingApp, parse_user_map
+from collector.cluster_grpc import CHANNEL_OPTIONS, add_port
+from collector.cluster_query import scatter_gather
+from collector.node_config import NodeConfig
+from collector.node_metrics import NODE_METRICS
+from collector.node_state import NodeState
+from proto import celltap_pb2 as pb
+from proto import celltap_pb2_grpc as pb_grpc
+
+log = logging.getLogger("celltap.node")
+
+
+class NodeServicer(pb_grpc.AnalysisNodeServicer):
+    """gRPC front of a NodeState."""
+
+    def __init__(self, state: NodeState) -> None:
+        self.state = state
+
+    def Push(self, request_iterator, context):
+        """Apply each batch of the stream and acknowledge it, in order."""
+        for msg in request_iterator:
+            yield self.state.handle(msg)
+
+    def Query(self, request, context):
+        """This node's partial state of one app."""
+        NODE_METRICS.queries.labels(self.state.node_id, "grpc").inc()
+        try:
+            body = self.state.partial(request.app)
+        except KeyError:
+            return pb.QueryReply(node=self.state.node_id, app=request.app, error=f"no app {request.app!r}")
+        return pb.QueryReply(node=self.state.node_id, app=request.app, partial_json=json.dumps(body))
+
+    def Status(self, request, context):
+        """Counters, membership and state sizes."""
+        return pb.StatusReply(node=self.state.node_id, status_json=json.dumps(self.state.status()))
+
+
+class AnalysisNode:
+    """Everything one `celltap node` runs; start() returns once it is serving and registered."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.state = NodeState(config.id, config.build_apps())
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.members: dict[str, dict[str, Any]] = {}
+        self._members_lock = threading.Lock()
+        self.grpc_server: grpc.Server | None = None
+        self.http_server: ThreadingHTTPServer | None = None
+        self.membership: Membership | None = None
+        self._stop = threading.Event()
+
+    def value(self) -> dict[str, Any]:
+        """What this node registers under /celltap/<cluster>/nodes/<id>."""
+        c = self.config
+        return {
+            "grpc": c.grpc_address, "http": c.http, "weight": c.weight, "incarnation": self.incarnation,
+            "apps": [a.describe() for a in self.state.live.apps],
+        }  # fmt: skip
+
+    def start(self) -> None:
+        """Serve gRPC and HTTP, then register and watch the cluster's nodes."""
+        c = self.config
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=c.grpc_workers), options=CHANNEL_OPTIONS
+        )
+        pb_grpc.add_AnalysisNodeServicer_to_server(NodeServicer(self.state), self.grpc_server)
+        if add_port(self.grpc_server, c.listen, c.tls) == 0:
+            raise OSError(f"cannot listen for gRPC on {c.listen}")
+        self.grpc_server.start()
+        if c.http:
+            host, _, port = c.http.rpartition(":")
+            self.http_server = ThreadingHTTPServer((host, int(port)), _handler(self))
+            self.http_server.daemon_threads = True
+            threading.Thread(target=self.http_server.serve_forever, name="node-http", daemon=True).start()
+        registry = open_registry(c.registry, tls=c.tls)
+        self.membership = Membership(registry, c.cluster, ttl=c.lease_ttl)
+        nodes = self.membership.watch("nodes", self._on_members)
+        self.registration = self.membership.register("nodes", c.id, self.value())
+        nodes.wait_synced(timeout=5)
+        self._on_members(nodes.members())
+        if any(isinstance(a, UserAccountingApp) for a in self.state.live.apps):
+            registry.watch_prefix(f"/celltap/{c.cluster}/users/", self._on_user_event, initial=True)
+        threading.Thread(target=self._watch_registration, name="node-lease", daemon=True).start()
+
+    def _on_members(self, members: dict[str, dict[str, Any]]) -> None:
+        with self._members_lock:
+            self.members = dict(members)
+        self.state.set_members(members)
+
+    def _on_user_event(self, event: Any) -> None:
+        # Registry users are re-read as a whole: the mapping is small and changes rarely.
+        assert self.membership is not None
+        prefix = f"/celltap/{self.config.cluster}/users/"
+        lines = []
+        for key, raw in self.membership.registry.get_prefix(prefix).items():
+            try:
+                user = json.loads(raw).get("user")
+            except (ValueError, AttributeError):
+                log.warning('registry user mapping %s is not {"user": NAME}; ignored', key)
+                continue
+            lines.append(f"{key[len(prefix) :].replace('_', '/')} {user}")
+        mapping = parse_user_map("\n".join(lines), "registry users")
+        for a in self.state.live.apps:
+            if isinstance(a, UserAccountingApp):
+                a.users.set_dynamic(mapping)
+
+    def _watch_registration(self) -> None:
+        seen = 1
+        while not self._stop.wait(0.2):
+            times = self.registration.times_registered
+            if times > seen:
+                # We were out of the cluster long enough for the lease to expire: the others
+                # promoted our shadows, so our live state would now be counted twice.
+                seen = times
+                self.incarnation = uuid.uuid4().hex[:12]
+                self.state.reset()
+                self.registration.update(self.value())
+
+    def cluster_nodes(self) -> dict[str, dict[str, Any]]:
+        """The nodes this node currently knows (itself included)."""
+        with self._members_lock:
+            nodes = dict(self.members)
+        nodes.setdefault(self.config.id, self.value())
+        return nodes
+
+    def query(self, app: str, params: dict[str, Any], local: bool = False) -> dict[str, Any]:
+        """A cluster-wide answer (or this node's own share when `local`)."""
+        nodes = self.cluster_nodes()
+        if local:
+            nodes = {self.config.id: nodes[self.config.id]}
+        return scatter_gather(nodes, app, params, self.config.tls)
+
+    def stop(self) -> None:
+        """Withdraw from the registry, stop serving."""
+        self._stop.set()
+        if self.membership is not None:
+            self.membership.close(withdraw=True)
+        if self.http_server is not None:
+            self.http_server.shutdown()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=2).wait(3)
+
+
+def _handler(node: AnalysisNode) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("http: " + fmt, *args)
+
+        def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, code: int, obj: Any) -> None:
+            self._send(code, json.dumps(obj, indent=1).encode() + b"\n")
+
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            params = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            parts = [p for p in url.path.split("/") if p]
+            if parts == ["metrics"]:
+                self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+            elif parts == ["status"]:
+                self._json(200, node.state.status())
+            elif parts == ["nodes"]:
+                self._json(200, node.cluster_nodes())
+            elif len(parts) == 2 and parts[0] == "query":
+                local = params.pop("local", "0") not in ("0", "", "false")
+                NODE_METRICS.queries.labels(node.config.id, "http").inc()
+                if node.state.app(parts[1]) is None:
+                    self._json(404, {"error": f"no app {parts[1]!r}"})
+                    return
+                try:
+                    self._json(200, node.query(parts[1], params, local))
+                except ValueError as exc:
+                    self._json(400, {"error": str(exc)})
+            else:
+                self._json(404, {"error": "GET /query/<app>?by=&n=&local=1, /status, /nodes or /metrics"})
+
+    return Handler

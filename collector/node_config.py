@@ -1,0 +1,119 @@
+"""`celltap node --config F`: the analysis node's YAML configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from celltap.registry.errors import RegistryConfigError
+from celltap.registry.tls import TLSConfig
+from collector.apps.base import App, AppConfigError, make_app
+
+DEFAULT_APPS: dict[str, dict[str, Any]] = {
+    "volume": {"kind": "volume", "key": "src"},
+    "top_talkers": {"kind": "top_talkers", "key": "src"},
+    "app_mix": {"kind": "app_mix", "key": "flow"},
+    "traffic_matrix": {"kind": "traffic_matrix", "key": "src"},
+    "port_scan": {"kind": "port_scan", "key": "src"},
+    "syn_flood": {"kind": "syn_flood", "key": "dst"},
+    "users": {"kind": "user_accounting", "key": "src"},
+}
+
+
+class NodeConfigError(ValueError):
+    """A bad node config; the message names the key."""
+
+
+@dataclass
+class NodeConfig:
+    """What an analysis node reads; see docs/cluster.md."""
+
+    id: str
+    listen: str = "127.0.0.1:50051"
+    advertise: str | None = None
+    http: str | None = "127.0.0.1:8090"
+    registry: str = "file:///tmp/celltap-registry"
+    cluster: str = "default"
+    weight: int = 1
+    lease_ttl: float = 10.0
+    grpc_workers: int = 16
+    apps: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_APPS))
+    tls: TLSConfig | None = None
+
+    @property
+    def grpc_address(self) -> str:
+        """The address other processes dial."""
+        return self.advertise or self.listen
+
+    def build_apps(self) -> list[App]:
+        """One instance of every configured app."""
+        return [make_app(name, spec) for name, spec in self.apps.items()]
+
+
+def _hostport(key: str, v: Any) -> str:
+    text = str(v)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise NodeConfigError(f"{key}: expected HOST:PORT, got {text!r}")
+    return text
+
+
+def config_from_dict(data: Any, source: str = "node config") -> NodeConfig:
+    """Validate a parsed YAML mapping (NodeConfigError naming the first bad key)."""
+    if not isinstance(data, dict):
+        raise NodeConfigError(f"{source}: the top level must be a mapping")
+    if not data.get("id"):
+        raise NodeConfigError(f"{source}: id: required (this node's unique name)")
+    known = {f for f in NodeConfig.__dataclass_fields__}
+    unknown = set(data) - known
+    if unknown:
+        raise NodeConfigError(
+            f"{source}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
+        )
+    cfg = NodeConfig(id=str(data["id"]))
+    if "/" in cfg.id:
+        raise NodeConfigError(f"{source}: id: must not contain '/'")
+    for key in ("listen", "advertise", "http"):
+        if key in data:
+            setattr(cfg, key, None if data[key] is None else _hostport(key, data[key]))
+    for key in ("registry", "cluster"):
+        if key in data:
+            setattr(cfg, key, str(data[key]))
+    try:
+        if "weight" in data:
+            cfg.weight = int(data["weight"])
+        if "lease_ttl" in data:
+            cfg.lease_ttl = float(data["lease_ttl"])
+        if "grpc_workers" in data:
+            cfg.grpc_workers = int(data["grpc_workers"])
+    except (TypeError, ValueError) as exc:
+        raise NodeConfigError(f"{source}: weight/lease_ttl/grpc_workers: {exc}") from None
+    if cfg.weight < 1:
+        raise NodeConfigError(f"{source}: weight: must be >= 1")
+    if "apps" in data:
+        apps = data["apps"]
+        if not isinstance(apps, dict) or not apps:
+            raise NodeConfigError(f"{source}: apps: a non-empty mapping of name -> {{kind: ..., key: ...}}")
+        cfg.apps = {str(k): dict(v or {}) for k, v in apps.items()}
+    try:
+        cfg.tls = TLSConfig.from_mapping(data.get("tls"))
+        cfg.build_apps()  # validates every app section now, not at the first batch
+    except (AppConfigError, RegistryConfigError) as exc:
+        raise NodeConfigError(f"{source}: {exc}") from None
+    return cfg
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    """Read and validate a node YAML file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise NodeConfigError(f"{path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise NodeConfigError(f"{path}: not valid YAML: {exc}") from None
+    return config_from_dict(data, str(path))

@@ -1,0 +1,233 @@
+"""An analysis node's state machine: apps, shadow copies for other nodes, and duplicate detection.
+
+No IO here: `handle(msg)` takes one decoded RecordBatchMsg and returns the Ack to send.
+
+Exactly-once across failures works like this.  A collector sends each record (for the keys a node
+owns) to that node as *primary*, and a *replica* of the same records to the node that takes those
+keys over if the primary leaves (the owner on the ring without the primary).  The replica is
+applied to a shadow instance of each app kept per primary.  When the primary leaves the cluster,
+its shadow state is absorbed into the live state: the survivors then hold everything the dead node
+had acknowledged, exactly once.  A batch is identified by (collector, origin node, sequence); a
+re-sent batch keeps that identity, and a node drops what it already applied, live or in a shadow.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from celltap.ipfix.errors import MalformedError
+from celltap.ipfix.records import RecordBatch
+from collector.apps.base import App
+from collector.node_metrics import NODE_METRICS
+from proto import celltap_pb2 as pb
+
+log = logging.getLogger("celltap.node")
+
+SEEN_PER_STREAM = 200_000  # a collector never re-sends older than its bounded pending window
+
+
+class SeenSet:
+    """Bounded sets of applied batch sequence numbers per (collector, origin) stream."""
+
+    def __init__(self, limit: int = SEEN_PER_STREAM) -> None:
+        self.limit = limit
+        self._sets: dict[tuple[str, str], tuple[set[int], deque[int]]] = {}
+
+    def __contains__(self, ident: tuple[str, str, int]) -> bool:
+        entry = self._sets.get((ident[0], ident[1]))
+        return entry is not None and ident[2] in entry[0]
+
+    def add(self, ident: tuple[str, str, int]) -> None:
+        """Remember one batch; the oldest of its stream is forgotten beyond the limit."""
+        seqs, order = self._sets.setdefault((ident[0], ident[1]), (set(), deque()))
+        if ident[2] in seqs:
+            return
+        seqs.add(ident[2])
+        order.append(ident[2])
+        if len(order) > self.limit:
+            seqs.discard(order.popleft())
+
+    def update(self, other: SeenSet) -> None:
+        """Add everything `other` remembers."""
+        for (c, o), (seqs, order) in other._sets.items():
+            for seq in order:
+                if seq in seqs:
+                    self.add((c, o, seq))
+
+    def __len__(self) -> int:
+        return sum(len(s) for s, _ in self._sets.values())
+
+
+@dataclass
+class AppSet:
+    """One instance of every configured app plus the batches applied to them."""
+
+    apps: list[App]
+    seen: SeenSet = field(default_factory=SeenSet)
+
+    def apply(self, records: np.ndarray, exporter: str, keys: list[str], mask: np.ndarray | None) -> None:
+        """Feed each app the records whose partition key (a bit of `mask`) this node owns."""
+        for app in self.apps:
+            if app.key not in keys:
+                continue
+            if mask is None:
+                app.update(records, exporter)
+                continue
+            bit = np.uint8(1 << keys.index(app.key))
+            sel = (mask & bit) != 0
+            if sel.all():
+                app.update(records, exporter)
+            elif sel.any():
+                app.update(records[sel], exporter)
+
+    def absorb(self, other: AppSet) -> None:
+        """Merge another set's state (a shadow being promoted) into this one."""
+        for mine, theirs in zip(self.apps, other.apps, strict=True):
+            mine.absorb(theirs.partial())
+        self.seen.update(other.seen)
+
+
+class NodeState:
+    """Live apps, shadows per primary node, membership view; thread-safe."""
+
+    def __init__(self, node_id: str, apps: list[App]) -> None:
+        self.node_id = node_id
+        self.live = AppSet(apps)
+        self.shadows: dict[str, AppSet] = {}
+        self.departed: set[str] = set()  # node ids (with incarnation) known to have left
+        self.members: dict[str, str] = {}  # id -> incarnation
+        self.lock = threading.RLock()
+        self.counts: dict[str, int] = {
+            "batches_primary": 0, "batches_replica": 0, "records_primary": 0, "records_replica": 0,
+            "duplicate_batches": 0, "duplicate_records": 0, "rejected_batches": 0, "rejected_records": 0,
+            "promotions": 0, "membership_changes": 0,
+        }  # fmt: skip
+
+    def _empty_set(self) -> AppSet:
+        return AppSet([a.empty() for a in self.live.apps])
+
+    def handle(self, msg: pb.RecordBatchMsg) -> pb.Ack:
+        """Apply one batch (or recognise a duplicate) and return its Ack."""
+        ack = pb.Ack(collector=msg.collector, sequence=msg.sequence, delivery=msg.delivery)
+        ident = (msg.collector, msg.origin, msg.sequence)
+        role = "replica" if msg.replica_of else "primary"
+        try:
+            batch = RecordBatch.from_wire(msg.exporter, msg.domain, msg.template, msg.records)
+            if len(batch.records) != msg.count:
+                raise MalformedError(
+                    "count_mismatch", f"{len(batch.records)} records, header says {msg.count}"
+                )
+            mask = np.frombuffer(msg.key_mask, dtype=np.uint8) if msg.key_mask else None
+            if mask is not None and len(mask) != msg.count:
+                raise MalformedError("mask_length", f"key mask of {len(mask)} bytes for {msg.count} records")
+        except (MalformedError, ValueError, KeyError) as exc:
+            NODE_METRICS.rejected.labels(self.node_id, "malformed").inc(msg.count)
+            self.counts["rejected_batches"] += 1
+            self.counts["rejected_records"] += msg.count
+            log.warning(
+                "rejected batch %s/%d from collector %s: %s", msg.origin, msg.sequence, msg.collector, exc
+            )
+            ack.error = str(exc)
+            return ack
+        keys = list(msg.keys)
+        with self.lock:
+            target = self._target(msg.replica_of)
+            if self._is_duplicate(ident, msg.replica_of, target):
+                self.counts["duplicate_batches"] += 1
+                self.counts["duplicate_records"] += msg.count
+                NODE_METRICS.duplicates.labels(self.node_id).inc(msg.count)
+                ack.duplicate = True
+                return ack
+            target.apply(batch.records, msg.exporter, keys, mask)
+            target.seen.add(ident)
+        self.counts[f"batches_{role}"] += 1
+        self.counts[f"records_{role}"] += msg.count
+        NODE_METRICS.records_in.labels(self.node_id, role).inc(msg.count)
+        return ack
+
+    def _target(self, replica_of: str) -> AppSet:
+        if not replica_of or replica_of == self.node_id or replica_of in self.departed:
+            return self.live  # the primary is gone already: we own these keys now
+        shadow = self.shadows.get(replica_of)
+        if shadow is None:
+            shadow = self.shadows[replica_of] = self._empty_set()
+        return shadow
+
+    def _is_duplicate(self, ident: tuple[str, str, int], replica_of: str, target: AppSet) -> bool:
+        if ident in target.seen or ident in self.live.seen:
+            return True
+        # A re-send after the origin left: we may hold it in the origin's shadow, not yet promoted.
+        origin_shadow = self.shadows.get(ident[1])
+        return origin_shadow is not None and ident in origin_shadow.seen
+
+    def set_members(self, members: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """New membership view {id: registry value}; promotes the shadows of nodes that left.
+
+        A node whose incarnation changed restarted with empty state: it counts as having left.
+        Returns the ids whose shadows were promoted.
+        """
+        now = {mid: str(v.get("incarnation", "")) for mid, v in members.items()}
+        promoted = []
+        with self.lock:
+            gone = [m for m, inc in self.members.items() if m != self.node_id and now.get(m) != inc]
+            for m in gone:
+                shadow = self.shadows.pop(m, None)
+                if shadow is not None:
+                    self.live.absorb(shadow)
+                    promoted.append(m)
+                if m not in now:
+                    self.departed.add(m)
+            for m in now:
+                self.departed.discard(m)
+            if now != self.members:
+                self.counts["membership_changes"] += 1
+                NODE_METRICS.membership_changes.labels(self.node_id).inc()
+            self.members = now
+            self.counts["promotions"] += len(promoted)
+        for m in promoted:
+            NODE_METRICS.promotions.labels(self.node_id).inc()
+            log.warning("node %s left; absorbed the shadow state held for it", m)
+        return promoted
+
+    def reset(self) -> None:
+        """Drop all state: our lease was lost, so the others already absorbed our shadows."""
+        with self.lock:
+            self.live = self._empty_set()
+            self.shadows.clear()
+            log.warning("node %s lost its registration; state reset (its backups took it over)", self.node_id)
+
+    def app(self, name: str) -> App | None:
+        """The live app called `name`."""
+        for a in self.live.apps:
+            if a.name == name:
+                return a
+        return None
+
+    def partial(self, name: str) -> dict[str, Any]:
+        """{"describe", "partial"} of the live app `name` (KeyError if unknown)."""
+        with self.lock:
+            a = self.app(name)
+            if a is None:
+                raise KeyError(name)
+            return {"describe": a.describe(), "partial": a.partial()}
+
+    def status(self) -> dict[str, Any]:
+        """Counters, membership and state sizes."""
+        with self.lock:
+            sizes = {a.name: a.size() for a in self.live.apps}
+            shadow_sizes = {p: sum(a.size() for a in s.apps) for p, s in self.shadows.items()}
+            for a in self.live.apps:
+                NODE_METRICS.state_entries.labels(self.node_id, a.name, "live").set(sizes[a.name])
+            NODE_METRICS.state_entries.labels(self.node_id, "*", "shadow").set(sum(shadow_sizes.values()))
+            return {
+                "node": self.node_id, "counts": dict(self.counts), "members": sorted(self.members),
+                "departed": sorted(self.departed), "apps": [a.describe() for a in self.live.apps],
+                "state_sizes": sizes, "shadow_sizes": shadow_sizes,
+            }  # fmt: skip
