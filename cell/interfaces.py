@@ -189,11 +189,12 @@ class InterfaceServer:
             return
         view = memoryview(data)
         for reader in list(readers):
-            if reader.queued + len(data) > self.buffer_cap and self.pace and not reader.stuck:
+            # the cap bounds a reader's backlog: one batch always fits into an empty queue
+            if reader.queued and reader.queued + len(data) > self.buffer_cap and self.pace and not reader.stuck:
                 self._wait_for(reader, len(data))
             if reader.sock.fileno() < 0:
                 continue
-            if reader.queued + len(data) > self.buffer_cap:
+            if reader.queued and reader.queued + len(data) > self.buffer_cap:
                 self._count_drop(name, "reader_stuck" if reader.stuck else "reader_slow", events, len(data))
                 continue
             was_empty = not reader.queue
@@ -208,7 +209,7 @@ class InterfaceServer:
 
     def _wait_for(self, reader: Reader, need: int) -> None:
         deadline = time.monotonic() + self.stall_timeout
-        while reader.queued + need > self.buffer_cap and reader.sock.fileno() >= 0:
+        while reader.queued and reader.queued + need > self.buffer_cap and reader.sock.fileno() >= 0:
             left = deadline - time.monotonic()
             if left <= 0:
                 reader.stuck = True

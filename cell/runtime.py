@@ -45,6 +45,8 @@ class Cell:
         self.sources: list[DatagramSource] = []
         self._lb_state: dict[socket.socket, tuple[TextDecoder | BinaryDecoder, dict]] = {}
         self._pcap_state: dict[socket.socket, PcapStreamParser] = {}
+        self._clock_pkt = 0  # no packet yet: nothing can time out
+        self._clock_wall = time.time_ns()
 
     # ------------------------------------------------------------------ plumbing
     def input_drops(self) -> dict[str, int]:
@@ -69,7 +71,16 @@ class Cell:
     def process(self, batch: FrameBatch, now_ns: int | None = None) -> None:
         """One batch of frames through the core, then out to the readers."""
         self.abstractor.process_frames(batch, now_ns)
+        self._clock_pkt = self.abstractor.now_ns
+        self._clock_wall = time.time_ns()
         self.flush()
+
+    def clock(self) -> int:
+        """Flow-table time: the newest packet time plus the wall time since it (injected pcaps keep
+        their own timestamps, yet idle flows still time out while nothing arrives)."""
+        if not self._clock_pkt:
+            return time.time_ns()
+        return self._clock_pkt + (time.time_ns() - self._clock_wall)
 
     def expand_waits(self, names: list[str]) -> list[str]:
         """Interface names to wait for: `tcp/http` also names the balanced sockets tcp/http0..N-1."""
@@ -138,9 +149,9 @@ class Cell:
         while not self.stop and not (until and until()):
             self.server.poll(tick)
             now = time.monotonic()
-            if now - last_gc >= tick:
+            if now - last_gc >= tick and self._clock_pkt:
                 last_gc = now
-                self.abstractor.collect(time.time_ns())
+                self.abstractor.collect(self.clock())
                 self.flush()
 
     def close(self) -> None:
@@ -179,8 +190,7 @@ class Cell:
             hop = f.hop + 1
             ident = (l3, l4, a1, f.port1, a2, f.port2, hop)
             self.loopback_events += 1
-            if a.inject(e.event, l3, l4, a1, f.port1, a2, f.port2, hop, e.sender or 1, e.data,
-                        int(e.time * 1e9) if e.time else time.time_ns()):
+            if a.inject(e.event, l3, l4, a1, f.port1, a2, f.port2, hop, e.sender or 1, e.data, self.clock()):
                 if e.event == "DESTROYED":
                     open_flows.pop(ident, None)
                 else:

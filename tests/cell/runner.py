@@ -70,3 +70,65 @@ def run_cell(config: Path, pcap: Path, home: Path, interfaces: list[str], extra:
     for r in readers.values():
         r.join(10)
     return proc, {name: bytes(r.data) for name, r in readers.items()}
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveCell:
+    """A `celltap cell` process in live mode (no --read), with its metrics endpoint."""
+
+    def __init__(self, config: Path, home: Path, extra: list[str] | None = None) -> None:
+        self.home = home
+        self.metrics_port = free_port()
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        self.proc = subprocess.Popen(
+            [PY, "-m", "celltap.cli", "cell", "--config", str(config), "--metrics-port", str(self.metrics_port),
+             *(extra or [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def wait_socket(self, name: str, timeout: float = 20) -> Path:
+        """Wait until an interface socket exists."""
+        path = self.home / name
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            assert self.proc.poll() is None, self.proc.communicate()[1]
+            assert time.monotonic() < deadline, f"{path} never appeared"
+            time.sleep(0.02)
+        return path
+
+    def metrics(self) -> dict[str, float]:
+        """Scrape /metrics into {'name{labels}': value}."""
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                k, _, v = line.rpartition(" ")
+                out[k] = float(v)
+        return out
+
+    def inject_pcap(self, pcap: Path) -> None:
+        """Write a pcap file into the cell's pcap injection socket."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(self.wait_socket("pcap")))
+        s.sendall(pcap.read_bytes())
+        s.close()
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM; return (exit code, stderr)."""
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, err
+
+
+def wait_for(pred, timeout: float = 20, what: str = "condition") -> None:
+    """Poll `pred` until true."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
