@@ -330,3 +330,19 @@ def test_reregisters_when_registry_comes_back_empty(private_store: Store) -> Non
     assert metric("celltap_registry_reregistrations_total", kind="collectors") == rereg_before + 1
     assert wait_until(lambda: "col1" in view.members(), timeout=5)
     m.close()
+
+
+def test_process_started_while_registry_down_registers_when_it_appears(private_store: Store) -> None:
+    s = private_store
+    reg = s.open()
+    s.down()
+    m = Membership(reg, s.cluster, ttl=TTL, retry_initial=0.05, retry_max=0.3)
+    view = m.watch("incubators")
+    registration = m.register("incubators", "inc1", {"mode": "mirror"})  # must not raise
+    assert not view.wait_synced(0.5) and not m.registered
+    assert view.members() == {}
+    s.up()
+    assert wait_until(lambda: registration.registered.is_set(), timeout=10)
+    assert wait_until(lambda: view.members() == {"inc1": {"id": "inc1", "mode": "mirror"}}, timeout=5)
+    assert view.wait_synced(0)
+    m.close()
