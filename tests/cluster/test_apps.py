@@ -1,0 +1,149 @@
+"""Apps: merged partials from several nodes equal one instance over all records, and plain-Python
+references computed record by record."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+
+from collector.apps.base import make_app, merge_partials
+from collector.apps.toptalkers import TopTalkersApp
+from collector.apps.users import UNMAPPED
+from tests.cluster.records import make_records
+
+SPECS = {
+    "volume": {"kind": "volume", "key": "src"},
+    "top_talkers": {"kind": "top_talkers", "key": "src"},
+    "app_mix": {"kind": "app_mix", "key": "flow"},
+    "traffic_matrix": {"kind": "traffic_matrix", "key": "src", "v4": 24},
+    "port_scan": {"kind": "port_scan", "key": "src", "window": 60, "threshold": 50},
+    "syn_flood": {"kind": "syn_flood", "key": "dst", "ratio": 0.3, "min_half_open": 5},
+    "users": {"kind": "user_accounting", "key": "src"},
+}
+
+
+def ip(v: int) -> str:
+    return str(ipaddress.IPv4Address(int(v)))
+
+
+def _split_and_merge(name: str, spec: dict, recs: np.ndarray, parts: int, params: dict) -> tuple[dict, dict]:
+    single = make_app(name, spec)
+    single.update(recs, "e")
+    nodes = [make_app(name, spec) for _ in range(parts)]
+    rng = np.random.default_rng(11)
+    which = rng.integers(0, parts, len(recs))
+    for i, node in enumerate(nodes):
+        for chunk in np.array_split(recs[which == i], 3):  # several batches per node
+            node.update(chunk, "e")
+    partials = [json.loads(json.dumps(n.partial())) for n in nodes]  # as they travel: JSON
+    merged = merge_partials(nodes[0].describe(), partials)
+    return merged.answer(params), single.answer(params)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_merged_partials_equal_one_process(name: str) -> None:
+    recs = make_records(np.random.default_rng(1), 5000)
+    merged, single = _split_and_merge(name, SPECS[name], recs, 3, {"n": 0})
+    assert merged == single
+
+
+def test_volume_matches_per_record_reference() -> None:
+    recs = make_records(np.random.default_rng(2), 3000)
+    ref: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for r in recs.tolist():
+        t = ref[ip(r[0])]
+        t[0] += r[5]
+        t[1] += r[6]
+        t[2] += 1
+    answer, _ = _split_and_merge("volume", SPECS["volume"], recs, 3, {"n": 0})
+    got = {row["key"]: [row["bytes"], row["packets"], row["records"]] for row in answer["top"]}
+    assert got == dict(ref)
+    assert answer["total"]["bytes"] == int(recs["octetDeltaCount"].sum())
+
+
+def test_top_talkers_exact_below_capacity() -> None:
+    recs = make_records(np.random.default_rng(3), 4000, n_src=200)
+    ref = Counter()
+    for r in recs.tolist():
+        ref[ip(r[0])] += r[6]
+    answer, _ = _split_and_merge("top_talkers", SPECS["top_talkers"], recs, 3, {"by": "packets", "n": 10})
+    assert answer["exact"] is True
+    want = sorted(ref.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    assert [(row["key"], row["packets"]) for row in answer["top"]] == want
+
+
+def test_top_talkers_over_capacity_keeps_space_saving_bounds() -> None:
+    rng = np.random.default_rng(4)
+    recs = make_records(rng, 20000, n_src=2000)
+    heavy = rng.random(len(recs)) < 0.3  # a few heavy hitters among many small sources
+    recs["sourceIPv4Address"][heavy] = 0x0A0000FF + rng.integers(0, 5, int(heavy.sum()))
+    truth = Counter()
+    for r in recs.tolist():
+        truth[ip(r[0])] += r[5]
+    spec = {"kind": "top_talkers", "key": "src", "capacity": 100}
+    answer, _ = _split_and_merge("tt", spec, recs, 3, {"by": "bytes", "n": 5})
+    assert answer["exact"] is False
+    for row in answer["top"]:
+        assert row["bytes"] >= truth[row["key"]] >= row["bytes"] - row["error"]
+    assert {row["key"] for row in answer["top"]} == {k for k, _ in truth.most_common(5)}
+
+
+def test_app_mix_and_syn_flood_references() -> None:
+    recs = make_records(np.random.default_rng(5), 3000)
+    mix = Counter()
+    half, flows = Counter(), Counter()
+    for r in recs.tolist():
+        mix[r[9].decode() or "(none)"] += r[5]
+        if r[2] == 6:
+            flows[ip(r[1])] += 1
+            half[ip(r[1])] += int(r[7] & 0x02 != 0 and r[7] & 0x10 == 0)
+    answer, _ = _split_and_merge("app_mix", SPECS["app_mix"], recs, 3, {"n": 0})
+    assert {row["key"]: row["bytes"] for row in answer["top"]} == dict(mix)
+    answer, _ = _split_and_merge("syn_flood", SPECS["syn_flood"], recs, 3, {"n": 0})
+    assert {row["key"]: (row["tcp_flows"], row["half_open"]) for row in answer["top"]} == {
+        k: (flows[k], half[k]) for k in flows
+    }
+
+
+def test_port_scan_finds_the_scanner() -> None:
+    recs = make_records(np.random.default_rng(6), 2000)
+    scan = make_records(np.random.default_rng(7), 500)
+    scan["sourceIPv4Address"] = 0x0B000001
+    scan["protocolIdentifier"] = 6
+    scan["destinationTransportPort"] = np.arange(1, 501)
+    scan["flowStartMilliseconds"] = 1_700_000_040_000  # all inside one 60 s window
+    both = np.concatenate([recs, scan])
+    answer, _ = _split_and_merge("port_scan", SPECS["port_scan"], both, 3, {"threshold": 400})
+    assert [(s["key"], s["distinct_ports"]) for s in answer["scanners"]] == [("11.0.0.1", 500)]
+
+
+def test_user_accounting_from_file(tmp_path) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text("# DARTA-style mapping\n10.0.0.0/25 alice\n10.0.0.7 bob\n192.168.0.0/16 servers\n")
+    recs = make_records(np.random.default_rng(8), 2000)
+    spec = {"kind": "user_accounting", "key": "src", "users_file": str(users)}
+    app = make_app("users", spec)
+    app.update(recs, "e")
+    ref: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for r in recs.tolist():
+        s = int(r[0]) - 0x0A000000
+        su = "bob" if s == 7 else ("alice" if s < 128 else UNMAPPED)
+        ref[su][0] += r[5]
+        ref[su][1] += r[6]
+        ref["servers"][2] += r[5]
+        ref["servers"][3] += r[6]
+    got = {row["user"]: [row["bytes_out"], row["packets_out"], row["bytes_in"], row["packets_in"]]
+           for row in app.answer({"n": 0})["top"]}
+    assert got == dict(ref)
+
+
+def test_bad_app_config_names_the_key() -> None:
+    with pytest.raises(ValueError, match=r"apps\.x\.key"):
+        make_app("x", {"kind": "volume", "key": "flow"})
+    with pytest.raises(ValueError, match=r"apps\.y\.kind"):
+        make_app("y", {"kind": "nope"})
+    assert isinstance(make_app("t", {"kind": "top_talkers"}), TopTalkersApp)
