@@ -5,7 +5,7 @@ with identical bytes, and one conflicting overlap. `--count` = datagrams; case =
 Each datagram's payload is `payload(i, size)`: lines "celltap frag <i> line <k>\\n" cut to `size`
 bytes, so a test can rebuild what a reassembler must deliver.
 
-The conflicting case (`v4-udp-overlap-conflict`): fragments [0,1480) [1400,2960) [2960,end); the
+The conflicting case (`v4-udp-overlap-conflict`): fragments [0,1480) [1400,2880) [2880,end); the
 second fragment's first 80 bytes (datagram bytes 1400..1480) are b"X" instead of the payload. The
 UDP checksum covers the original bytes, so a reassembler that keeps the first copy (Wireshark's and
 Windows' policy) delivers the original datagram and a valid checksum; Linux drops the datagram."""
@@ -54,8 +54,8 @@ def pieces_for(case: str, length: int, step: int) -> list[tuple[int, int]]:
     """The byte ranges of the fragments of a `length`-byte datagram, in arrival order."""
     ranges = [(s, min(s + step, length)) for s in range(0, length, step)]
     if "overlap" in case:
-        a, b, *rest = ranges
-        return [a, (a[1] - 80, b[1]), *rest]
+        # Every piece after the first starts 80 bytes early, overlapping its predecessor.
+        return [ranges[0], *[(lo - 80, hi - 80 if hi < length else hi) for lo, hi in ranges[1:]]]
     if case.endswith("last-first"):
         return [ranges[-1], *ranges[:-1]]
     if case.endswith("middle-first"):
@@ -87,7 +87,7 @@ def conversation(rng: random.Random, link: Link, i: int, case: str) -> Frames:
         if case.endswith("conflict"):
             bad = dgram[: step - 80] + b"X" * 80 + dgram[step:]
             frames[1] = link.fragment_frames(
-                True, PROTO_UDP, bad, [(step - 80, 2 * step)], ident=_ident_of(frames[0], link)
+                True, PROTO_UDP, bad, [(step - 80, 2 * step - 80)], ident=_ident_of(frames[0], link)
             )[0]
         out: Frames = []
         t = 0

@@ -1,7 +1,7 @@
 """`tcpfaults`: TCP connections from client port 20000 + i to port 9 carrying a known payload
 with one fault each, the case being CASES[i % len(CASES)]:
 
-- `reorder`: data segments 2 and 3 arrive swapped (the server sends a duplicate ACK);
+- `reorder`: data segments 2 and 3 arrive swapped, microseconds apart;
 - `retransmit`: data segment 2 appears twice, byte-identical, an RTO apart;
 - `overlap`: after segments 2 and 3, a retransmission covering the second half of 2 and the first
   half of 3 (same bytes);
@@ -88,7 +88,7 @@ def conversation(seed: int, rng: random.Random, i: int) -> Frames:
             end = min(start + conv.seg_size, len(data))
             conv.t += 200_000_000
             conv.put(True, ACK, data[start:end], seq=(isn + start) & _M)
-        if pos % 2 == 1 or last or (case == "reorder" and k == 3):
+        if pos % 2 == 1 or last:
             conv.put(False, ACK, ack=(isn + contiguous()) & _M)
     conv.nxt[0] = (isn + len(data)) & _M
     conv.send(False, reply(seed, i))
