@@ -44,6 +44,7 @@ class FlowTable:
         while size < self.max_flows * 2:
             size <<= 1
         self.mask = np.uint64(size - 1)
+        self._shift = np.uint64(64 - (size.bit_length() - 1))
         self.keys = np.zeros(size, dtype=np.uint64)
         self.cells = np.zeros(size, dtype=np.int32)
         self.deadline = np.zeros(size, dtype=np.int64)
@@ -69,12 +70,17 @@ class FlowTable:
         h[h < np.uint64(2)] = np.uint64(2)
         return h
 
+    def _home(self, h: np.ndarray) -> np.ndarray:
+        # Fibonacci hashing spreads even sequential keys; flow hashes are random anyway.
+        with np.errstate(over="ignore"):
+            return (h * np.uint64(0x9E3779B97F4A7C15)) >> self._shift
+
     def _find(self, h: np.ndarray) -> np.ndarray:
         """Slot of each key, or -1 where absent."""
         n = h.shape[0]
         slot = np.full(n, -1, dtype=np.int64)
         pending = np.arange(n, dtype=np.int64)
-        pos = h & self.mask
+        pos = self._home(h)
         for _ in range(MAX_PROBE):
             if pending.size == 0:
                 break
@@ -112,10 +118,10 @@ class FlowTable:
         if self.count + h.shape[0] > self.max_flows:
             evicted = self.evict(self.count + h.shape[0] - self.max_flows + self.max_flows // 16)
         if self.count + self.tombstones + h.shape[0] > (int(self.mask) + 1) * 3 // 4:
-            self._rehash()
+            evicted += self._rehash()
         pending = np.arange(h.shape[0], dtype=np.int64)
-        pos = h & self.mask
-        for _ in range(MAX_PROBE * 4):
+        pos = self._home(h)
+        for _ in range(MAX_PROBE):
             if pending.size == 0:
                 break
             p = pos[pending].astype(np.int64)
@@ -146,7 +152,7 @@ class FlowTable:
         self.count -= int(slots.size)
         self.tombstones += int(slots.size)
 
-    def _rehash(self) -> None:
+    def _rehash(self) -> int:
         used = np.flatnonzero(self.keys > TOMBSTONE)
         keys, cells = self.keys[used], self.cells[used]
         deadline, closing = self.deadline[used], self.closing[used]
@@ -155,8 +161,10 @@ class FlowTable:
         self.count = 0
         self.tombstones = 0
         pending = np.arange(keys.shape[0], dtype=np.int64)
-        pos = keys & self.mask
-        while pending.size:
+        pos = self._home(keys)
+        for _ in range(MAX_PROBE):
+            if not pending.size:
+                break
             p = pos[pending].astype(np.int64)
             free = self.keys[p] == EMPTY
             cand = pending[free]
@@ -171,6 +179,7 @@ class FlowTable:
             done[winners] = True
             pending = pending[~done[pending]]
             pos[pending] = (pos[pending] + np.uint64(1)) & self.mask
+        return int(pending.size)  # could not be placed: unpinned, they follow the ring again
 
     def sweep(self, now_ns: int, slots: int | None = None) -> SweepResult:
         """Expire entries past their deadline in the next `slots` slots (a partial sweep)."""

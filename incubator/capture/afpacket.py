@@ -1,0 +1,185 @@
+"""AF_PACKET capture with a TPACKET_V3 mmap ring: whole blocks of frames become one FrameBatch.
+
+The ring is mapped once as one numpy array; a batch is just offsets and lengths into it, so no
+frame is copied on the way in.  The caller processes the batch, then `release()` hands the
+blocks back to the kernel.  Several incubator processes can share one NIC with PACKET_FANOUT.
+"""
+
+from __future__ import annotations
+
+import mmap
+import select
+import socket
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
+
+SOL_PACKET = 263
+PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
+PACKET_VERSION = 10
+PACKET_FANOUT = 18
+PACKET_IGNORE_OUTGOING = 23
+TPACKET_V3 = 2
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+TP_STATUS_VLAN_VALID = 0x10
+PACKET_FANOUT_HASH = 0
+ETH_P_ALL = 0x0003
+SO_ATTACH_FILTER = 26
+
+# struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1.
+BLK_STATUS, BLK_NUM_PKTS, BLK_FIRST = 8, 12, 16
+# struct tpacket3_hdr
+H_NEXT, H_SEC, H_NSEC, H_SNAPLEN, H_LEN, H_STATUS, H_MAC = 0, 4, 8, 12, 16, 20, 24
+
+
+@dataclass
+class RingStats:
+    """Kernel counters of the socket since the last read (PACKET_STATISTICS resets them)."""
+
+    packets: int
+    drops: int
+
+
+class AfPacketCapture:
+    """Receive frames from one interface through a TPACKET_V3 ring."""
+
+    def __init__(
+        self,
+        ifname: str,
+        block_size: int = 1 << 20,
+        block_nr: int = 64,
+        retire_ms: int = 10,
+        fanout_group: int | None = None,
+        ignore_outgoing: bool = True,
+        bpf: bytes | None = None,
+    ) -> None:
+        self.ifname = ifname
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        try:
+            if bpf is not None:
+                # Attach before binding so no unfiltered frame is ever queued.
+                self.attach_filter(bpf)
+            self.sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+            if ignore_outgoing:
+                # Inline mode sends on the same interfaces it captures: never see our own frames.
+                self.sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            frame_size = 2048
+            req = struct.pack(
+                "7I", block_size, block_nr, frame_size, block_size * block_nr // frame_size, retire_ms, 0, 0
+            )
+            self.sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+            self.map = mmap.mmap(
+                self.sock.fileno(), block_size * block_nr, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+            )
+            self.sock.bind((ifname, ETH_P_ALL))
+            if fanout_group is not None:
+                self.sock.setsockopt(
+                    SOL_PACKET, PACKET_FANOUT, (fanout_group & 0xFFFF) | (PACKET_FANOUT_HASH << 16)
+                )
+        except OSError:
+            self.sock.close()
+            raise
+        self.buf = np.frombuffer(self.map, dtype=np.uint8)
+        self.block_size = block_size
+        self.block_nr = block_nr
+        self.next_block = 0
+        self._held: list[int] = []
+        self.poller = select.poll()
+        self.poller.register(self.sock.fileno(), select.POLLIN | select.POLLERR)
+
+    def attach_filter(self, program: bytes) -> None:
+        """Attach a classic BPF program (`program` = packed sock_filter array)."""
+        import ctypes
+
+        n = len(program) // 8
+        self._bpf_buf = ctypes.create_string_buffer(program, len(program))
+        fprog = struct.pack("HL", n, ctypes.addressof(self._bpf_buf))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+    def fileno(self) -> int:
+        """The socket's descriptor (for poll)."""
+        return self.sock.fileno()
+
+    def wait(self, timeout_ms: int) -> bool:
+        """Wait until a block is ready; False on timeout."""
+        if self._ready(self.next_block):
+            return True
+        return bool(self.poller.poll(timeout_ms)) and self._ready(self.next_block)
+
+    def _ready(self, block: int) -> bool:
+        base = block * self.block_size
+        return bool(struct.unpack_from("I", self.map, base + BLK_STATUS)[0] & TP_STATUS_USER)
+
+    def read_batch(self, max_blocks: int = 8) -> FrameBatch | None:
+        """All frames of the ready blocks (up to max_blocks) as one batch; None if none ready.
+
+        The batch points into the ring: call `release()` once it has been processed.
+        """
+        offs: list[int] = []
+        m = self.map
+        unpack = struct.unpack_from
+        for _ in range(max_blocks):
+            b = self.next_block
+            if not self._ready(b):
+                break
+            base = b * self.block_size
+            num, first = unpack("II", m, base + BLK_NUM_PKTS)
+            pos = base + first
+            for _i in range(num):
+                offs.append(pos)
+                pos += unpack("I", m, pos)[0]
+            self._held.append(b)
+            self.next_block = (b + 1) % self.block_nr
+        if not self._held:
+            return None
+        hdr = np.asarray(offs, dtype=np.int64)
+        if hdr.size == 0:
+            return FrameBatch(self.buf, hdr, hdr, hdr, hdr, LINKTYPE_ETHERNET)
+        words = np.lib.stride_tricks.sliding_window_view(self.buf, 28)[hdr].copy()
+        w32 = words.view("<u4")
+        sec = w32[:, 1].astype(np.int64)
+        nsec = w32[:, 2].astype(np.int64)
+        snap = w32[:, 3].astype(np.int64)
+        wire = w32[:, 4].astype(np.int64)
+        mac = words[:, 24:26].copy().view("<u2").ravel().astype(np.int64)
+        return FrameBatch(self.buf, hdr + mac, snap, wire, sec * 1_000_000_000 + nsec, LINKTYPE_ETHERNET)
+
+    def release(self) -> None:
+        """Give the blocks of the last batch back to the kernel."""
+        for b in self._held:
+            struct.pack_into("I", self.map, b * self.block_size + BLK_STATUS, TP_STATUS_KERNEL)
+        self._held.clear()
+
+    def stats(self) -> RingStats:
+        """Kernel packet and drop counts since the previous call."""
+        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
+        packets, drops, _freeze = struct.unpack("3I", raw)
+        return RingStats(packets, drops)
+
+    def close(self) -> None:
+        """Unmap the ring and close the socket."""
+        self.release()
+        del self.buf
+        try:
+            self.map.close()
+        except BufferError:
+            pass  # a batch view is still alive; the mapping goes with the last reference
+        self.sock.close()
+
+
+class RawSender:
+    """Send raw frames out of one interface (the inline bridge's other side)."""
+
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self.sock.bind((ifname, 0))
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
