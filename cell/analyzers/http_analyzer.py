@@ -41,16 +41,18 @@ def _parse_head(head: bytes) -> tuple[list[str], dict[str, str]] | None:
     headers: dict[str, str] = {}
     last = ""
     for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
+        i = line.find(":")
+        if i <= 0 or line[0] in " \t":
             if line[:1] in (" ", "\t") and last:
                 headers[last] += " " + line.strip()  # obsolete line folding
                 continue
             return None
-        name = name.strip().lower()
-        if not name or " " in name:
-            return None
-        value = value.strip()
+        name = line[:i].lower()
+        if " " in name or "\t" in name:
+            name = name.strip()
+            if not name or " " in name or "\t" in name:
+                return None
+        value = line[i + 1 :].strip()
         if name in headers:
             headers[name] += ", " + value
         else:
@@ -62,7 +64,19 @@ def _parse_head(head: bytes) -> tuple[list[str], dict[str, str]] | None:
 class HttpFlow:
     """One TCP flow's HTTP state: two directions, a FIFO of requests awaiting responses."""
 
-    __slots__ = ("analyzer", "broken", "client", "flow", "pending", "sides", "time")
+    __slots__ = (
+        "analyzer",
+        "broken",
+        "cip",
+        "client",
+        "cport",
+        "flow",
+        "pending",
+        "sides",
+        "sip",
+        "sport",
+        "time",
+    )
 
     def __init__(self, analyzer: HttpAnalyzer, flow: FlowId, time: float) -> None:
         self.analyzer = analyzer
@@ -72,6 +86,7 @@ class HttpFlow:
         self.sides: dict[int, _Side] = {}
         self.pending: deque[dict] = deque()
         self.broken = False
+        self.cip = self.cport = self.sip = self.sport = ""
 
     # -- direction inference -------------------------------------------------------------------
     def _side(self, sender: int, data: bytes) -> _Side | None:
@@ -83,6 +98,21 @@ class HttpFlow:
                 self.client = 3 - sender
             else:
                 self.client = sender
+            flow = self.flow
+            if self.client == 1:
+                self.cip, self.cport, self.sip, self.sport = (
+                    flow.ip1,
+                    str(flow.port1),
+                    flow.ip2,
+                    str(flow.port2),
+                )
+            else:
+                self.cip, self.cport, self.sip, self.sport = (
+                    flow.ip2,
+                    str(flow.port2),
+                    flow.ip1,
+                    str(flow.port1),
+                )
         side = self.sides[sender] = _Side(sender == self.client)
         return side
 
@@ -197,7 +227,8 @@ class HttpFlow:
                 return False
             msg = {
                 "client": {
-                    **endpoint(flow, self.client),
+                    "ip": self.cip,
+                    "port": self.cport,
                     "header": headers,
                     "method": {"method": parts[0], "uri": parts[1], "ver": parts[2]},
                     "trailer": {},
@@ -224,7 +255,8 @@ class HttpFlow:
             return False
         code = parts[1]
         server = {
-            **endpoint(flow, 3 - self.client),
+            "ip": self.sip,
+            "port": self.sport,
             "header": headers,
             "response": {"ver": parts[0], "code": code, "msg": parts[2] if len(parts) > 2 else ""},
             "trailer": {},

@@ -7,6 +7,7 @@ from cell.sdk.events import CREATED, DATA, DESTROYED, MAX_CACHED_FLOWS, Event, F
 MAX_HEADER_LINE = 4096  # a real header line is ~150 bytes; anything longer means we lost framing
 
 _EVENT_NAMES = {b"CREATED": CREATED, b"DATA": DATA, b"DESTROYED": DESTROYED}
+_MATCH_NAMES = {b"up": "up", b"down": "down", b"none": "none"}
 
 
 def _parse_flow(prefix: bytes) -> FlowId:
@@ -79,6 +80,35 @@ class TextDecoder:
                 if len(flows) >= MAX_CACHED_FLOWS:
                     flows.clear()  # UDP flows never end: bound the cache, re-parsing is cheap
                 flow = flows[key] = _parse_flow(key)
+            rest = line[cut + 7 :]
+            if rest.startswith(b"DATA,from="):
+                # Fast path for the cell's field order: DATA,from=F,match=M,len=N,time=T
+                parts = rest.split(b",")
+                if (
+                    len(parts) == 5
+                    and parts[2].startswith(b"match=")
+                    and parts[3].startswith(b"len=")
+                    and parts[4].startswith(b"time=")
+                ):
+                    try:
+                        ev = Event(
+                            DATA,
+                            key,
+                            flow,
+                            float(parts[4][5:]),
+                            int(parts[1][5:]),
+                            b"",
+                            _MATCH_NAMES.get(parts[2][6:], "none"),
+                        )
+                        length = int(parts[3][4:])
+                    except ValueError as exc:
+                        raise WireError(f"bad event header {line[:200]!r}: {exc}") from None
+                    if length:
+                        self._pending = ev
+                        self._need = length
+                    else:
+                        out.append(ev)
+                    continue
             try:
                 fields = dict(part.split(b"=", 1) for part in line[cut + 1 :].split(b","))
                 kind = _EVENT_NAMES[fields[b"event"]]
