@@ -19,6 +19,9 @@ from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
 
 VXLAN_HEADER = 8
 ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
 
 
 def pcap_batches(path: str) -> Iterator[FrameBatch]:
@@ -97,30 +100,18 @@ class VxlanSource(DatagramSource):
 
 
 class InterfaceSource(DatagramSource):
-    """AF_PACKET receiver on one interface (every frame, promiscuous not required for a veth)."""
+    """AF_PACKET receiver on one interface: every frame in both directions, like libpcap."""
 
     def __init__(self, ifname: str) -> None:
         super().__init__()
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.bind((ifname, 0))
+        # promiscuous while the socket lives: a mirror port's frames are addressed to other hosts
+        mreq = struct.pack("iHH8s", socket.if_nametoindex(ifname), PACKET_MR_PROMISC, 0, b"")
+        self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
         self.sock.setblocking(False)
 
-    def read_batch(self) -> FrameBatch | None:
-        """Everything waiting, skipping frames this host sent (PACKET_OUTGOING)."""
-        frames: list[bytes] = []
-        for _ in range(self.max_frames):
-            try:
-                data, addr = self.sock.recvfrom(self.bufsize)
-            except (BlockingIOError, InterruptedError):
-                break
-            if addr[2] == socket.PACKET_OUTGOING:
-                continue
-            frames.append(data)
-        if not frames:
-            return None
-        now = time.time_ns()
-        return FrameBatch.from_frames(frames, [now] * len(frames), LINKTYPE_ETHERNET)
 
 
 class PcapStreamParser:
