@@ -53,4 +53,17 @@ class ConnectionHealth:
             self._connected = False
         REGISTRY_CONNECTED.set(0)
         if was:
-            log.warning("registry %s unreachable (%s: %s); keeping last state, retrying", self.name, op, exc)
+            log.warning(
+                "registry %s unreachable (%s: %s); keeping last state, retrying", self.name, op, _brief(exc)
+            )
+
+
+def _brief(exc: BaseException) -> str:
+    """One line for an error; gRPC errors otherwise print a multi-line debug dump."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        try:
+            return f"{code()}: {details()}"
+        except Exception:  # an RpcError that is not a call: fall back to its text
+            pass
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
