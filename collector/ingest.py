@@ -245,15 +245,16 @@ class Ingestor:
         return t
 
     # ------------------------------------------------------------------ data
-    def _drop_message(self, reason: str, nbytes: int, exporter: str, detail: str) -> None:
+    def _drop_message(self, reason: str, nbytes: int, exporter: str, detail: str, cause: str = "") -> None:
         self.stats.dropped_messages[reason] += 1
         self.stats.dropped_bytes[reason] += nbytes
-        self._rlog.warn(reason, f"dropped message from {exporter}: {reason}: {detail}")
+        # One log line per (reason, cause) and interval: causes are a small fixed set of codec reasons.
+        self._rlog.warn(f"message:{reason}:{cause}", f"dropped message from {exporter}: {reason}: {detail}")
 
-    def _drop_set(self, reason: str, nbytes: int, exporter: str, detail: str) -> None:
+    def _drop_set(self, reason: str, nbytes: int, exporter: str, detail: str, cause: str = "") -> None:
         self.stats.dropped_sets[reason] += 1
         self.stats.dropped_bytes[reason] += nbytes
-        self._rlog.warn(reason, f"dropped set from {exporter}: {reason}: {detail}")
+        self._rlog.warn(f"set:{reason}:{cause}", f"dropped set from {exporter}: {reason}: {detail}")
 
     def _add_data(self, exporter: str, domain: int, dom: _Domain, t: Template, payload: memoryview,
                   version: int, export_time: int) -> int:
@@ -350,7 +351,7 @@ class Ingestor:
                         items = parse_template_set(buf, start, end, sid, self.registry)
                 except MalformedError as exc:
                     self.stats.template_events[(exporter, "malformed")] += 1
-                    self._drop_set(S.MALFORMED, end - start + 4, exporter, str(exc))
+                    self._drop_set(S.MALFORMED, end - start + 4, exporter, str(exc), exc.reason)
                     continue
                 for item in items:
                     if isinstance(item, Withdrawal):
@@ -369,7 +370,8 @@ class Ingestor:
                                               h.export_time)
                 except MalformedError as exc:
                     complete = False
-                    self._drop_set(S.MALFORMED, end - start + 4, exporter, f"template {sid}: {exc}")
+                    self._drop_set(S.MALFORMED, end - start + 4, exporter, f"template {sid}: {exc}",
+                                   exc.reason)
             else:
                 self._drop_set(S.RESERVED_SET, end - start + 4, exporter, f"set id {sid}")
         if v9:
@@ -391,7 +393,7 @@ class Ingestor:
             try:
                 n = self._message(exporter, buf, now, expires)
             except MalformedError as exc:
-                self._drop_message(S.MALFORMED, len(buf), exporter, str(exc))
+                self._drop_message(S.MALFORMED, len(buf), exporter, str(exc), exc.reason)
                 continue
             stats.messages[exporter] += 1
             stats.records[exporter] += n

@@ -1,0 +1,355 @@
+"""Collector ingestion over real sockets: malformed input, TCP, withdrawal, expiry, sequence gaps,
+sampling, allow-list, registry-shared templates, config errors, capture inspection, SO_REUSEPORT."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import multiprocessing as mp
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from celltap.ipfix import MessageEncoder, template_from_names
+from celltap.ipfix.encoder import RefreshPolicy
+from celltap.ipfix.export import TcpExporter, biflow_templates
+from collector.config import CollectorConfig, ListenAddress
+from collector.ingest import IngestConfig, Ingestor
+from collector.metrics import CollectorMetrics
+from collector.service import CollectorService
+from collector.template_store import KVTemplateStore
+from tests.ipfix.oracles import REPO, datagrams_to_pcap, free_port
+
+SIMPLE = [("sourceIPv4Address", None), ("destinationIPv4Address", None), ("octetDeltaCount", None),
+          ("packetDeltaCount", None)]
+
+
+def columns(n: int, base: int = 0) -> dict:
+    return {"sourceIPv4Address": np.arange(n, dtype=np.uint32) + 0x0A000000 + base,
+            "destinationIPv4Address": np.full(n, 0xC0A80001, np.uint32),
+            "octetDeltaCount": np.arange(n, dtype=np.uint64) * 10 + 1,
+            "packetDeltaCount": np.ones(n, np.uint64)}
+
+
+class Sink:
+    """Hook that keeps every batch (thread workers only)."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+
+    def factory(self, index: int):
+        return self.batches.extend
+
+    def records(self, exporter: str | None = None) -> int:
+        return sum(len(b) for b in self.batches if exporter is None or b.exporter == exporter)
+
+    def total(self, name: str, exporter: str | None = None) -> int:
+        return sum(int(b.records[name].sum()) for b in self.batches
+                   if (exporter is None or b.exporter == exporter) and name in (b.records.dtype.names or ()))
+
+
+def sender(src: str) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, 0))
+    return s
+
+
+def wait_for(cond, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def start_service(**kw) -> tuple[CollectorService, Sink, int, CollectorMetrics]:
+    port = kw.pop("port", None) or free_port()
+    cfg = CollectorConfig(listen=[ListenAddress("udp", "127.0.0.1", port)], workers=1, metrics_port=0, **kw)
+    sink = Sink()
+    metrics = CollectorMetrics(CollectorRegistry())
+    svc = CollectorService(cfg, sink.factory, metrics=metrics, processes=False)
+    svc.start()
+    return svc, sink, port, metrics
+
+
+def ipfix_msg(odid: int, seq: int, body: bytes) -> bytes:
+    return struct.pack("!HHIII", 10, 16 + len(body), int(time.time()), seq, odid) + body
+
+
+def test_malformed_input_counted_logged_and_others_served(caplog):
+    caplog.set_level(logging.WARNING, logger="celltap.collector")
+    svc, sink, port, metrics = start_service(max_templates_per_domain=50)
+    good, bad = sender("127.0.0.77"), sender("127.0.0.66")
+    enc = MessageEncoder(1, [template_from_names(300, SIMPLE)], refresh=RefreshPolicy(None, None))
+    target = ("127.0.0.1", port)
+    try:
+        flood = b"".join(struct.pack("!HHHH", 1000 + i, 1, 8, 4) for i in range(2000))
+        hostile = [
+            b"\x00\x0a\x00",                                                   # truncated header
+            ipfix_msg(1, 0, struct.pack("!HH", 300, 400) + b"\0" * 8),         # set length past message
+            ipfix_msg(1, 0, struct.pack("!HH", 300, 2)),                       # set length < 4
+            ipfix_msg(1, 0, struct.pack("!HHHH", 2, 8, 301, 65535)),           # 65535 fields
+            ipfix_msg(1, 0, struct.pack("!HHHHHHHH", 2, 16, 302, 3, 8, 4, 1, 8)),  # fields past the set
+            struct.pack("!HHIIII", 9, 1, 0, 0, 0, 1) + struct.pack("!HHHH", 0, 8, 303, 0),  # v9 0 fields
+            ipfix_msg(1, 0, struct.pack("!HH", 999, 12) + b"\1" * 8),          # data, unknown template
+            ipfix_msg(2, 0, struct.pack("!HH", 2, 4 + len(flood)) + flood),    # template flood
+            b"\x00\x07" + b"\0" * 30,                                          # not IPFIX / NetFlow
+        ]
+        for i, m in enumerate(enc.encode(300, columns(400), time.time())):
+            good.sendto(m, target)
+            bad.sendto(hostile[i % len(hostile)], target)
+        for m in hostile:
+            bad.sendto(m, target)
+        wait_for(lambda: sink.records("127.0.0.77") == 400)
+        time.sleep(0.3)
+    finally:
+        svc.stop()
+        good.close()
+        bad.close()
+    t = svc.totals
+    assert sink.records("127.0.0.77") == 400 and sink.total("octetDeltaCount", "127.0.0.77") == sum(
+        columns(400)["octetDeltaCount"])
+    assert sink.records("127.0.0.66") == 0
+    # 7 good messages: hostile[0..6] went once inside the loop, then every hostile message once more.
+    assert t.dropped_messages["malformed"] == 7  # truncated header x2, set past x2, set < 4 x2, version
+    assert t.dropped_sets["malformed"] == 6  # the three bad templates, twice each
+    assert t.dropped_sets["no_template"] == 2
+    # The flood: 50 templates kept for that domain, the rest rejected and counted; memory stays bounded.
+    assert t.template_events[("127.0.0.66", "added")] == 50
+    assert t.template_events[("127.0.0.66", "rejected")] >= 1950
+    assert t.sequence_lost.get(("127.0.0.77", 1, "records"), 0) == 0
+    assert any("set_past_message" in r.getMessage() for r in caplog.records)
+    assert any("more than 50 templates" in r.getMessage() for r in caplog.records)
+    assert metrics.dropped_messages.labels("malformed")._value.get() == t.dropped_messages["malformed"]
+
+
+def test_ingestor_memory_bounded_under_flood_of_domains_and_templates():
+    ing = Ingestor(IngestConfig(max_templates_per_domain=10, max_domains=100))
+    for d in range(300):
+        body = b"".join(struct.pack("!HHHH", 256 + i, 1, 8, 4) for i in range(30))
+        msg = ipfix_msg(d, 0, struct.pack("!HH", 2, 4 + len(body)) + body)
+        ing.feed([(f"10.0.{d // 250}.{d % 250}", msg)], 0.0)
+    assert ing.template_count() <= 100 * 10
+    assert ing.stats.dropped_messages["too_many_domains"] == 200
+
+
+def test_tcp_session_withdrawal_and_end():
+    port = free_port(socket.SOCK_STREAM)
+    cfg = CollectorConfig(listen=[ListenAddress("tcp", "127.0.0.1", port)], workers=1, metrics_port=0)
+    sink = Sink()
+    svc = CollectorService(cfg, sink.factory, processes=False)
+    svc.start()
+    try:
+        exp = TcpExporter(f"127.0.0.1:{port}", 5, [template_from_names(300, SIMPLE)])
+        exp.export(300, columns(1000))
+        wait_for(lambda: sink.records() == 1000)
+        exp.withdraw([300])
+        # Data for the withdrawn template must not decode.
+        exp.sock.sendall(exp.encoder._message([struct.pack("!HH", 300, 4 + 24) + b"\1" * 24], time.time(), 1,
+                                              False))
+        wait_for(lambda: svc.totals.dropped_sets.get("no_template", 0) >= 1)
+        exp.close()
+        time.sleep(0.3)
+    finally:
+        svc.stop()
+    ev = svc.totals.template_events
+    assert ev[("127.0.0.1", "added")] == 1 and ev[("127.0.0.1", "withdrawn")] == 1
+    assert sink.total("octetDeltaCount") == sum(columns(1000)["octetDeltaCount"])
+
+
+def test_udp_template_expiry_and_sequence_gaps():
+    t = template_from_names(300, SIMPLE)
+    enc = MessageEncoder(3, [t], refresh=RefreshPolicy(None, None), mtu=200)
+    msgs = enc.encode(300, columns(50), 1000.0)
+    seqs = [struct.unpack_from("!I", m, 8)[0] for m in msgs] + [50]
+    per = [b - a for a, b in itertools.pairwise(seqs)]
+    ing = Ingestor(IngestConfig(template_expiry=60))
+    lost = per[2] + per[3]
+    out = ing.feed([("192.0.2.1", m) for i, m in enumerate(msgs) if i not in (2, 3)], 1000.0)
+    assert sum(len(b) for b in out) == 50 - lost
+    assert ing.stats.sequence_gaps[("192.0.2.1", 3)] == 1
+    assert ing.stats.sequence_lost[("192.0.2.1", 3, "records")] == lost
+    # 61 s later the template has expired: data is dropped and counted until templates come again.
+    late = enc.encode(300, columns(5), 1061.0)
+    assert ing.feed([("192.0.2.1", late[0])], 1061.0) == []
+    assert ing.stats.template_events[("192.0.2.1", "expired")] == 1
+    assert ing.stats.dropped_sets["no_template"] == 1
+    out = ing.feed([("192.0.2.1", enc.templates_message(1062.0))] + [("192.0.2.1", m) for m in late], 1062.0)
+    assert sum(len(b) for b in out) == 5
+
+
+def test_sampling_options_scale_counters_ipfix_and_v5():
+    t = template_from_names(300, SIMPLE)
+    opt = template_from_names(310, [("observationDomainId", None), ("samplingPacketInterval", None),
+                                    ("samplingPacketSpace", None)], scope_count=1)
+    enc = MessageEncoder(4, [t, opt])
+    now = time.time()
+    before = enc.encode(300, columns(3), now)
+    msgs = enc.encode(310, {"observationDomainId": [4], "samplingPacketInterval": [1],
+                            "samplingPacketSpace": [99]}, now)
+    after = enc.encode(300, columns(3), now)
+    out = Ingestor().feed([("192.0.2.9", m) for m in before + msgs + after], now)
+    data = [b for b in out if b.template_id == 300]
+    assert list(data[0].records["octetDeltaCount"]) == [1, 11, 21]  # before the announcement: unscaled
+    assert list(data[1].records["octetDeltaCount"]) == [100, 1100, 2100]
+    assert list(data[1].records["packetDeltaCount"]) == [100, 100, 100]
+    v5 = struct.pack("!HHIIIIBBH", 5, 1, 0, 0, 0, 0, 0, 0, (1 << 14) | 10) + struct.pack(
+        "!IIIHHIIIIHHBBBBHHBBH", 1, 2, 0, 0, 0, 3, 300, 0, 0, 1, 2, 0, 0, 6, 0, 0, 0, 0, 0, 0)
+    b = Ingestor().feed([("192.0.2.10", v5)], now)[0]
+    assert (int(b.records["packetDeltaCount"][0]), int(b.records["octetDeltaCount"][0])) == (30, 3000)
+
+
+def test_allow_list_over_udp():
+    svc, sink, port, _ = start_service(allow=["127.0.0.5/32"])
+    enc = MessageEncoder(1, [template_from_names(300, SIMPLE)])
+    try:
+        for src in ("127.0.0.5", "127.0.0.6"):
+            s = sender(src)
+            e = MessageEncoder(1, [template_from_names(300, SIMPLE)])
+            for m in e.encode(300, columns(10), time.time()):
+                s.sendto(m, ("127.0.0.1", port))
+            s.close()
+        wait_for(lambda: svc.totals.dropped_messages.get("not_allowed", 0) >= 1 and sink.records() == 10)
+    finally:
+        svc.stop()
+    assert enc and {b.exporter for b in sink.batches} == {"127.0.0.5"}
+
+
+def test_cold_start_decodes_with_templates_from_the_registry(tmp_path):
+    """A second collector that never saw the template decodes at once from the shared registry."""
+    from celltap.registry import open_registry
+
+    reg_a = open_registry(f"file://{tmp_path}/reg")
+    reg_b = open_registry(f"file://{tmp_path}/reg")
+    first = Ingestor(store=KVTemplateStore(reg_a, "test"))
+    second = Ingestor(store=KVTemplateStore(reg_b, "test"))
+    t = biflow_templates()[0]
+    enc = MessageEncoder(12, [t], refresh=RefreshPolicy(None, None))
+    cols = {"sourceIPv4Address": np.arange(5, dtype=np.uint32), "applicationName": ["http"] * 5,
+            "octetDeltaCount": np.arange(5, dtype=np.uint64)}
+    msgs = enc.encode(256, cols, 1.0) + enc.encode(256, cols, 2.0)
+    assert sum(len(b) for b in first.feed([("198.51.100.7", msgs[0])], 1.0)) == 5
+    assert reg_a.get("/celltap/test/templates/198.51.100.7/12/256") is not None
+    out = second.feed([("198.51.100.7", msgs[1])], 2.0)  # data only: no template in this message
+    assert [list(b.records["applicationName"]) for b in out] == [["http"] * 5]
+    assert second.stats.template_events[("198.51.100.7", "restored")] == 1
+    # A withdrawal removes it from the registry too.
+    first.feed([("198.51.100.7", MessageEncoder(12, [t]).withdrawal_message([256], 3.0))], 3.0)
+    assert reg_a.get("/celltap/test/templates/198.51.100.7/12/256") is None
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "celltap.cli", "collector", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=str(REPO))
+
+
+def test_config_errors_are_one_clear_line(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("listen: [udp://127.0.0.1:4739]\nworkerz: 2\n")
+    r = run_cli("--config", str(bad))
+    assert r.returncode == 2 and "unknown key 'workerz'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    bad.write_text("listen: [http://127.0.0.1:4739]\n")
+    r = run_cli("--config", str(bad))
+    assert r.returncode == 2 and "listen[0]" in r.stderr
+    bad.write_text("workers: many\n")
+    r = run_cli("--config", str(bad))
+    assert r.returncode == 2 and "workers" in r.stderr
+
+
+def test_read_pcap_json_prints_records_with_iana_names(tmp_path):
+    enc = MessageEncoder(21, biflow_templates())
+    v6 = {"sourceIPv6Address": np.frombuffer(bytes.fromhex("20010db8" + "00" * 11 + "01") * 3, "V16"),
+          "destinationIPv6Address": np.frombuffer(bytes.fromhex("20010db8" + "00" * 11 + "02") * 3, "V16"),
+          "sourceTransportPort": [1, 2, 3], "destinationTransportPort": [443, 443, 443],
+          "protocolIdentifier": [6, 6, 6], "octetDeltaCount": [10, 20, 30], "packetDeltaCount": [1, 2, 3],
+          "reverseOctetDeltaCount": [5, 6, 7], "reversePacketDeltaCount": [1, 1, 1],
+          "flowStartMilliseconds": [1700000000000] * 3, "flowEndMilliseconds": [1700000000500] * 3,
+          "flowEndReason": [3, 3, 3], "applicationName": ["tls", "tls", "quic"]}
+    msgs = enc.encode(257, v6, 1700000001.0)
+    pcap = tmp_path / "x.pcap"
+    datagrams_to_pcap(msgs, pcap, 4739)
+    r = run_cli("--read-pcap", str(pcap), "--json")
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["applicationName"] for x in recs] == ["tls", "tls", "quic"]
+    assert recs[0]["sourceIPv6Address"] == "2001:db8::1"
+    assert recs[0]["destinationIPv6Address"] == "2001:db8::2"
+    assert [x["reverseOctetDeltaCount"] for x in recs] == [5, 6, 7]
+    assert recs[0]["observationDomainId"] == 21 and recs[0]["templateId"] == 257
+
+
+def _count_hook(q):
+    def factory(index: int):
+        def sink(batches):
+            q.put((sum(len(b) for b in batches),
+                   sum(int(b.records["octetDeltaCount"].sum()) for b in batches),
+                   sum(int(b.records["packetDeltaCount"].sum()) for b in batches)))
+        return sink
+    return factory
+
+
+def test_reuseport_workers_take_loadgen_routers_and_serve_metrics():
+    """Two worker processes on one port, four emulated routers: everything sent is received or counted."""
+    from loadgen.ipfix_cli import run as loadgen_run
+
+    port, mport = free_port(), free_port(socket.SOCK_STREAM)
+    cfg = CollectorConfig(listen=[ListenAddress("udp", "127.0.0.1", port)], workers=2, metrics_port=mport)
+    q = mp.get_context("fork").Queue()
+    svc = CollectorService(cfg, _count_hook(q), processes=True)
+    svc.start()
+    try:
+        sent = loadgen_run(f"127.0.0.1:{port}", 100_000, 4, 1.5)
+        time.sleep(1.5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+    finally:
+        svc.stop()
+    got = [0, 0, 0]
+    while not q.empty():
+        for i, v in enumerate(q.get()):
+            got[i] += v
+    t = svc.totals
+    assert len(t.records) == 4  # four exporters seen
+    lost = t.total("sequence_lost")
+    assert got[0] == t.total("records") and got[0] + lost == sent["records"]
+    if lost == 0:
+        assert (got[1], got[2]) == (sent["octets"], sent["packets"])
+    for name in ("celltap_collector_records_total", "celltap_collector_messages_total",
+                 "celltap_collector_received_bytes_total", "celltap_collector_template_events_total",
+                 "celltap_collector_workers"):
+        assert name in text
+    assert 'celltap_collector_records_total{exporter="127.0.0.10"}' in text
+
+
+def test_loadgen_cli_prints_what_it_sent():
+    port = free_port()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)  # holds everything until we read
+    s.bind(("127.0.0.1", port))
+    s.settimeout(2)
+    try:
+        r = subprocess.run([sys.executable, "-m", "loadgen.ipfix_cli", f"127.0.0.1:{port}", "--rate", "20000",
+                            "--exporters", "2", "--records", "2000", "--version", "9"],
+                           capture_output=True, text=True, timeout=60, cwd=str(REPO))
+        assert r.returncode == 0, r.stderr
+        sent = json.loads(r.stdout)
+        got = []
+        while True:
+            try:
+                got.append(s.recvfrom(65535))
+            except TimeoutError:
+                break
+    finally:
+        s.close()
+    out = Ingestor().feed([(a[0], d) for d, a in got], time.time())
+    assert {a[0] for _, a in got} == {"127.0.0.10", "127.0.0.11"}
+    assert sum(len(b) for b in out) == sent["records"] == 2000
+    assert sum(int(b.records["octetDeltaCount"].sum()) for b in out) == sent["octets"]
