@@ -1,0 +1,166 @@
+"""The chart rendered for each values set: valid Kubernetes objects that say what the issue asks."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+
+from tests.deploy.chart import NAMESPACE, RELEASE, VALUE_SETS, find, merged_values
+
+CRD_SCHEMAS = {
+    "ServiceMonitor": json.loads((Path(__file__).parent / "crd_schemas/servicemonitor.json").read_text()),
+    "PrometheusRule": json.loads((Path(__file__).parent / "crd_schemas/prometheusrule.json").read_text()),
+}
+# The chart's minimum (Chart.yaml kubeVersion) and the newest schemas kubernetes-validate ships.
+KUBE_VERSIONS = ["1.28.0", kubernetes_validate.latest_version()]
+
+
+def k8s_errors(doc: dict[str, Any], version: str) -> str | None:
+    """First schema error of an object (built-in kinds: kubernetes-validate; CRDs: our schemas)."""
+    if doc["kind"] in CRD_SCHEMAS:
+        err = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(CRD_SCHEMAS[doc["kind"]]).iter_errors(doc))
+        return None if err is None else err.message
+    try:
+        kubernetes_validate.validate(doc, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return exc.message
+    return None
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_every_object_validates(rendered: dict[str, list[dict[str, Any]]], name: str, version: str) -> None:
+    docs = rendered[name]
+    assert len(docs) >= 10
+    problems = {f"{d['kind']}/{d['metadata']['name']}": k8s_errors(d, version) for d in docs}
+    assert {k: v for k, v in problems.items() if v} == {}
+
+
+def test_validators_reject_broken_objects(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    # A validator that accepts anything would make the test above vacuous.
+    docs = rendered["default"]
+    dep = copy.deepcopy(find(docs, "Deployment", "-collector"))
+    dep["spec"]["template"]["spec"]["containers"][0]["capabilites"] = {}  # misspelt key
+    assert k8s_errors(dep, KUBE_VERSIONS[0])
+    svc = copy.deepcopy(find(docs, "Service", "-collector"))
+    svc["spec"]["ports"][0]["port"] = "4739/udp"
+    assert k8s_errors(svc, KUBE_VERSIONS[0])
+    sm = copy.deepcopy(find(docs, "ServiceMonitor"))
+    sm["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    assert k8s_errors(sm, KUBE_VERSIONS[0])
+    rule = copy.deepcopy(find(docs, "PrometheusRule"))
+    rule["spec"]["groups"][0]["rules"][0]["expresion"] = "up"
+    assert k8s_errors(rule, KUBE_VERSIONS[0])
+
+
+def test_names_fit_dns_labels(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for docs in rendered.values():
+        for d in docs:
+            if d["kind"] in ("Service", "StatefulSet", "DaemonSet", "Deployment"):
+                assert len(d["metadata"]["name"]) <= 63, d["metadata"]["name"]
+            assert d["metadata"]["namespace"] == NAMESPACE
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    """The pod template spec of a workload."""
+    return doc["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_incubator_daemonset(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
+    values = merged_values(VALUE_SETS[name])
+    ds = find(rendered[name], "DaemonSet", "-incubator")
+    spec = pod_spec(ds)
+    assert spec["hostNetwork"] is True
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"  # the registry Service must resolve
+    assert spec["nodeSelector"] == values["incubator"]["nodeSelector"]
+    (c,) = spec["containers"]
+    caps = c["securityContext"]["capabilities"]
+    assert caps == {"drop": ["ALL"], "add": ["NET_RAW", "NET_ADMIN"]}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "privileged" not in c["securityContext"]
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_every_workload_is_hardened_and_probed(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
+    for d in rendered[name]:
+        if d["kind"] not in ("DaemonSet", "StatefulSet", "Deployment"):
+            continue
+        spec = pod_spec(d)
+        for c in spec["containers"]:
+            where = f"{d['metadata']['name']}/{c['name']}"
+            assert "readinessProbe" in c and "livenessProbe" in c, where
+            assert c["resources"]["requests"], where
+            assert c["resources"]["limits"]["memory"], where
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], where
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True, where
+            if d["kind"] != "DaemonSet":
+                assert spec["securityContext"]["runAsNonRoot"] is True, where
+                assert "add" not in c["securityContext"]["capabilities"], where
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_cells_statefulset(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
+    values = merged_values(VALUE_SETS[name])
+    sts = find(rendered[name], "StatefulSet", "-cell")
+    assert sts["spec"]["replicas"] == values["cells"]["replicas"]
+    spread = pod_spec(sts)["topologySpreadConstraints"]
+    rack = [s for s in spread if s["topologyKey"] == values["topology"]["rackLabel"]]
+    assert rack and rack[0]["whenUnsatisfiable"] == values["topology"]["whenUnsatisfiable"]
+    assert rack[0]["labelSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+    names = [c["name"] for c in pod_spec(sts)["containers"]]
+    assert names == ["cell"] + [f"analyzer-{a['name']}" for a in values["cells"]["analyzers"]]
+    # The cell id is the StatefulSet ordinal, read through the downward API.
+    env = {e["name"]: e for e in pod_spec(sts)["containers"][0]["env"]}
+    assert env["CELL_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    pdb = find(rendered[name], "PodDisruptionBudget", "-cell")
+    assert pdb["spec"]["selector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_collector_service_keeps_exporter_addresses(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
+    values = merged_values(VALUE_SETS[name])
+    svc = find(rendered[name], "Service", "-collector")
+    assert svc["spec"]["type"] in ("LoadBalancer", "NodePort")
+    assert svc["spec"]["externalTrafficPolicy"] == "Local"
+    ports = {(p["port"], p["protocol"]) for p in svc["spec"]["ports"]}
+    assert ports == {(p["port"], p["protocol"]) for p in values["collector"]["service"]["ports"]}
+    assert (4739, "UDP") in ports
+    dep = find(rendered[name], "Deployment", "-collector")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    target_names = {p["name"] for p in pod_spec(dep)["containers"][0]["ports"]}
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= target_names
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_etcd_bundled_or_external(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
+    values = merged_values(VALUE_SETS[name])
+    docs = rendered[name]
+    etcd = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-etcd")]
+    config = find(docs, "ConfigMap", "-config")["data"]
+    if values["etcd"]["bundled"]:
+        (sts,) = etcd
+        replicas = values["etcd"]["replicas"]
+        assert sts["spec"]["replicas"] == replicas
+        cmd = pod_spec(sts)["containers"][0]["command"]
+        initial = next(a for a in cmd if a.startswith("--initial-cluster="))
+        assert initial.count("=http://") == replicas
+        pdb = find(docs, "PodDisruptionBudget", "-etcd")
+        assert pdb["spec"]["minAvailable"] == replicas // 2 + 1
+        assert f"{RELEASE}-etcd-0.{RELEASE}-etcd-headless.{NAMESPACE}.svc:2379" in config["collector.yaml"]
+    else:
+        assert etcd == []
+        assert values["etcd"]["externalUrl"] in config["collector.yaml"]
+
+
+def test_several_racks_spreads_strictly(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for suffix in ("-cell", "-node"):
+        sts = find(rendered["several-racks"], "StatefulSet", suffix)
+        spread = pod_spec(sts)["topologySpreadConstraints"][0]
+        assert spread == {**spread, "topologyKey": "celltap.io/rack", "whenUnsatisfiable": "DoNotSchedule"}
