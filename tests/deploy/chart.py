@@ -38,11 +38,23 @@ def build_renderer(out_dir: Path) -> Path:
     if not (DEBIAN_GOPATH / "src/gopkg.in/yaml.v3").is_dir():
         pytest.skip("yaml.v3 is not installed (Debian golang-gopkg-yaml.v3-dev)")
     cache = os.environ.get("GOCACHE") or str(Path.home() / ".cache" / "go-build")
-    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(DEBIAN_GOPATH), "GOFLAGS": "",
-           "GOCACHE": cache, "GOPROXY": "off"}
+    env = {
+        **os.environ,
+        "GO111MODULE": "off",
+        "GOPATH": str(DEBIAN_GOPATH),
+        "GOFLAGS": "",
+        "GOCACHE": cache,
+        "GOPROXY": "off",
+    }
     binary = out_dir / "render"
-    proc = subprocess.run([go, "build", "-o", str(binary), "."], cwd=RENDERER_SRC, env=env,
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [go, "build", "-o", str(binary), "."],
+        cwd=RENDERER_SRC,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, f"go build of the renderer failed:\n{proc.stderr}"
     return binary
 
@@ -68,7 +80,9 @@ def helm_render(value_files: list[Path], chart: Path = CHART) -> str:
     """Render with the real `helm template` (only where helm is installed)."""
     helm = shutil.which("helm")
     if helm is None:
-        pytest.skip("helm is not on PATH (it cannot be installed on these machines); the Go renderer stands in")
+        pytest.skip(
+            "helm is not on PATH (it cannot be installed on these machines); the Go renderer stands in"
+        )
     return render([helm, "template", RELEASE, "--namespace", NAMESPACE], chart, value_files)
 
 
@@ -99,5 +113,7 @@ def merged_values(value_files: list[Path]) -> dict[str, Any]:
 def find(docs: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[str, Any]:
     """The one document of a kind whose name ends with the suffix."""
     hits = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(name_suffix)]
-    assert len(hits) == 1, f"expected one {kind} *{name_suffix}, found {[d['metadata']['name'] for d in hits]}"
+    assert len(hits) == 1, (
+        f"expected one {kind} *{name_suffix}, found {[d['metadata']['name'] for d in hits]}"
+    )
     return hits[0]

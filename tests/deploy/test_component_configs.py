@@ -112,7 +112,9 @@ def test_incubator_config_and_args(rendered: dict[str, list[dict[str, Any]]], na
     if values["cells"]["discovery"] == "static":
         outputs = [c["output"] for c in cfg["cells"]]
         assert len(outputs) == values["cells"]["replicas"]
-        assert outputs[-1].endswith(f"-cell-{len(outputs) - 1}.{outputs[-1].split('.')[1]}.{NAMESPACE}.svc:4789")
+        assert outputs[-1].endswith(
+            f"-cell-{len(outputs) - 1}.{outputs[-1].split('.')[1]}.{NAMESPACE}.svc:4789"
+        )
     else:
         assert cfg["registry"]["url"] and cfg["registry"]["output_key"] == "input"
     ds, pod = workload(docs, "DaemonSet", "-incubator")
@@ -229,14 +231,17 @@ def test_static_discovery_lists_every_cell(renderer: Path, tmp_path: Path) -> No
     headless = find(docs, "Service", "-cell-headless")["metadata"]["name"]
     sts = find(docs, "StatefulSet", "-cell")["metadata"]["name"]
     assert data["cells"] == [
-        {"id": str(i), "output": f"vxlan://{sts}-{i}.{headless}.{NAMESPACE}.svc:4789", "weight": 1} for i in range(5)
+        {"id": str(i), "output": f"vxlan://{sts}-{i}.{headless}.{NAMESPACE}.svc:4789", "weight": 1}
+        for i in range(5)
     ]
     assert "registry" not in data
     cell = find(docs, "StatefulSet", "-cell")["spec"]["template"]["spec"]["containers"][0]
     assert not set(cell["args"]) & set(REGISTRATION_FLAGS)
     if not incubator_takes_static_cells():
-        pytest.skip("incubator/config.py fills `registry` with url=None when it is absent, so a static "
-                    "`cells` list is rejected ('registry.url is required'): static discovery needs that fixed")
+        pytest.skip(
+            "incubator/config.py fills `registry` with url=None when it is absent, so a static "
+            "`cells` list is rejected ('registry.url is required'): static discovery needs that fixed"
+        )
     from incubator.config import parse_config
 
     assert len(parse_config(data)["cells"]) == 5

@@ -24,7 +24,9 @@ KUBE_VERSIONS = ["1.28.0", kubernetes_validate.latest_version()]
 def k8s_errors(doc: dict[str, Any], version: str) -> str | None:
     """First schema error of an object (built-in kinds: kubernetes-validate; CRDs: our schemas)."""
     if doc["kind"] in CRD_SCHEMAS:
-        err = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(CRD_SCHEMAS[doc["kind"]]).iter_errors(doc))
+        err = jsonschema.exceptions.best_match(
+            jsonschema.Draft7Validator(CRD_SCHEMAS[doc["kind"]]).iter_errors(doc)
+        )
         return None if err is None else err.message
     try:
         kubernetes_validate.validate(doc, version, strict=True)
@@ -118,13 +120,18 @@ def test_cells_statefulset(rendered: dict[str, list[dict[str, Any]]], name: str)
     assert names == ["cell"] + [f"analyzer-{a['name']}" for a in values["cells"]["analyzers"]]
     # The cell id is the StatefulSet ordinal, read through the downward API.
     env = {e["name"]: e for e in pod_spec(sts)["containers"][0]["env"]}
-    assert env["CELL_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert (
+        env["CELL_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
     pdb = find(rendered[name], "PodDisruptionBudget", "-cell")
     assert pdb["spec"]["selector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
-def test_collector_service_keeps_exporter_addresses(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
+def test_collector_service_keeps_exporter_addresses(
+    rendered: dict[str, list[dict[str, Any]]], name: str
+) -> None:
     values = merged_values(VALUE_SETS[name])
     svc = find(rendered[name], "Service", "-collector")
     assert svc["spec"]["type"] in ("LoadBalancer", "NodePort")

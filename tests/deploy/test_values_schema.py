@@ -67,7 +67,11 @@ _DELETE = object()
         ("cells.replicas", 0, "at least one cell"),
         ("cells.discovery", "dns", "registry or static"),
         ("cells.analyzers", [{"name": "ftp", "socket": "tcp/ftp", "metricsPort": 9490}], "no such analyzer"),
-        ("collector.podDisruptionBudget", {"minAvailable": 1, "maxUnavailable": 1}, "a PDB takes one of them"),
+        (
+            "collector.podDisruptionBudget",
+            {"minAvailable": 1, "maxUnavailable": 1},
+            "a PDB takes one of them",
+        ),
         ("cells.vxlanPort", 70000, "not a port"),
         ("nodes.apps", ["top_talkers"], "apps are a mapping of name to {kind, key}"),
         ("metrics.serviceMonitor.interval", "fast", "not a duration"),
