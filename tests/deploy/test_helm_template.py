@@ -1,0 +1,41 @@
+"""`helm template` (where helm exists) agrees with the Go renderer; NOTES tell operators what to wire."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.chart import RELEASE, VALUE_SETS, documents, go_render, helm_render
+
+
+def keyed(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Objects by (kind, name), without the config checksums (YAML text layout differs by encoder)."""
+    out = {}
+    for d in docs:
+        ann = (
+            d["spec"]["template"]["metadata"].get("annotations", {})
+            if "template" in d.get("spec", {})
+            else {}
+        )
+        ann.pop("checksum/config", None)
+        out[(d["kind"], d["metadata"]["name"])] = d
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_helm_template_matches_go_renderer(renderer: Path, name: str) -> None:
+    helm_docs = documents(helm_render(VALUE_SETS[name]))
+    go_docs = documents(go_render(renderer, VALUE_SETS[name]))
+    assert keyed(helm_docs) == keyed(go_docs)
+
+
+def test_notes_tell_how_to_point_routers_and_mirror_ports(renderer: Path) -> None:
+    notes = go_render(renderer, [], notes=True)
+    assert f"svc {RELEASE}-collector" in notes
+    assert "UDP 4739" in notes and "UDP 2055" in notes
+    assert "kubectl label node NODE celltap.io/tap=true" in notes
+    assert "afpacket:eth1" in notes and "VXLAN (UDP 4789)" in notes
+    rack = go_render(renderer, VALUE_SETS["one-rack"], notes=True)
+    assert "UDP 30739" in rack and "get pods" in rack  # NodePort: tells which node port and nodes
