@@ -12,6 +12,7 @@ import sys
 # subcommand runs so that `celltap loadgen` does not pay for grpc, etc.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("celltap.demo", "local cluster on embedded defaults, generated traffic, summary"),
+    "up": ("celltap.up", "long-running local cluster from a cluster YAML"),
     "incubator": ("incubator.cli", "flow-hashing cell balancer (live or offline split)"),
     "cell": ("cell.cli", "SF-TAP-compatible flow abstractor with IPFIX export"),
     "analyzer": ("cell.analyzers.cli", "application analyzers reading a cell interface"),
