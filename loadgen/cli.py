@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--loop", type=int, default=1, help="replay the file K times")
     p.add_argument("--batch", type=int, default=None, help="frames between pacing checks")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument(
+        "--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)"
+    )
     p.set_defaults(_loadgen_run=_run_replay)
 
     try:
@@ -120,11 +123,28 @@ def _run_pcap(args: argparse.Namespace) -> int:
 
 
 def _run_replay(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from loadgen.replay import replay
 
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
+    stop = threading.Event()
+    # SIGTERM (and Ctrl-C) end the replay at the next batch; the counts so far are still reported.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         stats = replay(
-            args.pcap, args.iface, pps=args.pps, topspeed=args.topspeed, loop=args.loop, batch_size=args.batch
+            args.pcap,
+            args.iface,
+            pps=args.pps,
+            topspeed=args.topspeed,
+            loop=args.loop,
+            batch_size=args.batch,
+            stop=stop,
         )
     except OSError as exc:
         print(f"celltap loadgen replay: {args.iface}: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -90,9 +91,14 @@ class _Pacer:
 
 
 def send_batches(
-    sock: socket.socket, batches: Iterable[FrameBatch], stats: ReplayStats, pacer: _Pacer, batch_size: int
-) -> None:
-    """Send every frame of `batches` in order, pacing every `batch_size` frames."""
+    sock: socket.socket,
+    batches: Iterable[FrameBatch],
+    stats: ReplayStats,
+    pacer: _Pacer,
+    batch_size: int,
+    stop: threading.Event | None = None,
+) -> bool:
+    """Send every frame of `batches` in order, pacing every `batch_size` frames; False if stopped."""
     send = sock.send
     for batch in batches:
         mv = memoryview(batch.buf)
@@ -100,6 +106,8 @@ def send_batches(
         n = len(offsets)
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
+            if stop is not None and stop.is_set():
+                return False
             pacer.wait(ts[lo])
             sent = nbytes = 0
             errors: Counter = Counter()
@@ -129,6 +137,7 @@ def send_batches(
                         break
             pacer.sent += hi - lo
             _account(stats, sent, nbytes, errors, retries)
+    return True
 
 
 def _account(stats: ReplayStats, sent: int, nbytes: int, errors: Counter, retries: Counter) -> None:
@@ -154,6 +163,7 @@ def replay(
     topspeed: bool = False,
     loop: int = 1,
     batch_size: int | None = None,
+    stop: threading.Event | None = None,
 ) -> ReplayStats:
     """Replay the capture at `path` onto `iface` `loop` times: at `pps`, at top speed, or with the
     capture's own inter-frame timing."""
@@ -167,7 +177,8 @@ def replay(
     try:
         for _ in range(max(1, loop)):
             with open_capture(path) as reader:
-                send_batches(sock, reader, stats, pacer, batch_size)
+                if not send_batches(sock, reader, stats, pacer, batch_size, stop):
+                    break
             stats.loops += 1
             pacer.ts0 = None
             if not pps:

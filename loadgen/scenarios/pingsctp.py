@@ -1,4 +1,5 @@
-"""`icmp`: ICMP and ICMPv6 echo request/reply series (`--count` = ping series).
+"""`icmp`: ICMP and ICMPv6 echo request/reply series, every 3rd IPv4 one with a Record Route option
+as `ping -R` sends (`--count` = ping series).
 `sctp`: SCTP associations on port 3868 (Diameter's): INIT, INIT-ACK, COOKIE-ECHO, COOKIE-ACK, DATA
 and SACK both ways, then ABORT, every packet with its CRC32c (`--count` = associations)."""
 
@@ -14,6 +15,7 @@ from loadgen.packets import (
     PROTO_SCTP,
     icmp_echo,
     icmpv6_echo,
+    ipv4_option_record_route,
     sctp_abort_chunk,
     sctp_init_chunk,
     sctp_packet,
@@ -29,6 +31,8 @@ NET_ICMP, NET_SCTP = 13, 14
 def icmp_flow(rng: random.Random, i: int) -> Frames:
     """Ping series number i: 2-5 echo pairs one second apart."""
     link = make_link(rng, NET_ICMP, i, v6=i % 3 == 2)
+    if i % 3 == 1:
+        link.v4_options = ipv4_option_record_route(9)
     ident, t, out = rng.getrandbits(16), 0, []
     data = struct.pack("!Q", 1_700_000_000 + i) + bytes(range(16, 56))
     for seq in range(1, rng.randint(3, 6)):

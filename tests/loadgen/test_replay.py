@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,3 +184,62 @@ def test_replay_topspeed_rate(netns: str, tmp_path: Path) -> None:
     assert link["stats64"]["tx"]["packets"] == 20000
     assert link["stats64"]["tx"]["bytes"] == 20000 * 60
     print(f"topspeed replay of 60-byte frames: {result['pps']:.0f} pps")
+
+
+def test_replay_serves_metrics_and_stops_cleanly_on_sigterm(netns: str, tmp_path: Path) -> None:
+    _ip("-n", netns, "link", "set", "lo", "up")
+    pcap = write_scenario(tmp_path / "dns.pcap", "dns", 200)
+    proc = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            sys.executable,
+            "-m",
+            "celltap.cli",
+            "loadgen",
+            "replay",
+            str(pcap),
+            "va",
+            "--json",
+            "--pps",
+            "200",
+            "--metrics-port",
+            "9464",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        metrics = ""
+        for _ in range(50):
+            time.sleep(0.1)
+            r = subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    netns,
+                    sys.executable,
+                    "-c",
+                    "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9464/metrics').read().decode())",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            if r.returncode == 0 and "celltap_loadgen_replay_frames_total" in r.stdout:
+                metrics = r.stdout
+                break
+        assert "celltap_loadgen_replay_frames_total" in metrics
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert 0 < result["frames_sent"] < 400, "stopped early, counted what it sent"
