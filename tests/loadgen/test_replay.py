@@ -243,3 +243,73 @@ def test_replay_serves_metrics_and_stops_cleanly_on_sigterm(netns: str, tmp_path
     assert proc.returncode == 0, err
     result = json.loads(out)
     assert 0 < result["frames_sent"] < 400, "stopped early, counted what it sent"
+
+
+def test_replay_retries_enobufs_until_every_frame_is_sent(netns: str, tmp_path: Path) -> None:
+    # A 10 Mbit/s token bucket with a small queue on va: at top speed the queue overflows and the
+    # kernel refuses frames with ENOBUFS (a real fault, no mock). Each refusal is one qdisc drop.
+    require_tool("tc")
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "va",
+            "root",
+            "tbf",
+            "rate",
+            "10mbit",
+            "burst",
+            "16kb",
+            "limit",
+            "20kb",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=20,
+    )
+    pcap = write_scenario(tmp_path / "small.pcap", "small", 2000)
+    rep = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            sys.executable,
+            "-m",
+            "celltap.cli",
+            "loadgen",
+            "replay",
+            str(pcap),
+            "va",
+            "--json",
+            "--topspeed",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rep.returncode == 0, rep.stderr
+    result = json.loads(rep.stdout)
+    assert result["frames_sent"] == 2000 and result["send_errors_total"] == 0
+    assert result["retries"].get("enobufs", 0) > 0
+    qdisc = json.loads(
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "tc", "-s", "-j", "qdisc", "show", "dev", "va"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )[0]
+    assert qdisc["drops"] == result["retries"]["enobufs"]
+    link = json.loads(
+        subprocess.run(
+            ["ip", "-n", netns, "-s", "-j", "link", "show", "va"], capture_output=True, text=True, check=True
+        ).stdout
+    )[0]
+    assert link["stats64"]["tx"]["packets"] == 2000
