@@ -9,14 +9,23 @@ from __future__ import annotations
 import json
 import os
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+try:
+    import orjson  # JSON encoding is a third of the HTTP analyzer's time with the stdlib encoder
 
+    def encode_records(records: list[dict]) -> bytes:
+        """Serialize records as JSON lines (empty for no records)."""
+        if not records:
+            return b""
+        return b"\n".join(map(orjson.dumps, records)) + b"\n"
 
-def encode_records(records: list[dict]) -> str:
-    """Serialize records as JSON lines (empty string for no records)."""
-    if not records:
-        return ""
-    return "\n".join(map(_encode, records)) + "\n"
+except ImportError:  # pragma: no cover - orjson is a declared dependency
+    _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+
+    def encode_records(records: list[dict]) -> bytes:
+        """Serialize records as JSON lines (empty for no records)."""
+        if not records:
+            return b""
+        return ("\n".join(map(_encode, records)) + "\n").encode("utf-8", "surrogateescape")
 
 
 class JsonLinesWriter:
@@ -34,7 +43,7 @@ class JsonLinesWriter:
         """Write one batch of records."""
         if not records:
             return
-        data = memoryview(encode_records(records).encode("utf-8", "surrogateescape"))
+        data = memoryview(encode_records(records))
         while data:
             n = os.write(self.fd, data)
             data = data[n:]
