@@ -156,8 +156,8 @@ def _run_replay(args: argparse.Namespace) -> int:
         print(
             f"sent {result['frames_sent']} frames ({result['bytes_sent']} bytes) "
             f"in {result['elapsed_s']:.3f}s: {result['pps']:.0f} pps, {result['mbps']:.1f} Mbit/s; "
-            f"send errors {result['send_errors_total']} "
-            f"{result['send_errors'] or ''}; retries {result['retries'] or 0}",
+            f"send errors {result['send_errors_total']} {result['send_errors'] or ''}".rstrip()
+            + f"; retries {sum(result['retries'].values())} {result['retries'] or ''}".rstrip(),
             file=sys.stderr,
         )
     return 0 if result["send_errors_total"] == 0 else 1

@@ -19,6 +19,10 @@ TYPES = {
 RCODE_NXDOMAIN = 3
 
 
+class Uncompressed(str):
+    """A domain name in RDATA that must be written without compression (SRV target, RFC 2782)."""
+
+
 class DnsMessage:
     """Build one DNS message section by section; names are compressed against earlier names."""
 
@@ -57,7 +61,10 @@ class DnsMessage:
         self.body += owner + struct.pack("!HHIH", TYPES[rtype], 1, ttl, 0)
         len_at = len(self.body) - 2
         for part in rdata_parts:
-            self.body += self._name(part) if isinstance(part, str) else part
+            if isinstance(part, str):
+                self.body += self._name(part, compress=not isinstance(part, Uncompressed))
+            else:
+                self.body += part
         struct.pack_into("!H", self.body, len_at, len(self.body) - len_at - 2)
         self.counts[section] += 1
 
@@ -93,7 +100,7 @@ def rdata(rtype: str, value: object) -> list[bytes | str]:
         return [out]
     if rtype == "SRV":
         prio, weight, port, target = value  # type: ignore[misc]
-        return [struct.pack("!HHH", prio, weight, port), target]
+        return [struct.pack("!HHH", prio, weight, port), Uncompressed(target)]
     if rtype == "SOA":
         mname, rname, serial = value  # type: ignore[misc]
         return [mname, rname, struct.pack("!IIIII", serial, 7200, 3600, 1209600, 300)]
