@@ -1,0 +1,233 @@
+"""docker/: the image recipe and the one-host compose cluster (no Docker engine runs here; see docs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.conftest import require_tool
+from tests.deploy.chart import CHART, REPO
+
+DOCKER = REPO / "docker"
+# docker-compose 1.29 (Debian) ships the Compose Specification schema it validates with.
+COMPOSE_SPEC = Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json")
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    lines: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        if raw.lstrip().startswith("#") or not raw.strip():
+            continue
+        pending += raw.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        lines.append(pending)
+        pending = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def stages(path: Path) -> list[list[tuple[str, str]]]:
+    """The instructions of each build stage."""
+    out: list[list[tuple[str, str]]] = []
+    for ins in instructions(path):
+        if ins[0] == "FROM":
+            out.append([])
+        if out:
+            out[-1].append(ins)
+    return out
+
+
+def test_dockerfile_is_multistage_and_runs_unprivileged() -> None:
+    build, runtime = stages(DOCKER / "Dockerfile")
+    assert build[0][1].endswith(" AS build") and runtime[0][1].endswith(" AS runtime")
+    assert any(k == "COPY" and a.startswith("--from=build ") for k, a in runtime)
+    user = [a for k, a in runtime if k == "USER"]
+    assert user and user[-1].split(":")[0] not in ("0", "root")
+    assert json.loads(next(a for k, a in runtime if k == "ENTRYPOINT")) == ["celltap"]
+    # Nothing in the runtime stage installs a compiler or build tools.
+    assert not any(k == "RUN" and re.search(r"apt-get|pip install", a) for k, a in runtime)
+
+
+def test_image_installs_like_the_readme() -> None:
+    (build, _) = stages(DOCKER / "Dockerfile")
+    runs = " ".join(a for k, a in build if k == "RUN")
+    assert "bash scripts/setup.sh" in runs  # what scripts/demo.sh (README command 1) runs
+    assert "bash scripts/setup.sh" in (REPO / "scripts/demo.sh").read_text()
+
+
+def copied_sources(tmp_path: Path) -> Path:
+    """A directory holding exactly what the build stage COPYs from the context (Docker's rules:
+    a directory source copies its contents into the target, a file lands in a target ending in /)."""
+    (build, _) = stages(DOCKER / "Dockerfile")
+    dest = tmp_path / "context"
+    dest.mkdir()
+    for kind, args in build:
+        if kind != "COPY" or args.startswith("--from"):
+            continue
+        *sources, target = shlex.split(args)
+        for src in sources:
+            path = REPO / src
+            assert path.exists(), f"Dockerfile copies {src}, which is not in the repository"
+            if path.is_dir():
+                shutil.copytree(
+                    path,
+                    dest / target,
+                    dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                )
+            else:
+                out = dest / target / path.name if target.endswith("/") else dest / target
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, out)
+    return dest
+
+
+def test_image_copies_every_package_the_project_installs(tmp_path: Path) -> None:
+    ctx = copied_sources(tmp_path)
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"
+    ]
+    for pattern in include:
+        top = pattern.rstrip("*")
+        assert (ctx / top).is_dir(), f"pyproject installs {pattern} but the image does not copy {top}/"
+    assert (ctx / "scripts/setup.sh").is_file() and (ctx / "pyproject.toml").is_file()
+
+
+def test_copied_sources_provide_every_subcommand(tmp_path: Path) -> None:
+    # Import the CLI from the copied tree only (first on sys.path), and list its subcommands.
+    ctx = copied_sources(tmp_path)
+    probe = (
+        "import argparse, json, celltap.cli as c; p = c.build_parser();"
+        "sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction));"
+        "print(json.dumps([c.__file__, sorted(sub.choices)]))"
+    )
+    python = REPO / ".venv/bin/python"
+    env = {**os.environ, "PYTHONPATH": str(ctx), "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([python, "-c", probe], cwd=ctx, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    where, image_cmds = json.loads(out.stdout)
+    assert where.startswith(str(ctx))
+    repo = subprocess.run([python, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert image_cmds == json.loads(repo.stdout)[1]
+    assert {"incubator", "cell", "analyzer", "collector", "node"} <= set(image_cmds)
+
+
+def compose() -> dict[str, Any]:
+    """docker/compose.yaml, parsed."""
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def test_compose_validates_with_docker_compose(tmp_path: Path) -> None:
+    tool = require_tool("docker-compose")
+    proc = subprocess.run(
+        [tool, "-f", str(DOCKER / "compose.yaml"), "config"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    resolved = yaml.safe_load(proc.stdout)
+    assert {"etcd", "incubator", "cell-0", "cell-1", "collector", "node-0", "prometheus", "grafana"} <= set(
+        resolved["services"]
+    )
+    # And a broken file is refused, so the check above can fail.
+    bad = tmp_path / "compose.yaml"
+    bad.write_text("services:\n  x:\n    image: a\n    ports: {bad: 1}\n")
+    assert subprocess.run([tool, "-f", str(bad), "config"], capture_output=True, timeout=60).returncode != 0
+
+
+def test_compose_matches_the_compose_spec_schema() -> None:
+    if not COMPOSE_SPEC.is_file():
+        pytest.skip("the Compose Specification schema comes with Debian's docker-compose package")
+    schema = json.loads(COMPOSE_SPEC.read_text())
+    jsonschema.Draft7Validator(schema).validate(compose())
+
+
+def test_compose_runs_components_as_the_chart_does() -> None:
+    services = compose()["services"]
+    for name, svc in services.items():
+        if svc.get("image", "").startswith("celltap/"):
+            caps = set(svc.get("cap_add", []))
+            if name == "incubator":
+                assert svc["user"].startswith("0") and caps == {"NET_RAW", "NET_ADMIN"}
+                assert svc["network_mode"] == "host"
+            else:
+                assert svc["user"] == "10001:10001" and not caps, name
+            assert svc["cap_drop"] == ["ALL"] and svc["read_only"] is True, name
+
+
+def test_compose_configs_are_accepted_by_the_components() -> None:
+    from cell.sftap_config import parse_config as parse_sftap
+    from collector.config import config_from_dict
+    from collector.node_config import config_from_dict as node_config
+    from incubator.config import parse_config as parse_incubator
+
+    cfg = DOCKER / "config"
+    parse_incubator(yaml.safe_load((cfg / "incubator.yaml").read_text()))
+    config_from_dict(yaml.safe_load((cfg / "collector.yaml").read_text()))
+    node_config(yaml.safe_load((cfg / "node.yaml").read_text()))
+    parse_sftap(yaml.safe_load((cfg / "sftap.yaml").read_text()))
+    # The compose cells use the chart's default abstractor configuration, not a drifting copy.
+    chart_default = yaml.safe_load(
+        yaml.safe_load((CHART / "values.yaml").read_text())["cells"]["sftapConfig"]
+    )
+    assert yaml.safe_load((cfg / "sftap.yaml").read_text()) == chart_default
+
+
+def test_compose_commands_parse_with_the_real_cli() -> None:
+    from tests.deploy.test_component_configs import parse_celltap, subcommand_options, without_registration
+
+    for name, svc in compose()["services"].items():
+        if not svc.get("image", "").startswith("celltap/"):
+            continue
+        args = svc["command"]
+        if args[0] == "cell" and "--advertise" not in subcommand_options("cell"):
+            args = without_registration(args)
+        ns = parse_celltap(args)
+        assert ns.command == args[0], name
+
+
+def test_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    # The layout inside the Prometheus container: the config with the chart's rule files beside it.
+    shutil.copy(DOCKER / "prometheus/prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copytree(CHART / "files/alerts", tmp_path / "rules")
+    proc = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout + proc.stderr
+    # Every celltap scrape target is a service (and port) the compose file defines.
+    services = compose()["services"]
+    prom = yaml.safe_load((DOCKER / "prometheus/prometheus.yml").read_text())
+    for job in prom["scrape_configs"]:
+        for target in job["static_configs"][0]["targets"]:
+            host = target.split(":")[0]
+            assert host == "host.docker.internal" or host in services, target
+            if host in services and services[host].get("image", "").startswith("celltap/"):
+                assert target.split(":")[1] in " ".join(services[host]["command"]) + " 8090 9464", target
+
+
+def test_grafana_provisions_the_chart_dashboards() -> None:
+    grafana = compose()["services"]["grafana"]
+    mounts = {host: inside for host, inside, *_ in (v.split(":") for v in grafana["volumes"])}
+    provider = yaml.safe_load((DOCKER / "grafana/provisioning/dashboards/celltap.yaml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    assert [host for host, inside in mounts.items() if inside == path] == ["../helm/celltap/files/dashboards"]
+    assert (DOCKER / "../helm/celltap/files/dashboards").resolve() == (CHART / "files/dashboards").resolve()
+    datasource = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
