@@ -12,7 +12,9 @@ DEFAULT_REGISTRY = "file:///tmp/celltap-registry"
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", default=DEFAULT_REGISTRY, help=f"registry URL (default {DEFAULT_REGISTRY})")
+    parser.add_argument(
+        "--registry", default=DEFAULT_REGISTRY, help=f"registry URL (default {DEFAULT_REGISTRY})"
+    )
     parser.add_argument("--cluster", default="default", help="cluster name (default 'default')")
     parser.add_argument("--tls-ca", help="CA bundle for gRPC / etcd TLS")
     parser.add_argument("--tls-cert", help="client certificate (mutual TLS)")
@@ -98,7 +100,8 @@ def main(args: argparse.Namespace) -> int:
         rates = st.get("rates_per_s", {})
         print(
             f"  node {nid} ({members['nodes'][nid].get('grpc')}): in primary {c['records_primary']} "
-            f"replica {c['records_replica']} duplicates {c['duplicate_records']} rejected {c['rejected_records']}"
+            f"replica {c['records_replica']} duplicates {c['duplicate_records']} "
+            f"rejected {c['rejected_records']}"
             + (f"  rate {rates.get('records_primary', 0)}/s" if rates else "")
         )
         print(f"    members seen: {', '.join(st['members'])}; state: {st['state_sizes']}")

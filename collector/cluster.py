@@ -80,7 +80,10 @@ class Outgoing:
     def packed(self, index: np.ndarray | None) -> bytes:
         """Records (all, or a subset) as IPFIX data records of `template`."""
         if self.wire is not None:
-            return (self.wire if index is None else self.wire[index]).tobytes()
+            if index is None:
+                return self.wire.tobytes()
+            # Gathering rows of a byte matrix is much faster than of a structured array.
+            return self.wire.view(np.uint8).reshape(len(self.wire), -1)[index].tobytes()
         recs = self.records if index is None else self.records[index]
         batch = RecordBatch(self.exporter, self.domain, self.template.template_id, self.template, recs)
         return batch.to_wire()[1]
@@ -197,7 +200,8 @@ class ClusterRouter:
         self.idle = threading.Condition(self.lock)
         self.counts: dict[str, int] = {
             "records_in": 0, "dropped_buffer_full": 0, "dropped_no_nodes": 0, "rejected": 0,
-            "sent_primary": 0, "sent_replica": 0, "acked": 0, "resent": 0, "replica_lost": 0, "ring_changes": 0,
+            "sent_primary": 0, "sent_replica": 0, "acked": 0, "resent": 0, "replica_lost": 0,
+            "ring_changes": 0,
         }  # fmt: skip
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="cluster-flush", daemon=True)
@@ -281,7 +285,8 @@ class ClusterRouter:
             out = Outgoing(
                 seq=next(self._seq), origin=part.node, exporter=acc.exporter, domain=acc.domain,
                 template=template, template_bytes=tbytes, keys=keys, records=records[part.index],
-                wire=None if wire is None else wire[part.index], hashes=sub, mask=part.mask, primary=part.node,
+                wire=None if wire is None else wire[part.index], hashes=sub, mask=part.mask,
+                primary=part.node,
             )  # fmt: skip
             if self.config.replication:
                 whole = Part(part.node, np.arange(len(part.index)), part.mask)
@@ -453,7 +458,8 @@ class ClusterRouter:
         for part in self.router.primaries(out.hashes, out.mask):
             sub = [h[part.index] for h in out.hashes]
             new = Outgoing(
-                seq=out.seq, origin=out.origin, exporter=out.exporter, domain=out.domain, template=out.template,
+                seq=out.seq, origin=out.origin, exporter=out.exporter, domain=out.domain,
+                template=out.template,
                 template_bytes=out.template_bytes, keys=out.keys, records=out.records[part.index],
                 wire=None if out.wire is None else out.wire[part.index], hashes=sub, mask=part.mask,
                 primary=part.node,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from celltap.flowhash import xxh64, xxh64_rows
+from celltap.flowhash import _MASK64, P1, P2, P3, P5, xxh64, xxh64_rows
 from celltap.flowkey import flow_hashes
 from celltap.ring import Ring
 
@@ -41,7 +41,27 @@ def address_rows(records: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray
     return l3, rows
 
 
+def xxh64_u32be(values: np.ndarray, seed: int = 0) -> np.ndarray:
+    """XXH64 of each uint32 value's 4 big-endian bytes (an IPv4 address), without building rows."""
+    # The 4-byte tail step of XXH64 reads the bytes as a little-endian word: byte-swap the value.
+    word = values.astype(np.uint32).byteswap().astype(np.uint64)
+    with np.errstate(over="ignore"):
+        h = np.full(len(values), (seed + int(P5) + 4) & _MASK64, dtype=np.uint64)
+        h ^= word * P1
+        h = ((h << np.uint64(23)) | (h >> np.uint64(41))) * P2 + P3
+        h ^= h >> np.uint64(33)
+        h *= P2
+        h ^= h >> np.uint64(29)
+        h *= P3
+        h ^= h >> np.uint64(32)
+    return h
+
+
 def _address_hashes(records: np.ndarray, side: str, seed: int, fallback: int) -> np.ndarray:
+    names = records.dtype.names or ()
+    prefix = "source" if side == "src" else "destination"
+    if f"{prefix}IPv6Address" not in names and f"{prefix}IPv4Address" in names:
+        return xxh64_u32be(records[f"{prefix}IPv4Address"], seed)  # the common IPv4-only template
     l3, rows = address_rows(records, side)
     out = np.full(len(records), fallback, dtype=np.uint64)
     for version, width in ((4, 4), (6, 16)):
@@ -94,15 +114,20 @@ def split_by_owner(owners: np.ndarray, ids: list[str], mask: np.ndarray | None =
     once however many of its keys that node owns.
     """
     k, n = owners.shape
+    parts: list[Part] = []
+    if k == 1 and mask is None:  # one partition key: a plain partition of the records
+        row = owners[0]
+        for owner in np.flatnonzero(np.bincount(row, minlength=len(ids))):
+            sel = np.flatnonzero(row == owner)
+            parts.append(Part(ids[int(owner)], sel, np.ones(len(sel), dtype=np.uint8)))
+        return parts
     if mask is None:
-        active = np.ones((k, n), dtype=bool)
+        masked = owners
     else:
         active = ((mask[None, :] >> np.arange(k, dtype=np.uint8)[:, None]) & 1).astype(bool)
-    masked = np.where(active, owners, -1)
-    parts: list[Part] = []
-    for owner in np.unique(masked):
-        if owner < 0:
-            continue
+        masked = np.where(active, owners, -1)
+    present = np.flatnonzero(np.bincount((masked + 1).ravel(), minlength=len(ids) + 1)[1:])
+    for owner in present:
         bits = np.zeros(n, dtype=np.uint8)
         for i in range(k):
             bits |= (masked[i] == owner).astype(np.uint8) << np.uint8(i)

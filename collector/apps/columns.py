@@ -8,7 +8,9 @@ import numpy as np
 
 from collector.routing import address_rows
 
-ADDR_KEY_LEN = 17  # l3 byte + 16 address bytes (IPv4 in the first 4)
+V4_TAG = 4 << 32  # address keys are ints: 4<<32 | IPv4, 6<<128 | IPv6, 0 when absent
+V6_TAG = 6 << 128
+_V6_MASK = (1 << 128) - 1
 
 
 def column_or_zero(records: np.ndarray, *names: str) -> np.ndarray:
@@ -31,41 +33,56 @@ def packets(records: np.ndarray) -> np.ndarray:
 
 
 def address_keys(records: np.ndarray, side: str, prefix_v4: int = 32, prefix_v6: int = 128) -> np.ndarray:
-    """Per record a V17 key (l3 byte + address), optionally masked to a prefix."""
+    """Per record an address key, optionally masked to a prefix.
+
+    IPv4-only batches (the common case) give a uint64 array (4<<32 | address), sorted and summed at
+    numpy speed; batches with an IPv6 column give Python ints in an object array.
+    """
+    names = records.dtype.names or ()
+    prefix = "source" if side == "src" else "destination"
+    v4, v6 = f"{prefix}IPv4Address", f"{prefix}IPv6Address"
+    mask4 = (0xFFFFFFFF << (32 - prefix_v4)) & 0xFFFFFFFF
+    if v6 not in names:
+        if v4 not in names:
+            return np.zeros(len(records), dtype=np.uint64)
+        return (records[v4].astype(np.uint64) & np.uint64(mask4)) | np.uint64(V4_TAG)
     l3, rows = address_rows(records, side)
-    if prefix_v4 < 32 or prefix_v6 < 128:
-        rows = rows.copy()
-        for version, plen, width in ((4, prefix_v4, 4), (6, prefix_v6, 16)):
-            sel = l3 == version
-            if not sel.any():
-                continue
-            bits = np.unpackbits(rows[sel, :width], axis=1)
-            bits[:, plen:] = 0
-            rows[np.ix_(np.flatnonzero(sel), np.arange(width))] = np.packbits(bits, axis=1)
-    out = np.empty((len(records), ADDR_KEY_LEN), dtype=np.uint8)
-    out[:, 0] = l3
-    out[:, 1:] = rows
-    return out.view(f"V{ADDR_KEY_LEN}").reshape(-1)
+    mask6 = (_V6_MASK << (128 - prefix_v6)) & _V6_MASK
+    out = np.zeros(len(records), dtype=object)
+    for i, (version, row) in enumerate(zip(l3.tolist(), rows, strict=True)):
+        if version == 4:
+            out[i] = V4_TAG | (int.from_bytes(row[:4].tobytes(), "big") & mask4)
+        elif version == 6:
+            out[i] = V6_TAG | (int.from_bytes(row.tobytes(), "big") & mask6)
+        else:
+            out[i] = 0
+    return out
 
 
-def key_text(key: bytes) -> str:
+def key_text(key: int) -> str:
     """Text form of an address key ('-' when the record had no address)."""
-    l3 = key[0]
-    if l3 == 4:
-        return str(ipaddress.IPv4Address(key[1:5]))
-    if l3 == 6:
-        return str(ipaddress.IPv6Address(key[1:17]))
+    if key >> 128 == 6:
+        return str(ipaddress.IPv6Address(key & _V6_MASK))
+    if key >> 32 == 4:
+        return str(ipaddress.IPv4Address(key & 0xFFFFFFFF))
     return "-"
 
 
-def text_key(text: str) -> bytes:
+def text_key(text: str) -> int:
     """Inverse of key_text."""
     if text == "-":
-        return bytes(ADDR_KEY_LEN)
+        return 0
     addr = ipaddress.ip_address(text)
-    if addr.version == 4:
-        return b"\x04" + addr.packed + bytes(12)
-    return b"\x06" + addr.packed
+    return (V4_TAG if addr.version == 4 else V6_TAG) | int(addr)
+
+
+def key_address(key: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address of a key (None when absent)."""
+    if key >> 128 == 6:
+        return ipaddress.IPv6Address(key & _V6_MASK)
+    if key >> 32 == 4:
+        return ipaddress.IPv4Address(key & 0xFFFFFFFF)
+    return None
 
 
 def sums_by_key(keys: np.ndarray, *values: np.ndarray) -> tuple[list, list[list[int]]]:
@@ -77,3 +94,20 @@ def sums_by_key(keys: np.ndarray, *values: np.ndarray) -> tuple[list, list[list[
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
     sums = [np.add.reduceat(v.astype(np.uint64)[order], starts).tolist() for v in values]
     return ordered[starts].tolist(), sums
+
+
+def sums_by_pair(a: np.ndarray, b: np.ndarray, *values: np.ndarray) -> tuple[list[tuple], list[list[int]]]:
+    """Like sums_by_key for composite (a, b) keys, with one lexsort."""
+    if len(a) == 0:
+        return [], [[] for _ in values]
+    if a.dtype == object or b.dtype == object:
+        ua, ca = np.unique(a, return_inverse=True)
+        ub, cb = np.unique(b, return_inverse=True)
+        keys, sums = sums_by_pair(ca.reshape(-1).astype(np.int64), cb.reshape(-1).astype(np.int64), *values)
+        ual, ubl = ua.tolist(), ub.tolist()
+        return [(ual[x], ubl[y]) for x, y in keys], sums
+    order = np.lexsort((b, a))
+    sa, sb = a[order], b[order]
+    starts = np.flatnonzero(np.r_[True, (sa[1:] != sa[:-1]) | (sb[1:] != sb[:-1])])
+    sums = [np.add.reduceat(v.astype(np.uint64)[order], starts).tolist() for v in values]
+    return list(zip(sa[starts].tolist(), sb[starts].tolist(), strict=True)), sums

@@ -8,15 +8,7 @@ from typing import Any
 import numpy as np
 
 from collector.apps.base import App, AppConfigError, register_kind
-from collector.apps.columns import (
-    ADDR_KEY_LEN,
-    address_keys,
-    key_text,
-    octets,
-    packets,
-    sums_by_key,
-    text_key,
-)
+from collector.apps.columns import address_keys, key_text, octets, packets, sums_by_pair, text_key
 
 
 @register_kind
@@ -31,30 +23,29 @@ class TrafficMatrixApp(App):
         self.v6 = int(self.options.get("v6", 48))
         if not (0 <= self.v4 <= 32 and 0 <= self.v6 <= 128):
             raise AppConfigError(f"apps.{name}: v4 must be 0..32 and v6 0..128")
-        self.cells: dict[bytes, list[int]] = {}
+        self.cells: dict[tuple[int, int], list[int]] = {}
 
     def update(self, records: np.ndarray, exporter: str) -> None:
         """Add the batch per prefix pair."""
-        n = len(records)
-        pair = np.empty((n, 2 * ADDR_KEY_LEN), dtype=np.uint8)
-        pair[:, :ADDR_KEY_LEN] = address_keys(records, "src", self.v4, self.v6).view(np.uint8).reshape(n, -1)
-        pair[:, ADDR_KEY_LEN:] = address_keys(records, "dst", self.v4, self.v6).view(np.uint8).reshape(n, -1)
-        keys, (b, p, f) = sums_by_key(
-            pair.view(f"V{2 * ADDR_KEY_LEN}").reshape(-1), octets(records), packets(records),
-            np.ones(n, np.uint64),
+        keys, (b, p, f) = sums_by_pair(
+            address_keys(records, "src", self.v4, self.v6), address_keys(records, "dst", self.v4, self.v6),
+            octets(records), packets(records), np.ones(len(records), np.uint64),
         )  # fmt: skip
         for k, kb, kp, kf in zip(keys, b, p, f, strict=True):
-            t = self.cells.setdefault(k, [0, 0, 0])
-            t[0] += kb
-            t[1] += kp
-            t[2] += kf
+            t = self.cells.get(k)
+            if t is None:
+                self.cells[k] = [kb, kp, kf]
+            else:
+                t[0] += kb
+                t[1] += kp
+                t[2] += kf
 
-    def _text(self, k: bytes) -> str:
-        src, dst = k[:ADDR_KEY_LEN], k[ADDR_KEY_LEN:]
+    def _plen(self, key: int) -> int:
+        return self.v4 if key >> 32 == 4 else self.v6
+
+    def _text(self, k: tuple[int, int]) -> str:
+        src, dst = k
         return f"{key_text(src)}/{self._plen(src)}>{key_text(dst)}/{self._plen(dst)}"
-
-    def _plen(self, key: bytes) -> int:
-        return self.v4 if key[0] == 4 else self.v6
 
     def partial(self) -> dict[str, Any]:
         """{"cells": {"a/p>b/q": [bytes, packets, flows]}}."""
@@ -64,7 +55,7 @@ class TrafficMatrixApp(App):
         """Add another node's matrix."""
         for text, (b, p, f) in partial.get("cells", {}).items():
             src, dst = text.split(">")
-            key = text_key(src.rsplit("/", 1)[0]) + text_key(dst.rsplit("/", 1)[0])
+            key = (text_key(src.rsplit("/", 1)[0]), text_key(dst.rsplit("/", 1)[0]))
             t = self.cells.setdefault(key, [0, 0, 0])
             t[0] += b
             t[1] += p

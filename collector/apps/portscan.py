@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from collector.apps.base import App, register_kind
-from collector.apps.columns import ADDR_KEY_LEN, address_keys, key_text, text_key
+from collector.apps.columns import address_keys, key_text, text_key
 
 
 def record_time_ms(records: np.ndarray) -> np.ndarray:
@@ -34,7 +34,7 @@ class PortScanApp(App):
         self.window_ms = int(float(self.options.get("window", 60)) * 1000)
         self.threshold = int(self.options.get("threshold", 100))
         self.keep = int(self.options.get("keep_windows", 5))
-        self.ports: dict[int, dict[bytes, set[int]]] = {}  # window start -> src -> ports
+        self.ports: dict[int, dict[int, set[int]]] = {}  # window start -> src -> ports
 
     def update(self, records: np.ndarray, exporter: str) -> None:
         """Add the (window, source, destination port) triples of TCP and UDP records."""
@@ -43,25 +43,21 @@ class PortScanApp(App):
             return
         if "protocolIdentifier" in names:
             records = records[np.isin(records["protocolIdentifier"], (6, 17))]
-        n = len(records)
-        if n == 0:
+        if len(records) == 0:
             return
-        rows = np.empty((n, 8 + ADDR_KEY_LEN + 2), dtype=np.uint8)
         window = (record_time_ms(records) // self.window_ms) * self.window_ms
-        rows[:, :8] = window.astype(">i8").view(np.uint8).reshape(n, 8)
-        rows[:, 8 : 8 + ADDR_KEY_LEN] = address_keys(records, "src").view(np.uint8).reshape(n, -1)
-        rows[:, 8 + ADDR_KEY_LEN :] = (
-            records["destinationTransportPort"].astype(">u2").view(np.uint8).reshape(n, 2)
-        )
-        uniq = np.unique(rows.view(f"V{rows.shape[1]}").reshape(-1)).view(np.uint8).reshape(-1, rows.shape[1])
-        head = uniq[:, : 8 + ADDR_KEY_LEN]
-        starts = np.flatnonzero(np.r_[True, (head[1:] != head[:-1]).any(axis=1)])
-        ports = (uniq[:, -2].astype(np.int64) << 8) | uniq[:, -1]
-        bounds = np.r_[starts, len(uniq)]
+        srcs, codes = np.unique(address_keys(records, "src"), return_inverse=True)
+        codes = codes.reshape(-1).astype(np.int64)
+        ports = records["destinationTransportPort"].astype(np.int64)
+        order = np.lexsort((ports, codes, window))
+        w, c, p = window[order], codes[order], ports[order]
+        group = np.r_[True, (w[1:] != w[:-1]) | (c[1:] != c[:-1])]
+        starts = np.flatnonzero(group)
+        bounds = np.r_[starts, len(order)]
+        src_list = srcs.tolist()
         for i, s in enumerate(starts.tolist()):
-            w = int(head[s, :8].view(">i8")[0])
-            src = head[s, 8:].tobytes()
-            self.ports.setdefault(w, {}).setdefault(src, set()).update(ports[s : bounds[i + 1]].tolist())
+            target = self.ports.setdefault(int(w[s]), {}).setdefault(src_list[c[s]], set())
+            target.update(p[s : bounds[i + 1]].tolist())
         self._expire()
 
     def _expire(self) -> None:

@@ -25,7 +25,7 @@ class SynFloodApp(App):
         super().__init__(name, options)
         self.ratio = float(self.options.get("ratio", 0.5))
         self.min_half_open = int(self.options.get("min_half_open", 100))
-        self.dests: dict[bytes, list[int]] = {}  # dst -> [tcp flows, half-open flows]
+        self.dests: dict[int, list[int]] = {}  # dst -> [tcp flows, half-open flows]
 
     def update(self, records: np.ndarray, exporter: str) -> None:
         """Count TCP flows and half-open flows per destination."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from collector.apps.base import App, AppConfigError, register_kind
-from collector.apps.columns import address_keys, key_text, octets, packets, sums_by_key
+from collector.apps.columns import address_keys, key_address, key_text, octets, packets, sums_by_key
 
 UNMAPPED = "(unmapped)"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -45,7 +45,7 @@ class UserMap:
     def __init__(self) -> None:
         self._static: dict[Network, str] = {}
         self._dynamic: dict[Network, str] = {}
-        self._cache: dict[bytes, str] = {}
+        self._cache: dict[int, str] = {}
         self._lock = threading.Lock()
 
     def set_static(self, mapping: dict[Network, str]) -> None:
@@ -60,14 +60,14 @@ class UserMap:
             self._dynamic = dict(mapping)
             self._cache = {}
 
-    def lookup(self, key: bytes) -> str:
-        """User of an address key (l3 byte + address), longest prefix first."""
+    def lookup(self, key: int) -> str:
+        """User of an address key, longest prefix first."""
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         user = UNMAPPED
-        if key[0] in (4, 6):
-            addr = ipaddress.ip_address(key[1:5] if key[0] == 4 else key[1:17])
+        addr = key_address(key)
+        if addr is not None:
             best = -1
             with self._lock:
                 tables = (self._static, self._dynamic)

@@ -35,7 +35,9 @@ class Proc:
         self.name = name
         self.log = log_dir / f"{name}.log"
         fh = open(self.log, "wb")
-        self.p = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.p = subprocess.Popen(
+            args, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         fh.close()
 
     def alive(self) -> bool:
@@ -127,7 +129,8 @@ class Cluster:
         }  # fmt: skip
         path = self.tmp / f"{cid}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        self.collectors[cid] = Proc(cid, [sys.executable, "-m", "collector.cluster_collector", "--config", str(path)],
+        argv = [sys.executable, "-m", "collector.cluster_collector", "--config", str(path)]
+        self.collectors[cid] = Proc(cid, argv,
                                     self.tmp)  # fmt: skip
         self.collector_udp[cid] = port
         self.collector_metrics[cid] = f"http://127.0.0.1:{mport}/metrics"
@@ -154,7 +157,9 @@ class Cluster:
             return (metric(url, "celltap_collector_cluster_records_in_total") >= records
                     and metric(url, "celltap_collector_cluster_pending_records") == 0)  # fmt: skip
 
-        wait_for(done, timeout, f"collector {cid} to route {records} records: {self.collectors[cid].tail(800)}")
+        wait_for(
+            done, timeout, f"collector {cid} to route {records} records: {self.collectors[cid].tail(800)}"
+        )
 
     def query(self, node_id: str, app: str, **params: Any) -> dict:
         q = "&".join(f"{k}={v}" for k, v in params.items())
@@ -165,11 +170,20 @@ class Cluster:
             p.stop()
 
 
-def loadgen(target_port: int, rate: float, duration: float, exporters: int, source_base: str, seed: int,
-            log_dir: Path, name: str) -> Proc:
+def loadgen(
+    target_port: int,
+    rate: float,
+    duration: float,
+    exporters: int,
+    source_base: str,
+    seed: int,
+    log_dir: Path,
+    name: str,
+) -> Proc:
     """`celltap loadgen ipfix` as a process; its stdout's last line is the JSON of what it sent."""
     return Proc(name, [*CELLTAP, "loadgen", "ipfix", f"127.0.0.1:{target_port}", "--rate", str(rate),
-                       "--duration", str(duration), "--exporters", str(exporters), "--source-base", source_base,
+                       "--duration", str(duration), "--exporters", str(exporters),
+                       "--source-base", source_base,
                        "--seed", str(seed)], log_dir)  # fmt: skip
 
 
@@ -196,11 +210,17 @@ def sent_records(result: dict, exporters: int, source_base: str, seed: int) -> d
         per, nmsg = pool.records[0], len(pool.messages)
         cols = random_records(np.random.default_rng(seed + k), per * nmsg, int(now * 1000))
         # The rebuilt records must be the generator's: its own per-message totals agree.
-        assert [int(cols["octetDeltaCount"][j * per : (j + 1) * per].sum()) for j in range(nmsg)] == pool.octets
+        assert [
+            int(cols["octetDeltaCount"][j * per : (j + 1) * per].sum()) for j in range(nmsg)
+        ] == pool.octets
         recs = np.zeros(per * nmsg, dtype=t.out_dtype)
         for name in recs.dtype.names:
             recs[name] = cols[name]
         count = (result["messages"] - k + exporters - 1) // exporters
-        idx = np.concatenate([np.arange((j % nmsg) * per, (j % nmsg + 1) * per) for j in range(count)]) if count else []
+        idx = (
+            np.concatenate([np.arange((j % nmsg) * per, (j % nmsg + 1) * per) for j in range(count)])
+            if count
+            else []
+        )
         out[socket.inet_ntoa((base + k).to_bytes(4, "big"))] = recs[idx]
     return out

@@ -136,8 +136,10 @@ def test_user_accounting_from_file(tmp_path) -> None:
         ref[su][1] += r[6]
         ref["servers"][2] += r[5]
         ref["servers"][3] += r[6]
-    got = {row["user"]: [row["bytes_out"], row["packets_out"], row["bytes_in"], row["packets_in"]]
-           for row in app.answer({"n": 0})["top"]}
+    got = {
+        row["user"]: [row["bytes_out"], row["packets_out"], row["bytes_in"], row["packets_in"]]
+        for row in app.answer({"n": 0})["top"]
+    }
     assert got == dict(ref)
 
 

@@ -32,7 +32,9 @@ def _strip(answer: dict) -> dict:
     return {k: v for k, v in answer.items() if k not in SKIP}
 
 
-def _check_exact(c: Cluster, ask: str, sent: dict[str, np.ndarray], results: list[dict], alive: list[str]) -> None:
+def _check_exact(
+    c: Cluster, ask: str, sent: dict[str, np.ndarray], results: list[dict], alive: list[str]
+) -> None:
     vol = c.query(ask, "volume", n=0)
     assert vol["complete"] and vol["nodes"] == alive, vol["errors"]
     assert vol["total"] == {
@@ -42,7 +44,8 @@ def _check_exact(c: Cluster, ask: str, sent: dict[str, np.ndarray], results: lis
     }
     by_exp = c.query(ask, "by_exporter", n=0)
     assert {row["key"]: (row["bytes"], row["packets"], row["records"]) for row in by_exp["top"]} == {
-        e: (int(r["octetDeltaCount"].sum()), int(r["packetDeltaCount"].sum()), len(r)) for e, r in sent.items()
+        e: (int(r["octetDeltaCount"].sum()), int(r["packetDeltaCount"].sum()), len(r))
+        for e, r in sent.items()
     }
     for app, params in (("volume", {"n": 0}), ("top_talkers", {"n": 20, "by": "packets"}),
                         ("syn_flood", {"n": 0}), ("matrix", {"n": 0})):  # fmt: skip
