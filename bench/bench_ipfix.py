@@ -30,6 +30,7 @@ from celltap.ipfix.decode import decode_fixed
 from celltap.ipfix.encoder import pack_fixed
 from collector.config import CollectorConfig, ListenAddress
 from collector.ingest import Ingestor
+from collector.malloc_tuning import keep_batches_on_heap
 from collector.service import CollectorService
 from loadgen.ipfix_cli import run as loadgen_run
 from loadgen.ipfix_gen import build_pool, random_records, router_template
@@ -54,6 +55,7 @@ def bench_decode(report: Report, n: int = 1_000_000, repeat: int = 5) -> None:
 
 
 def _bench_decode(report: Report, n: int, repeat: int) -> None:
+    keep_batches_on_heap()  # as the collector's workers do
     t = router_template()
     cols = random_records(np.random.default_rng(1), n, int(time.time() * 1000))
     raw = pack_fixed(t, cols, n).tobytes()

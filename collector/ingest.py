@@ -7,7 +7,7 @@ call of `feed` are decoded together with one numpy call.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +18,7 @@ from celltap.ipfix.errors import MalformedError
 from celltap.ipfix.iana import Registry, default_registry
 from celltap.ipfix.message import (
     IPFIX_HEADER,
+    IPFIX_VERSION,
     V5_HEADER,
     V5_TEMPLATE,
     V5_VERSION,
@@ -47,6 +48,8 @@ from collector.stats import IngestStats
 from collector.template_store import TemplateStore
 
 log = logging.getLogger("celltap.collector")
+_IPFIX_UNPACK = IPFIX_HEADER.unpack_from
+_SET_UNPACK = struct.Struct("!HH").unpack_from
 U32 = 1 << 32
 SCALED_WORDS = ("octet", "packet")
 
@@ -136,7 +139,7 @@ class Ingestor:
         self.stats = stats or IngestStats()
         self.allow = allow or AllowList()
         self.registry = registry or default_registry()
-        self._domains: OrderedDict[tuple[str, int], _Domain] = OrderedDict()
+        self._domains: dict[tuple[str, int], _Domain] = {}
         self._store_misses: dict[tuple[str, int, int], float] = {}
         self._rlog = RateLimitedLog(log)
         # Per feed() call: data slices waiting to be decoded together, keyed by (exporter, domain, tid).
@@ -320,8 +323,58 @@ class Ingestor:
                     self.stats.sequence_reordered[(exporter, domain)] += 1
         dom.next_seq = None if advance is None else (seq + advance) % U32
 
+    def _ipfix_fast(self, exporter: str, buf: memoryview, now: float, expires: bool) -> int:
+        """The common case without allocations beyond the queue entry: an IPFIX message holding only
+        data sets of known, fresh, fixed-length templates.  Returns -1 (having changed nothing) for
+        anything else, which the general path then handles."""
+        _, length, etime, seq, odid = _IPFIX_UNPACK(buf, 0)
+        if length > len(buf) or length < 16:
+            return -1
+        dom = self._domains.get((exporter, odid))
+        if dom is None:
+            return -1
+        templates = dom.templates
+        expiry = self.config.template_expiry
+        found = []
+        pos = 16
+        while pos < length:
+            if length - pos < 4:
+                return -1
+            sid, slen = _SET_UNPACK(buf, pos)
+            e = templates.get(sid)
+            if (slen < 4 or pos + slen > length or e is None or e.template.record_length is None
+                    or e.template.scope_count or (expires and now - e.seen > expiry)):
+                return -1
+            found.append((e.template, pos + 4, pos + slen))
+            pos += slen
+        records = 0
+        pending = self._pending
+        for t, start, end in found:
+            reclen = t.record_length
+            n = (end - start) // reclen
+            if not n:
+                continue
+            records += n
+            key = (exporter, odid, t.template_id)
+            group = pending.get(key)
+            chunk = buf[start:start + n * reclen]
+            if group is None:
+                pending[key] = [t, IPFIX_VERSION, etime, chunk]
+            else:
+                group.append(chunk)
+                group[2] = etime
+        if dom.next_seq == seq:
+            dom.next_seq = (seq + records) % U32
+        else:
+            self._check_sequence(exporter, odid, dom, seq, records, "records")
+        return records
+
     def _message(self, exporter: str, buf: memoryview, now: float, expires: bool) -> int:
         """Process one message; return how many records it held."""
+        if len(buf) >= 16 and buf[1] == IPFIX_VERSION and buf[0] == 0:
+            n = self._ipfix_fast(exporter, buf, now, expires)
+            if n >= 0:
+                return n
         h: Header = parse_header(buf)
         version = h.version
         dom = self._domain(exporter, h.domain)
@@ -329,7 +382,6 @@ class Ingestor:
             self._drop_message(S.TOO_MANY_DOMAINS, len(buf), exporter,
                                f"more than {self.config.max_domains} exporter domains")
             return 0
-        self._domains.move_to_end((exporter, h.domain))
         if version == V5_VERSION:
             n = (h.length - V5_HEADER.size) // V5_TEMPLATE.record_length  # type: ignore[operator]
             dom.sampling = float(max(h.sampling, 1))
@@ -400,8 +452,6 @@ class Ingestor:
             stats.bytes[exporter] += len(buf)
         for key in list(self._pending):
             self._flush_key(key)
-        while len(self._domains) > self.config.max_domains:
-            self._domains.popitem(last=False)
         out, self._out = self._out, []
         return out
 

@@ -16,6 +16,7 @@ from celltap.ipfix.records import RecordBatch
 from collector.allowlist import AllowList
 from collector.config import CollectorConfig, ListenAddress
 from collector.ingest import IngestConfig, Ingestor
+from collector.malloc_tuning import keep_batches_on_heap
 from collector.metrics import CollectorMetrics
 from collector.stats import IngestStats
 from collector.tcp_server import TcpServer
@@ -56,6 +57,7 @@ def _udp_worker_main(index: int, addr: ListenAddress, config: CollectorConfig, h
                      stats_q: mp.Queue, stop: threading.Event, ready: threading.Event) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    keep_batches_on_heap()
     sock = open_udp_socket(addr, config.receive_buffer)
     ingestor = make_ingestor(config)
     sink = hook(index) if hook is not None else discard
@@ -146,6 +148,7 @@ class CollectorService:
 
     def _udp_thread(self, index: int, addr: ListenAddress, config: CollectorConfig, hook: HookFactory | None,
                     stats_q: mp.Queue, stop: threading.Event, ready: threading.Event) -> None:
+        keep_batches_on_heap()
         sock = open_udp_socket(addr, config.receive_buffer)
         ingestor = make_ingestor(config)
         sink = hook(index) if hook is not None else discard
