@@ -46,49 +46,51 @@ class TextDecoder:
         buf = self._buf
         buf += data
         out: list[Event] = []
+        append = out.append
         pos = 0
         n = len(buf)
         flows = self._flows
-        while pos < n:
-            if self._pending is not None:
-                need = self._need
+        find = buf.find
+        pending = self._pending
+        need = self._need
+        while True:
+            if pending is not None:
                 if n - pos < need:
                     break
-                ev = self._pending
-                ev.data = bytes(buf[pos : pos + need])
+                pending.data = bytes(buf[pos : pos + need])
                 pos += need
-                self._pending = None
-                out.append(ev)
-                continue
-            nl = buf.find(b"\n", pos)
+                append(pending)
+                pending = None
+            nl = find(b"\n", pos)
             if nl < 0:
                 if n - pos > MAX_HEADER_LINE:
                     raise WireError(f"header line longer than {MAX_HEADER_LINE} bytes")
                 break
             if nl - pos > MAX_HEADER_LINE:
                 raise WireError(f"header line longer than {MAX_HEADER_LINE} bytes")
-            line = bytes(buf[pos:nl]).rstrip(b"\r")
-            pos = nl + 1
-            if not line:
-                continue
-            cut = line.find(b",event=")
+            cut = find(b",event=", pos, nl)
             if cut < 0:
+                line = bytes(buf[pos:nl]).strip()
+                pos = nl + 1
+                if not line:
+                    continue  # blank lines between events are tolerated
                 raise WireError(f"header without event: {line[:200]!r}")
-            key = line[:cut]
+            key = bytes(buf[pos:cut])
+            rest = bytes(buf[cut + 7 : nl]).rstrip(b"\r")
+            pos = nl + 1
             flow = flows.get(key)
             if flow is None:
                 if len(flows) >= MAX_CACHED_FLOWS:
                     flows.clear()  # UDP flows never end: bound the cache, re-parsing is cheap
                 flow = flows[key] = _parse_flow(key)
-            rest = line[cut + 7 :]
-            if rest.startswith(b"DATA,from="):
+            if rest[:10] == b"DATA,from=":
                 # Fast path for the cell's field order: DATA,from=F,match=M,len=N,time=T
                 parts = rest.split(b",")
                 if (
                     len(parts) == 5
-                    and parts[2].startswith(b"match=")
-                    and parts[3].startswith(b"len=")
-                    and parts[4].startswith(b"time=")
+                    and parts[2][:6] == b"match="
+                    and parts[3][:4] == b"len="
+                    and parts[4][:5] == b"time="
                 ):
                     try:
                         ev = Event(
@@ -102,38 +104,34 @@ class TextDecoder:
                         )
                         length = int(parts[3][4:])
                     except ValueError as exc:
-                        raise WireError(f"bad event header {line[:200]!r}: {exc}") from None
+                        raise WireError(f"bad event header {rest[:200]!r}: {exc}") from None
                     if length:
-                        self._pending = ev
-                        self._need = length
+                        pending = ev
+                        need = length
                     else:
-                        out.append(ev)
+                        append(ev)
                     continue
             try:
-                fields = dict(part.split(b"=", 1) for part in line[cut + 1 :].split(b","))
+                fields = dict(part.split(b"=", 1) for part in (b"event=" + rest).split(b","))
                 kind = _EVENT_NAMES[fields[b"event"]]
                 tval = fields.get(b"time")
                 t = float(tval) if tval else 0.0
                 if kind is DATA:
                     ev = Event(
-                        DATA,
-                        key,
-                        flow,
-                        t,
-                        int(fields[b"from"]),
-                        b"",
-                        fields.get(b"match", b"none").decode(),
+                        DATA, key, flow, t, int(fields[b"from"]), b"", fields.get(b"match", b"none").decode()
                     )
                     length = int(fields.get(b"len", b"0"))
                     if length:
-                        self._pending = ev
-                        self._need = length
+                        pending = ev
+                        need = length
                     else:
-                        out.append(ev)
+                        append(ev)
                 else:
-                    out.append(Event(kind, key, flow, t, reason=fields.get(b"reason", b"").decode()))
+                    append(Event(kind, key, flow, t, reason=fields.get(b"reason", b"").decode()))
             except (KeyError, ValueError, UnicodeDecodeError) as exc:
-                raise WireError(f"bad event header {line[:200]!r}: {exc}") from None
+                raise WireError(f"bad event header {rest[:200]!r}: {exc}") from None
+        self._pending = pending
+        self._need = need
         del buf[:pos]
         return out
 
