@@ -127,7 +127,7 @@ class NodeState:
             mask = np.frombuffer(msg.key_mask, dtype=np.uint8) if msg.key_mask else None
             if mask is not None and len(mask) != msg.count:
                 raise MalformedError("mask_length", f"key mask of {len(mask)} bytes for {msg.count} records")
-        except (MalformedError, ValueError, KeyError) as exc:
+        except Exception as exc:  # whatever a bad batch raises, it must not end the stream
             NODE_METRICS.rejected.labels(self.node_id, "malformed").inc(msg.count)
             self.counts["rejected_batches"] += 1
             self.counts["rejected_records"] += msg.count

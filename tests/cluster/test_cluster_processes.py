@@ -4,7 +4,9 @@ cluster's answers must equal it exactly, and equal the same apps run in one proc
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import time
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 from celltap.flowhash import xxh64
 from celltap.ring import Ring
 from collector.apps.base import make_app
-from tests.cluster.procs import APPS, Cluster, loadgen, loadgen_result, metric, sent_records
+from tests.cluster.procs import APPS, CELLTAP, Cluster, loadgen, loadgen_result, metric, sent_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -130,5 +132,17 @@ def test_fourth_node_takes_a_quarter_and_other_keys_stay(etcd_factory, tmp_path)
                 assert held == {old}, key  # a key that did not move stays on its node
         share = moved / len(holders)
         assert 0.12 < share < 0.40, share
+
+        # The command line answers cluster-wide too, from the registry alone.
+        reg = ["--registry", etcd.url, "--cluster", c.name, "--json"]
+        top = subprocess.run([*CELLTAP, "top", "top_talkers", "--by", "packets", "--n", "7", *reg],
+                             capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        params = {"by": "packets", "n": 7}
+        assert _strip(json.loads(top.stdout)) == _reference("top_talkers", sent, params)
+        status = subprocess.run([*CELLTAP, "status", "--interval", "0", *reg],
+                                capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        view = json.loads(status.stdout)
+        assert sorted(view["members"]["nodes"]) == nodes and list(view["members"]["collectors"]) == ["c1"]
+        assert sum(v["counts"]["records_primary"] for v in view["nodes"].values()) >= result["records"]
     finally:
         c.stop_all()
