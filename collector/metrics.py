@@ -37,6 +37,8 @@ class CollectorMetrics:
         self.dropped_bytes = Counter("celltap_collector_dropped_bytes_total", "bytes dropped",
                                      ["reason"], **kw)
         self.workers = Gauge("celltap_collector_workers", "UDP worker processes running", **kw)
+        self.worker_restarts = Counter("celltap_collector_worker_restarts_total",
+                                       "UDP worker processes restarted after they died", **kw)
 
     def apply(self, deltas: dict[str, dict]) -> None:
         """Add a drained IngestStats delta to the Prometheus counters."""

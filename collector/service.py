@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -35,31 +37,35 @@ def discard(batches: list[RecordBatch]) -> None:
     """The sink when nothing is configured to take records (they are still counted as decoded)."""
 
 
-def make_store(config: CollectorConfig) -> TemplateStore:
-    """The template store: the registry when one is configured, else this process's memory."""
-    if not config.registry:
+def make_store(config: CollectorConfig, local_url: str | None = None) -> TemplateStore:
+    """The template store: the cluster registry when configured, else a directory the workers of this
+    host share (`local_url`), else this process's memory."""
+    url = config.registry or local_url
+    if not url:
         return InMemoryTemplateStore()
     from celltap.registry import open_registry  # imported here: workers open their own connection
 
-    return KVTemplateStore(open_registry(config.registry), config.cluster)
+    return KVTemplateStore(open_registry(url), config.cluster)
 
 
-def make_ingestor(config: CollectorConfig, store: TemplateStore | None = None) -> Ingestor:
+def make_ingestor(config: CollectorConfig, store: TemplateStore | None = None,
+                  local_url: str | None = None) -> Ingestor:
     """An Ingestor with the config's limits, allow-list and template store."""
     ic = IngestConfig(template_expiry=config.template_expiry,
                       max_templates_per_domain=config.max_templates_per_domain,
                       max_domains=config.max_domains)
-    return Ingestor(ic, store if store is not None else make_store(config), IngestStats(),
+    return Ingestor(ic, store if store is not None else make_store(config, local_url), IngestStats(),
                     AllowList(config.allow))
 
 
 def _udp_worker_main(index: int, addr: ListenAddress, config: CollectorConfig, hook: HookFactory | None,
-                     stats_q: mp.Queue, stop: threading.Event, ready: threading.Event) -> None:
+                     stats_q: mp.Queue, stop: threading.Event, ready: threading.Event,
+                     local_url: str | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     keep_batches_on_heap()
     sock = open_udp_socket(addr, config.receive_buffer)
-    ingestor = make_ingestor(config)
+    ingestor = make_ingestor(config, local_url=local_url)
     sink = hook(index) if hook is not None else discard
     worker = UdpWorker(sock, ingestor, sink, config.batch_datagrams, on_stats=stats_q.put)
     ready.set()
@@ -87,6 +93,14 @@ class CollectorService:
         self._threads: list[threading.Thread] = []
         self.processes = config.workers > 1 if processes is None else processes
         self.tcp_servers: list[TcpServer] = []
+        self._proc_args: list[tuple] = []
+        self.restarts = 0
+        # Worker processes of one host share templates through a directory when there is no cluster
+        # registry: a restarted worker, or one the kernel's SO_REUSEPORT hash now sends an exporter to,
+        # decodes at once instead of waiting for the exporter's next template refresh.
+        self._local_dir = (tempfile.mkdtemp(prefix="celltap-collector-templates-")
+                           if self.processes and not config.registry else None)
+        self.local_url = f"file://{self._local_dir}" if self._local_dir else None
 
     def _apply(self, deltas: dict) -> None:
         with self._totals_lock:
@@ -95,13 +109,32 @@ class CollectorService:
             self.metrics.apply(deltas)
 
     def _stats_loop(self) -> None:
+        next_check = time.monotonic() + 1.0
         while not self._stats_done.is_set():
+            if time.monotonic() >= next_check:
+                self._restart_dead_workers()
+                next_check = time.monotonic() + 1.0
             try:
                 self._apply(self._stats_q.get(timeout=0.2))
             except queue.Empty:
                 continue
             except (EOFError, OSError):
                 break
+
+    def _restart_dead_workers(self) -> None:
+        if self._stop.is_set():
+            return
+        for i, p in enumerate(self._procs):
+            if p.is_alive() or p.exitcode is None:
+                continue
+            log.error("UDP worker %s exited with code %s; restarting it", p.name, p.exitcode)
+            args = self._proc_args[i]
+            args[6].clear()  # its ready event
+            self._procs[i] = self._ctx.Process(target=_udp_worker_main, args=args, name=p.name, daemon=True)
+            self._procs[i].start()
+            self.restarts += 1
+            if self.metrics is not None:
+                self.metrics.worker_restarts.inc()
 
     def start(self) -> None:
         """Bind everything and start receiving; returns once every socket is bound."""
@@ -129,7 +162,9 @@ class CollectorService:
                 readies.append(ready)
                 args = (index, addr, cfg, self.hook, self._stats_q, self._stop, ready)
                 if self.processes:
-                    self._procs.append(self._ctx.Process(target=_udp_worker_main, args=args,
+                    pargs = (*args, self.local_url)
+                    self._proc_args.append(pargs)
+                    self._procs.append(self._ctx.Process(target=_udp_worker_main, args=pargs,
                                                          name=f"udp-{index}", daemon=True))
                 else:
                     self._threads.append(threading.Thread(target=self._udp_thread, args=args, daemon=True))
@@ -176,6 +211,8 @@ class CollectorService:
                 self._apply(self._stats_q.get(timeout=0.2 if self._procs else 0.01))
             except (queue.Empty, EOFError, OSError):
                 break
+        if self._local_dir:
+            shutil.rmtree(self._local_dir, ignore_errors=True)
 
     def stopped(self) -> bool:
         """True once stop() was requested."""

@@ -353,3 +353,34 @@ def test_loadgen_cli_prints_what_it_sent():
     assert {a[0] for _, a in got} == {"127.0.0.10", "127.0.0.11"}
     assert sum(len(b) for b in out) == sent["records"] == 2000
     assert sum(int(b.records["octetDeltaCount"].sum()) for b in out) == sent["octets"]
+
+
+def test_killed_workers_restart_and_decode_at_once_with_shared_templates():
+    """SIGKILL every UDP worker: they come back, and data without templates decodes at once."""
+    import os
+    import signal
+
+    port = free_port()
+    cfg = CollectorConfig(listen=[ListenAddress("udp", "127.0.0.1", port)], workers=2, metrics_port=0)
+    q = mp.get_context("fork").Queue()
+    svc = CollectorService(cfg, _count_hook(q), processes=True)
+    svc.start()
+    enc = MessageEncoder(8, [template_from_names(300, SIMPLE)], refresh=RefreshPolicy(None, None))
+    s = sender("127.0.0.1")
+    try:
+        for m in enc.encode(300, columns(100), time.time()):
+            s.sendto(m, ("127.0.0.1", port))
+        wait_for(lambda: svc.totals.total("records") == 100)
+        for p in svc._procs:
+            os.kill(p.pid, signal.SIGKILL)
+        wait_for(lambda: svc.restarts == 2 and all(p.is_alive() for p in svc._procs))
+        for a in svc._proc_args:
+            assert a[6].wait(10)  # the restarted workers are bound again
+        for m in enc.encode(300, columns(50, base=1000), time.time()):  # no template in these
+            s.sendto(m, ("127.0.0.1", port))
+        wait_for(lambda: svc.totals.total("records") == 150)
+    finally:
+        s.close()
+        svc.stop()
+    assert svc.totals.template_events[("127.0.0.1", "restored")] == 1
+    assert svc.totals.dropped_sets.get("no_template", 0) == 0
