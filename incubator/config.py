@@ -63,9 +63,8 @@ def _check(data: Any, schema: dict[str, tuple[Any, Any]], where: str) -> dict[st
             out[key] = value
     for key, (typ, default) in schema.items():
         if key not in out:
-            out[key] = (
-                _check({}, typ, f"{where}.{key}" if where else key) if isinstance(typ, dict) else default
-            )
+            sub = f"{where}.{key}" if where else key
+            out[key] = _check({}, typ, sub) if isinstance(typ, dict) and default is not None else default
     return out
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
+from incubator.records import scatter_rows
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -27,6 +28,7 @@ TPACKET_V3 = 2
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
 TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
 PACKET_FANOUT_HASH = 0
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
@@ -45,6 +47,26 @@ class RingStats:
     drops: int
 
 
+def with_vlan_tags(batch: FrameBatch, tagged: np.ndarray, tpid: np.ndarray, tci: np.ndarray) -> FrameBatch:
+    """A copy of the batch with the 802.1Q tags the kernel took out (VLAN offload) put back."""
+    n = len(batch)
+    extra = np.where(tagged, 4, 0).astype(np.int64)
+    caplen = batch.caplens + extra
+    starts = np.zeros(n, np.int64)
+    np.cumsum(caplen[:-1], out=starts[1:])
+    out = np.empty(int(caplen.sum()), np.uint8)
+    mac_len = np.minimum(batch.caplens, 12)
+    scatter_rows(out, starts, batch.buf, batch.offsets, mac_len)
+    rest = batch.caplens - mac_len
+    scatter_rows(out, starts + mac_len + extra, batch.buf, batch.offsets + mac_len, rest)
+    t = np.flatnonzero(tagged)
+    tag = np.empty((t.size, 4), np.uint8)
+    tag[:, 0], tag[:, 1] = tpid[t] >> 8, tpid[t] & 0xFF
+    tag[:, 2], tag[:, 3] = tci[t] >> 8, tci[t] & 0xFF
+    out[(starts[t] + 12)[:, None] + np.arange(4)] = tag
+    return FrameBatch(out, starts, caplen, batch.wirelens + extra, batch.ts_ns, batch.linktype)
+
+
 class AfPacketCapture:
     """Receive frames from one interface through a TPACKET_V3 ring."""
 
@@ -59,7 +81,9 @@ class AfPacketCapture:
         bpf: bytes | None = None,
     ) -> None:
         self.ifname = ifname
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        # Protocol 0 until bind: an ETH_P_ALL socket would queue frames of every interface
+        # (loopback included) in the window before it is bound to ours.
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             if bpf is not None:
                 # Attach before binding so no unfiltered frame is ever queued.
@@ -76,7 +100,7 @@ class AfPacketCapture:
             self.map = mmap.mmap(
                 self.sock.fileno(), block_size * block_nr, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
             )
-            self.sock.bind((ifname, ETH_P_ALL))
+            self.sock.bind((ifname, ETH_P_ALL))  # host order: Python applies htons
             if fanout_group is not None:
                 self.sock.setsockopt(
                     SOL_PACKET, PACKET_FANOUT, (fanout_group & 0xFFFF) | (PACKET_FANOUT_HASH << 16)
@@ -140,14 +164,22 @@ class AfPacketCapture:
         hdr = np.asarray(offs, dtype=np.int64)
         if hdr.size == 0:
             return FrameBatch(self.buf, hdr, hdr, hdr, hdr, LINKTYPE_ETHERNET)
-        words = np.lib.stride_tricks.sliding_window_view(self.buf, 28)[hdr].copy()
+        words = np.lib.stride_tricks.sliding_window_view(self.buf, 40)[hdr].copy()
         w32 = words.view("<u4")
         sec = w32[:, 1].astype(np.int64)
         nsec = w32[:, 2].astype(np.int64)
         snap = w32[:, 3].astype(np.int64)
         wire = w32[:, 4].astype(np.int64)
+        status = w32[:, 5]
         mac = words[:, 24:26].copy().view("<u2").ravel().astype(np.int64)
-        return FrameBatch(self.buf, hdr + mac, snap, wire, sec * 1_000_000_000 + nsec, LINKTYPE_ETHERNET)
+        batch = FrameBatch(self.buf, hdr + mac, snap, wire, sec * 1_000_000_000 + nsec, LINKTYPE_ETHERNET)
+        tagged = (status & TP_STATUS_VLAN_VALID) != 0
+        if tagged.any():
+            tci = w32[:, 8] & 0xFFFF
+            tpid = words[:, 36:38].copy().view("<u2").ravel()
+            tpid = np.where((status & TP_STATUS_VLAN_TPID_VALID) != 0, tpid, 0x8100)
+            batch = with_vlan_tags(batch, tagged, tpid, tci)
+        return batch
 
     def release(self) -> None:
         """Give the blocks of the last batch back to the kernel."""

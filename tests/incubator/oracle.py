@@ -30,6 +30,9 @@ FIELDS = (
     "udp.dstport",
     "tcp.srcport",
     "tcp.dstport",
+    "sctp.srcport",
+    "sctp.dstport",
+    "icmpv6.type",
     "frame.len",
 )
 
@@ -98,11 +101,23 @@ def tshark_packets(path: str, tshark: str = "tshark") -> list[Pkt]:
                 fid, proto = _int(v["ipv6.fraghdr.ident"]), _int(v["ipv6.fraghdr.nxt"])
                 off, more = _int(v["ipv6.fraghdr.offset"]), v["ipv6.fraghdr.more"] in ("1", "True")
             else:
-                fid, proto, off, more = None, _int(v["ipv6.nxt"].split(",")[-1]), 0, False
+                # The last header of the chain, not the first next-header field.
+                proto = (
+                    6
+                    if v["tcp.srcport"]
+                    else 17
+                    if v["udp.srcport"]
+                    else 132
+                    if v["sctp.srcport"]
+                    else 58
+                    if v["icmpv6.type"]
+                    else _int(v["ipv6.nxt"].split(",")[-1])
+                )
+                fid, off, more = None, 0, False
         else:
             continue
-        sport = _int(v["udp.srcport"] or v["tcp.srcport"])
-        dport = _int(v["udp.dstport"] or v["tcp.dstport"])
+        sport = _int(v["udp.srcport"] or v["tcp.srcport"] or v["sctp.srcport"])
+        dport = _int(v["udp.dstport"] or v["tcp.dstport"] or v["sctp.dstport"])
         pkts.append(
             Pkt(
                 _int(v["frame.number"]),
