@@ -72,7 +72,7 @@ def _bench_decode(report: Report, n: int, repeat: int) -> None:
 
     def feed_all() -> None:
         for k in range(0, len(msgs), batch):
-            ing.feed([("192.0.2.1", m) for m in msgs[k:k + batch]], 1.0)
+            ing.feed([("192.0.2.1", m) for m in msgs[k : k + batch]], 1.0)
 
     best = min(_timed(feed_all) for _ in range(repeat))
     report("ipfix_ingest_datagram_batches_records_per_s", len(msgs) * per_msg / best, "records/s")
@@ -87,8 +87,13 @@ def _timed(fn: Callable[[], object]) -> float:
 
 def _ours(rate: float, duration: float, exporters: int, workers: int) -> dict:
     port = _free_port()
-    cfg = CollectorConfig(listen=[ListenAddress("udp", "127.0.0.1", port)], workers=workers,
-                          receive_buffer=64 << 20, metrics_port=0, batch_datagrams=512)
+    cfg = CollectorConfig(
+        listen=[ListenAddress("udp", "127.0.0.1", port)],
+        workers=workers,
+        receive_buffer=64 << 20,
+        metrics_port=0,
+        batch_datagrams=512,
+    )
     svc = CollectorService(cfg, None, processes=True)
     svc.start()
     time.sleep(0.3)
@@ -97,9 +102,14 @@ def _ours(rate: float, duration: float, exporters: int, workers: int) -> dict:
     svc.stop()
     t = svc.totals
     got = t.total("records")
-    return {"sent": sent["records"], "offered_per_s": sent["records_per_second"], "received": got,
-            "lost": sent["records"] - got, "sequence_lost": t.total("sequence_lost"),
-            "kernel_drops_datagrams": t.dropped_messages.get("buffer_full", 0)}
+    return {
+        "sent": sent["records"],
+        "offered_per_s": sent["records_per_second"],
+        "received": got,
+        "lost": sent["records"] - got,
+        "sequence_lost": t.total("sequence_lost"),
+        "kernel_drops_datagrams": t.dropped_messages.get("buffer_full", 0),
+    }
 
 
 def _nfcapd(rate: float, duration: float, exporters: int) -> dict | None:
@@ -108,9 +118,12 @@ def _nfcapd(rate: float, duration: float, exporters: int) -> dict | None:
         return None
     port = _free_port()
     with tempfile.TemporaryDirectory() as d:
-        proc = subprocess.Popen([exe, "-b", "127.0.0.1", "-p", str(port), "-w", d, "-t", "3600",
-                                 "-B", str(64 << 20)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [exe, "-b", "127.0.0.1", "-p", str(port), "-w", d, "-t", "3600", "-B", str(64 << 20)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         time.sleep(1.0)
         sent = loadgen_run(f"127.0.0.1:{port}", rate, exporters, duration)
         time.sleep(1.0)
@@ -118,17 +131,25 @@ def _nfcapd(rate: float, duration: float, exporters: int) -> dict | None:
         out, _ = proc.communicate(timeout=60)
     m = re.search(r"Flows: (\d+), Packets: (\d+), Bytes: (\d+), Sequence Errors: (\d+)", out)
     got = int(m.group(1)) if m else 0
-    return {"sent": sent["records"], "offered_per_s": sent["records_per_second"], "received": got,
-            "lost": sent["records"] - got, "sequence_errors": int(m.group(4)) if m else None}
+    return {
+        "sent": sent["records"],
+        "offered_per_s": sent["records_per_second"],
+        "received": got,
+        "lost": sent["records"] - got,
+        "sequence_errors": int(m.group(4)) if m else None,
+    }
 
 
-def bench_udp(report: Report, rates: list[float], duration: float, exporters: int = 4,
-              workers: int = 2) -> list:
+def bench_udp(
+    report: Report, rates: list[float], duration: float, exporters: int = 4, workers: int = 2
+) -> list:
     """The same generated stream to our collector and to nfcapd, one after the other, per rate."""
     rows = []
     for rate in rates:
-        for name, fn in (("celltap", lambda r=rate: _ours(r, duration, exporters, workers)),
-                         ("nfcapd", lambda r=rate: _nfcapd(r, duration, exporters))):
+        for name, fn in (
+            ("celltap", lambda r=rate: _ours(r, duration, exporters, workers)),
+            ("nfcapd", lambda r=rate: _nfcapd(r, duration, exporters)),
+        ):
             res = fn()
             if res is None:
                 continue
@@ -142,8 +163,12 @@ def bench_udp(report: Report, rates: list[float], duration: float, exporters: in
     return rows
 
 
-def run(report: Report | None = None, rates: list[float] | None = None, duration: float = 5.0,
-        skip_udp: bool = False) -> dict:
+def run(
+    report: Report | None = None,
+    rates: list[float] | None = None,
+    duration: float = 5.0,
+    skip_udp: bool = False,
+) -> dict:
     """Harness entry point: run every IPFIX benchmark, report each number, return them all."""
     results: dict = {}
 
@@ -161,29 +186,41 @@ def run(report: Report | None = None, rates: list[float] | None = None, duration
 def to_results(res: dict) -> list[Result]:
     """Rows for bench/run.py: decode figures, then one row per offered rate with nfcapd as baseline."""
     out = [
-        Result("ipfix batch decode, fixed-length template, one core",
-               res["ipfix_decode_fixed_records_per_s"], "records/s", target=2_000_000.0,
-               note=f"{int(res['ipfix_template_record_bytes'])}-byte records, 16 IEs, "
-               "numpy structured array"),
-        Result("ipfix ingest (parse + decode datagram batches), one core",
-               res["ipfix_ingest_datagram_batches_records_per_s"], "records/s",
-               note=f"{int(res['ipfix_records_per_datagram'])} records per datagram, "
-               "256 datagrams per batch"),
+        Result(
+            "ipfix batch decode, fixed-length template, one core",
+            res["ipfix_decode_fixed_records_per_s"],
+            "records/s",
+            target=2_000_000.0,
+            note=f"{int(res['ipfix_template_record_bytes'])}-byte records, 16 IEs, numpy structured array",
+        ),
+        Result(
+            "ipfix ingest (parse + decode datagram batches), one core",
+            res["ipfix_ingest_datagram_batches_records_per_s"],
+            "records/s",
+            note=f"{int(res['ipfix_records_per_datagram'])} records per datagram, 256 datagrams per batch",
+        ),
     ]
     rows = res.get("udp", [])
     for ours in (r for r in rows if r["name"] == "celltap"):
-        base = next((r for r in rows
-                     if r["name"] == "nfcapd" and r["target_rate"] == ours["target_rate"]), None)
+        base = next(
+            (r for r in rows if r["name"] == "nfcapd" and r["target_rate"] == ours["target_rate"]), None
+        )
         rate = "as fast as loadgen sends" if ours["target_rate"] == 0 else f"{ours['target_rate']:,.0f}/s"
-        out.append(Result(
-            f"UDP ingestion, 2 workers, offered {rate}", ours["received"] / res["duration"],
-            "records/s",
-            baseline_name="nfcapd (same stream, same run)",
-            baseline_value=(base["received"] / res["duration"]) if base else 0.0, target=3_600_000.0,
-            note=(f"celltap lost {100 * ours['lost'] / max(ours['sent'], 1):.2f}%"
-                  + (f", nfcapd lost {100 * base['lost'] / max(base['sent'], 1):.2f}%" if base else "")),
-            extra={"celltap": ours, "nfcapd": base},
-        ))
+        out.append(
+            Result(
+                f"UDP ingestion, 2 workers, offered {rate}",
+                ours["received"] / res["duration"],
+                "records/s",
+                baseline_name="nfcapd (same stream, same run)",
+                baseline_value=(base["received"] / res["duration"]) if base else 0.0,
+                target=3_600_000.0,
+                note=(
+                    f"celltap lost {100 * ours['lost'] / max(ours['sent'], 1):.2f}%"
+                    + (f", nfcapd lost {100 * base['lost'] / max(base['sent'], 1):.2f}%" if base else "")
+                ),
+                extra={"celltap": ours, "nfcapd": base},
+            )
+        )
     return out
 
 
@@ -195,8 +232,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap.add_argument("--skip-udp", action="store_true")
     args = ap.parse_args(argv if argv is not None else [])
     mp.set_start_method("fork", force=True)
-    res = run(lambda n, v, u: print(f"{n} {v:,.1f} {u}", flush=True),
-              [float(x) for x in args.rates.split(",")], args.duration, args.skip_udp)
+    res = run(
+        lambda n, v, u: print(f"{n} {v:,.1f} {u}", flush=True),
+        [float(x) for x in args.rates.split(",")],
+        args.duration,
+        args.skip_udp,
+    )
     res["duration"] = args.duration
     return to_results(res)
 

@@ -18,13 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Collector options."""
     parser.add_argument("--config", help="collector YAML file (listen, workers, allow, registry, ...)")
     parser.add_argument("--read-pcap", metavar="PCAP", help="decode the IPFIX/NetFlow messages of a capture")
-    parser.add_argument("--listen", action="append", metavar="URL",
-                        help="udp://ADDR:PORT or tcp://ADDR:PORT (repeatable); overrides the config's")
+    parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="URL",
+        help="udp://ADDR:PORT or tcp://ADDR:PORT (repeatable); overrides the config's",
+    )
     parser.add_argument("--json", action="store_true", help="print decoded records as JSON lines")
     parser.add_argument("--workers", type=int, help="UDP worker processes per UDP address")
     parser.add_argument("--allow", action="append", metavar="NET", help="accept only these exporters")
-    parser.add_argument("--port", type=int, action="append",
-                        help="with --read-pcap: only traffic to this destination port")
+    parser.add_argument(
+        "--port", type=int, action="append", help="with --read-pcap: only traffic to this destination port"
+    )
     parser.add_argument("--metrics-port", type=int, help="serve /metrics here (0: off)")
     parser.add_argument("--count", type=int, help="stop after this many records (live inspect)")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -33,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _summary(stats: object, out: object) -> None:
     s = stats
     summary = {
-        "messages": s.total("messages"), "records": s.total("records"),  # type: ignore[attr-defined]
+        "messages": s.total("messages"),
+        "records": s.total("records"),  # type: ignore[attr-defined]
         "dropped_messages": dict(s.dropped_messages),  # type: ignore[attr-defined]
         "dropped_sets": dict(s.dropped_sets),  # type: ignore[attr-defined]
         "sequence_lost": s.total("sequence_lost"),  # type: ignore[attr-defined]
@@ -117,8 +123,12 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"celltap collector: cannot listen: {exc}", file=sys.stderr)
         return 1
-    print(f"celltap collector: listening on {', '.join(map(str, cfg.listen))}"
-          f" ({cfg.workers if service.processes else 1} UDP worker(s))", file=sys.stderr, flush=True)
+    print(
+        f"celltap collector: listening on {', '.join(map(str, cfg.listen))}"
+        f" ({cfg.workers if service.processes else 1} UDP worker(s))",
+        file=sys.stderr,
+        flush=True,
+    )
     start = time.monotonic()
     try:
         while not service.stopped():

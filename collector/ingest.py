@@ -131,9 +131,14 @@ def scale_counters(records: np.ndarray, template: Template, dom: _Domain) -> Non
 class Ingestor:
     """The collector's state machine for any number of exporters (sans-IO)."""
 
-    def __init__(self, config: IngestConfig | None = None, store: TemplateStore | None = None,
-                 stats: IngestStats | None = None, allow: AllowList | None = None,
-                 registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        config: IngestConfig | None = None,
+        store: TemplateStore | None = None,
+        stats: IngestStats | None = None,
+        allow: AllowList | None = None,
+        registry: Registry | None = None,
+    ) -> None:
         self.config = config or IngestConfig()
         self.store = store
         self.stats = stats or IngestStats()
@@ -190,9 +195,12 @@ class Ingestor:
         if old is None and len(dom.templates) >= self.config.max_templates_per_domain:
             self.stats.template_events[(exporter, "rejected")] += 1
             self.stats.dropped_sets[S.TOO_MANY_TEMPLATES] += 1
-            self._rlog.warn("template_flood", f"exporter {exporter} domain {domain}: more than "
-                            f"{self.config.max_templates_per_domain} templates; "
-                            f"template {t.template_id} rejected")
+            self._rlog.warn(
+                "template_flood",
+                f"exporter {exporter} domain {domain}: more than "
+                f"{self.config.max_templates_per_domain} templates; "
+                f"template {t.template_id} rejected",
+            )
             return
         self._flush_key((exporter, domain, t.template_id))
         dom.templates[t.template_id] = _Entry(t, raw, now)
@@ -214,8 +222,9 @@ class Ingestor:
             if self.store is not None:
                 self.store.delete(exporter, domain, tid)
 
-    def _lookup(self, exporter: str, domain: int, dom: _Domain, tid: int, now: float,
-                expires: bool) -> Template | None:
+    def _lookup(
+        self, exporter: str, domain: int, dom: _Domain, tid: int, now: float, expires: bool
+    ) -> Template | None:
         e = dom.templates.get(tid)
         if e is not None:
             if expires and now - e.seen > self.config.template_expiry:
@@ -259,8 +268,16 @@ class Ingestor:
         self.stats.dropped_bytes[reason] += nbytes
         self._rlog.warn(f"set:{reason}:{cause}", f"dropped set from {exporter}: {reason}: {detail}")
 
-    def _add_data(self, exporter: str, domain: int, dom: _Domain, t: Template, payload: memoryview,
-                  version: int, export_time: int) -> int:
+    def _add_data(
+        self,
+        exporter: str,
+        domain: int,
+        dom: _Domain,
+        t: Template,
+        payload: memoryview,
+        version: int,
+        export_time: int,
+    ) -> int:
         """Queue a data set's payload; return its record count (raises MalformedError)."""
         key = (exporter, domain, t.template_id)
         if t.record_length is not None:
@@ -310,8 +327,9 @@ class Ingestor:
         for key in [k for k in self._pending if k[:2] == dkey]:
             self._flush_key(key)
 
-    def _check_sequence(self, exporter: str, domain: int, dom: _Domain, seq: int, advance: int | None,
-                        unit: str) -> None:
+    def _check_sequence(
+        self, exporter: str, domain: int, dom: _Domain, seq: int, advance: int | None, unit: str
+    ) -> None:
         expected = dom.next_seq
         if expected is not None:
             diff = (seq - expected) % U32
@@ -342,8 +360,14 @@ class Ingestor:
                 return -1
             sid, slen = _SET_UNPACK(buf, pos)
             e = templates.get(sid)
-            if (slen < 4 or pos + slen > length or e is None or e.template.record_length is None
-                    or e.template.scope_count or (expires and now - e.seen > expiry)):
+            if (
+                slen < 4
+                or pos + slen > length
+                or e is None
+                or e.template.record_length is None
+                or e.template.scope_count
+                or (expires and now - e.seen > expiry)
+            ):
                 return -1
             found.append((e.template, pos + 4, pos + slen))
             pos += slen
@@ -357,7 +381,7 @@ class Ingestor:
             records += n
             key = (exporter, odid, t.template_id)
             group = pending.get(key)
-            chunk = buf[start:start + n * reclen]
+            chunk = buf[start : start + n * reclen]
             if group is None:
                 pending[key] = [t, IPFIX_VERSION, etime, chunk]
             else:
@@ -379,14 +403,19 @@ class Ingestor:
         version = h.version
         dom = self._domain(exporter, h.domain)
         if dom is None:
-            self._drop_message(S.TOO_MANY_DOMAINS, len(buf), exporter,
-                               f"more than {self.config.max_domains} exporter domains")
+            self._drop_message(
+                S.TOO_MANY_DOMAINS,
+                len(buf),
+                exporter,
+                f"more than {self.config.max_domains} exporter domains",
+            )
             return 0
         if version == V5_VERSION:
             n = (h.length - V5_HEADER.size) // V5_TEMPLATE.record_length  # type: ignore[operator]
             dom.sampling = float(max(h.sampling, 1))
-            self._add_data(exporter, h.domain, dom, V5_TEMPLATE, buf[V5_HEADER.size:h.length], version,
-                           h.export_time)
+            self._add_data(
+                exporter, h.domain, dom, V5_TEMPLATE, buf[V5_HEADER.size : h.length], version, h.export_time
+            )
             self._check_sequence(exporter, h.domain, dom, h.sequence, n, "records")
             return n
         v9 = version == V9_VERSION
@@ -414,27 +443,32 @@ class Ingestor:
                 t = self._lookup(exporter, h.domain, dom, sid, now, expires)
                 if t is None:
                     complete = False
-                    self._drop_set(S.NO_TEMPLATE, end - start + 4, exporter,
-                                   f"domain {h.domain} template {sid} unknown")
+                    self._drop_set(
+                        S.NO_TEMPLATE, end - start + 4, exporter, f"domain {h.domain} template {sid} unknown"
+                    )
                     continue
                 try:
-                    records += self._add_data(exporter, h.domain, dom, t, buf[start:end], version,
-                                              h.export_time)
+                    records += self._add_data(
+                        exporter, h.domain, dom, t, buf[start:end], version, h.export_time
+                    )
                 except MalformedError as exc:
                     complete = False
-                    self._drop_set(S.MALFORMED, end - start + 4, exporter, f"template {sid}: {exc}",
-                                   exc.reason)
+                    self._drop_set(
+                        S.MALFORMED, end - start + 4, exporter, f"template {sid}: {exc}", exc.reason
+                    )
             else:
                 self._drop_set(S.RESERVED_SET, end - start + 4, exporter, f"set id {sid}")
         if v9:
             self._check_sequence(exporter, h.domain, dom, h.sequence, 1, "packets")
         else:
-            self._check_sequence(exporter, h.domain, dom, h.sequence, records if complete else None,
-                                 "records")
+            self._check_sequence(
+                exporter, h.domain, dom, h.sequence, records if complete else None, "records"
+            )
         return records
 
-    def feed(self, messages: Sequence[tuple[str, bytes | memoryview]], now: float,
-             expires: bool = True) -> list[RecordBatch]:
+    def feed(
+        self, messages: Sequence[tuple[str, bytes | memoryview]], now: float, expires: bool = True
+    ) -> list[RecordBatch]:
         """Decode a batch of (exporter address, message) pairs; `expires` is False for TCP sessions."""
         stats = self.stats
         for exporter, data in messages:

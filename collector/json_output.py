@@ -36,8 +36,12 @@ def _converter(f: FieldSpec) -> Callable[[object], object]:
 def batch_to_dicts(batch: RecordBatch) -> Iterable[dict]:
     """One dict per record: exporter, domain, template, then each field by IANA name."""
     convs = [(f.name, _converter(f)) for f in batch.fields]
-    head = {"exporter": batch.exporter, "observationDomainId": batch.domain, "templateId": batch.template_id,
-            "version": batch.version}
+    head = {
+        "exporter": batch.exporter,
+        "observationDomainId": batch.domain,
+        "templateId": batch.template_id,
+        "version": batch.version,
+    }
     for rec in batch.records:
         d = dict(head)
         for name, conv in convs:

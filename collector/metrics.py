@@ -12,33 +12,47 @@ class CollectorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         kw = {"registry": registry} if registry is not None else {}
-        self.messages = Counter("celltap_collector_messages_total", "IPFIX/NetFlow messages decoded",
-                                ["exporter"], **kw)
+        self.messages = Counter(
+            "celltap_collector_messages_total", "IPFIX/NetFlow messages decoded", ["exporter"], **kw
+        )
         self.records = Counter("celltap_collector_records_total", "flow records decoded", ["exporter"], **kw)
-        self.bytes = Counter("celltap_collector_received_bytes_total", "bytes of export messages received",
-                             ["exporter"], **kw)
+        self.bytes = Counter(
+            "celltap_collector_received_bytes_total", "bytes of export messages received", ["exporter"], **kw
+        )
         self.template_events = Counter(
             "celltap_collector_template_events_total",
             "template events: added, updated, refreshed, withdrawn, expired, restored, rejected",
-            ["exporter", "event"], **kw)
-        self.sequence_gaps = Counter("celltap_collector_sequence_gaps_total",
-                                     "sequence number gaps seen", ["exporter", "domain"], **kw)
+            ["exporter", "event"],
+            **kw,
+        )
+        self.sequence_gaps = Counter(
+            "celltap_collector_sequence_gaps_total", "sequence number gaps seen", ["exporter", "domain"], **kw
+        )
         self.sequence_lost = Counter(
             "celltap_collector_sequence_lost_total",
             "records (IPFIX, v5) or packets (v9) missing according to sequence numbers",
-            ["exporter", "domain", "unit"], **kw)
-        self.sequence_reordered = Counter("celltap_collector_sequence_reordered_total",
-                                          "messages older than the expected sequence number",
-                                          ["exporter", "domain"], **kw)
-        self.dropped_messages = Counter("celltap_collector_dropped_messages_total",
-                                        "messages (datagrams) dropped", ["reason"], **kw)
-        self.dropped_sets = Counter("celltap_collector_dropped_sets_total", "sets dropped inside messages",
-                                    ["reason"], **kw)
-        self.dropped_bytes = Counter("celltap_collector_dropped_bytes_total", "bytes dropped",
-                                     ["reason"], **kw)
+            ["exporter", "domain", "unit"],
+            **kw,
+        )
+        self.sequence_reordered = Counter(
+            "celltap_collector_sequence_reordered_total",
+            "messages older than the expected sequence number",
+            ["exporter", "domain"],
+            **kw,
+        )
+        self.dropped_messages = Counter(
+            "celltap_collector_dropped_messages_total", "messages (datagrams) dropped", ["reason"], **kw
+        )
+        self.dropped_sets = Counter(
+            "celltap_collector_dropped_sets_total", "sets dropped inside messages", ["reason"], **kw
+        )
+        self.dropped_bytes = Counter(
+            "celltap_collector_dropped_bytes_total", "bytes dropped", ["reason"], **kw
+        )
         self.workers = Gauge("celltap_collector_workers", "UDP worker processes running", **kw)
-        self.worker_restarts = Counter("celltap_collector_worker_restarts_total",
-                                       "UDP worker processes restarted after they died", **kw)
+        self.worker_restarts = Counter(
+            "celltap_collector_worker_restarts_total", "UDP worker processes restarted after they died", **kw
+        )
 
     def apply(self, deltas: dict[str, dict]) -> None:
         """Add a drained IngestStats delta to the Prometheus counters."""

@@ -21,8 +21,10 @@ def _addr(raw: bytes) -> str:
     return str(ipaddress.ip_address(raw))
 
 
-def messages_from_capture(path: str | Path, ports: set[int] | None = None,
-                          ) -> Iterator[tuple[float, str, bytes]]:
+def messages_from_capture(
+    path: str | Path,
+    ports: set[int] | None = None,
+) -> Iterator[tuple[float, str, bytes]]:
     """(timestamp, exporter address, message) for each UDP datagram / TCP-carried IPFIX message.
 
     With `ports`, only traffic to those destination ports is taken; otherwise every UDP payload is
@@ -39,7 +41,7 @@ def messages_from_capture(path: str | Path, ports: set[int] | None = None,
                 continue
             if ports is not None and d.dport not in ports:
                 continue
-            payload = frame[d.payload_off:d.payload_off + d.payload_len]
+            payload = frame[d.payload_off : d.payload_off + d.payload_len]
             ts = int(batch.ts_ns[i]) / 1e9
             exporter = _addr(d.src)
             if d.l4 == PROTO_UDP:

@@ -48,19 +48,33 @@ def make_store(config: CollectorConfig, local_url: str | None = None) -> Templat
     return KVTemplateStore(open_registry(url), config.cluster)
 
 
-def make_ingestor(config: CollectorConfig, store: TemplateStore | None = None,
-                  local_url: str | None = None) -> Ingestor:
+def make_ingestor(
+    config: CollectorConfig, store: TemplateStore | None = None, local_url: str | None = None
+) -> Ingestor:
     """An Ingestor with the config's limits, allow-list and template store."""
-    ic = IngestConfig(template_expiry=config.template_expiry,
-                      max_templates_per_domain=config.max_templates_per_domain,
-                      max_domains=config.max_domains)
-    return Ingestor(ic, store if store is not None else make_store(config, local_url), IngestStats(),
-                    AllowList(config.allow))
+    ic = IngestConfig(
+        template_expiry=config.template_expiry,
+        max_templates_per_domain=config.max_templates_per_domain,
+        max_domains=config.max_domains,
+    )
+    return Ingestor(
+        ic,
+        store if store is not None else make_store(config, local_url),
+        IngestStats(),
+        AllowList(config.allow),
+    )
 
 
-def _udp_worker_main(index: int, addr: ListenAddress, config: CollectorConfig, hook: HookFactory | None,
-                     stats_q: mp.Queue, stop: threading.Event, ready: threading.Event,
-                     local_url: str | None = None) -> None:
+def _udp_worker_main(
+    index: int,
+    addr: ListenAddress,
+    config: CollectorConfig,
+    hook: HookFactory | None,
+    stats_q: mp.Queue,
+    stop: threading.Event,
+    ready: threading.Event,
+    local_url: str | None = None,
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     keep_batches_on_heap()
@@ -78,8 +92,13 @@ def _udp_worker_main(index: int, addr: ListenAddress, config: CollectorConfig, h
 class CollectorService:
     """Start/stop the whole collector described by a CollectorConfig."""
 
-    def __init__(self, config: CollectorConfig, hook: HookFactory | None = None,
-                 metrics: CollectorMetrics | None = None, processes: bool | None = None) -> None:
+    def __init__(
+        self,
+        config: CollectorConfig,
+        hook: HookFactory | None = None,
+        metrics: CollectorMetrics | None = None,
+        processes: bool | None = None,
+    ) -> None:
         self.config = config
         self.hook = hook
         self.metrics = metrics
@@ -98,8 +117,11 @@ class CollectorService:
         # Worker processes of one host share templates through a directory when there is no cluster
         # registry: a restarted worker, or one the kernel's SO_REUSEPORT hash now sends an exporter to,
         # decodes at once instead of waiting for the exporter's next template refresh.
-        self._local_dir = (tempfile.mkdtemp(prefix="celltap-collector-templates-")
-                           if self.processes and not config.registry else None)
+        self._local_dir = (
+            tempfile.mkdtemp(prefix="celltap-collector-templates-")
+            if self.processes and not config.registry
+            else None
+        )
         self.local_url = f"file://{self._local_dir}" if self._local_dir else None
 
     def _apply(self, deltas: dict) -> None:
@@ -164,8 +186,11 @@ class CollectorService:
                 if self.processes:
                     pargs = (*args, self.local_url)
                     self._proc_args.append(pargs)
-                    self._procs.append(self._ctx.Process(target=_udp_worker_main, args=pargs,
-                                                         name=f"udp-{index}", daemon=True))
+                    self._procs.append(
+                        self._ctx.Process(
+                            target=_udp_worker_main, args=pargs, name=f"udp-{index}", daemon=True
+                        )
+                    )
                 else:
                     self._threads.append(threading.Thread(target=self._udp_thread, args=args, daemon=True))
                 index += 1
@@ -181,8 +206,16 @@ class CollectorService:
         if self.metrics is not None:
             self.metrics.workers.set(len(self._procs) or len(readies))
 
-    def _udp_thread(self, index: int, addr: ListenAddress, config: CollectorConfig, hook: HookFactory | None,
-                    stats_q: mp.Queue, stop: threading.Event, ready: threading.Event) -> None:
+    def _udp_thread(
+        self,
+        index: int,
+        addr: ListenAddress,
+        config: CollectorConfig,
+        hook: HookFactory | None,
+        stats_q: mp.Queue,
+        stop: threading.Event,
+        ready: threading.Event,
+    ) -> None:
         keep_batches_on_heap()
         sock = open_udp_socket(addr, config.receive_buffer)
         ingestor = make_ingestor(config)

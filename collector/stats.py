@@ -30,8 +30,18 @@ class IngestStats:
     dropped_sets: defaultdict = field(default_factory=lambda: defaultdict(int))  # reason
     dropped_bytes: defaultdict = field(default_factory=lambda: defaultdict(int))  # reason
 
-    COUNTERS = ("messages", "records", "bytes", "template_events", "sequence_gaps", "sequence_lost",
-                "sequence_reordered", "dropped_messages", "dropped_sets", "dropped_bytes")
+    COUNTERS = (
+        "messages",
+        "records",
+        "bytes",
+        "template_events",
+        "sequence_gaps",
+        "sequence_lost",
+        "sequence_reordered",
+        "dropped_messages",
+        "dropped_sets",
+        "dropped_bytes",
+    )
 
     def drain(self) -> dict[str, dict]:
         """Return the deltas as plain dicts (picklable, for worker -> parent) and reset them."""

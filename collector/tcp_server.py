@@ -21,8 +21,13 @@ log = logging.getLogger("celltap.collector")
 class TcpServer:
     """Accept exporters, split their streams into messages, feed them to one Ingestor."""
 
-    def __init__(self, addr: ListenAddress, ingestor: Ingestor, sink: Callable[[list[RecordBatch]], None],
-                 max_connections: int = 1024) -> None:
+    def __init__(
+        self,
+        addr: ListenAddress,
+        ingestor: Ingestor,
+        sink: Callable[[list[RecordBatch]], None],
+        max_connections: int = 1024,
+    ) -> None:
         family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -113,7 +113,7 @@ class KVTemplateStore:
             log.warning("template store: get_prefix %s failed: %s", prefix, exc)
             return None
         for key, value in found.items():
-            tail = key[len(prefix):]
+            tail = key[len(prefix) :]
             if tail.isdigit():
                 self._local.put(exporter, domain, int(tail), bytes(value))
         return self._local.get(exporter, domain, template_id)

@@ -57,9 +57,16 @@ def kernel_drops(sock: socket.socket) -> int | None:
 class UdpWorker:
     """One receive loop: read what is queued into a preallocated buffer, decode it as one batch."""
 
-    def __init__(self, sock: socket.socket, ingestor: Ingestor, sink: Callable[[list[RecordBatch]], None],
-                 batch_datagrams: int = 256, buffer_bytes: int = 8 << 20,
-                 on_stats: Callable[[dict], None] | None = None, stats_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        ingestor: Ingestor,
+        sink: Callable[[list[RecordBatch]], None],
+        batch_datagrams: int = 256,
+        buffer_bytes: int = 8 << 20,
+        on_stats: Callable[[dict], None] | None = None,
+        stats_interval: float = 1.0,
+    ) -> None:
         self.sock = sock
         self.ingestor = ingestor
         self.sink = sink
@@ -88,7 +95,7 @@ class UdpWorker:
             except OSError as exc:  # e.g. ICMP-caused errors on some kernels: not fatal
                 log.debug("recvfrom: %s", exc)
                 break
-            msgs.append((addr[0], mv[off:off + n]))
+            msgs.append((addr[0], mv[off : off + n]))
             off += n
         if msgs:
             batches = self.ingestor.feed(msgs, time.time())

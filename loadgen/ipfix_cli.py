@@ -14,19 +14,29 @@ from loadgen.ipfix_gen import MessagePool, build_pool
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the IPFIX generator."""
-    parser.add_argument("target", metavar="HOST:PORT",
-                        help="collector address (loopback or a test namespace)")
-    parser.add_argument("--rate", type=float, default=10000.0,
-                        help="records per second in total (0: flat out)")
-    parser.add_argument("--exporters", type=int, default=1,
-                        help="routers to emulate; router k sends from 127.0.0.(10+k) on loopback")
+    parser.add_argument(
+        "target", metavar="HOST:PORT", help="collector address (loopback or a test namespace)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=10000.0, help="records per second in total (0: flat out)"
+    )
+    parser.add_argument(
+        "--exporters",
+        type=int,
+        default=1,
+        help="routers to emulate; router k sends from 127.0.0.(10+k) on loopback",
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds to send")
     parser.add_argument("--records", type=int, help="stop after this many records instead")
     parser.add_argument("--version", type=int, choices=(9, 10), default=10, help="NetFlow v9 or IPFIX")
-    parser.add_argument("--template-refresh", type=float, default=1.0,
-                        help="seconds between template messages (UDP)")
-    parser.add_argument("--source-base", default="127.0.0.10",
-                        help="source address of router 0; others count up (default 127.0.0.10)")
+    parser.add_argument(
+        "--template-refresh", type=float, default=1.0, help="seconds between template messages (UDP)"
+    )
+    parser.add_argument(
+        "--source-base",
+        default="127.0.0.10",
+        help="source address of router 0; others count up (default 127.0.0.10)",
+    )
     parser.add_argument("--seed", type=int, default=1)
 
 
@@ -36,9 +46,17 @@ def _sources(base: str, k: int) -> list[str]:
     return [socket.inet_ntoa((start + i).to_bytes(4, "big")) for i in range(k)]
 
 
-def run(target: str, rate: float, exporters: int, duration: float, records: int | None = None,
-        version: int = IPFIX_VERSION, template_refresh: float = 1.0, source_base: str = "127.0.0.10",
-        seed: int = 1) -> dict:
+def run(
+    target: str,
+    rate: float,
+    exporters: int,
+    duration: float,
+    records: int | None = None,
+    version: int = IPFIX_VERSION,
+    template_refresh: float = 1.0,
+    source_base: str = "127.0.0.10",
+    seed: int = 1,
+) -> dict:
     """Send for `duration` seconds (or until `records`); return what was sent (records, octets, packets)."""
     host, _, port = target.rpartition(":")
     now = time.time()
@@ -101,8 +119,17 @@ def main(args: argparse.Namespace) -> int:
     if args.exporters < 1 or args.exporters > 240:
         print("celltap loadgen ipfix: --exporters must be 1..240", file=sys.stderr)
         return 2
-    out = run(args.target, args.rate, args.exporters, args.duration, args.records, args.version,
-              args.template_refresh, args.source_base, args.seed)
+    out = run(
+        args.target,
+        args.rate,
+        args.exporters,
+        args.duration,
+        args.records,
+        args.version,
+        args.template_refresh,
+        args.source_base,
+        args.seed,
+    )
     print(json.dumps(out))
     return 0
 

@@ -15,13 +15,22 @@ ROUTER_TEMPLATE_ID = 300
 
 # What a typical router template carries (Cisco / Juniper style 5-tuple flow cache export).
 ROUTER_FIELDS: list[tuple[str, int | None]] = [
-    ("sourceIPv4Address", None), ("destinationIPv4Address", None), ("ipNextHopIPv4Address", None),
-    ("ingressInterface", None), ("egressInterface", None),
-    ("packetDeltaCount", None), ("octetDeltaCount", None),
-    ("flowStartMilliseconds", None), ("flowEndMilliseconds", None),
-    ("sourceTransportPort", None), ("destinationTransportPort", None),
-    ("tcpControlBits", None), ("protocolIdentifier", None), ("ipClassOfService", None),
-    ("bgpSourceAsNumber", None), ("bgpDestinationAsNumber", None),
+    ("sourceIPv4Address", None),
+    ("destinationIPv4Address", None),
+    ("ipNextHopIPv4Address", None),
+    ("ingressInterface", None),
+    ("egressInterface", None),
+    ("packetDeltaCount", None),
+    ("octetDeltaCount", None),
+    ("flowStartMilliseconds", None),
+    ("flowEndMilliseconds", None),
+    ("sourceTransportPort", None),
+    ("destinationTransportPort", None),
+    ("tcpControlBits", None),
+    ("protocolIdentifier", None),
+    ("ipClassOfService", None),
+    ("bgpSourceAsNumber", None),
+    ("bgpDestinationAsNumber", None),
 ]
 
 
@@ -83,8 +92,9 @@ class MessagePool:
         return bytes(m)
 
 
-def build_pool(domain: int, seed: int, now: float, n_messages: int = 64, version: int = IPFIX_VERSION,
-               mtu: int = 1400) -> MessagePool:
+def build_pool(
+    domain: int, seed: int, now: float, n_messages: int = 64, version: int = IPFIX_VERSION, mtu: int = 1400
+) -> MessagePool:
     """Encode n_messages full data messages for one exporter (no templates inside them)."""
     t = router_template()
     enc = MessageEncoder(domain, [t], version, mtu, RefreshPolicy(None, None))

@@ -74,7 +74,7 @@ def pack_variable(template: Template, columns: Mapping[str, object], n: int) -> 
         sub = Template(template.template_id, tuple(run))
         raw = pack_fixed(sub, columns, n).tobytes()
         w = sub.record_length or 0
-        parts.append([raw[i * w:(i + 1) * w] for i in range(n)])
+        parts.append([raw[i * w : (i + 1) * w] for i in range(n)])
         run.clear()
 
     for f in template.fields:
@@ -106,8 +106,14 @@ class RefreshPolicy:
 class MessageEncoder:
     """Build export messages for one observation domain, tracking sequence numbers and template refresh."""
 
-    def __init__(self, domain: int, templates: Sequence[Template] = (), version: int = IPFIX_VERSION,
-                 mtu: int = 1400, refresh: RefreshPolicy | None = None) -> None:
+    def __init__(
+        self,
+        domain: int,
+        templates: Sequence[Template] = (),
+        version: int = IPFIX_VERSION,
+        mtu: int = 1400,
+        refresh: RefreshPolicy | None = None,
+    ) -> None:
         if version not in (IPFIX_VERSION, V9_VERSION):
             raise ValueError(f"can only export IPFIX (10) or NetFlow v9, not {version}")
         self.domain = domain
@@ -192,8 +198,9 @@ class MessageEncoder:
             sets.append(struct.pack("!HHHH", sid, 8, tid, 0))
         return self._message(sets, now, 0, False)
 
-    def encode(self, template_id: int, columns: Mapping[str, object], now: float,
-               count: int | None = None) -> list[bytes]:
+    def encode(
+        self, template_id: int, columns: Mapping[str, object], now: float, count: int | None = None
+    ) -> list[bytes]:
         """Encode many records (columns keyed by IANA name, all of one length) into messages."""
         t = self.templates[template_id]
         if count is None:
@@ -208,7 +215,7 @@ class MessageEncoder:
                 due = self.templates_due(now)
                 room = self.mtu - self.header_size - 4 - (len(self.template_sets()) if due else 0)
                 k = max(1, room // reclen)
-                chunk = wire[pos * reclen:(pos + k) * reclen]
+                chunk = wire[pos * reclen : (pos + k) * reclen]
                 n = len(chunk) // reclen
                 out.append(self._message([struct.pack("!HH", set_id, 4 + len(chunk)) + chunk], now, n, due))
                 pos += n
@@ -226,6 +233,7 @@ class MessageEncoder:
                 batch.append(recs[i])
                 i += 1
             payload = b"".join(batch)
-            out.append(self._message([struct.pack("!HH", set_id, 4 + len(payload)) + payload], now,
-                                     len(batch), due))
+            out.append(
+                self._message([struct.pack("!HH", set_id, 4 + len(payload)) + payload], now, len(batch), due)
+            )
         return out

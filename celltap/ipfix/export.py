@@ -19,9 +19,16 @@ def _parse_hostport(target: str) -> tuple[str, int]:
 class UdpExporter:
     """Send messages over UDP; templates are refreshed by time and by message count."""
 
-    def __init__(self, target: str, domain: int, templates: list[Template] = (),  # type: ignore[assignment]
-                 version: int = IPFIX_VERSION, mtu: int = 1400, refresh: RefreshPolicy | None = None,
-                 source: str | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        domain: int,
+        templates: list[Template] = (),  # type: ignore[assignment]
+        version: int = IPFIX_VERSION,
+        mtu: int = 1400,
+        refresh: RefreshPolicy | None = None,
+        source: str | None = None,
+    ) -> None:
         host, port = _parse_hostport(target)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -57,11 +64,19 @@ class UdpExporter:
 class TcpExporter:
     """Send messages over one TCP connection; templates go once at the start (RFC 7011 section 8.1)."""
 
-    def __init__(self, target: str, domain: int, templates: list[Template] = (),  # type: ignore[assignment]
-                 mtu: int = 65000, source: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        domain: int,
+        templates: list[Template] = (),  # type: ignore[assignment]
+        mtu: int = 65000,
+        source: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         host, port = _parse_hostport(target)
-        self.sock = socket.create_connection((host, port), timeout=timeout,
-                                             source_address=(source, 0) if source else None)
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.encoder = MessageEncoder(domain, templates, IPFIX_VERSION, mtu, RefreshPolicy(None, None))
         self.sock.sendall(self.encoder.templates_message(time.time()))
 
@@ -83,20 +98,30 @@ class TcpExporter:
 BIFLOW_V4_TEMPLATE_ID = 256
 BIFLOW_V6_TEMPLATE_ID = 257
 _BIFLOW_COMMON = [
-    ("sourceTransportPort", None), ("destinationTransportPort", None), ("protocolIdentifier", None),
-    ("octetDeltaCount", None), ("packetDeltaCount", None),
-    ("reverseOctetDeltaCount", None), ("reversePacketDeltaCount", None),
-    ("flowStartMilliseconds", None), ("flowEndMilliseconds", None), ("flowEndReason", None),
+    ("sourceTransportPort", None),
+    ("destinationTransportPort", None),
+    ("protocolIdentifier", None),
+    ("octetDeltaCount", None),
+    ("packetDeltaCount", None),
+    ("reverseOctetDeltaCount", None),
+    ("reversePacketDeltaCount", None),
+    ("flowStartMilliseconds", None),
+    ("flowEndMilliseconds", None),
+    ("flowEndReason", None),
     ("applicationName", None),
 ]
 
 
 def biflow_templates() -> list[Template]:
     """The cell's RFC 5103 biflow templates (IPv4 id 256, IPv6 id 257) with applicationName."""
-    v4 = template_from_names(BIFLOW_V4_TEMPLATE_ID,
-                             [("sourceIPv4Address", None), ("destinationIPv4Address", None), *_BIFLOW_COMMON])
-    v6 = template_from_names(BIFLOW_V6_TEMPLATE_ID,
-                             [("sourceIPv6Address", None), ("destinationIPv6Address", None), *_BIFLOW_COMMON])
+    v4 = template_from_names(
+        BIFLOW_V4_TEMPLATE_ID,
+        [("sourceIPv4Address", None), ("destinationIPv4Address", None), *_BIFLOW_COMMON],
+    )
+    v6 = template_from_names(
+        BIFLOW_V6_TEMPLATE_ID,
+        [("sourceIPv6Address", None), ("destinationIPv6Address", None), *_BIFLOW_COMMON],
+    )
     return [v4, v6]
 
 
@@ -109,8 +134,9 @@ class BiflowExporter:
     applicationName (list of str).
     """
 
-    def __init__(self, target: str, cell_id: int, transport: str = "udp",
-                 refresh: RefreshPolicy | None = None) -> None:
+    def __init__(
+        self, target: str, cell_id: int, transport: str = "udp", refresh: RefreshPolicy | None = None
+    ) -> None:
         templates = biflow_templates()
         if transport == "tcp":
             self.out: UdpExporter | TcpExporter = TcpExporter(target, cell_id, templates)

@@ -14,16 +14,54 @@ REVERSE_PEN = 29305
 
 # Elements RFC 5103 section 6.1 says have no reverse counterpart (they name the flow, not a direction).
 NON_REVERSIBLE = frozenset(
-    {148, 145, 149, 137, 210, 239, 138, 141, 143, 144, 146, 160, 161, 162, 163, 164, 165, 166, 167,
-     168, 169, 170, 171, 172, 173}
+    {
+        148,
+        145,
+        149,
+        137,
+        210,
+        239,
+        138,
+        141,
+        143,
+        144,
+        146,
+        160,
+        161,
+        162,
+        163,
+        164,
+        165,
+        166,
+        167,
+        168,
+        169,
+        170,
+        171,
+        172,
+        173,
+    }
 )
 
 FIXED_SIZES: dict[str, int] = {
-    "unsigned8": 1, "unsigned16": 2, "unsigned32": 4, "unsigned64": 8,
-    "signed8": 1, "signed16": 2, "signed32": 4, "signed64": 8,
-    "float32": 4, "float64": 8, "boolean": 1, "macAddress": 6,
-    "dateTimeSeconds": 4, "dateTimeMilliseconds": 8, "dateTimeMicroseconds": 8, "dateTimeNanoseconds": 8,
-    "ipv4Address": 4, "ipv6Address": 16,
+    "unsigned8": 1,
+    "unsigned16": 2,
+    "unsigned32": 4,
+    "unsigned64": 8,
+    "signed8": 1,
+    "signed16": 2,
+    "signed32": 4,
+    "signed64": 8,
+    "float32": 4,
+    "float64": 8,
+    "boolean": 1,
+    "macAddress": 6,
+    "dateTimeSeconds": 4,
+    "dateTimeMilliseconds": 8,
+    "dateTimeMicroseconds": 8,
+    "dateTimeNanoseconds": 8,
+    "ipv4Address": 4,
+    "ipv6Address": 16,
 }
 
 
@@ -55,8 +93,12 @@ class Registry:
         for ie in elements:
             if ie.enterprise == 0 and ie.element_id not in NON_REVERSIBLE:
                 rev = InformationElement(
-                    ie.element_id, REVERSE_PEN, "reverse" + ie.name[0].upper() + ie.name[1:],
-                    ie.data_type, ie.semantics, ie.units,
+                    ie.element_id,
+                    REVERSE_PEN,
+                    "reverse" + ie.name[0].upper() + ie.name[1:],
+                    ie.data_type,
+                    ie.semantics,
+                    ie.units,
                 )
                 self.add(rev)
 
@@ -89,10 +131,16 @@ def load_registry(path: Path | str = REGISTRY_CSV) -> Registry:
             eid = row.get("ElementID", "").strip()
             if not eid.isdigit() or not row.get("Name"):
                 continue  # IANA lists ranges ("105-127") and reserved rows: not elements
-            elements.append(InformationElement(
-                int(eid), 0, row["Name"].strip(), row.get("Abstract Data Type", "").strip() or "octetArray",
-                row.get("Data Type Semantics", "").strip(), row.get("Units", "").strip(),
-            ))
+            elements.append(
+                InformationElement(
+                    int(eid),
+                    0,
+                    row["Name"].strip(),
+                    row.get("Abstract Data Type", "").strip() or "octetArray",
+                    row.get("Data Type Semantics", "").strip(),
+                    row.get("Units", "").strip(),
+                )
+            )
     return Registry(elements)
 
 

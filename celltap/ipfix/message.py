@@ -56,8 +56,15 @@ def parse_header(buf: bytes | memoryview) -> Header:
         _, count, uptime, secs, _ns, seq, etype, eid, samp = V5_HEADER.unpack_from(buf, 0)
         if count > V5_MAX_COUNT or V5_HEADER.size + count * V5_RECORD_LENGTH > len(buf):
             raise MalformedError("bad_length", f"v5 count {count} in {len(buf)} bytes")
-        return Header(version, V5_HEADER.size + count * V5_RECORD_LENGTH, secs, seq, (etype << 8) | eid,
-                      uptime, samp & 0x3FFF)
+        return Header(
+            version,
+            V5_HEADER.size + count * V5_RECORD_LENGTH,
+            secs,
+            seq,
+            (etype << 8) | eid,
+            uptime,
+            samp & 0x3FFF,
+        )
     raise MalformedError("bad_version", f"version {version}")
 
 
@@ -82,8 +89,28 @@ def split_sets(buf: bytes | memoryview, start: int, end: int, v9: bool = False) 
 
 def v5_template() -> Template:
     """NetFlow v5's fixed record layout as a template of IANA elements (id 0, never on the wire)."""
-    specs = [(8, 4), (12, 4), (15, 4), (10, 2), (14, 2), (2, 4), (1, 4), (22, 4), (21, 4), (7, 2), (11, 2),
-             (210, 1), (6, 1), (4, 1), (5, 1), (16, 2), (17, 2), (9, 1), (13, 1), (210, 2)]
+    specs = [
+        (8, 4),
+        (12, 4),
+        (15, 4),
+        (10, 2),
+        (14, 2),
+        (2, 4),
+        (1, 4),
+        (22, 4),
+        (21, 4),
+        (7, 2),
+        (11, 2),
+        (210, 1),
+        (6, 1),
+        (4, 1),
+        (5, 1),
+        (16, 2),
+        (17, 2),
+        (9, 1),
+        (13, 1),
+        (210, 2),
+    ]
     return Template(0, make_fields([(e, ln, 0) for e, ln in specs]))
 
 

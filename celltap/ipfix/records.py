@@ -56,8 +56,15 @@ class RecordBatch:
         return template_set_bytes(t), b"".join(pack_variable(t, cols, len(self.records)))
 
     @classmethod
-    def from_wire(cls, exporter: str, domain: int, template_bytes: bytes, records_bytes: bytes,
-                  version: int = 10, export_time: int = 0) -> RecordBatch:
+    def from_wire(
+        cls,
+        exporter: str,
+        domain: int,
+        template_bytes: bytes,
+        records_bytes: bytes,
+        version: int = 10,
+        export_time: int = 0,
+    ) -> RecordBatch:
         """Rebuild a batch from `to_wire` output."""
         t = template_from_set_bytes(template_bytes)
         return cls(exporter, domain, t.template_id, t, decode_records(t, records_bytes), version, export_time)

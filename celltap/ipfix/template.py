@@ -19,14 +19,28 @@ MAX_FIELDS = 512  # no real exporter comes close; a bound keeps a hostile templa
 
 # NetFlow v9 options scope field types (RFC 3954 section 6.1) have their own small namespace.
 V9_SCOPE_NAMES = {
-    1: "scopeSystem", 2: "scopeInterface", 3: "scopeLineCard", 4: "scopeCache", 5: "scopeTemplate",
+    1: "scopeSystem",
+    2: "scopeInterface",
+    3: "scopeLineCard",
+    4: "scopeCache",
+    5: "scopeTemplate",
 }
 
 _INT_TYPES = {
-    "unsigned8": "u", "unsigned16": "u", "unsigned32": "u", "unsigned64": "u",
-    "signed8": "i", "signed16": "i", "signed32": "i", "signed64": "i",
-    "dateTimeSeconds": "u", "dateTimeMilliseconds": "u", "dateTimeMicroseconds": "u",
-    "dateTimeNanoseconds": "u", "ipv4Address": "u", "boolean": "u",
+    "unsigned8": "u",
+    "unsigned16": "u",
+    "unsigned32": "u",
+    "unsigned64": "u",
+    "signed8": "i",
+    "signed16": "i",
+    "signed32": "i",
+    "signed64": "i",
+    "dateTimeSeconds": "u",
+    "dateTimeMilliseconds": "u",
+    "dateTimeMicroseconds": "u",
+    "dateTimeNanoseconds": "u",
+    "ipv4Address": "u",
+    "boolean": "u",
 }
 
 
@@ -152,8 +166,9 @@ class Template:
         return struct.pack("!HH", self.template_id, len(self.fields)) + body
 
 
-def make_fields(specs: list[tuple[int, int, int]], registry: Registry | None = None,
-                scope_count: int = 0) -> tuple[FieldSpec, ...]:
+def make_fields(
+    specs: list[tuple[int, int, int]], registry: Registry | None = None, scope_count: int = 0
+) -> tuple[FieldSpec, ...]:
     """FieldSpecs from (element id, length, enterprise) triples, with unique column names."""
     reg = registry or default_registry()
     seen: dict[str, int] = {}
@@ -167,8 +182,12 @@ def make_fields(specs: list[tuple[int, int, int]], registry: Registry | None = N
     return tuple(out)
 
 
-def template_from_names(template_id: int, columns: list[tuple[str, int | None]],
-                        registry: Registry | None = None, scope_count: int = 0) -> Template:
+def template_from_names(
+    template_id: int,
+    columns: list[tuple[str, int | None]],
+    registry: Registry | None = None,
+    scope_count: int = 0,
+) -> Template:
     """Build a template from (IANA name, length or None for the element's full/variable length)."""
     reg = registry or default_registry()
     specs = []
@@ -188,8 +207,9 @@ class Withdrawal:
     options: bool
 
 
-def parse_template_set(buf: bytes | memoryview, start: int, end: int, set_id: int,
-                       registry: Registry | None = None) -> list[Template | Withdrawal]:
+def parse_template_set(
+    buf: bytes | memoryview, start: int, end: int, set_id: int, registry: Registry | None = None
+) -> list[Template | Withdrawal]:
     """Parse the records of an IPFIX (2) or options (3) template set between start and end."""
     reg = registry or default_registry()
     options = set_id == SET_OPTIONS_TEMPLATE
@@ -233,8 +253,9 @@ def parse_template_set(buf: bytes | memoryview, start: int, end: int, set_id: in
     return out
 
 
-def parse_v9_template_set(buf: bytes | memoryview, start: int, end: int, set_id: int,
-                          registry: Registry | None = None) -> list[Template]:
+def parse_v9_template_set(
+    buf: bytes | memoryview, start: int, end: int, set_id: int, registry: Registry | None = None
+) -> list[Template]:
     """Parse a NetFlow v9 template (0) or options template (1) flowset."""
     reg = registry or default_registry()
     out: list[Template] = []

@@ -72,14 +72,30 @@ def datagrams_to_pcap(datagrams: list[bytes], path: Path, dport: int) -> None:
     """Wrap export datagrams in Ethernet/IPv4/UDP frames so tshark can read them."""
     with PcapWriter(str(path)) as w:
         for i, d in enumerate(datagrams):
-            w.write(1_700_000_000 * 10**9 + i * 1000, ipv4_frame(b"\x7f\0\0\x01", b"\x7f\0\0\x01", 17,
-                                                                 udp(40000, dport, d), ident=i))
+            w.write(
+                1_700_000_000 * 10**9 + i * 1000,
+                ipv4_frame(b"\x7f\0\0\x01", b"\x7f\0\0\x01", 17, udp(40000, dport, d), ident=i),
+            )
 
 
 def tshark_fields(pcap: Path, port: int, fields: list[str]) -> list[list[list[str]]]:
     """Per frame, per field, the list of values tshark's cflow dissector shows."""
-    cmd = ["tshark", "-n", "-r", str(pcap), "-d", f"udp.port=={port},cflow", "-T", "fields",
-           "-E", "occurrence=a", "-E", "separator=|", "-E", "aggregator=,"]
+    cmd = [
+        "tshark",
+        "-n",
+        "-r",
+        str(pcap),
+        "-d",
+        f"udp.port=={port},cflow",
+        "-T",
+        "fields",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "separator=|",
+        "-E",
+        "aggregator=,",
+    ]
     for f in fields:
         cmd += ["-e", f]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
@@ -91,9 +107,22 @@ def tshark_fields(pcap: Path, port: int, fields: list[str]) -> list[list[list[st
 
 def tshark_problems(pcap: Path, port: int) -> int:
     """Frames tshark marks malformed or with an expert error."""
-    out = subprocess.run(["tshark", "-n", "-r", str(pcap), "-d", f"udp.port=={port},cflow", "-Y",
-                          "_ws.malformed || _ws.expert.severity >= 8388608"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [
+            "tshark",
+            "-n",
+            "-r",
+            str(pcap),
+            "-d",
+            f"udp.port=={port},cflow",
+            "-Y",
+            "_ws.malformed || _ws.expert.severity >= 8388608",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     return len(out.splitlines())
 
 
@@ -102,8 +131,14 @@ class CollectorProcess:
 
     def __init__(self, args: list[str]) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen([*CELLTAP, "collector", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
+        self.proc = subprocess.Popen(
+            [*CELLTAP, "collector", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=str(REPO),
+        )
         line = self.proc.stderr.readline()  # type: ignore[union-attr]
         if "listening" not in line:
             self.proc.kill()

@@ -57,11 +57,16 @@ def decode_message(msg: bytes, templates: dict | None = None) -> dict[int, np.nd
 # ---------------------------------------------------------------- registry
 def test_registry_has_common_elements_and_reverse_ones():
     r = default_registry()
-    for eid, name, typ in [(1, "octetDeltaCount", "unsigned64"), (8, "sourceIPv4Address", "ipv4Address"),
-                           (27, "sourceIPv6Address", "ipv6Address"), (96, "applicationName", "string"),
-                           (136, "flowEndReason", "unsigned8"), (152, "flowStartMilliseconds",
-                                                                 "dateTimeMilliseconds"),
-                           (34, "samplingInterval", "unsigned32"), (302, "selectorId", "unsigned64")]:
+    for eid, name, typ in [
+        (1, "octetDeltaCount", "unsigned64"),
+        (8, "sourceIPv4Address", "ipv4Address"),
+        (27, "sourceIPv6Address", "ipv6Address"),
+        (96, "applicationName", "string"),
+        (136, "flowEndReason", "unsigned8"),
+        (152, "flowStartMilliseconds", "dateTimeMilliseconds"),
+        (34, "samplingInterval", "unsigned32"),
+        (302, "selectorId", "unsigned64"),
+    ]:
         ie = r.get(eid)
         assert (ie.name, ie.data_type) == (name, typ)
     rev = r.get(1, 29305)
@@ -94,18 +99,25 @@ def test_refresh_script_converts_iana_layout(tmp_path):
         import refresh_iana_ipfix as refresh
     finally:
         sys.path.pop(0)
-    text = ("ElementID,Name,Abstract Data Type,Data Type Semantics,Status,Description,Units,Range,"
-            "Additional Information,Reference,Revision,Date\n"
-            '1,octetDeltaCount,unsigned64,deltaCounter,current,"The number, of octets",octets,,,'
-            "[RFC5102],0,\n"
-            "105-127,Assigned for NetFlow v9 compatibility,,,,,,,,[RFC3954],,\n"
-            "96,applicationName,string,default,current,name,,,,[RFC6759],0,\n")
+    text = (
+        "ElementID,Name,Abstract Data Type,Data Type Semantics,Status,Description,Units,Range,"
+        "Additional Information,Reference,Revision,Date\n"
+        '1,octetDeltaCount,unsigned64,deltaCounter,current,"The number, of octets",octets,,,'
+        "[RFC5102],0,\n"
+        "105-127,Assigned for NetFlow v9 compatibility,,,,,,,,[RFC3954],,\n"
+        "96,applicationName,string,default,current,name,,,,[RFC6759],0,\n"
+    )
     rows = refresh.convert(text)
-    assert rows == [["1", "octetDeltaCount", "unsigned64", "deltaCounter", "octets"],
-                    ["96", "applicationName", "string", "default", ""]]
+    assert rows == [
+        ["1", "octetDeltaCount", "unsigned64", "deltaCounter", "octets"],
+        ["96", "applicationName", "string", "default", ""],
+    ]
     p = tmp_path / "r.csv"
-    p.write_text("ElementID,Name,Abstract Data Type,Data Type Semantics,Units\n"
-                 + "\n".join(",".join(r) for r in rows) + "\n")
+    p.write_text(
+        "ElementID,Name,Abstract Data Type,Data Type Semantics,Units\n"
+        + "\n".join(",".join(r) for r in rows)
+        + "\n"
+    )
     reg = load_registry(p)
     assert reg.get(96).name == "applicationName" and reg.get(1, 29305).name == "reverseOctetDeltaCount"
 
@@ -122,24 +134,50 @@ def a_set(set_id: int, payload: bytes) -> bytes:
 
 def test_variable_length_first_field_enterprise_and_reduced_size():
     """applicationName first (the ipfix package drops such records), a PEN element, 3-byte counter."""
-    tmpl = a_set(2, struct.pack("!HH", 400, 5)
-                 + struct.pack("!HH", 96, 65535)          # applicationName, variable
-                 + struct.pack("!HH", 8, 4)               # sourceIPv4Address
-                 + struct.pack("!HHI", 0x8000 | 1, 8, 29305)  # reverseOctetDeltaCount
-                 + struct.pack("!HHI", 0x8000 | 77, 2, 9)     # Cisco enterprise element 77
-                 + struct.pack("!HH", 1, 3))              # octetDeltaCount, reduced to 3 bytes
+    tmpl = a_set(
+        2,
+        struct.pack("!HH", 400, 5)
+        + struct.pack("!HH", 96, 65535)  # applicationName, variable
+        + struct.pack("!HH", 8, 4)  # sourceIPv4Address
+        + struct.pack("!HHI", 0x8000 | 1, 8, 29305)  # reverseOctetDeltaCount
+        + struct.pack("!HHI", 0x8000 | 77, 2, 9)  # Cisco enterprise element 77
+        + struct.pack("!HH", 1, 3),
+    )  # octetDeltaCount, reduced to 3 bytes
     long_name = b"z" * 300
-    recs = (b"\x04http" + bytes([10, 0, 0, 1]) + struct.pack("!Q", 2**40 + 5) + b"\x00\x07" + b"\x01\x00\x01"
-            + b"\xff" + struct.pack("!H", 300) + long_name + bytes([10, 0, 0, 2]) + struct.pack("!Q", 9)
-            + b"\xbe\xef" + b"\xff\xff\xff"
-            + b"\x00" + bytes([10, 0, 0, 3]) + struct.pack("!Q", 0) + b"\x00\x00" + b"\x00\x00\x00")
+    recs = (
+        b"\x04http"
+        + bytes([10, 0, 0, 1])
+        + struct.pack("!Q", 2**40 + 5)
+        + b"\x00\x07"
+        + b"\x01\x00\x01"
+        + b"\xff"
+        + struct.pack("!H", 300)
+        + long_name
+        + bytes([10, 0, 0, 2])
+        + struct.pack("!Q", 9)
+        + b"\xbe\xef"
+        + b"\xff\xff\xff"
+        + b"\x00"
+        + bytes([10, 0, 0, 3])
+        + struct.pack("!Q", 0)
+        + b"\x00\x00"
+        + b"\x00\x00\x00"
+    )
     msg = ipfix_msg(5, 0, [tmpl, a_set(400, recs + b"\x00\x00")])  # 2 bytes of padding at the end
     r = decode_message(msg)[400]
-    assert r.dtype.names == ("applicationName", "sourceIPv4Address", "reverseOctetDeltaCount", "ie9_77",
-                             "octetDeltaCount")
+    assert r.dtype.names == (
+        "applicationName",
+        "sourceIPv4Address",
+        "reverseOctetDeltaCount",
+        "ie9_77",
+        "octetDeltaCount",
+    )
     assert list(r["applicationName"]) == ["http", long_name.decode(), ""]
-    assert [str(ipaddress.IPv4Address(int(x))) for x in r["sourceIPv4Address"]] == ["10.0.0.1", "10.0.0.2",
-                                                                                     "10.0.0.3"]
+    assert [str(ipaddress.IPv4Address(int(x))) for x in r["sourceIPv4Address"]] == [
+        "10.0.0.1",
+        "10.0.0.2",
+        "10.0.0.3",
+    ]
     assert list(r["reverseOctetDeltaCount"]) == [2**40 + 5, 9, 0]
     assert list(r["octetDeltaCount"]) == [65537, 0xFFFFFF, 0]
     assert r["octetDeltaCount"].dtype == np.uint64
@@ -147,12 +185,24 @@ def test_variable_length_first_field_enterprise_and_reduced_size():
 
 
 def test_fixed_set_is_one_numpy_array_and_padding_ignored():
-    t = template_from_names(300, [("sourceIPv4Address", None), ("octetDeltaCount", 4),
-                                  ("protocolIdentifier", None), ("ingressInterface", 2),
-                                  ("bgpSourceAsNumber", 3)])
+    t = template_from_names(
+        300,
+        [
+            ("sourceIPv4Address", None),
+            ("octetDeltaCount", 4),
+            ("protocolIdentifier", None),
+            ("ingressInterface", 2),
+            ("bgpSourceAsNumber", 3),
+        ],
+    )
     assert t.record_length == 4 + 4 + 1 + 2 + 3
-    raw = b"".join(struct.pack("!IIBH", 0x0A000000 + i, i * 7, 17, i) + (i * 1000).to_bytes(3, "big")
-                   for i in range(1000)) + b"\0" * 5
+    raw = (
+        b"".join(
+            struct.pack("!IIBH", 0x0A000000 + i, i * 7, 17, i) + (i * 1000).to_bytes(3, "big")
+            for i in range(1000)
+        )
+        + b"\0" * 5
+    )
     r = decode_fixed(t, raw)
     assert len(r) == 1000
     assert (r["octetDeltaCount"] == np.arange(1000) * 7).all() and r["octetDeltaCount"].dtype == np.uint64
@@ -201,8 +251,32 @@ def test_v9_templates_options_and_scope_fields():
 
 def test_v5_records():
     hdr = struct.pack("!HHIIIIBBH", 5, 2, 5000, 1700000000, 0, 41, 1, 2, (1 << 14) | 64)
-    rec = [struct.pack("!IIIHHIIIIHHBBBBHHBBH", 0x0A000001 + i, 0xC0A80001, 0, 3, 4, 10 + i, 1000 + i,
-                       100, 200, 1234, 80, 0, 0x1B, 6, 0, 65000, 65001, 24, 16, 0) for i in range(2)]
+    rec = [
+        struct.pack(
+            "!IIIHHIIIIHHBBBBHHBBH",
+            0x0A000001 + i,
+            0xC0A80001,
+            0,
+            3,
+            4,
+            10 + i,
+            1000 + i,
+            100,
+            200,
+            1234,
+            80,
+            0,
+            0x1B,
+            6,
+            0,
+            65000,
+            65001,
+            24,
+            16,
+            0,
+        )
+        for i in range(2)
+    ]
     msg = hdr + b"".join(rec)
     h = parse_header(msg)
     assert (h.sequence, h.domain, h.sampling) == (41, 0x0102, 64)
@@ -255,11 +329,36 @@ def test_biflow_export_roundtrip_many_messages():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([(1, 8), (1, 4), (1, 2), (1, 3), (2, 8), (2, 5), (8, 4), (4, 1),
-                                           (96, 65535), (95, 65535), (27, 16), (56, 6), (152, 8),
-                                           (434, 4), (7, 2)]),
-                          st.booleans()), min_size=1, max_size=8),
-       st.integers(0, 40), st.integers(0, 2**32))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    (1, 8),
+                    (1, 4),
+                    (1, 2),
+                    (1, 3),
+                    (2, 8),
+                    (2, 5),
+                    (8, 4),
+                    (4, 1),
+                    (96, 65535),
+                    (95, 65535),
+                    (27, 16),
+                    (56, 6),
+                    (152, 8),
+                    (434, 4),
+                    (7, 2),
+                ]
+            ),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(0, 40),
+    st.integers(0, 2**32),
+)
 def test_property_roundtrip_any_template(fields, n, seed):
     """Any mix of fixed, reduced-size, variable and reverse fields survives encode -> decode -> to_wire."""
     specs = [(eid, ln, 29305 if rev and eid not in (95, 96) else 0) for (eid, ln), rev in fields]
@@ -268,8 +367,9 @@ def test_property_roundtrip_any_template(fields, n, seed):
     cols: dict = {}
     for f in t.fields:
         if f.variable:
-            cols[f.name] = [bytes(rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8))
-                            for _ in range(n)]
+            cols[f.name] = [
+                bytes(rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8)) for _ in range(n)
+            ]
             if f.ie.data_type == "string":
                 cols[f.name] = ["é" * int(rng.integers(0, 5)) for _ in range(n)]
         elif f.ie.data_type in ("ipv6Address", "macAddress"):
@@ -277,7 +377,7 @@ def test_property_roundtrip_any_template(fields, n, seed):
         else:
             signed = f.ie.data_type.startswith("signed")
             bits = 8 * f.length - (1 if signed else 0)
-            lo = -(2 ** bits) if signed else 0
+            lo = -(2**bits) if signed else 0
             if bits >= 63:
                 cols[f.name] = rng.integers(0, 2**63, n, dtype=np.uint64)
             else:
@@ -297,8 +397,9 @@ def test_property_roundtrip_any_template(fields, n, seed):
     b = RecordBatch("192.0.2.1", 1, 500, t, r)
     again = RecordBatch.from_wire("192.0.2.1", 1, *b.to_wire())
     for f in t.fields:
-        assert [bytes(x) if isinstance(x, np.void) else x for x in again.records[f.name]] == \
-               [bytes(x) if isinstance(x, np.void) else x for x in r[f.name]], f.name
+        assert [bytes(x) if isinstance(x, np.void) else x for x in again.records[f.name]] == [
+            bytes(x) if isinstance(x, np.void) else x for x in r[f.name]
+        ], f.name
 
 
 def test_template_set_bytes_roundtrip_including_v9_scope():
@@ -319,11 +420,20 @@ def test_ipfix_package_decodes_our_export():
     ipfix.ie.clear_infomodel()
     ipfix.ie.use_iana_default()
     ipfix.ie.use_5103_default()
-    t = template_from_names(256, [("sourceIPv4Address", None), ("destinationIPv4Address", None),
-                                  ("sourceTransportPort", None), ("protocolIdentifier", None),
-                                  ("octetDeltaCount", None), ("reverseOctetDeltaCount", None),
-                                  ("packetDeltaCount", 4), ("flowEndMilliseconds", None),
-                                  ("applicationName", None)])
+    t = template_from_names(
+        256,
+        [
+            ("sourceIPv4Address", None),
+            ("destinationIPv4Address", None),
+            ("sourceTransportPort", None),
+            ("protocolIdentifier", None),
+            ("octetDeltaCount", None),
+            ("reverseOctetDeltaCount", None),
+            ("packetDeltaCount", 4),
+            ("flowEndMilliseconds", None),
+            ("applicationName", None),
+        ],
+    )
     enc = MessageEncoder(17, [t])
     cols = biflow_columns(60)
     msgs = enc.encode(256, cols, 1700000000.0)

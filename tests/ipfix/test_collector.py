@@ -27,15 +27,21 @@ from collector.service import CollectorService
 from collector.template_store import KVTemplateStore
 from tests.ipfix.oracles import REPO, datagrams_to_pcap, free_port
 
-SIMPLE = [("sourceIPv4Address", None), ("destinationIPv4Address", None), ("octetDeltaCount", None),
-          ("packetDeltaCount", None)]
+SIMPLE = [
+    ("sourceIPv4Address", None),
+    ("destinationIPv4Address", None),
+    ("octetDeltaCount", None),
+    ("packetDeltaCount", None),
+]
 
 
 def columns(n: int, base: int = 0) -> dict:
-    return {"sourceIPv4Address": np.arange(n, dtype=np.uint32) + 0x0A000000 + base,
-            "destinationIPv4Address": np.full(n, 0xC0A80001, np.uint32),
-            "octetDeltaCount": np.arange(n, dtype=np.uint64) * 10 + 1,
-            "packetDeltaCount": np.ones(n, np.uint64)}
+    return {
+        "sourceIPv4Address": np.arange(n, dtype=np.uint32) + 0x0A000000 + base,
+        "destinationIPv4Address": np.full(n, 0xC0A80001, np.uint32),
+        "octetDeltaCount": np.arange(n, dtype=np.uint64) * 10 + 1,
+        "packetDeltaCount": np.ones(n, np.uint64),
+    }
 
 
 class Sink:
@@ -51,8 +57,11 @@ class Sink:
         return sum(len(b) for b in self.batches if exporter is None or b.exporter == exporter)
 
     def total(self, name: str, exporter: str | None = None) -> int:
-        return sum(int(b.records[name].sum()) for b in self.batches
-                   if (exporter is None or b.exporter == exporter) and name in (b.records.dtype.names or ()))
+        return sum(
+            int(b.records[name].sum())
+            for b in self.batches
+            if (exporter is None or b.exporter == exporter) and name in (b.records.dtype.names or ())
+        )
 
 
 def sender(src: str) -> socket.socket:
@@ -93,15 +102,15 @@ def test_malformed_input_counted_logged_and_others_served(caplog):
     try:
         flood = b"".join(struct.pack("!HHHH", 1000 + i, 1, 8, 4) for i in range(2000))
         hostile = [
-            b"\x00\x0a\x00",                                                   # truncated header
-            ipfix_msg(1, 0, struct.pack("!HH", 300, 400) + b"\0" * 8),         # set length past message
-            ipfix_msg(1, 0, struct.pack("!HH", 300, 2)),                       # set length < 4
-            ipfix_msg(1, 0, struct.pack("!HHHH", 2, 8, 301, 65535)),           # 65535 fields
+            b"\x00\x0a\x00",  # truncated header
+            ipfix_msg(1, 0, struct.pack("!HH", 300, 400) + b"\0" * 8),  # set length past message
+            ipfix_msg(1, 0, struct.pack("!HH", 300, 2)),  # set length < 4
+            ipfix_msg(1, 0, struct.pack("!HHHH", 2, 8, 301, 65535)),  # 65535 fields
             ipfix_msg(1, 0, struct.pack("!HHHHHHHH", 2, 16, 302, 3, 8, 4, 1, 8)),  # fields past the set
             struct.pack("!HHIIII", 9, 1, 0, 0, 0, 1) + struct.pack("!HHHH", 0, 8, 303, 0),  # v9 0 fields
-            ipfix_msg(1, 0, struct.pack("!HH", 999, 12) + b"\1" * 8),          # data, unknown template
-            ipfix_msg(2, 0, struct.pack("!HH", 2, 4 + len(flood)) + flood),    # template flood
-            b"\x00\x07" + b"\0" * 30,                                          # not IPFIX / NetFlow
+            ipfix_msg(1, 0, struct.pack("!HH", 999, 12) + b"\1" * 8),  # data, unknown template
+            ipfix_msg(2, 0, struct.pack("!HH", 2, 4 + len(flood)) + flood),  # template flood
+            b"\x00\x07" + b"\0" * 30,  # not IPFIX / NetFlow
         ]
         for i, m in enumerate(enc.encode(300, columns(400), time.time())):
             good.sendto(m, target)
@@ -116,7 +125,8 @@ def test_malformed_input_counted_logged_and_others_served(caplog):
         bad.close()
     t = svc.totals
     assert sink.records("127.0.0.77") == 400 and sink.total("octetDeltaCount", "127.0.0.77") == sum(
-        columns(400)["octetDeltaCount"])
+        columns(400)["octetDeltaCount"]
+    )
     assert sink.records("127.0.0.66") == 0
     # 7 good messages: hostile[0..6] went once inside the loop, then every hostile message once more.
     assert t.dropped_messages["malformed"] == 7  # truncated header x2, set past x2, set < 4 x2, version
@@ -153,8 +163,9 @@ def test_tcp_session_withdrawal_and_end():
         wait_for(lambda: sink.records() == 1000)
         exp.withdraw([300])
         # Data for the withdrawn template must not decode.
-        exp.sock.sendall(exp.encoder._message([struct.pack("!HH", 300, 4 + 24) + b"\1" * 24], time.time(), 1,
-                                              False))
+        exp.sock.sendall(
+            exp.encoder._message([struct.pack("!HH", 300, 4 + 24) + b"\1" * 24], time.time(), 1, False)
+        )
         wait_for(lambda: svc.totals.dropped_sets.get("no_template", 0) >= 1)
         exp.close()
         time.sleep(0.3)
@@ -188,13 +199,17 @@ def test_udp_template_expiry_and_sequence_gaps():
 
 def test_sampling_options_scale_counters_ipfix_and_v5():
     t = template_from_names(300, SIMPLE)
-    opt = template_from_names(310, [("observationDomainId", None), ("samplingPacketInterval", None),
-                                    ("samplingPacketSpace", None)], scope_count=1)
+    opt = template_from_names(
+        310,
+        [("observationDomainId", None), ("samplingPacketInterval", None), ("samplingPacketSpace", None)],
+        scope_count=1,
+    )
     enc = MessageEncoder(4, [t, opt])
     now = time.time()
     before = enc.encode(300, columns(3), now)
-    msgs = enc.encode(310, {"observationDomainId": [4], "samplingPacketInterval": [1],
-                            "samplingPacketSpace": [99]}, now)
+    msgs = enc.encode(
+        310, {"observationDomainId": [4], "samplingPacketInterval": [1], "samplingPacketSpace": [99]}, now
+    )
     after = enc.encode(300, columns(3), now)
     out = Ingestor().feed([("192.0.2.9", m) for m in before + msgs + after], now)
     data = [b for b in out if b.template_id == 300]
@@ -202,7 +217,8 @@ def test_sampling_options_scale_counters_ipfix_and_v5():
     assert list(data[1].records["octetDeltaCount"]) == [100, 1100, 2100]
     assert list(data[1].records["packetDeltaCount"]) == [100, 100, 100]
     v5 = struct.pack("!HHIIIIBBH", 5, 1, 0, 0, 0, 0, 0, 0, (1 << 14) | 10) + struct.pack(
-        "!IIIHHIIIIHHBBBBHHBBH", 1, 2, 0, 0, 0, 3, 300, 0, 0, 1, 2, 0, 0, 6, 0, 0, 0, 0, 0, 0)
+        "!IIIHHIIIIHHBBBBHHBBH", 1, 2, 0, 0, 0, 3, 300, 0, 0, 1, 2, 0, 0, 6, 0, 0, 0, 0, 0, 0
+    )
     b = Ingestor().feed([("192.0.2.10", v5)], now)[0]
     assert (int(b.records["packetDeltaCount"][0]), int(b.records["octetDeltaCount"][0])) == (30, 3000)
 
@@ -233,8 +249,11 @@ def test_cold_start_decodes_with_templates_from_the_registry(tmp_path):
     second = Ingestor(store=KVTemplateStore(reg_b, "test"))
     t = biflow_templates()[0]
     enc = MessageEncoder(12, [t], refresh=RefreshPolicy(None, None))
-    cols = {"sourceIPv4Address": np.arange(5, dtype=np.uint32), "applicationName": ["http"] * 5,
-            "octetDeltaCount": np.arange(5, dtype=np.uint64)}
+    cols = {
+        "sourceIPv4Address": np.arange(5, dtype=np.uint32),
+        "applicationName": ["http"] * 5,
+        "octetDeltaCount": np.arange(5, dtype=np.uint64),
+    }
     msgs = enc.encode(256, cols, 1.0) + enc.encode(256, cols, 2.0)
     assert sum(len(b) for b in first.feed([("198.51.100.7", msgs[0])], 1.0)) == 5
     assert reg_a.get("/celltap/test/templates/198.51.100.7/12/256") is not None
@@ -247,8 +266,13 @@ def test_cold_start_decodes_with_templates_from_the_registry(tmp_path):
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "celltap.cli", "collector", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "celltap.cli", "collector", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(REPO),
+    )
 
 
 def test_config_errors_are_one_clear_line(tmp_path):
@@ -267,13 +291,21 @@ def test_config_errors_are_one_clear_line(tmp_path):
 
 def test_read_pcap_json_prints_records_with_iana_names(tmp_path):
     enc = MessageEncoder(21, biflow_templates())
-    v6 = {"sourceIPv6Address": np.frombuffer(bytes.fromhex("20010db8" + "00" * 11 + "01") * 3, "V16"),
-          "destinationIPv6Address": np.frombuffer(bytes.fromhex("20010db8" + "00" * 11 + "02") * 3, "V16"),
-          "sourceTransportPort": [1, 2, 3], "destinationTransportPort": [443, 443, 443],
-          "protocolIdentifier": [6, 6, 6], "octetDeltaCount": [10, 20, 30], "packetDeltaCount": [1, 2, 3],
-          "reverseOctetDeltaCount": [5, 6, 7], "reversePacketDeltaCount": [1, 1, 1],
-          "flowStartMilliseconds": [1700000000000] * 3, "flowEndMilliseconds": [1700000000500] * 3,
-          "flowEndReason": [3, 3, 3], "applicationName": ["tls", "tls", "quic"]}
+    v6 = {
+        "sourceIPv6Address": np.frombuffer(bytes.fromhex("20010db8" + "00" * 11 + "01") * 3, "V16"),
+        "destinationIPv6Address": np.frombuffer(bytes.fromhex("20010db8" + "00" * 11 + "02") * 3, "V16"),
+        "sourceTransportPort": [1, 2, 3],
+        "destinationTransportPort": [443, 443, 443],
+        "protocolIdentifier": [6, 6, 6],
+        "octetDeltaCount": [10, 20, 30],
+        "packetDeltaCount": [1, 2, 3],
+        "reverseOctetDeltaCount": [5, 6, 7],
+        "reversePacketDeltaCount": [1, 1, 1],
+        "flowStartMilliseconds": [1700000000000] * 3,
+        "flowEndMilliseconds": [1700000000500] * 3,
+        "flowEndReason": [3, 3, 3],
+        "applicationName": ["tls", "tls", "quic"],
+    }
     msgs = enc.encode(257, v6, 1700000001.0)
     pcap = tmp_path / "x.pcap"
     datagrams_to_pcap(msgs, pcap, 4739)
@@ -290,10 +322,16 @@ def test_read_pcap_json_prints_records_with_iana_names(tmp_path):
 def _count_hook(q):
     def factory(index: int):
         def sink(batches):
-            q.put((sum(len(b) for b in batches),
-                   sum(int(b.records["octetDeltaCount"].sum()) for b in batches),
-                   sum(int(b.records["packetDeltaCount"].sum()) for b in batches)))
+            q.put(
+                (
+                    sum(len(b) for b in batches),
+                    sum(int(b.records["octetDeltaCount"].sum()) for b in batches),
+                    sum(int(b.records["packetDeltaCount"].sum()) for b in batches),
+                )
+            )
+
         return sink
+
     return factory
 
 
@@ -322,9 +360,13 @@ def test_reuseport_workers_take_loadgen_routers_and_serve_metrics():
     assert got[0] == t.total("records") and got[0] + lost == sent["records"]
     if lost == 0:
         assert (got[1], got[2]) == (sent["octets"], sent["packets"])
-    for name in ("celltap_collector_records_total", "celltap_collector_messages_total",
-                 "celltap_collector_received_bytes_total", "celltap_collector_template_events_total",
-                 "celltap_collector_workers"):
+    for name in (
+        "celltap_collector_records_total",
+        "celltap_collector_messages_total",
+        "celltap_collector_received_bytes_total",
+        "celltap_collector_template_events_total",
+        "celltap_collector_workers",
+    ):
         assert name in text
     assert 'celltap_collector_records_total{exporter="127.0.0.10"}' in text
 
@@ -336,9 +378,26 @@ def test_loadgen_cli_prints_what_it_sent():
     s.bind(("127.0.0.1", port))
     s.settimeout(2)
     try:
-        r = subprocess.run([sys.executable, "-m", "loadgen.ipfix_cli", f"127.0.0.1:{port}", "--rate", "20000",
-                            "--exporters", "2", "--records", "2000", "--version", "9"],
-                           capture_output=True, text=True, timeout=60, cwd=str(REPO))
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "loadgen.ipfix_cli",
+                f"127.0.0.1:{port}",
+                "--rate",
+                "20000",
+                "--exporters",
+                "2",
+                "--records",
+                "2000",
+                "--version",
+                "9",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=str(REPO),
+        )
         assert r.returncode == 0, r.stderr
         sent = json.loads(r.stdout)
         got = []

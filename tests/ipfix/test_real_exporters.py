@@ -29,8 +29,12 @@ def run_exporter(kind: str, version: int, pcap: Path, tmp_path: Path, port: int)
     if kind == "softflowd":
         exe = require_tool("softflowd")
         # -d keeps it in the foreground; it exits after the file; no -c (it would wait forever).
-        subprocess.run([exe, "-d", "-r", str(pcap), "-n", f"127.0.0.1:{port}", "-v", str(version)],
-                       capture_output=True, timeout=60, check=True)
+        subprocess.run(
+            [exe, "-d", "-r", str(pcap), "-n", f"127.0.0.1:{port}", "-v", str(version)],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
         return
     exe = require_tool("pmacctd")
     conf = tmp_path / f"pmacctd-{version}.conf"
@@ -52,8 +56,9 @@ def run_exporter(kind: str, version: int, pcap: Path, tmp_path: Path, port: int)
     proc.wait(timeout=30)
 
 
-@pytest.mark.parametrize("kind,version",
-                         [("softflowd", 10), ("softflowd", 9), ("pmacctd", 10), ("pmacctd", 9)])
+@pytest.mark.parametrize(
+    "kind,version", [("softflowd", 10), ("softflowd", 9), ("pmacctd", 10), ("pmacctd", 9)]
+)
 def test_exporter_to_collector_totals_match(kind, version, tmp_path):
     tshark = require_tool("tshark")
     assert tshark
@@ -125,5 +130,8 @@ def test_softflowd_ipfix_also_decoded_by_ipfix_package(tmp_path):
     batches = Ingestor().feed([("127.0.0.1", d) for d in relay.datagrams], time.time())
     ours = [b for b in batches if "octetDeltaCount" in (b.records.dtype.names or ())]
     assert len(theirs) == sum(len(b) for b in ours) == expected.flows
-    assert sum(r["octetDeltaCount"] for r in theirs) == sum(int(b.records["octetDeltaCount"].sum())
-                                                           for b in ours) == expected.octets
+    assert (
+        sum(r["octetDeltaCount"] for r in theirs)
+        == sum(int(b.records["octetDeltaCount"].sum()) for b in ours)
+        == expected.octets
+    )

@@ -53,8 +53,19 @@ def test_tshark_decodes_cell_biflow_export(tmp_path, v6):
     datagrams_to_pcap(msgs, pcap, PORT)
     assert tshark_problems(pcap, PORT) == 0
     src = "cflow.srcaddrv6" if v6 else "cflow.srcaddr"
-    rows = tshark_fields(pcap, PORT, [src, "cflow.srcport", "cflow.octets", "cflow.packets",
-                                      "cflow.appl_name", "cflow.od_id", "cflow.flow_end_reason"])
+    rows = tshark_fields(
+        pcap,
+        PORT,
+        [
+            src,
+            "cflow.srcport",
+            "cflow.octets",
+            "cflow.packets",
+            "cflow.appl_name",
+            "cflow.od_id",
+            "cflow.flow_end_reason",
+        ],
+    )
     srcs = [v for r in rows for v in r[0]]
     ports = [int(v) for r in rows for v in r[1]]
     octets = [int(v) for r in rows for v in r[2]]  # forward and reverse (PEN 29305) interleaved
@@ -77,15 +88,25 @@ def test_tshark_decodes_cell_biflow_export(tmp_path, v6):
 
 def test_tshark_decodes_netflow_v9_export(tmp_path):
     require_tool("tshark")
-    t = template_from_names(300, [("sourceIPv4Address", None), ("destinationIPv4Address", None),
-                                  ("octetDeltaCount", 4), ("packetDeltaCount", 4),
-                                  ("sourceTransportPort", None)])
+    t = template_from_names(
+        300,
+        [
+            ("sourceIPv4Address", None),
+            ("destinationIPv4Address", None),
+            ("octetDeltaCount", 4),
+            ("packetDeltaCount", 4),
+            ("sourceTransportPort", None),
+        ],
+    )
     enc = MessageEncoder(3, [t], version=9)
     n = 200
-    cols = {"sourceIPv4Address": np.arange(n, dtype=np.uint32) + 0x0A000001,
-            "destinationIPv4Address": np.full(n, 0x0A0000FE, np.uint32),
-            "octetDeltaCount": np.arange(n) * 100 + 40, "packetDeltaCount": np.arange(n) + 1,
-            "sourceTransportPort": np.arange(n) + 1000}
+    cols = {
+        "sourceIPv4Address": np.arange(n, dtype=np.uint32) + 0x0A000001,
+        "destinationIPv4Address": np.full(n, 0x0A0000FE, np.uint32),
+        "octetDeltaCount": np.arange(n) * 100 + 40,
+        "packetDeltaCount": np.arange(n) + 1,
+        "sourceTransportPort": np.arange(n) + 1000,
+    }
     msgs = enc.encode(300, cols, 1_700_000_001.0)
     assert [parse_header(m).sequence for m in msgs] == list(range(len(msgs)))  # v9 counts packets
     pcap = tmp_path / "v9.pcap"

@@ -46,8 +46,9 @@ class Expected:
     octets: int
 
 
-def write_capture(path: Path, n_udp_flows: int = 20, n_tcp_flows: int = 10,
-                  start_s: int = 1_700_000_000) -> Expected:
+def write_capture(
+    path: Path, n_udp_flows: int = 20, n_tcp_flows: int = 10, start_s: int = 1_700_000_000
+) -> Expected:
     """Write a pcap of UDP request/response pairs and short TCP connections; return the totals."""
     frames: list[tuple[int, bytes]] = []
     t = start_s * 10**9
