@@ -171,3 +171,47 @@ def test_several_racks_spreads_strictly(rendered: dict[str, list[dict[str, Any]]
         sts = find(rendered["several-racks"], "StatefulSet", suffix)
         spread = pod_spec(sts)["topologySpreadConstraints"][0]
         assert spread == {**spread, "topologyKey": "celltap.io/rack", "whenUnsatisfiable": "DoNotSchedule"}
+
+
+VARIANTS = {
+    "etcd-without-persistence": "etcd:\n  persistence:\n    enabled: false\n",
+    "static-discovery": "cells:\n  discovery: static\n  replicas: 6\n",
+    "inline-incubator": "incubator:\n  mode: inline\n  capture: afpacket:eth1\n  peer: afpacket:eth2\n",
+    "no-monitoring-no-incubator": (
+        "incubator:\n  enabled: false\nmetrics:\n  serviceMonitor:\n    enabled: false\n"
+        "  prometheusRule:\n    enabled: false\n  dashboards:\n    enabled: false\n"
+    ),
+    "no-pdbs-no-ipfix": (
+        "cells:\n  podDisruptionBudget: null\n  ipfix:\n    enabled: false\n"
+        "collector:\n  podDisruptionBudget: null\nnodes:\n  podDisruptionBudget: null\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variants_render_valid_objects(renderer: Path, tmp_path: Path, variant: str) -> None:
+    from tests.deploy.chart import documents, go_render
+    from tests.deploy.test_values_schema import errors
+
+    values = tmp_path / "values.yaml"
+    values.write_text(VARIANTS[variant])
+    assert errors(merged_values([values])) == []
+    docs = documents(go_render(renderer, [values]))
+    problems = {f"{d['kind']}/{d['metadata']['name']}": k8s_errors(d, KUBE_VERSIONS[0]) for d in docs}
+    assert {k: v for k, v in problems.items() if v} == {}
+    kinds = {d["kind"] for d in docs}
+    if variant == "no-monitoring-no-incubator":
+        assert not kinds & {"DaemonSet", "ServiceMonitor", "PrometheusRule"}
+        assert not [d for d in docs if "grafana_dashboard" in d["metadata"]["labels"]]
+    if variant == "no-pdbs-no-ipfix":
+        assert [d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget"] == ["celltap-etcd"]
+        assert (
+            "--ipfix"
+            not in find(docs, "StatefulSet", "-cell")["spec"]["template"]["spec"]["containers"][0]["args"]
+        )
+    if variant == "inline-incubator":
+        assert "peer: afpacket:eth2" in find(docs, "ConfigMap", "-config")["data"]["incubator.yaml"]
+    if variant == "etcd-without-persistence":
+        sts = find(docs, "StatefulSet", "-etcd")
+        assert "volumeClaimTemplates" not in sts["spec"]
+        assert {"name": "data", "emptyDir": {}} in sts["spec"]["template"]["spec"]["volumes"]
