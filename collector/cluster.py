@@ -15,6 +15,7 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -184,6 +185,9 @@ class ClusterRouter:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.cid = config.collector_id
+        # Sequence numbers restart with the process; a fresh wire identity keeps a restarted
+        # collector's batches from looking like duplicates of its previous life.
+        self.wire_id = f"{config.collector_id}@{uuid.uuid4().hex[:8]}"
         self.lock = threading.RLock()
         self.router = Router(Ring({}, config.seed))
         self.members: dict[str, dict[str, Any]] = {}
@@ -349,7 +353,7 @@ class ClusterRouter:
         index = None if part is None else part.index
         mask = out.mask if part is None else part.mask
         return pb.RecordBatchMsg(
-            collector=self.cid, sequence=out.seq, origin=out.origin,
+            collector=self.wire_id, sequence=out.seq, origin=out.origin,
             replica_of=out.primary if part is not None else "", exporter=out.exporter, domain=out.domain,
             template=out.template_bytes, records=out.packed(index), count=len(mask), keys=list(out.keys),
             key_mask=mask.tobytes(), delivery=delivery,

@@ -123,7 +123,11 @@ class AnalysisNode:
 
     def _watch_registration(self) -> None:
         seen = 1
+        ticks = 0
         while not self._stop.wait(0.2):
+            ticks += 1
+            if ticks % 5 == 0:
+                self.state.status()  # refreshes the state-size gauges
             times = self.registration.times_registered
             if times > seen:
                 # We were out of the cluster long enough for the lease to expire: the others

@@ -31,13 +31,15 @@ from proto import celltap_pb2 as pb
 log = logging.getLogger("celltap.node")
 
 SEEN_PER_STREAM = 200_000  # a collector never re-sends older than its bounded pending window
+MAX_STREAMS = 4096  # (collector run, origin) pairs remembered; the oldest stream is forgotten first
 
 
 class SeenSet:
     """Bounded sets of applied batch sequence numbers per (collector, origin) stream."""
 
-    def __init__(self, limit: int = SEEN_PER_STREAM) -> None:
+    def __init__(self, limit: int = SEEN_PER_STREAM, max_streams: int = MAX_STREAMS) -> None:
         self.limit = limit
+        self.max_streams = max_streams
         self._sets: dict[tuple[str, str], tuple[set[int], deque[int]]] = {}
 
     def __contains__(self, ident: tuple[str, str, int]) -> bool:
@@ -46,7 +48,13 @@ class SeenSet:
 
     def add(self, ident: tuple[str, str, int]) -> None:
         """Remember one batch; the oldest of its stream is forgotten beyond the limit."""
-        seqs, order = self._sets.setdefault((ident[0], ident[1]), (set(), deque()))
+        stream = (ident[0], ident[1])
+        entry = self._sets.get(stream)
+        if entry is None:
+            if len(self._sets) >= self.max_streams:
+                del self._sets[next(iter(self._sets))]  # dicts keep insertion order: the oldest
+            entry = self._sets[stream] = (set(), deque())
+        seqs, order = entry
         if ident[2] in seqs:
             return
         seqs.add(ident[2])

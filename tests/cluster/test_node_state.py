@@ -97,3 +97,11 @@ def test_seen_set_is_bounded() -> None:
     for i in range(5):
         s.add(("c", "o", i))
     assert ("c", "o", 4) in s and ("c", "o", 1) not in s and len(s) == 3
+
+
+def test_seen_set_forgets_the_oldest_stream_first() -> None:
+    s = SeenSet(limit=10, max_streams=2)
+    s.add(("c@1", "o", 1))
+    s.add(("c@2", "o", 1))
+    s.add(("c@3", "o", 1))
+    assert ("c@1", "o", 1) not in s and ("c@2", "o", 1) in s and ("c@3", "o", 1) in s
