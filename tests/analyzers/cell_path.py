@@ -24,33 +24,35 @@ RULES = {
 }
 
 
-def cell_config(name: str, home: Path, fmt: str) -> dict:
-    """An SF-TAP configuration with the rules that send `name`'s traffic to its interface(s)."""
+def cell_config(names: list[str], home: Path, fmt: str) -> dict:
+    """An SF-TAP configuration with the rules that send each analyzer's traffic to its interface(s)."""
     cfg: dict = {"global": {"home": str(home), "timeout": 60}}
-    for i, (proto, port, up, down) in enumerate(RULES[name]):
-        rule: dict = {"proto": proto, "if": name, "format": fmt, "body": "yes", "nice": 10}
-        if port:
-            rule["port"] = port
-        if up:
-            rule["up"] = up
-        if down:
-            rule["down"] = down
-        cfg[f"{name}{i}"] = rule
+    for name in names:
+        for i, (proto, port, up, down) in enumerate(RULES[name]):
+            # port rules first, the payload-regex HTTP rule last (SF-TAP's `nice`: lower wins)
+            rule: dict = {"proto": proto, "if": name, "format": fmt, "body": "yes", "nice": 100 if up else 10}
+            if port:
+                rule["port"] = port
+            if up:
+                rule["up"] = up
+            if down:
+                rule["down"] = down
+            cfg[f"{name}{i}"] = rule
     return cfg
 
 
-def cell_records(name: str, pcap: str, tmp: Path, fmt: str) -> list[dict]:
-    """Run the cell on `pcap` with one analyzer process per interface; return all their records."""
+def cell_records_multi(names: list[str], pcap: str, tmp: Path, fmt: str) -> dict[str, list[dict]]:
+    """Run the cell on `pcap` with one analyzer process per interface; return each analyzer's records."""
     home = tmp / "home"
     config = tmp / "sftap.yaml"
-    config.write_text(yaml.safe_dump(cell_config(name, home, fmt)))
-    sockets = sorted({f"{proto.lower()}/{name}" for proto, *_ in RULES[name]})
-    outs = [tmp / f"{s.replace('/', '-')}.jsonl" for s in sockets]
+    config.write_text(yaml.safe_dump(cell_config(names, home, fmt)))
+    sockets = sorted({(name, f"{proto.lower()}/{name}") for name in names for proto, *_ in RULES[name]})
+    outs = [tmp / f"{s.replace('/', '-')}.jsonl" for _, s in sockets]
     analyzers = [
         subprocess.Popen(
             analyzer_cmd(name, str(home / s), str(o), fmt, "--exit-on-eof"), stderr=subprocess.PIPE, text=True
         )
-        for s, o in zip(sockets, outs, strict=True)
+        for (name, s), o in zip(sockets, outs, strict=True)
     ]
     try:
         cell = subprocess.run(
@@ -64,7 +66,7 @@ def cell_records(name: str, pcap: str, tmp: Path, fmt: str) -> list[dict]:
                 "--read",
                 pcap,
                 "--wait-readers",
-                ",".join(sockets),
+                ",".join(s for _, s in sockets),
                 "--wait-timeout",
                 "30",
             ],
@@ -79,8 +81,13 @@ def cell_records(name: str, pcap: str, tmp: Path, fmt: str) -> list[dict]:
         for a in analyzers:
             if a.poll() is None:
                 a.kill()
-    records = []
-    for o in outs:
+    records: dict[str, list[dict]] = {name: [] for name in names}
+    for (name, _), o in zip(sockets, outs, strict=True):
         if o.exists():
-            records += [json.loads(line) for line in o.read_text().splitlines()]
+            records[name] += [json.loads(line) for line in o.read_text().splitlines()]
     return records
+
+
+def cell_records(name: str, pcap: str, tmp: Path, fmt: str) -> list[dict]:
+    """Run the cell on `pcap` with `name`'s analyzer(s); return their records."""
+    return cell_records_multi([name], pcap, tmp, fmt)[name]

@@ -66,7 +66,12 @@ def run_analyzer(name: str, payload: bytes, tmp: Path, fmt: str = "text") -> lis
 
 
 def tshark_fields(pcap: str, display_filter: str, fields: list[str]) -> list[dict[str, list[str]]]:
-    """tshark -T fields output as one dict per packet; multi-valued fields split on the aggregator."""
+    """tshark -T fields output as one dict per packet; multi-valued fields split on the aggregator.
+
+    `ip.src` / `ip.dst` also cover IPv6 (taken from `ipv6.src` / `ipv6.dst` when the packet has no IPv4).
+    """
+    asked = fields
+    fields = fields + [f.replace("ip.", "ipv6.") for f in fields if f in ("ip.src", "ip.dst")]
     cmd = [
         "tshark",
         "-r",
@@ -91,5 +96,9 @@ def tshark_fields(pcap: str, display_filter: str, fields: list[str]) -> list[dic
         if not line:
             continue
         values = line.split("\x1e")
-        rows.append({f: (v.split("\x1f") if v else []) for f, v in zip(fields, values, strict=False)})
+        row = {f: (v.split("\x1f") if v else []) for f, v in zip(fields, values, strict=False)}
+        for f in ("ip.src", "ip.dst"):
+            if f in asked and not row.get(f):
+                row[f] = row.get(f.replace("ip.", "ipv6."), [])
+        rows.append({f: row.get(f, []) for f in asked})
     return rows
