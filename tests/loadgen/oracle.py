@@ -47,8 +47,11 @@ def tshark(pcap: Path, *args: str) -> str:
     return proc.stdout
 
 
-def fields(pcap: Path, names: list[str], display_filter: str | None = None, *extra: str) -> list[list[str]]:
-    """One row per frame (matching `display_filter`) with the values of `names` (tab separated)."""
+def fields(
+    pcap: Path, names: list[str], display_filter: str | None = None, *extra: str, aggregator: str = ","
+) -> list[list[str]]:
+    """One row per frame (matching `display_filter`) with the values of `names`; a field's several
+    values in one frame are joined by `aggregator`."""
     args = [
         "-T",
         "fields",
@@ -56,7 +59,7 @@ def fields(pcap: Path, names: list[str], display_filter: str | None = None, *ext
         "-E",
         "occurrence=a",
         "-E",
-        "aggregator=,",
+        f"aggregator={aggregator}",
     ]
     if display_filter:
         args += ["-Y", display_filter]
