@@ -1,0 +1,279 @@
+"""A local cluster on loopback: analysis nodes, routing collectors, cells with their analyzers, one incubator.
+
+Start order follows the data path backwards so nothing is sent before its receiver listens:
+nodes (they register themselves), collectors (wait until their ring holds every node), cells
+(the launcher registers each one in the registry with its VXLAN input, since a cell has no
+registry client of its own), analyzers (each cell waits with `--wait-readers` until all are
+connected), and last the incubator, which learns the cells from the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from celltap.launcher.children import CELLTAP, Child, ChildFailed, Supervisor
+from celltap.launcher.ports import free_port, free_udp_port
+from celltap.launcher.scrape import Samples, scrape
+from celltap.launcher.spec import AnalyzerSpec, ClusterSpec
+
+log = logging.getLogger("celltap.launcher")
+
+
+@dataclass
+class Component:
+    """A started process with its role, its /metrics URL and what else others need to reach it."""
+
+    kind: str  # node | collector | cell | analyzer | incubator
+    name: str
+    child: Child
+    metrics: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, check: Callable[[], None]) -> None:
+    """Poll `pred` until true; `check` raises if a process died meanwhile; TimeoutError names `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        check()
+        try:
+            if pred():
+                return
+        except (OSError, ValueError, KeyError):
+            pass  # still starting
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _http_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+class LocalCluster:
+    """Every process of a ClusterSpec, their configs, logs and outputs under one run directory."""
+
+    def __init__(self, spec: ClusterSpec, run_dir: Path, analyzers_exit_on_eof: bool = False) -> None:
+        self.spec = spec
+        self.run_dir = run_dir
+        self.conf_dir = run_dir / "conf"
+        self.log_dir = run_dir / "logs"
+        self.out_dir = run_dir / "out"
+        for d in (self.conf_dir, self.log_dir, self.out_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.registry_url = spec.registry_url(run_dir)
+        self.sup = Supervisor(self.log_dir)
+        self.components: list[Component] = []
+        self.exit_on_eof = analyzers_exit_on_eof
+        self.fifo: Path | None = None
+        self._membership: Any = None
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def of_kind(self, kind: str) -> list[Component]:
+        """Components of one kind, in start order."""
+        return [c for c in self.components if c.kind == kind]
+
+    def check(self) -> None:
+        """Raise ChildFailed if any process died unexpectedly."""
+        self.sup.check()
+
+    def scrape(self, comp: Component) -> Samples:
+        """Scrape one component's /metrics."""
+        assert comp.metrics is not None
+        return scrape(comp.metrics)
+
+    def scrape_kind(self, kind: str) -> dict[str, Samples]:
+        """Scrape every live component of a kind (ones that cannot be reached are left out)."""
+        out = {}
+        for c in self.of_kind(kind):
+            if c.metrics and c.child.alive():
+                try:
+                    out[c.name] = scrape(c.metrics)
+                except OSError:
+                    pass
+        return out
+
+    def analyzer_outputs(self) -> list[tuple[int, AnalyzerSpec, Path]]:
+        """(cell, analyzer, JSON lines file) of every analyzer."""
+        return [(c.extra["cell"], c.extra["spec"], Path(c.extra["out"])) for c in self.of_kind("analyzer")]
+
+    def node_http(self) -> list[str]:
+        """host:port of every node's HTTP query API."""
+        return [c.extra["http"] for c in self.of_kind("node")]
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def _write(self, name: str, data: dict[str, Any]) -> Path:
+        path = self.conf_dir / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def start(self, on_stage: Callable[[str], None] = lambda _s: None) -> None:
+        """Start every component and wait until each is ready (raises ChildFailed / TimeoutError)."""
+        if self.registry_url.startswith("file://"):
+            Path(self.registry_url[len("file://") :]).mkdir(parents=True, exist_ok=True)
+        on_stage(f"{self.spec.nodes} analysis node(s)")
+        self._start_nodes()
+        on_stage(f"{self.spec.collectors} collector(s)")
+        self._start_collectors()
+        on_stage(f"{self.spec.cells} cell(s) with {len(self.spec.analyzers)} analyzer(s) each")
+        self._start_cells()
+        self._start_analyzers()
+        self._register_cells()
+        on_stage("incubator")
+        self._start_incubator()
+        self.write_endpoints()
+
+    def _start_nodes(self) -> None:
+        s = self.spec
+        for j in range(s.nodes):
+            name = f"node-{j}"
+            http = f"127.0.0.1:{free_port()}"
+            cfg = {"id": name, "listen": f"127.0.0.1:{free_port()}", "http": http, "registry": self.registry_url,
+                   "cluster": s.cluster, "lease_ttl": s.lease_ttl}  # fmt: skip
+            if s.apps:
+                cfg["apps"] = s.apps
+            path = self._write(f"{name}.yaml", cfg)
+            child = self.sup.start(name, [*CELLTAP, "node", "--config", str(path)])
+            self.components.append(Component("node", name, child, f"http://{http}/metrics", {"http": http}))
+        for c in self.of_kind("node"):
+            wait_until(lambda c=c: len(_http_json(f"http://{c.extra['http']}/status")["members"]) == s.nodes,
+                       60, f"{c.name} to see all {s.nodes} nodes", self.check)  # fmt: skip
+
+    def _start_collectors(self) -> None:
+        s = self.spec
+        for k in range(s.collectors):
+            name = f"collector-{k}"
+            port, mport = free_udp_port(), free_port()
+            cfg = {"collector_id": name, "listen": [f"udp://127.0.0.1:{port}"], "workers": 1,
+                   "registry": self.registry_url, "cluster": s.cluster, "metrics_port": mport,
+                   "metrics_addr": "127.0.0.1", "routing": s.routing}  # fmt: skip
+            path = self._write(f"{name}.yaml", cfg)
+            # `celltap collector --config` decodes but does not route yet; the routing collector is this module.
+            child = self.sup.start(name, [sys.executable, "-m", "collector.cluster_collector", "--config", str(path)])
+            self.components.append(
+                Component("collector", name, child, f"http://127.0.0.1:{mport}/metrics", {"ipfix": port})
+            )
+        for c in self.of_kind("collector"):
+            wait_until(lambda c=c: scrape(c.metrics).total("celltap_collector_cluster_ring_members") == s.nodes,
+                       60, f"{c.name} to see all {s.nodes} nodes in its ring", self.check)  # fmt: skip
+
+    def _start_cells(self) -> None:
+        s = self.spec
+        collectors = self.of_kind("collector")
+        for i in range(s.cells):
+            name = f"cell-{i}"
+            home = self.run_dir / f"c{i}"
+            vxlan, mport = free_udp_port(), free_port()
+            argv = [*CELLTAP, "cell", "--config", str(s.sftap), "--input", f"vxlan://127.0.0.1:{vxlan}",
+                    "--cell-id", str(i), "--metrics-port", str(mport), "--home", str(home)]  # fmt: skip
+            if collectors:
+                argv += ["--ipfix", f"udp://127.0.0.1:{collectors[i % len(collectors)].extra['ipfix']}"]
+            if s.analyzers:
+                argv += ["--wait-readers", ",".join(sorted({a.socket for a in s.analyzers})), "--wait-timeout", "120"]
+            if s.reader_buffer:
+                argv += ["--reader-buffer", str(s.reader_buffer)]
+            child = self.sup.start(name, argv)
+            self.components.append(Component("cell", name, child, f"http://127.0.0.1:{mport}/metrics",
+                                             {"cell": i, "home": str(home), "vxlan": vxlan}))  # fmt: skip
+        for c in self.of_kind("cell"):
+            home = Path(c.extra["home"])
+            wait_until(lambda home=home: all((home / a.socket).exists() for a in s.analyzers), 60,
+                       f"{c.name}'s interface sockets under {home}", self.check)  # fmt: skip
+            wait_until(lambda c=c: scrape(c.metrics) is not None, 60, f"{c.name}'s /metrics", self.check)
+
+    def _start_analyzers(self) -> None:
+        for cell in self.of_kind("cell"):
+            i = cell.extra["cell"]
+            for a in self.spec.analyzers:
+                name = f"cell-{i}-{a.label}"
+                out = self.out_dir / f"{name}.jsonl"
+                mport = free_port()
+                argv = [*CELLTAP, "analyzer", a.analyzer, "--socket", str(Path(cell.extra["home"]) / a.socket),
+                        "--out", str(out), "--metrics-port", str(mport)]  # fmt: skip
+                if self.exit_on_eof:
+                    argv.append("--exit-on-eof")
+                child = self.sup.start(name, argv)
+                self.components.append(Component("analyzer", name, child, f"http://127.0.0.1:{mport}/metrics",
+                                                 {"cell": i, "spec": a, "out": str(out)}))  # fmt: skip
+
+    def _register_cells(self) -> None:
+        from celltap.registry import Membership, open_registry
+
+        self._membership = Membership(open_registry(self.registry_url), self.spec.cluster, ttl=self.spec.lease_ttl)
+        for c in self.of_kind("cell"):
+            self._membership.register("cells", str(c.extra["cell"]), {
+                "input": f"vxlan://127.0.0.1:{c.extra['vxlan']}", "weight": 1, "metrics": c.metrics,
+                "pid": c.child.pid})  # fmt: skip
+
+    def _start_incubator(self) -> None:
+        s = self.spec
+        if s.fed:
+            self.fifo = self.run_dir / "feed.pcap"
+            if not self.fifo.exists():
+                os.mkfifo(self.fifo, 0o600)
+            capture = f"pcap:{self.fifo}"
+        else:
+            capture = s.capture
+        mport = free_port()
+        cfg = {"mode": "mirror", "capture": capture, "hash_seed": s.hash_seed, "metrics_port": mport,
+               "registry": {"url": self.registry_url, "cluster": s.cluster, "id": "incubator-0"}}  # fmt: skip
+        path = self._write("incubator.yaml", cfg)
+        child = self.sup.start("incubator", [*CELLTAP, "incubator", "--config", str(path)])
+        comp = Component("incubator", "incubator", child, f"http://127.0.0.1:{mport}/metrics")
+        self.components.append(comp)
+        wait_until(lambda: scrape(comp.metrics) is not None, 60, "the incubator's /metrics", self.check)
+
+    # -- files for operators and Prometheus -----------------------------------------------------
+
+    def prometheus_targets(self) -> list[dict[str, Any]]:
+        """Prometheus file_sd target groups, one per component (label `component` = its kind)."""
+        return [{"targets": [c.metrics.split("/")[2]], "labels": {"component": c.kind, "member": c.name}}
+                for c in self.components if c.metrics]  # fmt: skip
+
+    def write_endpoints(self) -> Path:
+        """Write endpoints.json (every process, pid, log, metrics URL) and prometheus-targets.json."""
+        data = {
+            "registry": self.registry_url, "cluster": self.spec.cluster, "run_dir": str(self.run_dir),
+            "feed": str(self.fifo) if self.fifo else None,
+            "components": [{"kind": c.kind, "name": c.name, "pid": c.child.pid, "log": str(c.child.log_path),
+                            "metrics": c.metrics, **{k: (str(v) if isinstance(v, AnalyzerSpec) else v)
+                                                     for k, v in c.extra.items()}}
+                           for c in self.components],
+        }  # fmt: skip
+        (self.run_dir / "prometheus-targets.json").write_text(json.dumps(self.prometheus_targets(), indent=1))
+        path = self.run_dir / "endpoints.json"
+        path.write_text(json.dumps(data, indent=1))
+        return path
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def stop(self, grace: float = 10.0) -> dict[str, int | None]:
+        """Stop everything still running and withdraw the cells' registrations."""
+        statuses = self.sup.stop_all(grace)
+        self.close_registry()
+        return statuses
+
+    def close_registry(self) -> None:
+        """Withdraw the cells from the registry (idempotent)."""
+        if self._membership is not None:
+            try:
+                self._membership.close()
+            except Exception as exc:  # noqa: BLE001 (a registry outage must not block shutdown)
+                log.warning("withdrawing the cells from the registry failed: %s", exc)
+            self._membership = None
+
+
+__all__ = ["ChildFailed", "Component", "LocalCluster", "wait_until"]
