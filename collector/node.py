@@ -60,6 +60,7 @@ class AnalysisNode:
         self.state = NodeState(config.id, config.build_apps())
         self.incarnation = uuid.uuid4().hex[:12]
         self.members: dict[str, dict[str, Any]] = {}
+        self._registry_users: dict[str, str] = {}
         self._members_lock = threading.Lock()
         self.grpc_server: grpc.Server | None = None
         self.http_server: ThreadingHTTPServer | None = None
@@ -91,12 +92,14 @@ class AnalysisNode:
             threading.Thread(target=self.http_server.serve_forever, name="node-http", daemon=True).start()
         registry = open_registry(c.registry, tls=c.tls)
         self.membership = Membership(registry, c.cluster, ttl=c.lease_ttl)
+        if any(isinstance(a, UserAccountingApp) for a in self.state.live.apps):
+            # Read the user mapping before joining, so no record is accounted before it is known.
+            users = registry.watch_prefix(f"/celltap/{c.cluster}/users/", self._on_user_event, initial=True)
+            users.wait_synced(timeout=5)
         nodes = self.membership.watch("nodes", self._on_members)
         self.registration = self.membership.register("nodes", c.id, self.value())
         nodes.wait_synced(timeout=5)
         self._on_members(nodes.members())
-        if any(isinstance(a, UserAccountingApp) for a in self.state.live.apps):
-            registry.watch_prefix(f"/celltap/{c.cluster}/users/", self._on_user_event, initial=True)
         threading.Thread(target=self._watch_registration, name="node-lease", daemon=True).start()
 
     def _on_members(self, members: dict[str, dict[str, Any]]) -> None:
@@ -105,18 +108,25 @@ class AnalysisNode:
         self.state.set_members(members)
 
     def _on_user_event(self, event: Any) -> None:
-        # Registry users are re-read as a whole: the mapping is small and changes rarely.
-        assert self.membership is not None
         prefix = f"/celltap/{self.config.cluster}/users/"
-        lines = []
-        for key, raw in self.membership.registry.get_prefix(prefix).items():
+        name = event.key[len(prefix) :]
+        if event.type == "delete":
+            self._registry_users.pop(name, None)
+        else:
             try:
-                user = json.loads(raw).get("user")
-            except (ValueError, AttributeError):
-                log.warning('registry user mapping %s is not {"user": NAME}; ignored', key)
-                continue
-            lines.append(f"{key[len(prefix) :].replace('_', '/')} {user}")
-        mapping = parse_user_map("\n".join(lines), "registry users")
+                user = str(event.json()["user"])
+                parse_user_map(f"{name.replace('_', '/')} {user}", event.key)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("registry user mapping %s ignored (want {\"user\": NAME} under an address): %s",
+                            event.key, exc)  # fmt: skip
+                return
+            self._registry_users[name] = user
+        lines = [f"{k.replace('_', '/')} {u}" for k, u in self._registry_users.items()]
+        try:
+            mapping = parse_user_map("\n".join(lines), "registry users")
+        except ValueError as exc:
+            log.warning("registry user mapping ignored: %s", exc)
+            return
         for a in self.state.live.apps:
             if isinstance(a, UserAccountingApp):
                 a.users.set_dynamic(mapping)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from celltap.flowhash import xxh64
+from celltap.registry import open_registry
 from celltap.ring import Ring
 from collector.apps.base import make_app
 from tests.cluster.procs import APPS, CELLTAP, Cluster, loadgen, loadgen_result, metric, sent_records
@@ -22,9 +23,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 SKIP = ("complete", "nodes", "errors")
 
 
-def _reference(name: str, per_exporter: dict[str, np.ndarray], params: dict) -> dict:
+def _reference(
+    name: str, per_exporter: dict[str, np.ndarray], params: dict, spec: dict | None = None
+) -> dict:
     """The app computed in this one process over every record that was sent."""
-    app = make_app(name, APPS[name])
+    app = make_app(name, spec or APPS[name])
     for exporter, recs in per_exporter.items():
         app.update(recs, exporter)
     return app.answer(params)
@@ -98,21 +101,34 @@ def test_kill_a_node_and_restart_etcd_mid_stream(etcd_factory, tmp_path) -> None
 def test_fourth_node_takes_a_quarter_and_other_keys_stay(etcd_factory, tmp_path) -> None:
     etcd = etcd_factory()
     c = Cluster(tmp_path, etcd.url, ttl=3.0)
+    # DARTA's user-based accounting: one mapping from a file, one from the registry.
+    users_file = tmp_path / "users.txt"
+    users_file.write_text("10.0.0.0/9 alice\n10.200.0.0/16 carol\n")
+    apps = {**APPS, "users": {"kind": "user_accounting", "key": "src", "users_file": str(users_file)}}
+    with open_registry(etcd.url) as reg:
+        reg.put(f"/celltap/{c.name}/users/10.128.0.0_9", {"user": "bob"})
     try:
         for n in ("n1", "n2", "n3"):
-            c.start_node(n)
+            c.start_node(n, apps)
         c.wait_members({"n1", "n2", "n3"}, timeout=40)
         c.start_collector("c1")
         c.wait_collector("c1", 3)
         gen = loadgen(c.collector_udp["c1"], 6000, 7, 2, "127.0.0.10", 3, tmp_path, "lg")
         time.sleep(2.0)
-        c.start_node("n4")
+        c.start_node("n4", apps)
         c.wait_collector("c1", 4)
         result = loadgen_result(gen)
         c.wait_drained("c1", result["records"])
         sent = sent_records(result, 2, "127.0.0.10", 3)
         nodes = ["n1", "n2", "n3", "n4"]
         _check_exact(c, "n4", sent, [result], nodes)
+
+        both = tmp_path / "users-all.txt"
+        both.write_text(users_file.read_text() + "10.128.0.0/9 bob\n")
+        spec = {"kind": "user_accounting", "key": "src", "users_file": str(both)}
+        users = c.query("n2", "users", n=0)
+        assert _strip(users) == _reference("users", sent, {"n": 0}, spec)
+        assert {row["user"] for row in users["top"]} >= {"alice", "bob", "carol"}
 
         # Where each source address ended up, from each node's own share.
         holders: dict[str, set[str]] = {}
