@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "celltap"
 EXAMPLES = REPO / "helm" / "examples"
 RENDERER_SRC = REPO / "helm" / "tools" / "render"
-# Debian's Go library tree: golang-github-masterminds-sprig-dev and golang-gopkg-yaml.v3-dev.
+# Debian's Go library tree: golang-github-masterminds-sprig-dev and golang-k8s-sigs-yaml-dev.
 DEBIAN_GOPATH = Path("/usr/share/gocode")
 RELEASE = "celltap"
 NAMESPACE = "traffic"
@@ -29,14 +29,14 @@ VALUE_SETS: dict[str, list[Path]] = {
 
 
 def build_renderer(out_dir: Path) -> Path:
-    """Compile helm/tools/render against Debian's sprig and yaml.v3 (GOPATH mode, no network)."""
+    """Compile helm/tools/render against Debian's sprig and sigs.k8s.io/yaml (GOPATH mode, no network)."""
     go = shutil.which("go")
     if go is None:
         pytest.skip("go is not installed (Debian golang-go); scripts/setup.sh --system installs it")
     if not (DEBIAN_GOPATH / "src/github.com/Masterminds/sprig").is_dir():
         pytest.skip("sprig is not installed (Debian golang-github-masterminds-sprig-dev)")
-    if not (DEBIAN_GOPATH / "src/gopkg.in/yaml.v3").is_dir():
-        pytest.skip("yaml.v3 is not installed (Debian golang-gopkg-yaml.v3-dev)")
+    if not (DEBIAN_GOPATH / "src/sigs.k8s.io/yaml").is_dir():
+        pytest.skip("sigs.k8s.io/yaml is not installed (Debian golang-k8s-sigs-yaml-dev)")
     cache = os.environ.get("GOCACHE") or str(Path.home() / ".cache" / "go-build")
     env = {
         **os.environ,
@@ -83,7 +83,10 @@ def helm_render(value_files: list[Path], chart: Path = CHART) -> str:
         pytest.skip(
             "helm is not on PATH (it cannot be installed on these machines); the Go renderer stands in"
         )
-    return render([helm, "template", RELEASE, "--namespace", NAMESPACE], chart, value_files)
+    # --kube-version: the chart needs 1.28+ and older helm defaults to an older Kubernetes.
+    return render(
+        [helm, "template", RELEASE, "--namespace", NAMESPACE, "--kube-version", "1.30.0"], chart, value_files
+    )
 
 
 def documents(text: str) -> list[dict[str, Any]]:

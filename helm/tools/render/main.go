@@ -2,9 +2,9 @@
 // and Masterminds' sprig, the same engine Helm uses, on machines where helm itself is not installed.
 //
 // It implements the part of Helm the celltap chart relies on: .Values (chart values deep-merged with
-// -f files, numbers as float64 like Helm's JSON round trip), .Release, .Chart, .Capabilities,
+// -f files, parsed like Helm with sigs.k8s.io/yaml, so numbers are float64), .Release, .Chart, .Capabilities,
 // .Template, .Files (Get, GetBytes, Glob, AsConfig, AsSecrets, Lines), include, tpl, required,
-// toYaml/fromYaml/toJson/fromJson, lookup (always empty, as in `helm template`), and sprig's functions
+// toYaml/fromYaml (sigs.k8s.io/yaml, as in Helm)/toJson/fromJson, lookup (always empty, as in `helm template`), and sprig's functions
 // minus env/expandenv (which Helm removes too).  Partials (files starting with "_") are parsed but not
 // emitted; each rendered document is preceded by "# Source: <chart>/templates/<file>", as Helm does.
 //
@@ -21,7 +21,6 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
-	"math"
 	"os"
 	"path"
 	"path/filepath"
@@ -30,7 +29,7 @@ import (
 	"text/template"
 
 	"github.com/Masterminds/sprig"
-	yaml "gopkg.in/yaml.v3"
+	"sigs.k8s.io/yaml"
 )
 
 type multiFlag []string
@@ -98,48 +97,15 @@ func (a APIVersions) Has(v string) bool {
 	return false
 }
 
-// normalize turns YAML-decoded data into what Helm's sigs.k8s.io/yaml (a JSON round trip) yields:
-// string-keyed maps and float64 numbers.
-func normalize(v interface{}) interface{} {
-	switch t := v.(type) {
-	case map[string]interface{}:
-		for k, x := range t {
-			t[k] = normalize(x)
-		}
-		return t
-	case map[interface{}]interface{}:
-		m := map[string]interface{}{}
-		for k, x := range t {
-			m[fmt.Sprint(k)] = normalize(x)
-		}
-		return m
-	case []interface{}:
-		for i, x := range t {
-			t[i] = normalize(x)
-		}
-		return t
-	case int:
-		return float64(t)
-	case int64:
-		return float64(t)
-	case uint64:
-		return float64(t)
-	default:
-		return v
-	}
-}
-
+// readYAMLMap parses YAML as Helm's chartutil.ReadValues does: sigs.k8s.io/yaml converts it to JSON
+// first, so maps are string-keyed and every number is a float64.
 func readYAMLMap(data []byte) (map[string]interface{}, error) {
-	var v interface{}
-	if err := yaml.Unmarshal(data, &v); err != nil {
+	m := map[string]interface{}{}
+	if err := yaml.Unmarshal(data, &m); err != nil {
 		return nil, err
 	}
-	if v == nil {
-		return map[string]interface{}{}, nil
-	}
-	m, ok := normalize(v).(map[string]interface{})
-	if !ok {
-		return nil, errors.New("top level is not a mapping")
+	if m == nil { // an empty file is JSON null
+		m = map[string]interface{}{}
 	}
 	return m, nil
 }
@@ -163,48 +129,21 @@ func mergeValues(dst, src map[string]interface{}) map[string]interface{} {
 	return dst
 }
 
-// jsonNumbers rewrites integral float64s as int64, as Helm's JSON round trip prints 33554432 rather
-// than the 3.3554432e+07 a YAML encoder would write for a float.
-func jsonNumbers(v interface{}) interface{} {
-	switch t := v.(type) {
-	case map[string]interface{}:
-		m := make(map[string]interface{}, len(t))
-		for k, x := range t {
-			m[k] = jsonNumbers(x)
-		}
-		return m
-	case []interface{}:
-		l := make([]interface{}, len(t))
-		for i, x := range t {
-			l[i] = jsonNumbers(x)
-		}
-		return l
-	case float64:
-		if t == math.Trunc(t) && math.Abs(t) < 1<<53 {
-			return int64(t)
-		}
-		return t
-	default:
-		return v
-	}
-}
-
-// toYAML matches Helm's toYaml: block style, sorted keys, no trailing newline, "" on error.
+// toYAML is Helm's toYaml: sigs.k8s.io/yaml (JSON field order, sorted keys), no trailing newline,
+// "" on error.
 func toYAML(v interface{}) string {
-	var buf bytes.Buffer
-	enc := yaml.NewEncoder(&buf)
-	enc.SetIndent(2)
-	if err := enc.Encode(jsonNumbers(v)); err != nil {
+	data, err := yaml.Marshal(v)
+	if err != nil {
 		return ""
 	}
-	_ = enc.Close()
-	return strings.TrimSuffix(buf.String(), "\n")
+	return strings.TrimSuffix(string(data), "\n")
 }
 
+// fromYAML is Helm's fromYaml: a parse error comes back under the "Error" key.
 func fromYAML(s string) map[string]interface{} {
-	m, err := readYAMLMap([]byte(s))
-	if err != nil {
-		return map[string]interface{}{"Error": err.Error()}
+	m := map[string]interface{}{}
+	if err := yaml.Unmarshal([]byte(s), &m); err != nil {
+		m["Error"] = err.Error()
 	}
 	return m
 }
