@@ -443,3 +443,75 @@ def test_killed_workers_restart_and_decode_at_once_with_shared_templates():
         svc.stop()
     assert svc.totals.template_events[("127.0.0.1", "restored")] == 1
     assert svc.totals.dropped_sets.get("no_template", 0) == 0
+
+
+def test_kernel_drops_are_read_back_as_buffer_full():
+    """A worker that does not read while its small receive buffer overflows counts what the kernel dropped."""
+    from collector.udp_server import UdpWorker, open_udp_socket
+
+    port = free_port()
+    sock = open_udp_socket(ListenAddress("udp", "127.0.0.1", port), 8192)
+    ing = Ingestor()
+    got: list = []
+    worker = UdpWorker(sock, ing, got.extend)
+    enc = MessageEncoder(1, [template_from_names(300, SIMPLE)], refresh=RefreshPolicy(None, 1))
+    msgs = enc.encode(300, columns(200 * 50), time.time())  # every message carries the template
+    s = sender("127.0.0.1")
+    try:
+        for m in msgs:
+            s.sendto(m, ("127.0.0.1", port))
+        while worker.poll_once(0.2):
+            pass
+        worker.report()
+    finally:
+        s.close()
+        sock.close()
+    received = worker.datagrams
+    drained = ing.stats.drain()
+    assert received < len(msgs)
+    assert drained["dropped_messages"]["buffer_full"] == len(msgs) - received
+
+
+def test_cell_biflow_exporter_to_collector_over_udp_and_tcp():
+    from celltap.ipfix.export import BiflowExporter
+
+    n = 250
+    cols = {
+        "sourceIPv4Address": np.arange(n, dtype=np.uint32) + 0x0A000001,
+        "destinationIPv4Address": np.full(n, 0x0A0000FE, np.uint32),
+        "sourceTransportPort": np.arange(n, dtype=np.uint16) + 1024,
+        "destinationTransportPort": np.full(n, 80, np.uint16),
+        "protocolIdentifier": np.full(n, 6, np.uint8),
+        "octetDeltaCount": np.arange(n, dtype=np.uint64) * 3,
+        "packetDeltaCount": np.ones(n, np.uint64),
+        "reverseOctetDeltaCount": np.arange(n, dtype=np.uint64) * 7,
+        "reversePacketDeltaCount": np.full(n, 2, np.uint64),
+        "flowStartMilliseconds": np.full(n, 1_700_000_000_000, np.uint64),
+        "flowEndMilliseconds": np.full(n, 1_700_000_000_900, np.uint64),
+        "flowEndReason": np.full(n, 1, np.uint8),
+        "applicationName": ["http0" if i % 2 else "tcp_default" for i in range(n)],
+    }
+    uport, tport = free_port(), free_port(socket.SOCK_STREAM)
+    cfg = CollectorConfig(
+        listen=[ListenAddress("udp", "127.0.0.1", uport), ListenAddress("tcp", "127.0.0.1", tport)],
+        workers=1,
+        metrics_port=0,
+    )
+    sink = Sink()
+    svc = CollectorService(cfg, sink.factory, processes=False)
+    svc.start()
+    try:
+        udp_exp = BiflowExporter(f"127.0.0.1:{uport}", cell_id=3)
+        tcp_exp = BiflowExporter(f"127.0.0.1:{tport}", cell_id=4, transport="tcp")
+        udp_exp.export(cols)
+        tcp_exp.export(cols)
+        wait_for(lambda: sink.records() == 2 * n)
+        udp_exp.close()
+        tcp_exp.close()
+    finally:
+        svc.stop()
+    for domain in (3, 4):
+        recs = np.concatenate([b.records for b in sink.batches if b.domain == domain])
+        assert list(recs["applicationName"]) == cols["applicationName"]
+        assert int(recs["reverseOctetDeltaCount"].sum()) == int(cols["reverseOctetDeltaCount"].sum())
+        assert list(recs["sourceTransportPort"]) == list(cols["sourceTransportPort"])
