@@ -11,6 +11,7 @@ import random
 from loadgen.fragment import ipv4_fragments, ipv6_fragments
 from loadgen.packets import ETH_IPV4, ETH_IPV6, ExtHeader, ethernet, ipv4, ipv6, pad_frame
 
+SERVER_POOL = 32  # server numbers per scenario: scenario `net` uses net*32 .. net*32+31
 _SERVER_NETS = (bytes((192, 0, 2)), bytes((198, 51, 100)), bytes((203, 0, 113)))
 
 
@@ -155,8 +156,9 @@ def make_link(
     servers: int = 24,
 ) -> Link:
     """The Link of flow i of the scenario using client subnet `net`; the server is drawn from a
-    small pool (many clients share few servers, as on a real link)."""
-    server = rng.randrange(servers)
+    small pool of that scenario (many clients share few servers, as on a real link; scenarios
+    never share a server, so a blend of them keeps every application on its own addresses)."""
+    server = net * SERVER_POOL + rng.randrange(min(servers, SERVER_POOL))
     caddr = client_v6(net, i) if v6 else client_v4(net, i)
     saddr = server_v6(server) if v6 else server_v4(server)
     return Link(
