@@ -39,3 +39,19 @@ def test_notes_tell_how_to_point_routers_and_mirror_ports(renderer: Path) -> Non
     assert "afpacket:eth1" in notes and "VXLAN (UDP 4789)" in notes
     rack = go_render(renderer, VALUE_SETS["one-rack"], notes=True)
     assert "UDP 30739" in rack and "get pods" in rack  # NodePort: tells which node port and nodes
+
+
+def test_chart_refuses_kubernetes_without_pod_index_label(renderer: Path) -> None:
+    # Cell ids come from the apps.kubernetes.io/pod-index label, set by Kubernetes 1.28 and later.
+    import subprocess
+
+    from tests.deploy.chart import CHART
+
+    old = subprocess.run(
+        [str(renderer), "--kube-version", "v1.27.9", str(CHART)], capture_output=True, text=True, timeout=60
+    )
+    assert old.returncode != 0 and "incompatible with Kubernetes v1.27.9" in old.stderr
+    new = subprocess.run(
+        [str(renderer), "--kube-version", "v1.28.0", str(CHART)], capture_output=True, text=True, timeout=60
+    )
+    assert new.returncode == 0, new.stderr

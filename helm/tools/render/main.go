@@ -28,6 +28,8 @@ import (
 	"strings"
 	"text/template"
 
+	// Debian keeps semver v3 at its GOPATH path without the /v3 suffix.
+	semver "github.com/Masterminds/semver"
 	"github.com/Masterminds/sprig"
 	"sigs.k8s.io/yaml"
 )
@@ -297,6 +299,21 @@ func run() error {
 		}
 	}
 
+	// Like Helm: refuse a Kubernetes version outside the chart's kubeVersion constraint.
+	if constraint, ok := chart["KubeVersion"].(string); ok && constraint != "" {
+		c, err := semver.NewConstraint(constraint)
+		if err != nil {
+			return fmt.Errorf("Chart.yaml kubeVersion %q: %w", constraint, err)
+		}
+		v, err := semver.NewVersion(*kubeVersion)
+		if err != nil {
+			return fmt.Errorf("--kube-version %q: %w", *kubeVersion, err)
+		}
+		if !c.Check(v) {
+			return fmt.Errorf("chart requires kubeVersion: %s which is incompatible with Kubernetes %s",
+				constraint, *kubeVersion)
+		}
+	}
 	major := strings.TrimPrefix(strings.SplitN(*kubeVersion, ".", 2)[0], "v")
 	minor := strings.SplitN(*kubeVersion+".", ".", 3)[1]
 	caps := map[string]interface{}{
