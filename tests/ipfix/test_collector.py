@@ -515,3 +515,23 @@ def test_cell_biflow_exporter_to_collector_over_udp_and_tcp():
         assert list(recs["applicationName"]) == cols["applicationName"]
         assert int(recs["reverseOctetDeltaCount"].sum()) == int(cols["reverseOctetDeltaCount"].sum())
         assert list(recs["sourceTransportPort"]) == list(cols["sourceTransportPort"])
+
+
+def test_v9_per_sampler_rates_scale_each_record():
+    """NetFlow v9 options data maps sampler ids to rates; each data record is scaled by its sampler's rate."""
+
+    def flowset(fid: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("!HH", fid, 4 + len(body)) + body
+
+    opt_tpl = struct.pack("!HHH", 400, 4, 8) + struct.pack("!HH", 1, 4) + struct.pack("!HHHH", 48, 1, 50, 4)
+    data_tpl = struct.pack("!HH", 401, 3) + struct.pack("!HHHHHH", 1, 4, 2, 4, 48, 1)
+    opt_data = struct.pack("!IBI", 0, 1, 10) + struct.pack("!IBI", 0, 2, 100)
+    data = struct.pack("!IIB", 1000, 2, 1) + struct.pack("!IIB", 1000, 2, 2) + struct.pack("!IIB", 7, 1, 9)
+    body = flowset(0, data_tpl) + flowset(1, opt_tpl) + flowset(400, opt_data) + flowset(401, data)
+    msg = struct.pack("!HHIIII", 9, 6, 0, 0, 0, 77) + body
+    out = Ingestor().feed([("192.0.2.20", msg)], time.time())
+    recs = next(b.records for b in out if b.template_id == 401)
+    # sampler 9 is unknown: it keeps the domain's latest rate (100, the last announced).
+    assert list(recs["octetDeltaCount"]) == [10_000, 100_000, 700]
+    assert list(recs["packetDeltaCount"]) == [20, 200, 100]
