@@ -30,9 +30,14 @@ def no_offloads(ns: NetNS, ifname: str) -> None:
 class Tcpdump:
     """tcpdump writing one interface's frames to a pcap file (an independent receiver)."""
 
-    def __init__(self, ns: NetNS, ifname: str, path: str, direction_in: bool = True) -> None:
+    def __init__(
+        self, ns: NetNS, ifname: str, path: str, direction_in: bool = True, count: int | None = None
+    ) -> None:
         self.path = path
-        args = ["tcpdump", "-i", ifname, "-w", path, "-U", "-n", "-s", "0"]
+        self.count = count
+        args = ["tcpdump", "-i", ifname, "-w", path, "-U", "-n", "-s", "0", "--immediate-mode"]
+        if count is not None:
+            args += ["-c", str(count)]
         if direction_in:
             args += ["-Q", "in"]
         self.proc = ns.exec(*args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -45,7 +50,20 @@ class Tcpdump:
 
     def stop(self) -> str:
         """Stop and return the file path."""
-        time.sleep(0.3)
+        if self.count is not None:
+            try:
+                self.proc.wait(timeout=10)  # exits by itself after `count` frames
+                return self.path
+            except subprocess.TimeoutExpired:
+                pass
+        # SIGINT drops what tcpdump has not read yet: wait until the file stops growing first.
+        last, stable = -1, 0
+        deadline = time.time() + 10
+        while stable < 3 and time.time() < deadline:
+            time.sleep(0.2)
+            size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+            stable = stable + 1 if size == last else 0
+            last = size
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=10)
         return self.path

@@ -123,7 +123,8 @@ def test_inline_bridges_ping_and_tcp_and_separates_every_frame(topo, tmp_path):
     assert kinds[6] > 100 and kinds[1] == 16
     ip_frames = sum(kinds.values())
     assert len(got["c0"]) + len(got["c1"]) - ip_frames >= 2  # the ARP exchange, on cell 0
-    assert hashlib.sha1(b"".join(sorted(union.elements()))).digest() == hashlib.sha1(
-        b"".join(sorted(crossed.elements()))
-    ).digest()
+    assert (
+        hashlib.sha1(b"".join(sorted(union.elements()))).digest()
+        == hashlib.sha1(b"".join(sorted(crossed.elements()))).digest()
+    )
     assert os.path.getsize(files["c0"]) > 24
