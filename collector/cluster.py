@@ -267,12 +267,23 @@ class ClusterRouter:
             for acc in accs:
                 try:
                     self._route(acc)
-                except Exception:
+                except Exception:  # _route counts its own failures; this only guards the thread
                     log.exception("routing a batch failed")
 
     # ---- routing -------------------------------------------------------------------------
 
     def _route(self, acc: _Accumulator) -> None:
+        try:
+            self._route_unchecked(acc)
+        except Exception:
+            # A batch we cannot route must not wedge the buffer accounting: count it and go on.
+            log.exception("could not route %d records from %s; dropped", acc.count, acc.exporter)
+            with self.lock:
+                self.accumulated -= acc.count
+                self.counts["dropped_error"] = self.counts.get("dropped_error", 0) + acc.count
+            CLUSTER_METRICS.dropped.labels(self.cid, "error").inc(acc.count)
+
+    def _route_unchecked(self, acc: _Accumulator) -> None:
         records = acc.arrays[0] if len(acc.arrays) == 1 else np.concatenate(acc.arrays)
         template = normalized_template(acc.template)
         with self.lock:
@@ -415,6 +426,8 @@ class ClusterRouter:
                 sender = self.senders.pop(m, None)
                 if sender is not None:
                     sender.stop()
+            if gone:  # their acknowledgements will never come
+                self.deliveries = {d: e for d, e in self.deliveries.items() if e[1] not in gone}
             for m, v in new.items():
                 sender = self.senders.get(m)
                 if sender is not None and sender.address != v["grpc"]:
