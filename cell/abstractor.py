@@ -167,8 +167,23 @@ class Abstractor:
         pending = flow.pending or ()
         flow.pending = None
         flow.head1 = flow.head2 = b""
+        if flow.sink is None:
+            for _sender, data, _ts in pending:
+                self.unrouted_bytes += len(data)
+            return
+        # consecutive chunks of one direction held back for classification leave as one DATA event
+        run: list[bytes] = []
+        run_sender = 0
+        run_ts = 0
         for sender, data, ts in pending:
-            self._emit_data(flow, sender, data, ts)
+            if sender != run_sender and run:
+                self._emit_data(flow, run_sender, run[0] if len(run) == 1 else b"".join(run), run_ts)
+                run = []
+            run.append(data)
+            run_sender = sender
+            run_ts = ts
+        if run:
+            self._emit_data(flow, run_sender, run[0] if len(run) == 1 else b"".join(run), run_ts)
 
     def _deliver(self, flow: Flow, sender: int, data: bytes, ts_ns: int) -> None:
         """In-order stream bytes of a TCP flow (callback of the reassembler)."""
@@ -190,8 +205,20 @@ class Abstractor:
             self._classify_tcp(flow)
 
     # ------------------------------------------------------------------ flow lifecycle
-    def _new_flow(self, key: int, fhash: int, l3: int, l4: int, src: bytes, sport: int, dst: bytes,
-                  dport: int, swapped: bool, hop: int, ts_ns: int) -> Flow | None:
+    def _new_flow(
+        self,
+        key: int,
+        fhash: int,
+        l3: int,
+        l4: int,
+        src: bytes,
+        sport: int,
+        dst: bytes,
+        dport: int,
+        swapped: bool,
+        hop: int,
+        ts_ns: int,
+    ) -> Flow | None:
         if len(self.table) >= self.max_flows:
             self._drop("flow_table_full")
             return None
@@ -296,8 +323,9 @@ class Abstractor:
         oc = np.array([d[3] for d in datagrams], dtype=np.int64)
         self.process_decoded(decode_batch(fb), (pk, oc))
 
-    def _process_packets(self, db: DecodedBatch, idx: np.ndarray,
-                         weights: tuple[np.ndarray, np.ndarray] | None) -> None:
+    def _process_packets(
+        self, db: DecodedBatch, idx: np.ndarray, weights: tuple[np.ndarray, np.ndarray] | None
+    ) -> None:
         src = db.src[idx]
         dst = db.dst[idx]
         sport = db.sport[idx]
@@ -332,7 +360,7 @@ class Abstractor:
         PL = plen_all[order].tolist()
         TS = batch.ts_ns[idx][order].tolist()
         ORD = order.tolist()
-        raw = batch.buf
+        raw = memoryview(batch.buf)
         flows = self.table.flows
         deliver = self._deliver
         stats = self.tcp_stats
@@ -360,8 +388,19 @@ class Abstractor:
                     continue
                 r = ORD[j]
                 a = 4 if l3[r] == 4 else 16
-                flow = self._new_flow(h, h, int(l3[r]), proto, src[r, :a].tobytes(), int(sport[r]),
-                                      dst[r, :a].tobytes(), int(dport[r]), SW[j], 0, ts)
+                flow = self._new_flow(
+                    h,
+                    h,
+                    int(l3[r]),
+                    proto,
+                    src[r, :a].tobytes(),
+                    int(sport[r]),
+                    dst[r, :a].tobytes(),
+                    int(dport[r]),
+                    SW[j],
+                    0,
+                    ts,
+                )
                 if flow is None:
                     continue
                 if proto == 6 and not flags & SYN and midstream:
@@ -377,8 +416,13 @@ class Abstractor:
                 flow.octets2 += oct_l[j]
             if flow.ended:
                 continue  # lingering after close: counted, nothing more to deliver
-            po = PO[j]
-            payload = raw[po : po + plen].tobytes() if plen > 0 else b""
+            if plen <= 0:
+                if proto != 6 or (not flags & 7 and (flow.nxt1 if sender == 1 else flow.nxt2) >= 0):
+                    continue  # a pure ACK changes no stream state
+                payload = b""
+            else:
+                po = PO[j]
+                payload = bytes(raw[po : po + plen])
             if proto == 6:
                 res = segment(flow, sender, flags, SQ[j], payload, ts, deliver, stats, ooo_limit)
                 if res != KEEP:
@@ -429,15 +473,28 @@ class Abstractor:
         return out
 
     # ------------------------------------------------------------------ L7 loopback
-    def loopback_key(self, l3: int, l4: int, a1: bytes, p1: int, a2: bytes, p2: int,
-                     hop: int) -> tuple[int, int]:
+    def loopback_key(
+        self, l3: int, l4: int, a1: bytes, p1: int, a2: bytes, p2: int, hop: int
+    ) -> tuple[int, int]:
         """(table key, balance hash) of a re-injected flow: the hop is part of the identity."""
         fk, _ = canonical_key(l3, l4, a1, p1, a2, p2)
         kb = fk.to_bytes()
         return xxhash.xxh64_intdigest(kb + bytes((hop,))), xxhash.xxh64_intdigest(kb)
 
-    def inject(self, event: str, l3: int, l4: int, a1: bytes, p1: int, a2: bytes, p2: int, hop: int,
-               sender: int, data: bytes, ts_ns: int) -> bool:
+    def inject(
+        self,
+        event: str,
+        l3: int,
+        l4: int,
+        a1: bytes,
+        p1: int,
+        a2: bytes,
+        p2: int,
+        hop: int,
+        sender: int,
+        data: bytes,
+        ts_ns: int,
+    ) -> bool:
         """One event read from the L7 loopback (hop already raised); False when dropped by the hop limit."""
         if hop > self.hop_limit:
             self._drop("hop_limit")

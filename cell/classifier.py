@@ -9,8 +9,73 @@ A rule without regexes matches on ports alone. Nothing matches -> the protocol's
 
 from __future__ import annotations
 
+import re
+import re._constants as sc
+import re._parser as sp
+
 from cell.events import MATCH_DOWN, MATCH_NONE, MATCH_UP
 from cell.sftap_config import CellConfig, Rule
+
+ANY = frozenset(range(256))
+
+
+def _first(items: list) -> frozenset[int] | None:
+    """Bytes a parsed pattern can start with; None when it may match the empty string."""
+    out: set[int] = set()
+    for op, av in items:
+        if op is sc.AT:
+            continue  # ^ and other anchors consume nothing
+        if op is sc.LITERAL:
+            return frozenset(out | {av})
+        if op is sc.IN:
+            got: set[int] = set()
+            for iop, iav in av:
+                if iop is sc.LITERAL:
+                    got.add(iav)
+                elif iop is sc.RANGE:
+                    got.update(range(iav[0], iav[1] + 1))
+                else:
+                    return ANY  # negation, categories: do not try to be clever
+            return frozenset(out | got)
+        if op is sc.SUBPATTERN:
+            sub = _first(list(av[3]))
+            if sub is None:
+                return None
+            return frozenset(out | sub)
+        if op is sc.BRANCH:
+            for alt in av[1]:
+                sub = _first(list(alt))
+                if sub is None:
+                    return None
+                out |= sub
+            return frozenset(out)
+        if op in (sc.MAX_REPEAT, sc.MIN_REPEAT, sc.POSSESSIVE_REPEAT):
+            lo, _hi, item = av
+            sub = _first(list(item))
+            if sub is None or lo == 0:
+                return None
+            return frozenset(out | sub)
+        return ANY
+    return None
+
+
+def first_bytes(pattern: re.Pattern[bytes] | None) -> frozenset[int] | None:
+    """The set of first bytes any match of `pattern` (used with .match) begins with; None = unknown/any."""
+    if pattern is None:
+        return None
+    try:
+        got = _first(list(sp.parse(pattern.pattern, pattern.flags)))
+    except Exception:  # a prefilter must never reject a valid rule
+        return None
+    return None if got is None or got == ANY else got
+
+
+def _may(pattern: re.Pattern[bytes] | None, first: frozenset[int] | None, data: bytes) -> bool:
+    if pattern is None:
+        return True
+    if first is not None and (not data or data[0] not in first):
+        return False
+    return pattern.match(data) is not None
 
 
 class Classifier:
@@ -22,25 +87,37 @@ class Classifier:
         self.tcp_default = cfg.special.get("tcp_default")
         self.udp_default = cfg.special.get("udp_default")
         self.counts: dict[str, int] = {}
+        # SF-TAP caches rules by first byte; here: each regex's possible first bytes, computed once
+        self.first = {id(r): (first_bytes(r.up), first_bytes(r.down)) for r in (*self.tcp, *self.udp)}
 
     def _count(self, rule: Rule | None) -> None:
         name = rule.name if rule is not None else "unclassified"
         self.counts[name] = self.counts.get(name, 0) + 1
 
-    def classify_tcp(self, head1: bytes, head2: bytes, port1: int,
-                     port2: int) -> tuple[Rule | None, int, int]:
+    def classify_tcp(
+        self, head1: bytes, head2: bytes, port1: int, port2: int
+    ) -> tuple[Rule | None, int, int]:
         """(rule, match of endpoint 1's data, match of endpoint 2's data); rule None: nowhere to go."""
+        b1 = head1[0] if head1 else -1
+        b2 = head2[0] if head2 else -1
+        first = self.first
         for rule in self.tcp:
-            if not rule.port_match(port1, port2):
+            if rule.ports and not rule.port_match(port1, port2):
                 continue
             if not rule.has_regex:
                 self._count(rule)
                 return rule, MATCH_NONE, MATCH_NONE
             up, down = rule.up, rule.down
-            if (up is None or up.match(head1)) and (down is None or down.match(head2)):
+            fu, fd = first[id(rule)]
+            # orientation 1: endpoint 1 sent the "up" bytes
+            if (up is None or ((fu is None or b1 in fu) and up.match(head1))) and (
+                down is None or ((fd is None or b2 in fd) and down.match(head2))
+            ):
                 self._count(rule)
                 return rule, MATCH_UP, MATCH_DOWN
-            if (up is None or up.match(head2)) and (down is None or down.match(head1)):
+            if (up is None or ((fu is None or b2 in fu) and up.match(head2))) and (
+                down is None or ((fd is None or b1 in fd) and down.match(head1))
+            ):
                 self._count(rule)
                 return rule, MATCH_DOWN, MATCH_UP
         self._count(self.tcp_default)

@@ -14,21 +14,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `celltap cell`."""
     parser.add_argument("--config", required=True, help="SF-TAP YAML configuration")
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--read", metavar="PCAP", help="offline: read a capture, end all flows at its end, exit 0")
-    src.add_argument("--input", action="append", default=[], metavar="SPEC",
-                     help="live input: vxlan://ADDR:PORT[?vni=N], iface:IFACE or pcap:FILE (repeatable)")
-    parser.add_argument("--wait-readers", default="", metavar="LIST",
-                        help="comma-separated interfaces (e.g. tcp/http,udp/dns) that must have a reader first")
+    src.add_argument(
+        "--read", metavar="PCAP", help="offline: read a capture, end all flows at its end, exit 0"
+    )
+    src.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="live input: vxlan://ADDR:PORT[?vni=N], iface:IFACE or pcap:FILE (repeatable)",
+    )
+    parser.add_argument(
+        "--wait-readers",
+        default="",
+        metavar="LIST",
+        help="comma-separated interfaces (e.g. tcp/http,udp/dns) that must have a reader first",
+    )
     parser.add_argument("--wait-timeout", type=float, default=60.0, help="seconds to wait for those readers")
     parser.add_argument("--cell-id", type=int, default=None, help="cell id (IPFIX observation domain)")
     parser.add_argument("--ipfix", metavar="udp://HOST:PORT", help="export one IPFIX biflow record per flow")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
     parser.add_argument("--home", help="interface directory (overrides global.home)")
     parser.add_argument("--reader-buffer", type=int, default=None, help="bytes buffered per reader")
-    parser.add_argument("--stall-timeout", type=float, default=10.0,
-                        help="offline: seconds to wait for a full reader before dropping its events")
-    parser.add_argument("--drain-timeout", type=float, default=30.0,
-                        help="offline: seconds to wait at the end for readers to take their bytes")
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=10.0,
+        help="offline: seconds to wait for a full reader before dropping its events",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="offline: seconds to wait at the end for readers to take their bytes",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -69,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
         live = []
         for spec in args.input:
             if spec.startswith("pcap:"):
-                read = spec[len("pcap:"):]
+                read = spec[len("pcap:") :]
             else:
                 live.append(spec)
         for spec in live:

@@ -14,7 +14,7 @@ tv_usec int64 LE, port1 u16 BE, port2 u16 BE, event u8 (0 CREATED, 1 DESTROYED, 
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
 
 MAX_EVENT_DATA = 0xFFFF
@@ -36,25 +36,42 @@ FROM_NONE = 3
 
 def addr_text(l3: int, addr: bytes) -> str:
     """Printable address (IPv4 dotted quad, IPv6 compressed)."""
-    return str(ipaddress.IPv4Address(addr[:4]) if l3 == 4 else ipaddress.IPv6Address(addr[:16]))
+    return (
+        socket.inet_ntop(socket.AF_INET, addr[:4])
+        if l3 == 4
+        else socket.inet_ntop(socket.AF_INET6, addr[:16])
+    )
 
 
 class WireId:
-    """Per-flow precomputed header pieces, so each event costs one format and one join."""
+    """Per-flow precomputed header pieces of one format, so each event costs one format and one join."""
 
     __slots__ = ("bin_addrs", "bin_ports", "hop", "l3code", "l4", "text_prefix")
 
-    def __init__(self, l3: int, l4: int, addr1: bytes, port1: int, addr2: bytes, port2: int,
-                 hop: int) -> None:
-        self.text_prefix = (
-            f"ip1={addr_text(l3, addr1)},ip2={addr_text(l3, addr2)},port1={port1},port2={port2},"
-            f"hop={hop},l3={L3_NAMES[l3]},l4={L4_NAMES.get(l4, str(l4))},event="
-        ).encode()
-        self.bin_addrs = addr1.ljust(16, b"\0") + addr2.ljust(16, b"\0")
-        self.bin_ports = struct.pack(">HH", port1, port2)
+    def __init__(
+        self,
+        l3: int,
+        l4: int,
+        addr1: bytes,
+        port1: int,
+        addr2: bytes,
+        port2: int,
+        hop: int,
+        fmt: str = "text",
+    ) -> None:
         self.hop = hop
-        self.l3code = L3_CODES[l3]
         self.l4 = l4
+        self.l3code = L3_CODES[l3]
+        if fmt == "text":
+            self.text_prefix = (
+                f"ip1={addr_text(l3, addr1)},ip2={addr_text(l3, addr2)},port1={port1},port2={port2},"
+                f"hop={hop},l3={L3_NAMES[l3]},l4={L4_NAMES.get(l4, str(l4))},event="
+            ).encode()
+            self.bin_addrs = self.bin_ports = b""
+        else:
+            self.text_prefix = b""
+            self.bin_addrs = addr1.ljust(16, b"\0") + addr2.ljust(16, b"\0")
+            self.bin_ports = struct.pack(">HH", port1, port2)
 
 
 def _ts_text(ts_ns: int) -> bytes:
@@ -73,13 +90,16 @@ def text_destroyed(w: WireId, reason: int, ts_ns: int) -> bytes:
     return b"%sDESTROYED,reason=%s,time=%s\n" % (w.text_prefix, name, _ts_text(ts_ns))
 
 
-def text_data(out: list[bytes], w: WireId, sender: int, match: int, data: bytes, ts_ns: int,
-              body: bool) -> int:
+def text_data(
+    out: list[bytes], w: WireId, sender: int, match: int, data: bytes, ts_ns: int, body: bool
+) -> int:
     """Append DATA event(s) to `out`; return the number of events."""
     n = len(data)
     if n <= MAX_EVENT_DATA:
-        out.append(b"%sDATA,from=%d,match=%s,len=%d,time=%s\n" % (
-            w.text_prefix, sender, MATCH_NAMES[match], n, _ts_text(ts_ns)))
+        out.append(
+            b"%sDATA,from=%d,match=%s,len=%d,time=%s\n"
+            % (w.text_prefix, sender, MATCH_NAMES[match], n, _ts_text(ts_ns))
+        )
         if body:
             out.append(data)
         return 1
@@ -91,8 +111,12 @@ def text_data(out: list[bytes], w: WireId, sender: int, match: int, data: bytes,
 
 def _bin_head(w: WireId, event: int, sender: int, length: int, match: int, reason: int, ts_ns: int) -> bytes:
     us = ts_ns // 1000
-    return (w.bin_addrs + _TV.pack(us // 1_000_000, us % 1_000_000) + w.bin_ports
-            + _TAIL.pack(event, sender, length, w.hop, w.l3code, w.l4, match, reason))
+    return (
+        w.bin_addrs
+        + _TV.pack(us // 1_000_000, us % 1_000_000)
+        + w.bin_ports
+        + _TAIL.pack(event, sender, length, w.hop, w.l3code, w.l4, match, reason)
+    )
 
 
 def binary_created(w: WireId, ts_ns: int) -> bytes:
@@ -105,8 +129,9 @@ def binary_destroyed(w: WireId, reason: int, ts_ns: int) -> bytes:
     return _bin_head(w, 1, FROM_NONE, 0, MATCH_NONE, reason, ts_ns)
 
 
-def binary_data(out: list[bytes], w: WireId, sender: int, match: int, data: bytes, ts_ns: int,
-                body: bool) -> int:
+def binary_data(
+    out: list[bytes], w: WireId, sender: int, match: int, data: bytes, ts_ns: int, body: bool
+) -> int:
     """Append DATA event(s) to `out`; return the number of events."""
     n = len(data)
     count = 0

@@ -25,11 +25,18 @@ TEMPLATE_V4, TEMPLATE_V6 = 256, 257
 def _fields(v: int) -> list[tuple[str, int | None]]:
     a = "IPv4" if v == 4 else "IPv6"
     return [
-        (f"source{a}Address", None), (f"destination{a}Address", None),
-        ("sourceTransportPort", None), ("destinationTransportPort", None), ("protocolIdentifier", None),
-        ("octetDeltaCount", None), ("packetDeltaCount", None),
-        ("reverseOctetDeltaCount", None), ("reversePacketDeltaCount", None),
-        ("flowStartMilliseconds", None), ("flowEndMilliseconds", None), ("flowEndReason", None),
+        (f"source{a}Address", None),
+        (f"destination{a}Address", None),
+        ("sourceTransportPort", None),
+        ("destinationTransportPort", None),
+        ("protocolIdentifier", None),
+        ("octetDeltaCount", None),
+        ("packetDeltaCount", None),
+        ("reverseOctetDeltaCount", None),
+        ("reversePacketDeltaCount", None),
+        ("flowStartMilliseconds", None),
+        ("flowEndMilliseconds", None),
+        ("flowEndReason", None),
         ("applicationName", None),
     ]
 
@@ -87,7 +94,8 @@ class FlowExporter:
         self.encoder = MessageEncoder(
             domain,
             [template_from_names(TEMPLATE_V4, _fields(4)), template_from_names(TEMPLATE_V6, _fields(6))],
-            mtu=mtu, refresh=RefreshPolicy(seconds=refresh_seconds, messages=100),
+            mtu=mtu,
+            refresh=RefreshPolicy(seconds=refresh_seconds, messages=100),
         )
         family = socket.AF_INET6 if ":" in u.hostname else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)

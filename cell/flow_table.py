@@ -60,8 +60,19 @@ class Flow:
         "wire",
     )
 
-    def __init__(self, key: int, fhash: int, l3: int, l4: int, addr1: bytes, port1: int, addr2: bytes,
-                 port2: int, hop: int, ts_ns: int) -> None:
+    def __init__(
+        self,
+        key: int,
+        fhash: int,
+        l3: int,
+        l4: int,
+        addr1: bytes,
+        port1: int,
+        addr2: bytes,
+        port2: int,
+        hop: int,
+        ts_ns: int,
+    ) -> None:
         self.key = key
         self.hash = fhash
         self.l3 = l3
@@ -99,7 +110,10 @@ class Flow:
         """The flow's precomputed event-header pieces (built on first use)."""
         w = self.wire
         if w is None:
-            w = self.wire = WireId(self.l3, self.l4, self.addr1, self.port1, self.addr2, self.port2, self.hop)
+            fmt = self.sink.fmt if self.sink is not None else "text"
+            w = self.wire = WireId(
+                self.l3, self.l4, self.addr1, self.port1, self.addr2, self.port2, self.hop, fmt
+            )
         return w
 
 

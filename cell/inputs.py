@@ -113,7 +113,6 @@ class InterfaceSource(DatagramSource):
         self.sock.setblocking(False)
 
 
-
 class PcapStreamParser:
     """Incremental pcap (not pcapng) parser for the injection socket: bytes in, FrameBatches out."""
 
@@ -132,8 +131,10 @@ class PcapStreamParser:
                 return None
             magic = bytes(self.buf[:4])
             table = {
-                b"\xd4\xc3\xb2\xa1": ("<", 1000), b"\xa1\xb2\xc3\xd4": (">", 1000),
-                b"\x4d\x3c\xb2\xa1": ("<", 1), b"\xa1\xb2\x3c\x4d": (">", 1),
+                b"\xd4\xc3\xb2\xa1": ("<", 1000),
+                b"\xa1\xb2\xc3\xd4": (">", 1000),
+                b"\x4d\x3c\xb2\xa1": ("<", 1),
+                b"\xa1\xb2\x3c\x4d": (">", 1),
             }
             if magic not in table:
                 self.failed = True

@@ -40,10 +40,17 @@ class Reader:
 class InterfaceServer:
     """Listening sockets, connected readers, and the input sockets (loopback7, pcap)."""
 
-    def __init__(self, home: str, sink_names: list[str], buffer_cap: int = 64 << 20,
-                 loopback: str | None = None, on_loopback: Callable[[socket.socket, bytes], None] | None = None,
-                 pcap: str | None = None, on_pcap: Callable[[socket.socket, bytes], None] | None = None,
-                 on_input_close: Callable[[socket.socket], None] | None = None) -> None:
+    def __init__(
+        self,
+        home: str,
+        sink_names: list[str],
+        buffer_cap: int = 64 << 20,
+        loopback: str | None = None,
+        on_loopback: Callable[[socket.socket, bytes], None] | None = None,
+        pcap: str | None = None,
+        on_pcap: Callable[[socket.socket, bytes], None] | None = None,
+        on_input_close: Callable[[socket.socket], None] | None = None,
+    ) -> None:
         self.home = Path(home)
         self.buffer_cap = buffer_cap
         self.sel = selectors.DefaultSelector()
@@ -190,7 +197,12 @@ class InterfaceServer:
         view = memoryview(data)
         for reader in list(readers):
             # the cap bounds a reader's backlog: one batch always fits into an empty queue
-            if reader.queued and reader.queued + len(data) > self.buffer_cap and self.pace and not reader.stuck:
+            if (
+                reader.queued
+                and reader.queued + len(data) > self.buffer_cap
+                and self.pace
+                and not reader.stuck
+            ):
                 self._wait_for(reader, len(data))
             if reader.sock.fileno() < 0:
                 continue
@@ -213,8 +225,11 @@ class InterfaceServer:
             left = deadline - time.monotonic()
             if left <= 0:
                 reader.stuck = True
-                log.warning("reader on %s stalled for %.1fs: dropping its events from now on",
-                            reader.name, self.stall_timeout)
+                log.warning(
+                    "reader on %s stalled for %.1fs: dropping its events from now on",
+                    reader.name,
+                    self.stall_timeout,
+                )
                 return
             self.poll(min(left, 0.05))
 
@@ -246,7 +261,7 @@ class InterfaceServer:
         return sum(r.queued for rs in self.readers.values() for r in rs)
 
     def drain(self, timeout: float) -> None:
-        """Write queued bytes until all are sent or `timeout` seconds pass (readers that do not read lose them)."""
+        """Write queued bytes until all are sent or `timeout` seconds pass (then readers lose them)."""
         deadline = time.monotonic() + timeout
         while self.pending_bytes() and time.monotonic() < deadline:
             self.poll(0.02)

@@ -37,40 +37,94 @@ class CellCollector(Collector):
         yield g
         yield counter("celltap_cell_flows_created", "Flows created", ["l4"], a.flows_created)
         yield counter("celltap_cell_flows_destroyed", "Flows ended, by reason", ["reason"], a.flows_destroyed)
-        yield counter("celltap_cell_classified_flows", "Flows classified, by rule", ["rule"], a.classifier.counts)
-        yield counter("celltap_cell_dropped_packets", "Packets not turned into flow data, by reason", ["reason"],
-                      a.drops)
-        yield counter("celltap_cell_defrag_dropped_fragments", "IP fragments dropped by the defragmenter",
-                      ["reason"], a.defrag.drops)
-        yield counter("celltap_cell_defrag_datagrams", "IP datagrams reassembled", [], {(): a.defrag.completed})
-        yield counter("celltap_cell_unrouted_bytes", "Flow bytes with no interface (no rule, no default)", [],
-                      {(): a.unrouted_bytes})
+        yield counter(
+            "celltap_cell_classified_flows", "Flows classified, by rule", ["rule"], a.classifier.counts
+        )
+        yield counter(
+            "celltap_cell_dropped_packets",
+            "Packets not turned into flow data, by reason",
+            ["reason"],
+            a.drops,
+        )
+        yield counter(
+            "celltap_cell_defrag_dropped_fragments",
+            "IP fragments dropped by the defragmenter",
+            ["reason"],
+            a.defrag.drops,
+        )
+        yield counter(
+            "celltap_cell_defrag_datagrams", "IP datagrams reassembled", [], {(): a.defrag.completed}
+        )
+        yield counter(
+            "celltap_cell_unrouted_bytes",
+            "Flow bytes with no interface (no rule, no default)",
+            [],
+            {(): a.unrouted_bytes},
+        )
         ts = a.tcp_stats
-        yield counter("celltap_cell_tcp_retransmitted_bytes", "TCP bytes already delivered, seen again", [],
-                      {(): ts.retrans_bytes})
-        yield counter("celltap_cell_tcp_overlap_bytes", "TCP bytes trimmed as overlaps", [], {(): ts.overlap_bytes})
-        yield counter("celltap_cell_tcp_gap_bytes", "TCP sequence bytes never seen (holes skipped)", [],
-                      {(): ts.gap_bytes})
-        g = GaugeMetricFamily("celltap_cell_reassembly_buffer_bytes", "Bytes held out of order or defragmenting",
-                              labels=["cell", "buffer"])
+        yield counter(
+            "celltap_cell_tcp_retransmitted_bytes",
+            "TCP bytes already delivered, seen again",
+            [],
+            {(): ts.retrans_bytes},
+        )
+        yield counter(
+            "celltap_cell_tcp_overlap_bytes", "TCP bytes trimmed as overlaps", [], {(): ts.overlap_bytes}
+        )
+        yield counter(
+            "celltap_cell_tcp_gap_bytes",
+            "TCP sequence bytes never seen (holes skipped)",
+            [],
+            {(): ts.gap_bytes},
+        )
+        g = GaugeMetricFamily(
+            "celltap_cell_reassembly_buffer_bytes",
+            "Bytes held out of order or defragmenting",
+            labels=["cell", "buffer"],
+        )
         g.add_metric([cid, "tcp"], ts.ooo_bytes)
         g.add_metric([cid, "defrag"], a.defrag.held)
         yield g
-        yield counter("celltap_cell_interface_events", "Events produced per interface", ["interface"],
-                      {s.name: s.total_events for s in a.sinks.values()})
-        yield counter("celltap_cell_interface_bytes", "Bytes produced per interface", ["interface"],
-                      {s.name: s.total_bytes for s in a.sinks.values()})
+        yield counter(
+            "celltap_cell_interface_events",
+            "Events produced per interface",
+            ["interface"],
+            {s.name: s.total_events for s in a.sinks.values()},
+        )
+        yield counter(
+            "celltap_cell_interface_bytes",
+            "Bytes produced per interface",
+            ["interface"],
+            {s.name: s.total_bytes for s in a.sinks.values()},
+        )
         srv = c.server
-        yield counter("celltap_cell_interface_dropped_events", "Events not delivered to a reader",
-                      ["interface", "reason"], {k: v[0] for k, v in srv.drops.items()})
-        yield counter("celltap_cell_interface_dropped_bytes", "Bytes not delivered to a reader",
-                      ["interface", "reason"], {k: v[1] for k, v in srv.drops.items()})
-        yield counter("celltap_cell_loopback_events", "Events re-injected through the L7 loopback", [],
-                      {(): c.loopback_events})
-        yield counter("celltap_cell_input_dropped_frames", "Frames dropped by an input", ["reason"],
-                      c.input_drops())
+        yield counter(
+            "celltap_cell_interface_dropped_events",
+            "Events not delivered to a reader",
+            ["interface", "reason"],
+            {k: v[0] for k, v in srv.drops.items()},
+        )
+        yield counter(
+            "celltap_cell_interface_dropped_bytes",
+            "Bytes not delivered to a reader",
+            ["interface", "reason"],
+            {k: v[1] for k, v in srv.drops.items()},
+        )
+        yield counter(
+            "celltap_cell_loopback_events",
+            "Events re-injected through the L7 loopback",
+            [],
+            {(): c.loopback_events},
+        )
+        yield counter(
+            "celltap_cell_input_dropped_frames", "Frames dropped by an input", ["reason"], c.input_drops()
+        )
         if c.exporter is not None:
             e = c.exporter
             yield counter("celltap_cell_ipfix_records", "IPFIX flow records exported", [], {(): e.records})
-            yield counter("celltap_cell_ipfix_send_errors", "IPFIX messages that could not be sent", [],
-                          {(): e.send_errors})
+            yield counter(
+                "celltap_cell_ipfix_send_errors",
+                "IPFIX messages that could not be sent",
+                [],
+                {(): e.send_errors},
+            )

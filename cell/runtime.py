@@ -1,4 +1,4 @@
-"""A running cell: the abstractor core wired to its inputs, interface sockets, L7 loopback and IPFIX export."""
+"""A running cell: the abstractor core wired to inputs, interface sockets, L7 loopback, IPFIX export."""
 
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ _L4 = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 class Cell:
     """One flow abstractor process's state; `run_offline` / `run_live` drive it."""
 
-    def __init__(self, cfg: CellConfig, cell_id: int = 0, ipfix: str | None = None,
-                 reader_buffer: int | None = None) -> None:
+    def __init__(
+        self, cfg: CellConfig, cell_id: int = 0, ipfix: str | None = None, reader_buffer: int | None = None
+    ) -> None:
         self.cfg = cfg
         self.cell_id = cell_id
         self.abstractor = Abstractor(cfg)
@@ -37,9 +38,14 @@ class Cell:
         pc = cfg.special.get("pcap")
         self.loopback_format = lb.fmt if lb else "text"
         self.server = InterfaceServer(
-            cfg.glob.home, list(self.abstractor.sinks), reader_buffer or cfg.glob.reader_buffer,
-            loopback=lb.ifname if lb else None, on_loopback=self._on_loopback,
-            pcap=pc.ifname if pc else None, on_pcap=self._on_pcap, on_input_close=self._on_input_close,
+            cfg.glob.home,
+            list(self.abstractor.sinks),
+            reader_buffer or cfg.glob.reader_buffer,
+            loopback=lb.ifname if lb else None,
+            on_loopback=self._on_loopback,
+            pcap=pc.ifname if pc else None,
+            on_pcap=self._on_pcap,
+            on_input_close=self._on_input_close,
         )
         self.exporter = FlowExporter(ipfix, cell_id) if ipfix else None
         self.sources: list[DatagramSource] = []
@@ -90,7 +96,7 @@ class Cell:
             if name in sinks:
                 out.append(name)
                 continue
-            balanced = [s for s in sinks if s.startswith(name) and s[len(name):].isdigit()]
+            balanced = [s for s in sinks if s.startswith(name) and s[len(name) :].isdigit()]
             if not balanced:
                 raise ValueError(f"--wait-readers: no interface {name!r} (have: {', '.join(sorted(sinks))})")
             out += balanced
@@ -114,6 +120,8 @@ class Cell:
         """Read a capture to its end, end every flow, flush everything."""
         self.server.pace = True
         self.server.stall_timeout = stall_timeout
+        t0 = time.perf_counter()
+        c0 = time.process_time()
         for batch in pcap_batches(path):
             if self.stop:
                 break
@@ -122,6 +130,14 @@ class Cell:
         self.abstractor.finish()
         self.flush()
         self.server.drain(drain_timeout)
+        a = self.abstractor
+        log.info(
+            "offline run: %d packets, %d flows in %.3f s (cpu %.3f s)",
+            a.packets,
+            sum(a.flows_created.values()),
+            time.perf_counter() - t0,
+            time.process_time() - c0,
+        )
 
     def add_input(self, spec: str) -> None:
         """Open a live input: `vxlan://ADDR:PORT[?vni=N]` or `iface:IFACE`."""
@@ -132,7 +148,7 @@ class Cell:
                 vni = int(v)
             src: DatagramSource = VxlanSource(spec, vni)
         elif spec.startswith("iface:"):
-            src = InterfaceSource(spec[len("iface:"):])
+            src = InterfaceSource(spec[len("iface:") :])
         else:
             raise ValueError(f"--input: expected vxlan://ADDR:PORT or iface:IFACE, got {spec!r}")
         self.sources.append(src)
@@ -211,6 +227,8 @@ class Cell:
             # as SF-TAP: streams a loopback writer leaves open end when it disconnects
             for ident in list(state[1]):
                 l3, l4, a1, p1, a2, p2, hop = ident
-                self.abstractor.inject("DESTROYED", l3, l4, a1, p1, a2, p2, hop, 0, b"", self.abstractor.now_ns)
+                self.abstractor.inject(
+                    "DESTROYED", l3, l4, a1, p1, a2, p2, hop, 0, b"", self.abstractor.now_ns
+                )
             self.flush()
         self._pcap_state.pop(sock, None)

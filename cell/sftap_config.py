@@ -21,10 +21,21 @@ PROTOS = {"TCP": "tcp", "UDP": "udp", "ICMP": "icmp", "ICMPV6": "icmpv6"}
 # internal matters of the C++ implementation).
 _SFTAP_GLOBAL_IGNORED = ("lru", "cache", "tcp_threads", "regex_threads")
 _GLOBAL_KEYS = (
-    "home", "timeout", *_SFTAP_GLOBAL_IGNORED,
+    "home",
+    "timeout",
+    *_SFTAP_GLOBAL_IGNORED,
     # celltap extensions
-    "udp_timeout", "hop_limit", "midstream", "classify_bytes", "ooo_limit", "reader_buffer",
-    "max_flows", "defrag_timeout", "defrag_memory", "gc_scan", "cell_id",
+    "udp_timeout",
+    "hop_limit",
+    "midstream",
+    "classify_bytes",
+    "ooo_limit",
+    "reader_buffer",
+    "max_flows",
+    "defrag_timeout",
+    "defrag_memory",
+    "gc_scan",
+    "cell_id",
 )
 _RULE_KEYS = ("up", "down", "proto", "if", "format", "body", "nice", "balance", "port", "utf8")
 

@@ -27,7 +27,12 @@ class TcpStats:
     """Reassembly counters (plain ints; the metrics layer exports deltas)."""
 
     __slots__ = (
-        "gap_bytes", "ooo_bytes", "ooo_dropped_bytes", "overlap_bytes", "retrans_bytes", "retrans_segments",
+        "gap_bytes",
+        "ooo_bytes",
+        "ooo_dropped_bytes",
+        "overlap_bytes",
+        "retrans_bytes",
+        "retrans_segments",
     )
 
     def __init__(self) -> None:
@@ -45,8 +50,9 @@ def _rel(a: int, b: int) -> int:
     return d - 0x100000000 if d & 0x80000000 else d
 
 
-def _drain(flow: Flow, d: int, nxt: int, ooo: dict[int, bytes], ts_ns: int, deliver: Deliver,
-           stats: TcpStats) -> int:
+def _drain(
+    flow: Flow, d: int, nxt: int, ooo: dict[int, bytes], ts_ns: int, deliver: Deliver, stats: TcpStats
+) -> int:
     """Deliver buffered segments that now touch the in-order edge; return the new edge."""
     while ooo:
         data = ooo.pop(nxt, None)
@@ -92,8 +98,17 @@ def skip_gaps(flow: Flow, d: int, ts_ns: int, deliver: Deliver, stats: TcpStats)
         flow.nxt2 = nxt
 
 
-def segment(flow: Flow, d: int, flags: int, seq: int, payload: bytes, ts_ns: int, deliver: Deliver,
-            stats: TcpStats, ooo_limit: int) -> int:
+def segment(
+    flow: Flow,
+    d: int,
+    flags: int,
+    seq: int,
+    payload: bytes,
+    ts_ns: int,
+    deliver: Deliver,
+    stats: TcpStats,
+    ooo_limit: int,
+) -> int:
     """Process one segment from endpoint d (1 or 2); return KEEP or the reason the flow ended."""
     if flags & RST:
         skip_gaps(flow, 1, ts_ns, deliver, stats)

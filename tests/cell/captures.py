@@ -51,8 +51,12 @@ class Conv:
         seg = tcp(src, dst, sp, dp, seq & M32, ack & M32, flags, payload)
         if self.v6:
             return ethernet(MAC_S, MAC_C, ETH_IPV6, ipv6(src, dst, PROTO_TCP, seg))
-        return ethernet(MAC_S if from_client else MAC_C, MAC_C if from_client else MAC_S, ETH_IPV4,
-                        ipv4(src, dst, PROTO_TCP, seg))
+        return ethernet(
+            MAC_S if from_client else MAC_C,
+            MAC_C if from_client else MAC_S,
+            ETH_IPV4,
+            ipv4(src, dst, PROTO_TCP, seg),
+        )
 
     def put(self, frame: bytes, gap_ns: int = 100_000) -> None:
         """Append a frame after `gap_ns`."""
@@ -60,8 +64,15 @@ class Conv:
         self.frames.append((self.t, frame))
 
 
-def tcp_session(rng: random.Random, i: int, faults: frozenset[str] = frozenset(), v6: bool = False,
-                client_bytes: int = 3000, server_bytes: int = 9000, mss: int = 700) -> Conv:
+def tcp_session(
+    rng: random.Random,
+    i: int,
+    faults: frozenset[str] = frozenset(),
+    v6: bool = False,
+    client_bytes: int = 3000,
+    server_bytes: int = 9000,
+    mss: int = 700,
+) -> Conv:
     """A TCP connection with the requested faults: reorder, retransmit, overlap, wrap, loss, rst."""
     if v6:
         cip = bytes.fromhex("20010db80000000000000000000000") + bytes((i % 200 + 1,))
@@ -87,7 +98,7 @@ def tcp_session(rng: random.Random, i: int, faults: frozenset[str] = frozenset()
         pos = 0
         while pos < len(data):
             n = min(mss, len(data) - pos)
-            segs.append((pos, data[pos:pos + n]))
+            segs.append((pos, data[pos : pos + n]))
             pos += n
         order = list(range(len(segs)))
         if "reorder" in faults and len(segs) > 3:
@@ -107,7 +118,7 @@ def tcp_session(rng: random.Random, i: int, faults: frozenset[str] = frozenset()
                 # the segment goes out in two pieces whose boundaries overlap by 100 bytes
                 h = len(payload) // 2
                 c.put(c.frame(fc, nxt[d] + off, nxt[1 - d], ACK | PSH, payload[:h]))
-                c.put(c.frame(fc, nxt[d] + off + h - 100, nxt[1 - d], ACK | PSH, payload[h - 100:]))
+                c.put(c.frame(fc, nxt[d] + off + h - 100, nxt[1 - d], ACK | PSH, payload[h - 100 :]))
             else:
                 c.put(c.frame(fc, nxt[d] + off, nxt[1 - d], ACK | PSH, payload))
             if "retransmit" in faults and k % 3 == 1:
@@ -138,8 +149,14 @@ def udp_frame(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) ->
     return ethernet(MAC_S, MAC_C, ETH_IPV4, ipv4(src, dst, PROTO_UDP, udp(src, dst, sport, dport, payload)))
 
 
-def fragmented_udp_v4(src: bytes, dst: bytes, payload: bytes, ident: int, pieces: list[tuple[int, int]],
-                      order: list[int] | None = None) -> list[bytes]:
+def fragmented_udp_v4(
+    src: bytes,
+    dst: bytes,
+    payload: bytes,
+    ident: int,
+    pieces: list[tuple[int, int]],
+    order: list[int] | None = None,
+) -> list[bytes]:
     """A UDP datagram split into IPv4 fragments (Ethernet frames), in `order`."""
     dgram = udp(src, dst, 5000, 53, payload)
     frags = ipv4_fragments(src, dst, PROTO_UDP, dgram, ident, pieces)
@@ -148,8 +165,14 @@ def fragmented_udp_v4(src: bytes, dst: bytes, payload: bytes, ident: int, pieces
     return [ethernet(MAC_S, MAC_C, ETH_IPV4, f) for f in frags]
 
 
-def fragmented_udp_v6(src: bytes, dst: bytes, payload: bytes, ident: int, pieces: list[tuple[int, int]],
-                      order: list[int] | None = None) -> list[bytes]:
+def fragmented_udp_v6(
+    src: bytes,
+    dst: bytes,
+    payload: bytes,
+    ident: int,
+    pieces: list[tuple[int, int]],
+    order: list[int] | None = None,
+) -> list[bytes]:
     """A UDP datagram split into IPv6 fragments (Ethernet frames), in `order`."""
     dgram = udp(src, dst, 5000, 53, payload)
     frags = ipv6_fragments(src, dst, PROTO_UDP, dgram, ident, pieces)

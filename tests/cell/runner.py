@@ -57,14 +57,33 @@ def write_config(path: Path, home: Path, body: str) -> Path:
     return path
 
 
-def run_cell(config: Path, pcap: Path, home: Path, interfaces: list[str], extra: list[str] | None = None,
-             timeout: float = 120) -> tuple[subprocess.CompletedProcess, dict[str, bytes]]:
-    """Run `celltap cell --read` waiting for readers on `interfaces`; return (process, bytes per interface)."""
+def run_cell(
+    config: Path,
+    pcap: Path,
+    home: Path,
+    interfaces: list[str],
+    extra: list[str] | None = None,
+    timeout: float = 120,
+) -> tuple[subprocess.CompletedProcess, dict[str, bytes]]:
+    """Run `celltap cell --read`, readers on `interfaces`; return (process, bytes per interface)."""
     readers = {name: RawReader(home / name) for name in interfaces}
     for r in readers.values():
         r.start()
-    cmd = [PY, "-m", "celltap.cli", "cell", "--config", str(config), "--read", str(pcap),
-           "--wait-readers", ",".join(interfaces), "--wait-timeout", "20", *(extra or [])]
+    cmd = [
+        PY,
+        "-m",
+        "celltap.cli",
+        "cell",
+        "--config",
+        str(config),
+        "--read",
+        str(pcap),
+        "--wait-readers",
+        ",".join(interfaces),
+        "--wait-timeout",
+        "20",
+        *(extra or []),
+    ]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     for r in readers.values():
@@ -87,8 +106,22 @@ class LiveCell:
         self.metrics_port = free_port()
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
         self.proc = subprocess.Popen(
-            [PY, "-m", "celltap.cli", "cell", "--config", str(config), "--metrics-port", str(self.metrics_port),
-             *(extra or [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            [
+                PY,
+                "-m",
+                "celltap.cli",
+                "cell",
+                "--config",
+                str(config),
+                "--metrics-port",
+                str(self.metrics_port),
+                *(extra or []),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
 
     def wait_socket(self, name: str, timeout: float = 20) -> Path:
         """Wait until an interface socket exists."""
@@ -104,7 +137,9 @@ class LiveCell:
         """Scrape /metrics into {'name{labels}': value}."""
         import urllib.request
 
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        )
         out = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):

@@ -21,7 +21,13 @@ def test_figure3_loads_unchanged():
     http = next(r for r in tcp if r.name == "http")
     assert http.balance == 4 and http.socket_names() == ["http0", "http1", "http2", "http3"]
     dns = cfg.rules_for("udp")[0]
-    assert (dns.name, dns.ifname, dns.ports, dns.nice, dns.has_regex) == ("dns_udp", "dns", ((53, 53),), 200, False)
+    assert (dns.name, dns.ifname, dns.ports, dns.nice, dns.has_regex) == (
+        "dns_udp",
+        "dns",
+        ((53, 53),),
+        200,
+        False,
+    )
     assert cfg.glob.home == "/tmp/sf-tap"
     req = b"GET /announce?info_hash=abc&peer_id=x HTTP/1.1\r\nHost: t\r\n\r\n"
     assert http.up.match(req) and next(r for r in tcp if r.name == "torrent_tracker").up.match(req)
@@ -37,24 +43,29 @@ def test_full_example_loads():
 
 
 def test_regex_rules_before_port_rules_at_equal_nice():
-    cfg = parse_config({
-        "byport": {"proto": "TCP", "port": "80", "nice": 50},
-        "byregex": {"proto": "TCP", "up": "^GET", "down": "^HTTP", "nice": 50},
-    })
+    cfg = parse_config(
+        {
+            "byport": {"proto": "TCP", "port": "80", "nice": 50},
+            "byregex": {"proto": "TCP", "up": "^GET", "down": "^HTTP", "nice": 50},
+        }
+    )
     assert [r.name for r in cfg.rules_for("tcp")] == ["byregex", "byport"]
 
 
-@pytest.mark.parametrize("doc, key", [
-    ({"http": {"proto": "TCP", "colour": "red"}}, "http.colour"),
-    ({"global": {"hom": "/x"}}, "global.hom"),
-    ({"http": {"proto": "SCTP"}}, "http.proto"),
-    ({"http": {"proto": "TCP", "up": "(unclosed"}}, "http.up"),
-    ({"http": {"proto": "TCP", "port": "80-70"}}, "http.port"),
-    ({"http": {"proto": "TCP", "body": "maybe"}}, "http.body"),
-    ({"http": {"proto": "TCP", "balance": 0}}, "http.balance"),
-    ({"http": {"up": "^GET"}}, "http.proto"),
-    ({"http": {"proto": "TCP", "format": "json"}}, "http.format"),
-])
+@pytest.mark.parametrize(
+    "doc, key",
+    [
+        ({"http": {"proto": "TCP", "colour": "red"}}, "http.colour"),
+        ({"global": {"hom": "/x"}}, "global.hom"),
+        ({"http": {"proto": "SCTP"}}, "http.proto"),
+        ({"http": {"proto": "TCP", "up": "(unclosed"}}, "http.up"),
+        ({"http": {"proto": "TCP", "port": "80-70"}}, "http.port"),
+        ({"http": {"proto": "TCP", "body": "maybe"}}, "http.body"),
+        ({"http": {"proto": "TCP", "balance": 0}}, "http.balance"),
+        ({"http": {"up": "^GET"}}, "http.proto"),
+        ({"http": {"proto": "TCP", "format": "json"}}, "http.format"),
+    ],
+)
 def test_mistakes_name_the_key(doc, key):
     with pytest.raises(ConfigError) as info:
         parse_config(doc)
@@ -64,8 +75,12 @@ def test_mistakes_name_the_key(doc, key):
 def test_cli_reports_one_error_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"http": {"proto": "TCP", "if": "http", "colour": "red"}}))
-    proc = subprocess.run([sys.executable, "-m", "celltap.cli", "cell", "--config", str(bad), "--read", "/dev/null"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "celltap.cli", "cell", "--config", str(bad), "--read", "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "http.colour: unknown key" in lines[0]

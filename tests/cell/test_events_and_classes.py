@@ -56,11 +56,39 @@ def _interfaces(cfg_path: Path) -> dict[str, str]:
 def _truth(tshark: str, pcap: Path) -> dict[tuple, str]:
     """Expected DESTROYED reason per canonical TCP flow, from tshark's view of RST and FIN."""
     out = subprocess.run(
-        [tshark, "-r", str(pcap), "-Y", "tcp",
-         "-T", "fields", "-E", "separator=|", "-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport",
-         "-e", "ip.dst", "-e", "ipv6.dst", "-e", "tcp.dstport", "-e", "tcp.flags.reset", "-e", "tcp.flags.fin",
-         "-e", "tcp.flags.syn"],
-        capture_output=True, text=True, check=True).stdout
+        [
+            tshark,
+            "-r",
+            str(pcap),
+            "-Y",
+            "tcp",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "ip.src",
+            "-e",
+            "ipv6.src",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ipv6.dst",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "tcp.flags.reset",
+            "-e",
+            "tcp.flags.fin",
+            "-e",
+            "tcp.flags.syn",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     state: dict[tuple, dict] = {}
     for line in out.splitlines():
         s4, s6, sp, d4, d6, dp, rst, fin, syn = line.split("|")
@@ -69,7 +97,12 @@ def _truth(tshark: str, pcap: Path) -> dict[tuple, str]:
         a = (ipaddress.ip_address(src).packed, int(sp))
         b = (ipaddress.ip_address(dst).packed, int(dp))
         key = (a, b) if a <= b else (b, a)
-        key = (str(ipaddress.ip_address(key[0][0])), key[0][1], str(ipaddress.ip_address(key[1][0])), key[1][1])
+        key = (
+            str(ipaddress.ip_address(key[0][0])),
+            key[0][1],
+            str(ipaddress.ip_address(key[1][0])),
+            key[1][1],
+        )
         st = state.setdefault(key, {"fin": set(), "reason": None, "syn": False})
         if syn in ("1", "True"):
             st["syn"] = True
@@ -108,7 +141,7 @@ def scenario_run(request, tmp_path_factory):
 @pytest.mark.tshark
 def test_event_sequences(scenario_run):
     tshark = require_tool("tshark")
-    name, pcap, events = scenario_run
+    _name, pcap, events = scenario_run
     truth = _truth(tshark, pcap)
     seen_tcp = 0
     for iface, evs in events.items():
@@ -123,11 +156,18 @@ def test_event_sequences(scenario_run):
                 continue
             seen_tcp += 1
             kinds = [e.event for e in fe]
-            assert kinds[0] == "CREATED" and kinds[-1] == "DESTROYED", f"{iface} {flow}: {kinds[:3]}..{kinds[-2:]}"
+            assert kinds[0] == "CREATED" and kinds[-1] == "DESTROYED", (
+                f"{iface} {flow}: {kinds[:3]}..{kinds[-2:]}"
+            )
             assert set(kinds[1:-1]) <= {"DATA"}, f"{iface} {flow}: one CREATED, one DESTROYED"
             assert fe[-1].reason == truth[flow[:4]], f"{iface} {flow}"
-            rule_has_regex = iface.split("/")[1].rstrip("0123456789") in ("http", "torrent_tracker", "tls",
-                                                                          "ssh", "smtp")
+            rule_has_regex = iface.split("/")[1].rstrip("0123456789") in (
+                "http",
+                "torrent_tracker",
+                "tls",
+                "ssh",
+                "smtp",
+            )
             matches = {e.match for e in fe if e.event == "DATA"}
             if rule_has_regex:
                 assert matches <= {"up", "down"} and matches, f"{iface}: regex rules report up/down"

@@ -41,9 +41,28 @@ icmpv6:
 
 def _capture(tshark: str, pcap: Path) -> tuple[int, int]:
     """(IP octets, IP packets) of every frame of the capture, as tshark sees them."""
-    out = subprocess.run([tshark, "-r", str(pcap), "-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE",
-                          "-T", "fields", "-E", "separator=|", "-e", "ip.len", "-e", "ipv6.plen"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            tshark,
+            "-r",
+            str(pcap),
+            "-o",
+            "ip.defragment:FALSE",
+            "-o",
+            "ipv6.defragment:FALSE",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "ip.len",
+            "-e",
+            "ipv6.plen",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     octets = packets = 0
     for line in out.splitlines():
         v4, v6 = line.split("|")
@@ -87,9 +106,28 @@ def test_ipfix_records_decode_and_add_up(tmp_path, scenario):
     cfg = write_config(tmp_path / "c.yaml", home, CONFIG)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     port = collector.getsockname()[1]
-    proc = subprocess.run([sys.executable, "-m", "celltap.cli", "cell", "--config", str(cfg), "--read", str(pcap),
-                           "--ipfix", f"udp://127.0.0.1:{port}", "--cell-id", "7", "--drain-timeout", "1"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celltap.cli",
+            "cell",
+            "--config",
+            str(cfg),
+            "--read",
+            str(pcap),
+            "--ipfix",
+            f"udp://127.0.0.1:{port}",
+            "--cell-id",
+            "7",
+            "--drain-timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     done.wait(1.0)
     done.set()
@@ -100,16 +138,53 @@ def test_ipfix_records_decode_and_add_up(tmp_path, scenario):
     lo = bytes((127, 0, 0, 1))
     with PcapWriter(str(ipfix_pcap)) as w:
         for i, msg in enumerate(got):
-            w.write(1_700_000_000_000_000_000 + i * 1000,
-                    ethernet(b"\x02" * 6, b"\x02" * 6, ETH_IPV4, ipv4(lo, lo, PROTO_UDP, udp(lo, lo, 40000, 4739, msg))))
-    bad = subprocess.run([tshark, "-r", str(ipfix_pcap), "-d", "udp.port==4739,cflow",
-                          "-Y", "_ws.malformed or _ws.expert.severity >= warning or not cflow"],
-                         capture_output=True, text=True, check=True).stdout
+            w.write(
+                1_700_000_000_000_000_000 + i * 1000,
+                ethernet(
+                    b"\x02" * 6, b"\x02" * 6, ETH_IPV4, ipv4(lo, lo, PROTO_UDP, udp(lo, lo, 40000, 4739, msg))
+                ),
+            )
+    bad = subprocess.run(
+        [
+            tshark,
+            "-r",
+            str(ipfix_pcap),
+            "-d",
+            "udp.port==4739,cflow",
+            "-Y",
+            "_ws.malformed or _ws.expert.severity >= warning or not cflow",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert bad.strip() == "", bad
-    out = subprocess.run([tshark, "-r", str(ipfix_pcap), "-d", "udp.port==4739,cflow", "-T", "fields",
-                          "-E", "separator=|", "-e", "cflow.od_id", "-e", "cflow.octets", "-e", "cflow.packets",
-                          "-e", "cflow.appl_name", "-e", "cflow.flow_end_reason"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            tshark,
+            "-r",
+            str(ipfix_pcap),
+            "-d",
+            "udp.port==4739,cflow",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "cflow.od_id",
+            "-e",
+            "cflow.octets",
+            "-e",
+            "cflow.packets",
+            "-e",
+            "cflow.appl_name",
+            "-e",
+            "cflow.flow_end_reason",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     octets = packets = 0
     apps: set[str] = set()
     reasons: set[str] = set()

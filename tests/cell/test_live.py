@@ -15,8 +15,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _config(tmp: Path, home: Path, extra_global: str = "") -> Path:
-    text = (FIXTURES / "cell_full.yaml").read_text().replace(
-        "home:    /tmp/sf-tap", f"home:    {home}\n  reader_buffer: 65536\n  hop_limit: 2{extra_global}")
+    text = (
+        (FIXTURES / "cell_full.yaml")
+        .read_text()
+        .replace(
+            "home:    /tmp/sf-tap", f"home:    {home}\n  reader_buffer: 65536\n  hop_limit: 2{extra_global}"
+        )
+    )
     p = tmp / "cell.yaml"
     p.write_text(text)
     return p
@@ -59,12 +64,14 @@ def test_stuck_reader_never_stalls_the_cell(tmp_path):
         wait_for(lambda: complete() == 100, what="every http flow on http0..3")
         # the cell keeps running: new traffic still reaches another interface
         cell.inject_pcap(_scenario(tmp_path / "dns.pcap", "dns", 30))
-        wait_for(lambda: any(e.event == "DATA" for e in parse_text(bytes(others["udp/dns"].data))), what="dns")
+        wait_for(
+            lambda: any(e.event == "DATA" for e in parse_text(bytes(others["udp/dns"].data))), what="dns"
+        )
         m = cell.metrics()
         assert m[key] > 0 and m[key.replace("dropped_events", "dropped_bytes")] > 0
         assert m['celltap_cell_classified_flows_total{cell="0",rule="tls"}'] == 250
         assert m['celltap_cell_classified_flows_total{cell="0",rule="http"}'] == 100
-        assert not any("interface=\"tcp/http" in k for k in m if "dropped" in k)
+        assert not any('interface="tcp/http' in k for k in m if "dropped" in k)
     finally:
         code, err = cell.stop()
     assert code == 0, err
@@ -94,8 +101,10 @@ def test_l7_loopback_hop_and_limit(tmp_path):
         lb.connect(str(home / "loopback7"))
         lb.sendall(_lb_events(0, 2))  # comes back with hop 1
         lb.sendall(_lb_events(2, 1))  # hop 3 > hop_limit 2: dropped
+
         def got() -> list:
             return [e for r in readers.values() for e in parse_text(bytes(r.data))]
+
         wait_for(lambda: any(e.event == "DESTROYED" for e in got()), what="re-injected flow")
         key = 'celltap_cell_dropped_packets_total{cell="0",reason="hop_limit"}'
         wait_for(lambda: cell.metrics().get(key, 0) >= 4, what="hop-limit drops")

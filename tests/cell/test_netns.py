@@ -50,7 +50,21 @@ def netns():
     sh("ip", "netns", "add", a)
     sh("ip", "netns", "add", b)
     try:
-        sh("ip", "link", "add", f"{tag}va", "netns", a, "type", "veth", "peer", "name", f"{tag}vb", "netns", b)
+        sh(
+            "ip",
+            "link",
+            "add",
+            f"{tag}va",
+            "netns",
+            a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"{tag}vb",
+            "netns",
+            b,
+        )
         for ns, dev, ip in ((a, f"{tag}va", "10.201.0.1/24"), (b, f"{tag}vb", "10.201.0.2/24")):
             sh("ip", "-n", ns, "addr", "add", ip, "dev", dev)
             sh("ip", "-n", ns, "link", "set", dev, "up")
@@ -90,16 +104,51 @@ def test_live_input_in_namespaces(tmp_path, netns, kind):
         # room for full-size inner frames plus the 50 bytes of VXLAN encapsulation
         sh("ip", "-n", ns_a, "link", "set", f"{tag}va", "mtu", "9100")
         sh("ip", "-n", ns_b, "link", "set", f"{tag}vb", "mtu", "9100")
-        sh("ip", "-n", ns_a, "link", "add", f"{tag}x", "type", "vxlan", "id", "42", "remote", "10.201.0.2",
-           "dstport", "4789", "dev", f"{tag}va")
+        sh(
+            "ip",
+            "-n",
+            ns_a,
+            "link",
+            "add",
+            f"{tag}x",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "remote",
+            "10.201.0.2",
+            "dstport",
+            "4789",
+            "dev",
+            f"{tag}va",
+        )
         sh("ip", "-n", ns_a, "link", "set", f"{tag}x", "mtu", "9000", "up")
         spec, out_dev = "vxlan://10.201.0.2:4789?vni=42", f"{tag}x"
     else:
         spec, out_dev = f"iface:{tag}vb", f"{tag}va"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    cell = subprocess.Popen(["ip", "netns", "exec", ns_b, sys.executable, "-m", "celltap.cli", "cell",
-                             "--config", str(cfg), "--input", spec, "--wait-readers", "tcp/http"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cell = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns_b,
+            sys.executable,
+            "-m",
+            "celltap.cli",
+            "cell",
+            "--config",
+            str(cfg),
+            "--input",
+            spec,
+            "--wait-readers",
+            "tcp/http",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         reader = RawReader(home / "tcp/http")
         reader.start()

@@ -15,9 +15,15 @@ from tests.cell.wire import parse_text, streams
 from tests.conftest import require_tool
 
 FAULTS = [
-    frozenset(), frozenset({"reorder"}), frozenset({"retransmit"}), frozenset({"overlap"}),
-    frozenset({"wrap"}), frozenset({"loss"}), frozenset({"rst"}),
-    frozenset({"reorder", "retransmit", "overlap", "wrap"}), frozenset({"loss", "reorder", "wrap"}),
+    frozenset(),
+    frozenset({"reorder"}),
+    frozenset({"retransmit"}),
+    frozenset({"overlap"}),
+    frozenset({"wrap"}),
+    frozenset({"loss"}),
+    frozenset({"rst"}),
+    frozenset({"reorder", "retransmit", "overlap", "wrap"}),
+    frozenset({"loss", "reorder", "wrap"}),
 ]
 
 CONFIG = """

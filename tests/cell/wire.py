@@ -47,15 +47,22 @@ def parse_text(stream: bytes, body: bool = True) -> list[Event]:
         ev = g["event"].decode()
         assert (g["from"] is not None) == (ev == "DATA"), line
         assert (g["reason"] is not None) == (ev == "DESTROYED"), line
-        flow = (g["ip1"].decode(), int(g["port1"]), g["ip2"].decode(), int(g["port2"]), int(g["hop"]),
-                g["l3"].decode(), g["l4"].decode())
+        flow = (
+            g["ip1"].decode(),
+            int(g["port1"]),
+            g["ip2"].decode(),
+            int(g["port2"]),
+            int(g["hop"]),
+            g["l3"].decode(),
+            g["l4"].decode(),
+        )
         e = Event(flow, ev, time=float(g["time"]))
         if ev == "DATA":
             e.sender = int(g["from"])
             e.match = g["match"].decode()
             n = int(g["len"])
             if body:
-                e.data = stream[pos:pos + n]
+                e.data = stream[pos : pos + n]
                 assert len(e.data) == n, "truncated body"
                 pos += n
         elif ev == "DESTROYED":
@@ -75,7 +82,9 @@ def parse_binary(stream: bytes, body: bool = True) -> list[Event]:
     matchn = {0: "up", 1: "down", 2: "none"}
     reasonn = {0: "NORMAL", 1: "RESET", 2: "TIMEOUT", 3: "COMPROMISED"}
     while pos < len(stream):
-        a1, a2, sec, usec, p1, p2, ev, frm, length, hop, l3, l4, match, reason, pad = BIN.unpack_from(stream, pos)
+        a1, a2, sec, usec, p1, p2, ev, frm, length, hop, l3, l4, match, reason, pad = BIN.unpack_from(
+            stream, pos
+        )
         pos += 64
         assert pad == b"\0\0\0"
         assert 0 <= usec < 1_000_000
@@ -91,7 +100,7 @@ def parse_binary(stream: bytes, body: bool = True) -> list[Event]:
             assert frm in (0, 1)
             e.sender = frm + 1
             if body:
-                e.data = stream[pos:pos + length]
+                e.data = stream[pos : pos + length]
                 assert len(e.data) == length
                 pos += length
         else:
