@@ -98,7 +98,7 @@ class GlobalConfig:
     max_flows: int = 4_000_000
     defrag_timeout: float = 30.0
     defrag_memory: int = 64 << 20
-    gc_scan: int = 2048
+    gc_scan: int = 16384
     cell_id: int = 0
 
 

@@ -1,0 +1,105 @@
+"""The sans-IO core on small hand-made captures: idle timeouts with partial GC scans, midstream pickup,
+`body: no`, binary UDP events, the hop limit, flow table limits."""
+
+from __future__ import annotations
+
+import random
+
+from cell.abstractor import Abstractor
+from cell.sftap_config import parse_config
+from celltap.pcap.batch import FrameBatch
+from loadgen.packets import ACK, PSH, SYN
+from loadgen.scenario import EPOCH_NS
+from tests.cell.captures import Conv, tcp_session, udp_frame
+from tests.cell.wire import parse_binary, parse_text
+
+SEC = 1_000_000_000
+
+
+def _cell(extra_global: dict | None = None, **rules) -> Abstractor:
+    doc = {
+        "global": {"timeout": 30, **(extra_global or {})},
+        "tcp_default": {"if": "default", "proto": "TCP"},
+    }
+    doc.update(rules)
+    return Abstractor(parse_config(doc))
+
+
+def _half_open(i: int) -> list[tuple[int, bytes]]:
+    """SYN, SYN-ACK, ACK and one request, then silence."""
+    c = Conv(bytes((10, 1, i // 250, i % 250 + 1)), bytes((192, 0, 2, 1)), 30000 + i, 80, 1000, 5000)
+    c.put(c.frame(True, 1000, 0, SYN))
+    c.put(c.frame(False, 5000, 1001, SYN | ACK))
+    c.put(c.frame(True, 1001, 5001, ACK))
+    c.put(c.frame(True, 1001, 5001, ACK | PSH, b"hello"))
+    return c.frames
+
+
+def test_idle_flows_time_out_in_bounded_scans():
+    a = _cell({"gc_scan": 10})
+    frames = [f for i in range(100) for f in _half_open(i)]
+    a.process_frames(FrameBatch.from_frames([f for _, f in frames], [t for t, _ in frames]))
+    assert len(a.table) == 100
+    now = max(t for t, _ in frames) + 31 * SEC
+    a.collect(now)
+    assert 100 - len(a.table) <= 10, "one GC call checks at most gc_scan flows"
+    for _ in range(30):
+        a.collect(now)
+    assert len(a.table) == 0
+    evs = parse_text(b"".join(a.sinks["tcp/default"].parts))
+    assert [e.reason for e in evs if e.event == "DESTROYED"] == ["TIMEOUT"] * 100
+    assert a.flows_destroyed == {"TIMEOUT": 100}
+    assert sum(e.event == "DATA" and e.data == b"hello" for e in evs) == 100
+
+
+def test_midstream_is_a_config_choice():
+    conv = tcp_session(random.Random(3), 1)
+    mid = conv.frames[3:]  # no handshake
+    batch = FrameBatch.from_frames([f for _, f in mid], [t for t, _ in mid])
+    strict = _cell()
+    strict.process_frames(batch)
+    strict.finish()
+    assert strict.drops["tcp_no_syn"] == len(mid) and not strict.flows_created
+    loose = _cell({"midstream": "yes"})
+    loose.process_frames(batch)
+    loose.finish()
+    evs = parse_text(b"".join(loose.sinks["tcp/default"].parts))
+    data = b"".join(e.data for e in evs if e.event == "DATA" and e.sender == 2)
+    assert data == bytes(conv.sent[1]) and evs[-1].reason == "NORMAL"
+    (flow,) = loose.take_ended()
+    assert flow.init_dir == 1, "midstream: the endpoint with the higher port is taken as the client"
+
+
+def test_body_no_and_binary_udp():
+    a = _cell(
+        dns={"proto": "UDP", "port": "53", "if": "dns", "format": "binary", "body": "no"},
+        other={"proto": "UDP", "up": "^PING", "if": "ping", "body": "no"},
+    )
+    s, d = bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2))
+    frames = [
+        udp_frame(s, d, 5000, 53, b"Q" * 40),
+        udp_frame(d, s, 53, 5000, b"R" * 90),
+        udp_frame(s, d, 6000, 7000, b"PING me"),
+    ]
+    a.process_frames(FrameBatch.from_frames(frames, [EPOCH_NS] * 3))
+    dns = parse_binary(b"".join(a.sinks["udp/dns"].parts), body=False)
+    assert [(e.event, e.sender, e.match) for e in dns] == [("DATA", 1, "none"), ("DATA", 2, "none")]
+    assert len(b"".join(a.sinks["udp/dns"].parts)) == 128  # two 64-byte headers, no bodies
+    ping = b"".join(a.sinks["udp/ping"].parts)
+    assert ping.endswith(b"match=up,len=7,time=1700000000.000000\n")  # len says 7, no body follows
+    assert parse_text(ping, body=False)[0].flow[6] == "udp"
+
+
+def test_flow_table_limit_is_counted():
+    a = _cell({"max_flows": 5})
+    frames = [f for i in range(8) for _, f in _half_open(i)[:1]]
+    a.process_frames(FrameBatch.from_frames(frames, [EPOCH_NS] * len(frames)))
+    assert len(a.table) == 5 and a.drops["flow_table_full"] == 3
+
+
+def test_hop_limit():
+    a = _cell({"hop_limit": 1})
+    args = (4, 6, bytes((1, 1, 1, 1)), 1, bytes((2, 2, 2, 2)), 2)
+    assert a.inject("CREATED", *args, 1, 0, b"", EPOCH_NS)
+    assert not a.inject("CREATED", *args, 2, 0, b"", EPOCH_NS)
+    assert a.drops == {"hop_limit": 1}
