@@ -471,8 +471,8 @@ class ClusterRouter:
             self._add_pending(out)  # re-routed at the next membership change
             return
         self.counts["resent"] += len(out.records)
-        CLUSTER_METRICS.resent.labels(self.cid).inc(len(out.records))
         for part in self.router.primaries(out.hashes, out.mask):
+            CLUSTER_METRICS.resent.labels(self.cid, part.node).inc(len(part.index))
             sub = [h[part.index] for h in out.hashes]
             new = Outgoing(
                 seq=out.seq, origin=out.origin, exporter=out.exporter, domain=out.domain,

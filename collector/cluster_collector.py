@@ -72,23 +72,47 @@ def start_router(
     return router, close
 
 
+class RoutingSink:
+    """What a collector worker feeds: `sink(batches)`; `close()` at worker exit delivers what is
+    pending (bounded wait), then leaves the registry."""
+
+    def __init__(self, router: ClusterRouter, close: Callable[[], None]) -> None:
+        self.router = router
+        self._close = close
+
+    def __call__(self, batches: list[RecordBatch]) -> None:
+        """Route a list of decoded batches."""
+        self.router(batches)
+
+    def close(self) -> None:
+        """Flush, wait for acknowledgements, unregister."""
+        self._close()
+
+
+def worker_collector_id(collector_id: str, index: int) -> str:
+    """Id of one worker's router: the collector id for worker 0, '-tcp' for TCP, '-w<i>' otherwise."""
+    if index == 0:
+        return collector_id
+    return f"{collector_id}-tcp" if index < 0 else f"{collector_id}-w{index}"
+
+
 def cluster_hook_factory(
     registry_url: str,
     cluster: str,
     collector_id: str,
     routing: Mapping[str, Any] | None = None,
     tls: TLSConfig | None = None,
-    started: list[tuple[ClusterRouter, Callable[[], None]]] | None = None,
-) -> Callable[[int], Callable[[list[RecordBatch]], None]]:
+    started: list[RoutingSink] | None = None,
+) -> Callable[[int], RoutingSink]:
     """The collector's HookFactory: each worker gets its own ClusterRouter (started inside the worker)."""
     router_config(collector_id, routing, tls)  # validate now, in the parent
 
-    def factory(index: int) -> Callable[[list[RecordBatch]], None]:
-        cid = collector_id if index <= 0 else f"{collector_id}-w{index}"
-        router, close = start_router(registry_url, cluster, router_config(cid, routing, tls))
+    def factory(index: int) -> RoutingSink:
+        cid = worker_collector_id(collector_id, index)
+        sink = RoutingSink(*start_router(registry_url, cluster, router_config(cid, routing, tls)))
         if started is not None:
-            started.append((router, close))
-        return router
+            started.append(sink)
+        return sink
 
     return factory
 
@@ -117,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if not cfg.registry:
             raise ConfigError(f"{args.config}: registry: required to route to analysis nodes")
         cid = cfg.collector_id or f"{socket.gethostname()}-{os.getpid()}"
-        started: list[tuple[ClusterRouter, Callable[[], None]]] = []
+        started: list[RoutingSink] = []
         hook = cluster_hook_factory(cfg.registry, cfg.cluster, cid, routing, tls, started)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"celltap collector: {exc}", file=sys.stderr)
@@ -137,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     service.stop()
-    for router, close in started:
-        close()
-        print(json.dumps(router.stats()), flush=True)
+    for sink in started:
+        sink.close()
+        print(json.dumps(sink.router.stats()), flush=True)
     return 0
 
 

@@ -32,7 +32,7 @@ class ClusterMetrics:
         self.resent = Counter(
             "celltap_collector_cluster_resent_records_total",
             "records re-routed to a new owner after a membership change",
-            ["collector"],
+            ["collector", "node"],
         )
         self.replicas_lost = Counter(
             "celltap_collector_cluster_replica_lost_records_total",

@@ -94,6 +94,12 @@ def test_kill_a_node_and_restart_etcd_mid_stream(etcd_factory, tmp_path) -> None
             assert metric(url, "celltap_collector_sequence_lost_total") == 0
         promoted = sum(c.status(n)["counts"]["promotions"] for n in ("n1", "n3"))
         assert promoted >= 1  # the survivors really took over n2's state
+        # SIGTERM ends collectors and nodes cleanly.
+        for proc in [*c.collectors.values(), c.nodes["n1"], c.nodes["n3"]]:
+            assert proc.stop() == 0, proc.tail()
+        for cid in ("c1", "c2"):
+            stats = json.loads(c.collectors[cid].tail().strip().splitlines()[-1])
+            assert stats["pending_records"] == 0 and stats["dropped_buffer_full"] == 0
     finally:
         c.stop_all()
 
