@@ -7,38 +7,26 @@ far less: it copies records), and our own scalar per-frame decoder (what a naive
 from __future__ import annotations
 
 import os
-import random
-import struct
+import subprocess
+import sys
 import tempfile
 import time
 
 from bench.common import Result, best_of, pin_to_one_core, time_command
 from celltap.decode import decode_batch, decode_frame
 from celltap.flowkey import canonical_key, flow_hashes
-from celltap.pcap import PcapWriter, open_capture
+from celltap.pcap import open_capture
 
 LINE_RATE_64B = 14_880_952  # frames/s on one 10 GbE port at 64-byte frames
 
 
-def write_small_pcap(path: str, frames: int, flows: int, seed: int = 1) -> None:
-    """64-byte (60 captured + FCS) TCP/UDP IPv4 frames over `flows` flows, both directions."""
-    rng = random.Random(seed)
-    templates = []
-    for _ in range(flows):
-        a = bytes([10, rng.randrange(256), rng.randrange(256), rng.randrange(1, 255)])
-        b = bytes([172, 16 + rng.randrange(16), rng.randrange(256), rng.randrange(1, 255)])
-        sp, dp = rng.randrange(1024, 65536), rng.choice([80, 443, 53, 8080])
-        proto = rng.choice([6, 17])
-        for s, d, p1, p2 in ((a, b, sp, dp), (b, a, dp, sp)):
-            if proto == 6:
-                l4 = struct.pack("!HHIIBBHHH", p1, p2, 1, 1, 0x50, 0x10, 1024, 0, 0) + b"\0" * 6
-            else:
-                l4 = struct.pack("!HHHH", p1, p2, 26, 0) + b"\0" * 18
-            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0, 64, proto, 0, s, d)
-            templates.append(b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x08\x00" + ip + l4)
-    with PcapWriter(path) as w:
-        for i in range(frames):
-            w.write(1_700_000_000_000_000_000 + i * 67, templates[rng.randrange(len(templates))])
+def write_small_pcap(path: str, frames: int, seed: int = 1) -> None:
+    """loadgen's `small` scenario: 64-byte frames (60 captured + FCS) over many flows."""
+    subprocess.run(
+        [sys.executable, "-m", "celltap.cli", "loadgen", "pcap", "small", path, "--count", str(frames),
+         "--seed", str(seed)],
+        check=True,
+    )
 
 
 def batch_pipeline(path: str) -> tuple[float, int]:
@@ -68,12 +56,12 @@ def scalar_pipeline(path: str, limit: int) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def main(frames: int = 2_000_000, flows: int = 20_000) -> list[Result]:
+def main(frames: int = 2_000_000) -> list[Result]:
     """Run the core benchmark and return its results."""
     cpu = pin_to_one_core()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "small.pcap")
-        write_small_pcap(path, frames, flows)
+        write_small_pcap(path, frames)
         batch_pipeline(path)  # warm the page cache and numpy
         ours = best_of(3, lambda: batch_pipeline(path)[0])
         tcpdump = time_command(["tcpdump", "-r", path, "-w", "/dev/null"], cpu=cpu)

@@ -129,7 +129,11 @@ def test_fields_equal_tshark(tmp_path: Path, tshark: str, scenario: str) -> None
             assert int(c.tcp_seq[i]) == int(first["tcp.seq_raw"]), where
             assert int(c.tcp_ack[i]) == int(first["tcp.ack_raw"]), where
             assert int(c.tcp_flags[i]) == _num(first["tcp.flags"]) & 0xFF, where
-            assert int(c.payload_len[i]) == int(first["tcp.len"]), where
+            # tshark gives no tcp.len for the first fragment of a fragmented segment.
+            if "tcp.len" in first:
+                assert int(c.payload_len[i]) == int(first["tcp.len"]), where
+            else:
+                assert c.is_frag[i], where
         elif "udp.length" in first and not c.is_frag[i]:
             assert int(c.l4[i]) == 17, where
             assert int(c.payload_len[i]) == int(first["udp.length"]) - 8, where
