@@ -12,6 +12,8 @@ from collections.abc import Callable
 from celltap.ipfix.records import RecordBatch
 from collector.config import ListenAddress
 from collector.ingest import Ingestor
+from collector.recvmmsg import BatchReceiver
+from collector.recvmmsg import available as recvmmsg_available
 from collector.stats import BUFFER_FULL
 
 log = logging.getLogger("celltap.collector")
@@ -66,22 +68,29 @@ class UdpWorker:
         buffer_bytes: int = 8 << 20,
         on_stats: Callable[[dict], None] | None = None,
         stats_interval: float = 1.0,
+        use_recvmmsg: bool = True,
     ) -> None:
         self.sock = sock
         self.ingestor = ingestor
         self.sink = sink
         self.batch_datagrams = batch_datagrams
-        self.buf = bytearray(max(buffer_bytes, 2 * MAX_DATAGRAM))
         self.on_stats = on_stats
         self.stats_interval = stats_interval
         self._drops_seen = kernel_drops(sock) or 0
         self.datagrams = 0
+        self.rx: BatchReceiver | None = None
+        if use_recvmmsg and recvmmsg_available():
+            self.rx = BatchReceiver(sock, slots=batch_datagrams)
+        # The recvfrom_into fallback reads into one buffer; recvmmsg has its own slots.
+        self.buf = bytearray(max(buffer_bytes, 2 * MAX_DATAGRAM) if self.rx is None else 0)
 
     def poll_once(self, timeout: float) -> int:
         """Wait up to timeout for data, then drain up to one batch; returns datagrams read."""
         r, _, _ = select.select([self.sock], [], [], timeout)
         if not r:
             return 0
+        if self.rx is not None:
+            return self._poll_recvmmsg()
         mv = memoryview(self.buf)
         limit = len(self.buf) - MAX_DATAGRAM
         recv = self.sock.recvfrom_into
@@ -104,6 +113,21 @@ class UdpWorker:
             self.datagrams += len(msgs)
         count = len(msgs)
         del mv, msgs  # no view of the buffer may outlive the batch: the next read overwrites it
+        return count
+
+    def _poll_recvmmsg(self) -> int:
+        try:
+            msgs = self.rx.receive()  # type: ignore[union-attr]
+        except OSError as exc:
+            log.debug("recvmmsg: %s", exc)
+            return 0
+        if msgs:
+            batches = self.ingestor.feed(msgs, time.time())
+            if batches:
+                self.sink(batches)
+            self.datagrams += len(msgs)
+        count = len(msgs)
+        del msgs  # views of the receive buffer: the next call overwrites it
         return count
 
     def report(self) -> None:

@@ -15,6 +15,7 @@ import time
 import urllib.request
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from celltap.ipfix import MessageEncoder, template_from_names
@@ -445,7 +446,8 @@ def test_killed_workers_restart_and_decode_at_once_with_shared_templates():
     assert svc.totals.dropped_sets.get("no_template", 0) == 0
 
 
-def test_kernel_drops_are_read_back_as_buffer_full():
+@pytest.mark.parametrize("use_recvmmsg", [True, False])
+def test_kernel_drops_are_read_back_as_buffer_full(use_recvmmsg):
     """A worker that does not read while its small receive buffer overflows counts what the kernel dropped."""
     from collector.udp_server import UdpWorker, open_udp_socket
 
@@ -453,7 +455,8 @@ def test_kernel_drops_are_read_back_as_buffer_full():
     sock = open_udp_socket(ListenAddress("udp", "127.0.0.1", port), 8192)
     ing = Ingestor()
     got: list = []
-    worker = UdpWorker(sock, ing, got.extend)
+    worker = UdpWorker(sock, ing, got.extend, use_recvmmsg=use_recvmmsg)
+    assert (worker.rx is not None) == use_recvmmsg
     enc = MessageEncoder(1, [template_from_names(300, SIMPLE)], refresh=RefreshPolicy(None, 1))
     msgs = enc.encode(300, columns(200 * 50), time.time())  # every message carries the template
     s = sender("127.0.0.1")
@@ -535,3 +538,25 @@ def test_v9_per_sampler_rates_scale_each_record():
     # sampler 9 is unknown: it keeps the domain's latest rate (100, the last announced).
     assert list(recs["octetDeltaCount"]) == [10_000, 100_000, 700]
     assert list(recs["packetDeltaCount"]) == [20, 200, 100]
+
+
+def test_recvmmsg_receiver_reports_lengths_and_sources_ipv4_and_ipv6():
+    from collector.recvmmsg import BatchReceiver
+
+    for family, host, src in ((socket.AF_INET, "127.0.0.1", "127.0.0.42"), (socket.AF_INET6, "::1", "::1")):
+        rx_sock = socket.socket(family, socket.SOCK_DGRAM)
+        rx_sock.bind((host, 0))
+        rx_sock.setblocking(False)
+        tx = socket.socket(family, socket.SOCK_DGRAM)
+        tx.bind((src, 0))
+        rx = BatchReceiver(rx_sock, slots=8, slot_size=2048)
+        sent = [bytes([i]) * (10 + 100 * i) for i in range(12)]
+        for d in sent:
+            tx.sendto(d, rx_sock.getsockname()[:2])
+        time.sleep(0.05)
+        got = []
+        while batch := rx.receive():
+            got += [(e, bytes(m)) for e, m in batch]
+        tx.close()
+        rx_sock.close()
+        assert got == [(src, d) for d in sent]

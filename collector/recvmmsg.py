@@ -1,0 +1,137 @@
+"""recvmmsg(2) through ctypes: many datagrams per system call into one preallocated buffer.
+
+Python's socket module has no recvmmsg; one recvfrom_into per datagram costs a system call and
+several Python objects each.  Here one call fills up to `slots` datagrams, their lengths and source
+addresses are read back with numpy, and the caller gets (exporter, memoryview) pairs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+
+import numpy as np
+
+MSG_DONTWAIT = 0x40
+MSG_TRUNC = 0x20
+SOCKADDR_SIZE = 28  # sockaddr_in6, large enough for both families
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = (
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.POINTER(_IoVec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    )
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
+
+
+def _libc_recvmmsg():
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        fn = ctypes.CDLL(name, use_errno=True).recvmmsg
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RECVMMSG = _libc_recvmmsg()
+
+
+def available() -> bool:
+    """True where libc exposes recvmmsg (Linux glibc / musl)."""
+    return _RECVMMSG is not None
+
+
+class BatchReceiver:
+    """Receive up to `slots` datagrams per call from a non-blocking UDP socket."""
+
+    def __init__(self, sock: socket.socket, slots: int = 128, slot_size: int = 65535) -> None:
+        if _RECVMMSG is None:
+            raise OSError("recvmmsg is not available")
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.family = sock.family
+        self.slots = slots
+        self.slot_size = slot_size
+        self.data = bytearray(slots * slot_size)
+        self.view = memoryview(self.data)
+        self._data_c = (ctypes.c_char * len(self.data)).from_buffer(self.data)
+        self.names = bytearray(slots * SOCKADDR_SIZE)
+        self._names_c = (ctypes.c_char * len(self.names)).from_buffer(self.names)
+        self.iov = (_IoVec * slots)()
+        self.msgs = (_MMsgHdr * slots)()
+        base = ctypes.addressof(self._data_c)
+        nbase = ctypes.addressof(self._names_c)
+        for i in range(slots):
+            self.iov[i].iov_base = base + i * slot_size
+            self.iov[i].iov_len = slot_size
+            h = self.msgs[i].msg_hdr
+            h.msg_name = nbase + i * SOCKADDR_SIZE
+            h.msg_namelen = SOCKADDR_SIZE
+            h.msg_iov = ctypes.pointer(self.iov[i])
+            h.msg_iovlen = 1
+        # numpy views of the header array: msg_namelen must be reset before each call; msg_len and
+        # msg_flags are read back after it.
+        words = np.frombuffer(self.msgs, dtype=np.uint32).reshape(slots, ctypes.sizeof(_MMsgHdr) // 4)
+        self._namelen = words[:, _MsgHdr.msg_namelen.offset // 4]
+        self._flags = words[:, _MsgHdr.msg_flags.offset // 4]
+        self._len = words[:, _MMsgHdr.msg_len.offset // 4]
+        self._names_u8 = np.frombuffer(self.names, dtype=np.uint8).reshape(slots, SOCKADDR_SIZE)
+        self._addr_cache: dict[bytes, str] = {}
+        self.truncated = 0
+
+    def _exporters(self, n: int) -> list[str]:
+        cache = self._addr_cache
+        out = []
+        if self.family == socket.AF_INET:
+            raw = self._names_u8[:n, 4:8]
+        else:
+            raw = self._names_u8[:n, 8:24]
+        for key in map(bytes, raw):
+            name = cache.get(key)
+            if name is None:
+                if len(cache) > 65536:
+                    cache.clear()  # spoofed sources must not grow memory without bound
+                fam = socket.AF_INET if len(key) == 4 else socket.AF_INET6
+                name = socket.inet_ntop(fam, key)
+                if name.startswith("::ffff:") and "." in name:
+                    name = name[7:]  # IPv4-mapped: report the IPv4 exporter as IPv4 senders do
+                cache[key] = name
+            out.append(name)
+        return out
+
+    def receive(self) -> list[tuple[str, memoryview]]:
+        """Whatever is queued, up to `slots` datagrams, as (exporter, payload view) pairs."""
+        self._namelen[:] = SOCKADDR_SIZE
+        n = _RECVMMSG(self.fd, ctypes.addressof(self.msgs), self.slots, MSG_DONTWAIT, None)
+        if n <= 0:
+            err = ctypes.get_errno()
+            if n < 0 and err not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                raise OSError(err, os.strerror(err))
+            return []
+        lens = self._len[:n].tolist()
+        if (self._flags[:n] & MSG_TRUNC).any():
+            self.truncated += int(((self._flags[:n] & MSG_TRUNC) != 0).sum())
+        view = self.view
+        size = self.slot_size
+        pairs = zip(self._exporters(n), lens, strict=True)
+        return [(e, view[i * size : i * size + ln]) for i, (e, ln) in enumerate(pairs)]
