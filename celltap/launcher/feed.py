@@ -79,10 +79,11 @@ def open_fifo_for_writing(path: Path, alive: Callable[[], bool], timeout: float 
 class Feeder:
     """Writes a capture `loops` times (0: until stopped) into a FIFO; counts frames and bytes written."""
 
-    def __init__(self, source: Path, fifo: Path, loops: int = 1) -> None:
+    def __init__(self, source: Path, fifo: Path, loops: int = 1, pps: float = 0.0) -> None:
         self.source = source
         self.fifo = fifo
         self.loops = loops
+        self.pps = pps
         self.info = capture_info(source)
         self.frames_written = 0
         self.bytes_written = 0
@@ -101,6 +102,7 @@ class Feeder:
             self.done.set()
             return
         span = max(self.info.last_ns - self.info.first_ns, 0) + 1_000_000_000
+        t0 = time.monotonic()
         try:
             with os.fdopen(fd, "wb", buffering=CHUNK_BYTES) as out:
                 writer = PcapWriter(out, linktype=self.info.linktype, nanosecond=True)
@@ -117,6 +119,10 @@ class Feeder:
                             out.flush()
                             self.frames_written += len(batch)
                             self.bytes_written += int(batch.wirelens.sum())
+                            if self.pps > 0:
+                                ahead = self.frames_written / self.pps - (time.monotonic() - t0)
+                                if ahead > 0:
+                                    self.stop.wait(ahead)
                     loop += 1
                     self.loops_done = loop
         except BrokenPipeError as exc:

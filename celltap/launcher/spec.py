@@ -42,6 +42,7 @@ class ClusterSpec:
     hash_seed: int = 0
     capture: str = "feed"
     replay_loops: int = 1
+    replay_pps: float = 0.0
     cells: int = 3
     sftap: Path = field(default_factory=lambda: default_file("sftap.yaml"))
     reader_buffer: int | None = None
@@ -105,7 +106,9 @@ def spec_from_dict(data: Any, base: Path | None = None) -> ClusterSpec:
         if not path.is_file():
             raise SpecError(f"capture: {path} is not a file")
         s.capture = f"pcap:{path}"
-    s.replay_loops = _int("replay.loops", _section(data, "replay", {"loops"}).get("loops", 1), 0)
+    replay = _section(data, "replay", {"loops", "pps"})
+    s.replay_loops = _int("replay.loops", replay.get("loops", 1), 0)
+    s.replay_pps = float(_int("replay.pps", replay.get("pps", 0), 0))
     cells = _section(data, "cells", {"count", "sftap", "reader_buffer", "analyzers"})
     s.cells = _int("cells.count", cells.get("count", s.cells), 1)
     if "sftap" in cells:
