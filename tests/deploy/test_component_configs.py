@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from celltap.cli import build_parser
-from tests.deploy.chart import NAMESPACE, VALUE_SETS, documents, find, go_render, merged_values
+from tests.deploy.chart import NAMESPACE, REPO, VALUE_SETS, documents, find, go_render, merged_values
 
 # What the kubelet would put in the downward-API variables of pod <name>-<index>.
 POD_IP = "10.244.1.7"
@@ -164,7 +165,8 @@ def test_cell_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: s
     assert ns.home == values["cells"]["home"]
     assert ns.ipfix == f"udp://{find(docs, 'Service', '-collector')['metadata']['name']}.{NAMESPACE}.svc:4739"
     # Every analyzer sidecar reads a socket the abstractor actually serves, in its own argv form.
-    for spec, c in zip(values["cells"]["analyzers"], containers[1:], strict=True):
+    analyzers = [c for c in containers if c["name"].startswith("analyzer-")]
+    for spec, c in zip(values["cells"]["analyzers"], analyzers, strict=True):
         a = parse_celltap(expand(c["args"], pod_env(c, pod)))
         assert a.command == "analyzer" and a.metrics_port == spec["metricsPort"]
         home = values["cells"]["home"] + "/"
@@ -205,20 +207,51 @@ def test_node_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: s
     assert c["readinessProbe"]["httpGet"]["port"] == int(cfg.http.rsplit(":", 1)[1])
 
 
-def test_registry_discovery_renders_registration_args(renderer: Path, tmp_path: Path) -> None:
-    values = tmp_path / "registry.yaml"
-    values.write_text("cells:\n  discovery: registry\n  replicas: 3\n")
+def load_registrar() -> Any:
+    """docker/cell_registrar.py as a module (it is copied into the image, not installed)."""
+    spec = importlib.util.spec_from_file_location("cell_registrar", REPO / "docker/cell_registrar.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_registrar_sidecar_registers_what_the_incubator_reads(
+    rendered: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    from incubator.config import parse_config
+
+    docs = rendered[name]
+    values = merged_values(VALUE_SETS[name])
+    inc = parse_config(yaml.safe_load(config_data(docs, "incubator.yaml")))
+    sts = find(docs, "StatefulSet", "-cell")
+    pod = f"{sts['metadata']['name']}-2"
+    (reg,) = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "registrar"]
+    assert reg["command"] == ["python", "/opt/celltap/deploy/cell_registrar.py"]
+    args = load_registrar().parse_args(expand(reg["args"], pod_env(reg, pod)))
+    assert args.registry == inc["registry"]["url"] and args.cluster == inc["registry"]["cluster"]
+    assert args.id == "2"
+    assert args.input == f"vxlan://{POD_IP}:{values['cells']['vxlanPort']}"
+    assert args.health == f"http://127.0.0.1:{values['cells']['metricsPort']}/metrics"
+    assert inc["registry"]["output_key"] == "input"  # the key the registrar writes the address under
+
+
+def test_cell_self_registration_args(renderer: Path, tmp_path: Path) -> None:
+    values = tmp_path / "self.yaml"
+    values.write_text("cells:\n  registration: cell\n  replicas: 3\n")
     docs = documents(go_render(renderer, [values]))
     from incubator.config import parse_config
 
     inc = parse_config(yaml.safe_load(config_data(docs, "incubator.yaml")))
-    assert inc["cells"] is None and inc["registry"]["url"].startswith("etcd://")
-    cell = find(docs, "StatefulSet", "-cell")["spec"]["template"]["spec"]["containers"][0]
+    spec = find(docs, "StatefulSet", "-cell")["spec"]["template"]["spec"]
+    assert "registrar" not in [c["name"] for c in spec["containers"]]
+    cell = spec["containers"][0]
     args = expand(cell["args"], pod_env(cell, "celltap-cell-2"))
     assert args[args.index("--advertise") + 1] == f"vxlan://{POD_IP}:4789"
     assert args[args.index("--registry") + 1] == inc["registry"]["url"]
     if "--advertise" not in subcommand_options("cell"):
-        pytest.skip("`celltap cell` has no --registry/--advertise yet: cells cannot register themselves")
+        pytest.skip("`celltap cell` has no --registry/--advertise yet: use cells.registration: sidecar")
     ns = parse_celltap(args)
     assert ns.cell_id == 2
 

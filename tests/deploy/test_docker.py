@@ -62,6 +62,14 @@ def test_dockerfile_is_multistage_and_runs_unprivileged() -> None:
     assert not any(k == "RUN" and re.search(r"apt-get|pip install", a) for k, a in runtime)
 
 
+def test_registrar_is_in_the_image_where_the_chart_runs_it() -> None:
+    (_, runtime) = stages(DOCKER / "Dockerfile")
+    copies = [shlex.split(a) for k, a in runtime if k == "COPY" and not a.startswith("--from")]
+    assert ["docker/cell_registrar.py", "/opt/celltap/deploy/cell_registrar.py"] in copies
+    assert "!docker/cell_registrar.py" in (DOCKER / "Dockerfile.dockerignore").read_text().split()
+    assert "/opt/celltap/deploy/cell_registrar.py" in (CHART / "templates/cells.yaml").read_text()
+
+
 def test_image_installs_like_the_readme() -> None:
     (build, _) = stages(DOCKER / "Dockerfile")
     runs = " ".join(a for k, a in build if k == "RUN")
@@ -186,16 +194,26 @@ def test_compose_configs_are_accepted_by_the_components() -> None:
 
 
 def test_compose_commands_parse_with_the_real_cli() -> None:
-    from tests.deploy.test_component_configs import parse_celltap, subcommand_options, without_registration
+    from tests.deploy.test_component_configs import load_registrar, parse_celltap
 
-    for name, svc in compose()["services"].items():
+    services = compose()["services"]
+    registered = {}
+    for name, svc in services.items():
         if not svc.get("image", "").startswith("celltap/"):
             continue
-        args = svc["command"]
-        if args[0] == "cell" and "--advertise" not in subcommand_options("cell"):
-            args = without_registration(args)
-        ns = parse_celltap(args)
-        assert ns.command == args[0], name
+        if svc.get("entrypoint") == ["python", "/opt/celltap/deploy/cell_registrar.py"]:
+            args = load_registrar().parse_args(svc["command"])
+            registered[args.id] = args
+            continue
+        ns = parse_celltap(svc["command"])
+        assert ns.command == svc["command"][0], name
+    # Each cell is registered at the host port its VXLAN input is published on, for the incubator.
+    for cell_id, args in registered.items():
+        cell = services[f"cell-{cell_id}"]
+        host_port = next(p.split(":")[1] for p in cell["ports"] if p.endswith(":4789/udp"))
+        assert args.input == f"vxlan://127.0.0.1:{host_port}"
+        assert args.health == f"http://cell-{cell_id}:9471/metrics"
+    assert sorted(registered) == ["0", "1"]
 
 
 def test_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:

@@ -97,7 +97,9 @@ def test_every_workload_is_hardened_and_probed(rendered: dict[str, list[dict[str
         spec = pod_spec(d)
         for c in spec["containers"]:
             where = f"{d['metadata']['name']}/{c['name']}"
-            assert "readinessProbe" in c and "livenessProbe" in c, where
+            # The registrar serves nothing to probe; it exits when the cell stops answering.
+            if c["name"] != "registrar":
+                assert "readinessProbe" in c and "livenessProbe" in c, where
             assert c["resources"]["requests"], where
             assert c["resources"]["limits"]["memory"], where
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], where
@@ -117,7 +119,10 @@ def test_cells_statefulset(rendered: dict[str, list[dict[str, Any]]], name: str)
     assert rack and rack[0]["whenUnsatisfiable"] == values["topology"]["whenUnsatisfiable"]
     assert rack[0]["labelSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
     names = [c["name"] for c in pod_spec(sts)["containers"]]
-    assert names == ["cell"] + [f"analyzer-{a['name']}" for a in values["cells"]["analyzers"]]
+    sidecar = values["cells"]["discovery"] == "registry" and values["cells"]["registration"] == "sidecar"
+    assert names == ["cell", *(["registrar"] if sidecar else [])] + [
+        f"analyzer-{a['name']}" for a in values["cells"]["analyzers"]
+    ]
     # The cell id is the StatefulSet ordinal, read through the downward API.
     env = {e["name"]: e for e in pod_spec(sts)["containers"][0]["env"]}
     assert (
