@@ -62,6 +62,7 @@ class CollectorConfig:
     metrics_addr: str = "127.0.0.1"
     collector_id: str | None = None
     batch_datagrams: int = 256
+    drain_seconds: float = 2.0  # on SIGTERM, decode what already reached the sockets for this long
 
 
 def _int(key: str, v: Any, lo: int, hi: int | None = None) -> int:
@@ -115,6 +116,7 @@ _SCHEMA = {
     "metrics_addr": _str,
     "collector_id": lambda k, v: None if v is None else _str(k, v),
     "batch_datagrams": lambda k, v: _int(k, v, 1, 65536),
+    "drain_seconds": lambda k, v: _num(k, v, 0),
 }
 
 

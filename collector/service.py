@@ -84,7 +84,7 @@ def _udp_worker_main(
     worker = UdpWorker(sock, ingestor, sink, config.batch_datagrams, on_stats=stats_q.put)
     ready.set()
     try:
-        worker.run(stop.is_set)
+        worker.run(stop.is_set, config.drain_seconds)
     finally:
         sock.close()
 
@@ -223,7 +223,7 @@ class CollectorService:
         worker = UdpWorker(sock, ingestor, sink, config.batch_datagrams, on_stats=self._apply)
         ready.set()
         try:
-            worker.run(stop.is_set)
+            worker.run(stop.is_set, config.drain_seconds)
         finally:
             sock.close()
 

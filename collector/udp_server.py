@@ -140,12 +140,16 @@ class UdpWorker:
         if self.on_stats is not None:
             self.on_stats(self.ingestor.stats.drain())
 
-    def run(self, should_stop: Callable[[], bool]) -> None:
-        """Receive until should_stop() is true; stats are reported every interval."""
+    def run(self, should_stop: Callable[[], bool], drain_seconds: float = 2.0) -> None:
+        """Receive until should_stop() is true, then decode what is already queued (bounded in time),
+        so a clean stop loses nothing that reached the socket; stats are reported every interval."""
         next_report = time.monotonic() + self.stats_interval
         while not should_stop():
             self.poll_once(0.2)
             if time.monotonic() >= next_report:
                 self.report()
                 next_report = time.monotonic() + self.stats_interval
+        end = time.monotonic() + drain_seconds
+        while time.monotonic() < end and self.poll_once(0):
+            pass
         self.report()

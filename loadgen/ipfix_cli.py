@@ -96,16 +96,18 @@ def run(
             p = pools[k]
             j = i // exporters
             m = p.next_message(j)
+            i += 1
             try:
                 socks[k].send(m)
             except OSError:
-                sent["send_errors"] += 1  # counted: the collector side sees them as sequence gaps
+                # Never left this host: not counted as sent (the collector sees a sequence gap).
+                sent["send_errors"] += 1
+                continue
             idx = j % len(p.messages)
             sent["records"] += per_msg
             sent["octets"] += p.octets[idx]
             sent["packets"] += p.packets[idx]
             sent["messages"] += 1
-            i += 1
     elapsed = time.monotonic() - start
     for s in socks:
         s.close()
