@@ -32,6 +32,7 @@ from celltap.ipfix import template_from_names  # noqa: E402
 from celltap.ipfix.records import RecordBatch  # noqa: E402
 from collector.cluster_collector import router_config, start_router  # noqa: E402
 from collector.cluster_query import scatter_gather  # noqa: E402
+from collector.node_config import DEFAULT_APPS  # noqa: E402
 
 FIELDS = [
     ("sourceIPv4Address", None), ("destinationIPv4Address", None), ("protocolIdentifier", None),
@@ -70,8 +71,11 @@ def make_batches(n_batches: int, size: int, sources: int, seed: int = 1) -> list
     return out
 
 
-def start_nodes(n: int, registry: str, cluster: str, tmp: Path) -> list[subprocess.Popen]:
-    """n node processes with one exact volume app; returns once all registered."""
+LIGHT_APPS = {"volume": {"kind": "volume", "key": "src"}}
+
+
+def start_nodes(n: int, registry: str, cluster: str, tmp: Path, apps: dict) -> list[subprocess.Popen]:
+    """n node processes hosting `apps`; returns once all registered."""
     procs = []
     https = []
     for i in range(n):
@@ -83,7 +87,7 @@ def start_nodes(n: int, registry: str, cluster: str, tmp: Path) -> list[subproce
             "registry": registry,
             "cluster": cluster,
             "lease_ttl": 5,
-            "apps": {"volume": {"kind": "volume", "key": "src"}},
+            "apps": apps,
         }
         path = tmp / f"b{i}.yaml"
         path.write_text(yaml.safe_dump(cfg))
@@ -112,11 +116,11 @@ def start_nodes(n: int, registry: str, cluster: str, tmp: Path) -> list[subproce
     return procs
 
 
-def run_one(n_nodes: int, total: int, batches: list[RecordBatch], replication: bool) -> dict:
+def run_one(n_nodes: int, total: int, batches: list[RecordBatch], replication: bool, apps: dict) -> dict:
     """Feed `total` records through a router to n_nodes nodes; records/s and the zero-loss check."""
     tmp = Path(tempfile.mkdtemp(prefix="celltap-bench-"))
     registry, cluster = f"file://{tmp}/registry", "bench"
-    procs = start_nodes(n_nodes, registry, cluster, tmp)
+    procs = start_nodes(n_nodes, registry, cluster, tmp, apps)
     try:
         cfg = router_config(
             "bench",
@@ -159,7 +163,8 @@ def run_one(n_nodes: int, total: int, batches: list[RecordBatch], replication: b
             and stats["dropped_buffer_full"] == 0 and stats["dropped_no_nodes"] == 0
         )  # fmt: skip
         return {
-            "nodes": n_nodes, "replication": replication, "records": fed, "seconds": round(elapsed, 3),
+            "nodes": n_nodes, "replication": replication, "apps": sorted(apps), "records": fed,
+            "seconds": round(elapsed, 3),
             "records_per_s": round(fed / elapsed), "zero_loss": bool(lossless),
             "cluster_records": answer["total"]["records"], "sent_replica": stats["sent_replica"],
             "router_cpu_s": round(router_cpu, 3), "node_cpu_s": [round(c, 3) for c in node_cpu],
@@ -190,13 +195,20 @@ def main(argv: list[str] | None = None) -> dict:
         default="both",
         help="also send each record to its backup node (needed for exact totals across failures)",
     )
+    p.add_argument(
+        "--apps",
+        choices=("volume", "all"),
+        default="volume",
+        help="one exact volume app, or every built-in app (keys src, dst and flow)",
+    )
     args = p.parse_args(argv if argv is not None else [])
     batches = make_batches(16, args.batch, args.sources)
+    apps = LIGHT_APPS if args.apps == "volume" else {**DEFAULT_APPS, "volume": LIGHT_APPS["volume"]}
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.replication]
     results = []
     for replication in modes:
         for n in [int(x) for x in args.nodes.split(",")]:
-            r = run_one(n, args.records, batches, replication)
+            r = run_one(n, args.records, batches, replication, apps)
             results.append(r)
             print(
                 f"nodes={r['nodes']} replication={'on ' if replication else 'off'} records={r['records']} "

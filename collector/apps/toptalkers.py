@@ -75,6 +75,23 @@ class TopTalkersApp(App):
     def update(self, records: np.ndarray, exporter: str) -> None:
         """Add one batch's per-key bytes and packets."""
         keys, (b, p) = sums_by_key(address_keys(records, self.key), octets(records), packets(records))
+        by_bytes, by_packets = self.summaries["bytes"], self.summaries["packets"]
+        if (
+            not self.full["bytes"] and not self.full["packets"]
+            and len(by_bytes) + len(keys) <= self.capacity and len(by_packets) + len(keys) <= self.capacity
+        ):  # fmt: skip
+            for k, kb, kp in zip(keys, b, p, strict=True):  # the exact case: one pass, plain adds
+                v = by_bytes.get(k)
+                if v is None:
+                    by_bytes[k] = [kb, 0]
+                else:
+                    v[0] += kb
+                w = by_packets.get(k)
+                if w is None:
+                    by_packets[k] = [kp, 0]
+                else:
+                    w[0] += kp
+            return
         self._add("bytes", {k: [v, 0] for k, v in zip(keys, b, strict=True)}, False)
         self._add("packets", {k: [v, 0] for k, v in zip(keys, p, strict=True)}, False)
 

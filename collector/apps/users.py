@@ -40,28 +40,68 @@ def parse_user_map(text: str, source: str = "users file") -> dict[Network, str]:
 
 
 class UserMap:
-    """Address -> user with longest-prefix match; lookups are cached per address key."""
+    """Address -> user with longest-prefix match.
+
+    IPv4 keys are matched in bulk: one masked `searchsorted` per prefix length in the mapping;
+    IPv6 keys take a cached per-address path.
+    """
 
     def __init__(self) -> None:
         self._static: dict[Network, str] = {}
         self._dynamic: dict[Network, str] = {}
         self._cache: dict[int, str] = {}
         self._lock = threading.Lock()
+        self._compile()
+
+    def _compile(self) -> None:
+        merged = {**self._static, **self._dynamic}  # the registry wins for the same network
+        names = [UNMAPPED, *sorted(set(merged.values()) - {UNMAPPED})]
+        index = {n: i for i, n in enumerate(names)}
+        by_len: dict[int, list[tuple[int, int]]] = {}
+        for net, user in merged.items():
+            if net.version == 4:
+                by_len.setdefault(net.prefixlen, []).append((int(net.network_address), index[user]))
+        tables = []
+        for plen in sorted(by_len, reverse=True):
+            rows = sorted(by_len[plen])
+            mask = np.uint64((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF)
+            nets = np.array([r[0] for r in rows], dtype=np.uint64)
+            tables.append((mask, nets, np.array([r[1] for r in rows], dtype=np.int64)))
+        self._compiled = (names, index, tables)
+        self._cache = {}
 
     def set_static(self, mapping: dict[Network, str]) -> None:
         """Replace the file mapping."""
         with self._lock:
             self._static = dict(mapping)
-            self._cache = {}
+            self._compile()
 
     def set_dynamic(self, mapping: dict[Network, str]) -> None:
         """Replace the registry mapping (it wins over the file for the same network)."""
         with self._lock:
             self._dynamic = dict(mapping)
-            self._cache = {}
+            self._compile()
+
+    def users_of(self, keys: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """(user names, per-key index into them) for an array of address keys."""
+        names, index, tables = self._compiled
+        if keys.dtype != np.uint64:
+            return names, np.array([index.get(self.lookup(int(k)), 0) for k in keys], dtype=np.int64)
+        out = np.zeros(len(keys), dtype=np.int64)
+        if not tables:
+            return names, out
+        open_ = (keys >> np.uint64(32)) == np.uint64(4)
+        addr = keys & np.uint64(0xFFFFFFFF)
+        for mask, nets, users in tables:  # longest prefix first
+            masked = addr & mask
+            pos = np.minimum(np.searchsorted(nets, masked), len(nets) - 1)
+            hit = open_ & (nets[pos] == masked)
+            out[hit] = users[pos[hit]]
+            open_ &= ~hit
+        return names, out
 
     def lookup(self, key: int) -> str:
-        """User of an address key, longest prefix first."""
+        """User of one address key, longest prefix first."""
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -107,11 +147,12 @@ class UserAccountingApp(App):
         return other
 
     def _account(self, side: str, records: np.ndarray, offset: int) -> None:
-        keys, (b, p) = sums_by_key(address_keys(records, side), octets(records), packets(records))
-        for k, kb, kp in zip(keys, b, p, strict=True):
-            t = self.accounts.setdefault(self.users.lookup(k), [0, 0, 0, 0])
-            t[offset] += kb
-            t[offset + 1] += kp
+        names, idx = self.users.users_of(address_keys(records, side))
+        users, (b, p) = sums_by_key(idx, octets(records), packets(records))
+        for u, ub, up in zip(users, b, p, strict=True):
+            t = self.accounts.setdefault(names[u], [0, 0, 0, 0])
+            t[offset] += ub
+            t[offset + 1] += up
 
     def update(self, records: np.ndarray, exporter: str) -> None:
         """Account the batch to the users of its source and destination addresses."""
