@@ -423,6 +423,17 @@ class Abstractor:
             else:
                 po = PO[j]
                 payload = bytes(raw[po : po + plen])
+                if proto == 6 and not flags & 7:
+                    # fast path: the next in-order segment of a direction with no holes and no FIN yet
+                    if sender == 1:
+                        if SQ[j] == flow.nxt1 and flow.ooo1 is None and flow.fin1 < 0:
+                            deliver(flow, 1, payload, ts)
+                            flow.nxt1 = (flow.nxt1 + plen) & 0xFFFFFFFF
+                            continue
+                    elif SQ[j] == flow.nxt2 and flow.ooo2 is None and flow.fin2 < 0:
+                        deliver(flow, 2, payload, ts)
+                        flow.nxt2 = (flow.nxt2 + plen) & 0xFFFFFFFF
+                        continue
             if proto == 6:
                 res = segment(flow, sender, flags, SQ[j], payload, ts, deliver, stats, ooo_limit)
                 if res != KEEP:

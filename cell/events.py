@@ -35,7 +35,7 @@ FROM_NONE = 3
 
 
 def addr_text(l3: int, addr: bytes) -> str:
-    """Printable address (IPv4 dotted quad, IPv6 compressed)."""
+    """Printable address as inet_ntop writes it (as SF-TAP does)."""
     return (
         socket.inet_ntop(socket.AF_INET, addr[:4])
         if l3 == 4
