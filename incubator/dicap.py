@@ -9,7 +9,8 @@ by the filter (kernel) and by `dicap_buckets` (numpy, for the cell's own checks 
     bucket = (h * 0x9E3779B1 mod 2^32) >> (32 - B)          (Fibonacci hashing, B bits)
     owner(bucket) = ring owner of xxh64(bucket as 4 bytes big-endian)  -- the incubator's ring
 
-Frames without IPv4/IPv6 (or too short to hold the fields read) use h = 0, so exactly one cell
+The filter sees frames after the kernel took one outer 802.1Q / 802.1ad tag out of the data, so
+singly tagged flows partition on their IP header like untagged ones.  Frames without IPv4/IPv6 (or too short to hold the fields read) use h = 0, so exactly one cell
 (the owner of bucket 0) gets them and counts them.  XOR is symmetric, so both directions of a
 flow share a bucket; every fragment of a datagram hashes on its addresses only, so a datagram
 is never split.  With `use_ports` a fragmented datagram may land on another cell than the
@@ -41,6 +42,7 @@ ALU_XOR_X, ALU_MUL_K, ALU_RSH_K, ALU_ADD_K = 0xAC, 0x24, 0x74, 0x04
 JEQ_K, JGT_K, JGE_K, JSET_K, JGE_X = 0x15, 0x25, 0x35, 0x45, 0x3D
 RET_K = 0x06
 PORT_PROTOS = (6, 17, 132)
+KERNEL_UNTAGS = (0x8100, 0x88A8)  # TPIDs skb_vlan_untag() moves out of the frame data
 
 
 class _Asm:
@@ -197,10 +199,18 @@ def dicap_buckets(
     n = len(batch)
     width = 14 + 60 + 4  # enough for IPv4 options up to IHL 15 and the ports
     rows = np.zeros((n, width), np.uint8)
-    length = batch.caplens
-    for i, (o, c) in enumerate(zip(batch.offsets.tolist(), length.tolist(), strict=True)):
-        k = min(c, width)
-        rows[i, :k] = batch.buf[o : o + k]
+    length = batch.caplens.copy()
+    buf = batch.buf
+    for i, (o, c) in enumerate(zip(batch.offsets.tolist(), batch.caplens.tolist(), strict=True)):
+        if c >= 18 and (int(buf[o + 12]) << 8 | int(buf[o + 13])) in KERNEL_UNTAGS:
+            # The kernel's receive path takes one outer tag off before any socket filter runs.
+            k = min(c - 4, width)
+            rows[i, :12] = buf[o : o + 12]
+            rows[i, 12:k] = buf[o + 16 : o + 4 + k]
+            length[i] = c - 4
+        else:
+            k = min(c, width)
+            rows[i, :k] = buf[o : o + k]
     et = _be16(rows, 12)
     h = np.zeros(n, np.uint32)
     v4 = (length >= 34) & (et == 0x0800)
