@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import struct
 import sys
 import time
 
@@ -71,43 +72,60 @@ def run(
         socks.append(s)
         pools.append(build_pool(k + 1, seed + k, now, version=version))
     per_msg = pools[0].records[0]
-    sent = {"records": 0, "octets": 0, "packets": 0, "messages": 0, "send_errors": 0}
+    n_pool = len(pools[0].messages)
+    seq_off = 8 if version == IPFIX_VERSION else 12
+    seq_step = per_msg if version == IPFIX_VERSION else 1  # IPFIX counts records, v9 packets
+    pack = struct.Struct("!I").pack_into
+    senders = [s.send for s in socks]
+    seqs = [0] * exporters
+    messages = octets = packets = errors = 0
     start = time.monotonic()
     next_templates = start
-    i = 0
-    burst = 32
+    j = 0
+    rounds = max(1, 64 // exporters)  # messages per clock check: one per router per round
     while True:
         t = time.monotonic()
-        if t - start >= duration or (records is not None and sent["records"] >= records):
+        if t - start >= duration or (records is not None and messages * per_msg >= records):
             break
         if t >= next_templates:
-            for s, p in zip(socks, pools, strict=True):
-                s.send(p.stamp_templates())
+            for k, (snd, p) in enumerate(zip(senders, pools, strict=True)):
+                p.sequence = seqs[k]
+                snd(p.stamp_templates())
+                seqs[k] = p.sequence
             next_templates = t + template_refresh
         if rate > 0:
             due = (t - start) * rate
-            if sent["records"] >= due:
-                time.sleep(min(0.001, (sent["records"] - due) / rate))
+            if messages * per_msg >= due:
+                time.sleep(min(0.001, (messages * per_msg - due) / rate))
                 continue
-        for _ in range(burst):
-            if records is not None and sent["records"] >= records:
+        for _ in range(rounds):
+            if records is not None and messages * per_msg >= records:
                 break
-            k = i % exporters
-            p = pools[k]
-            j = i // exporters
-            m = p.next_message(j)
-            i += 1
-            try:
-                socks[k].send(m)
-            except OSError:
-                # Never left this host: not counted as sent (the collector sees a sequence gap).
-                sent["send_errors"] += 1
-                continue
-            idx = j % len(p.messages)
-            sent["records"] += per_msg
-            sent["octets"] += p.octets[idx]
-            sent["packets"] += p.packets[idx]
-            sent["messages"] += 1
+            idx = j % n_pool
+            j += 1
+            for k in range(exporters):
+                p = pools[k]
+                m = p.messages[idx]
+                pack(m, seq_off, seqs[k] & 0xFFFFFFFF)
+                seqs[k] += seq_step
+                try:
+                    senders[k](m)
+                except OSError:
+                    # Never left this host: not counted as sent (the collector sees a sequence gap).
+                    errors += 1
+                    continue
+                messages += 1
+                octets += p.octets[idx]
+                packets += p.packets[idx]
+                if records is not None and messages * per_msg >= records:
+                    break
+    sent = {
+        "records": messages * per_msg,
+        "octets": octets,
+        "packets": packets,
+        "messages": messages,
+        "send_errors": errors,
+    }
     elapsed = time.monotonic() - start
     for s in socks:
         s.close()
