@@ -1,0 +1,145 @@
+"""The chart's rendered configs and commands, run together on one host: incubator -> cells -> collector.
+
+A real etcd, two real cells each beside its registrar (as the chart runs them), the rendered
+incubator config reading a loadgen capture instead of a mirror port, and the rendered collector
+config.  tshark is the oracle for what the capture holds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import require_tool
+from tests.deploy.chart import REPO, find
+from tests.deploy.test_cell_registrar import CELLTAP, free_port, procs, wait_for  # noqa: F401  (fixture)
+from tests.deploy.test_component_configs import config_data, expand, pod_env
+from tests.fixtures_etcd import etcd_server  # noqa: F401  (fixture)
+
+
+def scrape(port: int, name: str) -> float:
+    """Sum of one metric's samples (all labels) on a local /metrics endpoint; 0 when unreachable."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def tshark_counts(pcap: Path) -> tuple[int, int]:
+    """(frames, TCP conversations) in a capture, as tshark counts them."""
+    tshark = require_tool("tshark")
+
+    def run(*args: str) -> str:
+        return subprocess.run([tshark, "-r", str(pcap), *args], capture_output=True, text=True, check=True,
+                              timeout=60).stdout  # fmt: skip
+
+    frames = run("-T", "fields", "-e", "frame.number").split()
+    conv = run("-q", "-z", "conv,tcp")
+    return len(frames), sum("<->" in line for line in conv.splitlines())
+
+
+def test_rendered_pipeline_on_one_host(
+    etcd_server: Any,  # noqa: F811
+    rendered: dict[str, list[dict[str, Any]]],
+    procs: list[subprocess.Popen[bytes]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    docs = rendered["default"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cluster = f"deploy-{uuid.uuid4().hex[:8]}"
+    pcap = tmp_path / "http.pcap"
+    subprocess.run([*CELLTAP, "loadgen", "pcap", "http", str(pcap), "--count", "20"], env=env, check=True,
+                   capture_output=True, timeout=60)  # fmt: skip
+    frames, conversations = tshark_counts(pcap)
+    assert frames > 100 and conversations == 20
+
+    # Collector: the rendered config, on loopback ports, with this test's etcd and cluster.
+    collector_cfg = yaml.safe_load(config_data(docs, "collector.yaml"))
+    ipfix_port, collector_metrics = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+    collector_cfg.update(
+        listen=[f"udp://127.0.0.1:{ipfix_port}"], workers=1, registry=etcd_server.url, cluster=cluster,
+        metrics_port=collector_metrics, metrics_addr="127.0.0.1",
+    )  # fmt: skip
+    (tmp_path / "collector.yaml").write_text(yaml.safe_dump(collector_cfg))
+    procs.append(
+        subprocess.Popen([*CELLTAP, "collector", "--config", str(tmp_path / "collector.yaml")], env=env)
+    )
+
+    # Two cells, each with the rendered cell args and registrar args (ports moved to loopback ones).
+    sts = find(docs, "StatefulSet", "-cell")
+    containers = {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}
+    (tmp_path / "sftap.yaml").write_text(config_data(docs, "sftap.yaml"))
+    cell_metrics: list[int] = []
+    cells: list[subprocess.Popen[bytes]] = []
+    for ordinal in range(2):
+        pod = f"{sts['metadata']['name']}-{ordinal}"
+        vxlan, metrics = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+        cell_metrics.append(metrics)
+        home = tmp_path / f"home-{ordinal}"
+        cell = containers["cell"]
+        cell_args = expand(cell["args"], {**pod_env(cell, pod), "POD_IP": "127.0.0.1"})
+        moves = {
+            "--config": str(tmp_path / "sftap.yaml"), "--input": f"vxlan://127.0.0.1:{vxlan}",
+            "--home": str(home), "--metrics-port": str(metrics), "--ipfix": f"udp://127.0.0.1:{ipfix_port}",
+        }  # fmt: skip
+        cell_args = [moves.get(cell_args[i - 1], a) if i else a for i, a in enumerate(cell_args)]
+        cells.append(subprocess.Popen([*CELLTAP, *cell_args], env=env))
+        procs.append(cells[-1])
+        reg = containers["registrar"]
+        reg_args = expand(reg["args"], {**pod_env(reg, pod), "POD_IP": "127.0.0.1"})
+        moves = {"--registry": etcd_server.url, "--cluster": cluster, "--input": f"vxlan://127.0.0.1:{vxlan}",
+                 "--health": f"http://127.0.0.1:{metrics}/metrics"}  # fmt: skip
+        reg_args = [moves.get(reg_args[i - 1], a) if i else a for i, a in enumerate(reg_args)]
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "docker/cell_registrar.py"), *reg_args,
+                                       "--interval", "0.2"], env=env))  # fmt: skip
+
+    from celltap.registry import Membership, open_registry
+
+    watch = Membership(open_registry(etcd_server.url), cluster)
+    try:
+        wait_for(lambda: sorted(watch.members("cells")) == ["0", "1"], 30, "both cells to register")
+    finally:
+        watch.close()
+
+    # Incubator: the rendered config, reading the capture where a tap node reads its mirror port.
+    inc_cfg = yaml.safe_load(config_data(docs, "incubator.yaml"))
+    inc_cfg["capture"] = f"pcap:{pcap}"
+    inc_cfg["registry"].update(url=etcd_server.url, cluster=cluster)
+    inc_cfg["metrics_port"] = free_port(socket.SOCK_STREAM)
+    (tmp_path / "incubator.yaml").write_text(yaml.safe_dump(inc_cfg))
+    ds = find(docs, "DaemonSet", "-incubator")
+    inc_args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+    inc_args = [
+        str(tmp_path / "incubator.yaml") if a == "/etc/celltap/incubator.yaml" else a for a in inc_args
+    ]
+    done = subprocess.run([*CELLTAP, *inc_args], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+    # Every captured frame reached one of the two cells, and both got a share of the flows.
+    def received() -> list[float]:
+        return [scrape(p, "celltap_cell_packets_total") for p in cell_metrics]
+
+    wait_for(lambda: sum(received()) == frames, 15, f"the cells to receive all {frames} frames")
+    assert min(received()) > 0, received()
+
+    # Stopping the cells ends their flows: one biflow IPFIX record per TCP conversation.
+    for cell_proc in cells:
+        cell_proc.send_signal(signal.SIGTERM)
+
+    def records() -> float:
+        return scrape(collector_metrics, "celltap_collector_records_total")
+
+    wait_for(lambda: records() >= conversations, 20, f"{conversations} flow records at the collector")
+    assert records() == conversations
