@@ -3,6 +3,7 @@ check the same datagrams independently."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -135,3 +136,49 @@ def test_softflowd_ipfix_also_decoded_by_ipfix_package(tmp_path):
         == sum(int(b.records["octetDeltaCount"].sum()) for b in ours)
         == expected.octets
     )
+
+
+@pytest.mark.parametrize("version", [10, 9])
+def test_nfcapd_counts_what_loadgen_says_it_sent(tmp_path, version):
+    """nfdump's collector is the oracle for loadgen's emulated routers (and so for our encoder)."""
+    import re
+    import sys
+
+    from tests.ipfix.oracles import REPO
+
+    exe = require_tool("nfcapd")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "-b", "127.0.0.1", "-p", str(port), "-w", str(tmp_path), "-t", "3600", "-B", str(8 << 20)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        r = subprocess.run(
+            [
+                *(sys.executable, "-m", "loadgen.ipfix_cli", f"127.0.0.1:{port}", "--rate", "50000"),
+                *("--exporters", "3", "--records", "30000", "--version", str(version)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=str(REPO),
+        )
+        assert r.returncode == 0, r.stderr
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+
+    sent = json.loads(r.stdout)
+    m = re.search(r"Flows: (\d+), Packets: (\d+), Bytes: (\d+), Sequence Errors: (\d+)", out)
+    assert m, out
+    assert (int(m.group(1)), int(m.group(2)), int(m.group(3))) == (
+        sent["records"],
+        sent["packets"],
+        sent["octets"],
+    )
+    assert int(m.group(4)) == 0
+    assert out.count("New ") >= 3  # three exporters, each announced by nfcapd
