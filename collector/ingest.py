@@ -120,12 +120,19 @@ def scale_counters(records: np.ndarray, template: Template, dom: _Domain) -> Non
             break
     if np.isscalar(rate) and rate == 1.0:
         return
+    rates = np.asarray(rate, dtype=np.float64)
+    # Integral rates (the usual 1-in-N) multiply in integers: float64 would round counters above 2**53.
+    integral = bool(np.all(rates == np.floor(rates)))
     for f in template.fields:
         lname = f.name.lower()
         if f.ie.semantics in ("deltaCounter", "totalCounter") and any(w in lname for w in SCALED_WORDS):
             col = records[f.name]
-            if col.dtype.kind in "ui":
-                records[f.name] = np.rint(col * rate).astype(col.dtype)
+            if col.dtype.kind not in "ui":
+                continue
+            if integral:
+                records[f.name] = col * rates.astype(col.dtype)
+            else:
+                records[f.name] = np.rint(col * rates).astype(col.dtype)
 
 
 class Ingestor:
