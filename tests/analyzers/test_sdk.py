@@ -129,10 +129,11 @@ def _serve(path: str, payloads: list[bytes], gap: float = 0.2) -> threading.Thre
             srv.bind(path)
             srv.listen(1)
             conn, _ = srv.accept()
-            conn.sendall(payload)
-            conn.close()
+            # stop listening first, so a fast reconnect cannot land in a backlog that is then reset
             srv.close()
             os.unlink(path)
+            conn.sendall(payload)
+            conn.close()
             time.sleep(gap)
 
     th = threading.Thread(target=run, daemon=True)

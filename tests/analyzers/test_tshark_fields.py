@@ -70,7 +70,6 @@ def _records(name: str, pcap: str, tmp: Path, fmt: str, path: str) -> list[dict]
 # (capture source, interface format, what turns the capture into interface events)
 CASES = [
     ("own", "text", "tshark"),
-    ("own", "binary", "tshark"),
     ("loadgen", "text", "tshark"),
     ("loadgen", "text", "cell"),
     ("loadgen", "binary", "cell"),
