@@ -124,21 +124,37 @@ def test_incubator_config_and_args(rendered: dict[str, list[dict[str, Any]]], na
     assert ns.command == "incubator" and ns.config == "/etc/celltap/incubator.yaml"
 
 
-@pytest.mark.parametrize("name", sorted(VALUE_SETS))
-def test_collector_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
+ROUTING_COLLECTOR = ["python", "-m", "collector.cluster_collector"]
+
+
+def collector_config(text: str) -> Any:
+    """Check a collector YAML as the routing collector does: its `routing` section, then the rest."""
+    from collector.cluster_collector import router_config
     from collector.config import config_from_dict
 
+    data = yaml.safe_load(text)
+    router_config("collector-test", data.pop("routing", None), None)
+    return config_from_dict(data)
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_collector_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
     docs = rendered[name]
     values = merged_values(VALUE_SETS[name])
-    cfg = config_from_dict(yaml.safe_load(config_data(docs, "collector.yaml")))
+    cfg = collector_config(config_data(docs, "collector.yaml"))
     assert {(a.transport, a.port) for a in cfg.listen} == {
         (p["protocol"].lower(), p["port"]) for p in values["collector"]["service"]["ports"]
     }
     assert cfg.metrics_addr == "0.0.0.0"  # scraped from outside the pod
     assert cfg.receive_buffer == values["collector"]["receiveBuffer"]
+    assert cfg.registry  # the routing collector needs it (node ring, shared templates)
     dep, pod = workload(docs, "Deployment", "-collector")
     c = dep["spec"]["template"]["spec"]["containers"][0]
-    assert parse_celltap(expand(c["args"], pod_env(c, pod))).command == "collector"
+    if values["collector"]["routeToNodes"]:
+        assert c["command"] == ROUTING_COLLECTOR and c["args"] == ["--config", "/etc/celltap/collector.yaml"]
+        assert importlib.util.find_spec("collector.cluster_collector") is not None
+    else:
+        assert parse_celltap(expand(c["args"], pod_env(c, pod))).command == "collector"
     probe_port = c["readinessProbe"]["httpGet"]["port"]
     assert probe_port == cfg.metrics_port
 

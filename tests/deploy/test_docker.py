@@ -177,13 +177,13 @@ def test_compose_runs_components_as_the_chart_does() -> None:
 
 def test_compose_configs_are_accepted_by_the_components() -> None:
     from cell.sftap_config import parse_config as parse_sftap
-    from collector.config import config_from_dict
     from collector.node_config import config_from_dict as node_config
     from incubator.config import parse_config as parse_incubator
+    from tests.deploy.test_component_configs import collector_config
 
     cfg = DOCKER / "config"
     parse_incubator(yaml.safe_load((cfg / "incubator.yaml").read_text()))
-    config_from_dict(yaml.safe_load((cfg / "collector.yaml").read_text()))
+    collector_config((cfg / "collector.yaml").read_text())
     node_config(yaml.safe_load((cfg / "node.yaml").read_text()))
     parse_sftap(yaml.safe_load((cfg / "sftap.yaml").read_text()))
     # The compose cells use the chart's default abstractor configuration, not a drifting copy.
@@ -194,7 +194,7 @@ def test_compose_configs_are_accepted_by_the_components() -> None:
 
 
 def test_compose_commands_parse_with_the_real_cli() -> None:
-    from tests.deploy.test_component_configs import load_registrar, parse_celltap
+    from tests.deploy.test_component_configs import ROUTING_COLLECTOR, load_registrar, parse_celltap
 
     services = compose()["services"]
     registered = {}
@@ -204,6 +204,9 @@ def test_compose_commands_parse_with_the_real_cli() -> None:
         if svc.get("entrypoint") == ["python", "/opt/celltap/deploy/cell_registrar.py"]:
             args = load_registrar().parse_args(svc["command"])
             registered[args.id] = args
+            continue
+        if svc.get("entrypoint") == ROUTING_COLLECTOR:
+            assert svc["command"] == ["--config", "/etc/celltap/collector.yaml"], name
             continue
         ns = parse_celltap(svc["command"])
         assert ns.command == svc["command"][0], name

@@ -1,12 +1,14 @@
-"""The chart's rendered configs and commands, run together on one host: incubator -> cells -> collector.
+"""The chart's rendered configs and commands, run together on one host:
+incubator -> cells -> collector -> analysis node.
 
-A real etcd, two real cells each beside its registrar (as the chart runs them), the rendered
-incubator config reading a loadgen capture instead of a mirror port, and the rendered collector
-config.  tshark is the oracle for what the capture holds.
+A real etcd, an analysis node from the per-pod node config, the routing collector, two real cells
+each beside its registrar (as the chart runs them), and the rendered incubator config reading a
+loadgen capture instead of a mirror port.  tshark is the oracle for what the capture holds.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -65,7 +67,27 @@ def test_rendered_pipeline_on_one_host(
     frames, conversations = tshark_counts(pcap)
     assert frames > 100 and conversations == 20
 
-    # Collector: the rendered config, on loopback ports, with this test's etcd and cluster.
+    # Analysis node: the ConfigMap's node.yaml made per-pod by the init container's own command.
+    nodes = find(docs, "StatefulSet", "-node")
+    init = nodes["spec"]["template"]["spec"]["initContainers"][0]
+    pod = f"{nodes['metadata']['name']}-0"
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "etc/node.yaml").write_text(config_data(docs, "node.yaml"))
+    script = init["command"][2].replace("/etc/celltap", str(tmp_path / "etc"))
+    script = script.replace("/run/celltap", str(tmp_path / "run"))
+    subprocess.run([*init["command"][:2], script], env=pod_env(init, pod), check=True, timeout=10)
+    node_cfg = yaml.safe_load((tmp_path / "run/node.yaml").read_text())
+    assert node_cfg["id"] == pod
+    grpc, node_http = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+    node_cfg.update(listen=f"127.0.0.1:{grpc}", advertise=f"127.0.0.1:{grpc}", http=f"127.0.0.1:{node_http}",
+                    registry=etcd_server.url, cluster=cluster)  # fmt: skip
+    (tmp_path / "run/node.yaml").write_text(yaml.safe_dump(node_cfg))
+    node_args = nodes["spec"]["template"]["spec"]["containers"][0]["args"]
+    node_args = [str(tmp_path / "run/node.yaml") if a == "/run/celltap/node.yaml" else a for a in node_args]
+    procs.append(subprocess.Popen([*CELLTAP, *node_args], env=env))
+
+    # Collector: the rendered config and command (the routing collector), on loopback ports.
     collector_cfg = yaml.safe_load(config_data(docs, "collector.yaml"))
     ipfix_port, collector_metrics = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
     collector_cfg.update(
@@ -73,9 +95,15 @@ def test_rendered_pipeline_on_one_host(
         metrics_port=collector_metrics, metrics_addr="127.0.0.1",
     )  # fmt: skip
     (tmp_path / "collector.yaml").write_text(yaml.safe_dump(collector_cfg))
-    procs.append(
-        subprocess.Popen([*CELLTAP, "collector", "--config", str(tmp_path / "collector.yaml")], env=env)
-    )
+    col = find(docs, "Deployment", "-collector")["spec"]["template"]["spec"]["containers"][0]
+    assert col["command"][0] == "python"
+    col_argv = [sys.executable, *col["command"][1:], *col["args"]]
+    col_argv = [
+        str(tmp_path / "collector.yaml") if a == "/etc/celltap/collector.yaml" else a for a in col_argv
+    ]
+    procs.append(subprocess.Popen(col_argv, env=env))
+    wait_for(lambda: scrape(collector_metrics, "celltap_collector_cluster_ring_members") == 1, 30,
+             "the collector to have the analysis node in its ring")  # fmt: skip
 
     # Two cells, each with the rendered cell args and registrar args (ports moved to loopback ones).
     sts = find(docs, "StatefulSet", "-cell")
@@ -143,3 +171,15 @@ def test_rendered_pipeline_on_one_host(
 
     wait_for(lambda: records() >= conversations, 20, f"{conversations} flow records at the collector")
     assert records() == conversations
+
+    # ... and the collector routed them to the analysis node, which answers queries over them.
+    def node_records() -> float:
+        return scrape(node_http, "celltap_node_records_received_total")
+
+    wait_for(lambda: node_records() >= conversations, 20, "the records at the analysis node")
+    assert node_records() == conversations
+    with urllib.request.urlopen(f"http://127.0.0.1:{node_http}/query/app_mix", timeout=5) as resp:
+        mix = json.load(resp)
+    # The cells' classifier label ("http", the SF-TAP rule) travelled in IPFIX to the node.
+    assert mix["complete"] is True
+    assert [(t["key"], t["flows"]) for t in mix["top"]] == [("http", conversations)]
