@@ -90,6 +90,16 @@ def test_http_fields_match_tshark(source: str, fmt: str, path: str, tmp_path: Pa
     assert not [r for r in records if "error" in r]
 
 
+def test_http_on_torrent_tracker_announces_matches_tshark(tmp_path: Path) -> None:
+    """BitTorrent tracker announces (HTTP on ports 6969 and 80, binary-escaped URIs) via the cell."""
+    require_tool("tshark")
+    pcap = _capture("torrent_tracker", "loadgen", tmp_path)
+    records = _records("http", pcap, tmp_path, "text", "cell")
+    reqs, resps = oracle.http_tshark(pcap)
+    assert reqs
+    assert oracle.http_ours(records) == (reqs, resps)
+
+
 @pytest.mark.parametrize(("source", "fmt", "path"), CASES)
 def test_dns_fields_match_tshark(source: str, fmt: str, path: str, tmp_path: Path) -> None:
     require_tool("tshark")
