@@ -95,18 +95,25 @@ def test_every_workload_is_hardened_and_probed(rendered: dict[str, list[dict[str
         if d["kind"] not in ("DaemonSet", "StatefulSet", "Deployment"):
             continue
         spec = pod_spec(d)
-        for c in spec["containers"]:
+        for c in [*spec["containers"], *spec.get("initContainers", [])]:
             where = f"{d['metadata']['name']}/{c['name']}"
-            # The registrar serves nothing to probe; it exits when the cell stops answering.
-            if c["name"] != "registrar":
+            # The registrar serves nothing to probe (it exits when the cell stops answering), and
+            # init containers are not probed.
+            if c["name"] != "registrar" and c not in spec.get("initContainers", []):
                 assert "readinessProbe" in c and "livenessProbe" in c, where
             assert c["resources"]["requests"], where
             assert c["resources"]["limits"]["memory"], where
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], where
             assert c["securityContext"]["readOnlyRootFilesystem"] is True, where
             if d["kind"] != "DaemonSet":
+                # The Pod Security "restricted" profile, for everything but the incubator.
                 assert spec["securityContext"]["runAsNonRoot"] is True, where
+                assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+                assert c["securityContext"]["allowPrivilegeEscalation"] is False, where
                 assert "add" not in c["securityContext"]["capabilities"], where
+                assert not {"hostNetwork", "hostPID", "hostIPC"} & set(spec), where
+        for v in spec.get("volumes", []):
+            assert set(v) - {"name"} <= {"configMap", "emptyDir", "persistentVolumeClaim"}, v
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
