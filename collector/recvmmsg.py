@@ -96,6 +96,7 @@ class BatchReceiver:
         self._flags = words[:, _MsgHdr.msg_flags.offset // 4]
         self._len = words[:, _MMsgHdr.msg_len.offset // 4]
         self._names_u8 = np.frombuffer(self.names, dtype=np.uint8).reshape(slots, SOCKADDR_SIZE)
+        self._rows_u8 = np.frombuffer(self.data, dtype=np.uint8).reshape(slots, slot_size)
         self._addr_cache: dict[bytes, str] = {}
         self.truncated = 0
 
@@ -119,19 +120,41 @@ class BatchReceiver:
             out.append(name)
         return out
 
-    def receive(self) -> list[tuple[str, memoryview]]:
-        """Whatever is queued, up to `slots` datagrams, as (exporter, payload view) pairs."""
+    def recv(self) -> int:
+        """One recvmmsg call: how many datagrams now sit in slots 0..n-1 (0 if none are queued)."""
         self._namelen[:] = SOCKADDR_SIZE
         n = _RECVMMSG(self.fd, ctypes.addressof(self.msgs), self.slots, MSG_DONTWAIT, None)
         if n <= 0:
             err = ctypes.get_errno()
             if n < 0 and err not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
                 raise OSError(err, os.strerror(err))
-            return []
+            return 0
+        flags = self._flags[:n] & MSG_TRUNC
+        if flags.any():
+            self.truncated += int((flags != 0).sum())
+        return n
+
+    def pairs(self, n: int) -> list[tuple[str, memoryview]]:
+        """(exporter, payload view) for the n datagrams of the last recv()."""
         lens = self._len[:n].tolist()
-        if (self._flags[:n] & MSG_TRUNC).any():
-            self.truncated += int(((self._flags[:n] & MSG_TRUNC) != 0).sum())
         view = self.view
         size = self.slot_size
         pairs = zip(self._exporters(n), lens, strict=True)
         return [(e, view[i * size : i * size + ln]) for i, (e, ln) in enumerate(pairs)]
+
+    def rows(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]] | None:
+        """(rows, lengths, IPv4 source as uint32, {address: exporter}) of the last recv(), or None for
+        an IPv6 socket (whose batches take the general path)."""
+        if self.family != socket.AF_INET:
+            return None
+        a = self._names_u8[:n, 4:8].astype(np.uint32)
+        addrs = (a[:, 0] << 24) | (a[:, 1] << 16) | (a[:, 2] << 8) | a[:, 3]
+        names = {}
+        for addr in np.unique(addrs).tolist():
+            names[addr] = socket.inet_ntoa(addr.to_bytes(4, "big"))
+        return self._rows_u8, self._len[:n], addrs, names
+
+    def receive(self) -> list[tuple[str, memoryview]]:
+        """Whatever is queued, up to `slots` datagrams, as (exporter, payload view) pairs."""
+        n = self.recv()
+        return self.pairs(n) if n else []

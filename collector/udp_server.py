@@ -14,6 +14,7 @@ from collector.config import ListenAddress
 from collector.ingest import Ingestor
 from collector.recvmmsg import BatchReceiver
 from collector.recvmmsg import available as recvmmsg_available
+from collector.slot_batch import feed_slots
 from collector.stats import BUFFER_FULL
 
 log = logging.getLogger("celltap.collector")
@@ -69,6 +70,7 @@ class UdpWorker:
         on_stats: Callable[[dict], None] | None = None,
         stats_interval: float = 1.0,
         use_recvmmsg: bool = True,
+        vectorised: bool = True,
     ) -> None:
         self.sock = sock
         self.ingestor = ingestor
@@ -79,6 +81,7 @@ class UdpWorker:
         self._drops_seen = kernel_drops(sock) or 0
         self.datagrams = 0
         self.rx: BatchReceiver | None = None
+        self.vectorised = vectorised
         if use_recvmmsg and recvmmsg_available():
             self.rx = BatchReceiver(sock, slots=batch_datagrams)
         # The recvfrom_into fallback reads into one buffer; recvmmsg has its own slots.
@@ -116,19 +119,30 @@ class UdpWorker:
         return count
 
     def _poll_recvmmsg(self) -> int:
+        rx = self.rx
+        assert rx is not None
         try:
-            msgs = self.rx.receive()  # type: ignore[union-attr]
+            n = rx.recv()
         except OSError as exc:
             log.debug("recvmmsg: %s", exc)
             return 0
-        if msgs:
-            batches = self.ingestor.feed(msgs, time.time())
-            if batches:
-                self.sink(batches)
-            self.datagrams += len(msgs)
-        count = len(msgs)
-        del msgs  # views of the receive buffer: the next call overwrites it
-        return count
+        if not n:
+            return 0
+        now = time.time()
+        batches = None
+        if self.vectorised:
+            got = rx.rows(n)
+            if got is not None:
+                rows, lens, addrs, names = got
+                batches = feed_slots(self.ingestor, rows, lens, addrs, names, now)
+        if batches is None:
+            msgs = rx.pairs(n)
+            batches = self.ingestor.feed(msgs, now)
+            del msgs  # views of the receive buffer: the next call overwrites it
+        if batches:
+            self.sink(batches)
+        self.datagrams += n
+        return n
 
     def report(self) -> None:
         """Add kernel drops since the last report and hand the stats deltas on."""
