@@ -69,6 +69,7 @@ class Outgoing:
     mask: np.ndarray
     primary: str
     replicas: dict[str, Part] = field(default_factory=dict)  # node -> Part (indices into records)
+    primary_incarnation: str = ""  # of the primary this was routed to; replicas name it
     primary_acked: bool = False
     replicas_acked: set[str] = field(default_factory=set)
     generation: int = 0
@@ -321,6 +322,7 @@ class ClusterRouter:
                     self._dispatch(out)
 
     def _add_pending(self, out: Outgoing) -> None:
+        out.primary_incarnation = str(self.members.get(out.primary, {}).get("incarnation", ""))
         self.pending[id(out)] = out
         self.pending_records += len(out.records)
         CLUSTER_METRICS.pending.labels(self.cid).set(self.pending_records)
@@ -365,7 +367,9 @@ class ClusterRouter:
         mask = out.mask if part is None else part.mask
         return pb.RecordBatchMsg(
             collector=self.wire_id, sequence=out.seq, origin=out.origin,
-            replica_of=out.primary if part is not None else "", exporter=out.exporter, domain=out.domain,
+            replica_of=out.primary if part is not None else "",
+            replica_incarnation=out.primary_incarnation if part is not None else "",
+            exporter=out.exporter, domain=out.domain,
             template=out.template_bytes, records=out.packed(index), count=len(mask), keys=list(out.keys),
             key_mask=mask.tobytes(), delivery=delivery,
         )  # fmt: skip

@@ -31,6 +31,7 @@ from proto import celltap_pb2 as pb
 log = logging.getLogger("celltap.node")
 
 SEEN_PER_STREAM = 200_000  # a collector never re-sends older than its bounded pending window
+MAX_DEPARTED = 4096  # departed (node, incarnation) pairs remembered
 MAX_STREAMS = 4096  # (collector run, origin) pairs remembered; the oldest stream is forgotten first
 
 
@@ -108,8 +109,10 @@ class NodeState:
     def __init__(self, node_id: str, apps: list[App]) -> None:
         self.node_id = node_id
         self.live = AppSet(apps)
-        self.shadows: dict[str, AppSet] = {}
-        self.departed: set[str] = set()  # node ids (with incarnation) known to have left
+        # Shadows and departures are per (node id, incarnation): a node that restarts under the
+        # same id is a new node, and its replicas must not land in its predecessor's state.
+        self.shadows: dict[tuple[str, str], AppSet] = {}
+        self.departed: dict[tuple[str, str], None] = {}  # insertion-ordered, bounded
         self.members: dict[str, str] = {}  # id -> incarnation
         self.lock = threading.RLock()
         self.counts: dict[str, int] = {
@@ -146,7 +149,7 @@ class NodeState:
             return ack
         keys = list(msg.keys)
         with self.lock:
-            target = self._target(msg.replica_of)
+            target = self._target(msg.replica_of, msg.replica_incarnation)
             if self._is_duplicate(ident, msg.replica_of, target):
                 self.counts["duplicate_batches"] += 1
                 self.counts["duplicate_records"] += msg.count
@@ -160,20 +163,20 @@ class NodeState:
         NODE_METRICS.records_in.labels(self.node_id, role).inc(msg.count)
         return ack
 
-    def _target(self, replica_of: str) -> AppSet:
-        if not replica_of or replica_of == self.node_id or replica_of in self.departed:
+    def _target(self, replica_of: str, incarnation: str) -> AppSet:
+        primary = (replica_of, incarnation)
+        if not replica_of or replica_of == self.node_id or primary in self.departed:
             return self.live  # the primary is gone already: we own these keys now
-        shadow = self.shadows.get(replica_of)
+        shadow = self.shadows.get(primary)
         if shadow is None:
-            shadow = self.shadows[replica_of] = self._empty_set()
+            shadow = self.shadows[primary] = self._empty_set()
         return shadow
 
     def _is_duplicate(self, ident: tuple[str, str, int], replica_of: str, target: AppSet) -> bool:
         if ident in target.seen or ident in self.live.seen:
             return True
         # A re-send after the origin left: we may hold it in the origin's shadow, not yet promoted.
-        origin_shadow = self.shadows.get(ident[1])
-        return origin_shadow is not None and ident in origin_shadow.seen
+        return any(ident in shadow.seen for (node, _), shadow in self.shadows.items() if node == ident[1])
 
     def set_members(self, members: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """New membership view {id: registry value}; promotes the shadows of nodes that left.
@@ -184,16 +187,15 @@ class NodeState:
         now = {mid: str(v.get("incarnation", "")) for mid, v in members.items()}
         promoted = []
         with self.lock:
-            gone = [m for m, inc in self.members.items() if m != self.node_id and now.get(m) != inc]
-            for m in gone:
-                shadow = self.shadows.pop(m, None)
+            gone = [(m, inc) for m, inc in self.members.items() if m != self.node_id and now.get(m) != inc]
+            for primary in gone:
+                shadow = self.shadows.pop(primary, None)
                 if shadow is not None:
                     self.live.absorb(shadow)
-                    promoted.append(m)
-                if m not in now:
-                    self.departed.add(m)
-            for m in now:
-                self.departed.discard(m)
+                    promoted.append(primary[0])
+                self.departed[primary] = None
+                while len(self.departed) > MAX_DEPARTED:
+                    del self.departed[next(iter(self.departed))]
             if now != self.members:
                 self.counts["membership_changes"] += 1
                 NODE_METRICS.membership_changes.labels(self.node_id).inc()
@@ -230,12 +232,15 @@ class NodeState:
         """Counters, membership and state sizes."""
         with self.lock:
             sizes = {a.name: a.size() for a in self.live.apps}
-            shadow_sizes = {p: sum(a.size() for a in s.apps) for p, s in self.shadows.items()}
+            shadow_sizes = {
+                f"{p}@{inc}": sum(a.size() for a in s.apps) for (p, inc), s in self.shadows.items()
+            }
             for a in self.live.apps:
                 NODE_METRICS.state_entries.labels(self.node_id, a.name, "live").set(sizes[a.name])
             NODE_METRICS.state_entries.labels(self.node_id, "*", "shadow").set(sum(shadow_sizes.values()))
             return {
                 "node": self.node_id, "counts": dict(self.counts), "members": sorted(self.members),
-                "departed": sorted(self.departed), "apps": [a.describe() for a in self.live.apps],
+                "departed": sorted(f"{m}@{inc}" for m, inc in self.departed),
+                "apps": [a.describe() for a in self.live.apps],
                 "state_sizes": sizes, "shadow_sizes": shadow_sizes,
             }  # fmt: skip

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecordBatchMsg(_message.Message):
-    __slots__ = ("collector", "sequence", "origin", "replica_of", "exporter", "domain", "template", "records", "count", "keys", "key_mask", "delivery")
+    __slots__ = ("collector", "sequence", "origin", "replica_of", "exporter", "domain", "template", "records", "count", "keys", "key_mask", "delivery", "replica_incarnation")
     COLLECTOR_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class RecordBatchMsg(_message.Message):
     KEYS_FIELD_NUMBER: _ClassVar[int]
     KEY_MASK_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_INCARNATION_FIELD_NUMBER: _ClassVar[int]
     collector: str
     sequence: int
     origin: str
@@ -32,7 +33,8 @@ class RecordBatchMsg(_message.Message):
     keys: _containers.RepeatedScalarFieldContainer[str]
     key_mask: bytes
     delivery: int
-    def __init__(self, collector: _Optional[str] = ..., sequence: _Optional[int] = ..., origin: _Optional[str] = ..., replica_of: _Optional[str] = ..., exporter: _Optional[str] = ..., domain: _Optional[int] = ..., template: _Optional[bytes] = ..., records: _Optional[bytes] = ..., count: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., key_mask: _Optional[bytes] = ..., delivery: _Optional[int] = ...) -> None: ...
+    replica_incarnation: str
+    def __init__(self, collector: _Optional[str] = ..., sequence: _Optional[int] = ..., origin: _Optional[str] = ..., replica_of: _Optional[str] = ..., exporter: _Optional[str] = ..., domain: _Optional[int] = ..., template: _Optional[bytes] = ..., records: _Optional[bytes] = ..., count: _Optional[int] = ..., keys: _Optional[_Iterable[str]] = ..., key_mask: _Optional[bytes] = ..., delivery: _Optional[int] = ..., replica_incarnation: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("collector", "sequence", "duplicate", "error", "delivery")

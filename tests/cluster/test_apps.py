@@ -156,7 +156,9 @@ def test_bulk_user_lookup_equals_per_address_longest_prefix() -> None:
     from collector.apps.users import UserMap, parse_user_map
 
     users = UserMap()
-    users.set_static(parse_user_map("10.0.0.0/8 a\n10.1.0.0/16 b\n10.1.2.0/24 c\n10.1.2.3 d\n0.0.0.0/0 any\n"))
+    users.set_static(
+        parse_user_map("10.0.0.0/8 a\n10.1.0.0/16 b\n10.1.2.0/24 c\n10.1.2.3 d\n0.0.0.0/0 any\n")
+    )
     users.set_dynamic(parse_user_map("10.1.0.0/16 reg\n"))  # the registry wins for the same network
     rng = np.random.default_rng(9)
     addrs = np.concatenate([0x0A010200 + rng.integers(0, 512, 300), rng.integers(0, 1 << 32, 300)])

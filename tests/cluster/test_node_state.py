@@ -12,12 +12,18 @@ from tests.cluster.records import make_batch, make_records
 
 
 def _msg(
-    recs: np.ndarray, seq: int, origin: str, replica_of: str = "", collector: str = "c1"
+    recs: np.ndarray,
+    seq: int,
+    origin: str,
+    replica_of: str = "",
+    collector: str = "c1",
+    incarnation: str = "1",
 ) -> pb.RecordBatchMsg:
     tb, rb = make_batch(recs).to_wire()
     return pb.RecordBatchMsg(
         collector=collector, sequence=seq, origin=origin, replica_of=replica_of, exporter="192.0.2.1",
         domain=1, template=tb, records=rb, count=len(recs), keys=["src"], delivery=seq,
+        replica_incarnation=incarnation if replica_of else "",
     )  # fmt: skip
 
 
@@ -105,3 +111,18 @@ def test_seen_set_forgets_the_oldest_stream_first() -> None:
     s.add(("c@2", "o", 1))
     s.add(("c@3", "o", 1))
     assert ("c@1", "o", 1) not in s and ("c@2", "o", 1) in s and ("c@3", "o", 1) in s
+
+
+def test_replica_for_a_restarted_primary_is_not_taken_for_its_predecessor() -> None:
+    """b saw a@1 leave; a@2 (same id, new process) gets records, and b their replicas, before b
+    has seen a@2 join: those replicas belong in a@2's shadow, not in b's live state."""
+    recs = make_records(np.random.default_rng(7), 60)
+    b = _node("b")
+    b.set_members(MEMBERS)
+    b.set_members({"b": MEMBERS["b"]})  # a@1 left
+    b.handle(_msg(recs, 1, origin="a", replica_of="a", incarnation="2"))
+    assert _total(b) == 0
+    b.set_members({**MEMBERS, "a": {"incarnation": "2"}})
+    assert _total(b) == 0  # a@2 is alive and holds them
+    b.set_members({"b": MEMBERS["b"]})  # a@2 leaves too: now they are b's
+    assert _total(b) == int(recs["octetDeltaCount"].sum())
