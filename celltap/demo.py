@@ -32,7 +32,9 @@ log = logging.getLogger("celltap.demo")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `celltap demo`."""
-    parser.add_argument("--flows", type=int, default=1500, help="flows of loadgen's mixed scenario (default 1500)")
+    parser.add_argument(
+        "--flows", type=int, default=1500, help="flows of loadgen's mixed scenario (default 1500)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="traffic generator seed (default 1)")
     parser.add_argument("--cells", type=int, default=None, help="cells (default 3)")
     parser.add_argument("--nodes", type=int, default=None, help="analysis nodes (default 2)")
@@ -75,8 +77,21 @@ def main(args: argparse.Namespace) -> int:
         _say(f"celltap demo: run directory {run}")
         pcap = run / "traffic.pcap"
         _say(f"generating loadgen's mixed scenario ({args.flows} flows, seed {args.seed}) -> {pcap}")
-        gen = subprocess.run([*CELLTAP, "loadgen", "pcap", "mixed", str(pcap), "--count", str(args.flows),
-                              "--seed", str(args.seed)], capture_output=True, text=True)  # fmt: skip
+        gen = subprocess.run(
+            [
+                *CELLTAP,
+                "loadgen",
+                "pcap",
+                "mixed",
+                str(pcap),
+                "--count",
+                str(args.flows),
+                "--seed",
+                str(args.seed),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if gen.returncode != 0:
             print(f"celltap demo: loadgen failed: {gen.stderr.strip()[-800:]}", file=sys.stderr)
             return 1
@@ -101,8 +116,9 @@ def main(args: argparse.Namespace) -> int:
             raise ChildFailed(f"feeding the incubator failed: {feeder.error}; see {inc.child.log_path}")
         _say("draining: cells, analyzers, collector, nodes")
         fc = finish_run(cluster, feeder.frames_written, last)
-        summary = build_summary(run, cluster.analyzer_outputs(), fc, feeder.frames_written,
-                                time.monotonic() - started)  # fmt: skip
+        summary = build_summary(
+            run, cluster.analyzer_outputs(), fc, feeder.frames_written, time.monotonic() - started
+        )
         (run / "summary.json").write_text(summary.to_json())
         print(summary.to_json() if args.json else render(summary), flush=True)
         failed = {n: rc for n, rc in fc.statuses.items() if rc not in (0, None, -15)}

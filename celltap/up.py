@@ -24,9 +24,14 @@ from celltap.launcher.spec import SpecError, load_spec
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `celltap up`."""
-    parser.add_argument("--config", required=True, help="cluster YAML (see celltap/defaults/demo-cluster.yaml)")
-    parser.add_argument("--run-dir", help="where configs, logs and outputs go (default: the config's run_dir, "
-                        "else a new /tmp/celltap-up-XXXX)")  # fmt: skip
+    parser.add_argument(
+        "--config", required=True, help="cluster YAML (see celltap/defaults/demo-cluster.yaml)"
+    )
+    parser.add_argument(
+        "--run-dir",
+        help="where configs, logs and outputs go (default: the config's run_dir, "
+        "else a new /tmp/celltap-up-XXXX)",
+    )
 
 
 class Stop(Exception):
@@ -62,8 +67,9 @@ def main(args: argparse.Namespace) -> int:
         inc = cluster.of_kind("incubator")[0]
         if spec.fed:
             assert cluster.fifo is not None
-            feeder = Feeder(Path(spec.capture[len("pcap:") :]), cluster.fifo, loops=spec.replay_loops,
-                            pps=spec.replay_pps)
+            feeder = Feeder(
+                Path(spec.capture[len("pcap:") :]), cluster.fifo, loops=spec.replay_loops, pps=spec.replay_pps
+            )
             feeder.start(inc.child.alive)
         _say(f"celltap up: cluster {spec.cluster!r} running; registry {cluster.registry_url}")
         _say(f"  processes, pids, metrics: {run / 'endpoints.json'}")
@@ -79,16 +85,20 @@ def main(args: argparse.Namespace) -> int:
                 # The incubator ends with its input: expected, the rest keeps running.
                 inc.child.expected_exit = True
                 note = f" ({feeder.error})" if feeder.error else ""
-                _say(f"celltap up: replay finished after {feeder.loops_done} loop(s), "
-                     f"{feeder.frames_written} frames{note}")  # fmt: skip
+                _say(
+                    f"celltap up: replay finished after {feeder.loops_done} loop(s), "
+                    f"{feeder.frames_written} frames{note}"
+                )
             for c in cluster.sup.children:
                 rc = c.returncode()
                 if rc is not None and not c.expected_exit:
                     # A long-running cluster degrades instead of stopping: the others keep working
                     # (the registry lease of the dead member expires and the rest re-balance).
                     c.expected_exit = True
-                    _say(f"celltap up: {c.name} exited with status {rc}; the rest keeps running "
-                         f"(log: {c.log_path})")  # fmt: skip
+                    _say(
+                        f"celltap up: {c.name} exited with status {rc}; the rest keeps running "
+                        f"(log: {c.log_path})"
+                    )
             time.sleep(0.5)
     except Stop as exc:
         _say(f"celltap up: {exc}: stopping")

@@ -1,1 +1,1 @@
-"""Process supervision of a local celltap cluster (incubator, cells, analyzers, collector, nodes) on one host."""
+"""Process supervision of a local celltap cluster (incubator, cells, analyzers, collector, nodes)."""

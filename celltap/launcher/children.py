@@ -119,7 +119,9 @@ class Supervisor:
         for c in self.children:
             rc = c.returncode()
             if rc is not None and not c.expected_exit:
-                raise ChildFailed(f"{c.name} exited with status {rc}; its log ({c.log_path}) ends:\n{c.tail()}")
+                raise ChildFailed(
+                    f"{c.name} exited with status {rc}; its log ({c.log_path}) ends:\n{c.tail()}"
+                )
 
     def stop(self, children: list[Child] | None = None, grace: float = 10.0) -> dict[str, int | None]:
         """SIGTERM each child's group, then SIGKILL what is left after `grace` seconds; their statuses."""

@@ -141,34 +141,57 @@ class LocalCluster:
         for j in range(s.nodes):
             name = f"node-{j}"
             http = f"127.0.0.1:{free_port()}"
-            cfg = {"id": name, "listen": f"127.0.0.1:{free_port()}", "http": http, "registry": self.registry_url,
-                   "cluster": s.cluster, "lease_ttl": s.lease_ttl}  # fmt: skip
+            cfg = {
+                "id": name,
+                "listen": f"127.0.0.1:{free_port()}",
+                "http": http,
+                "registry": self.registry_url,
+                "cluster": s.cluster,
+                "lease_ttl": s.lease_ttl,
+            }
             if s.apps:
                 cfg["apps"] = s.apps
             path = self._write(f"{name}.yaml", cfg)
             child = self.sup.start(name, [*CELLTAP, "node", "--config", str(path)])
             self.components.append(Component("node", name, child, f"http://{http}/metrics", {"http": http}))
         for c in self.of_kind("node"):
-            wait_until(lambda c=c: len(_http_json(f"http://{c.extra['http']}/status")["members"]) == s.nodes,
-                       60, f"{c.name} to see all {s.nodes} nodes", self.check)  # fmt: skip
+            wait_until(
+                lambda c=c: len(_http_json(f"http://{c.extra['http']}/status")["members"]) == s.nodes,
+                60,
+                f"{c.name} to see all {s.nodes} nodes",
+                self.check,
+            )
 
     def _start_collectors(self) -> None:
         s = self.spec
         for k in range(s.collectors):
             name = f"collector-{k}"
             port, mport = free_udp_port(), free_port()
-            cfg = {"collector_id": name, "listen": [f"udp://127.0.0.1:{port}"], "workers": 1,
-                   "registry": self.registry_url, "cluster": s.cluster, "metrics_port": mport,
-                   "metrics_addr": "127.0.0.1", "routing": s.routing}  # fmt: skip
+            cfg = {
+                "collector_id": name,
+                "listen": [f"udp://127.0.0.1:{port}"],
+                "workers": 1,
+                "registry": self.registry_url,
+                "cluster": s.cluster,
+                "metrics_port": mport,
+                "metrics_addr": "127.0.0.1",
+                "routing": s.routing,
+            }
             path = self._write(f"{name}.yaml", cfg)
-            # `celltap collector --config` decodes but does not route yet; the routing collector is this module.
-            child = self.sup.start(name, [sys.executable, "-m", "collector.cluster_collector", "--config", str(path)])
+            # `celltap collector --config` decodes without routing; the routing collector is this module.
+            child = self.sup.start(
+                name, [sys.executable, "-m", "collector.cluster_collector", "--config", str(path)]
+            )
             self.components.append(
                 Component("collector", name, child, f"http://127.0.0.1:{mport}/metrics", {"ipfix": port})
             )
         for c in self.of_kind("collector"):
-            wait_until(lambda c=c: scrape(c.metrics).total("celltap_collector_cluster_ring_members") == s.nodes,
-                       60, f"{c.name} to see all {s.nodes} nodes in its ring", self.check)  # fmt: skip
+            wait_until(
+                lambda c=c: scrape(c.metrics).total("celltap_collector_cluster_ring_members") == s.nodes,
+                60,
+                f"{c.name} to see all {s.nodes} nodes in its ring",
+                self.check,
+            )
 
     def _start_cells(self) -> None:
         s = self.spec
@@ -177,21 +200,49 @@ class LocalCluster:
             name = f"cell-{i}"
             home = self.run_dir / f"c{i}"
             vxlan, mport = free_udp_port(), free_port()
-            argv = [*CELLTAP, "cell", "--config", str(s.sftap), "--input", f"vxlan://127.0.0.1:{vxlan}",
-                    "--cell-id", str(i), "--metrics-port", str(mport), "--home", str(home)]  # fmt: skip
+            argv = [
+                *CELLTAP,
+                "cell",
+                "--config",
+                str(s.sftap),
+                "--input",
+                f"vxlan://127.0.0.1:{vxlan}",
+                "--cell-id",
+                str(i),
+                "--metrics-port",
+                str(mport),
+                "--home",
+                str(home),
+            ]
             if collectors:
                 argv += ["--ipfix", f"udp://127.0.0.1:{collectors[i % len(collectors)].extra['ipfix']}"]
             if s.analyzers:
-                argv += ["--wait-readers", ",".join(sorted({a.socket for a in s.analyzers})), "--wait-timeout", "120"]
+                argv += [
+                    "--wait-readers",
+                    ",".join(sorted({a.socket for a in s.analyzers})),
+                    "--wait-timeout",
+                    "120",
+                ]
             if s.reader_buffer:
                 argv += ["--reader-buffer", str(s.reader_buffer)]
             child = self.sup.start(name, argv)
-            self.components.append(Component("cell", name, child, f"http://127.0.0.1:{mport}/metrics",
-                                             {"cell": i, "home": str(home), "vxlan": vxlan}))  # fmt: skip
+            self.components.append(
+                Component(
+                    "cell",
+                    name,
+                    child,
+                    f"http://127.0.0.1:{mport}/metrics",
+                    {"cell": i, "home": str(home), "vxlan": vxlan},
+                )
+            )
         for c in self.of_kind("cell"):
             home = Path(c.extra["home"])
-            wait_until(lambda home=home: all((home / a.socket).exists() for a in s.analyzers), 60,
-                       f"{c.name}'s interface sockets under {home}", self.check)  # fmt: skip
+            wait_until(
+                lambda home=home: all((home / a.socket).exists() for a in s.analyzers),
+                60,
+                f"{c.name}'s interface sockets under {home}",
+                self.check,
+            )
             wait_until(lambda c=c: scrape(c.metrics) is not None, 60, f"{c.name}'s /metrics", self.check)
 
     def _start_analyzers(self) -> None:
@@ -201,22 +252,47 @@ class LocalCluster:
                 name = f"cell-{i}-{a.label}"
                 out = self.out_dir / f"{name}.jsonl"
                 mport = free_port()
-                argv = [*CELLTAP, "analyzer", a.analyzer, "--socket", str(Path(cell.extra["home"]) / a.socket),
-                        "--out", str(out), "--metrics-port", str(mport)]  # fmt: skip
+                argv = [
+                    *CELLTAP,
+                    "analyzer",
+                    a.analyzer,
+                    "--socket",
+                    str(Path(cell.extra["home"]) / a.socket),
+                    "--out",
+                    str(out),
+                    "--metrics-port",
+                    str(mport),
+                ]
                 if self.exit_on_eof:
                     argv.append("--exit-on-eof")
                 child = self.sup.start(name, argv)
-                self.components.append(Component("analyzer", name, child, f"http://127.0.0.1:{mport}/metrics",
-                                                 {"cell": i, "spec": a, "out": str(out)}))  # fmt: skip
+                self.components.append(
+                    Component(
+                        "analyzer",
+                        name,
+                        child,
+                        f"http://127.0.0.1:{mport}/metrics",
+                        {"cell": i, "spec": a, "out": str(out)},
+                    )
+                )
 
     def _register_cells(self) -> None:
         from celltap.registry import Membership, open_registry
 
-        self._membership = Membership(open_registry(self.registry_url), self.spec.cluster, ttl=self.spec.lease_ttl)
+        self._membership = Membership(
+            open_registry(self.registry_url), self.spec.cluster, ttl=self.spec.lease_ttl
+        )
         for c in self.of_kind("cell"):
-            self._membership.register("cells", str(c.extra["cell"]), {
-                "input": f"vxlan://127.0.0.1:{c.extra['vxlan']}", "weight": 1, "metrics": c.metrics,
-                "pid": c.child.pid})  # fmt: skip
+            self._membership.register(
+                "cells",
+                str(c.extra["cell"]),
+                {
+                    "input": f"vxlan://127.0.0.1:{c.extra['vxlan']}",
+                    "weight": 1,
+                    "metrics": c.metrics,
+                    "pid": c.child.pid,
+                },
+            )
 
     def _start_incubator(self) -> None:
         s = self.spec
@@ -228,8 +304,13 @@ class LocalCluster:
         else:
             capture = s.capture
         mport = free_port()
-        cfg = {"mode": "mirror", "capture": capture, "hash_seed": s.hash_seed, "metrics_port": mport,
-               "registry": {"url": self.registry_url, "cluster": s.cluster, "id": "incubator-0"}}  # fmt: skip
+        cfg = {
+            "mode": "mirror",
+            "capture": capture,
+            "hash_seed": s.hash_seed,
+            "metrics_port": mport,
+            "registry": {"url": self.registry_url, "cluster": s.cluster, "id": "incubator-0"},
+        }
         path = self._write("incubator.yaml", cfg)
         child = self.sup.start("incubator", [*CELLTAP, "incubator", "--config", str(path)])
         comp = Component("incubator", "incubator", child, f"http://127.0.0.1:{mport}/metrics")
@@ -240,19 +321,31 @@ class LocalCluster:
 
     def prometheus_targets(self) -> list[dict[str, Any]]:
         """Prometheus file_sd target groups, one per component (label `component` = its kind)."""
-        return [{"targets": [c.metrics.split("/")[2]], "labels": {"component": c.kind, "member": c.name}}
-                for c in self.components if c.metrics]  # fmt: skip
+        return [
+            {"targets": [c.metrics.split("/")[2]], "labels": {"component": c.kind, "member": c.name}}
+            for c in self.components
+            if c.metrics
+        ]
 
     def write_endpoints(self) -> Path:
         """Write endpoints.json (every process, pid, log, metrics URL) and prometheus-targets.json."""
         data = {
-            "registry": self.registry_url, "cluster": self.spec.cluster, "run_dir": str(self.run_dir),
+            "registry": self.registry_url,
+            "cluster": self.spec.cluster,
+            "run_dir": str(self.run_dir),
             "feed": str(self.fifo) if self.fifo else None,
-            "components": [{"kind": c.kind, "name": c.name, "pid": c.child.pid, "log": str(c.child.log_path),
-                            "metrics": c.metrics, **{k: (str(v) if isinstance(v, AnalyzerSpec) else v)
-                                                     for k, v in c.extra.items()}}
-                           for c in self.components],
-        }  # fmt: skip
+            "components": [
+                {
+                    "kind": c.kind,
+                    "name": c.name,
+                    "pid": c.child.pid,
+                    "log": str(c.child.log_path),
+                    "metrics": c.metrics,
+                    **{k: (str(v) if isinstance(v, AnalyzerSpec) else v) for k, v in c.extra.items()},
+                }
+                for c in self.components
+            ],
+        }
         (self.run_dir / "prometheus-targets.json").write_text(json.dumps(self.prometheus_targets(), indent=1))
         path = self.run_dir / "endpoints.json"
         path.write_text(json.dumps(data, indent=1))
@@ -271,7 +364,7 @@ class LocalCluster:
         if self._membership is not None:
             try:
                 self._membership.close()
-            except Exception as exc:  # noqa: BLE001 (a registry outage must not block shutdown)
+            except Exception as exc:
                 log.warning("withdrawing the cells from the registry failed: %s", exc)
             self._membership = None
 

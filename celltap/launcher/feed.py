@@ -97,7 +97,7 @@ class Feeder:
         """Feed until every loop is written or `stop` is set; closes the FIFO (the incubator sees EOF)."""
         try:
             fd = open_fifo_for_writing(self.fifo, reader_alive)
-        except BaseException as exc:  # noqa: BLE001 (reported by the caller)
+        except BaseException as exc:
             self.error = exc
             self.done.set()
             return
@@ -127,14 +127,16 @@ class Feeder:
                     self.loops_done = loop
         except BrokenPipeError as exc:
             self.error = exc
-        except BaseException as exc:  # noqa: BLE001 (reported by the caller)
+        except BaseException as exc:
             self.error = exc
         finally:
             self.done.set()
 
     def start(self, reader_alive: Callable[[], bool]) -> None:
         """Run in a background thread."""
-        self._thread = threading.Thread(target=self.run, args=(reader_alive,), name="celltap-feed", daemon=True)
+        self._thread = threading.Thread(
+            target=self.run, args=(reader_alive,), name="celltap-feed", daemon=True
+        )
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:

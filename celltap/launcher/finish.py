@@ -51,7 +51,9 @@ def _incubator_totals(cluster: LocalCluster, last: Samples | None) -> dict[str, 
         dropped = json.loads(m.group(3).replace("'", '"')) if m.group(3) != "{}" else {}
         out["dropped"] = {str(k): int(v) for k, v in dropped.items()}
     if last is not None:
-        out["out_frames"] = {k[0]: int(v) for k, v in last.by("celltap_incubator_out_frames_total", "cell").items()}
+        out["out_frames"] = {
+            k[0]: int(v) for k, v in last.by("celltap_incubator_out_frames_total", "cell").items()
+        }
     return out
 
 
@@ -70,8 +72,9 @@ def _wait_stable(read: Any, timeout: float, settle: float = 1.0) -> Any:
     return last
 
 
-def finish_run(cluster: LocalCluster, fed_frames: int, incubator_last: Samples | None,
-               timeout: float = 60.0) -> FinalCounts:  # fmt: skip
+def finish_run(
+    cluster: LocalCluster, fed_frames: int, incubator_last: Samples | None, timeout: float = 60.0
+) -> FinalCounts:
     """Drain every plane in order and return the final counters (stops every process)."""
     fc = FinalCounts()
     inc = cluster.of_kind("incubator")[0]
@@ -100,7 +103,9 @@ def finish_run(cluster: LocalCluster, fed_frames: int, incubator_last: Samples |
     fc.kernel_udp_drops = {f"cell-{ports[p]}": n for p, n in udp_drops(set(ports)).items()}
     # Analyzers' counters before their cell stops (they exit soon after, with their interface).
     fc.analyzers = cluster.scrape_kind("analyzer")
-    fc.cells = {c.extra["cell"]: s for c in cells for n, s in cluster.scrape_kind("cell").items() if n == c.name}
+    fc.cells = {
+        c.extra["cell"]: s for c in cells for n, s in cluster.scrape_kind("cell").items() if n == c.name
+    }
     fc.statuses.update(cluster.sup.stop([c.child for c in cells], grace=30.0))
     analyzers = [a.child for a in cluster.of_kind("analyzer")]
     for a in analyzers:
@@ -112,8 +117,10 @@ def finish_run(cluster: LocalCluster, fed_frames: int, incubator_last: Samples |
 
     def routed() -> tuple[float, float]:
         s = cluster.scrape_kind("collector").values()
-        return (sum(x.total("celltap_collector_cluster_records_in_total") for x in s),
-                sum(x.total("celltap_collector_cluster_pending_records") for x in s))  # fmt: skip
+        return (
+            sum(x.total("celltap_collector_cluster_records_in_total") for x in s),
+            sum(x.total("celltap_collector_cluster_pending_records") for x in s),
+        )
 
     if collectors:
         _wait_stable(routed, 30.0, settle=1.0)
@@ -154,13 +161,20 @@ def drop_counters(fc: FinalCounts) -> list[tuple[str, str, float]]:
     """Every non-zero drop/loss/error counter of every plane: (component, metric{labels}, value)."""
     rows: list[tuple[str, str, float]] = []
     groups: list[tuple[str, dict[Any, Samples]]] = [
-        ("cell-", {str(k): v for k, v in fc.cells.items()}), ("", fc.analyzers), ("", fc.collectors), ("", fc.nodes),
-    ]  # fmt: skip
+        ("cell-", {str(k): v for k, v in fc.cells.items()}),
+        ("", fc.analyzers),
+        ("", fc.collectors),
+        ("", fc.nodes),
+    ]
     for prefix, scrapes in groups:
         for name, s in scrapes.items():
             for (metric, labels), v in sorted(s.values.items()):
                 if v and metric.endswith("_total") and any(w in metric for w in DROP_WORDS):
-                    shown = ",".join(f"{k}={val}" for k, val in labels if k not in ("cell", "analyzer", "collector", "node"))
+                    shown = ",".join(
+                        f"{k}={val}"
+                        for k, val in labels
+                        if k not in ("cell", "analyzer", "collector", "node")
+                    )
                     rows.append((f"{prefix}{name}", f"{metric}{{{shown}}}" if shown else metric, v))
     for reason, v in (fc.incubator.get("dropped") or {}).items():
         if v:

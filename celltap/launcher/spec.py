@@ -1,4 +1,4 @@
-"""The cluster YAML of `celltap demo` / `celltap up`: what to start on this host (checked, one error line per bad key)."""
+"""The cluster YAML of `celltap demo` and `celltap up`: what to start on this host, checked."""
 
 from __future__ import annotations
 
@@ -11,8 +11,18 @@ import yaml
 from celltap.defaults import default_file
 
 ANALYZERS = ("http", "dns", "tls", "smtp", "sip")
-TOP_KEYS = {"cluster", "registry", "lease_ttl", "hash_seed", "capture", "replay", "cells", "collector", "nodes",
-            "run_dir"}  # fmt: skip
+TOP_KEYS = {
+    "cluster",
+    "registry",
+    "lease_ttl",
+    "hash_seed",
+    "capture",
+    "replay",
+    "cells",
+    "collector",
+    "nodes",
+    "run_dir",
+}
 
 
 class SpecError(ValueError):
@@ -125,7 +135,9 @@ def spec_from_dict(data: Any, base: Path | None = None) -> ClusterSpec:
         if not isinstance(a, dict) or set(a) != {"analyzer", "socket"}:
             raise SpecError(f"cells.analyzers[{i}]: expected {{analyzer: NAME, socket: PROTO/IF}}, got {a!r}")
         if a["analyzer"] not in ANALYZERS:
-            raise SpecError(f"cells.analyzers[{i}].analyzer: one of {', '.join(ANALYZERS)}, got {a['analyzer']!r}")
+            raise SpecError(
+                f"cells.analyzers[{i}].analyzer: one of {', '.join(ANALYZERS)}, got {a['analyzer']!r}"
+            )
         sock = str(a["socket"])
         if sock.count("/") != 1 or sock.split("/")[0] not in ("tcp", "udp", "icmp"):
             raise SpecError(f"cells.analyzers[{i}].socket: expected tcp/IF or udp/IF, got {sock!r}")

@@ -1,4 +1,4 @@
-"""What each plane saw, built from the analyzers' JSON output files and the final counters, and its text form."""
+"""What each plane saw, from the analyzers' JSON files and the final counters, and its text form."""
 
 from __future__ import annotations
 
@@ -68,12 +68,17 @@ class Summary:
         return json.dumps(self.__dict__, indent=1, sort_keys=True)
 
 
-def build_summary(run_dir: Path, outputs: list[tuple[int, AnalyzerSpec, Path]], fc: FinalCounts,
-                  frames_fed: int, seconds: float) -> Summary:  # fmt: skip
+def build_summary(
+    run_dir: Path,
+    outputs: list[tuple[int, AnalyzerSpec, Path]],
+    fc: FinalCounts,
+    frames_fed: int,
+    seconds: float,
+) -> Summary:
     """Combine the analyzers' files with every plane's final counters."""
     s = Summary(str(run_dir), frames_fed, round(seconds, 1), logs=str(run_dir / "logs"))
     by_kind: dict[str, list[dict[str, Any]]] = {}
-    for cell, spec, path in outputs:
+    for _cell, spec, path in outputs:
         recs = read_records(path)
         by_kind.setdefault(spec.analyzer, []).extend(recs)
         s.analyzer_records[path.name] = len(recs)
@@ -118,25 +123,35 @@ def render(s: Summary) -> str:
     inc = s.incubator
     if "received" in inc:
         lines.append(f"incubator   received {inc['received']} frames, forwarded {inc['forwarded']} to cells")
-    lines.append("cells       " + "  ".join(
-        f"cell {c}: {_human(v['packets'])} pkts {_human(v['bytes'])}B {v['flows']} flows"
-        for c, v in s.cells.items()))  # fmt: skip
+    lines.append(
+        "cells       "
+        + "  ".join(
+            f"cell {c}: {_human(v['packets'])} pkts {_human(v['bytes'])}B {v['flows']} flows"
+            for c, v in s.cells.items()
+        )
+    )
     classified: Counter[str] = Counter()
     for v in s.cells.values():
         classified.update(v["classified"])
     if classified:
         lines.append("classified  " + ", ".join(f"{k} {n}" for k, n in classified.most_common()))
-    lines.append(f"analyzers   {sum(s.analyzer_records.values())} JSON records "
-                 f"({s.smtp_messages} SMTP messages, {s.sip_calls} SIP calls)")  # fmt: skip
+    lines.append(
+        f"analyzers   {sum(s.analyzer_records.values())} JSON records "
+        f"({s.smtp_messages} SMTP messages, {s.sip_calls} SIP calls)"
+    )
     lines.append(f"HTTP hosts  ({len(s.http_hosts)}) {_listing(s.http_hosts)}")
     lines.append(f"DNS names   ({len(s.dns_names)}) {_listing(s.dns_names)}")
     lines.append(f"TLS SNI     ({len(s.tls_server_names)}) {_listing(s.tls_server_names)}")
     lines.append(f"IPFIX       {s.ipfix_records} flow records at the collector, routed to the analysis nodes")
     if s.top_talkers:
-        lines.append("top talkers " + ", ".join(f"{r['key']} {_human(r.get('bytes', 0))}B" for r in s.top_talkers[:5]))
+        lines.append(
+            "top talkers " + ", ".join(f"{r['key']} {_human(r.get('bytes', 0))}B" for r in s.top_talkers[:5])
+        )
     if s.app_mix:
-        lines.append("app mix     " + ", ".join(
-            f"{r['key'] or '(unclassified)'} {100 * r['share']:.0f}%" for r in s.app_mix[:8]))  # fmt: skip
+        lines.append(
+            "app mix     "
+            + ", ".join(f"{r['key'] or '(unclassified)'} {100 * r['share']:.0f}%" for r in s.app_mix[:8])
+        )
     if s.drops:
         lines.append("drops       (every non-zero drop counter; all others are 0)")
         lines += [f"  {comp:<24} {metric} = {v:.0f}" for comp, metric, v in s.drops]

@@ -27,9 +27,13 @@ class UpCluster:
         cfg.write_text(yaml.safe_dump(config))
         self.log = run_dir / "up.log"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([*CELLTAP, "up", "--config", str(cfg), "--run-dir", str(run_dir)],
-                                         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+            self.proc = subprocess.Popen(
+                [*CELLTAP, "up", "--config", str(cfg), "--run-dir", str(run_dir)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
 
     def wait_running(self, timeout: float = 90) -> dict[str, Any]:
         """endpoints.json once the cluster has started."""

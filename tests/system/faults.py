@@ -11,7 +11,9 @@ from celltap.pcap import read_all
 from celltap.pcap.writer import PcapWriter
 
 # Ethernet + an IPv4 header cut after 10 of its 20 bytes: every decoder must call it truncated.
-TRUNCATED_IPV4 = bytes(6) + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + b"\x45\x00\x00\x28\x00\x01\x00\x00\x40\x06"
+TRUNCATED_IPV4 = (
+    bytes(6) + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + b"\x45\x00\x00\x28\x00\x01\x00\x00\x40\x06"
+)
 
 
 def append_damaged_frames(src: Path, dst: Path, count: int) -> int:

@@ -20,8 +20,13 @@ from tests.system.cluster_proc import CELLTAP, ROOT, pids_alive
 
 def tshark_set(tshark: str, pcap: Path, display_filter: str, field: str) -> set[str]:
     """Distinct values of one field over the frames matching a display filter."""
-    out = subprocess.run([tshark, "-r", str(pcap), "-Y", display_filter, "-T", "fields", "-e", field],
-                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [tshark, "-r", str(pcap), "-Y", display_filter, "-T", "fields", "-e", field],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     return {v for line in out.splitlines() for v in line.split(",") if v}
 
 
@@ -34,8 +39,13 @@ def test_demo_summary_agrees_with_outputs_and_tshark() -> None:
     tshark = require_tool("tshark")
     run = Path(tempfile.mkdtemp(prefix="ctd-", dir="/tmp"))
     t0 = time.monotonic()
-    proc = subprocess.run([*CELLTAP, "demo", "--flows", "400", "--seed", "5", "--json", "--run-dir", str(run)],
-                          capture_output=True, text=True, timeout=180, cwd=ROOT)  # fmt: skip
+    proc = subprocess.run(
+        [*CELLTAP, "demo", "--flows", "400", "--seed", "5", "--json", "--run-dir", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
     elapsed = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert elapsed < 120, f"demo took {elapsed:.0f} s"
@@ -46,8 +56,10 @@ def test_demo_summary_agrees_with_outputs_and_tshark() -> None:
     # The summary is what the analyzers wrote ...
     files = sorted((run / "out").glob("*.jsonl"))
     assert len(files) == 3 * 6
-    recs = {kind: [r for f in files if f.name.split("-")[2] == kind for r in read_records(f)]
-            for kind in ("http", "dns", "tls")}  # fmt: skip
+    recs = {
+        kind: [r for f in files if f.name.split("-")[2] == kind for r in read_records(f)]
+        for kind in ("http", "dns", "tls")
+    }
     assert set(s["http_hosts"]) == http_hosts(recs["http"])
     assert set(s["dns_names"]) == dns_names(recs["dns"])
     assert set(s["tls_server_names"]) == tls_server_names(recs["tls"])
@@ -57,11 +69,16 @@ def test_demo_summary_agrees_with_outputs_and_tshark() -> None:
     pcap = run / "traffic.pcap"
     assert set(s["http_hosts"]) == tshark_set(tshark, pcap, "http.request", "http.host")
     assert set(s["dns_names"]) == tshark_set(tshark, pcap, "dns && !mdns", "dns.qry.name") | tshark_set(
-        tshark, pcap, "mdns", "dns.qry.name")
-    assert set(s["tls_server_names"]) == tshark_set(tshark, pcap, "tls.handshake.type == 1",
-                                                    "tls.handshake.extensions_server_name")  # fmt: skip
-    frames = int(subprocess.run(["capinfos", "-c", "-M", "-T", str(pcap)], capture_output=True, text=True,
-                                check=True).stdout.splitlines()[-1].split("\t")[-1])  # fmt: skip
+        tshark, pcap, "mdns", "dns.qry.name"
+    )
+    assert set(s["tls_server_names"]) == tshark_set(
+        tshark, pcap, "tls.handshake.type == 1", "tls.handshake.extensions_server_name"
+    )
+    frames = int(
+        subprocess.run(["capinfos", "-c", "-M", "-T", str(pcap)], capture_output=True, text=True, check=True)
+        .stdout.splitlines()[-1]
+        .split("\t")[-1]
+    )
     assert s["frames_fed"] == frames
     assert sum(c["packets"] for c in s["cells"].values()) == frames
     # Every flow ends in one IPFIX record, and every record reached the collector.
@@ -77,9 +94,13 @@ def test_demo_ctrl_c_stops_everything() -> None:
     run = Path(tempfile.mkdtemp(prefix="ctd-", dir="/tmp"))
     err = run / "stderr.log"
     with open(err, "wb") as fh:
-        proc = subprocess.Popen([*CELLTAP, "demo", "--flows", "6000", "--run-dir", str(run)],
-                                stdout=subprocess.DEVNULL, stderr=fh, cwd=ROOT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        proc = subprocess.Popen(
+            [*CELLTAP, "demo", "--flows", "6000", "--run-dir", str(run)],
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
         deadline = time.monotonic() + 90
         while "feeding [" not in err.read_text(errors="replace"):

@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from tests.conftest import require_tool
-from tests.system.cluster_proc import ROOT, CELLTAP, UpCluster
+from tests.system.cluster_proc import CELLTAP, ROOT, UpCluster
 from tests.system.faults import append_damaged_frames, send_bad_ipfix
 from tests.system.promserver import Prometheus
 
@@ -122,7 +122,12 @@ def test_promtool_accepts_shipped_rules(tmp_path: Path) -> None:
     for f in [*RULE_FILES, *rules_for_test(tmp_path)]:
         p = subprocess.run([promtool, "check", "rules", str(f)], capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stdout + p.stderr
-    names = {r.get("alert") for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]}
+    names = {
+        r.get("alert")
+        for f in RULE_FILES
+        for g in yaml.safe_load(f.read_text())["groups"]
+        for r in g["rules"]
+    }
     assert set(MUST_FIRE) <= names
 
 
@@ -132,25 +137,40 @@ def test_dashboards_and_alerts_on_a_running_cluster(tmp_path: Path) -> None:
     require_tool("promtool")
     run = Path(tempfile.mkdtemp(prefix="ctp-", dir="/tmp"))  # short: UNIX socket paths
     base = tmp_path / "mixed.pcap"
-    subprocess.run([*CELLTAP, "loadgen", "pcap", "mixed", str(base), "--count", "200", "--seed", "3"],
-                   check=True, cwd=ROOT, timeout=60)  # fmt: skip
+    subprocess.run(
+        [*CELLTAP, "loadgen", "pcap", "mixed", str(base), "--count", "200", "--seed", "3"],
+        check=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     pcap = tmp_path / "traffic.pcap"
     append_damaged_frames(base, pcap, 5)
     config = {
-        "cluster": "promtest", "registry": "file://{run}/registry", "lease_ttl": 2, "capture": f"pcap:{pcap}",
+        "cluster": "promtest",
+        "registry": "file://{run}/registry",
+        "lease_ttl": 2,
+        "capture": f"pcap:{pcap}",
         "replay": {"loops": 0, "pps": 3000},
-        "cells": {"count": 2, "reader_buffer": 65536, "analyzers": [
-            {"analyzer": "http", "socket": "tcp/http"}, {"analyzer": "tls", "socket": "tcp/tls"},
-            {"analyzer": "dns", "socket": "udp/dns"}]},
+        "cells": {
+            "count": 2,
+            "reader_buffer": 65536,
+            "analyzers": [
+                {"analyzer": "http", "socket": "tcp/http"},
+                {"analyzer": "tls", "socket": "tcp/tls"},
+                {"analyzer": "dns", "socket": "udp/dns"},
+            ],
+        },
         "collector": {"count": 1, "routing": {"flush_interval": 0.2}},
         "nodes": {"count": 2},
-    }  # fmt: skip
+    }
     cluster = UpCluster(config, run)
     prom = None
     stopped_pid = None
     try:
         ep = cluster.wait_running()
-        prom = Prometheus(prom_bin, tmp_path, run / "prometheus-targets.json", rules_for_test(tmp_path), free_port())
+        prom = Prometheus(
+            prom_bin, tmp_path, run / "prometheus-targets.json", rules_for_test(tmp_path), free_port()
+        )
         n_targets = len(json.loads((run / "prometheus-targets.json").read_text()))
 
         def all_up() -> bool:
@@ -159,22 +179,33 @@ def test_dashboards_and_alerts_on_a_running_cluster(tmp_path: Path) -> None:
 
         prom.wait(all_up, 60, f"all {n_targets} targets up")
         # Some traffic through every plane, and one cluster-wide query (celltap_node_queries_total).
-        prom.wait(lambda: prom.query("sum(celltap_node_records_received_total) > 0"), 60, "records at the nodes")
+        prom.wait(
+            lambda: prom.query("sum(celltap_node_records_received_total) > 0"), 60, "records at the nodes"
+        )
         node = next(c for c in ep["components"] if c["kind"] == "node")
         urllib_get(f"http://{node['http']}/query/top_talkers?n=3")
 
         # Faults.
         collector = next(c for c in ep["components"] if c["kind"] == "collector")
         send_bad_ipfix(collector["ipfix"])
-        prom.wait(lambda: prom.query("celltap_collector_dropped_messages_total") and prom.query(
-            "celltap_collector_sequence_lost_total") and prom.query("celltap_collector_dropped_sets_total"),
-            30, "the first round of bad IPFIX in Prometheus")  # fmt: skip
+        prom.wait(
+            lambda: (
+                prom.query("celltap_collector_dropped_messages_total")
+                and prom.query("celltap_collector_sequence_lost_total")
+                and prom.query("celltap_collector_dropped_sets_total")
+            ),
+            30,
+            "the first round of bad IPFIX in Prometheus",
+        )
         send_bad_ipfix(collector["ipfix"], seq0=1000)
         analyzer = cluster.component("cell-0-http-tcp-http")
         stopped_pid = analyzer["pid"]
         os.kill(stopped_pid, signal.SIGSTOP)
-        prom.wait(lambda: prom.query('sum(celltap_cell_interface_dropped_events_total{reason!="no_reader"}) > 0'),
-                  60, "reader drops after stopping the HTTP analyzer")  # fmt: skip
+        prom.wait(
+            lambda: prom.query('sum(celltap_cell_interface_dropped_events_total{reason!="no_reader"}) > 0'),
+            60,
+            "reader drops after stopping the HTTP analyzer",
+        )
         victim = cluster.component("node-1")
         os.kill(victim["pid"], signal.SIGKILL)
 
@@ -220,7 +251,9 @@ def test_dashboards_and_alerts_on_a_running_cluster(tmp_path: Path) -> None:
         if prom is not None:
             prom.stop()
         rc = cluster.stop()
-        pids = [c["pid"] for c in (cluster.endpoints()["components"] if (run / "endpoints.json").exists() else [])]
+        pids = [
+            c["pid"] for c in (cluster.endpoints()["components"] if (run / "endpoints.json").exists() else [])
+        ]
     assert rc == 0, cluster.tail()
     time.sleep(0.5)
     from tests.system.cluster_proc import pids_alive
