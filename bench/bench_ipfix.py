@@ -79,6 +79,56 @@ def _bench_decode(report: Report, n: int, repeat: int) -> None:
     report("ipfix_records_per_datagram", per_msg, "records")
 
 
+def bench_socket_drain(report: Report, datagrams_per_router: int = 5000, routers: int = 4) -> None:
+    """One worker, pinned to one core, decodes a socket buffer filled beforehand: the receive + decode
+    rate with no generator competing for the CPU (recvmmsg + numpy path, then the fallbacks)."""
+    from collector.config import ListenAddress
+    from collector.udp_server import UdpWorker, open_udp_socket
+
+    saved = os.sched_getaffinity(0)
+    pools = [build_pool(k + 1, k, time.time()) for k in range(routers)]
+    try:
+        pin_to_one_core()
+        keep_batches_on_heap()
+        for name, use_mmsg, vec in (
+            ("recvmmsg_numpy", True, True),
+            ("recvmmsg", True, False),
+            ("recvfrom_into", False, False),
+        ):
+            best = 0.0
+            for _ in range(2):
+                sock = open_udp_socket(ListenAddress("udp", "127.0.0.1", 0), 64 << 20)
+                port = sock.getsockname()[1]
+                ing = Ingestor()
+                got = [0]
+
+                def sink(bs: list, got: list = got) -> None:
+                    got[0] += sum(len(b) for b in bs)
+
+                w = UdpWorker(sock, ing, sink, use_recvmmsg=use_mmsg, vectorised=vec)
+                txs = []
+                for k, p in enumerate(pools):
+                    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    tx.bind((f"127.0.0.{10 + k}", 0))
+                    tx.connect(("127.0.0.1", port))
+                    tx.send(p.stamp_templates())
+                    txs.append(tx)
+                w.poll_once(0.1)
+                for i in range(datagrams_per_router):
+                    for tx, p in zip(txs, pools, strict=True):
+                        tx.send(p.next_message(i))
+                t0 = time.perf_counter()
+                while w.poll_once(0):
+                    pass
+                best = max(best, got[0] / (time.perf_counter() - t0))
+                sock.close()
+                for tx in txs:
+                    tx.close()
+            report(f"ipfix_socket_drain_{name}_records_per_s", best, "records/s")
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
 def _timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -179,6 +229,7 @@ def run(
             report(name, value, unit)
 
     bench_decode(rep)
+    bench_socket_drain(rep)
     if not skip_udp:
         results["udp"] = bench_udp(rep, rates or [1_000_000, 3_600_000, 0], duration)
     return results
@@ -201,6 +252,21 @@ def to_results(res: dict) -> list[Result]:
             note=f"{int(res['ipfix_records_per_datagram'])} records per datagram, 256 datagrams per batch",
         ),
     ]
+    for name, label in (
+        ("recvmmsg_numpy", "recvmmsg + numpy headers"),
+        ("recvmmsg", "recvmmsg"),
+        ("recvfrom_into", "recvfrom_into loop"),
+    ):
+        key = f"ipfix_socket_drain_{name}_records_per_s"
+        if key in res:
+            out.append(
+                Result(
+                    f"UDP worker draining a full socket, one core, {label}",
+                    res[key],
+                    "records/s",
+                    note="receive + decode, no generator running",
+                )
+            )
     rows = res.get("udp", [])
     for ours in (r for r in rows if r["name"] == "celltap"):
         base = next(
