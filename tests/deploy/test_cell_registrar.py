@@ -9,48 +9,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.deploy.chart import REPO, find
-from tests.deploy.test_component_configs import config_data, expand, pod_env
+from tests.deploy.pods import config_data, expand, pod_env
+from tests.deploy.processes import CELLTAP, free_port, wait_for
 from tests.fixtures_etcd import etcd_server  # noqa: F401  (fixture)
-
-CELLTAP = [sys.executable, "-m", "celltap.cli"]
-
-
-def free_port(kind: int) -> int:
-    """A port the kernel says is free now."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `check` until true, or fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes started by a test, stopped at teardown."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def test_registrar_holds_the_cell_lease_while_the_cell_answers(

@@ -2,103 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import importlib.util
-import io
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from celltap.cli import build_parser
-from tests.deploy.chart import NAMESPACE, REPO, VALUE_SETS, documents, find, go_render, merged_values
-
-# What the kubelet would put in the downward-API variables of pod <name>-<index>.
-POD_IP = "10.244.1.7"
-
-
-def _cli() -> argparse.ArgumentParser:
-    return build_parser()
-
-
-def subcommand_options(name: str) -> set[str]:
-    """The option strings of one `celltap` subcommand (skip when that plane is not built yet)."""
-    parser = _cli()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if name not in sub.choices:
-        pytest.skip(f"`celltap {name}` is not available in this checkout")
-    return {o for a in sub.choices[name]._actions for o in a.option_strings}
-
-
-def expand(args: list[str], env: dict[str, str]) -> list[str]:
-    """Kubernetes' $(VAR) expansion of container args."""
-    return [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in args]
-
-
-def pod_env(container: dict[str, Any], pod_name: str) -> dict[str, str]:
-    """Values the downward API gives the container's env entries for a pod of that name."""
-    env: dict[str, str] = {}
-    for e in container.get("env", []):
-        path = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "")
-        env[e["name"]] = {
-            "metadata.name": pod_name,
-            "metadata.namespace": NAMESPACE,
-            "status.podIP": POD_IP,
-            "metadata.labels['apps.kubernetes.io/pod-index']": pod_name.rsplit("-", 1)[-1],
-        }.get(path, e.get("value", ""))
-    return env
-
-
-def parse_celltap(args: list[str]) -> argparse.Namespace:
-    """Parse container args (the image's entrypoint is `celltap`) with the real parser."""
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            return _cli().parse_args(args)
-    except SystemExit:
-        pytest.fail(f"celltap rejects the chart's args {args}: {err.getvalue().strip()}")
-
-
-def workload(docs: list[dict[str, Any]], kind: str, suffix: str) -> tuple[dict[str, Any], str]:
-    """A workload and the name of its first pod."""
-    w = find(docs, kind, suffix)
-    return w, f"{w['metadata']['name']}-{'0' if kind == 'StatefulSet' else 'x1y2z'}"
-
-
-def config_data(docs: list[dict[str, Any]], key: str) -> str:
-    """One file of the chart's component ConfigMap."""
-    return find(docs, "ConfigMap", "-config")["data"][key]
-
-
-REGISTRATION_FLAGS = ("--registry", "--cluster", "--advertise", "--weight")
-
-
-def without_registration(args: list[str]) -> list[str]:
-    """The args less the cell's registry registration flags (and their values)."""
-    out: list[str] = []
-    skip = False
-    for a in args:
-        if skip:
-            skip = False
-        elif a in REGISTRATION_FLAGS:
-            skip = True
-        else:
-            out.append(a)
-    return out
-
-
-def incubator_takes_static_cells() -> bool:
-    """Whether the incubator's config parser accepts a static cell list without a registry."""
-    from incubator.config import ConfigError, parse_config
-
-    try:
-        parse_config({"capture": "afpacket:eth1", "cells": [{"id": "0", "output": "vxlan://10.0.0.1:4789"}]})
-    except ConfigError:
-        return False
-    return True
+from tests.deploy.chart import NAMESPACE, VALUE_SETS, documents, find, go_render, merged_values
+from tests.deploy.pods import (
+    POD_IP,
+    REGISTRATION_FLAGS,
+    ROUTING_COLLECTOR,
+    collector_config,
+    config_data,
+    expand,
+    incubator_takes_static_cells,
+    load_registrar,
+    parse_celltap,
+    pod_env,
+    subcommand_options,
+    without_registration,
+    workload,
+)
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -122,19 +48,6 @@ def test_incubator_config_and_args(rendered: dict[str, list[dict[str, Any]]], na
     c = ds["spec"]["template"]["spec"]["containers"][0]
     ns = parse_celltap(expand(c["args"], pod_env(c, pod)))
     assert ns.command == "incubator" and ns.config == "/etc/celltap/incubator.yaml"
-
-
-ROUTING_COLLECTOR = ["python", "-m", "collector.cluster_collector"]
-
-
-def collector_config(text: str) -> Any:
-    """Check a collector YAML as the routing collector does: its `routing` section, then the rest."""
-    from collector.cluster_collector import router_config
-    from collector.config import config_from_dict
-
-    data = yaml.safe_load(text)
-    router_config("collector-test", data.pop("routing", None), None)
-    return config_from_dict(data)
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -221,15 +134,6 @@ def test_node_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: s
     ns = parse_celltap(expand(c["args"], pod_env(c, pod)))
     assert ns.command == "node" and ns.config == "/run/celltap/node.yaml"
     assert c["readinessProbe"]["httpGet"]["port"] == int(cfg.http.rsplit(":", 1)[1])
-
-
-def load_registrar() -> Any:
-    """docker/cell_registrar.py as a module (it is copied into the image, not installed)."""
-    spec = importlib.util.spec_from_file_location("cell_registrar", REPO / "docker/cell_registrar.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))

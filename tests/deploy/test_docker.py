@@ -179,7 +179,7 @@ def test_compose_configs_are_accepted_by_the_components() -> None:
     from cell.sftap_config import parse_config as parse_sftap
     from collector.node_config import config_from_dict as node_config
     from incubator.config import parse_config as parse_incubator
-    from tests.deploy.test_component_configs import collector_config
+    from tests.deploy.pods import collector_config
 
     cfg = DOCKER / "config"
     parse_incubator(yaml.safe_load((cfg / "incubator.yaml").read_text()))
@@ -194,7 +194,7 @@ def test_compose_configs_are_accepted_by_the_components() -> None:
 
 
 def test_compose_commands_parse_with_the_real_cli() -> None:
-    from tests.deploy.test_component_configs import ROUTING_COLLECTOR, load_registrar, parse_celltap
+    from tests.deploy.pods import ROUTING_COLLECTOR, load_registrar, parse_celltap
 
     services = compose()["services"]
     registered = {}

@@ -24,8 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import require_tool
 from tests.deploy.chart import REPO, find
-from tests.deploy.test_cell_registrar import CELLTAP, free_port, procs, wait_for  # noqa: F401  (fixture)
-from tests.deploy.test_component_configs import config_data, expand, pod_env
+from tests.deploy.pods import config_data, expand, pod_env
+from tests.deploy.processes import CELLTAP, free_port, wait_for
 from tests.fixtures_etcd import etcd_server  # noqa: F401  (fixture)
 
 
@@ -55,7 +55,7 @@ def tshark_counts(pcap: Path) -> tuple[int, int]:
 def test_rendered_pipeline_on_one_host(
     etcd_server: Any,  # noqa: F811
     rendered: dict[str, list[dict[str, Any]]],
-    procs: list[subprocess.Popen[bytes]],  # noqa: F811
+    procs: list[subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
     docs = rendered["default"]
