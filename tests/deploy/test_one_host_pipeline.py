@@ -39,6 +39,21 @@ def scrape(port: int, name: str) -> float:
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
 
+def accepted(path: Path) -> bool:
+    """Whether a UNIX listening socket has accepted a connection (its path shows twice in /proc)."""
+    entries = Path("/proc/net/unix").read_text().splitlines()[1:]
+    return sum(line.split()[-1] == str(path) for line in entries if len(line.split()) == 8) >= 2
+
+
+def http_clients(pcap: Path) -> set[tuple[str, str]]:
+    """(client address, client port) of every HTTP request in a capture, as tshark sees them."""
+    tshark = require_tool("tshark")
+    fields = ["-T", "fields", "-e", "ip.src", "-e", "tcp.srcport"]
+    cmd = [tshark, "-r", str(pcap), "-Y", "http.request", *fields]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
+    return {(ip, port) for ip, port in (line.split("\t") for line in out.splitlines() if line)}
+
+
 def tshark_counts(pcap: Path) -> tuple[int, int]:
     """(frames, TCP conversations) in a capture, as tshark counts them."""
     tshark = require_tool("tshark")
@@ -66,6 +81,8 @@ def test_rendered_pipeline_on_one_host(
                    capture_output=True, timeout=60)  # fmt: skip
     frames, conversations = tshark_counts(pcap)
     assert frames > 100 and conversations == 20
+    clients = http_clients(pcap)
+    assert len(clients) == conversations
 
     # Analysis node: the ConfigMap's node.yaml made per-pod by the init container's own command.
     nodes = find(docs, "StatefulSet", "-node")
@@ -111,6 +128,8 @@ def test_rendered_pipeline_on_one_host(
     (tmp_path / "sftap.yaml").write_text(config_data(docs, "sftap.yaml"))
     cell_metrics: list[int] = []
     cells: list[subprocess.Popen[bytes]] = []
+    sockets: list[Path] = []
+    values_home = "/var/run/celltap"
     for ordinal in range(2):
         pod = f"{sts['metadata']['name']}-{ordinal}"
         vxlan, metrics = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
@@ -132,6 +151,15 @@ def test_rendered_pipeline_on_one_host(
         reg_args = [moves.get(reg_args[i - 1], a) if i else a for i, a in enumerate(reg_args)]
         procs.append(subprocess.Popen([sys.executable, str(REPO / "docker/cell_registrar.py"), *reg_args,
                                        "--interval", "0.2"], env=env))  # fmt: skip
+        # The HTTP analyzer sidecar (balance 2: two children on http0 and http1), on this cell's
+        # socket directory; without --metrics-port, whose fixed ports two cells on one host share.
+        an = containers["analyzer-http"]
+        an_args = [a.replace(values_home, str(home)) for a in an["args"]]
+        cut = an_args.index("--metrics-port")
+        an_args = an_args[:cut] + an_args[cut + 2 :]
+        out = (tmp_path / f"http-{ordinal}.jsonl").open("wb")
+        procs.append(subprocess.Popen([*CELLTAP, *an_args], env=env, stdout=out))
+        sockets += [home / "tcp/http0", home / "tcp/http1"]
 
     from celltap.registry import Membership, open_registry
 
@@ -140,6 +168,8 @@ def test_rendered_pipeline_on_one_host(
         wait_for(lambda: sorted(watch.members("cells")) == ["0", "1"], 30, "both cells to register")
     finally:
         watch.close()
+
+    wait_for(lambda: all(accepted(p) for p in sockets), 30, "the analyzers to connect to every http socket")
 
     # Incubator: the rendered config, reading the capture where a tap node reads its mirror port.
     inc_cfg = yaml.safe_load(config_data(docs, "incubator.yaml"))
@@ -171,6 +201,13 @@ def test_rendered_pipeline_on_one_host(
 
     wait_for(lambda: records() >= conversations, 20, f"{conversations} flow records at the collector")
     assert records() == conversations
+
+    # Every HTTP conversation reached an analyzer sidecar through the rendered socket wiring.
+    def analyzed() -> set[tuple[str, str]]:
+        lines = [line for f in tmp_path.glob("http-*.jsonl") for line in f.read_text().splitlines()]
+        return {(r["client"]["ip"], r["client"]["port"]) for r in map(json.loads, lines)}
+
+    wait_for(lambda: analyzed() == clients, 20, "an HTTP analyzer record for every conversation")
 
     # ... and the collector routed them to the analysis node, which answers queries over them.
     def node_records() -> float:
