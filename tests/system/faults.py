@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import time
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from celltap.pcap import read_all
 from celltap.pcap.writer import PcapWriter
+from loadgen.link import Link
+from loadgen.tcpconv import TcpConversation
 
 # Ethernet + an IPv4 header cut after 10 of its 20 bytes: every decoder must call it truncated.
 TRUNCATED_IPV4 = (
@@ -16,8 +19,24 @@ TRUNCATED_IPV4 = (
 )
 
 
-def append_damaged_frames(src: Path, dst: Path, count: int) -> int:
-    """Copy `src` to `dst` with `count` truncated IPv4 frames at the end; frames written."""
+def bad_http_flow(start_ns: int) -> list[tuple[int, bytes]]:
+    """A complete TCP flow whose HTTP request has a line that is not a header (a parse error)."""
+    link = Link(
+        b"\x02\x00\x00\x00\x00\x07",
+        b"\x02\x00\x00\x00\x00\x08",
+        bytes((10, 99, 0, 1)),
+        bytes((192, 0, 2, 99)),
+    )
+    conv = TcpConversation(link, 40001, 80, random.Random(7), start_ns=start_ns)
+    conv.handshake()
+    conv.send(True, b"GET / HTTP/1.1\r\nHost: bad.example\r\nthis line is not a header\r\n\r\n")
+    conv.send(False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    conv.fin(True)
+    return conv.frames
+
+
+def append_faults(src: Path, dst: Path, truncated: int) -> int:
+    """Copy `src` to `dst`, then add `truncated` truncated IPv4 frames and one malformed HTTP flow."""
     batches = read_all(str(src))
     last = max(int(b.ts_ns.max()) for b in batches if len(b))
     n = 0
@@ -25,8 +44,11 @@ def append_damaged_frames(src: Path, dst: Path, count: int) -> int:
         for b in batches:
             w.write_batch(b)
             n += len(b)
-        for i in range(count):
+        for i in range(truncated):
             w.write(last + 1000 * (i + 1), TRUNCATED_IPV4)
+            n += 1
+        for ts, frame in bad_http_flow(last + 1_000_000):
+            w.write(ts, frame)
             n += 1
     return n
 
