@@ -111,6 +111,8 @@ def start_nodes(n: int, registry: str, cluster: str, tmp: Path, apps: dict) -> l
             except OSError:
                 pass
             if time.monotonic() > deadline:
+                for proc in procs:
+                    proc.kill()
                 raise RuntimeError(f"nodes did not start; see {tmp}")
             time.sleep(0.1)
     return procs

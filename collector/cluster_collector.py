@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -60,9 +61,18 @@ def start_router(
 
     router = ClusterRouter(config)
     membership = Membership(open_registry(registry_url, tls=config.tls), cluster)
-    nodes = membership.watch("nodes", router.set_members)
-    nodes.wait_synced(timeout=5)
-    router.set_members(nodes.members())
+    sync_lock = threading.Lock()
+    holder: list[Any] = []
+
+    def sync(_changed: object = None) -> None:
+        # Apply the current view under one lock, never a snapshot older than one applied already.
+        with sync_lock:
+            if holder:
+                router.set_members(holder[0].members())
+
+    holder.append(membership.watch("nodes", sync))
+    holder[0].wait_synced(timeout=5)
+    sync()
     membership.register("collectors", config.collector_id, {"pid": os.getpid(), "host": socket.gethostname()})
 
     def close() -> None:

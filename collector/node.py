@@ -61,6 +61,7 @@ class AnalysisNode:
         self.incarnation = uuid.uuid4().hex[:12]
         self.members: dict[str, dict[str, Any]] = {}
         self._registry_users: dict[str, str] = {}
+        self._node_set: Any = None
         self._members_lock = threading.Lock()
         self.grpc_server: grpc.Server | None = None
         self.http_server: ThreadingHTTPServer | None = None
@@ -96,16 +97,21 @@ class AnalysisNode:
             # Read the user mapping before joining, so no record is accounted before it is known.
             users = registry.watch_prefix(f"/celltap/{c.cluster}/users/", self._on_user_event, initial=True)
             users.wait_synced(timeout=5)
-        nodes = self.membership.watch("nodes", self._on_members)
+        self._node_set = self.membership.watch("nodes", self._on_members)
         self.registration = self.membership.register("nodes", c.id, self.value())
-        nodes.wait_synced(timeout=5)
-        self._on_members(nodes.members())
+        self._node_set.wait_synced(timeout=5)
+        self._on_members()
         threading.Thread(target=self._watch_registration, name="node-lease", daemon=True).start()
 
-    def _on_members(self, members: dict[str, dict[str, Any]]) -> None:
+    def _on_members(self, _changed: object = None) -> None:
+        # Always apply the set's current view under one lock: a snapshot handed to a callback
+        # (or read at start-up) may be older than one already applied by another thread.
+        if self._node_set is None:
+            return  # the watch fired before start() kept it; start() applies the view itself
         with self._members_lock:
-            self.members = dict(members)
-        self.state.set_members(members)
+            members = self._node_set.members()
+            self.members = members
+            self.state.set_members(members)
 
     def _on_user_event(self, event: Any) -> None:
         prefix = f"/celltap/{self.config.cluster}/users/"
