@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -117,3 +118,28 @@ def test_demo_ctrl_c_stops_everything() -> None:
     assert "stopping every process" in err.read_text()
     time.sleep(0.5)
     assert not pids_alive(pids), f"left running: {pids_alive(pids)}"
+
+
+@pytest.mark.timeout(200)
+def test_demo_from_a_fresh_clone(tmp_path: Path) -> None:
+    """What a new user gets: the committed tree alone (no working-tree files) runs the demo in time.
+
+    A fresh clone has no virtualenv; `scripts/demo.sh` would create one from PyPI, which a test
+    must not depend on, so the clone runs with this interpreter, its own sources first on the path."""
+    git = require_tool("git")
+    clone = tmp_path / "celltap"
+    subprocess.run([git, "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(clone)}
+    where = subprocess.run([sys.executable, "-c", "import celltap.demo; print(celltap.demo.__file__)"],
+                           capture_output=True, text=True, cwd=clone, env=env, check=True).stdout  # fmt: skip
+    assert where.startswith(str(clone)), where
+    run = Path(tempfile.mkdtemp(prefix="ctf-", dir="/tmp"))
+    t0 = time.monotonic()
+    argv = [sys.executable, "-m", "celltap.cli", "demo", "--flows", "200", "--run-dir", str(run)]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=clone, env=env, timeout=180)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert elapsed < 120, f"demo took {elapsed:.0f} s"
+    for heading in ("HTTP hosts", "DNS names", "TLS SNI", "top talkers", "app mix", "drops"):
+        assert heading in proc.stdout, proc.stdout
+    assert not pids_alive(component_pids(run))
