@@ -39,7 +39,7 @@ class NodeConfig:
     cluster: str = "default"
     weight: int = 1
     lease_ttl: float = 10.0
-    grpc_workers: int = 16
+    grpc_workers: int = 64  # each collector stream holds one for its lifetime
     apps: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_APPS))
     tls: TLSConfig | None = None
 
