@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import socket
@@ -31,6 +32,10 @@ class Cell:
     ) -> None:
         self.cfg = cfg
         self.cell_id = cell_id
+        # Flows, events and batches make no reference cycles worth hunting per allocation burst: the
+        # default thresholds would rescan millions of live flows again and again.
+        gc.freeze()
+        gc.set_threshold(200_000, 50, 1000)
         self.abstractor = Abstractor(cfg)
         self.stop = False
         self.loopback_events = 0
