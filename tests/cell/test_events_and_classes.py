@@ -35,6 +35,10 @@ SCENARIOS = {
     "ipv6": None,
     "vlan": None,
     "frag": None,
+    "mixed": None,
+    "icmp": None,
+    "small": None,
+    "cps": {"tcp/default"},  # a GET never answered: the http rule also needs the down regex
 }
 
 
