@@ -8,6 +8,8 @@ import contextlib
 import importlib.util
 import io
 import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from tests.deploy.chart import NAMESPACE, REPO, find
 
 # What the kubelet would put in the downward-API variables of pod <name>-<index>.
 POD_IP = "10.244.1.7"
+NODE_NAME = "tap-node-1"
 
 
 def _cli() -> argparse.ArgumentParser:
@@ -48,6 +51,7 @@ def pod_env(container: dict[str, Any], pod_name: str) -> dict[str, str]:
             "metadata.namespace": NAMESPACE,
             "status.podIP": POD_IP,
             "metadata.labels['apps.kubernetes.io/pod-index']": pod_name.rsplit("-", 1)[-1],
+            "spec.nodeName": NODE_NAME,
         }.get(path, e.get("value", ""))
     return env
 
@@ -121,3 +125,18 @@ def load_registrar() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_init_container(
+    docs: list[dict[str, Any]], spec: dict[str, Any], key: str, pod_name: str, root: Path
+) -> dict[str, Any]:
+    """Run a pod's config init container's own shell command (the ConfigMap under root/etc, its
+    output under root/run, as the pod mounts them) and return the config file it wrote, parsed."""
+    (init,) = spec["initContainers"]
+    etc, run = root / "etc", root / "run"
+    etc.mkdir(parents=True, exist_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+    (etc / key).write_text(config_data(docs, key))
+    script = init["command"][2].replace("/etc/celltap", str(etc)).replace("/run/celltap", str(run))
+    subprocess.run([*init["command"][:2], script], env=pod_env(init, pod_name), check=True, timeout=10)
+    return yaml.safe_load((run / key).read_text())

@@ -11,6 +11,7 @@ import yaml
 
 from tests.deploy.chart import NAMESPACE, VALUE_SETS, documents, find, go_render, merged_values
 from tests.deploy.pods import (
+    NODE_NAME,
     POD_IP,
     REGISTRATION_FLAGS,
     ROUTING_COLLECTOR,
@@ -21,6 +22,7 @@ from tests.deploy.pods import (
     load_registrar,
     parse_celltap,
     pod_env,
+    run_init_container,
     subcommand_options,
     without_registration,
     workload,
@@ -28,12 +30,17 @@ from tests.deploy.pods import (
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
-def test_incubator_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
+def test_incubator_config_and_args(
+    rendered: dict[str, list[dict[str, Any]]], name: str, tmp_path: Path
+) -> None:
     from incubator.config import parse_config
 
     docs = rendered[name]
     values = merged_values(VALUE_SETS[name])
-    cfg = parse_config(yaml.safe_load(config_data(docs, "incubator.yaml")))
+    ds, pod = workload(docs, "DaemonSet", "-incubator")
+    cfg = parse_config(
+        run_init_container(docs, ds["spec"]["template"]["spec"], "incubator.yaml", pod, tmp_path)
+    )
     assert cfg["capture"] == values["incubator"]["capture"]
     assert cfg["mode"] == values["incubator"]["mode"]
     if values["cells"]["discovery"] == "static":
@@ -44,10 +51,10 @@ def test_incubator_config_and_args(rendered: dict[str, list[dict[str, Any]]], na
         )
     else:
         assert cfg["registry"]["url"] and cfg["registry"]["output_key"] == "input"
-    ds, pod = workload(docs, "DaemonSet", "-incubator")
+        assert cfg["registry"]["id"] == NODE_NAME  # one registration per tap node
     c = ds["spec"]["template"]["spec"]["containers"][0]
     ns = parse_celltap(expand(c["args"], pod_env(c, pod)))
-    assert ns.command == "incubator" and ns.config == "/etc/celltap/incubator.yaml"
+    assert ns.command == "incubator" and ns.config == "/run/celltap/incubator.yaml"
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -116,17 +123,7 @@ def test_node_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: s
     values = merged_values(VALUE_SETS[name])
     sts, pod = workload(docs, "StatefulSet", "-node")
     spec = sts["spec"]["template"]["spec"]
-    # Run the init container's own shell command on the ConfigMap file, as the pod would.
-    (init,) = spec["initContainers"]
-    etc, run = tmp_path / "etc", tmp_path / "run"
-    etc.mkdir()
-    run.mkdir()
-    (etc / "node.yaml").write_text(config_data(docs, "node.yaml"))
-    script = init["command"][2].replace("/etc/celltap", str(etc)).replace("/run/celltap", str(run))
-    import subprocess
-
-    subprocess.run([*init["command"][:2], script], env=pod_env(init, pod), check=True, timeout=10)
-    cfg = config_from_dict(yaml.safe_load((run / "node.yaml").read_text()))
+    cfg = config_from_dict(run_init_container(docs, spec, "node.yaml", pod, tmp_path))
     assert cfg.id == pod
     headless = find(docs, "Service", "-node-headless")["metadata"]["name"]
     assert cfg.grpc_address == f"{pod}.{headless}.{NAMESPACE}.svc:{values['nodes']['grpcPort']}"

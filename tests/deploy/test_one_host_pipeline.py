@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import require_tool
 from tests.deploy.chart import REPO, find
-from tests.deploy.pods import config_data, expand, pod_env
+from tests.deploy.pods import config_data, expand, pod_env, run_init_container
 from tests.deploy.processes import CELLTAP, free_port, wait_for
 from tests.fixtures_etcd import etcd_server  # noqa: F401  (fixture)
 
@@ -86,22 +86,19 @@ def test_rendered_pipeline_on_one_host(
 
     # Analysis node: the ConfigMap's node.yaml made per-pod by the init container's own command.
     nodes = find(docs, "StatefulSet", "-node")
-    init = nodes["spec"]["template"]["spec"]["initContainers"][0]
     pod = f"{nodes['metadata']['name']}-0"
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "run").mkdir()
-    (tmp_path / "etc/node.yaml").write_text(config_data(docs, "node.yaml"))
-    script = init["command"][2].replace("/etc/celltap", str(tmp_path / "etc"))
-    script = script.replace("/run/celltap", str(tmp_path / "run"))
-    subprocess.run([*init["command"][:2], script], env=pod_env(init, pod), check=True, timeout=10)
-    node_cfg = yaml.safe_load((tmp_path / "run/node.yaml").read_text())
+    node_cfg = run_init_container(
+        docs, nodes["spec"]["template"]["spec"], "node.yaml", pod, tmp_path / "node"
+    )
     assert node_cfg["id"] == pod
     grpc, node_http = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     node_cfg.update(listen=f"127.0.0.1:{grpc}", advertise=f"127.0.0.1:{grpc}", http=f"127.0.0.1:{node_http}",
                     registry=etcd_server.url, cluster=cluster)  # fmt: skip
-    (tmp_path / "run/node.yaml").write_text(yaml.safe_dump(node_cfg))
+    (tmp_path / "node/run/node.yaml").write_text(yaml.safe_dump(node_cfg))
     node_args = nodes["spec"]["template"]["spec"]["containers"][0]["args"]
-    node_args = [str(tmp_path / "run/node.yaml") if a == "/run/celltap/node.yaml" else a for a in node_args]
+    node_args = [
+        str(tmp_path / "node/run/node.yaml") if a == "/run/celltap/node.yaml" else a for a in node_args
+    ]
     procs.append(subprocess.Popen([*CELLTAP, *node_args], env=env))
 
     # Collector: the rendered config and command (the routing collector), on loopback ports.
@@ -172,7 +169,10 @@ def test_rendered_pipeline_on_one_host(
     wait_for(lambda: all(accepted(p) for p in sockets), 30, "the analyzers to connect to every http socket")
 
     # Incubator: the rendered config, reading the capture where a tap node reads its mirror port.
-    inc_cfg = yaml.safe_load(config_data(docs, "incubator.yaml"))
+    ds = find(docs, "DaemonSet", "-incubator")
+    inc_cfg = run_init_container(
+        docs, ds["spec"]["template"]["spec"], "incubator.yaml", "x", tmp_path / "inc"
+    )
     inc_cfg["capture"] = f"pcap:{pcap}"
     inc_cfg["registry"].update(url=etcd_server.url, cluster=cluster)
     inc_cfg["metrics_port"] = free_port(socket.SOCK_STREAM)
@@ -180,7 +180,7 @@ def test_rendered_pipeline_on_one_host(
     ds = find(docs, "DaemonSet", "-incubator")
     inc_args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
     inc_args = [
-        str(tmp_path / "incubator.yaml") if a == "/etc/celltap/incubator.yaml" else a for a in inc_args
+        str(tmp_path / "incubator.yaml") if a == "/run/celltap/incubator.yaml" else a for a in inc_args
     ]
     done = subprocess.run([*CELLTAP, *inc_args], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
