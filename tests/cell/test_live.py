@@ -7,9 +7,11 @@ import socket
 import stat
 from pathlib import Path
 
+import pytest
+
 from celltap.pcap import PcapWriter
 from tests.cell.runner import LiveCell, RawReader, wait_for
-from tests.cell.wire import parse_text
+from tests.cell.wire import BIN, parse_text
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -77,10 +79,18 @@ def test_stuck_reader_never_stalls_the_cell(tmp_path):
     assert code == 0, err
 
 
-def _lb_events(hop: int, n: int) -> bytes:
-    flow = f"ip1=10.9.0.1,ip2=10.9.0.2,port1=40000,port2={8000 + hop},hop={hop},l3=ipv4,l4=tcp"
+def _lb_events(hop: int, n: int, fmt: str) -> bytes:
     req = b"GET /inner HTTP/1.1\r\nHost: inner\r\n\r\n"
     resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    if fmt == "binary":
+        a1, a2 = bytes((10, 9, 0, 1)).ljust(16, b"\0"), bytes((10, 9, 0, 2)).ljust(16, b"\0")
+        p1, p2 = (40000).to_bytes(2, "big"), (8000 + hop).to_bytes(2, "big")
+
+        def ev(kind: int, frm: int, body: bytes) -> bytes:
+            return BIN.pack(a1, a2, 1, 0, p1, p2, kind, frm, len(body), hop, 0, 6, 2, 0, bytes(3)) + body
+
+        return ev(0, 3, b"") + (ev(2, 0, req) + ev(2, 1, resp)) * n + ev(1, 3, b"")
+    flow = f"ip1=10.9.0.1,ip2=10.9.0.2,port1=40000,port2={8000 + hop},hop={hop},l3=ipv4,l4=tcp"
     out = f"{flow},event=CREATED,time=1.000000\n".encode()
     for _ in range(n):
         out += f"{flow},event=DATA,from=1,match=none,len={len(req)},time=1.000000\n".encode() + req
@@ -88,9 +98,18 @@ def _lb_events(hop: int, n: int) -> bytes:
     return out + f"{flow},event=DESTROYED,reason=NORMAL,time=1.000000\n".encode()
 
 
-def test_l7_loopback_hop_and_limit(tmp_path):
+@pytest.mark.parametrize("fmt", ["text", "binary"])
+def test_l7_loopback_hop_and_limit(tmp_path, fmt):
     home = tmp_path / "home"
-    cell = LiveCell(_config(tmp_path, home), home)
+    cfg = _config(tmp_path, home)
+    cfg.write_text(
+        cfg.read_text().replace(
+            "loopback7:\n  if:     loopback7\n  format: text",
+            f"loopback7:\n  if:     loopback7\n  format: {fmt}",
+        )
+    )
+    assert f"format: {fmt}" in cfg.read_text()
+    cell = LiveCell(cfg, home)
     try:
         cell.wait_socket("loopback7")
         readers = {f"tcp/http{i}": RawReader(home / f"tcp/http{i}") for i in range(4)}
@@ -99,8 +118,8 @@ def test_l7_loopback_hop_and_limit(tmp_path):
             assert r.connected.wait(10)
         lb = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lb.connect(str(home / "loopback7"))
-        lb.sendall(_lb_events(0, 2))  # comes back with hop 1
-        lb.sendall(_lb_events(2, 1))  # hop 3 > hop_limit 2: dropped
+        lb.sendall(_lb_events(0, 2, fmt))  # comes back with hop 1
+        lb.sendall(_lb_events(2, 1, fmt))  # hop 3 > hop_limit 2: dropped
 
         def got() -> list:
             return [e for r in readers.values() for e in parse_text(bytes(r.data))]

@@ -1,0 +1,58 @@
+"""IPFIX export details: biflow direction, template refresh, end reasons (decoded by the ipfix package)."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import ipfix.ie
+import ipfix.reader
+
+from cell.abstractor import Abstractor
+from cell.flow_export import FlowExporter
+from cell.sftap_config import parse_config
+from celltap.pcap.batch import FrameBatch
+from tests.cell.captures import tcp_session
+
+
+def _ended(n: int) -> list:
+    a = Abstractor(parse_config({"http": {"proto": "TCP", "up": "^GET", "down": "^HTTP", "if": "http"}}))
+    rng = random.Random(5)
+    frames = sorted(
+        f for i in range(n) for f in tcp_session(rng, i, client_bytes=500, server_bytes=900).frames
+    )
+    a.process_frames(FrameBatch.from_frames([f for _, f in frames], [t for t, _ in frames]))
+    a.finish()
+    return a.take_ended()
+
+
+def _decode(messages: list[bytes]) -> list[dict]:
+    """Records of a message stream (one session, so templates carry over between messages)."""
+    ipfix.ie.use_iana_default()
+    ipfix.ie.use_5103_default()
+    return list(ipfix.reader.from_stream(io.BytesIO(b"".join(messages))).namedict_iterator())
+
+
+def _has_template_set(msg: bytes) -> bool:
+    return msg[16:18] == b"\x00\x02"  # the first set after the 16-byte header is a template set
+
+
+def test_biflow_records_and_template_refresh():
+    flows = _ended(6)
+    exp = FlowExporter("udp://127.0.0.1:9", domain=3, refresh_seconds=10)
+    first = exp.messages_for(flows[:3], 1000.0)
+    again = exp.messages_for(flows[3:], 1005.0)  # within the refresh interval: no templates
+    later = exp.messages_for(flows[3:], 1011.0)  # past it: templates again
+    exp.close()
+    recs = _decode(first + again)
+    assert len(recs) == 6
+    for rec in recs:
+        assert str(rec["sourceIPv4Address"]).startswith("10.0.0.")  # the initiator is the source
+        assert rec["destinationTransportPort"] == 80
+        assert rec["applicationName"] == "http"
+        assert rec["flowEndReason"] == 3  # FIN both ways
+        assert rec["reverseOctetDeltaCount"] > rec["octetDeltaCount"] > 500
+        assert rec["packetDeltaCount"] > 3 and rec["reversePacketDeltaCount"] > 3
+        assert rec["flowEndMilliseconds"] >= rec["flowStartMilliseconds"]
+    assert _has_template_set(first[0]) and not _has_template_set(again[0]) and _has_template_set(later[0])
+    assert int.from_bytes(first[0][12:16], "big") == 3  # observation domain
