@@ -422,6 +422,16 @@ class ClusterRouter:
             keys = sorted(
                 {str(a.get("key")) for v in new.values() for a in v.get("apps", []) if a.get("key")}
             )
+            app_sets = {
+                tuple(
+                    sorted(
+                        (str(a.get("name")), str(a.get("kind")), str(a.get("key"))) for a in v.get("apps", [])
+                    )
+                )
+                for v in new.values()
+            }
+            if len(app_sets) > 1:
+                log.warning("nodes host different apps; an app missing on a node misses that node's share")
             if len(keys) > MAX_KEYS:
                 log.error("more than %d partition keys in use (%s); routing only the first", MAX_KEYS, keys)
                 keys = keys[:MAX_KEYS]
