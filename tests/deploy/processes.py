@@ -19,6 +19,27 @@ def free_port(kind: int) -> int:
         return s.getsockname()[1]
 
 
+def free_port_block(n: int) -> int:
+    """The first of n consecutive TCP ports that are all free now."""
+    for _ in range(50):
+        base = free_port(socket.SOCK_STREAM)
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {n} free ports found")
+
+
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll `check` until true, or fail naming `what`."""
     deadline = time.monotonic() + timeout

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import require_tool
 from tests.deploy.chart import REPO, find
 from tests.deploy.pods import config_data, expand, pod_env, run_init_container
-from tests.deploy.processes import CELLTAP, free_port, wait_for
+from tests.deploy.processes import CELLTAP, free_port, free_port_block, wait_for
 from tests.fixtures_etcd import etcd_server  # noqa: F401  (fixture)
 
 
@@ -126,6 +126,7 @@ def test_rendered_pipeline_on_one_host(
     cell_metrics: list[int] = []
     cells: list[subprocess.Popen[bytes]] = []
     sockets: list[Path] = []
+    analyzer_ports: dict[str, int] = {}
     values_home = "/var/run/celltap"
     for ordinal in range(2):
         pod = f"{sts['metadata']['name']}-{ordinal}"
@@ -149,11 +150,14 @@ def test_rendered_pipeline_on_one_host(
         procs.append(subprocess.Popen([sys.executable, str(REPO / "docker/cell_registrar.py"), *reg_args,
                                        "--interval", "0.2"], env=env))  # fmt: skip
         # The HTTP analyzer sidecar (balance 2: two children on http0 and http1), on this cell's
-        # socket directory; without --metrics-port, whose fixed ports two cells on one host share.
+        # socket directory, its metrics ports shifted to a free block (two cells share this host).
         an = containers["analyzer-http"]
         an_args = [a.replace(values_home, str(home)) for a in an["args"]]
-        cut = an_args.index("--metrics-port")
-        an_args = an_args[:cut] + an_args[cut + 2 :]
+        at = an_args.index("--metrics-port") + 1
+        declared = {p["name"]: p["containerPort"] - int(an_args[at]) for p in an["ports"]}
+        base = free_port_block(len(declared))
+        an_args[at] = str(base)
+        analyzer_ports.update({f"{ordinal}/{name}": base + offset for name, offset in declared.items()})
         out = (tmp_path / f"http-{ordinal}.jsonl").open("wb")
         procs.append(subprocess.Popen([*CELLTAP, *an_args], env=env, stdout=out))
         sockets += [home / "tcp/http0", home / "tcp/http1"]
@@ -208,6 +212,12 @@ def test_rendered_pipeline_on_one_host(
         return {(r["client"]["ip"], r["client"]["port"]) for r in map(json.loads, lines)}
 
     wait_for(lambda: analyzed() == clients, 20, "an HTTP analyzer record for every conversation")
+    # The ports the chart declares (and Prometheus scrapes) are where the analyzer children serve:
+    # the balanced children (an-http-0, an-http-1) read the events, the supervisor (an-http) none.
+    events = {k: scrape(port, "celltap_analyzer_events_read_total") for k, port in analyzer_ports.items()}
+    for ordinal in range(2):
+        children = [events[f"{ordinal}/an-http-{i}"] for i in range(2)]
+        assert all(n > 0 for n in children), events
 
     # ... and the collector routed them to the analysis node, which answers queries over them.
     def node_records() -> float:

@@ -227,3 +227,24 @@ def test_variants_render_valid_objects(renderer: Path, tmp_path: Path, variant: 
         sts = find(docs, "StatefulSet", "-etcd")
         assert "volumeClaimTemplates" not in sts["spec"]
         assert {"name": "data", "emptyDir": {}} in sts["spec"]["template"]["spec"]["volumes"]
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_ports_are_unique_and_scraped(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
+    docs = rendered[name]
+    for d in docs:
+        if d["kind"] in ("DaemonSet", "StatefulSet", "Deployment"):
+            ports = [(p["containerPort"], p.get("protocol", "TCP")) for c in pod_spec(d)["containers"]
+                     for p in c.get("ports", [])]  # fmt: skip
+            names = [p["name"] for c in pod_spec(d)["containers"] for p in c.get("ports", [])]
+            assert len(ports) == len(set(ports)) and len(names) == len(set(names)), d["metadata"]["name"]
+    # Every ServiceMonitor endpoint names a port of some metrics Service, and every metrics-labelled
+    # Service port that serves /metrics has an endpoint.
+    sm = find(docs, "ServiceMonitor")
+    endpoints = {e["port"] for e in sm["spec"]["endpoints"]}
+    metric_services = [
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["labels"].get("celltap.io/metrics")
+    ]
+    served = {p["name"] for s in metric_services for p in s["spec"]["ports"]}
+    assert endpoints <= served
+    assert {n for n in served if n == "metrics" or n.startswith("an-")} == endpoints

@@ -125,3 +125,16 @@ livenessProbe:
 {{- $cm := include (print .ctx.Template.BasePath "/configmap.yaml") .ctx | fromYaml -}}
 {{- index $cm.data .key | sha256sum -}}
 {{- end -}}
+
+{{/* Metrics ports of one analyzer sidecar as (name, port) pairs: the analyzer's own, and with
+     balance N its children's at port+1 .. port+N (the supervisor's numbering). */}}
+{{- define "celltap.analyzerPorts" -}}
+{{- $ports := list (dict "name" (printf "an-%s" .name) "port" (int .metricsPort)) -}}
+{{- $balance := int (default 1 .balance) -}}
+{{- if gt $balance 1 -}}
+{{- range $i := until $balance -}}
+{{- $ports = append $ports (dict "name" (printf "an-%s-%d" $.name $i) "port" (add (int $.metricsPort) 1 $i)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $ports -}}
+{{- end -}}

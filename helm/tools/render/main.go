@@ -4,7 +4,7 @@
 // It implements the part of Helm the celltap chart relies on: .Values (chart values deep-merged with
 // -f files, parsed like Helm with sigs.k8s.io/yaml, so numbers are float64), .Release, .Chart, .Capabilities,
 // .Template, .Files (Get, GetBytes, Glob, AsConfig, AsSecrets, Lines), include, tpl, required,
-// toYaml/fromYaml (sigs.k8s.io/yaml, as in Helm)/toJson/fromJson, lookup (always empty, as in `helm template`), and sprig's functions
+// toYaml/fromYaml/fromYamlArray (sigs.k8s.io/yaml, as in Helm)/toJson/fromJson/fromJsonArray, lookup (always empty, as in `helm template`), and sprig's functions
 // minus env/expandenv (which Helm removes too).  Partials (files starting with "_") are parsed but not
 // emitted; each rendered document is preceded by "# Source: <chart>/templates/<file>", as Helm does.
 //
@@ -166,6 +166,24 @@ func fromJSON(s string) map[string]interface{} {
 	return m
 }
 
+// fromJSONArray is Helm's fromJsonArray: a parse error comes back as the only element.
+func fromJSONArray(s string) []interface{} {
+	a := []interface{}{}
+	if err := json.Unmarshal([]byte(s), &a); err != nil {
+		a = []interface{}{err.Error()}
+	}
+	return a
+}
+
+// fromYAMLArray is Helm's fromYamlArray: a parse error comes back as the only element.
+func fromYAMLArray(s string) []interface{} {
+	a := []interface{}{}
+	if err := yaml.Unmarshal([]byte(s), &a); err != nil {
+		a = []interface{}{err.Error()}
+	}
+	return a
+}
+
 type renderer struct {
 	tmpl *template.Template
 }
@@ -178,6 +196,8 @@ func (r *renderer) funcs() template.FuncMap {
 	f["fromYaml"] = fromYAML
 	f["toJson"] = toJSON
 	f["fromJson"] = fromJSON
+	f["fromJsonArray"] = fromJSONArray
+	f["fromYamlArray"] = fromYAMLArray
 	f["required"] = func(msg string, v interface{}) (interface{}, error) {
 		if v == nil {
 			return v, errors.New(msg)
