@@ -4,6 +4,7 @@ check the same datagrams independently."""
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 import time
@@ -51,10 +52,23 @@ def run_exporter(kind: str, version: int, pcap: Path, tmp_path: Path, port: int)
         "plugin_buffer_size: 1024\n"
         "plugin_pipe_size: 1024000\n"
     )
-    proc = subprocess.Popen([exe, "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(5)  # pmacctd sleeps 2 s before reading a savefile, then reads it
+    proc = subprocess.Popen(
+        [exe, "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    # pmacctd sleeps 2 s before reading a savefile; wait for its word that it has read it all.
+    deadline = time.monotonic() + 30
+    seen = ""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if ready:
+            line = proc.stderr.readline()  # type: ignore[union-attr]
+            seen += line
+            if "finished reading PCAP capture file" in line or not line:
+                break
+    assert "finished reading" in seen, seen[-2000:]
+    time.sleep(0.5)  # let the core hand its last buffer to the plugin
     proc.send_signal(signal.SIGINT)  # on shutdown nfprobe expires and exports every flow
-    proc.wait(timeout=30)
+    proc.communicate(timeout=30)
 
 
 @pytest.mark.parametrize(
