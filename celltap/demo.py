@@ -99,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
         cluster.start(on_stage=lambda what: _say(f"starting {what}"))
         inc = cluster.of_kind("incubator")[0]
         assert cluster.fifo is not None
-        feeder = Feeder(pcap, cluster.fifo, loops=1)
+        feeder = Feeder(pcap, cluster.fifo, loops=1, backlog=cluster.cell_backlog)
         bar = ProgressBar(feeder.info.frames, "feeding")
         feeder.start(inc.child.alive)
         last = None

@@ -68,7 +68,11 @@ def main(args: argparse.Namespace) -> int:
         if spec.fed:
             assert cluster.fifo is not None
             feeder = Feeder(
-                Path(spec.capture[len("pcap:") :]), cluster.fifo, loops=spec.replay_loops, pps=spec.replay_pps
+                Path(spec.capture[len("pcap:") :]),
+                cluster.fifo,
+                loops=spec.replay_loops,
+                pps=spec.replay_pps,
+                backlog=cluster.cell_backlog,
             )
             feeder.start(inc.child.alive)
         _say(f"celltap up: cluster {spec.cluster!r} running; registry {cluster.registry_url}")

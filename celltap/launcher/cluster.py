@@ -109,6 +109,13 @@ class LocalCluster:
         """(cell, analyzer, JSON lines file) of every analyzer."""
         return [(c.extra["cell"], c.extra["spec"], Path(c.extra["out"])) for c in self.of_kind("analyzer")]
 
+    def cell_backlog(self) -> int:
+        """The largest number of bytes waiting in a cell's VXLAN socket receive queue."""
+        from celltap.launcher.kernel_udp import udp_queued
+
+        ports = {c.extra["vxlan"] for c in self.of_kind("cell")}
+        return max(udp_queued(ports).values(), default=0)
+
     def node_http(self) -> list[str]:
         """host:port of every node's HTTP query API."""
         return [c.extra["http"] for c in self.of_kind("node")]

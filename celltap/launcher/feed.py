@@ -79,11 +79,25 @@ def open_fifo_for_writing(path: Path, alive: Callable[[], bool], timeout: float 
 class Feeder:
     """Writes a capture `loops` times (0: until stopped) into a FIFO; counts frames and bytes written."""
 
-    def __init__(self, source: Path, fifo: Path, loops: int = 1, pps: float = 0.0) -> None:
+    def __init__(
+        self,
+        source: Path,
+        fifo: Path,
+        loops: int = 1,
+        pps: float = 0.0,
+        backlog: Callable[[], int] | None = None,
+        max_backlog: int = 96 << 10,
+    ) -> None:
         self.source = source
         self.fifo = fifo
         self.loops = loops
         self.pps = pps
+        # Backpressure: `backlog()` is the largest receive queue (bytes) among the cells' sockets.
+        # The kernel's default limit is about 200 KiB (net.core.rmem_max), and what overflows it
+        # never reaches the cell, so the feed waits while a cell is behind.
+        self.backlog = backlog
+        self.max_backlog = max_backlog
+        self.backpressure_waits = 0
         self.info = capture_info(source)
         self.frames_written = 0
         self.bytes_written = 0
@@ -119,6 +133,11 @@ class Feeder:
                             out.flush()
                             self.frames_written += len(batch)
                             self.bytes_written += int(batch.wirelens.sum())
+                            while self.backlog is not None and not self.stop.is_set():
+                                if self.backlog() <= self.max_backlog:
+                                    break
+                                self.backpressure_waits += 1
+                                self.stop.wait(0.005)
                             if self.pps > 0:
                                 ahead = self.frames_written / self.pps - (time.monotonic() - t0)
                                 if ahead > 0:
