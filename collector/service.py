@@ -45,7 +45,11 @@ def make_store(config: CollectorConfig, local_url: str | None = None) -> Templat
         return InMemoryTemplateStore()
     from celltap.registry import open_registry  # imported here: workers open their own connection
 
-    return KVTemplateStore(open_registry(url), config.cluster)
+    try:
+        return KVTemplateStore(open_registry(url), config.cluster)
+    except Exception as exc:  # a registry that cannot be reached must not stop decoding
+        log.error("template store %s unavailable (%s): templates stay in this process", url, exc)
+        return InMemoryTemplateStore()
 
 
 def make_ingestor(
