@@ -1,12 +1,17 @@
 // Command render is a small stand-in for `helm template`: it renders a chart with Go's text/template
 // and Masterminds' sprig, the same engine Helm uses, on machines where helm itself is not installed.
 //
-// It implements the part of Helm the celltap chart relies on: .Values (chart values deep-merged with
-// -f files, parsed like Helm with sigs.k8s.io/yaml, so numbers are float64), .Release, .Chart, .Capabilities,
-// .Template, .Files (Get, GetBytes, Glob, AsConfig, AsSecrets, Lines), include, tpl, required,
-// toYaml/fromYaml/fromYamlArray (sigs.k8s.io/yaml, as in Helm)/toJson/fromJson/fromJsonArray, lookup (always empty, as in `helm template`), and sprig's functions
-// minus env/expandenv (which Helm removes too).  Partials (files starting with "_") are parsed but not
-// emitted; each rendered document is preceded by "# Source: <chart>/templates/<file>", as Helm does.
+// It implements the part of Helm the celltap chart relies on:
+//   - .Values: chart values deep-merged with -f files, parsed like Helm with sigs.k8s.io/yaml (so
+//     numbers are float64); a null in a later file deletes the key;
+//   - .Release, .Chart, .Capabilities (with Chart.yaml's kubeVersion enforced), .Template;
+//   - .Files: Get, GetBytes, Glob, AsConfig, AsSecrets, Lines;
+//   - include, tpl, required, lookup (always empty, as in `helm template`), toYaml, fromYaml,
+//     fromYamlArray, toJson, fromJson, fromJsonArray, and sprig's functions minus env/expandenv
+//     (which Helm removes too).
+//
+// Partials (files starting with "_") are parsed but not emitted; each rendered document is preceded
+// by "# Source: <chart>/templates/<file>", as Helm does.
 //
 // Usage: render [-f values.yaml]... [--name RELEASE] [--namespace NS] [--kube-version v1.30.0]
 //
