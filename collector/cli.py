@@ -129,6 +129,7 @@ def main(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    membership = _register(cfg)
     start = time.monotonic()
     try:
         while not service.stopped():
@@ -140,5 +141,26 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     service.stop()
+    if membership is not None:
+        membership.close()
     _summary(service.totals, sys.stderr)
     return 0
+
+
+def _register(cfg: CollectorConfig) -> object | None:
+    """Register this collector under /celltap/<cluster>/collectors/<id> when a registry is configured."""
+    if not cfg.registry:
+        return None
+    import os
+    import socket
+
+    from celltap.registry import Membership, open_registry
+
+    cid = cfg.collector_id or f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        membership = Membership(open_registry(cfg.registry), cfg.cluster)
+        membership.register("collectors", cid, {"listen": [str(a) for a in cfg.listen], "pid": os.getpid()})
+    except Exception as exc:  # the registry is for sharing and discovery; ingestion goes on without it
+        log.error("cannot register collector %s in %s: %s", cid, cfg.registry, exc)
+        return None
+    return membership

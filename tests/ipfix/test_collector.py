@@ -640,3 +640,42 @@ def test_vectorised_slot_path_declines_batches_it_cannot_take():
     addrs = np.array([0x7F000001], np.uint32)
     assert feed_slots(ing, rows, np.array([len(data)]), addrs, {0x7F000001: "127.0.0.1"}, 1.0) is None
     assert ing.stats.drain()["messages"] == {}  # nothing was changed
+
+
+def test_restarted_collector_process_decodes_at_once_via_file_registry(tmp_path):
+    """Collector A learns a template and shares it in the registry; collector B, started later with the
+    same registry, decodes data that carries no template, and both register under collectors/."""
+    from celltap.registry import open_registry
+    from tests.ipfix.oracles import CollectorProcess
+
+    port = free_port()
+    conf = tmp_path / "collector.yaml"
+    conf.write_text(
+        f"listen: [udp://127.0.0.1:{port}]\nworkers: 1\nmetrics_port: 0\n"
+        f"registry: file://{tmp_path}/reg\ncluster: t\ncollector_id: col-a\n"
+    )
+    enc = MessageEncoder(44, [template_from_names(300, SIMPLE)], refresh=RefreshPolicy(None, None))
+    first = enc.encode(300, columns(30), time.time())
+    later = enc.encode(300, columns(20, base=500), time.time())
+    s = sender("127.0.0.1")
+    reg = open_registry(f"file://{tmp_path}/reg")
+    a = CollectorProcess(["--config", str(conf), "--json"])
+    try:
+        for m in first:
+            s.sendto(m, ("127.0.0.1", port))
+        wait_for(lambda: reg.get("/celltap/t/templates/127.0.0.1/44/300") is not None)
+        wait_for(lambda: "/celltap/t/collectors/col-a" in reg.get_prefix("/celltap/t/collectors/"))
+    finally:
+        recs_a, _, _ = a.stop()
+    conf.write_text(conf.read_text().replace("col-a", "col-b"))
+    b = CollectorProcess(["--config", str(conf), "--json"])
+    try:
+        for m in later:
+            s.sendto(m, ("127.0.0.1", port))
+        time.sleep(1.0)
+    finally:
+        recs_b, summary_b, err_b = b.stop()
+        s.close()
+    assert len(recs_a) == 30
+    assert [r["octetDeltaCount"] for r in recs_b] == list(columns(20, base=500)["octetDeltaCount"])
+    assert summary_b["dropped_sets"] == {}, err_b
