@@ -47,7 +47,6 @@ class Sink:
     body: bool
     parts: list[bytes] = field(default_factory=list)
     events: int = 0
-    nbytes: int = 0  # bytes appended since the last drain
     total_events: int = 0
     total_bytes: int = 0
 
@@ -55,10 +54,9 @@ class Sink:
         """The parts and event count produced since the last call (and reset them)."""
         parts, events = self.parts, self.events
         self.total_events += events
-        self.total_bytes += self.nbytes
+        self.total_bytes += sum(map(len, parts))
         self.parts = []
         self.events = 0
-        self.nbytes = 0
         return parts, events
 
 
@@ -122,7 +120,6 @@ class Abstractor:
         data = ev.text_created(w, t) if sink.fmt == "text" else ev.binary_created(w, t)
         sink.parts.append(data)
         sink.events += 1
-        sink.nbytes += len(data)
 
     def _emit_destroyed(self, flow: Flow, reason: int, ts_ns: int) -> None:
         sink = flow.sink
@@ -135,7 +132,6 @@ class Abstractor:
             data = ev.binary_destroyed(w, reason, ts_ns)
         sink.parts.append(data)
         sink.events += 1
-        sink.nbytes += len(data)
 
     def _emit_data(self, flow: Flow, sender: int, data: bytes, ts_ns: int) -> None:
         sink = flow.sink
@@ -143,14 +139,10 @@ class Abstractor:
             self.unrouted_bytes += len(data)
             return
         match = flow.match1 if sender == 1 else flow.match2
-        parts = sink.parts
-        before = len(parts)
         if sink.fmt == "text":
-            sink.events += ev.text_data(parts, flow.wire_id(), sender, match, data, ts_ns, sink.body)
+            sink.events += ev.text_data(sink.parts, flow.wire_id(), sender, match, data, ts_ns, sink.body)
         else:
-            sink.events += ev.binary_data(parts, flow.wire_id(), sender, match, data, ts_ns, sink.body)
-        for i in range(before, len(parts)):
-            sink.nbytes += len(parts[i])
+            sink.events += ev.binary_data(sink.parts, flow.wire_id(), sender, match, data, ts_ns, sink.body)
 
     # ------------------------------------------------------------------ classification
     def _route(self, flow: Flow, rule: Rule | None, m1: int, m2: int) -> None:
@@ -375,15 +367,21 @@ class Abstractor:
         else:
             pk_l = weights[0][idx][order].tolist()
             oct_l = weights[1][idx][order].tolist()
-        H = hashes[order].tolist()
-        SW = swap[order].tolist()
-        L4 = l4[order].tolist()
-        FL = db.tcp_flags[idx][order].tolist()
-        SQ = db.tcp_seq[idx][order].tolist()
-        PO = abs_off[order].tolist()
-        PL = plen_all[order].tolist()
-        TS = batch.ts_ns[idx][order].tolist()
-        ORD = order.tolist()
+        pk_col = [1] * len(oct_l) if pk_l is None else pk_l
+        columns = zip(
+            hashes[order].tolist(),
+            swap[order].tolist(),
+            l4[order].tolist(),
+            db.tcp_flags[idx][order].tolist(),
+            db.tcp_seq[idx][order].tolist(),
+            abs_off[order].tolist(),
+            plen_all[order].tolist(),
+            batch.ts_ns[idx][order].tolist(),
+            pk_col,
+            oct_l,
+            order.tolist(),
+            strict=True,
+        )
         raw = memoryview(batch.buf)
         flows = self.table.flows
         deliver = self._deliver
@@ -392,16 +390,10 @@ class Abstractor:
         midstream = self.midstream
         prev = -1
         flow: Flow | None = None
-        for j in range(len(H)):
-            h = H[j]
+        for h, swapped, proto, flags, seq, po, plen, ts, npk, noct, r in columns:
             if h != prev:
                 prev = h
                 flow = flows.get(h)
-            sender = 2 if SW[j] else 1
-            ts = TS[j]
-            proto = L4[j]
-            plen = PL[j]
-            flags = FL[j]
             if flow is not None and flow.ended and proto == 6 and flags & SYN and not flags & ACK:
                 # a new connection on a lingering key (port reuse): the old record is complete
                 self._export(flow)
@@ -410,21 +402,11 @@ class Abstractor:
                 if proto == 6 and not (flags & SYN and not flags & ACK) and not midstream:
                     self._drop("tcp_no_syn")
                     continue
-                r = ORD[j]
                 a = 4 if l3[r] == 4 else 16
                 flow = self._new_flow(
-                    h,
-                    h,
-                    int(l3[r]),
-                    proto,
-                    src[r, :a].tobytes(),
-                    int(sport[r]),
-                    dst[r, :a].tobytes(),
-                    int(dport[r]),
-                    SW[j],
-                    0,
-                    ts,
-                )
+                    h, h, int(l3[r]), proto, src[r, :a].tobytes(), int(sport[r]), dst[r, :a].tobytes(),
+                    int(dport[r]), swapped, 0, ts,
+                )  # fmt: skip
                 if flow is None:
                     continue
                 if proto == 6 and not flags & SYN and midstream:
@@ -432,39 +414,38 @@ class Abstractor:
                     flow.init_dir = 2 if flow.port1 < flow.port2 else 1
             if flow.last_ns < ts:
                 flow.last_ns = ts
-            if sender == 1:
-                flow.pkts1 += 1 if pk_l is None else pk_l[j]
-                flow.octets1 += oct_l[j]
+            if swapped:
+                flow.pkts2 += npk
+                flow.octets2 += noct
             else:
-                flow.pkts2 += 1 if pk_l is None else pk_l[j]
-                flow.octets2 += oct_l[j]
+                flow.pkts1 += npk
+                flow.octets1 += noct
             if flow.ended:
                 continue  # lingering after close: counted, nothing more to deliver
             if plen <= 0:
-                if proto != 6 or (not flags & 7 and (flow.nxt1 if sender == 1 else flow.nxt2) >= 0):
+                if proto != 6 or (not flags & 7 and (flow.nxt2 if swapped else flow.nxt1) >= 0):
                     continue  # a pure ACK changes no stream state
                 payload = b""
             else:
-                po = PO[j]
                 payload = bytes(raw[po : po + plen])
                 if proto == 6 and not flags & 7:
                     # fast path: the next in-order segment of a direction with no holes and no FIN yet
-                    if sender == 1:
-                        if SQ[j] == flow.nxt1 and flow.ooo1 is None and flow.fin1 < 0:
-                            deliver(flow, 1, payload, ts)
-                            flow.nxt1 = (flow.nxt1 + plen) & 0xFFFFFFFF
+                    if swapped:
+                        if seq == flow.nxt2 and flow.ooo2 is None and flow.fin2 < 0:
+                            deliver(flow, 2, payload, ts)
+                            flow.nxt2 = (flow.nxt2 + plen) & 0xFFFFFFFF
                             continue
-                    elif SQ[j] == flow.nxt2 and flow.ooo2 is None and flow.fin2 < 0:
-                        deliver(flow, 2, payload, ts)
-                        flow.nxt2 = (flow.nxt2 + plen) & 0xFFFFFFFF
+                    elif seq == flow.nxt1 and flow.ooo1 is None and flow.fin1 < 0:
+                        deliver(flow, 1, payload, ts)
+                        flow.nxt1 = (flow.nxt1 + plen) & 0xFFFFFFFF
                         continue
             if proto == 6:
-                res = segment(flow, sender, flags, SQ[j], payload, ts, deliver, stats, ooo_limit)
+                res = segment(flow, 2 if swapped else 1, flags, seq, payload, ts, deliver, stats, ooo_limit)
                 if res != KEEP:
                     self._close(flow, res, ts, END_DETECTED)
                     flow.last_ns = ts
             elif payload:
-                self._datagram(flow, sender, payload, ts)
+                self._datagram(flow, 2 if swapped else 1, payload, ts)
         if ack_args is not None:
             self._account_acks(*ack_args)
 
