@@ -6,8 +6,9 @@ per-flow TCP reassembly / UDP datagrams / ICMP messages -> classification -> eve
 interface sinks. The I/O edge (cell/interfaces.py) drains `Sink.parts` after each batch.
 
 Flows end with a reason: NORMAL (FIN both ways), RESET, TIMEOUT (idle; also end of input),
-COMPROMISED (evicted because the flow table is full). A closed TCP flow lingers briefly so trailing
-ACKs still count in its IPFIX record; the record is produced when the flow leaves the table.
+COMPROMISED (reserved: a full table refuses new flows rather than evicting). A closed TCP flow
+lingers briefly so trailing ACKs still count in its IPFIX record; the record is produced when the
+flow leaves the table.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class Abstractor:
         self.icmp_rule = {1: cfg.special.get("icmp"), 58: cfg.special.get("icmpv6")}
         self.finished: list[Flow] = []
         self.drops: dict[str, int] = {}  # packets not turned into flow data, by reason
+        self.loopback_drops: dict[str, int] = {}  # L7 loopback events not re-injected, by reason
         self.packets = 0
         self.octets = 0
         self.flows_created: dict[str, int] = {}
@@ -109,6 +111,14 @@ class Abstractor:
     # ------------------------------------------------------------------ counters
     def _drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
+
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        """Count input the core never saw as flow data (e.g. a broken pcap injection stream)."""
+        self._drop(reason, n)
+
+    def count_loopback_drop(self, reason: str, n: int = 1) -> None:
+        """Count L7 loopback events that were not re-injected."""
+        self.loopback_drops[reason] = self.loopback_drops.get(reason, 0) + n
 
     # ------------------------------------------------------------------ events
     def _emit_created(self, flow: Flow) -> None:
@@ -548,7 +558,7 @@ class Abstractor:
     ) -> bool:
         """One event read from the L7 loopback (hop already raised); False when dropped by the hop limit."""
         if hop > self.hop_limit:
-            self._drop("hop_limit")
+            self.count_loopback_drop("hop_limit")
             return False
         if ts_ns > self.now_ns:
             self.now_ns = ts_ns

@@ -111,6 +111,12 @@ class CellCollector(Collector):
             {k: v[1] for k, v in srv.drops.items()},
         )
         yield counter(
+            "celltap_cell_loopback_dropped_events",
+            "L7 loopback events not re-injected (hop limit, bad events)",
+            ["reason"],
+            a.loopback_drops,
+        )
+        yield counter(
             "celltap_cell_loopback_events",
             "Events re-injected through the L7 loopback",
             [],

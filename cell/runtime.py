@@ -204,7 +204,7 @@ class Cell:
             l3 = _L3.get(f.l3)
             l4 = _L4.get(f.l4)
             if l3 is None or l4 is None:
-                a._drop("loopback_bad_event")
+                a.count_loopback_drop("bad_event")
                 continue
             a1 = ipaddress.ip_address(f.ip1).packed
             a2 = ipaddress.ip_address(f.ip2).packed
@@ -222,7 +222,7 @@ class Cell:
         parser = self._pcap_state.setdefault(sock, PcapStreamParser())
         batch = parser.feed(data)
         if parser.failed:
-            self.abstractor._drop("pcap_socket_bad_stream")
+            self.abstractor.count_drop("pcap_socket_bad_stream")
         if batch is not None:
             self.process(batch)
 

@@ -125,7 +125,7 @@ def test_l7_loopback_hop_and_limit(tmp_path, fmt):
             return [e for r in readers.values() for e in parse_text(bytes(r.data))]
 
         wait_for(lambda: any(e.event == "DESTROYED" for e in got()), what="re-injected flow")
-        key = 'celltap_cell_dropped_packets_total{cell="0",reason="hop_limit"}'
+        key = 'celltap_cell_loopback_dropped_events_total{cell="0",reason="hop_limit"}'
         wait_for(lambda: cell.metrics().get(key, 0) >= 4, what="hop-limit drops")
         evs = got()
         assert {e.flow for e in evs} == {("10.9.0.1", 40000, "10.9.0.2", 8000, 1, "ipv4", "tcp")}
