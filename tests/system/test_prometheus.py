@@ -56,6 +56,8 @@ EVENT_ONLY_COUNTERS = {
     "celltap_node_duplicate_records_total",
 }
 
+COMPONENTS = {"incubator", "cell", "analyzer", "collector", "node", "registry", "loadgen"}
+
 # Alerts whose condition the test causes, and what causes it.
 MUST_FIRE = {
     "CelltapCellReaderDropping": "SIGSTOPped HTTP analyzer: the cell's reader buffer overflows",
@@ -239,6 +241,17 @@ def test_dashboards_and_alerts_on_a_running_cluster(tmp_path: Path) -> None:
         assert not empty, "panel queries without data:\n" + "\n".join(empty)
         assert not undeclared, f"metrics no component declares: {undeclared}"
         scraped = set(prom.api("label/__name__/values"))
+        # DESIGN.md's names: celltap_<component>_<what>_<unit>, `_total` on every counter.
+        meta = prom.api("metadata")
+        ours = sorted(n for n in scraped if n.startswith("celltap_"))
+        assert {n.split("_")[1] for n in ours} <= COMPONENTS, ours
+        # Families as Prometheus saw them (OpenMetrics names a counter family without `_total`).
+        kinds = {f: ms[0]["type"] for f, ms in meta.items() if f.startswith("celltap_")}
+        counters = [f.removesuffix("_total") for f, t in kinds.items() if t == "counter"]
+        assert counters and any(f"{c}_total" in scraped for c in counters)
+        assert not [c for c in counters if c in scraped], "counter samples without _total"
+        gauges = [f for f, t in kinds.items() if t == "gauge"]
+        assert not [g for g in gauges if g.endswith("_total")], gauges
         for dash, title, expr in panel_targets():
             for n in metric_names(expr) - scraped - EVENT_ONLY_COUNTERS:
                 pytest.fail(f"{dash} / {title} uses {n}, which Prometheus never scraped")
