@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +89,7 @@ def test_demo_summary_agrees_with_outputs_and_tshark() -> None:
     # The only non-zero drop counters are bytes no rule sends anywhere (ssh, icmp, ... by design).
     assert {m for _c, m, _v in s["drops"]} <= {"celltap_cell_unrouted_bytes_total"}
     assert not pids_alive(component_pids(run))
+    shutil.rmtree(run)
 
 
 @pytest.mark.timeout(120)
@@ -118,6 +120,7 @@ def test_demo_ctrl_c_stops_everything() -> None:
     assert "stopping every process" in err.read_text()
     time.sleep(0.5)
     assert not pids_alive(pids), f"left running: {pids_alive(pids)}"
+    shutil.rmtree(run)
 
 
 @pytest.mark.timeout(200)
@@ -143,3 +146,4 @@ def test_demo_from_a_fresh_clone(tmp_path: Path) -> None:
     for heading in ("HTTP hosts", "DNS names", "TLS SNI", "top talkers", "app mix", "drops"):
         assert heading in proc.stdout, proc.stdout
     assert not pids_alive(component_pids(run))
+    shutil.rmtree(run)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -272,6 +273,7 @@ def test_dashboards_and_alerts_on_a_running_cluster(tmp_path: Path) -> None:
     from tests.system.cluster_proc import pids_alive
 
     assert not pids_alive(pids), f"processes left behind: {pids_alive(pids)}"
+    shutil.rmtree(run)
 
 
 def urllib_get(url: str) -> bytes:

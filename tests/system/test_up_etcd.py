@@ -4,6 +4,7 @@ nodes' counters, the replayed capture reaches the analysis nodes, and SIGTERM le
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -63,6 +64,7 @@ def test_up_with_etcd_and_status(etcd_server, tmp_path: Path) -> None:
     assert rc == 0, cluster.tail()
     time.sleep(0.5)
     assert not pids_alive(pids)
+    shutil.rmtree(run)
 
 
 def _records(status: dict) -> int:
