@@ -242,8 +242,10 @@ class Abstractor:
         if flow.ended:
             return
         if flow.l4 == 6:
-            skip_gaps(flow, 1, ts_ns, self._deliver, self.tcp_stats)
-            skip_gaps(flow, 2, ts_ns, self._deliver, self.tcp_stats)
+            if flow.ooo1:
+                skip_gaps(flow, 1, ts_ns, self._deliver, self.tcp_stats)
+            if flow.ooo2:
+                skip_gaps(flow, 2, ts_ns, self._deliver, self.tcp_stats)
             if flow.pending is not None:
                 self._classify_tcp(flow)
             self._emit_destroyed(flow, reason, ts_ns)
