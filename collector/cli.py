@@ -116,7 +116,15 @@ def main(args: argparse.Namespace) -> int:
         sinks.append(sink)
         return sink
 
-    service = CollectorService(cfg, json_hook if args.json else None)
+    hook = json_hook if args.json else None
+    routing = bool(cfg.registry) and not args.json
+    routers: list = []  # the routing sinks of workers running in this process (threads)
+    if routing:
+        # With a registry, records go through the ring to the analysis nodes registered there.
+        hook = _routing_hook(cfg, routers)
+        if hook is None:
+            return 2
+    service = CollectorService(cfg, hook)
     signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
     try:
         service.start()
@@ -129,7 +137,8 @@ def main(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    membership = _register(cfg)
+    # Routing workers register themselves (one router each); a plain collector registers here.
+    membership = None if routing else _register(cfg)
     start = time.monotonic()
     try:
         while not service.stopped():
@@ -144,7 +153,26 @@ def main(args: argparse.Namespace) -> int:
     if membership is not None:
         membership.close()
     _summary(service.totals, sys.stderr)
+    for sink in routers:  # last lines: what each router delivered, acknowledged or dropped
+        print(json.dumps(sink.router.stats()), flush=True)
     return 0
+
+
+def _routing_hook(cfg: CollectorConfig, started: list) -> object | None:
+    """The cluster router hook for every worker, or None after printing why it cannot be built."""
+    import os
+    import socket
+
+    from celltap.registry.tls import TLSConfig
+    from collector.cluster_collector import cluster_hook_factory
+
+    cid = cfg.collector_id or f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        tls = TLSConfig.from_mapping(cfg.tls or None)
+        return cluster_hook_factory(cfg.registry or "", cfg.cluster, cid, cfg.routing, tls, started)
+    except ValueError as exc:
+        print(f"celltap collector: {exc}", file=sys.stderr)
+        return None
 
 
 def _register(cfg: CollectorConfig) -> object | None:

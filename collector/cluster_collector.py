@@ -20,10 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from celltap.ipfix.records import RecordBatch
 from celltap.registry.tls import TLSConfig
@@ -131,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a routing collector until SIGTERM; print the router stats as JSON at exit."""
     import json
 
-    from collector.config import ConfigError, config_from_dict
+    from collector.config import ConfigError, load_config
     from collector.service import CollectorService
 
     p = argparse.ArgumentParser(prog="collector.cluster_collector")
@@ -144,16 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        data = yaml.safe_load(Path(args.config).read_text()) or {}
-        routing = data.pop("routing", None)
-        tls = TLSConfig.from_mapping(data.pop("tls", None))
-        cfg = config_from_dict(data, args.config)
+        cfg = load_config(args.config)
         if not cfg.registry:
             raise ConfigError(f"{args.config}: registry: required to route to analysis nodes")
         cid = cfg.collector_id or f"{socket.gethostname()}-{os.getpid()}"
         started: list[RoutingSink] = []
-        hook = cluster_hook_factory(cfg.registry, cfg.cluster, cid, routing, tls, started)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+        tls = TLSConfig.from_mapping(cfg.tls or None)
+        hook = cluster_hook_factory(cfg.registry, cfg.cluster, cid, cfg.routing, tls, started)
+    except (OSError, ValueError) as exc:
         print(f"celltap collector: {exc}", file=sys.stderr)
         return 2
     # Worker threads, not processes, so the routers (and their stats) live in this process.

@@ -1,7 +1,4 @@
-"""Collector configuration (YAML) with a small schema check: a bad key is one clear error line.
-
-celltap has no shared config loader yet; this one lives in collector/ until it does.
-"""
+"""Collector configuration (YAML) with a small schema check: a bad key is one clear error line."""
 
 from __future__ import annotations
 
@@ -11,11 +8,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
+from celltap.config import ConfigError, read_yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem, with the offending key in the message."""
+__all__ = [
+    "CollectorConfig",
+    "ConfigError",
+    "ListenAddress",
+    "config_from_dict",
+    "load_config",
+    "parse_listen",
+]
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class CollectorConfig:
     collector_id: str | None = None
     batch_datagrams: int = 256
     drain_seconds: float = 2.0  # on SIGTERM, decode what already reached the sockets for this long
+    routing: dict[str, Any] = field(default_factory=dict)  # ClusterRouter settings (RouterConfig)
+    tls: dict[str, Any] = field(default_factory=dict)  # TLSConfig for gRPC to the nodes and for etcd
 
 
 def _int(key: str, v: Any, lo: int, hi: int | None = None) -> int:
@@ -82,6 +86,14 @@ def _str(key: str, v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ConfigError(f"{key}: must be a non-empty string, got {v!r}")
     return v
+
+
+def _mapping(key: str, v: Any) -> dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ConfigError(f"{key}: must be a mapping, got {v!r}")
+    return dict(v)
 
 
 def _listen(key: str, v: Any) -> list[ListenAddress]:
@@ -117,6 +129,8 @@ _SCHEMA = {
     "collector_id": lambda k, v: None if v is None else _str(k, v),
     "batch_datagrams": lambda k, v: _int(k, v, 1, 65536),
     "drain_seconds": lambda k, v: _num(k, v, 0),
+    "routing": lambda k, v: _mapping(k, v),
+    "tls": lambda k, v: _mapping(k, v),
 }
 
 
@@ -137,12 +151,4 @@ def config_from_dict(data: Any, source: str = "config") -> CollectorConfig:
 
 def load_config(path: str | Path) -> CollectorConfig:
     """Read and validate a collector YAML file."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return config_from_dict(data, str(path))
+    return config_from_dict(read_yaml(path), str(path))

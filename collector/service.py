@@ -91,6 +91,17 @@ def _udp_worker_main(
         worker.run(stop.is_set, config.drain_seconds)
     finally:
         sock.close()
+        close_sink(sink)
+
+
+def close_sink(sink: object) -> None:
+    """Let a sink that buffers (the cluster router) deliver what it holds before its worker exits."""
+    close = getattr(sink, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            log.exception("closing the record sink failed; its undelivered records are counted by it")
 
 
 class CollectorService:
@@ -116,6 +127,7 @@ class CollectorService:
         self._threads: list[threading.Thread] = []
         self.processes = config.workers > 1 if processes is None else processes
         self.tcp_servers: list[TcpServer] = []
+        self._tcp_sinks: list[object] = []
         self._proc_args: list[tuple] = []
         self.restarts = 0
         # Worker processes of one host share templates through a directory when there is no cluster
@@ -175,6 +187,7 @@ class CollectorService:
                 ingestor = make_ingestor(cfg)
                 sink = self.hook(-1) if self.hook is not None else discard
                 srv = TcpServer(addr, ingestor, sink)
+                self._tcp_sinks.append(sink)
                 self.tcp_servers.append(srv)
 
                 def tick(ing: Ingestor = ingestor) -> None:
@@ -230,6 +243,7 @@ class CollectorService:
             worker.run(stop.is_set, config.drain_seconds)
         finally:
             sock.close()
+            close_sink(sink)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop receiving, collect the last stats, join workers."""
@@ -241,6 +255,8 @@ class CollectorService:
             p.join(max(0.1, deadline - time.monotonic()))
             if p.is_alive():
                 p.terminate()
+        for sink in self._tcp_sinks:
+            close_sink(sink)
         self._stats_done.set()
         self._stats_thread.join(max(0.1, deadline - time.monotonic()))
         while True:  # what the workers reported while stopping

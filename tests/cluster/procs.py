@@ -129,9 +129,8 @@ class Cluster:
         }  # fmt: skip
         path = self.tmp / f"{cid}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        argv = [sys.executable, "-m", "collector.cluster_collector", "--config", str(path)]
-        self.collectors[cid] = Proc(cid, argv,
-                                    self.tmp)  # fmt: skip
+        # The real entry point: `celltap collector --config` routes when the config names a registry.
+        self.collectors[cid] = Proc(cid, [*CELLTAP, "collector", "--config", str(path)], self.tmp)
         self.collector_udp[cid] = port
         self.collector_metrics[cid] = f"http://127.0.0.1:{mport}/metrics"
 
