@@ -312,9 +312,13 @@ class Abstractor:
         batch = db.batch
         buf = batch.buf
         offs = batch.offsets
+        caps = batch.caplens
         for i in idx.tolist():
             start = int(offs[i]) + int(db.l3_off[i])
             ip_len = int(db.ip_len[i])
+            if start + ip_len > int(offs[i]) + int(caps[i]):
+                self._drop("fragment_truncated")
+                continue
             packet = buf[start : start + ip_len].tobytes()
             ts = int(batch.ts_ns[i])
             done = self.defrag.push(packet, ts, ip_len)
@@ -373,6 +377,13 @@ class Abstractor:
             plen_all = np.where(icmp, db.ip_len[idx] - (db.l4_off[idx] - db.l3_off[idx]), db.payload_len[idx])
         else:
             plen_all = db.payload_len[idx]
+        # a snaplen-truncated capture holds fewer payload bytes than the IP length says: never read
+        # past the frame (the missing bytes become a hole in the stream)
+        room = batch.offsets[idx] + batch.caplens[idx] - abs_off
+        short = plen_all > room
+        if short.any():
+            self._drop("payload_truncated", int(short.sum()))
+            plen_all = np.where(short, np.maximum(room, 0), plen_all)
         if weights is None:
             pk_l = None
             oct_l = db.ip_len[idx][order].tolist()
