@@ -117,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
         return sink
 
     hook = json_hook if args.json else None
-    routing = bool(cfg.registry) and not args.json
+    routing = bool(cfg.registry) and cfg.route_to_nodes and not args.json
     routers: list = []  # the routing sinks of workers running in this process (threads)
     if routing:
         # With a registry, records go through the ring to the analysis nodes registered there.

@@ -1,9 +1,8 @@
-"""A collector that routes to analysis nodes: the collector service with the cluster router as its hook.
+"""The collector's routing hook: each worker's records go through a ClusterRouter to the analysis nodes.
 
-`python -m collector.cluster_collector --config F` runs it; `cluster_hook_factory` is what
-`celltap collector` uses when its config names a registry (each UDP worker process gets its own
-router, registered as collector `<id>-w<index>`, since sequence numbers are per router).
-The YAML is the collector's, plus two optional sections:
+`celltap collector --config F` uses `cluster_hook_factory` when its config names a registry (and
+`route_to_nodes` is not false); each UDP worker gets its own router, registered as collector
+`<id>-w<index>`, since sequence numbers are per router.  Two optional sections of the YAML:
 
     routing: {batch_records: 8192, max_pending_records: 2000000, window: 8, replication: true, seed: 0}
     tls: {ca: ..., cert: ..., key: ...}      # gRPC to nodes and etcd
@@ -11,14 +10,10 @@ The YAML is the collector's, plus two optional sections:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import signal
 import socket
-import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -122,55 +117,3 @@ def cluster_hook_factory(
         return sink
 
     return factory
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run a routing collector until SIGTERM; print the router stats as JSON at exit."""
-    import json
-
-    from collector.config import ConfigError, load_config
-    from collector.service import CollectorService
-
-    p = argparse.ArgumentParser(prog="collector.cluster_collector")
-    p.add_argument("--config", required=True)
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-    try:
-        cfg = load_config(args.config)
-        if not cfg.registry:
-            raise ConfigError(f"{args.config}: registry: required to route to analysis nodes")
-        cid = cfg.collector_id or f"{socket.gethostname()}-{os.getpid()}"
-        started: list[RoutingSink] = []
-        tls = TLSConfig.from_mapping(cfg.tls or None)
-        hook = cluster_hook_factory(cfg.registry, cfg.cluster, cid, cfg.routing, tls, started)
-    except (OSError, ValueError) as exc:
-        print(f"celltap collector: {exc}", file=sys.stderr)
-        return 2
-    # Worker threads, not processes, so the routers (and their stats) live in this process.
-    service = CollectorService(cfg, hook, processes=False)
-    signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
-    service.start()
-    print(
-        f"celltap collector {cid}: routing to cluster {cfg.cluster!r} via {cfg.registry}",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
-        while not service.stopped():
-            time.sleep(0.05)
-    except KeyboardInterrupt:
-        pass
-    service.stop()
-    for sink in started:
-        sink.close()
-        print(json.dumps(sink.router.stats()), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -65,6 +65,7 @@ class CollectorConfig:
     collector_id: str | None = None
     batch_datagrams: int = 256
     drain_seconds: float = 2.0  # on SIGTERM, decode what already reached the sockets for this long
+    route_to_nodes: bool = True  # with a registry: route records over the ring to the analysis nodes
     routing: dict[str, Any] = field(default_factory=dict)  # ClusterRouter settings (RouterConfig)
     tls: dict[str, Any] = field(default_factory=dict)  # TLSConfig for gRPC to the nodes and for etcd
 
@@ -85,6 +86,12 @@ def _num(key: str, v: Any, lo: float) -> float:
 def _str(key: str, v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ConfigError(f"{key}: must be a non-empty string, got {v!r}")
+    return v
+
+
+def _bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}: must be true or false, got {v!r}")
     return v
 
 
@@ -129,6 +136,7 @@ _SCHEMA = {
     "collector_id": lambda k, v: None if v is None else _str(k, v),
     "batch_datagrams": lambda k, v: _int(k, v, 1, 65536),
     "drain_seconds": lambda k, v: _num(k, v, 0),
+    "route_to_nodes": _bool,
     "routing": lambda k, v: _mapping(k, v),
     "tls": lambda k, v: _mapping(k, v),
 }

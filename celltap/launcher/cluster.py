@@ -185,9 +185,9 @@ class LocalCluster:
                 "routing": s.routing,
             }
             path = self._write(f"{name}.yaml", cfg)
-            # `celltap collector --config` decodes without routing; the routing collector is this module.
+            # A registry in its config makes the collector route to the analysis nodes.
             child = self.sup.start(
-                name, [sys.executable, "-m", "collector.cluster_collector", "--config", str(path)]
+                name, [sys.executable, "-m", "celltap.cli", "collector", "--config", str(path)]
             )
             self.components.append(
                 Component("collector", name, child, f"http://127.0.0.1:{mport}/metrics", {"ipfix": port})

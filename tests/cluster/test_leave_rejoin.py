@@ -36,7 +36,7 @@ def test_leave_and_rejoin_mid_stream_keeps_totals_exact(tmp_path) -> None:
                     "mix": {"kind": "app_mix", "key": "flow"},
                 },
             }
-        )  # fmt: skip
+        )
         for nid in ("a", "b", "c")
     }
     nodes = {nid: AnalysisNode(cfg) for nid, cfg in configs.items()}

@@ -7,7 +7,8 @@ import argparse
 import pytest
 import yaml
 
-from collector import cluster_collector, node_cli
+from celltap.cli import main as celltap_main
+from collector import node_cli
 
 
 def _node(tmp_path, capsys, cfg: dict | None) -> tuple[int, str]:
@@ -40,9 +41,9 @@ def test_node_config_errors_name_the_key(tmp_path, capsys, cfg, names) -> None:
 def test_routing_section_errors_name_the_key(tmp_path, capsys) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"registry": f"file://{tmp_path}/r", "routing": {"windw": 3}}))
-    assert cluster_collector.main(["--config", str(path)]) == 2
+    assert celltap_main(["collector", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "routing" in err and "windw" in err
     path.write_text(yaml.safe_dump({"registry": f"file://{tmp_path}/r", "routing": {"window": "many"}}))
-    assert cluster_collector.main(["--config", str(path)]) == 2
+    assert celltap_main(["collector", "--config", str(path)]) == 2
     assert "routing.window" in capsys.readouterr().err

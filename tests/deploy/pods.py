@@ -105,17 +105,14 @@ def incubator_takes_static_cells() -> bool:
     return True
 
 
-ROUTING_COLLECTOR = ["python", "-m", "collector.cluster_collector"]
-
-
 def collector_config(text: str) -> Any:
-    """Check a collector YAML as the routing collector does: its `routing` section, then the rest."""
+    """Check a collector YAML as `celltap collector` does, its `routing` section included."""
     from collector.cluster_collector import router_config
     from collector.config import config_from_dict
 
-    data = yaml.safe_load(text)
-    router_config("collector-test", data.pop("routing", None), None)
-    return config_from_dict(data)
+    cfg = config_from_dict(yaml.safe_load(text))
+    router_config("collector-test", cfg.routing, None)
+    return cfg
 
 
 def load_registrar() -> Any:

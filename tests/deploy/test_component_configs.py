@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ from tests.deploy.pods import (
     NODE_NAME,
     POD_IP,
     REGISTRATION_FLAGS,
-    ROUTING_COLLECTOR,
     collector_config,
     config_data,
     expand,
@@ -70,11 +68,8 @@ def test_collector_config_and_args(rendered: dict[str, list[dict[str, Any]]], na
     assert cfg.registry  # the routing collector needs it (node ring, shared templates)
     dep, pod = workload(docs, "Deployment", "-collector")
     c = dep["spec"]["template"]["spec"]["containers"][0]
-    if values["collector"]["routeToNodes"]:
-        assert c["command"] == ROUTING_COLLECTOR and c["args"] == ["--config", "/etc/celltap/collector.yaml"]
-        assert importlib.util.find_spec("collector.cluster_collector") is not None
-    else:
-        assert parse_celltap(expand(c["args"], pod_env(c, pod))).command == "collector"
+    assert parse_celltap(expand(c["args"], pod_env(c, pod))).command == "collector"
+    assert cfg.route_to_nodes == values["collector"]["routeToNodes"]
     probe_port = c["readinessProbe"]["httpGet"]["port"]
     assert probe_port == cfg.metrics_port
 

@@ -110,8 +110,8 @@ def test_rendered_pipeline_on_one_host(
     )  # fmt: skip
     (tmp_path / "collector.yaml").write_text(yaml.safe_dump(collector_cfg))
     col = find(docs, "Deployment", "-collector")["spec"]["template"]["spec"]["containers"][0]
-    assert col["command"][0] == "python"
-    col_argv = [sys.executable, *col["command"][1:], *col["args"]]
+    assert "command" not in col  # the image's entrypoint: celltap
+    col_argv = [sys.executable, "-m", "celltap.cli", *col["args"]]
     col_argv = [
         str(tmp_path / "collector.yaml") if a == "/etc/celltap/collector.yaml" else a for a in col_argv
     ]
