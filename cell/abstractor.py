@@ -446,7 +446,18 @@ class Abstractor:
             if flow.ended:
                 continue  # lingering after close: counted, nothing more to deliver
             if plen <= 0:
-                if proto != 6 or (not flags & 7 and (flow.nxt2 if swapped else flow.nxt1) >= 0):
+                if proto != 6:
+                    continue
+                f7 = flags & 7
+                if f7 == SYN:
+                    # a bare SYN / SYN-ACK: it only fixes the direction's initial sequence number
+                    if swapped:
+                        if flow.nxt2 < 0:
+                            flow.nxt2 = (seq + 1) & 0xFFFFFFFF
+                    elif flow.nxt1 < 0:
+                        flow.nxt1 = (seq + 1) & 0xFFFFFFFF
+                    continue
+                if not f7 and (flow.nxt2 if swapped else flow.nxt1) >= 0:
                     continue  # a pure ACK changes no stream state
                 payload = b""
             else:
