@@ -267,7 +267,7 @@ def parse_config(doc: Any) -> CellConfig:
     if not isinstance(doc, dict):
         raise ConfigError("configuration: expected a map of rule name to keys")
     cfg = CellConfig(glob=_parse_global(doc.get("global")))
-    names: dict[tuple[str, str], str] = {}
+    names: dict[tuple[str, str], tuple[int, str, bool]] = {}
     for order, (name, section) in enumerate(doc.items()):
         if name == "global":
             continue
@@ -277,13 +277,17 @@ def parse_config(doc: Any) -> CellConfig:
             cfg.special[name] = rule
         else:
             cfg.rules.append(rule)
-        # Two rules may share one interface (SF-TAP's dns_udp/dns_tcp, pop/smtp) only with equal
-        # balance, since the socket set is per interface.
+        # Two rules may share one interface (SF-TAP's pop/smtp) only if they agree on how it is
+        # written: the socket set and the format are per interface.
+        shape = (rule.balance, rule.fmt, rule.body)
         for sock in rule.socket_names():
             prev = names.get((rule.proto, sock))
-            if prev is not None and prev != f"{rule.balance}":
-                raise ConfigError(f"{name}.balance: interface {sock} is shared with another balance")
-            names[(rule.proto, sock)] = f"{rule.balance}"
+            if prev is not None and prev != shape:
+                raise ConfigError(
+                    f"{name}.if: interface {rule.proto}/{sock} is shared with a rule of another balance, "
+                    "format or body setting"
+                )
+            names[(rule.proto, sock)] = shape
     return cfg
 
 

@@ -84,3 +84,14 @@ def test_cli_reports_one_error_line(tmp_path):
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "http.colour: unknown key" in lines[0]
+
+
+def test_shared_interface_must_agree():
+    ok = {
+        "pop": {"proto": "TCP", "if": "mail", "up": "^USER"},
+        "smtp": {"proto": "TCP", "if": "mail", "up": "^EHLO"},
+    }
+    parse_config(ok)
+    bad = {**ok, "smtp": {"proto": "TCP", "if": "mail", "up": "^EHLO", "format": "binary"}}
+    with pytest.raises(ConfigError, match=r"smtp\.if:"):
+        parse_config(bad)
