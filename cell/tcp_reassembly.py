@@ -29,7 +29,6 @@ class TcpStats:
     __slots__ = (
         "gap_bytes",
         "ooo_bytes",
-        "ooo_dropped_bytes",
         "overlap_bytes",
         "retrans_bytes",
         "retrans_segments",
@@ -40,7 +39,6 @@ class TcpStats:
         self.retrans_bytes = 0
         self.overlap_bytes = 0
         self.ooo_bytes = 0  # bytes currently buffered out of order, all flows
-        self.ooo_dropped_bytes = 0
         self.gap_bytes = 0
 
 
@@ -155,7 +153,7 @@ def segment(
                 stats.retrans_segments += 1
                 stats.retrans_bytes += n
             if flow.ooo_bytes > ooo_limit:
-                stats.ooo_dropped_bytes += 0  # nothing is dropped: the hole is skipped instead
+                # over the cap nothing is dropped: the hole is skipped (counted in gap_bytes)
                 if d == 1:
                     flow.nxt1 = nxt
                 else:
