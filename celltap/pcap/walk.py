@@ -1,11 +1,12 @@
-"""Find record boundaries in a capture buffer without one Python step per record.
+"""Find record boundaries in a capture buffer without one Python step per record where it counts.
 
 pcap records (16-byte header + frame) and pcapng blocks (total length in the header) form a
 chain: each record's length says where the next starts, so the walk is sequential by nature.
-Real captures are dominated by runs of equal-length records (64-byte floods, full-MSS bulk), so
-we guess the next run from the current record's stride, verify the guess for a whole window with
-numpy, and fall back to a short scalar walk where lengths vary.  The window doubles on success and
-resets on failure, so a capture of random lengths costs little more than the scalar loop.
+Floods of one frame size (64-byte attacks, full-MSS bulk) are where per-packet cost hurts most,
+and there the records form runs of equal length: a plain loop walks until it has seen a few equal
+strides in a row, then guesses that the run goes on, verifies a whole window of guesses with numpy
+(window doubling on success), and returns to the loop where lengths vary.  Mixed traffic thus costs
+what a plain struct loop costs, and runs cost a few numpy calls per thousands of records.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import struct
 
 import numpy as np
 
-MIN_WINDOW = 32
+MIN_WINDOW = 64
 MAX_WINDOW = 65536
-SCALAR_RUN = 32
+RUN_TO_SPECULATE = 16  # equal strides in a row before guessing that a run goes on
+MAX_RUN_TO_SPECULATE = 4096  # after guesses that failed early, wait for longer runs
 
 
 def gather_u32(buf: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
@@ -50,46 +52,47 @@ def walk_records(
     header = max(len_off + 4, base)
     pieces: list[np.ndarray] = []
     scalar: list[int] = []
+    append = scalar.append
     pos = start
     window = MIN_WINDOW
+    last, same = -1, 0
+    threshold = RUN_TO_SPECULATE
     while pos + header <= end:
         stride = base + u32(mv, pos + len_off)[0]
         if stride < header or stride > max_stride:
             raise ValueError(f"record at byte {pos} claims {stride} bytes")
         if pos + stride > end:
             break
-        fit = (end - pos) // stride
-        if fit >= MIN_WINDOW:
-            n = min(fit, window)
-            cand = pos + stride * np.arange(n, dtype=np.int64)
-            lens = gather_u32(buf, cand + len_off, big_endian)
-            bad = np.flatnonzero(lens != stride - base)
-            k = int(bad[0]) if bad.size else n
-            if scalar:
-                pieces.append(np.asarray(scalar, dtype=np.int64))
-                scalar = []
-            pieces.append(cand[:k])
-            pos += k * stride
-            if k == n:
-                window = min(window * 2, MAX_WINDOW)
-                continue
-            window = MIN_WINDOW
-            if k >= SCALAR_RUN // 2:
-                continue
-        # Short run: a plain loop is cheaper than another failed guess.
-        for _ in range(SCALAR_RUN):
-            if pos + header > end:
-                break
-            stride = base + u32(mv, pos + len_off)[0]
-            if stride < header or stride > max_stride:
-                raise ValueError(f"record at byte {pos} claims {stride} bytes")
-            if pos + stride > end:
-                break
-            scalar.append(pos)
+        if stride != last:
+            last, same = stride, 0
+            append(pos)
             pos += stride
-        else:
             continue
-        break
+        same += 1
+        if same < threshold or (end - pos) // stride < MIN_WINDOW:
+            append(pos)
+            pos += stride
+            continue
+        # A run: check `window` guesses at once.
+        n = min((end - pos) // stride, window)
+        cand = pos + stride * np.arange(n, dtype=np.int64)
+        lens = gather_u32(buf, cand + len_off, big_endian)
+        bad = np.flatnonzero(lens != stride - base)
+        k = int(bad[0]) if bad.size else n
+        if scalar:
+            pieces.append(np.asarray(scalar, dtype=np.int64))
+            scalar.clear()
+        pieces.append(cand[:k])
+        pos += k * stride
+        if k == n:
+            window = min(window * 2, MAX_WINDOW)
+            threshold = RUN_TO_SPECULATE
+        else:
+            # A guess that failed early cost more than the loop would have: be slower to guess again.
+            threshold = threshold * 2 if k < n // 2 else RUN_TO_SPECULATE
+            threshold = min(threshold, MAX_RUN_TO_SPECULATE)
+            window = MIN_WINDOW
+            last, same = -1, 0
     if scalar:
         pieces.append(np.asarray(scalar, dtype=np.int64))
     if not pieces:

@@ -10,8 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from celltap.pcap import CaptureFormatError, PcapngWriter, PcapWriter, open_capture, read_all
+from celltap.pcap.walk import walk_records
 from tests.conftest import require_tool
 from tests.core.frames import eth, ipv4, udp
 
@@ -143,3 +146,20 @@ def test_we_read_what_tcpdump_writes(tmp_path) -> None:
         subprocess.run([editcap, "-F", "pcapng", str(src), str(ng)], check=True, capture_output=True)
     got_ng = [b.frame(i) for b in read_all(str(ng)) for i in range(len(b))]
     assert got_ng == frames
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 300), st.integers(1, 400)), min_size=1, max_size=40))
+def test_walk_matches_a_plain_loop_on_runs_and_mixtures(runs: list[tuple[int, int]]) -> None:
+    lengths = [length for length, count in runs for _ in range(count)]
+    buf = bytearray()
+    want = []
+    for i, length in enumerate(lengths):
+        want.append(len(buf))
+        buf += struct.pack("<IIII", i, 0, length, length) + bytes(length)
+    arr = np.frombuffer(bytes(buf), dtype=np.uint8)
+    offs, stop = walk_records(arr, 0, len(buf), 16, 8, False, 1 << 20)
+    assert offs.tolist() == want and stop == len(buf)
+    # A cut inside the last record stops the walk before it.
+    offs, stop = walk_records(arr, 0, len(buf) - 1, 16, 8, False, 1 << 20)
+    assert offs.tolist() == want[:-1] and stop == want[-1]
