@@ -78,6 +78,164 @@ def bench_split(path: str, cells: int, out_dir: str) -> dict[str, float]:
     return result
 
 
+LIVE_CELLS = ("c0", "c1", "c2", "c3")
+
+
+def _sh(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def _ns_run(ns: str, *cmd: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
+
+
+def _metrics(ns: str, port: int) -> dict[str, float]:
+    out = _ns_run(
+        ns,
+        sys.executable,
+        "-c",
+        f"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())",
+    )
+    m: dict[str, float] = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("celltap_incubator_"):
+            k, _, v = line.rpartition(" ")
+            m[k] = float(v)
+    return m
+
+
+def _losses(m: dict[str, float]) -> float:
+    """Frames the incubator did not forward: every drop reason, kernel ring drops included."""
+    return sum(v for k, v in m.items() if k.startswith("celltap_incubator_dropped_frames_total"))
+
+
+def _received(m: dict[str, float]) -> float:
+    return sum(v for k, v in m.items() if k.startswith("celltap_incubator_received_frames_total"))
+
+
+def bench_live(tmp: str, frames: int = 200_000, port: int = 9477) -> dict[str, float]:
+    """Highest replay rate into a veth that the incubator (mirror mode, 4 iface cells) forwards
+    without a single drop, beside the sender's own top rate.  Needs root (network namespaces)."""
+    import json
+    import signal
+    import uuid
+
+    import yaml
+
+    ns = f"ctbench-{uuid.uuid4().hex[:6]}"
+    cap = os.path.join(tmp, "live.pcap")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celltap.cli",
+            "loadgen",
+            "pcap",
+            "small",
+            cap,
+            "--count",
+            str(frames),
+            "--flows",
+            "20000",
+        ],
+        check=True,
+    )
+    _sh("ip", "netns", "add", ns)
+    inc = None
+    try:
+        _ns_run(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        _ns_run(ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+        _sh("ip", "-n", ns, "link", "add", "tap", "type", "veth", "peer", "name", "tap-in")
+        links = ["lo", "tap", "tap-in"]
+        for c in LIVE_CELLS:
+            _sh("ip", "-n", ns, "link", "add", c, "type", "veth", "peer", "name", f"{c}-rx")
+            links += [c, f"{c}-rx"]
+        for ifname in links:
+            _sh("ip", "-n", ns, "link", "set", ifname, "up")
+        replay = [sys.executable, "-m", "celltap.cli", "loadgen", "replay", cap, "tap", "--json"]
+
+        def send(rate: float | None) -> dict:
+            args = replay + (["--topspeed"] if rate is None else ["--pps", str(int(rate))])
+            p = _ns_run(ns, *args)
+            return json.loads(p.stdout)
+
+        top = send(None)  # the sender alone, nobody capturing
+        cfg = {
+            "mode": "mirror",
+            "capture": "afpacket:tap-in",
+            "cells": [{"id": c, "output": f"iface:{c}"} for c in LIVE_CELLS],
+            "metrics_port": port,
+            "batch": {"ring_mb": 256, "timeout_ms": 5, "frames": 4096},
+        }
+        cfg_path = os.path.join(tmp, "live.yaml")
+        with open(cfg_path, "w") as f:
+            yaml.safe_dump(cfg, f)
+        log = open(os.path.join(tmp, "live.log"), "wb")  # noqa: SIM115
+        inc = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                "-m",
+                "celltap.cli",
+                "incubator",
+                "--config",
+                cfg_path,
+            ],
+            stderr=log,
+        )
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if _metrics(ns, port).get("celltap_incubator_cells") == len(LIVE_CELLS):
+                    break
+            except (ValueError, OSError):
+                pass
+            time.sleep(0.2)
+
+        def trial(rate: float) -> tuple[bool, dict]:
+            before = _metrics(ns, port)
+            res = send(rate)
+            deadline = time.time() + 30
+            after = before
+            while time.time() < deadline:
+                time.sleep(0.3)
+                after = _metrics(ns, port)
+                if _received(after) - _received(before) >= res["frames_sent"]:
+                    break
+            time.sleep(0.5)
+            after = _metrics(ns, port)
+            lost = _losses(after) - _losses(before)
+            got = _received(after) - _received(before)
+            return lost == 0 and got == res["frames_sent"] and res["send_errors_total"] == 0, res
+
+        lo, hi = 0.0, float(top["pps"])
+        best: dict = {}
+        rate = hi
+        for _ in range(7):
+            ok, res = trial(rate)
+            if ok:
+                lo, best = rate, res
+            else:
+                hi = rate
+            if hi - lo < 0.05 * hi:
+                break
+            rate = (lo + hi) / 2 if lo else rate / 2
+        return {
+            "live_sender_top_pps": float(top["pps"]),
+            "live_zero_drop_pps": float(best.get("pps", 0.0)),
+            "live_zero_drop_target_pps": lo,
+            "live_frames_per_trial": float(frames),
+        }
+    finally:
+        if inc is not None:
+            inc.send_signal(signal.SIGTERM)
+            inc.wait(timeout=20)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the benchmarks, print one line per result, return them."""
     p = argparse.ArgumentParser(description=__doc__)
@@ -85,15 +243,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--flows", type=int, default=20_000)
     p.add_argument("--cells", type=int, default=4)
     p.add_argument("--live", action="store_true", help="also measure live replay through a veth (root)")
+    p.add_argument("--live-frames", type=int, default=200_000, help="frames per live trial")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="celltap-bench-inc-") as tmp:
         cap = os.path.join(tmp, "in.pcap")
         make_capture(cap, a.frames, a.flows)
         results = bench_split(cap, a.cells, os.path.join(tmp, "out"))
         if a.live:
-            from bench.bench_incubator_live import bench_live
-
-            results.update(bench_live(tmp))
+            results.update(bench_live(tmp, a.live_frames))
     for k, v in results.items():
         print(f"{k}: {v:,.3f}" if isinstance(v, float) else f"{k}: {v}")
     return results
