@@ -165,12 +165,12 @@ def bench_live(tmp: str, frames: int = 200_000, port: int = 9477) -> dict[str, f
             "capture": "afpacket:tap-in",
             "cells": [{"id": c, "output": f"iface:{c}"} for c in LIVE_CELLS],
             "metrics_port": port,
-            "batch": {"ring_mb": 256, "timeout_ms": 5, "frames": 4096},
+            "batch": {"ring_mb": 256, "timeout_ms": 5},
         }
         cfg_path = os.path.join(tmp, "live.yaml")
         with open(cfg_path, "w") as f:
             yaml.safe_dump(cfg, f)
-        log = open(os.path.join(tmp, "live.log"), "wb")  # noqa: SIM115
+        log = open(os.path.join(tmp, "live.log"), "wb")
         inc = subprocess.Popen(
             [
                 "ip",

@@ -10,8 +10,9 @@ by the filter (kernel) and by `dicap_buckets` (numpy, for the cell's own checks 
     owner(bucket) = ring owner of xxh64(bucket as 4 bytes big-endian)  -- the incubator's ring
 
 The filter sees frames after the kernel took one outer 802.1Q / 802.1ad tag out of the data, so
-singly tagged flows partition on their IP header like untagged ones.  Frames without IPv4/IPv6 (or too short to hold the fields read) use h = 0, so exactly one cell
-(the owner of bucket 0) gets them and counts them.  XOR is symmetric, so both directions of a
+singly tagged flows partition on their IP header like untagged ones.  Frames without IPv4/IPv6
+(or too short to hold the fields read) use h = 0, so exactly one cell (the owner of bucket 0)
+gets them and counts them.  XOR is symmetric, so both directions of a
 flow share a bucket; every fragment of a datagram hashes on its addresses only, so a datagram
 is never split.  With `use_ports` a fragmented datagram may land on another cell than the
 unfragmented packets of its flow; `use_ports=False` (address pairs) keeps even those together.

@@ -52,7 +52,10 @@ def test_ring_batches_restore_vlan_tags_and_fanout_shares_the_link():
         no_offloads(ns, "s0")
         no_offloads(ns, "s1")
         solo = ns.call(lambda: AfPacketCapture("s1", block_size=1 << 18, block_nr=16))
-        fan = [ns.call(lambda: AfPacketCapture("s1", block_size=1 << 18, block_nr=16, fanout_group=77)) for _ in range(2)]
+        fan = [
+            ns.call(lambda: AfPacketCapture("s1", block_size=1 << 18, block_nr=16, fanout_group=77))
+            for _ in range(2)
+        ]
         tx = ns.call(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0))
         tx.bind(("s0", 0))
         got_solo: list[bytes] = []
