@@ -10,6 +10,77 @@ from typing import Any
 
 DEFAULT_REGISTRY = "file:///tmp/celltap-registry"
 
+# The counter that says how much work each kind of component takes in, for its rate.
+INPUT_COUNTER = {
+    "incubators": ("celltap_incubator_received_frames_total", "frames"),
+    "cells": ("celltap_cell_packets_total", "packets"),
+    "collectors": ("celltap_collector_records_total", "records"),
+    "nodes": ("celltap_node_records_received_total", "records"),
+}
+DROP_WORDS = ("dropped", "_lost_", "errors", "drops")
+
+
+def metrics_url(member: dict[str, Any]) -> str | None:
+    """Where a registered member serves /metrics (its 'metrics' value, or a node's 'http' address)."""
+    if member.get("metrics"):
+        return str(member["metrics"])
+    if member.get("http"):
+        return f"http://{member['http']}/metrics"
+    return None
+
+
+def _drop_samples(samples: Any) -> dict[str, float]:
+    """Non-zero drop / loss / error counters of one scrape, as 'name{labels}' -> value."""
+    out = {}
+    for (name, labels), value in samples.values.items():
+        if value and name.endswith("_total") and any(w in name for w in DROP_WORDS):
+            label_text = ",".join(f"{k}={v}" for k, v in labels)
+            out[f"{name}{{{label_text}}}" if labels else name] = value
+    return out
+
+
+def component_metrics(members: dict[str, dict[str, dict[str, Any]]], interval: float) -> dict[str, Any]:
+    """Per member with a metrics endpoint: input rate over `interval` seconds and its drop counters."""
+    from celltap.launcher.scrape import scrape
+
+    urls = {(kind, mid): metrics_url(v) for kind, ms in members.items() for mid, v in ms.items()}
+
+    def sample() -> dict[tuple[str, str], Any]:
+        got: dict[tuple[str, str], Any] = {}
+        for key, url in urls.items():
+            if url:
+                try:
+                    got[key] = scrape(url, timeout=5)
+                except OSError as exc:
+                    got[key] = exc
+        return got
+
+    first = sample()
+    t0 = time.monotonic()
+    if interval > 0:
+        time.sleep(interval)
+    second = sample() if interval > 0 else first
+    elapsed = time.monotonic() - t0
+    out: dict[str, Any] = {}
+    for (kind, mid), url in urls.items():
+        entry: dict[str, Any] = {"metrics": url}
+        now, before = second.get((kind, mid)), first.get((kind, mid))
+        if url is None:
+            entry["error"] = "registers no metrics endpoint"
+        elif isinstance(now, OSError):
+            entry["error"] = str(now)
+        else:
+            counter, unit = INPUT_COUNTER.get(kind, ("", ""))
+            if counter:
+                total = now.total(counter)
+                entry["input_total"] = total
+                entry["unit"] = unit
+                if interval > 0 and not isinstance(before, OSError) and before is not None:
+                    entry["rate_per_s"] = round((total - before.total(counter)) / elapsed, 1)
+            entry["drops"] = _drop_samples(now)
+        out[f"{kind}/{mid}"] = entry
+    return out
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -39,7 +110,14 @@ def _members(args: argparse.Namespace, tls: Any) -> dict[str, dict[str, dict[str
         for kind in ("nodes", "collectors", "cells", "incubators"):
             prefix = kind_prefix(args.cluster, kind)
             out[kind] = {k[len(prefix) :]: json.loads(v) for k, v in reg.get_prefix(prefix).items()}
+            for mid, value in out[kind].items():
+                # A member lives as long as its lease: say how long that is from now.
+                value["lease_seconds_left"] = reg.lease_ttl(prefix + mid)
         return out
+
+
+def _secs(left: float | None) -> str:
+    return "none" if left is None else f"{left:.0f}s"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Print members of every kind and, per node, its counters, rates, drops and state sizes."""
+    """Print members of every kind; per node its counters and state; per component its rate and drops."""
     from celltap.registry.errors import RegistryError
     from collector.cluster_query import node_status
 
@@ -85,13 +163,18 @@ def main(args: argparse.Namespace) -> int:
                 k: round((st["counts"][k] - before.get(k, 0)) / elapsed, 1)
                 for k in ("records_primary", "records_replica", "duplicate_records", "rejected_records")
             }
-    report = {"registry": args.registry, "cluster": args.cluster, "members": members, "nodes": second}
+    components = component_metrics(members, args.interval)
+    report = {
+        "registry": args.registry, "cluster": args.cluster, "members": members, "nodes": second,
+        "components": components,
+    }  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
     print(f"cluster {args.cluster!r} on {args.registry}")
     for kind, ms in members.items():
-        print(f"  {kind}: {len(ms)}  {' '.join(sorted(ms)) or '-'}")
+        listed = " ".join(f"{m}(lease {_secs(v.get('lease_seconds_left'))})" for m, v in sorted(ms.items()))
+        print(f"  {kind}: {len(ms)}  {listed or '-'}")
     for nid, st in second.items():
         if "error" in st:
             print(f"  node {nid}: unreachable ({st['error']})")
@@ -105,6 +188,14 @@ def main(args: argparse.Namespace) -> int:
             + (f"  rate {rates.get('records_primary', 0)}/s" if rates else "")
         )
         print(f"    members seen: {', '.join(st['members'])}; state: {st['state_sizes']}")
+    for name, entry in components.items():
+        if "error" in entry:
+            print(f"  {name}: metrics unavailable ({entry['error']})")
+            continue
+        rate = f"{entry['rate_per_s']:,.1f} {entry['unit']}/s" if "rate_per_s" in entry else "-"
+        total = f"{entry['input_total']:,.0f} {entry['unit']}" if "input_total" in entry else ""
+        drops = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(entry["drops"].items())) or "none"
+        print(f"  {name}: in {total} ({rate}); drops: {drops}")
     return 0
 
 

@@ -158,6 +158,14 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_value(cfg: CollectorConfig) -> dict[str, str]:
+    """What the collector tells the registry about itself besides its id: its metrics endpoint."""
+    if not cfg.metrics_port:
+        return {}
+    host = "127.0.0.1" if cfg.metrics_addr in ("0.0.0.0", "::") else cfg.metrics_addr
+    return {"metrics": f"http://{host}:{cfg.metrics_port}/metrics"}
+
+
 def _routing_hook(cfg: CollectorConfig, started: list) -> object | None:
     """The cluster router hook for every worker, or None after printing why it cannot be built."""
     import os
@@ -169,7 +177,9 @@ def _routing_hook(cfg: CollectorConfig, started: list) -> object | None:
     cid = cfg.collector_id or f"{socket.gethostname()}-{os.getpid()}"
     try:
         tls = TLSConfig.from_mapping(cfg.tls or None)
-        return cluster_hook_factory(cfg.registry or "", cfg.cluster, cid, cfg.routing, tls, started)
+        return cluster_hook_factory(
+            cfg.registry or "", cfg.cluster, cid, cfg.routing, tls, started, _registry_value(cfg)
+        )
     except ValueError as exc:
         print(f"celltap collector: {exc}", file=sys.stderr)
         return None
@@ -187,7 +197,8 @@ def _register(cfg: CollectorConfig) -> object | None:
     cid = cfg.collector_id or f"{socket.gethostname()}-{os.getpid()}"
     try:
         membership = Membership(open_registry(cfg.registry), cfg.cluster)
-        membership.register("collectors", cid, {"listen": [str(a) for a in cfg.listen], "pid": os.getpid()})
+        value = {"listen": [str(a) for a in cfg.listen], "pid": os.getpid(), **_registry_value(cfg)}
+        membership.register("collectors", cid, value)
     except Exception as exc:  # the registry is for sharing and discovery; ingestion goes on without it
         log.error("cannot register collector %s in %s: %s", cid, cfg.registry, exc)
         return None

@@ -46,7 +46,7 @@ def router_config(
 
 
 def start_router(
-    registry_url: str, cluster: str, config: RouterConfig
+    registry_url: str, cluster: str, config: RouterConfig, extra: Mapping[str, Any] | None = None
 ) -> tuple[ClusterRouter, Callable[[], None]]:
     """A router fed by the registry's node membership, registered as a collector; returns (router, close)."""
     from celltap.registry import Membership, open_registry
@@ -65,7 +65,8 @@ def start_router(
     holder.append(membership.watch("nodes", sync))
     holder[0].wait_synced(timeout=5)
     sync()
-    membership.register("collectors", config.collector_id, {"pid": os.getpid(), "host": socket.gethostname()})
+    value = {"pid": os.getpid(), "host": socket.gethostname(), **(extra or {})}
+    membership.register("collectors", config.collector_id, value)
 
     def close() -> None:
         router.close()
@@ -105,13 +106,16 @@ def cluster_hook_factory(
     routing: Mapping[str, Any] | None = None,
     tls: TLSConfig | None = None,
     started: list[RoutingSink] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Callable[[int], RoutingSink]:
     """The collector's HookFactory: each worker gets its own ClusterRouter (started inside the worker)."""
     router_config(collector_id, routing, tls)  # validate now, in the parent
 
     def factory(index: int) -> RoutingSink:
         cid = worker_collector_id(collector_id, index)
-        sink = RoutingSink(*start_router(registry_url, cluster, router_config(cid, routing, tls)))
+        # Only worker 0 names the collector's metrics endpoint, so `celltap status` counts it once.
+        value = extra if index == 0 else None
+        sink = RoutingSink(*start_router(registry_url, cluster, router_config(cid, routing, tls), value))
         if started is not None:
             started.append(sink)
         return sink

@@ -137,6 +137,10 @@ class Registry(ABC):
         """Delete `key`; True if it existed."""
 
     @abstractmethod
+    def lease_ttl(self, key: str) -> float | None:
+        """Seconds left on the lease `key` is attached to; None for a missing key or one without."""
+
+    @abstractmethod
     def lease(self, ttl: float) -> Lease:
         """Grant a lease of `ttl` seconds (backends may round up to their minimum)."""
 

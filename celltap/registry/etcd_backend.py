@@ -287,6 +287,18 @@ class EtcdRegistry(Registry):
         value, _ = self._call("get", lambda c: c.get(key))
         return None if value is None else bytes(value)
 
+    def lease_ttl(self, key: str) -> float | None:
+        """Seconds left on the lease of `key` (etcd's LeaseTimeToLive), None without key or lease."""
+
+        def ask(c: Any) -> float | None:
+            value, meta = c.get(key)
+            if value is None or meta is None or not meta.lease_id:
+                return None
+            ttl = c.get_lease_info(meta.lease_id).TTL
+            return None if ttl < 0 else float(ttl)
+
+        return self._call("lease_ttl", ask)
+
     def get_prefix(self, prefix: str) -> dict[str, bytes]:
         """All keys under `prefix`, sorted."""
         snapshot, _ = self._read_prefix(prefix)

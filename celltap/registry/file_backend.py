@@ -338,6 +338,24 @@ class FileRegistry(Registry):
                     return None
             return entry.value
 
+    def lease_ttl(self, key: str) -> float | None:
+        """Seconds left on the lease file of `key`, None without key or lease (or once expired)."""
+        with self._guard("lease_ttl"):
+            path = os.path.join(self._kv, key_file_name(key))
+            obj = self._read_json(path, ("key",))
+            if obj is None:
+                return None
+            try:
+                entry = _Entry.parse(path, obj)
+            except (TypeError, ValueError):
+                REGISTRY_ERRORS.labels(op="bad_file").inc()
+                return None
+            if entry.key != key or entry.lease is None:
+                return None
+            expires = self._lease_expiry(self._lease_path(entry.lease))
+            left = None if expires is None else expires - time.time()
+            return left if left is not None and left > 0 else None
+
     def get_prefix(self, prefix: str) -> dict[str, bytes]:
         """All live keys under `prefix`."""
         with self._guard("get_prefix"):

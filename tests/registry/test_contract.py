@@ -78,6 +78,19 @@ def test_lease_expiry_removes_keys(store: Store) -> None:
     assert lease.refresh() is False
 
 
+def test_lease_ttl_tells_what_is_left(store: Store) -> None:
+    reg = store.open()
+    lease = reg.lease(5.0)
+    reg.put(store.prefix + "leased", b"x", lease=lease)
+    reg.put(store.prefix + "plain", b"y")
+    left = reg.lease_ttl(store.prefix + "leased")
+    assert left is not None and 2.0 <= left <= 5.0, left
+    assert reg.lease_ttl(store.prefix + "plain") is None
+    assert reg.lease_ttl(store.prefix + "missing") is None
+    lease.revoke()
+    assert wait_until(lambda: reg.lease_ttl(store.prefix + "leased") is None, timeout=2.0)
+
+
 def test_keep_alive_keeps_keys_and_revoke_removes_them(store: Store) -> None:
     reg = store.open()
     other = store.open()

@@ -49,7 +49,13 @@ def test_up_with_etcd_and_status(etcd_server, tmp_path: Path) -> None:
             p = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60)
             if p.returncode == 0:
                 status = json.loads(p.stdout)
-                if "replay finished" in cluster.tail() and _records(status) > 0:
+                collector = status.get("components", {}).get("collectors/collector-0", {})
+                # Collectors report their counters once a second: wait for the first report too.
+                if (
+                    "replay finished" in cluster.tail()
+                    and _records(status) > 0
+                    and collector.get("input_total")
+                ):
                     break
             time.sleep(1)
         members = status.get("members", status)
@@ -58,6 +64,17 @@ def test_up_with_etcd_and_status(etcd_server, tmp_path: Path) -> None:
         assert sorted(members["collectors"]) == ["collector-0"], status
         assert "replay finished after 1 loop(s)" in cluster.tail(), cluster.tail()
         assert _records(status) > 0, status
+        # Every member is held by a live lease.
+        for kind in ("cells", "nodes", "collectors"):
+            for mid, value in members[kind].items():
+                assert (value["lease_seconds_left"] or 0) > 0, (kind, mid, value)
+        # Per component, from its metrics endpoint: what it took in, and its drop counters.
+        comps = status["components"]
+        for member in ("cells/0", "cells/1", "nodes/node-0", "nodes/node-1", "collectors/collector-0"):
+            assert "error" not in comps[member], comps[member]
+            assert isinstance(comps[member]["drops"], dict)
+        assert sum(comps[f"cells/{c}"]["input_total"] for c in "01") > 0
+        assert comps["collectors/collector-0"]["input_total"] > 0
         pids = [c["pid"] for c in cluster.endpoints()["components"]]
     finally:
         rc = cluster.stop()
