@@ -33,7 +33,13 @@ def _open_afpacket(spec: str, cfg: Config, bpf: bytes | None = None) -> Any:
     kind, arg = parse_capture(spec)
     if kind == "netmap":
         reason = netmap_available()
-        raise CaptureUnavailable(f"capture {spec}: {reason or 'netmap capture is not implemented here'}")
+        if reason is not None:
+            raise CaptureUnavailable(f"capture {spec}: {reason}")
+        if bpf is not None:
+            raise ConfigError("dicap mode needs afpacket: capture (netmap bypasses socket filters)")
+        from incubator.capture.netmap import NetmapCapture
+
+        return NetmapCapture(arg)
     if kind != "afpacket":
         raise ConfigError(f"capture {spec!r}: this mode needs a live interface (afpacket:IFACE)")
     b = cfg["batch"]
