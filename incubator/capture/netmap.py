@@ -41,6 +41,13 @@ R_SLOTS = 256  # after the cache-aligned semaphore area
 SLOT_SIZE = 16  # buf_idx u32, len u16, flags u16, ptr u64
 
 
+def regif_request(ifname: str) -> bytearray:
+    """The nmreq of NIOCREGIF: API version, all hardware rings (NR_REG_ALL_NIC)."""
+    zeros5 = (0,) * 4
+    zeros6 = (0,) * 6
+    return bytearray(NMREQ.pack(ifname.encode()[:15], NETMAP_API, *zeros5, *zeros6, 0, NR_REG_ALL_NIC, 0))
+
+
 class NetmapCapture:
     """Receive from all hardware RX rings of one interface in netmap mode."""
 

@@ -78,9 +78,15 @@ def test_netmap_capture_reports_why_it_cannot_run(tmp_path):
 
 def test_netmap_request_layout_matches_netmap_h():
     """struct nmreq is 60 bytes; NIOCREGIF = _IOWR('i', 146, struct nmreq) = 0xc03c6992 in netmap.h."""
-    from incubator.capture.netmap import NIOCREGIF, NIOCRXSYNC, NMREQ_SIZE
+    import struct
+
+    from incubator.capture.netmap import NIOCREGIF, NIOCRXSYNC, NMREQ_SIZE, NR_REG_ALL_NIC, regif_request
 
     assert NMREQ_SIZE == 60
+    req = regif_request("eth0")
+    assert len(req) == 60 and req[:5] == b"eth0\0"
+    assert struct.unpack_from("<I", req, 16)[0] == 14  # nr_version
+    assert struct.unpack_from("<I", req, 52)[0] == NR_REG_ALL_NIC  # nr_flags
     assert NIOCREGIF == 0xC03C6992
     assert NIOCRXSYNC == 0x6995
 
