@@ -48,7 +48,7 @@ def split_capture(
         raise ValueError("--cells must be at least 1")
     os.makedirs(write_dir, exist_ok=True)
     reader = open_capture(source)
-    linktype = reader.linktype if reader.linktype >= 0 else 1
+    linktype = reader.linktype if reader.linktype >= 0 else 1  # pcapng: known from the first batch
     nanosecond = bool(getattr(reader, "nanosecond", False))
     paths = {cid: os.path.join(write_dir, f"{cid}.pcap") for cid in cell_ids(cells)}
     by_spec = {f"pcap:{p}": p for p in paths.values()}
@@ -56,7 +56,7 @@ def split_capture(
         seed=seed, pin_flows=False, nonip_policy=non_ip, fragments=FragmentTracker(timeout_s=3600)
     )
     metrics = IncubatorMetrics(registry if registry is not None else CollectorRegistry())
-    engine = Engine(sep, metrics, lambda spec: PcapOutput(by_spec[spec], linktype, nanosecond), linktype)
+    engine = Engine(sep, metrics, lambda spec: PcapOutput(by_spec[spec], None, nanosecond), linktype)
     engine.set_cells({cid: CellSpec(cid, f"pcap:{p}") for cid, p in paths.items()})
     with reader:
         for batch in reader:

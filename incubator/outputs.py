@@ -58,22 +58,35 @@ def _frames(batch: FrameBatch) -> tuple[memoryview, list[int]]:
 
 
 class PcapOutput(Output):
-    """Append the frames to a classic pcap file (the offline split's output)."""
+    """Append the frames to a classic pcap file (the offline split's output).
 
-    def __init__(self, path: str, linktype: int = 1, nanosecond: bool = False) -> None:
+    The file header is written with the first batch, so the link type is that of the frames
+    (pcapng input and Linux cooked captures keep theirs); `linktype` is the fallback for no frames.
+    """
+
+    def __init__(self, path: str, linktype: int | None = None, nanosecond: bool = False) -> None:
         self.spec = f"pcap:{path}"
         self.f = open(path, "wb", buffering=1 << 20)
-        magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
-        self.f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, 262144, linktype))
         self.nanosecond = nanosecond
+        self.linktype = linktype
+        self._header_done = False
+
+    def _header(self, linktype: int) -> None:
+        magic = 0xA1B23C4D if self.nanosecond else 0xA1B2C3D4
+        self.f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, 262144, linktype))
+        self._header_done = True
 
     def send(self, batch: FrameBatch) -> SendResult:
+        if not self._header_done:
+            self._header(self.linktype if self.linktype is not None else batch.linktype)
         if len(batch) == 0:
             return 0, 0, {}
         self.f.write(pack_pcap_records(batch, self.nanosecond).data)
         return len(batch), batch.nbytes, {}
 
     def close(self) -> None:
+        if not self._header_done:
+            self._header(self.linktype if self.linktype is not None else 1)
         self.f.close()
 
 
@@ -158,7 +171,7 @@ class VxlanOutput(Output):
         self.sock.close()
 
 
-def open_output(spec: str, linktype: int = 1) -> Output:
+def open_output(spec: str) -> Output:
     """Open `iface:IF[@mac]`, `vxlan://HOST:PORT[?vni=N]` or `pcap:FILE`."""
     if spec.startswith("pcap:"):
         path = spec[5:]
@@ -167,7 +180,7 @@ def open_output(spec: str, linktype: int = 1) -> Output:
         d = os.path.dirname(path)
         if d:
             os.makedirs(d, exist_ok=True)
-        return PcapOutput(path, linktype)
+        return PcapOutput(path)
     if spec.startswith("iface:"):
         name, _, mac = spec[6:].partition("@")
         if not name:

@@ -137,3 +137,29 @@ def test_split_file_names(tmp_path, cells):
     subprocess.run([*CELLTAP, "loadgen", "pcap", "dns", src], check=True)
     split(src, cells, str(tmp_path / "o"))
     assert sorted(os.listdir(tmp_path / "o")) == sorted(f"cell-{i}.pcap" for i in range(cells))
+
+
+def test_split_keeps_the_link_type_of_pcapng_and_cooked_input(tmp_path):
+    """A Linux cooked (SLL) capture in pcapng splits into pcaps of the same link type."""
+    from celltap.pcap import PcapngWriter
+
+    src = str(tmp_path / "sll.pcapng")
+    ip = bytes.fromhex("4500001c000100004011" + "0000" + "0a000001" + "0a000002")
+    udp = bytes.fromhex("04d2003500080000")
+    sll = bytes.fromhex("0000000100060200000000010000" + "0800")
+    with PcapngWriter(src, linktype=113) as w:
+        for i in range(20):
+            w.write(i, sll + ip[:4] + i.to_bytes(2, "big") + ip[6:] + udp)
+    s = split(src, 2, str(tmp_path / "o"))
+    assert s["forwarded"] == 20 and s["dropped"] == {}
+    tshark = require_tool("tshark")
+    encaps = []
+    for i in range(2):
+        encaps += subprocess.run(
+            [tshark, "-r", str(tmp_path / "o" / f"cell-{i}.pcap"), "-T", "fields", "-e", "frame.encap_type"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    assert encaps == ["25"] * 20  # WTAP_ENCAP_SLL: the cooked header survived
+    assert sum(len(frames_of(str(tmp_path / "o" / f"cell-{i}.pcap"))) for i in range(2)) == 20
