@@ -4,6 +4,7 @@ metrics scraping inside a namespace."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,7 +36,9 @@ class Tcpdump:
     ) -> None:
         self.path = path
         self.count = count
-        args = ["tcpdump", "-i", ifname, "-w", path, "-U", "-n", "-s", "0", "--immediate-mode"]
+        self.kernel_drops = 0
+        # A large buffer: on a loaded 2-core box tcpdump itself must not be the one that drops.
+        args = ["tcpdump", "-i", ifname, "-w", path, "-U", "-n", "-s", "0", "--immediate-mode", "-B", "65536"]
         if count is not None:
             args += ["-c", str(count)]
         if direction_in:
@@ -66,6 +69,9 @@ class Tcpdump:
             last = size
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=10)
+        tail = self.proc.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
+        m = re.search(r"(\d+) packets dropped by kernel", tail)
+        self.kernel_drops = int(m.group(1)) if m else 0
         return self.path
 
 

@@ -77,6 +77,7 @@ def test_mirror_each_cell_gets_exactly_its_flows(mirror_ns, tmp_path):
         rc = inc.stop()
         files = {c: d.stop() for c, d in dumps.items()}
         tapf = tap.stop()
+        links = {c: ns.ip("-s", "link", "show", f"{c}-rx").split("RX:")[1][:150] for c in CELLS}
     extra = collections.Counter(frames_of(tapf)) - collections.Counter(sent)
     assert not extra, [f.hex() for f in extra]
     assert rc == 0, inc.read_log()
@@ -86,7 +87,12 @@ def test_mirror_each_cell_gets_exactly_its_flows(mirror_ns, tmp_path):
     assert union - collections.Counter(sent) == collections.Counter(), [
         f.hex() for f in union - collections.Counter(sent)
     ]
-    assert union == collections.Counter(sent)
+    diag = (
+        links,
+        {k[18:]: v for k, v in m.items() if "frames_total{" in k},
+        {c: len(v) for c, v in got.items()},
+    )
+    assert union == collections.Counter(sent), diag
     received, accounted = conservation(m)
     assert received == len(sent)
     assert received == accounted, m
