@@ -39,7 +39,7 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
         {"idle_timeout_s": (float, 60.0), "close_linger_s": (float, 2.0), "max_flows": (int, 1 << 20)},
         {},
     ),
-    "batch": ({"timeout_ms": (int, 10), "ring_mb": (int, 64)}, {}),
+    "batch": ({"frames": (int, 4096), "timeout_ms": (int, 10), "ring_mb": (int, 64)}, {}),
     "dicap": ({"cell": (str, None), "output": (str, None), "buckets_log2": (int, 10)}, {}),
 }
 

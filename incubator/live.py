@@ -169,6 +169,7 @@ class Incubator:
         """The data path loop."""
         timeout = self.cfg["batch"]["timeout_ms"]
         max_blocks = 8
+        max_frames = self.cfg["batch"]["frames"]
         self._apply_cells()
         poller = select.poll()
         for _name, cap, _br in self.captures:
@@ -186,7 +187,7 @@ class Incubator:
                     continue
                 idle = True
                 for name, cap, bridge in self.captures:
-                    batch = cap.read_batch(max_blocks)
+                    batch = cap.read_batch(max_blocks, max_frames)
                     if batch is None:
                         continue
                     idle = False

@@ -139,8 +139,9 @@ class AfPacketCapture:
         base = block * self.block_size
         return bool(struct.unpack_from("I", self.map, base + BLK_STATUS)[0] & TP_STATUS_USER)
 
-    def read_batch(self, max_blocks: int = 8) -> FrameBatch | None:
-        """All frames of the ready blocks (up to max_blocks) as one batch; None if none ready.
+    def read_batch(self, max_blocks: int = 8, max_frames: int = 1 << 30) -> FrameBatch | None:
+        """All frames of the ready blocks (up to max_blocks; no new block once max_frames are
+        in) as one batch; None if none ready.
 
         The batch points into the ring: call `release()` once it has been processed.
         """
@@ -148,6 +149,8 @@ class AfPacketCapture:
         m = self.map
         unpack = struct.unpack_from
         for _ in range(max_blocks):
+            if len(offs) >= max_frames:
+                break
             b = self.next_block
             if not self._ready(b):
                 break

@@ -89,9 +89,9 @@ class NetmapCapture:
         """Wait for frames (poll also syncs the rings)."""
         return bool(self.poller.poll(timeout_ms))
 
-    def read_batch(self, max_blocks: int = 8) -> FrameBatch | None:
+    def read_batch(self, max_blocks: int = 8, max_frames: int = 1 << 30) -> FrameBatch | None:
         """Every frame between head and tail of every RX ring, as one batch into the shared region."""
-        del max_blocks
+        del max_blocks, max_frames  # a ring holds at most num_slots frames anyway
         offs: list[np.ndarray] = []
         lens: list[np.ndarray] = []
         self._advance: list[tuple[int, int]] = []
