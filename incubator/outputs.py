@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from celltap.pcap import pack_pcap_records
 from celltap.pcap.batch import FrameBatch, gather_frames
-from incubator.records import pack_pcap_records
 
 log = logging.getLogger("celltap.incubator.outputs")
 

@@ -9,9 +9,10 @@ from celltap.pcap.batch import (
     LINKTYPE_RAW,
     FrameBatch,
     gather_frames,
+    scatter_rows,
 )
 from celltap.pcap.reader import CaptureFormatError, CaptureReader, open_capture, read_all
-from celltap.pcap.writer import PcapngWriter, PcapWriter
+from celltap.pcap.writer import PcapngWriter, PcapWriter, pack_pcap_records
 
 __all__ = [
     "LINKTYPE_ETHERNET",
@@ -27,5 +28,7 @@ __all__ = [
     "PcapngWriter",
     "gather_frames",
     "open_capture",
+    "pack_pcap_records",
     "read_all",
+    "scatter_rows",
 ]

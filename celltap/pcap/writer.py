@@ -7,9 +7,40 @@ import sys
 from typing import BinaryIO
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch, gather_frames
+from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch, scatter_rows
 from celltap.pcap.reader import PCAP_MAGIC_NS, PCAP_MAGIC_US
+
+
+def pack_pcap_records(batch: FrameBatch, nanosecond: bool = False, snaplen: int = 262144) -> np.ndarray:
+    """The pcap records (16-byte header + captured bytes) of every frame, as one uint8 array."""
+    n = len(batch)
+    if n == 0:
+        return np.empty(0, np.uint8)
+    caplen = np.minimum(batch.caplens, snaplen).astype(np.int64)
+    rec = caplen + 16
+    starts = np.empty(n, np.int64)
+    starts[0] = 0
+    np.cumsum(rec[:-1], out=starts[1:])
+    out = np.empty(int(rec.sum()), np.uint8)
+    sec, rem = np.divmod(batch.ts_ns, 1_000_000_000)
+    hdr = np.empty((n, 4), "<u4")
+    hdr[:, 0] = sec
+    hdr[:, 1] = rem if nanosecond else rem // 1000
+    hdr[:, 2] = caplen
+    hdr[:, 3] = batch.wirelens
+    hv = hdr.view(np.uint8).reshape(n, 16)
+    if np.all(caplen == caplen[0]):
+        # Uniform lengths: the output is a plain 2-D array of records.
+        view = out.reshape(n, 16 + int(caplen[0]))
+        view[:, :16] = hv
+        if caplen[0]:
+            view[:, 16:] = sliding_window_view(batch.buf, int(caplen[0]))[batch.offsets]
+        return out
+    sliding_window_view(out, 16, writeable=True)[starts] = hv
+    scatter_rows(out, starts + 16, batch.buf, batch.offsets, caplen)
+    return out
 
 
 class PcapWriter:
@@ -43,33 +74,10 @@ class PcapWriter:
         self.frames += 1
 
     def write_batch(self, batch: FrameBatch) -> None:
-        """Append every frame of `batch` with one vectorised copy."""
-        n = len(batch)
-        if n == 0:
-            return
-        caplen = np.minimum(batch.caplens, self.snaplen).astype(np.int64)
-        sec, rem = np.divmod(batch.ts_ns, 1_000_000_000)
-        frac = rem if self.nanosecond else rem // 1000
-        hdr = np.empty((n, 4), dtype="<u4")
-        hdr[:, 0] = sec
-        hdr[:, 1] = frac
-        hdr[:, 2] = caplen
-        hdr[:, 3] = batch.wirelens
-        hdr_bytes = hdr.view(np.uint8).reshape(n, 16)
-        # Interleave headers and frames: build one buffer of [hdr|frame] records.
-        rec_len = caplen + 16
-        starts = np.zeros(n, dtype=np.int64)
-        np.cumsum(rec_len[:-1], out=starts[1:])
-        out = np.empty(int(rec_len.sum()), dtype=np.uint8)
-        out[starts[:, None] + np.arange(16)] = hdr_bytes
-        body = gather_frames(batch.buf, batch.offsets, caplen)
-        body_starts = np.zeros(n, dtype=np.int64)
-        np.cumsum(caplen[:-1], out=body_starts[1:])
-        # Scatter the concatenated bodies after their headers: shift each by 16*(i+1).
-        dest = np.repeat(starts + 16 - body_starts, caplen) + np.arange(body.size, dtype=np.int64)
-        out[dest] = body
-        self.stream.write(out.data)
-        self.frames += n
+        """Append every frame of `batch` with a few vectorised copies."""
+        if len(batch):
+            self.stream.write(pack_pcap_records(batch, self.nanosecond, self.snaplen).data)
+            self.frames += len(batch)
 
     def flush(self) -> None:
         """Flush the underlying stream."""

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from celltap.pcap import scatter_rows
 from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
-from incubator.records import scatter_rows
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5

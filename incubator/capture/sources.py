@@ -9,6 +9,9 @@ from celltap.pcap import open_capture
 from celltap.pcap.batch import FrameBatch
 
 
+REPLAY_CHUNK = 256 << 10
+
+
 class CaptureUnavailable(RuntimeError):
     """The capture method cannot be used on this machine (the message says why)."""
 
@@ -18,7 +21,9 @@ class PcapSource:
 
     def __init__(self, path: str) -> None:
         self.name = f"pcap:{path}"
-        self.reader = open_capture(path)
+        # Small chunks: a replay is sent on as fast as it is read, and a 4 MiB chunk arrives at a
+        # cell's UDP socket as one burst larger than a default socket buffer (about 400 KB).
+        self.reader = open_capture(path, chunk_size=REPLAY_CHUNK)
         self._it: Iterator[FrameBatch] = iter(self.reader)
         self.done = False
 
