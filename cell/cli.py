@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from urllib.parse import urlsplit
 
 log = logging.getLogger("celltap.cell")
 
@@ -42,6 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="offline: seconds to wait for a full reader before dropping its events",
     )
+    reg = parser.add_argument_group("registration (live cells): tell incubators where to send")
+    reg.add_argument("--registry", metavar="URL", help="etcd://host:2379[,...] or file:///path")
+    reg.add_argument("--cluster", default="default", help="cluster name (default 'default')")
+    reg.add_argument(
+        "--advertise", metavar="SPEC", help="the input incubators send to, e.g. vxlan://10.1.2.3:4789"
+    )
+    reg.add_argument("--weight", type=int, default=1, help="ring weight of this cell (default 1)")
+    reg.add_argument("--lease-ttl", type=float, default=10.0, help="registry lease seconds (default 10)")
     parser.add_argument(
         "--drain-timeout",
         type=float,
@@ -95,10 +104,17 @@ def main(args: argparse.Namespace) -> int:
             cell.add_input(spec)
         if waits and not cell.wait_readers(waits, args.wait_timeout):
             return 1
+        # Register only once the inputs are bound and the readers are there: from then on the
+        # incubators may send, and nothing they send is lost to a cell that is not ready.
+        membership = _register(args, cell_id, live) if not read else None
         if read:
             cell.run_offline(read, args.stall_timeout, args.drain_timeout)
         else:
-            cell.run_live()
+            try:
+                cell.run_live()
+            finally:
+                if membership is not None:
+                    membership.close(withdraw=True)  # incubators stop sending new flows at once
             cell.abstractor.finish()
             cell.flush()
             cell.server.drain(2.0)
@@ -108,3 +124,23 @@ def main(args: argparse.Namespace) -> int:
         return 2
     finally:
         cell.close()
+
+
+def _register(args: argparse.Namespace, cell_id: int, live: list[str]) -> object | None:
+    """Register /celltap/<cluster>/cells/<id> with a kept-alive lease when --registry is given."""
+    if not args.registry:
+        return None
+    from celltap.registry import Membership, open_registry
+
+    advertise = args.advertise or (live[0] if live else None)
+    if advertise is None:
+        raise ValueError("--registry needs --advertise (or an --input to advertise)")
+    value: dict[str, object] = {"input": advertise, "weight": args.weight}
+    if args.metrics_port is not None:
+        host = urlsplit(advertise).hostname if "://" in advertise else None
+        host = host if host and host not in ("0.0.0.0", "::") else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        value["metrics"] = f"http://{host}:{args.metrics_port}/metrics"
+    membership = Membership(open_registry(args.registry), args.cluster, ttl=args.lease_ttl)
+    membership.register("cells", str(cell_id), value)
+    return membership

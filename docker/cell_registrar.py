@@ -1,7 +1,8 @@
 """Register a cell in the registry on its behalf, for as long as the cell answers (a pod sidecar).
 
-`celltap cell` has no registry client of its own yet (`celltap demo`'s launcher registers its cells
-the same way), so in Kubernetes this process runs beside each cell and holds the cell's lease:
+`celltap cell --registry ...` can register itself, but it cannot notice that it is alive yet hung;
+this process runs beside each cell in Kubernetes and holds the cell's lease only while the cell's
+/metrics answers:
 
     python cell_registrar.py --registry etcd://... --cluster default --id 3 \\
         --input vxlan://10.244.1.7:4789 --weight 1 --health http://127.0.0.1:9471/metrics

@@ -1,10 +1,9 @@
 """A local cluster on loopback: analysis nodes, routing collectors, cells with their analyzers, one incubator.
 
 Start order follows the data path backwards so nothing is sent before its receiver listens:
-nodes (they register themselves), collectors (wait until their ring holds every node), cells
-(the launcher registers each one in the registry with its VXLAN input, since a cell has no
-registry client of its own), analyzers (each cell waits with `--wait-readers` until all are
-connected), and last the incubator, which learns the cells from the registry.
+nodes (they register themselves), collectors (wait until their ring holds every node), cells,
+analyzers (each cell waits with `--wait-readers` until all are connected, then registers itself
+with its VXLAN input), and last the incubator, which learns the cells from the registry.
 """
 
 from __future__ import annotations
@@ -77,7 +76,6 @@ class LocalCluster:
         self.components: list[Component] = []
         self.exit_on_eof = analyzers_exit_on_eof
         self.fifo: Path | None = None
-        self._membership: Any = None
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -220,6 +218,12 @@ class LocalCluster:
                 str(mport),
                 "--home",
                 str(home),
+                "--registry",
+                self.registry_url,
+                "--cluster",
+                s.cluster,
+                "--lease-ttl",
+                str(s.lease_ttl),
             ]
             if collectors:
                 argv += ["--ipfix", f"udp://127.0.0.1:{collectors[i % len(collectors)].extra['ipfix']}"]
@@ -284,21 +288,17 @@ class LocalCluster:
                 )
 
     def _register_cells(self) -> None:
-        from celltap.registry import Membership, open_registry
+        """Wait until every cell registered itself (after its readers connected)."""
+        from celltap.registry import kind_prefix, open_registry
 
-        self._membership = Membership(
-            open_registry(self.registry_url), self.spec.cluster, ttl=self.spec.lease_ttl
-        )
-        for c in self.of_kind("cell"):
-            self._membership.register(
-                "cells",
-                str(c.extra["cell"]),
-                {
-                    "input": f"vxlan://127.0.0.1:{c.extra['vxlan']}",
-                    "weight": 1,
-                    "metrics": c.metrics,
-                    "pid": c.child.pid,
-                },
+        prefix = kind_prefix(self.spec.cluster, "cells")
+        want = {str(c.extra["cell"]) for c in self.of_kind("cell")}
+        with open_registry(self.registry_url) as reg:
+            wait_until(
+                lambda: want <= {k[len(prefix) :] for k in reg.get_prefix(prefix)},
+                60,
+                "every cell to register itself",
+                self.check,
             )
 
     def _start_incubator(self) -> None:
@@ -363,17 +363,7 @@ class LocalCluster:
     def stop(self, grace: float = 10.0) -> dict[str, int | None]:
         """Stop everything still running and withdraw the cells' registrations."""
         statuses = self.sup.stop_all(grace)
-        self.close_registry()
         return statuses
-
-    def close_registry(self) -> None:
-        """Withdraw the cells from the registry (idempotent)."""
-        if self._membership is not None:
-            try:
-                self._membership.close()
-            except Exception as exc:
-                log.warning("withdrawing the cells from the registry failed: %s", exc)
-            self._membership = None
 
 
 __all__ = ["ChildFailed", "Component", "LocalCluster", "wait_until"]
