@@ -23,8 +23,19 @@ LINE_RATE_64B = 14_880_952  # frames/s on one 10 GbE port at 64-byte frames
 def write_small_pcap(path: str, frames: int, seed: int = 1) -> None:
     """loadgen's `small` scenario: 64-byte frames (60 captured + FCS) over many flows."""
     subprocess.run(
-        [sys.executable, "-m", "celltap.cli", "loadgen", "pcap", "small", path, "--count", str(frames),
-         "--seed", str(seed)],
+        [
+            sys.executable,
+            "-m",
+            "celltap.cli",
+            "loadgen",
+            "pcap",
+            "small",
+            path,
+            "--count",
+            str(frames),
+            "--seed",
+            str(seed),
+        ],
         check=True,
     )
 

@@ -280,7 +280,8 @@ def to_results(res: dict) -> list[Result]:
                 "records/s",
                 baseline_name="nfcapd (same stream, same run)",
                 baseline_value=(base["received"] / res["duration"]) if base else 0.0,
-                target=3_600_000.0,
+                # nfcapd's 3.6 M records/s is the bar where at least that much is offered.
+                target=3_600_000.0 if ours["target_rate"] in (0, 3_600_000) else 0.0,
                 note=(
                     f"celltap lost {100 * ours['lost'] / max(ours['sent'], 1):.2f}%"
                     + (f", nfcapd lost {100 * base['lost'] / max(base['sent'], 1):.2f}%" if base else "")

@@ -60,6 +60,8 @@ def run_one(name: str, timeout: float) -> tuple[list[Result] | dict | None, str,
 
 
 def _fmt(v: object) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
     if isinstance(v, int):
@@ -74,9 +76,14 @@ def render(name: str, res: list[Result] | dict | None, err: str, took: float) ->
         lines += ["Did not produce figures:", "", "```", err, "```", ""]
         return lines
     if isinstance(res, dict):
+        tables = {k: v for k, v in res.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
         lines += ["| figure | value |", "|---|---|"]
-        for k, v in _flatten(res):
+        for k, v in _flatten({k: v for k, v in res.items() if k not in tables}):
             lines.append(f"| {k} | {_fmt(v)} |")
+        for rows in tables.values():
+            cols = list(dict.fromkeys(c for row in rows for c in row))
+            lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            lines += ["| " + " | ".join(_fmt(row.get(c, "")) for c in cols) + " |" for row in rows]
         return [*lines, ""]
     lines += ["| what | ours | baseline (same run) | ratio | target | note |", "|---|---|---|---|---|---|"]
     for r in res:
@@ -85,6 +92,18 @@ def render(name: str, res: list[Result] | dict | None, err: str, took: float) ->
         target = f"{_fmt(r.target)} ({'met' if r.value >= r.target else 'NOT met'})" if r.target else ""
         lines.append(f"| {r.name} | {_fmt(r.value)} {r.unit} | {base} | {ratio} | {target} | {r.note} |")
     return [*lines, ""]
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    """The '### name (N s)' sections of a benchmarks page, by benchmark name."""
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("### "):
+            current = out.setdefault(line[4:].split(" ", 1)[0], [])
+        if current is not None:
+            current.append(line)
+    return out
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -116,7 +135,14 @@ def main() -> int:
     if args.no_write:
         return 0
     m = machine()
-    head = DOC.read_text().split(MARK)[0] if DOC.exists() and MARK in DOC.read_text() else ""
+    text = DOC.read_text() if DOC.exists() else ""
+    head = text.split(MARK)[0] if MARK in text else ""
+    if args.names:
+        # A partial run replaces its own sections and keeps the others' latest figures.
+        kept = _sections(text.split(MARK, 1)[1] if MARK in text else "")
+        fresh = _sections("\n".join(sections))
+        merged = {**kept, **fresh}
+        sections = [line for name in discover() if name in merged for line in merged[name]]
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [
         MARK,
