@@ -15,30 +15,12 @@ from urllib.parse import urlparse
 import numpy as np
 
 from cell.flow_table import Flow
-from celltap.ipfix import MessageEncoder, RefreshPolicy, template_from_names
+from celltap.ipfix import MessageEncoder, RefreshPolicy
+from celltap.ipfix.export import BIFLOW_V4_TEMPLATE_ID, BIFLOW_V6_TEMPLATE_ID, biflow_templates
 
 log = logging.getLogger("celltap.cell.ipfix")
 
-TEMPLATE_V4, TEMPLATE_V6 = 256, 257
-
-
-def _fields(v: int) -> list[tuple[str, int | None]]:
-    a = "IPv4" if v == 4 else "IPv6"
-    return [
-        (f"source{a}Address", None),
-        (f"destination{a}Address", None),
-        ("sourceTransportPort", None),
-        ("destinationTransportPort", None),
-        ("protocolIdentifier", None),
-        ("octetDeltaCount", None),
-        ("packetDeltaCount", None),
-        ("reverseOctetDeltaCount", None),
-        ("reversePacketDeltaCount", None),
-        ("flowStartMilliseconds", None),
-        ("flowEndMilliseconds", None),
-        ("flowEndReason", None),
-        ("applicationName", None),
-    ]
+TEMPLATE_V4, TEMPLATE_V6 = BIFLOW_V4_TEMPLATE_ID, BIFLOW_V6_TEMPLATE_ID
 
 
 def flow_columns(flows: list[Flow], v: int) -> dict[str, object]:
@@ -93,7 +75,7 @@ class FlowExporter:
         self.addr = (u.hostname, u.port)
         self.encoder = MessageEncoder(
             domain,
-            [template_from_names(TEMPLATE_V4, _fields(4)), template_from_names(TEMPLATE_V6, _fields(6))],
+            biflow_templates(),
             mtu=mtu,
             refresh=RefreshPolicy(seconds=refresh_seconds, messages=100),
         )

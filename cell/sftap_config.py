@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from celltap.config import ConfigError as SharedConfigError
+from celltap.config import read_yaml
 
 SPECIAL_RULES = ("loopback7", "pcap", "tcp_default", "udp_default", "icmp", "icmpv6")
 PROTOS = {"TCP": "tcp", "UDP": "udp", "ICMP": "icmp", "ICMPV6": "icmpv6"}
@@ -294,11 +295,7 @@ def parse_config(doc: Any) -> CellConfig:
 def load_config(path: str | Path) -> CellConfig:
     """Read and validate an SF-TAP YAML configuration file."""
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        doc = read_yaml(path)
+    except SharedConfigError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_config(doc)

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from celltap.config import ConfigError, read_yaml
 from celltap.registry.errors import RegistryConfigError
 from celltap.registry.tls import TLSConfig
 from collector.apps.base import App, AppConfigError, make_app
@@ -109,11 +108,7 @@ def config_from_dict(data: Any, source: str = "node config") -> NodeConfig:
 def load_node_config(path: str | Path) -> NodeConfig:
     """Read and validate a node YAML file."""
     try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise NodeConfigError(f"{path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise NodeConfigError(f"{path}: not valid YAML: {exc}") from None
+        data = read_yaml(path)
+    except ConfigError as exc:
+        raise NodeConfigError(str(exc)) from None
     return config_from_dict(data, str(path))

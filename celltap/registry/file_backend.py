@@ -317,44 +317,38 @@ class FileRegistry(Registry):
             entry["rev"] = self._bump_rev()
             self._write_atomic(os.path.join(self._kv, key_file_name(key)), json.dumps(entry).encode())
 
+    def _live_entry(self, key: str) -> tuple[_Entry, float | None] | None:
+        """The stored entry of `key` and its lease expiry (None: no lease), if it is live."""
+        path = os.path.join(self._kv, key_file_name(key))
+        obj = self._read_json(path, ("key",))
+        if obj is None:
+            return None
+        try:
+            entry = _Entry.parse(path, obj)
+        except (TypeError, ValueError):
+            REGISTRY_ERRORS.labels(op="bad_file").inc()
+            return None
+        if entry.key != key:
+            return None
+        if entry.lease is None:
+            return entry, None
+        expires = self._lease_expiry(self._lease_path(entry.lease))
+        if expires is None or expires <= time.time():
+            self._reap({entry.lease})
+            return None
+        return entry, expires
+
     def get(self, key: str) -> bytes | None:
         """The live value of `key`, or None."""
         with self._guard("get"):
-            path = os.path.join(self._kv, key_file_name(key))
-            obj = self._read_json(path, ("key",))
-            if obj is None:
-                return None
-            try:
-                entry = _Entry.parse(path, obj)
-            except (TypeError, ValueError):
-                REGISTRY_ERRORS.labels(op="bad_file").inc()
-                return None
-            if entry.key != key:
-                return None
-            if entry.lease is not None:
-                expires = self._lease_expiry(self._lease_path(entry.lease))
-                if expires is None or expires <= time.time():
-                    self._reap({entry.lease})
-                    return None
-            return entry.value
+            live = self._live_entry(key)
+            return None if live is None else live[0].value
 
     def lease_ttl(self, key: str) -> float | None:
         """Seconds left on the lease file of `key`, None without key or lease (or once expired)."""
         with self._guard("lease_ttl"):
-            path = os.path.join(self._kv, key_file_name(key))
-            obj = self._read_json(path, ("key",))
-            if obj is None:
-                return None
-            try:
-                entry = _Entry.parse(path, obj)
-            except (TypeError, ValueError):
-                REGISTRY_ERRORS.labels(op="bad_file").inc()
-                return None
-            if entry.key != key or entry.lease is None:
-                return None
-            expires = self._lease_expiry(self._lease_path(entry.lease))
-            left = None if expires is None else expires - time.time()
-            return left if left is not None and left > 0 else None
+            live = self._live_entry(key)
+            return None if live is None or live[1] is None else live[1] - time.time()
 
     def get_prefix(self, prefix: str) -> dict[str, bytes]:
         """All live keys under `prefix`."""
