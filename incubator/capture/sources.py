@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from celltap.pcap import open_capture
 from celltap.pcap.batch import FrameBatch
 
-
 REPLAY_CHUNK = 256 << 10
 
 
