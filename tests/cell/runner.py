@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+from celltap.launcher.ports import free_port
+
 PY = sys.executable
 
 
@@ -91,11 +93,6 @@ def run_cell(
     return proc, {name: bytes(r.data) for name, r in readers.items()}
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveCell:

@@ -16,16 +16,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from celltap.launcher.ports import free_port
 from loadgen.ipfix_gen import build_pool, random_records, router_template
 
 ROOT = Path(__file__).resolve().parents[2]
 CELLTAP = [sys.executable, "-m", "celltap.cli"]
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Proc:

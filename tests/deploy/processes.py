@@ -9,14 +9,11 @@ from collections.abc import Callable
 
 import pytest
 
+from celltap.launcher.ports import free_port
+
 CELLTAP = [sys.executable, "-m", "celltap.cli"]
 
 
-def free_port(kind: int) -> int:
-    """A port the kernel says is free now."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_port_block(n: int) -> int:

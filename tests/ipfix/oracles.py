@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from celltap.launcher.ports import free_port as launcher_free_port
 from celltap.pcap import PcapWriter
 from tests.ipfix.traffic import ipv4_frame, udp
 
@@ -20,10 +21,8 @@ CELLTAP = [sys.executable, "-m", "celltap.cli"]
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    """A port nobody is bound to right now on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free UDP (by default) port on 127.0.0.1."""
+    return launcher_free_port(kind)
 
 
 class RecordingRelay:

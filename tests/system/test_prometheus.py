@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from celltap.launcher.ports import free_port
 from tests.conftest import require_tool
 from tests.system.cluster_proc import CELLTAP, ROOT, UpCluster
 from tests.system.faults import append_faults, send_bad_ipfix
@@ -72,10 +72,6 @@ MUST_FIRE = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def panel_targets() -> list[tuple[str, str, str]]:
