@@ -8,6 +8,9 @@ larger than memory and pipes (stdin) work because only one chunk plus a partial 
 from __future__ import annotations
 
 import io
+import mmap
+import os
+import stat
 import struct
 import sys
 from collections.abc import Iterator
@@ -99,8 +102,42 @@ class CaptureReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _mapped(self) -> np.ndarray | None:
+        """The whole file as a read-only array when it is a regular file, else None (pipes)."""
+        try:
+            fd = self.stream.fileno()
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size == 0:
+                return None
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return None
+        # Batches keep the mapping alive through their arrays; it is unmapped when the last goes.
+        return np.frombuffer(mm, dtype=np.uint8)
+
     def _chunks(self) -> Iterator[tuple[np.ndarray, int]]:
-        """Yield (buffer, valid length); the caller says how much it consumed via `self._carry`."""
+        """Yield (buffer, valid length) windows; the caller sends back how many bytes it consumed.
+
+        A regular file is mapped as it is when opened (bytes appended later are not seen), and
+        windows are views of the page cache: no read copies, no
+        buffer allocation per chunk.  Pipes and other streams are read into fresh buffers.
+        """
+        mapped = self._mapped()
+        if mapped is not None:
+            pos = self.stream.tell() - len(self._pending)
+            self._pending = b""
+            total = mapped.shape[0]
+            while True:
+                end = min(pos + self.chunk_size, total)
+                consumed = yield mapped[pos:end], end - pos
+                if end >= total:
+                    if end - pos - consumed:
+                        raise CaptureFormatError(
+                            f"capture ends inside a record ({end - pos - consumed} bytes left over)"
+                        )
+                    return
+                if end - pos - consumed > self.chunk_size // 2:
+                    self.chunk_size *= 2  # a record larger than half a window: widen the next ones
+                pos += consumed
         carry = self._pending
         self._pending = b""
         while True:

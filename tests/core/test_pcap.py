@@ -163,3 +163,18 @@ def test_walk_matches_a_plain_loop_on_runs_and_mixtures(runs: list[tuple[int, in
     # A cut inside the last record stops the walk before it.
     offs, stop = walk_records(arr, 0, len(buf) - 1, 16, 8, False, 1 << 20)
     assert offs.tolist() == want[:-1] and stop == want[-1]
+
+
+@pytest.mark.parametrize("writer_cls", [PcapWriter, PcapngWriter])
+def test_mapped_files_chunked_truncated_and_oversized(tmp_path, writer_cls: type) -> None:
+    # Regular files are mapped: windows smaller than a record must grow, and truncation is an error.
+    frames = [bytes([i % 256]) * size for i, size in enumerate([60, 70_000, 60, 150_000, 1514] * 20)]
+    path = tmp_path / "big.cap"
+    path.write_bytes(_write(writer_cls, frames, True))
+    with open_capture(str(path), chunk_size=1 << 16) as reader:
+        got = [b.frame(i) for b in reader for i in range(len(b))]
+    assert got == frames
+    short = tmp_path / "short.cap"
+    short.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(CaptureFormatError, match="ends inside a record"):
+        read_all(str(short))
