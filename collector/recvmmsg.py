@@ -8,52 +8,22 @@ addresses are read back with numpy, and the caller gets (exporter, memoryview) p
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import socket
 
 import numpy as np
 
+from celltap.mmsg import IoVec, MMsgHdr, MsgHdr, libc_function
+
 MSG_DONTWAIT = 0x40
 MSG_TRUNC = 0x20
 SOCKADDR_SIZE = 28  # sockaddr_in6, large enough for both families
 
 
-class _IoVec(ctypes.Structure):
-    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
-
-
-class _MsgHdr(ctypes.Structure):
-    _fields_ = (
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.POINTER(_IoVec)),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    )
-
-
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
-
-
-def _libc_recvmmsg():
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    try:
-        fn = ctypes.CDLL(name, use_errno=True).recvmmsg
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_RECVMMSG = _libc_recvmmsg()
+_RECVMMSG = libc_function(
+    "recvmmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
+)
 
 
 def available() -> bool:
@@ -77,8 +47,8 @@ class BatchReceiver:
         self._data_c = (ctypes.c_char * len(self.data)).from_buffer(self.data)
         self.names = bytearray(slots * SOCKADDR_SIZE)
         self._names_c = (ctypes.c_char * len(self.names)).from_buffer(self.names)
-        self.iov = (_IoVec * slots)()
-        self.msgs = (_MMsgHdr * slots)()
+        self.iov = (IoVec * slots)()
+        self.msgs = (MMsgHdr * slots)()
         base = ctypes.addressof(self._data_c)
         nbase = ctypes.addressof(self._names_c)
         for i in range(slots):
@@ -91,10 +61,10 @@ class BatchReceiver:
             h.msg_iovlen = 1
         # numpy views of the header array: msg_namelen must be reset before each call; msg_len and
         # msg_flags are read back after it.
-        words = np.frombuffer(self.msgs, dtype=np.uint32).reshape(slots, ctypes.sizeof(_MMsgHdr) // 4)
-        self._namelen = words[:, _MsgHdr.msg_namelen.offset // 4]
-        self._flags = words[:, _MsgHdr.msg_flags.offset // 4]
-        self._len = words[:, _MMsgHdr.msg_len.offset // 4]
+        words = np.frombuffer(self.msgs, dtype=np.uint32).reshape(slots, ctypes.sizeof(MMsgHdr) // 4)
+        self._namelen = words[:, MsgHdr.msg_namelen.offset // 4]
+        self._flags = words[:, MsgHdr.msg_flags.offset // 4]
+        self._len = words[:, MMsgHdr.msg_len.offset // 4]
         self._names_u8 = np.frombuffer(self.names, dtype=np.uint8).reshape(slots, SOCKADDR_SIZE)
         self._rows_u8 = np.frombuffer(self.data, dtype=np.uint8).reshape(slots, slot_size)
         self._addr_cache: dict[bytes, str] = {}

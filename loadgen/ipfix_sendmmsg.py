@@ -8,48 +8,15 @@ hands them all to the kernel.  Python's socket module has no sendmmsg.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import socket
 
 import numpy as np
 
+from celltap.mmsg import IoVec, MMsgHdr, libc_function
 
-class _IoVec(ctypes.Structure):
-    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
-
-
-class _MsgHdr(ctypes.Structure):
-    _fields_ = (
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.POINTER(_IoVec)),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    )
-
-
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
-
-
-def _libc_sendmmsg():
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    try:
-        fn = ctypes.CDLL(name, use_errno=True).sendmmsg
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SENDMMSG = _libc_sendmmsg()
+_SENDMMSG = libc_function("sendmmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int))
 
 
 def available() -> bool:
@@ -73,8 +40,8 @@ class PoolSender:
             self.count, self.length
         )
         self._seq = self.buf[:, seq_offset : seq_offset + 4]
-        self.iov = (_IoVec * self.count)()
-        self.msgs = (_MMsgHdr * self.count)()
+        self.iov = (IoVec * self.count)()
+        self.msgs = (MMsgHdr * self.count)()
         base = self.buf.ctypes.data
         for i in range(self.count):
             self.iov[i].iov_base = base + i * self.length
@@ -91,7 +58,7 @@ class PoolSender:
         """Send the whole pool; returns how many messages the kernel took (all, unless an error)."""
         sent = 0
         while sent < self.count:
-            addr = ctypes.addressof(self.msgs) + sent * ctypes.sizeof(_MMsgHdr)
+            addr = ctypes.addressof(self.msgs) + sent * ctypes.sizeof(MMsgHdr)
             n = _SENDMMSG(self.fd, addr, self.count - sent, 0)
             if n < 0:
                 err = ctypes.get_errno()
