@@ -72,6 +72,11 @@ def main(args: argparse.Namespace) -> int:
     if args.home:
         cfg.glob.home = args.home
     cell_id = args.cell_id if args.cell_id is not None else cfg.glob.cell_id
+    if args.metrics_port is not None:
+        # Imported before the sockets appear, so that /metrics answers soon after they do.
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from cell.metrics import CellCollector
     try:
         cell = Cell(cfg, cell_id, args.ipfix, args.reader_buffer)
     except (ValueError, OSError) as exc:
@@ -85,10 +90,6 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     try:
         if args.metrics_port is not None:
-            from prometheus_client import CollectorRegistry, start_http_server
-
-            from cell.metrics import CellCollector
-
             registry = CollectorRegistry()
             registry.register(CellCollector(cell))
             start_http_server(args.metrics_port, registry=registry)

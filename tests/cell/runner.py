@@ -159,8 +159,13 @@ class LiveCell:
 
 
 def wait_for(pred, timeout: float = 20, what: str = "condition") -> None:
-    """Poll `pred` until true."""
+    """Poll `pred` until true; an endpoint that is not up yet (OSError) counts as not yet."""
     deadline = time.monotonic() + timeout
-    while not pred():
+    while True:
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
