@@ -61,6 +61,12 @@ def frames_of(path: Path) -> list[bytes]:
     return [b.frame(i) for b in read_all(str(path)) for i in range(len(b))]
 
 
+def replay_argv(ns: str, pcap: Path, *args: str) -> list[str]:
+    """`celltap loadgen replay PCAP va --json ARGS` run inside namespace `ns`."""
+    celltap = [sys.executable, "-m", "celltap.cli"]
+    return ["ip", "netns", "exec", ns, *celltap, "loadgen", "replay", str(pcap), "va", "--json", *args]
+
+
 def capture_replay(ns: str, pcap: Path, out: Path, expect: int, *replay_args: str) -> tuple[dict, int]:
     """Start tcpdump on vb for `expect` frames, replay `pcap` on va, return (replay JSON, exit code)."""
     dump = subprocess.Popen(
@@ -91,21 +97,7 @@ def capture_replay(ns: str, pcap: Path, out: Path, expect: int, *replay_args: st
         line = dump.stderr.readline()
         assert "listening on" in line, line
         rep = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                sys.executable,
-                "-m",
-                "celltap.cli",
-                "loadgen",
-                "replay",
-                str(pcap),
-                "va",
-                "--json",
-                *replay_args,
-            ],
+            replay_argv(ns, pcap, *replay_args),
             capture_output=True,
             text=True,
             timeout=120,
@@ -154,21 +146,7 @@ def test_replay_topspeed_rate(netns: str, tmp_path: Path) -> None:
     # so the oracle here is the kernel's transmit counter of va rather than a capture on vb.
     pcap = write_scenario(tmp_path / "small.pcap", "small", 20000)
     rep = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            sys.executable,
-            "-m",
-            "celltap.cli",
-            "loadgen",
-            "replay",
-            str(pcap),
-            "va",
-            "--json",
-            "--topspeed",
-        ],
+        replay_argv(netns, pcap, "--topspeed"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -190,24 +168,7 @@ def test_replay_serves_metrics_and_stops_cleanly_on_sigterm(netns: str, tmp_path
     _ip("-n", netns, "link", "set", "lo", "up")
     pcap = write_scenario(tmp_path / "dns.pcap", "dns", 200)
     proc = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            sys.executable,
-            "-m",
-            "celltap.cli",
-            "loadgen",
-            "replay",
-            str(pcap),
-            "va",
-            "--json",
-            "--pps",
-            "200",
-            "--metrics-port",
-            "9464",
-        ],
+        replay_argv(netns, pcap, "--pps", "200", "--metrics-port", "9464"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -275,21 +236,7 @@ def test_replay_retries_enobufs_until_every_frame_is_sent(netns: str, tmp_path: 
     )
     pcap = write_scenario(tmp_path / "small.pcap", "small", 2000)
     rep = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            sys.executable,
-            "-m",
-            "celltap.cli",
-            "loadgen",
-            "replay",
-            str(pcap),
-            "va",
-            "--json",
-            "--topspeed",
-        ],
+        replay_argv(netns, pcap, "--topspeed"),
         capture_output=True,
         text=True,
         timeout=120,
