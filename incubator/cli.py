@@ -20,6 +20,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-dir", metavar="DIR", help="offline split: writes DIR/cell-<i>.pcap")
     parser.add_argument("--seed", type=int, default=0, help="flow hash seed (cluster-wide)")
     parser.add_argument(
+        "--partition",
+        default="xxh64",
+        choices=("xxh64", "dicap"),
+        help="offline split: cell choice (xxh64 flow hash, or the DiCAP cells' kernel-filter partition)",
+    )
+    parser.add_argument(
+        "--dicap-buckets-log2", type=int, default=14, metavar="B", help="dicap partition: 2^B buckets (1..14)"
+    )
+    parser.add_argument(
+        "--dicap-ports",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="dicap partition: hash ports of unfragmented TCP/UDP/SCTP too (default on)",
+    )
+    parser.add_argument(
         "--non-ip", default="cell0", choices=("bridge", "cell0", "all"), help="where frames without IP go"
     )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
@@ -56,6 +71,9 @@ def _offline(args: argparse.Namespace) -> int:
     if not args.cells or not args.write_dir:
         print("celltap incubator: --read needs --cells N and --write-dir DIR", file=sys.stderr)
         return 2
+    if not 1 <= args.dicap_buckets_log2 <= 14:
+        print("celltap incubator: --dicap-buckets-log2 must be 1..14", file=sys.stderr)
+        return 2
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -63,7 +81,17 @@ def _offline(args: argparse.Namespace) -> int:
     try:
         from prometheus_client import REGISTRY
 
-        res = split_capture(args.read, args.cells, args.write_dir, args.seed, args.non_ip, REGISTRY)
+        res = split_capture(
+            args.read,
+            args.cells,
+            args.write_dir,
+            args.seed,
+            args.non_ip,
+            REGISTRY,
+            args.partition,
+            args.dicap_buckets_log2,
+            args.dicap_ports,
+        )
     except (CaptureFormatError, OSError, ValueError) as exc:
         print(f"celltap incubator: {args.read}: {exc}", file=sys.stderr)
         return 1

@@ -7,7 +7,8 @@ from typing import Any
 
 import yaml
 
-from incubator.separator import NONIP_POLICIES
+from incubator.dicap import DEFAULT_BUCKETS_LOG2, MAX_BUCKETS_LOG2
+from incubator.separator import NONIP_POLICIES, PARTITIONS
 
 MODES = ("mirror", "inline", "dicap")
 
@@ -30,6 +31,7 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     ),
     "non_ip": (str, "cell0"),
     "hash_seed": (int, 0),
+    "partition": (str, None),  # xxh64 (default) | dicap; dicap mode always uses dicap
     "metrics_port": (int, None),
     "fragments": (
         {"timeout_s": (float, 30.0), "max_bytes": (int, 16 << 20), "max_datagrams": (int, 65536)},
@@ -40,7 +42,17 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
         {},
     ),
     "batch": ({"frames": (int, 4096), "timeout_ms": (int, 10), "ring_mb": (int, 64)}, {}),
-    "dicap": ({"cell": (str, None), "output": (str, None), "buckets_log2": (int, 10)}, {}),
+    # The DiCAP partition's parameters (partition: dicap, and mode: dicap's kernel filter); `cell`
+    # and `output` only in dicap mode (which cell this process is, where its share goes).
+    "dicap": (
+        {
+            "cell": (str, None),
+            "output": (str, None),
+            "buckets_log2": (int, DEFAULT_BUCKETS_LOG2),
+            "ports": (bool, True),
+        },
+        {},
+    ),
 }
 
 
@@ -89,6 +101,7 @@ def parse_config(data: Any) -> Config:
         raise ConfigError(
             f"config key 'non_ip' must be one of {', '.join(NONIP_POLICIES)}, got {cfg['non_ip']!r}"
         )
+    _check_partition(cfg)
     if cfg["capture"] is None:
         raise ConfigError("config key 'capture' is required (afpacket:IF, netmap:IF or pcap:FILE)")
     if cfg["mode"] == "inline" and cfg["peer"] is None:
@@ -113,6 +126,27 @@ def parse_config(data: Any) -> Config:
     if cfg["registry"] is not None and cfg["registry"]["url"] is None:
         raise ConfigError("config key 'registry.url' is required (file:///path or etcd://host:port)")
     return Config(cfg)
+
+
+def _check_partition(cfg: dict[str, Any]) -> None:
+    part = cfg["partition"]
+    if part is not None and part not in PARTITIONS:
+        raise ConfigError(f"config key 'partition' must be one of {', '.join(PARTITIONS)}, got {part!r}")
+    if cfg["mode"] == "dicap":
+        if part == "xxh64":
+            raise ConfigError(
+                "config key 'partition' cannot be xxh64 in dicap mode "
+                "(the kernel filter computes the dicap partition only)"
+            )
+        cfg["partition"] = "dicap"
+    elif part is None:
+        cfg["partition"] = "xxh64"
+    b = cfg["dicap"]["buckets_log2"]
+    if not 1 <= b <= MAX_BUCKETS_LOG2:
+        raise ConfigError(
+            f"config key 'dicap.buckets_log2' must be 1..{MAX_BUCKETS_LOG2} "
+            f"(a longer cBPF filter would pass the kernel's 4096 instructions), got {b}"
+        )
 
 
 def load_config(path: str) -> Config:

@@ -91,13 +91,16 @@ class Bridge:
 
 def build_engine(cfg: Config, metrics: IncubatorMetrics) -> Engine:
     """Separator and engine from the config (no capture, no cells yet)."""
-    fr, fl = cfg["fragments"], cfg["flows"]
+    fr, fl, dc = cfg["fragments"], cfg["flows"], cfg["dicap"]
     sep = Separator(
         seed=cfg["hash_seed"],
         pin_flows=True,
         nonip_policy=cfg["non_ip"],
         flow_table=FlowTable(fl["max_flows"], fl["idle_timeout_s"], fl["close_linger_s"]),
         fragments=FragmentTracker(fr["timeout_s"], fr["max_bytes"], fr["max_datagrams"]),
+        partition=cfg["partition"],
+        buckets_log2=dc["buckets_log2"],
+        use_ports=dc["ports"],
     )
     return Engine(sep, metrics)
 
@@ -133,7 +136,7 @@ class Incubator:
 
         d = self.cfg["dicap"]
         weights = {cid: s.weight for cid, s in members.items()}
-        return cell_filter(weights, d["cell"], self.cfg["hash_seed"], d["buckets_log2"])
+        return cell_filter(weights, d["cell"], self.cfg["hash_seed"], d["buckets_log2"], d["ports"])
 
     def _open_captures(self) -> None:
         cfg = self.cfg

@@ -1,7 +1,8 @@
 """Offline split: one capture in, `DIR/cell-<i>.pcap` out, every flow whole in one file.
 
 The ring is fixed for the whole run, so flows need no pinning: each frame goes straight to the
-ring owner of its flow hash (fragments through the fragment tracker, as live).
+ring owner of its flow hash (fragments through the fragment tracker, as live), or, with the dicap
+partition, of its DiCAP bucket (what DiCAP cells' kernel filters would keep).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from celltap.pcap import open_capture
+from incubator.dicap import DEFAULT_BUCKETS_LOG2
 from incubator.engine import CellSpec, Engine
 from incubator.fragments import FragmentTracker
 from incubator.metrics import IncubatorMetrics
@@ -42,6 +44,9 @@ def split_capture(
     seed: int = 0,
     non_ip: str = "cell0",
     registry: CollectorRegistry | None = None,
+    partition: str = "xxh64",
+    buckets_log2: int = DEFAULT_BUCKETS_LOG2,
+    use_ports: bool = True,
 ) -> SplitResult:
     """Split `source` (path or '-') into `cells` pcap files under `write_dir`."""
     if cells < 1:
@@ -53,7 +58,13 @@ def split_capture(
     paths = {cid: os.path.join(write_dir, f"{cid}.pcap") for cid in cell_ids(cells)}
     by_spec = {f"pcap:{p}": p for p in paths.values()}
     sep = Separator(
-        seed=seed, pin_flows=False, nonip_policy=non_ip, fragments=FragmentTracker(timeout_s=3600)
+        seed=seed,
+        pin_flows=False,
+        nonip_policy=non_ip,
+        fragments=FragmentTracker(timeout_s=3600),
+        partition=partition,
+        buckets_log2=buckets_log2,
+        use_ports=use_ports,
     )
     metrics = IncubatorMetrics(registry if registry is not None else CollectorRegistry())
     engine = Engine(sep, metrics, lambda spec: PcapOutput(by_spec[spec], None, nanosecond), linktype)

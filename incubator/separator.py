@@ -3,6 +3,19 @@
 Per batch: classify (flow hash, status) -> pinned-flow lookup -> ring owner for new flows ->
 fragment tracker for fragments -> non-IP policy.  It never touches sockets or files; the engine
 hands each cell's frames to its output.
+
+Two partitions decide the owner of a new flow:
+
+* `xxh64` (default): the ring owner of the flow's XXH64; fragments follow their first fragment
+  through the fragment tracker.
+* `dicap`: the ring owner of the frame's DiCAP bucket (`incubator.dicap`), the function the DiCAP
+  cells' kernel filters compute.  Every fragment goes to its own bucket's owner at once (as the
+  filter does: no waiting), non-IP frames to bucket 0's owner.  Pins are keyed by flow hash *and*
+  bucket, so a flow whose frames fall into different buckets (IPv6 extension headers hide the
+  ports from the filter, an untaggable QinQ stack hides the IP header) still gets exactly the
+  filter's choice per frame.  Between membership changes every frame goes where the DiCAP cells'
+  filters send it; after a change, flows pinned before it stay put until they end, while DiCAP
+  cells re-filter at once.
 """
 
 from __future__ import annotations
@@ -13,9 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from celltap.decode import Reason
-from celltap.pcap.batch import FrameBatch
+from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
 from incubator.cells import CellSet
 from incubator.classify import Classified, classify
+from incubator.dicap import DEFAULT_BUCKETS_LOG2, MAX_BUCKETS_LOG2, bucket_owner_slots, dicap_buckets
 from incubator.flowtable import FlowTable
 from incubator.fragments import DatagramKey, FragmentTracker, Released, datagram_key
 
@@ -24,8 +38,12 @@ HELD = -2  # an early fragment now waiting for its first fragment
 ALL = -3  # non-IP frame copied to every live cell
 
 NONIP_POLICIES = ("bridge", "cell0", "all")
+PARTITIONS = ("xxh64", "dicap")
 NO_CELL = "no_cell"
 NONIP_NOT_SEPARATED = "non_ip_policy"
+NOT_ETHERNET = "not_ethernet"  # dicap partition: the kernel filter's offsets are Ethernet's
+# Odd 64-bit multiplier mixing the DiCAP bucket into the pin key (a flow hash per bucket).
+_BUCKET_MIX = np.uint64(0xD6E8FEB86659FD93)
 
 
 @dataclass
@@ -56,9 +74,20 @@ class Separator:
         nonip_policy: str = "cell0",
         flow_table: FlowTable | None = None,
         fragments: FragmentTracker | None = None,
+        partition: str = "xxh64",
+        buckets_log2: int = DEFAULT_BUCKETS_LOG2,
+        use_ports: bool = True,
     ) -> None:
         if nonip_policy not in NONIP_POLICIES:
             raise ValueError(f"non-IP policy must be one of {NONIP_POLICIES}, got {nonip_policy!r}")
+        if partition not in PARTITIONS:
+            raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
+        if not 1 <= buckets_log2 <= MAX_BUCKETS_LOG2:
+            raise ValueError(f"DiCAP buckets_log2 must be 1..{MAX_BUCKETS_LOG2}, got {buckets_log2}")
+        self.partition = partition
+        self.buckets_log2 = buckets_log2
+        self.use_ports = use_ports
+        self._bucket_owners: np.ndarray | None = None  # dicap: owner slot per bucket, per membership
         self.seed = seed
         self.cells = CellSet(cells or {}, seed)
         self.pin_flows = pin_flows
@@ -71,6 +100,7 @@ class Separator:
     def set_cells(self, members: Mapping[str, int]) -> tuple[list[str], list[str], int]:
         """Apply a membership change; returns (joined, left, re-homed flow count)."""
         joined, left = self.cells.update(members)
+        self._bucket_owners = None
         rehomed = 0
         if left:
             gone = [self.cells.slot_of[c] for c in left]
@@ -86,6 +116,8 @@ class Separator:
         n = len(batch)
         if n:
             self.now_ns = max(self.now_ns, int(batch.ts_ns.max()))
+        if self.partition == "dicap":
+            return self._route_dicap(batch, self.now_ns)
         now = self.now_ns
         c = classify(batch, self.seed)
         slots = np.full(n, DROP, dtype=np.int32)
@@ -108,15 +140,59 @@ class Separator:
         self.frags.expire(now, r.drops)
         return r
 
-    def _flow_slots(self, c: Classified, idx: np.ndarray, now: int, r: Routing) -> np.ndarray:
-        h = c.hashes[idx]
+    def bucket_owners(self) -> np.ndarray:
+        """dicap partition: the owner slot of every bucket under the current membership."""
+        if self._bucket_owners is None:
+            self._bucket_owners = bucket_owner_slots(self.cells, self.buckets_log2)
+        return self._bucket_owners
+
+    def _route_dicap(self, batch: FrameBatch, now: int) -> Routing:
+        n = len(batch)
+        slots = np.full(n, DROP, dtype=np.int32)
+        r = Routing(slots)
+        if batch.linktype != LINKTYPE_ETHERNET:
+            _add(r.drops, NOT_ETHERNET, n)
+            return r
+        c = classify(batch, self.seed)
+        bucket = dicap_buckets(batch, self.buckets_log2, self.use_ports).astype(np.int64)
+        owner = self.bucket_owners()[bucket] if self.cells.alive else np.full(n, -1, np.int32)
+        ok = c.status == Reason.OK
+        flows = np.flatnonzero(ok & ~c.frag)
+        frags = np.flatnonzero(ok & c.frag)
+        if not self.cells.alive:
+            _add(r.drops, NO_CELL, int(flows.size + frags.size))
+        else:
+            if flows.size:
+                with np.errstate(over="ignore"):
+                    keys = c.hashes[flows] ^ ((bucket[flows].astype(np.uint64) + np.uint64(1)) * _BUCKET_MIX)
+                slots[flows] = self._flow_slots(c, flows, now, r, keys, owner[flows])
+            # Stateless, like the filter: each fragment's own bucket (addresses only) decides.
+            slots[frags] = owner[frags]
+        bad = ~ok & (c.status != Reason.NON_IP)
+        if bad.any():
+            for code, cnt in enumerate(np.bincount(c.status[bad], minlength=len(Reason)).tolist()):
+                _add(r.drops, Reason(code).label, cnt)
+        # The filter's h = 0 for frames without IPv4/IPv6: their own bucket is bucket 0.
+        self._non_ip(c, slots, r, owner)
+        return r
+
+    def _flow_slots(
+        self,
+        c: Classified,
+        idx: np.ndarray,
+        now: int,
+        r: Routing,
+        keys: np.ndarray | None = None,
+        owners: np.ndarray | None = None,
+    ) -> np.ndarray:
+        h = c.hashes[idx] if keys is None else keys
         if not self.pin_flows:
-            return self.cells.owner_slots(h)
+            return self.cells.owner_slots(h) if owners is None else owners
         closing = c.closing[idx]
         got = self.table.lookup(h, now, closing)
         new = got < 0
         if new.any():
-            owners = self.cells.owner_slots(h[new])
+            owners = self.cells.owner_slots(h[new]) if owners is None else owners[new]
             got[new] = owners
             before = len(self.table)
             evicted = self.table.insert(h[new], owners, now, closing[new])
@@ -126,7 +202,7 @@ class Separator:
         r.expired_flows += sw.expired_idle + sw.expired_closed
         return got
 
-    def _non_ip(self, c: Classified, slots: np.ndarray, r: Routing) -> None:
+    def _non_ip(self, c: Classified, slots: np.ndarray, r: Routing, owner: np.ndarray | None = None) -> None:
         nonip = np.flatnonzero(c.status == Reason.NON_IP)
         if not nonip.size:
             return
@@ -135,7 +211,7 @@ class Separator:
         elif self.nonip_policy == "bridge":
             _add(r.drops, NONIP_NOT_SEPARATED, int(nonip.size))
         elif self.nonip_policy == "cell0":
-            slots[nonip] = self.cells.first_slot()
+            slots[nonip] = self.cells.first_slot() if owner is None else owner[nonip]
         else:
             slots[nonip] = ALL
 

@@ -35,6 +35,12 @@ def run_cli(tmp_path, cfg: dict) -> subprocess.CompletedProcess:
         ({"non_ip": "drop"}, "non_ip"),
         ({"mode": "inline"}, "peer"),
         ({"registry": {"cluster": "x"}}, "registry.url"),
+        ({"partition": "ring"}, "partition"),
+        ({"dicap": {"buckets_log2": 15}}, "dicap.buckets_log2"),
+        ({"dicap": {"buckets_log2": 0}}, "dicap.buckets_log2"),
+        ({"dicap": {"ports": "yes"}}, "dicap.ports"),
+        ({"dicap": {"port": True}}, "dicap.port"),
+        ({"mode": "dicap", "partition": "xxh64", "dicap": {"cell": "a"}}, "partition"),
     ],
 )
 def test_bad_key_is_one_clear_error(tmp_path, patch, key):
@@ -48,6 +54,10 @@ def test_bad_key_is_one_clear_error(tmp_path, patch, key):
 def test_defaults_are_filled():
     cfg = parse_config(BASE)
     assert cfg["mode"] == "mirror"
+    assert cfg["partition"] == "xxh64"
+    assert cfg["dicap"] == {"cell": None, "output": None, "buckets_log2": 14, "ports": True}
+    assert parse_config({**BASE, "partition": "dicap"})["partition"] == "dicap"
+    assert parse_config({**BASE, "mode": "dicap", "dicap": {"cell": "a"}})["partition"] == "dicap"
     assert cfg["fragments"]["timeout_s"] == 30.0
     assert cfg["registry"] is None
     with pytest.raises(ConfigError, match="capture"):
