@@ -21,7 +21,7 @@ from incubator.engine import CellSpec, Engine
 from incubator.flowtable import FlowTable
 from incubator.fragments import FragmentTracker
 from incubator.metrics import IncubatorMetrics
-from incubator.outputs import errno_reason
+from incubator.outputs import IfaceOutput
 from incubator.separator import Separator
 
 log = logging.getLogger("celltap.incubator")
@@ -53,12 +53,10 @@ def _open_afpacket(spec: str, cfg: Config, bpf: bytes | None = None) -> Any:
 
 
 class Bridge:
-    """Inline mode: frames from one side go out of the other, unchanged."""
+    """Inline mode: frames from one side go out of the other, unchanged (batched sends)."""
 
     def __init__(self, ifname: str, metrics: IncubatorMetrics) -> None:
-        from incubator.capture.afpacket import RawSender
-
-        self.sender = RawSender(ifname)
+        self.sender = IfaceOutput(ifname)
         self.label = ifname
         self.metrics = metrics
         self.sent = 0
@@ -66,17 +64,7 @@ class Bridge:
 
     def forward(self, batch: FrameBatch) -> None:
         """Send every frame of the batch out of this side."""
-        send = self.sender.sock.send
-        mv = memoryview(batch.buf)
-        ok = 0
-        drops: dict[str, int] = {}
-        for o, c in zip(batch.offsets.tolist(), batch.caplens.tolist(), strict=True):
-            try:
-                send(mv[o : o + c])
-                ok += 1
-            except OSError as exc:
-                r = errno_reason(exc)
-                drops[r] = drops.get(r, 0) + 1
+        ok, _nbytes, drops = self.sender.send(batch)
         self.sent += ok
         if ok:
             self.metrics.bridged_frames.labels(self.label).inc(ok)

@@ -205,16 +205,3 @@ class AfPacketCapture:
         except BufferError:
             pass  # a batch view is still alive; the mapping goes with the last reference
         self.sock.close()
-
-
-class RawSender:
-    """Send raw frames out of one interface (the inline bridge's other side)."""
-
-    def __init__(self, ifname: str) -> None:
-        self.ifname = ifname
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        self.sock.bind((ifname, 0))
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.sock.close()
