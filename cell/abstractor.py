@@ -5,6 +5,10 @@ batch) -> packets grouped by flow with one stable argsort (packet order inside a
 per-flow TCP reassembly / UDP datagrams / ICMP messages -> classification -> events appended to the
 interface sinks. The I/O edge (cell/interfaces.py) drains `Sink.parts` after each batch.
 
+Connections that open, carry in-order data and close inside one batch (most of a
+connections-per-second load) skip the per-packet loop: they are found with array passes
+(cell/whole_connections.py) and handled flow by flow, with the same events, records and counters.
+
 Flows end with a reason: NORMAL (FIN both ways), RESET, TIMEOUT (idle; also end of input),
 COMPROMISED (reserved: a full table refuses new flows rather than evicting). A closed TCP flow
 lingers briefly so trailing ACKs still count in its IPFIX record; the record is produced when the
@@ -24,10 +28,11 @@ from cell.classifier import Classifier
 from cell.defrag import Defragmenter
 from cell.flow_table import Flow, FlowTable
 from cell.sftap_config import CellConfig, Rule
-from cell.tcp_reassembly import ACK, KEEP, SYN, TcpStats, segment, skip_gaps
+from cell.tcp_reassembly import ACK, FIN, KEEP, SYN, TcpStats, segment, skip_gaps
+from cell.whole_connections import whole_connections
 from celltap.decode import DecodedBatch, Reason, decode_batch
 from celltap.flowkey import canonical_key, canonical_swap, flow_hashes
-from celltap.pcap.batch import LINKTYPE_RAW, FrameBatch
+from celltap.pcap.batch import LINKTYPE_RAW, FrameBatch, gather_frames
 
 log = logging.getLogger("celltap.cell")
 
@@ -84,6 +89,8 @@ class Abstractor:
         self.max_flows = g.max_flows
         self.gc_budget = g.gc_scan
         self.batch_acks = True
+        self.use_whole_connections = True  # the per-flow path for connections complete in one batch
+        self.whole_flows = 0  # connections that took it
         self.sinks: dict[str, Sink] = {}
         self.rule_sinks: dict[str, list[Sink]] = {}
         for rule in [*cfg.rules, *cfg.special.values()]:
@@ -135,7 +142,7 @@ class Abstractor:
         sink = flow.sink
         if sink is None:
             return
-        w = flow.wire_id()
+        w = flow.wire or flow.wire_id()
         if sink.fmt == "text":
             data = ev.text_destroyed(w, reason, ts_ns)
         else:
@@ -149,10 +156,11 @@ class Abstractor:
             self.unrouted_bytes += len(data)
             return
         match = flow.match1 if sender == 1 else flow.match2
+        w = flow.wire or flow.wire_id()
         if sink.fmt == "text":
-            sink.events += ev.text_data(sink.parts, flow.wire_id(), sender, match, data, ts_ns, sink.body)
+            sink.events += ev.text_data(sink.parts, w, sender, match, data, ts_ns, sink.body)
         else:
-            sink.events += ev.binary_data(sink.parts, flow.wire_id(), sender, match, data, ts_ns, sink.body)
+            sink.events += ev.binary_data(sink.parts, w, sender, match, data, ts_ns, sink.body)
 
     # ------------------------------------------------------------------ classification
     def _route(self, flow: Flow, rule: Rule | None, m1: int, m2: int) -> None:
@@ -164,29 +172,38 @@ class Abstractor:
 
     def _classify_tcp(self, flow: Flow) -> None:
         rule, m1, m2 = self.classifier.classify_tcp(flow.head1, flow.head2, flow.port1, flow.port2)
-        self._route(flow, rule, m1, m2)
+        flow.rule = rule
+        flow.match1, flow.match2 = m1, m2
         flow.created = True
-        self._emit_created(flow)
-        pending = flow.pending or ()
+        pending = flow.pending
         flow.pending = None
         flow.head1 = flow.head2 = b""
-        if flow.sink is None:
-            for _sender, data, _ts in pending:
+        if rule is None:
+            for _sender, data, _ts in pending or ():
                 self.unrouted_bytes += len(data)
+            return
+        sinks = self.rule_sinks[rule.name]
+        sink = flow.sink = sinks[flow.hash % len(sinks)] if len(sinks) > 1 else sinks[0]
+        # every connection passes here once: the CREATED emission is inlined (see _emit_created)
+        w = flow.wire or flow.wire_id()
+        t = flow.start_ns
+        sink.parts.append(ev.text_created(w, t) if sink.fmt == "text" else ev.binary_created(w, t))
+        sink.events += 1
+        if not pending:
             return
         # consecutive chunks of one direction held back for classification leave as one DATA event
         run: list[bytes] = []
-        run_sender = 0
+        run_sender = pending[0][0]
         run_ts = 0
+        emit = self._emit_data
         for sender, data, ts in pending:
-            if sender != run_sender and run:
-                self._emit_data(flow, run_sender, run[0] if len(run) == 1 else b"".join(run), run_ts)
+            if sender != run_sender:
+                emit(flow, run_sender, run[0] if len(run) == 1 else b"".join(run), run_ts)
                 run = []
+                run_sender = sender
             run.append(data)
-            run_sender = sender
             run_ts = ts
-        if run:
-            self._emit_data(flow, run_sender, run[0] if len(run) == 1 else b"".join(run), run_ts)
+        emit(flow, run_sender, run[0] if len(run) == 1 else b"".join(run), run_ts)
 
     def _deliver(self, flow: Flow, sender: int, data: bytes, ts_ns: int) -> None:
         """In-order stream bytes of a TCP flow (callback of the reassembler)."""
@@ -249,6 +266,10 @@ class Abstractor:
             if flow.pending is not None:
                 self._classify_tcp(flow)
             self._emit_destroyed(flow, reason, ts_ns)
+        self._mark_ended(flow, reason, ts_ns, ipfix_end)
+
+    def _mark_ended(self, flow: Flow, reason: int, ts_ns: int, ipfix_end: int) -> None:
+        """The bookkeeping of a closed stream: reason, linger timer, counters, freed buffers."""
         flow.end_reason = reason
         flow.end_ns = max(flow.end_ns, ts_ns)
         flow.ended = True
@@ -344,7 +365,8 @@ class Abstractor:
         hashes = flow_hashes(l3, l4, src, sport, dst, dport)
         swap = canonical_swap(src, sport, dst, dport)
         batch = db.batch
-        if not self.midstream and self.batch_acks:
+        acks_apart = not self.midstream and self.batch_acks
+        if acks_apart:
             # Pure ACKs (TCP, no payload, no SYN/FIN/RST) change no stream state: only their flow's
             # counters, settled per flow after the batch instead of per packet in the loop below.
             pure = (l4 == 6) & (db.payload_len[idx] <= 0) & ((db.tcp_flags[idx] & 7) == 0)
@@ -384,6 +406,14 @@ class Abstractor:
         if short.any():
             self._drop("payload_truncated", int(short.sum()))
             plen_all = np.where(short, np.maximum(room, 0), plen_all)
+        if (
+            self.use_whole_connections
+            and weights is None
+            and acks_apart
+            and not short.any()
+            and len(self.table) + order.shape[0] < self.max_flows
+        ):
+            order = self._whole_connections(db, idx, order, hashes, swap, l4, abs_off, plen_all)
         if weights is None:
             pk_l = None
             oct_l = db.ip_len[idx][order].tolist()
@@ -413,6 +443,9 @@ class Abstractor:
         midstream = self.midstream
         prev = -1
         flow: Flow | None = None
+        l3_l = sport_l = dport_l = None
+        src_b = dst_b = b""
+        row = src.shape[1] if src.ndim == 2 else 16
         for h, swapped, proto, flags, seq, po, plen, ts, npk, noct, r in columns:
             if h != prev:
                 prev = h
@@ -425,11 +458,17 @@ class Abstractor:
                 if proto == 6 and not (flags & SYN and not flags & ACK) and not midstream:
                     self._drop("tcp_no_syn")
                     continue
-                a = 4 if l3[r] == 4 else 16
+                if l3_l is None:
+                    # plain-list views, built once per batch when the first new flow needs them
+                    # (numpy scalar indexing costs more than the rest of a new flow's setup)
+                    l3_l, sport_l, dport_l = l3.tolist(), sport.tolist(), dport.tolist()
+                    src_b, dst_b = src.tobytes(), dst.tobytes()
+                v = l3_l[r]
+                at = r * row
+                a = at + (4 if v == 4 else 16)
                 flow = self._new_flow(
-                    h, h, int(l3[r]), proto, src[r, :a].tobytes(), int(sport[r]), dst[r, :a].tobytes(),
-                    int(dport[r]), swapped, 0, ts,
-                )  # fmt: skip
+                    h, h, v, proto, src_b[at:a], sport_l[r], dst_b[at:a], dport_l[r], swapped, 0, ts
+                )
                 if flow is None:
                     continue
                 if proto == 6 and not flags & SYN and midstream:
@@ -459,6 +498,25 @@ class Abstractor:
                     continue
                 if not f7 and (flow.nxt2 if swapped else flow.nxt1) >= 0:
                     continue  # a pure ACK changes no stream state
+                if f7 == FIN and (flow.ooo2 if swapped else flow.ooo1) is None:
+                    # a bare FIN with nothing buffered on its side: segment()'s FIN handling, inline
+                    if swapped:
+                        if flow.nxt2 >= 0:
+                            flow.fin2 = seq
+                            if flow.nxt2 == seq:
+                                flow.closed2 = True
+                            if flow.closed1 and flow.closed2:
+                                self._close(flow, ev.REASON_NORMAL, ts, END_DETECTED)
+                                flow.last_ns = ts
+                            continue
+                    elif flow.nxt1 >= 0:
+                        flow.fin1 = seq
+                        if flow.nxt1 == seq:
+                            flow.closed1 = True
+                        if flow.closed1 and flow.closed2:
+                            self._close(flow, ev.REASON_NORMAL, ts, END_DETECTED)
+                            flow.last_ns = ts
+                        continue
                 payload = b""
             else:
                 payload = bytes(raw[po : po + plen])
@@ -483,6 +541,178 @@ class Abstractor:
         if ack_args is not None:
             self._account_acks(*ack_args)
 
+    def _whole_connections(
+        self,
+        db: DecodedBatch,
+        idx: np.ndarray,
+        order: np.ndarray,
+        hashes: np.ndarray,
+        swap: np.ndarray,
+        l4: np.ndarray,
+        abs_off: np.ndarray,
+        plen: np.ndarray,
+    ) -> np.ndarray:
+        """Open, feed and close the batch's whole connections flow by flow; return the rest of `order`.
+
+        Same events, counters and flow state as the per-packet loop would produce for them (see
+        cell/whole_connections.py for what qualifies); pure ACKs were already set aside.
+        """
+        hs = hashes[order]
+        sw = swap[order]
+        seq = db.tcp_seq[idx][order]
+        starts, ends = whole_connections(hs, sw, l4[order], db.tcp_flags[idx][order], seq, plen[order])
+        if not starts.size:
+            return order
+        flows = self.table.flows
+        new = np.fromiter((h not in flows for h in hs[starts].tolist()), bool, starts.shape[0])
+        starts, ends = starts[new], ends[new]
+        if not starts.size:
+            return order
+        size = ends - starts
+        off = np.concatenate(([0], np.cumsum(size)[:-1]))  # each flow's first entry in `rows`
+        rows = np.repeat(starts - off, size) + np.arange(int(size.sum()))  # positions in `order`
+        r_sw = sw[rows]
+        octs = db.ip_len[idx][order][rows].astype(np.int64)
+        pk2 = np.add.reduceat(r_sw.astype(np.int64), off)
+        oc2 = np.add.reduceat(np.where(r_sw, octs, 0), off)
+        oc1 = np.add.reduceat(octs, off) - oc2
+        pk1 = size - pk2
+        r_pl = plen[order][rows].astype(np.int64)
+        sent2 = np.add.reduceat(np.where(r_sw, r_pl, 0), off)
+        sent1 = np.add.reduceat(r_pl, off) - sent2
+        # One talker and less than the classification window: the per-packet path would hold all
+        # of it back and classify at the close. Those flows' stream bytes are gathered for the whole
+        # batch at once; the others are fed segment by segment.
+        one = ((sent1 == 0) | (sent2 == 0)) & (sent1 + sent2 < self.classify_bytes)
+        r_one = np.repeat(one, size) & (r_pl > 0)
+        blob = gather_frames(db.batch.buf, abs_off[order][rows][r_one], r_pl[r_one]).tobytes()
+        data_end = np.cumsum(np.where(one, sent1 + sent2, 0))
+        # the time of a one-talker flow's DATA event: its last segment's
+        r_ts = db.batch.ts_ns[idx][order][rows]
+        last_data = np.maximum.reduceat(np.where(r_pl > 0, np.arange(rows.shape[0]), -1), off)
+        data_ts = np.where(last_data >= 0, r_ts[np.maximum(last_data, 0)], 0)
+        talker = np.where(sent2 > 0, 2, 1)
+        first = order[starts]  # the SYN's row in the idx-space arrays
+        src, dst = db.src[idx][first], db.dst[idx][first]
+        width = src.shape[1]
+        src_b, dst_b = src.tobytes(), dst.tobytes()
+        r_seq = seq[rows]
+        isn_a = r_seq[off].astype(np.int64)  # the SYN's sender
+        isn_b = r_seq[off + 1].astype(np.int64)  # the SYN-ACK's sender
+        swapped0 = r_sw[off]
+        isn1 = np.where(swapped0, isn_b, isn_a)
+        isn2 = np.where(swapped0, isn_a, isn_b)
+        nxt1 = (isn1 + 1 + sent1) & 0xFFFFFFFF
+        nxt2 = (isn2 + 1 + sent2) & 0xFFFFFFFF
+        sw_l = r_sw.tolist()
+        po_l = abs_off[order][rows].tolist()
+        pl_l = r_pl.tolist()
+        ts_l = r_ts.tolist()
+        raw = memoryview(db.batch.buf)
+        deliver = self._deliver
+        close = self._close
+        one_talker = self._whole_one_talker
+        table_flows = self.table.flows
+        at_data = 0
+        for k, (o0, n0, h, l3v, sp, dp, p1, p2, o1, o2, x1, x2, is_one, de, dts, who, s0) in enumerate(
+            zip(
+                off.tolist(),
+                size.tolist(),
+                hs[starts].tolist(),
+                db.l3[idx][first].tolist(),
+                db.sport[idx][first].tolist(),
+                db.dport[idx][first].tolist(),
+                pk1.tolist(),
+                pk2.tolist(),
+                oc1.tolist(),
+                oc2.tolist(),
+                nxt1.tolist(),
+                nxt2.tolist(),
+                one.tolist(),
+                data_end.tolist(),
+                data_ts.tolist(),
+                talker.tolist(),
+                swapped0.tolist(),
+                strict=True,
+            )
+        ):
+            at = k * width
+            a = at + (4 if l3v == 4 else 16)
+            ts0 = ts_l[o0]
+            if s0:
+                flow = Flow(h, h, l3v, 6, dst_b[at:a], dp, src_b[at:a], sp, 0, ts0)
+                flow.init_dir = 2
+            else:
+                flow = Flow(h, h, l3v, 6, src_b[at:a], sp, dst_b[at:a], dp, 0, ts0)
+            # no idle timer: the flow closes below and then lingers on its own timer
+            table_flows[h] = flow
+            flow.pkts1 = p1
+            flow.pkts2 = p2
+            flow.octets1 = o1
+            flow.octets2 = o2
+            flow.nxt1 = flow.fin1 = x1
+            flow.nxt2 = flow.fin2 = x2
+            flow.closed1 = flow.closed2 = True
+            last = ts_l[o0 + n0 - 1]
+            if is_one:
+                one_talker(flow, who, blob[at_data:de], dts, last)
+                at_data = de
+            else:
+                flow.pending = []
+                for j in range(o0 + 2, o0 + n0):
+                    pl = pl_l[j]
+                    if pl:
+                        po = po_l[j]
+                        deliver(flow, 2 if sw_l[j] else 1, bytes(raw[po : po + pl]), ts_l[j])
+                close(flow, ev.REASON_NORMAL, last, END_DETECTED)
+            flow.last_ns = last
+        created = self.flows_created
+        created["tcp"] = created.get("tcp", 0) + int(starts.shape[0])
+        self.whole_flows += int(starts.shape[0])
+        n_one = int(one.sum())
+        if n_one:
+            done = self.flows_destroyed
+            done["NORMAL"] = done.get("NORMAL", 0) + n_one
+        generic = np.ones(order.shape[0], bool)
+        generic[rows] = False
+        return order[generic]
+
+    def _whole_one_talker(self, flow: Flow, sender: int, data: bytes, data_ts: int, end_ns: int) -> None:
+        """Classify, emit CREATED, one DATA (if any) and DESTROYED, and end a one-talker connection."""
+        head1, head2 = (data, b"") if sender == 1 else (b"", data)
+        rule, m1, m2 = self.classifier.classify_tcp(head1, head2, flow.port1, flow.port2)
+        flow.rule = rule
+        flow.match1, flow.match2 = m1, m2
+        flow.created = True
+        if rule is None:
+            self.unrouted_bytes += len(data)
+        else:
+            sinks = self.rule_sinks[rule.name]
+            sink = flow.sink = sinks[flow.hash % len(sinks)] if len(sinks) > 1 else sinks[0]
+            match = m1 if sender == 1 else m2
+            if sink.fmt == "text":
+                prefix = ev.text_prefix(flow.l3, 6, flow.addr1, flow.port1, flow.addr2, flow.port2, 0)
+                sink.parts += ev.text_whole_flow(
+                    prefix, flow.start_ns, sender, match, data, data_ts, end_ns, ev.REASON_NORMAL, sink.body
+                )
+                sink.events += 3 if data else 2
+            else:
+                w = flow.wire_id()
+                parts = sink.parts
+                parts.append(ev.binary_created(w, flow.start_ns))
+                if data:
+                    sink.events += ev.binary_data(parts, w, sender, match, data, data_ts, sink.body)
+                parts.append(ev.binary_destroyed(w, ev.REASON_NORMAL, end_ns))
+                sink.events += 2
+        # what _mark_ended does, less what a whole connection never had (buffers, a wire id)
+        flow.end_reason = ev.REASON_NORMAL
+        if end_ns > flow.end_ns:
+            flow.end_ns = end_ns
+        flow.ended = True
+        flow.ipfix_end = END_DETECTED
+        flow.wire = None
+        self.table.schedule(flow, end_ns + LINGER_NS)
+
     def _account_acks(
         self, hashes: np.ndarray, swap: np.ndarray, pk: np.ndarray | None, octs: np.ndarray, ts: np.ndarray
     ) -> None:
@@ -500,8 +730,15 @@ class Abstractor:
         np.maximum.at(last, inv, ts)
         flows = self.table.flows
         lost = 0
-        for h, (p1, p2), (o1, o2), t in zip(
-            uniq.tolist(), pkts.tolist(), octets.tolist(), last.tolist(), strict=True
+        # flat columns: tolist() of an (m, 2) array builds a small list per row
+        for h, p1, p2, o1, o2, t in zip(
+            uniq.tolist(),
+            pkts[:, 0].tolist(),
+            pkts[:, 1].tolist(),
+            octets[:, 0].tolist(),
+            octets[:, 1].tolist(),
+            last.tolist(),
+            strict=True,
         ):
             flow = flows.get(h)
             if flow is None:

@@ -24,6 +24,7 @@ MATCH_NAMES = (b"up", b"down", b"none")
 
 REASON_NORMAL, REASON_RESET, REASON_TIMEOUT, REASON_COMPROMISED = 0, 1, 2, 3
 REASON_NAMES = ("NORMAL", "RESET", "TIMEOUT", "COMPROMISED")
+_REASON_B = tuple(r.encode() for r in REASON_NAMES)
 
 L3_NAMES = {4: "ipv4", 6: "ipv6"}
 L3_CODES = {4: 0, 6: 41}
@@ -41,6 +42,38 @@ def addr_text(l3: int, addr: bytes) -> str:
         if l3 == 4
         else socket.inet_ntop(socket.AF_INET6, addr[:16])
     )
+
+
+_AF4, _AF6 = socket.AF_INET, socket.AF_INET6
+_ntop = socket.inet_ntop
+_TEXT_TAIL = {
+    (l3, l4): f",l3={n3},l4={n4},event=" for l3, n3 in L3_NAMES.items() for l4, n4 in L4_NAMES.items()
+}
+
+
+# servers recur across flows: their text is made once (one table per IP version)
+_ADDR_TEXT: dict[int, dict[bytes, str]] = {4: {}, 6: {}}
+_ADDR_TEXT_MAX = 1 << 16
+
+
+def _addr(l3: int, addr: bytes) -> str:
+    known = _ADDR_TEXT[l3]
+    t = known.get(addr)
+    if t is None:
+        t = _ntop(_AF4, addr[:4]) if l3 == 4 else _ntop(_AF6, addr[:16])
+        if len(known) >= _ADDR_TEXT_MAX:
+            known.clear()
+        known[addr] = t
+    return t
+
+
+def text_prefix(l3: int, l4: int, addr1: bytes, port1: int, addr2: bytes, port2: int, hop: int) -> bytes:
+    """The text header up to `event=`, shared by every event of one flow."""
+    a, b = _addr(l3, addr1), _addr(l3, addr2)
+    tail = _TEXT_TAIL.get((l3, l4))
+    if tail is None:
+        tail = f",l3={L3_NAMES[l3]},l4={L4_NAMES.get(l4, str(l4))},event="
+    return f"ip1={a},ip2={b},port1={port1},port2={port2},hop={hop}{tail}".encode()
 
 
 class WireId:
@@ -63,15 +96,21 @@ class WireId:
         self.l4 = l4
         self.l3code = L3_CODES[l3]
         if fmt == "text":
-            self.text_prefix = (
-                f"ip1={addr_text(l3, addr1)},ip2={addr_text(l3, addr2)},port1={port1},port2={port2},"
-                f"hop={hop},l3={L3_NAMES[l3]},l4={L4_NAMES.get(l4, str(l4))},event="
-            ).encode()
+            self.text_prefix = text_prefix(l3, l4, addr1, port1, addr2, port2, hop)
             self.bin_addrs = self.bin_ports = b""
         else:
             self.text_prefix = b""
             self.bin_addrs = addr1.ljust(16, b"\0") + addr2.ljust(16, b"\0")
             self.bin_ports = struct.pack(">HH", port1, port2)
+
+    @classmethod
+    def from_prefix(cls, prefix: bytes) -> WireId:
+        """A text-format WireId around an already built prefix."""
+        w = cls.__new__(cls)
+        w.text_prefix = prefix
+        w.bin_addrs = w.bin_ports = b""
+        w.hop = w.l3code = w.l4 = 0
+        return w
 
 
 def _ts_text(ts_ns: int) -> bytes:
@@ -88,6 +127,59 @@ def text_destroyed(w: WireId, reason: int, ts_ns: int) -> bytes:
     """DESTROYED header line."""
     name = REASON_NAMES[reason].encode()
     return b"%sDESTROYED,reason=%s,time=%s\n" % (w.text_prefix, name, _ts_text(ts_ns))
+
+
+def text_whole_flow(
+    prefix: bytes,
+    start_ns: int,
+    sender: int,
+    match: int,
+    data: bytes,
+    data_ts_ns: int,
+    end_ns: int,
+    reason: int,
+    body: bool,
+) -> list[bytes]:
+    """CREATED, one DATA (when `data` is not empty) and DESTROYED of a flow, as interface bytes."""
+    s = start_ns // 1000
+    e = end_ns // 1000
+    n = len(data)
+    if not n:
+        r = _REASON_B[reason]
+        return [
+            b"%sCREATED,time=%d.%06d\n%sDESTROYED,reason=%s,time=%d.%06d\n"
+            % (prefix, s // 1_000_000, s % 1_000_000, prefix, r, e // 1_000_000, e % 1_000_000)
+        ]
+    if n > MAX_EVENT_DATA:
+        out = [text_created_from(prefix, start_ns)]
+        w = WireId.from_prefix(prefix)
+        text_data(out, w, sender, match, data, data_ts_ns, body)
+        out.append(b"%sDESTROYED,reason=%s,time=%s\n" % (prefix, _REASON_B[reason], _ts_text(end_ns)))
+        return out
+    d = data_ts_ns // 1000
+    head = b"%sCREATED,time=%d.%06d\n%sDATA,from=%d,match=%s,len=%d,time=%d.%06d\n" % (
+        prefix,
+        s // 1_000_000,
+        s % 1_000_000,
+        prefix,
+        sender,
+        MATCH_NAMES[match],
+        n,
+        d // 1_000_000,
+        d % 1_000_000,
+    )
+    tail = b"%sDESTROYED,reason=%s,time=%d.%06d\n" % (
+        prefix,
+        _REASON_B[reason],
+        e // 1_000_000,
+        e % 1_000_000,
+    )
+    return [head, data, tail] if body else [head, tail]
+
+
+def text_created_from(prefix: bytes, ts_ns: int) -> bytes:
+    """CREATED header line from a flow's text prefix."""
+    return prefix + b"CREATED,time=" + _ts_text(ts_ns) + b"\n"
 
 
 def text_data(

@@ -1,0 +1,98 @@
+"""Find TCP connections that open, carry in-order data and close cleanly inside one batch (numpy).
+
+SF-TAP's connections-per-second workload is dominated by short connections: handshake, a few
+segments, FIN both ways. For those the generic per-packet loop does work that the whole batch can
+decide at once: which packets open the flow, that every segment is the next in order, and that both
+FINs close it. `whole_connections` checks every flow of a batch in a few array passes and returns
+the ones that need nothing of the reassembler but in-order delivery, so the abstractor handles them
+flow by flow instead of packet by packet. Anything unusual (a missing SYN-ACK, a retransmission, a
+gap, a RST, data after a FIN, a FIN carrying data, a second SYN) leaves the flow to the generic path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+M32 = 0xFFFFFFFF
+
+
+def whole_connections(
+    hashes: np.ndarray,
+    swapped: np.ndarray,
+    l4: np.ndarray,
+    flags: np.ndarray,
+    seq: np.ndarray,
+    plen: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) positions of the flows that open and close cleanly within these packets.
+
+    All inputs are per packet, already sorted by flow hash with each flow's packets in capture
+    order (a stable sort), with pure ACKs taken out. A returned flow's packets are
+    `start..end-1`: SYN, SYN-ACK from the other side, then only in-order data segments and bare
+    FINs, exactly one FIN per side, the last packet being the second FIN.
+    """
+    n = hashes.shape[0]
+    empty = np.zeros(0, np.int64)
+    if n < 4:
+        return empty, empty
+    brk = np.flatnonzero(hashes[1:] != hashes[:-1]) + 1
+    starts = np.concatenate(([0], brk)).astype(np.int64)
+    ends = np.concatenate((brk, [n])).astype(np.int64)
+    size = ends - starts
+    cand = size >= 4
+    f7 = flags.astype(np.int64) & 7
+    ack = (flags.astype(np.int64) & ACK) != 0
+    plen64 = plen.astype(np.int64)
+    s0 = starts[cand]
+    s1 = s0 + 1
+    cand[cand] = (
+        (l4[s0] == 6)
+        & (f7[s0] == SYN)
+        & ~ack[s0]
+        & (plen64[s0] == 0)
+        & (f7[s1] == SYN)
+        & ack[s1]
+        & (plen64[s1] == 0)
+        & (swapped[s1] != swapped[s0])
+    )
+    if not cand.any():
+        return empty, empty
+    starts, ends = starts[cand], ends[cand]
+    size = ends - starts
+    # per packet of the candidate flows: its side (0 = the SYN's sender) and rank in its flow
+    off = np.concatenate(([0], np.cumsum(size)[:-1]))  # each flow's first row in the arrays below
+    rank = np.arange(int(size.sum())) - np.repeat(off, size)
+    first = np.repeat(starts, size)
+    pos = first + rank
+    side = (swapped[pos] != swapped[first]).astype(np.int64)
+    pf7 = f7[pos]
+    pl = plen64[pos]
+    is_fin = pf7 == FIN
+    body = rank >= 2
+    # after the handshake: data segments (no SYN/FIN/RST, with payload) or bare FINs only
+    ok = ~body | ((pf7 == 0) & (pl > 0)) | (is_fin & (pl == 0))
+    # each segment must start where its side's stream stands: ISN + 1 + the side's bytes before it
+    isn = seq[first + side].astype(np.int64)  # row 0 is side 0's SYN, row 1 side 1's SYN-ACK
+    mine = np.zeros(pos.shape[0], np.int64)
+    fin_before = np.zeros(pos.shape[0], np.int64)
+    fins = []
+    for k in (0, 1):
+        on = side == k
+        sent = np.where(on, pl, 0)
+        mine[on] = _exclusive_sums(sent, off, size)[on]
+        fk = (is_fin & on).astype(np.int64)
+        fin_before[on] = _exclusive_sums(fk, off, size)[on]
+        fins.append(np.add.reduceat(fk, off))
+    ok &= ~body | (((isn + 1 + mine) & M32) == seq[pos].astype(np.int64))
+    # nothing from a side after its own FIN; one FIN per side; the flow's last packet is a FIN
+    ok &= fin_before == 0
+    last = off + size - 1
+    good = np.logical_and.reduceat(ok, off) & (fins[0] == 1) & (fins[1] == 1) & is_fin[last]
+    return starts[good], ends[good]
+
+
+def _exclusive_sums(values: np.ndarray, off: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Per row, the sum of `values` over the earlier rows of the same flow."""
+    c = np.cumsum(values)
+    return c - values - np.repeat(c[off] - values[off], size)
