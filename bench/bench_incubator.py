@@ -1,4 +1,5 @@
-"""Incubator benchmarks: offline split of a 64-byte-frame capture beside tcpdump, and live replay.
+"""Incubator benchmarks: offline split of a 64-byte-frame capture beside tcpdump, live replay, and
+the per-cell outputs' batched sends (sendmmsg) beside one send per frame in the same run.
 
 Run: `.venv/bin/python bench/bench_incubator.py [--frames N] [--flows F] [--cells C] [--live]`.
 `main()` prints the results and returns them as a dict.
@@ -236,13 +237,72 @@ def bench_live(tmp: str, frames: int = 200_000, port: int = 9477) -> dict[str, f
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+_SENDS = """
+import json, os, socket, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from celltap.pcap.batch import FrameBatch
+from incubator.outputs import IfaceOutput, VxlanOutput
+os.sched_setaffinity(0, {int(sys.argv[2])})
+frames = [bytes(12) + b"\\x08\\x00" + bytes([i % 251]) * 50 for i in range(1024)]
+batch = FrameBatch.from_frames(frames, list(range(1024)))
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind(("127.0.0.1", 0))
+def rate(out, rounds):
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(rounds):
+            sent, _b, drops = out.send(batch)
+            assert sent == 1024 and not drops, drops
+        best = max(best, rounds * 1024 / (time.perf_counter() - t))
+    return best
+res = {}
+for batched in (True, False):
+    tag = "batched" if batched else "per_frame"
+    res["send_iface_" + tag + "_fps"] = rate(IfaceOutput("s0", batched=batched), 200)
+    vx = VxlanOutput("127.0.0.1", rx.getsockname()[1], 7, batched=batched)
+    res["send_vxlan_" + tag + "_fps"] = rate(vx, 200)
+print(json.dumps(res))
+"""
+
+
+def bench_sends(cpu: int = 1) -> dict[str, float]:
+    """Frames/s of one cell output with sendmmsg batches of 1024 vs one send per frame (root)."""
+    import json
+    import uuid
+
+    ns = f"ctsend-{uuid.uuid4().hex[:6]}"
+    _sh("ip", "netns", "add", ns)
+    try:
+        _sh("ip", "-n", ns, "link", "add", "s0", "type", "veth", "peer", "name", "s1")
+        for ifname in ("lo", "s0", "s1"):
+            _sh("ip", "-n", ns, "link", "set", ifname, "up")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        p = _ns_run(ns, sys.executable, "-c", _SENDS, root, str(cpu))
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr[-2000:])
+        res = json.loads(p.stdout)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    for kind in ("iface", "vxlan"):
+        res[f"send_{kind}_batched_over_per_frame"] = (
+            res[f"send_{kind}_batched_fps"] / res[f"send_{kind}_per_frame_fps"]
+        )
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Run the benchmarks, print one line per result, return them."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--frames", type=int, default=2_000_000)
     p.add_argument("--flows", type=int, default=20_000)
     p.add_argument("--cells", type=int, default=4)
-    p.add_argument("--live", action="store_true", help="also measure live replay through a veth (root)")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="also measure live replay through a veth and the outputs' send rates (root)",
+    )
     p.add_argument("--live-frames", type=int, default=200_000, help="frames per live trial")
     if argv is None:
         # From bench/run.py: the live figure too where we can make veths (root).
@@ -254,6 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         results = bench_split(cap, a.cells, os.path.join(tmp, "out"))
         if a.live:
             results.update(bench_live(tmp, a.live_frames))
+            results.update(bench_sends())
     for k, v in results.items():
         print(f"{k}: {v:,.3f}" if isinstance(v, float) else f"{k}: {v}")
     return results
