@@ -83,6 +83,7 @@ class Abstractor:
         self.defrag = Defragmenter(g.defrag_timeout, g.defrag_memory)
         self.tcp_stats = TcpStats()
         self.classify_bytes = g.classify_bytes
+        self.classify_hold = max(g.classify_hold, g.classify_bytes)
         self.ooo_limit = g.ooo_limit
         self.midstream = g.midstream
         self.hop_limit = g.hop_limit
@@ -216,12 +217,15 @@ class Abstractor:
         if sender == 1:
             if len(flow.head1) < limit:
                 flow.head1 = (flow.head1 + data)[:limit]
-            full = len(flow.head1) >= limit
-        else:
-            if len(flow.head2) < limit:
-                flow.head2 = (flow.head2 + data)[:limit]
-            full = len(flow.head2) >= limit
-        if full or (flow.head1 and flow.head2):
+        elif len(flow.head2) < limit:
+            flow.head2 = (flow.head2 + data)[:limit]
+        flow.held += len(data)
+        if flow.head1 and flow.head2:
+            self._classify_tcp(flow)  # SF-TAP's trigger: both sides have spoken
+        elif flow.held >= self.classify_hold:
+            # One side keeps talking while the other is silent (a large upload before the answer).
+            # A `down` regex needs the silent side's first bytes, so the flow waits for them, but
+            # holds no more than classify_hold bytes.
             self._classify_tcp(flow)
 
     # ------------------------------------------------------------------ flow lifecycle

@@ -33,6 +33,7 @@ class Flow:
         "hash",
         "head1",
         "head2",
+        "held",
         "hop",
         "init_dir",
         "ipfix_end",
@@ -98,6 +99,7 @@ class Flow:
         self.pending: list | None = None  # (sender, data, ts_ns) delivered before classification
         self.head1 = b""
         self.head2 = b""
+        self.held = 0  # stream bytes held back until the flow is classified
         self.nxt1 = self.nxt2 = -1
         self.fin1 = self.fin2 = -1
         self.closed1 = self.closed2 = False

@@ -30,6 +30,7 @@ _GLOBAL_KEYS = (
     "hop_limit",
     "midstream",
     "classify_bytes",
+    "classify_hold",
     "ooo_limit",
     "reader_buffer",
     "max_flows",
@@ -94,6 +95,7 @@ class GlobalConfig:
     hop_limit: int = 2
     midstream: bool = False
     classify_bytes: int = 4096
+    classify_hold: int = 1 << 16  # most stream bytes held back waiting for the silent side's first bytes
     ooo_limit: int = 1 << 20
     reader_buffer: int = 64 << 20
     max_flows: int = 4_000_000

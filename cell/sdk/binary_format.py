@@ -57,9 +57,13 @@ def _flow_from_header(h: bytes) -> FlowId:
 
 
 class BinaryDecoder:
-    """Turn the binary byte stream into Events; feed() may be called with any split of the stream."""
+    """Turn the binary byte stream into Events; feed() may be called with any split of the stream.
 
-    def __init__(self) -> None:
+    `body=False` reads a `body: no` interface: headers carry `len` but no bytes follow them.
+    """
+
+    def __init__(self, body: bool = True) -> None:
+        self.body = body
         self._buf = bytearray()
         self._flows: dict[bytes, FlowId] = {}
 
@@ -76,9 +80,11 @@ class BinaryDecoder:
         n = len(buf)
         unpack = HEADER.unpack_from
         flows = self._flows
+        body = self.body
         while n - pos >= HEADER_SIZE:
             _a1, _a2, sec, usec, _p1, _p2, ev, frm, length, _hop, _l3, _l4, match, reason = unpack(buf, pos)
-            if n - pos - HEADER_SIZE < length:
+            size = length if body else 0  # the bytes that follow this header in the stream
+            if n - pos - HEADER_SIZE < size:
                 break
             head = bytes(buf[pos : pos + HEADER_SIZE])
             key = head[0:32] + head[48:52] + head[56:59]
@@ -92,12 +98,21 @@ class BinaryDecoder:
                 raise WireError(f"unknown event code {ev} in binary header")
             t = sec + usec * 1e-6
             start = pos + HEADER_SIZE
-            pos = start + length
+            pos = start + size
             if kind is DATA:
                 if frm > 1:
                     raise WireError(f"bad from={frm} in binary header")
                 out.append(
-                    Event(DATA, key, flow, t, frm + 1, bytes(buf[start:pos]), _MATCHES.get(match, "none"))
+                    Event(
+                        DATA,
+                        key,
+                        flow,
+                        t,
+                        frm + 1,
+                        bytes(buf[start:pos]),
+                        _MATCHES.get(match, "none"),
+                        length=length,
+                    )
                 )
             else:
                 out.append(

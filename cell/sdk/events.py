@@ -29,7 +29,7 @@ class FlowId:
 class Event:
     """One interface event; `key` is an opaque hashable flow key, `flow` its decoded identity."""
 
-    __slots__ = ("data", "event", "flow", "key", "match", "reason", "sender", "time")
+    __slots__ = ("data", "event", "flow", "key", "length", "match", "reason", "sender", "time")
 
     def __init__(
         self,
@@ -41,6 +41,7 @@ class Event:
         data: bytes = b"",
         match: str = "none",
         reason: str = "",
+        length: int = -1,
     ) -> None:
         self.event = event
         self.key = key
@@ -50,11 +51,13 @@ class Event:
         self.data = data
         self.match = match
         self.reason = reason
+        # the DATA event's `len`: the size of `data`, or of the bytes a `body: no` interface left out
+        self.length = len(data) if length < 0 else length
 
     def __repr__(self) -> str:
         return (
             f"Event({self.event}, {self.flow.ip1}:{self.flow.port1}<->{self.flow.ip2}:{self.flow.port2},"
-            f" from={self.sender}, len={len(self.data)}, reason={self.reason!r})"
+            f" from={self.sender}, len={self.length}, reason={self.reason!r})"
         )
 
 

@@ -16,22 +16,22 @@ log = logging.getLogger(__name__)
 FORMATS = ("text", "binary")
 
 
-def make_decoder(fmt: str) -> TextDecoder | BinaryDecoder:
-    """Return a fresh decoder for `text` or `binary`."""
+def make_decoder(fmt: str, body: bool = True) -> TextDecoder | BinaryDecoder:
+    """Return a fresh decoder for `text` or `binary` (`body=False`: a `body: no` interface)."""
     if fmt == "text":
-        return TextDecoder()
+        return TextDecoder(body)
     if fmt == "binary":
-        return BinaryDecoder()
+        return BinaryDecoder(body)
     raise ValueError(f"unknown interface format {fmt!r} (expected text or binary)")
 
 
 class Session:
     """One analyzer reading one interface; survives reconnects (flows end with reason DISCONNECTED)."""
 
-    def __init__(self, analyzer: FlowAnalyzer, fmt: str = "text") -> None:
+    def __init__(self, analyzer: FlowAnalyzer, fmt: str = "text", body: bool = True) -> None:
         self.analyzer = analyzer
         self.fmt = fmt
-        self.decoder = make_decoder(fmt)
+        self.decoder = make_decoder(fmt, body)
         self.table = FlowTable(analyzer)
         self.stats = BatchStats(analyzer.name)
         self.last_time = 0.0
@@ -60,7 +60,7 @@ class Session:
     def disconnected(self) -> list[dict]:
         """The interface closed: end every flow and return the records that flushes."""
         self.table.end_all("DISCONNECTED", self.last_time or _time.time())
-        self.decoder = make_decoder(self.fmt)
+        self.decoder = make_decoder(self.fmt, self.decoder.body)
         return self._drain()
 
     def _drain(self) -> list[dict]:

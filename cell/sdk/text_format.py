@@ -27,9 +27,14 @@ def _parse_flow(prefix: bytes) -> FlowId:
 
 
 class TextDecoder:
-    """Turn the text byte stream into Events; feed() may be called with any split of the stream."""
+    """Turn the text byte stream into Events; feed() may be called with any split of the stream.
 
-    def __init__(self) -> None:
+    `body=False` reads a `body: no` interface: DATA headers carry `len` but no bytes follow, so the
+    events have empty `data` and the length in `length`.
+    """
+
+    def __init__(self, body: bool = True) -> None:
+        self.body = body
         self._buf = bytearray()
         self._pending: Event | None = None
         self._need = 0
@@ -53,11 +58,13 @@ class TextDecoder:
         find = buf.find
         pending = self._pending
         need = self._need
+        body = self.body
         while True:
             if pending is not None:
                 if n - pos < need:
                     break
                 pending.data = bytes(buf[pos : pos + need])
+                pending.length = need
                 pos += need
                 append(pending)
                 pending = None
@@ -105,10 +112,11 @@ class TextDecoder:
                         length = int(parts[3][4:])
                     except ValueError as exc:
                         raise WireError(f"bad event header {rest[:200]!r}: {exc}") from None
-                    if length:
+                    if length and body:
                         pending = ev
                         need = length
                     else:
+                        ev.length = length
                         append(ev)
                     continue
             try:
@@ -121,10 +129,11 @@ class TextDecoder:
                         DATA, key, flow, t, int(fields[b"from"]), b"", fields.get(b"match", b"none").decode()
                     )
                     length = int(fields.get(b"len", b"0"))
-                    if length:
+                    if length and body:
                         pending = ev
                         need = length
                     else:
+                        ev.length = length
                         append(ev)
                 else:
                     append(Event(kind, key, flow, t, reason=fields.get(b"reason", b"").decode()))

@@ -14,8 +14,8 @@ from tests.analyzers.harness import analyzer_cmd
 # rule name -> (proto, port or None, up regex or None, down regex or None); interfaces are named
 # after the analyzer so that UDP and TCP DNS land on udp/dns and tcp/dns.
 RULES = {
-    # Request syntax only: with a `down` regex too, a flow whose client sends more than the cell's
-    # classification window before the server answers (a large POST) would fall to tcp_default.
+    # Request syntax only: the analyzers' tests classify on the request; the cell's own tests cover
+    # request + response rules (tests/cell/test_core.py, a POST larger than the window).
     "http": [("TCP", None, r"^[-a-zA-Z]+ \S+ HTTP/1\.[01]\r?\n", None)],
     "dns": [("UDP", "53", None, None), ("TCP", "53", None, None)],
     "tls": [("TCP", "443", None, None)],

@@ -121,3 +121,61 @@ def test_out_of_order_cap_skips_the_hole():
     assert a.tcp_stats.gap_bytes == 1400 and a.tcp_stats.ooo_bytes == 0
     assert len(got[1]) == len(conv.sent[0]) - 700 and len(got[2]) == len(conv.sent[1]) - 700
     assert evs[-1].event == "DESTROYED" and evs[-1].reason == "NORMAL"
+
+
+HTTP_RULE = {
+    "up": r"^[-a-zA-Z]+ .+ HTTP/1\.(0\r?\n|1\r?\n([-a-zA-Z]+: .+\r?\n)+)",
+    "down": r"^HTTP/1\.[01] [1-9][0-9]{2} .+\r?\n",
+    "proto": "TCP",
+    "if": "http",
+}
+
+
+def _upload(body_len: int, answer: bool) -> tuple[list[tuple[int, bytes]], bytes]:
+    """A POST of `body_len` bytes sent whole before the server says anything, then its answer."""
+    c = Conv(bytes((10, 7, 0, 1)), bytes((192, 0, 2, 80)), 41000, 80, 7000, 9000)
+    req = b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % body_len + b"u" * body_len
+    c.put(c.frame(True, 7000, 0, SYN))
+    c.put(c.frame(False, 9000, 7001, SYN | ACK))
+    seq = 7001
+    for i in range(0, len(req), 1400):
+        c.put(c.frame(True, seq, 9001, ACK | PSH, req[i : i + 1400]))
+        seq += len(req[i : i + 1400])
+    if answer:
+        c.put(c.frame(False, 9001, seq, ACK | PSH, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"))
+    return c.frames, req
+
+
+def _batch(frames: list[tuple[int, bytes]]) -> FrameBatch:
+    return FrameBatch.from_frames([f for _, f in frames], [t for t, _ in frames])
+
+
+def test_an_upload_larger_than_the_window_waits_for_the_answer():
+    """A request + response rule still sees the response when the request overflows classify_bytes."""
+    frames, req = _upload(20_000, answer=True)
+    a = _cell(http=HTTP_RULE)
+    a.process_frames(_batch(frames))
+    a.finish()
+    assert a.sinks["tcp/default"].parts == []
+    http = parse_text(b"".join(a.sinks["tcp/http"].parts))
+    assert [e.event for e in http] == ["CREATED", "DATA", "DATA", "DESTROYED"]
+    assert (http[1].sender, http[1].match, http[1].data) == (1, "up", req)
+    assert (http[2].sender, http[2].match) == (2, "down") and http[2].data.startswith(b"HTTP/1.1 201")
+
+
+def test_a_silent_side_is_waited_for_only_up_to_classify_hold():
+    """Past the hold the flow is classified on what it has (here: the default, `down` never seen)."""
+    hold = 8192
+    a = _cell({"classify_bytes": 1024, "classify_hold": hold}, http=HTTP_RULE)
+    frames, req = _upload(50_000, answer=False)
+    a.process_frames(_batch(frames))
+    # classified while the connection is still open: its events are already out
+    got = parse_text(b"".join(a.sinks["tcp/default"].parts))
+    assert got[0].event == "CREATED" and all(e.event != "DESTROYED" for e in got)
+    first = got[1]
+    assert first.event == "DATA" and first.match == "none"
+    assert hold <= len(first.data) < hold + 1400, "held no more than classify_hold (plus one segment)"
+    a.finish()
+    every = parse_text(b"".join(a.sinks["tcp/default"].parts))
+    assert b"".join(e.data for e in every if e.event == "DATA") == req
+    assert a.sinks["tcp/http"].parts == []

@@ -48,3 +48,34 @@ def test_sdk_decodes_cell_output(fmt):
             if o.event == "DESTROYED":
                 assert g.reason == o.reason
             assert abs(g.time - o.time) < 1e-5
+
+
+@pytest.mark.parametrize("fmt", ["text", "binary"])
+def test_sdk_reads_body_no_interfaces(fmt):
+    """`body: no` keeps each DATA event's `len` and sends no bytes: the SDK reports the lengths."""
+    import loadgen.scenarios  # noqa: F401
+    from loadgen.scenario import get
+
+    frames = list(get("mixed").generate(9, 20))
+    batch = FrameBatch.from_frames([f for _, f in frames], [t for t, _ in frames])
+    streams = {}
+    for body in (True, False):
+        a = Abstractor(parse_config({
+            "tcp_default": {"if": "default", "proto": "TCP", "format": fmt, "body": body},
+            "udp_default": {"if": "default", "proto": "UDP", "format": fmt, "body": body},
+        }))  # fmt: skip
+        a.process_frames(batch)
+        a.finish()
+        streams[body] = {n: b"".join(a.sinks[n].parts) for n in ("tcp/default", "udp/default")}
+    for name in ("tcp/default", "udp/default"):
+        full = (TextDecoder() if fmt == "text" else BinaryDecoder()).feed(streams[True][name])
+        dec = TextDecoder(body=False) if fmt == "text" else BinaryDecoder(body=False)
+        bare = streams[False][name]
+        got = []
+        for pos in range(0, len(bare), 777):  # split anywhere
+            got += dec.feed(bare[pos : pos + 777])
+        assert len(got) == len(full) and any(f.length for f in full)
+        for g, f in zip(got, full, strict=True):
+            same = ("event", "key", "sender", "match", "reason", "time")
+            assert [getattr(g, k) for k in same] == [getattr(f, k) for k in same]
+            assert g.data == b"" and g.length == len(f.data) == f.length
