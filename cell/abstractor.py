@@ -36,6 +36,9 @@ from celltap.pcap.batch import LINKTYPE_RAW, FrameBatch, gather_frames
 
 log = logging.getLogger("celltap.cell")
 
+# pure ACKs set aside: (flow hash, swapped, packets or None, octets, time) per ACK
+AckArgs = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]
+
 LINGER_NS = 2_000_000_000  # closed TCP flows absorb trailing ACKs / FIN retransmissions this long
 
 # IPFIX flowEndReason (IANA IE 136)
@@ -417,7 +420,9 @@ class Abstractor:
             and not short.any()
             and len(self.table) + order.shape[0] < self.max_flows
         ):
-            order = self._whole_connections(db, idx, order, hashes, swap, l4, abs_off, plen_all)
+            order, ack_args = self._whole_connections(
+                db, idx, order, hashes, swap, l4, abs_off, plen_all, ack_args
+            )
         if weights is None:
             pk_l = None
             oct_l = db.ip_len[idx][order].tolist()
@@ -555,23 +560,25 @@ class Abstractor:
         l4: np.ndarray,
         abs_off: np.ndarray,
         plen: np.ndarray,
-    ) -> np.ndarray:
-        """Open, feed and close the batch's whole connections flow by flow; return the rest of `order`.
+        acks: AckArgs | None,
+    ) -> tuple[np.ndarray, AckArgs | None]:
+        """Open, feed and close the batch's whole connections flow by flow.
 
-        Same events, counters and flow state as the per-packet loop would produce for them (see
-        cell/whole_connections.py for what qualifies); pure ACKs were already set aside.
+        Same events, counters and flow state as the per-packet loop and the ACK settlement would
+        produce for them (see cell/whole_connections.py for what qualifies). Returns the rest of
+        `order` and the pure ACKs that belong to other flows.
         """
         hs = hashes[order]
         sw = swap[order]
         seq = db.tcp_seq[idx][order]
         starts, ends = whole_connections(hs, sw, l4[order], db.tcp_flags[idx][order], seq, plen[order])
         if not starts.size:
-            return order
+            return order, acks
         flows = self.table.flows
         new = np.fromiter((h not in flows for h in hs[starts].tolist()), bool, starts.shape[0])
         starts, ends = starts[new], ends[new]
         if not starts.size:
-            return order
+            return order, acks
         size = ends - starts
         off = np.concatenate(([0], np.cumsum(size)[:-1]))  # each flow's first entry in `rows`
         rows = np.repeat(starts - off, size) + np.arange(int(size.sum()))  # positions in `order`
@@ -581,6 +588,26 @@ class Abstractor:
         oc2 = np.add.reduceat(np.where(r_sw, octs, 0), off)
         oc1 = np.add.reduceat(octs, off) - oc2
         pk1 = size - pk2
+        # the batch's pure ACKs of these flows: settled here, in the sums, not one flow at a time
+        ack_last = np.full(starts.shape[0], -1, np.int64)
+        if acks is not None:
+            a_h, a_sw, _a_pk, a_oct, a_ts = acks  # packet weights only come with datagrams
+            flow_h = hs[starts]
+            by_h = np.argsort(flow_h)
+            at = np.minimum(np.searchsorted(flow_h[by_h], a_h), by_h.shape[0] - 1)
+            mine = flow_h[by_h][at] == a_h
+            if mine.any():
+                fi = by_h[at[mine]]
+                m_sw = a_sw[mine].astype(np.int64)
+                m_oct = a_oct[mine].astype(np.int64)
+                m = starts.shape[0]
+                pk2 = pk2 + np.bincount(fi, weights=m_sw, minlength=m).astype(np.int64)
+                pk1 = pk1 + np.bincount(fi, weights=1 - m_sw, minlength=m).astype(np.int64)
+                oc2 = oc2 + np.bincount(fi, weights=m_oct * m_sw, minlength=m).astype(np.int64)
+                oc1 = oc1 + np.bincount(fi, weights=m_oct * (1 - m_sw), minlength=m).astype(np.int64)
+                np.maximum.at(ack_last, fi, a_ts[mine].astype(np.int64))
+                rest = ~mine
+                acks = (a_h[rest], a_sw[rest], None, a_oct[rest], a_ts[rest]) if rest.any() else None
         r_pl = plen[order][rows].astype(np.int64)
         sent2 = np.add.reduceat(np.where(r_sw, r_pl, 0), off)
         sent1 = np.add.reduceat(r_pl, off) - sent2
@@ -615,10 +642,15 @@ class Abstractor:
         raw = memoryview(db.batch.buf)
         deliver = self._deliver
         close = self._close
-        one_talker = self._whole_one_talker
         table_flows = self.table.flows
+        classify = self.classifier.classify_tcp
+        rule_sinks = self.rule_sinks
+        text_prefix = ev.text_prefix
+        text_whole_flow = ev.text_whole_flow
+        schedule = self.table.schedule
+        normal = ev.REASON_NORMAL
         at_data = 0
-        for k, (o0, n0, h, l3v, sp, dp, p1, p2, o1, o2, x1, x2, is_one, de, dts, who, s0) in enumerate(
+        for k, (o0, n0, h, l3v, sp, dp, p1, p2, o1, o2, x1, x2, is_one, de, dts, who, s0, al) in enumerate(
             zip(
                 off.tolist(),
                 size.tolist(),
@@ -637,6 +669,7 @@ class Abstractor:
                 data_ts.tolist(),
                 talker.tolist(),
                 swapped0.tolist(),
+                ack_last.tolist(),
                 strict=True,
             )
         ):
@@ -659,8 +692,38 @@ class Abstractor:
             flow.closed1 = flow.closed2 = True
             last = ts_l[o0 + n0 - 1]
             if is_one:
-                one_talker(flow, who, blob[at_data:de], dts, last)
+                # One talker under the window: classify on all of it, then CREATED, DATA, DESTROYED
+                # (what _classify_tcp and _close would produce at the close), inlined: this is the
+                # connections-per-second hot path.
+                data = blob[at_data:de]
                 at_data = de
+                if who == 1:
+                    rule, m1, m2 = classify(data, b"", flow.port1, flow.port2)
+                else:
+                    rule, m1, m2 = classify(b"", data, flow.port1, flow.port2)
+                flow.rule = rule
+                flow.match1 = m1
+                flow.match2 = m2
+                flow.created = True
+                if rule is None:
+                    self.unrouted_bytes += len(data)
+                else:
+                    sinks = rule_sinks[rule.name]
+                    sink = flow.sink = sinks[h % len(sinks)] if len(sinks) > 1 else sinks[0]
+                    if sink.fmt == "text":
+                        prefix = text_prefix(l3v, 6, flow.addr1, flow.port1, flow.addr2, flow.port2, 0)
+                        sink.parts += text_whole_flow(
+                            prefix, ts0, who, m1 if who == 1 else m2, data, dts, last, normal, sink.body
+                        )
+                        sink.events += 3 if data else 2
+                    else:
+                        self._whole_binary(flow, sink, who, data, dts, last)
+                flow.end_reason = normal
+                if last > ts0:
+                    flow.end_ns = last
+                flow.ended = True
+                flow.ipfix_end = END_DETECTED
+                schedule(flow, last + LINGER_NS)
             else:
                 flow.pending = []
                 for j in range(o0 + 2, o0 + n0):
@@ -669,7 +732,7 @@ class Abstractor:
                         po = po_l[j]
                         deliver(flow, 2 if sw_l[j] else 1, bytes(raw[po : po + pl]), ts_l[j])
                 close(flow, ev.REASON_NORMAL, last, END_DETECTED)
-            flow.last_ns = last
+            flow.last_ns = al if al > last else last
         created = self.flows_created
         created["tcp"] = created.get("tcp", 0) + int(starts.shape[0])
         self.whole_flows += int(starts.shape[0])
@@ -679,43 +742,21 @@ class Abstractor:
             done["NORMAL"] = done.get("NORMAL", 0) + n_one
         generic = np.ones(order.shape[0], bool)
         generic[rows] = False
-        return order[generic]
+        return order[generic], acks
 
-    def _whole_one_talker(self, flow: Flow, sender: int, data: bytes, data_ts: int, end_ns: int) -> None:
-        """Classify, emit CREATED, one DATA (if any) and DESTROYED, and end a one-talker connection."""
-        head1, head2 = (data, b"") if sender == 1 else (b"", data)
-        rule, m1, m2 = self.classifier.classify_tcp(head1, head2, flow.port1, flow.port2)
-        flow.rule = rule
-        flow.match1, flow.match2 = m1, m2
-        flow.created = True
-        if rule is None:
-            self.unrouted_bytes += len(data)
-        else:
-            sinks = self.rule_sinks[rule.name]
-            sink = flow.sink = sinks[flow.hash % len(sinks)] if len(sinks) > 1 else sinks[0]
-            match = m1 if sender == 1 else m2
-            if sink.fmt == "text":
-                prefix = ev.text_prefix(flow.l3, 6, flow.addr1, flow.port1, flow.addr2, flow.port2, 0)
-                sink.parts += ev.text_whole_flow(
-                    prefix, flow.start_ns, sender, match, data, data_ts, end_ns, ev.REASON_NORMAL, sink.body
-                )
-                sink.events += 3 if data else 2
-            else:
-                w = flow.wire_id()
-                parts = sink.parts
-                parts.append(ev.binary_created(w, flow.start_ns))
-                if data:
-                    sink.events += ev.binary_data(parts, w, sender, match, data, data_ts, sink.body)
-                parts.append(ev.binary_destroyed(w, ev.REASON_NORMAL, end_ns))
-                sink.events += 2
-        # what _mark_ended does, less what a whole connection never had (buffers, a wire id)
-        flow.end_reason = ev.REASON_NORMAL
-        if end_ns > flow.end_ns:
-            flow.end_ns = end_ns
-        flow.ended = True
-        flow.ipfix_end = END_DETECTED
+    def _whole_binary(
+        self, flow: Flow, sink: Sink, sender: int, data: bytes, data_ts: int, end_ns: int
+    ) -> None:
+        """CREATED, one DATA (if any) and DESTROYED of a one-talker connection, binary format."""
+        w = flow.wire_id()
+        parts = sink.parts
+        parts.append(ev.binary_created(w, flow.start_ns))
+        if data:
+            match = flow.match1 if sender == 1 else flow.match2
+            sink.events += ev.binary_data(parts, w, sender, match, data, data_ts, sink.body)
+        parts.append(ev.binary_destroyed(w, ev.REASON_NORMAL, end_ns))
+        sink.events += 2
         flow.wire = None
-        self.table.schedule(flow, end_ns + LINGER_NS)
 
     def _account_acks(
         self, hashes: np.ndarray, swap: np.ndarray, pk: np.ndarray | None, octs: np.ndarray, ts: np.ndarray

@@ -109,14 +109,22 @@ class Classifier:
                 return rule, MATCH_NONE, MATCH_NONE
             up, down = rule.up, rule.down
             fu, fd = first[id(rule)]
-            # orientation 1: endpoint 1 sent the "up" bytes
-            if (up is None or ((fu is None or b1 in fu) and up.match(head1))) and (
-                down is None or ((fd is None or b2 in fd) and down.match(head2))
+            # orientation 1: endpoint 1 sent the "up" bytes. The first-byte tests of both sides run
+            # before either regex (fu / fd are None when there is no regex), so a side that has not
+            # spoken rules an orientation out without a regex run.
+            if (
+                (fu is None or b1 in fu)
+                and (fd is None or b2 in fd)
+                and (up is None or up.match(head1))
+                and (down is None or down.match(head2))
             ):
                 self._count(rule)
                 return rule, MATCH_UP, MATCH_DOWN
-            if (up is None or ((fu is None or b2 in fu) and up.match(head2))) and (
-                down is None or ((fd is None or b1 in fd) and down.match(head1))
+            if (
+                (fu is None or b2 in fu)
+                and (fd is None or b1 in fd)
+                and (up is None or up.match(head2))
+                and (down is None or down.match(head1))
             ):
                 self._count(rule)
                 return rule, MATCH_DOWN, MATCH_UP

@@ -56,20 +56,20 @@ _ADDR_TEXT: dict[int, dict[bytes, str]] = {4: {}, 6: {}}
 _ADDR_TEXT_MAX = 1 << 16
 
 
-def _addr(l3: int, addr: bytes) -> str:
+def _addr_miss(l3: int, addr: bytes) -> str:
     known = _ADDR_TEXT[l3]
-    t = known.get(addr)
-    if t is None:
-        t = _ntop(_AF4, addr[:4]) if l3 == 4 else _ntop(_AF6, addr[:16])
-        if len(known) >= _ADDR_TEXT_MAX:
-            known.clear()
-        known[addr] = t
+    t = _ntop(_AF4, addr[:4]) if l3 == 4 else _ntop(_AF6, addr[:16])
+    if len(known) >= _ADDR_TEXT_MAX:
+        known.clear()
+    known[addr] = t
     return t
 
 
 def text_prefix(l3: int, l4: int, addr1: bytes, port1: int, addr2: bytes, port2: int, hop: int) -> bytes:
     """The text header up to `event=`, shared by every event of one flow."""
-    a, b = _addr(l3, addr1), _addr(l3, addr2)
+    known = _ADDR_TEXT[l3]
+    a = known.get(addr1) or _addr_miss(l3, addr1)
+    b = known.get(addr2) or _addr_miss(l3, addr2)
     tail = _TEXT_TAIL.get((l3, l4))
     if tail is None:
         tail = f",l3={L3_NAMES[l3]},l4={L4_NAMES.get(l4, str(l4))},event="
