@@ -87,6 +87,10 @@ class Abstractor:
         self.tcp_stats = TcpStats()
         self.classify_bytes = g.classify_bytes
         self.classify_hold = max(g.classify_hold, g.classify_bytes)
+        self.classify_memory = g.classify_memory
+        self.held_total = 0  # stream bytes held back for classification, all flows
+        self.classified_early = {"hold": 0, "memory": 0}  # classified before both sides spoke
+        self.ooo_memory = g.ooo_memory
         self.ooo_limit = g.ooo_limit
         self.midstream = g.midstream
         self.hop_limit = g.hop_limit
@@ -182,6 +186,8 @@ class Abstractor:
         pending = flow.pending
         flow.pending = None
         flow.head1 = flow.head2 = b""
+        self.held_total -= flow.held
+        flow.held = 0
         if rule is None:
             for _sender, data, _ts in pending or ():
                 self.unrouted_bytes += len(data)
@@ -223,12 +229,18 @@ class Abstractor:
         elif len(flow.head2) < limit:
             flow.head2 = (flow.head2 + data)[:limit]
         flow.held += len(data)
+        self.held_total += len(data)
         if flow.head1 and flow.head2:
             self._classify_tcp(flow)  # SF-TAP's trigger: both sides have spoken
         elif flow.held >= self.classify_hold:
             # One side keeps talking while the other is silent (a large upload before the answer).
             # A `down` regex needs the silent side's first bytes, so the flow waits for them, but
-            # holds no more than classify_hold bytes.
+            # holds no more than classify_hold bytes...
+            self.classified_early["hold"] += 1
+            self._classify_tcp(flow)
+        elif self.held_total > self.classify_memory:
+            # ...and all flows together no more than classify_memory (many silent servers)
+            self.classified_early["memory"] += 1
             self._classify_tcp(flow)
 
     # ------------------------------------------------------------------ flow lifecycle
@@ -449,6 +461,7 @@ class Abstractor:
         deliver = self._deliver
         stats = self.tcp_stats
         ooo_limit = self.ooo_limit
+        ooo_memory = self.ooo_memory
         midstream = self.midstream
         prev = -1
         flow: Flow | None = None
@@ -541,7 +554,9 @@ class Abstractor:
                         flow.nxt1 = (flow.nxt1 + plen) & 0xFFFFFFFF
                         continue
             if proto == 6:
-                res = segment(flow, 2 if swapped else 1, flags, seq, payload, ts, deliver, stats, ooo_limit)
+                res = segment(
+                    flow, 2 if swapped else 1, flags, seq, payload, ts, deliver, stats, ooo_limit, ooo_memory
+                )
                 if res != KEEP:
                     self._close(flow, res, ts, END_DETECTED)
                     flow.last_ns = ts

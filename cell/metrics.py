@@ -79,12 +79,25 @@ class CellCollector(Collector):
         )
         g = GaugeMetricFamily(
             "celltap_cell_reassembly_buffer_bytes",
-            "Bytes held out of order or defragmenting",
+            "Bytes held out of order, defragmenting, or back for classification",
             labels=["cell", "buffer"],
         )
         g.add_metric([cid, "tcp"], ts.ooo_bytes)
         g.add_metric([cid, "defrag"], a.defrag.held)
+        g.add_metric([cid, "classify"], a.held_total)
         yield g
+        yield counter(
+            "celltap_cell_tcp_buffer_cap_skips",
+            "Holes skipped because an out-of-order cap was reached (ooo_limit: flow, ooo_memory: memory)",
+            ["cap"],
+            ts.cap_skips,
+        )
+        yield counter(
+            "celltap_cell_classified_early_flows",
+            "TCP flows classified before both sides spoke (classify_hold: hold, classify_memory: memory)",
+            ["cap"],
+            a.classified_early,
+        )
         yield counter(
             "celltap_cell_interface_events",
             "Events produced per interface",

@@ -31,7 +31,9 @@ _GLOBAL_KEYS = (
     "midstream",
     "classify_bytes",
     "classify_hold",
+    "classify_memory",
     "ooo_limit",
+    "ooo_memory",
     "reader_buffer",
     "max_flows",
     "defrag_timeout",
@@ -96,7 +98,9 @@ class GlobalConfig:
     midstream: bool = False
     classify_bytes: int = 4096
     classify_hold: int = 1 << 16  # most stream bytes held back waiting for the silent side's first bytes
+    classify_memory: int = 256 << 20  # all flows' held-back bytes: past it, flows classify at once
     ooo_limit: int = 1 << 20
+    ooo_memory: int = 256 << 20  # all flows' out-of-order bytes: past it, holes are skipped at once
     reader_buffer: int = 64 << 20
     max_flows: int = 4_000_000
     defrag_timeout: float = 30.0

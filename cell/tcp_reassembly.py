@@ -27,6 +27,7 @@ class TcpStats:
     """Reassembly counters (plain ints; the metrics layer exports deltas)."""
 
     __slots__ = (
+        "cap_skips",
         "gap_bytes",
         "ooo_bytes",
         "overlap_bytes",
@@ -40,6 +41,7 @@ class TcpStats:
         self.overlap_bytes = 0
         self.ooo_bytes = 0  # bytes currently buffered out of order, all flows
         self.gap_bytes = 0
+        self.cap_skips = {"flow": 0, "memory": 0}  # holes skipped because a buffer cap was reached
 
 
 def _rel(a: int, b: int) -> int:
@@ -106,6 +108,7 @@ def segment(
     deliver: Deliver,
     stats: TcpStats,
     ooo_limit: int,
+    ooo_memory: int = 1 << 62,
 ) -> int:
     """Process one segment from endpoint d (1 or 2); return KEEP or the reason the flow ended."""
     if flags & RST:
@@ -152,8 +155,11 @@ def segment(
             else:
                 stats.retrans_segments += 1
                 stats.retrans_bytes += n
-            if flow.ooo_bytes > ooo_limit:
-                # over the cap nothing is dropped: the hole is skipped (counted in gap_bytes)
+            over_flow = flow.ooo_bytes > ooo_limit
+            if over_flow or stats.ooo_bytes > ooo_memory:
+                # over a cap (this flow's, or all flows' together) nothing is dropped: the hole is
+                # skipped (counted in gap_bytes) and what this flow buffered is delivered
+                stats.cap_skips["flow" if over_flow else "memory"] += 1
                 if d == 1:
                     flow.nxt1 = nxt
                 else:

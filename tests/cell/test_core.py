@@ -179,3 +179,49 @@ def test_a_silent_side_is_waited_for_only_up_to_classify_hold():
     every = parse_text(b"".join(a.sinks["tcp/default"].parts))
     assert b"".join(e.data for e in every if e.event == "DATA") == req
     assert a.sinks["tcp/http"].parts == []
+
+
+def _holes(n: int) -> list[tuple[int, bytes]]:
+    """`n` connections that each lose their first 1000 client bytes and then send 2000 more."""
+    frames: list[tuple[int, bytes]] = []
+    for i in range(n):
+        c = Conv(bytes((10, 8, 0, i + 1)), bytes((192, 0, 2, 9)), 42000 + i, 80, 100, 900)
+        c.put(c.frame(True, 100, 0, SYN))
+        c.put(c.frame(False, 900, 101, SYN | ACK))
+        c.put(c.frame(True, 1101, 901, ACK | PSH, b"z" * 2000))  # bytes 101..1100 never arrive
+        frames += c.frames
+    return frames
+
+
+def test_all_flows_out_of_order_bytes_are_capped_by_ooo_memory():
+    """Each flow under its own cap, together over ooo_memory: the flow that crosses it skips its hole."""
+    a = _cell({"ooo_limit": 1 << 20, "ooo_memory": 5000})
+    a.process_frames(_batch(_holes(3)))
+    st = a.tcp_stats
+    assert st.cap_skips == {"flow": 0, "memory": 1}
+    assert st.ooo_bytes == 4000 and st.gap_bytes == 1000  # two flows still wait, one went on
+    delivered = parse_text(b"".join(a.sinks["tcp/default"].parts))
+    assert [len(e.data) for e in delivered if e.event == "DATA"] == []  # held for classification
+    a.finish()
+    assert st.ooo_bytes == 0 and st.gap_bytes == 3000
+    evs = parse_text(b"".join(a.sinks["tcp/default"].parts))
+    assert sorted(len(e.data) for e in evs if e.event == "DATA") == [2000, 2000, 2000]
+
+
+def test_all_flows_held_bytes_are_capped_by_classify_memory():
+    """Silent servers everywhere: past classify_memory, the flow that crosses it is classified now."""
+    frames: list[tuple[int, bytes]] = []
+    for i in range(4):
+        c = Conv(bytes((10, 9, 0, i + 1)), bytes((192, 0, 2, 80)), 43000 + i, 80, 100, 900)
+        c.put(c.frame(True, 100, 0, SYN))
+        c.put(c.frame(False, 900, 101, SYN | ACK))
+        c.put(c.frame(True, 101, 901, ACK | PSH, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"q" * 1400))
+        frames += c.frames
+    a = _cell({"classify_memory": 3500}, http=HTTP_RULE)
+    a.process_frames(_batch(frames))
+    assert a.classified_early == {"hold": 0, "memory": 2}  # the 3rd and the 4th flow crossed it
+    assert a.held_total == 2 * 1427  # the first two still wait for their server
+    a.finish()
+    assert a.held_total == 0
+    evs = parse_text(b"".join(a.sinks["tcp/default"].parts))
+    assert sum(e.event == "CREATED" for e in evs) == 4

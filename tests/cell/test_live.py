@@ -74,6 +74,10 @@ def test_stuck_reader_never_stalls_the_cell(tmp_path):
         assert m['celltap_cell_classified_flows_total{cell="0",rule="tls"}'] == 250
         assert m['celltap_cell_classified_flows_total{cell="0",rule="http"}'] == 100
         assert not any('interface="tcp/http' in k for k in m if "dropped" in k)
+        # the buffer caps are exported (none reached here) and nothing is still held back
+        for cap in ("flow", "memory"):
+            assert m[f'celltap_cell_tcp_buffer_cap_skips_total{{cap="{cap}",cell="0"}}'] == 0
+        assert m['celltap_cell_reassembly_buffer_bytes{buffer="classify",cell="0"}'] == 0
     finally:
         code, err = cell.stop()
     assert code == 0, err
