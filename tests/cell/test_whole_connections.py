@@ -186,3 +186,32 @@ def test_a_lingering_key_reused_by_a_new_connection_goes_the_per_packet_way():
         a, ended = _run(doc, c.frames, 5, whole)
         assert len(ended) == 2 and a.flows_created == {"tcp": 2}
         assert a.whole_flows == (1 if whole else 0)  # the second one finds the first still lingering
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_same_result_on_randomly_damaged_captures(seed):
+    """Lost, duplicated and swapped packets (what the per-flow path must recognise and leave alone)."""
+    import random
+
+    rng = random.Random(seed)
+    frames = list(get("cps" if seed % 2 else "http").generate(seed, 150))
+    damaged: list[tuple[int, bytes]] = []
+    for ts_frame in frames:
+        roll = rng.random()
+        if roll < 0.03:
+            continue  # lost
+        damaged.append(ts_frame)
+        if roll > 0.97:
+            damaged.append(ts_frame)  # duplicated
+    for _ in range(len(damaged) // 30):
+        i = rng.randrange(len(damaged) - 1)
+        damaged[i], damaged[i + 1] = damaged[i + 1], damaged[i]  # reordered
+    doc = {"global": {"timeout": 30}, **CONFIGS["text"]}
+    batch = rng.choice([200, 700, 3000])
+    fast, fast_ended = _run(doc, damaged, batch, True)
+    slow, slow_ended = _run(doc, damaged, batch, False)
+    assert fast.whole_flows > 0
+    assert _flows(fast) == _flows(slow)
+    assert _records(fast_ended) == _records(slow_ended)
+    assert fast.drops == slow.drops and fast.tcp_stats.gap_bytes == slow.tcp_stats.gap_bytes
+    assert fast.tcp_stats.retrans_bytes == slow.tcp_stats.retrans_bytes
