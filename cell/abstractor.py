@@ -136,16 +136,6 @@ class Abstractor:
         self.loopback_drops[reason] = self.loopback_drops.get(reason, 0) + n
 
     # ------------------------------------------------------------------ events
-    def _emit_created(self, flow: Flow) -> None:
-        sink = flow.sink
-        if sink is None:
-            return
-        w = flow.wire_id()
-        t = flow.start_ns
-        data = ev.text_created(w, t) if sink.fmt == "text" else ev.binary_created(w, t)
-        sink.parts.append(data)
-        sink.events += 1
-
     def _emit_destroyed(self, flow: Flow, reason: int, ts_ns: int) -> None:
         sink = flow.sink
         if sink is None:
@@ -194,7 +184,7 @@ class Abstractor:
             return
         sinks = self.rule_sinks[rule.name]
         sink = flow.sink = sinks[flow.hash % len(sinks)] if len(sinks) > 1 else sinks[0]
-        # every connection passes here once: the CREATED emission is inlined (see _emit_created)
+        # every connection passes here once: its CREATED event is emitted here
         w = flow.wire or flow.wire_id()
         t = flow.start_ns
         sink.parts.append(ev.text_created(w, t) if sink.fmt == "text" else ev.binary_created(w, t))

@@ -35,15 +35,6 @@ _TAIL = struct.Struct("<BBHBBBBB3x")
 FROM_NONE = 3
 
 
-def addr_text(l3: int, addr: bytes) -> str:
-    """Printable address as inet_ntop writes it (as SF-TAP does)."""
-    return (
-        socket.inet_ntop(socket.AF_INET, addr[:4])
-        if l3 == 4
-        else socket.inet_ntop(socket.AF_INET6, addr[:16])
-    )
-
-
 _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
 _ntop = socket.inet_ntop
 _TEXT_TAIL = {
