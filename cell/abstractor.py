@@ -619,7 +619,9 @@ class Abstractor:
         # One talker and less than the classification window: the per-packet path would hold all
         # of it back and classify at the close. Those flows' stream bytes are gathered for the whole
         # batch at once; the others are fed segment by segment.
-        one = ((sent1 == 0) | (sent2 == 0)) & (sent1 + sent2 < self.classify_bytes)
+        # (and short enough for one DATA event: a classify_bytes above 65535 is allowed)
+        window = min(self.classify_bytes, ev.MAX_EVENT_DATA + 1)
+        one = ((sent1 == 0) | (sent2 == 0)) & (sent1 + sent2 < window)
         r_one = np.repeat(one, size) & (r_pl > 0)
         blob = gather_frames(db.batch.buf, abs_off[order][rows][r_one], r_pl[r_one]).tobytes()
         data_end = np.cumsum(np.where(one, sent1 + sent2, 0))

@@ -94,15 +94,6 @@ class WireId:
             self.bin_addrs = addr1.ljust(16, b"\0") + addr2.ljust(16, b"\0")
             self.bin_ports = struct.pack(">HH", port1, port2)
 
-    @classmethod
-    def from_prefix(cls, prefix: bytes) -> WireId:
-        """A text-format WireId around an already built prefix."""
-        w = cls.__new__(cls)
-        w.text_prefix = prefix
-        w.bin_addrs = w.bin_ports = b""
-        w.hop = w.l3code = w.l4 = 0
-        return w
-
 
 def _ts_text(ts_ns: int) -> bytes:
     us = ts_ns // 1000
@@ -131,7 +122,10 @@ def text_whole_flow(
     reason: int,
     body: bool,
 ) -> list[bytes]:
-    """CREATED, one DATA (when `data` is not empty) and DESTROYED of a flow, as interface bytes."""
+    """CREATED, one DATA (when `data` is not empty) and DESTROYED of a flow, as interface bytes.
+
+    `data` fits one DATA event (at most MAX_EVENT_DATA bytes).
+    """
     s = start_ns // 1000
     e = end_ns // 1000
     n = len(data)
@@ -141,12 +135,6 @@ def text_whole_flow(
             b"%sCREATED,time=%d.%06d\n%sDESTROYED,reason=%s,time=%d.%06d\n"
             % (prefix, s // 1_000_000, s % 1_000_000, prefix, r, e // 1_000_000, e % 1_000_000)
         ]
-    if n > MAX_EVENT_DATA:
-        out = [text_created_from(prefix, start_ns)]
-        w = WireId.from_prefix(prefix)
-        text_data(out, w, sender, match, data, data_ts_ns, body)
-        out.append(b"%sDESTROYED,reason=%s,time=%s\n" % (prefix, _REASON_B[reason], _ts_text(end_ns)))
-        return out
     d = data_ts_ns // 1000
     head = b"%sCREATED,time=%d.%06d\n%sDATA,from=%d,match=%s,len=%d,time=%d.%06d\n" % (
         prefix,
@@ -166,11 +154,6 @@ def text_whole_flow(
         e % 1_000_000,
     )
     return [head, data, tail] if body else [head, tail]
-
-
-def text_created_from(prefix: bytes, ts_ns: int) -> bytes:
-    """CREATED header line from a flow's text prefix."""
-    return prefix + b"CREATED,time=" + _ts_text(ts_ns) + b"\n"
 
 
 def text_data(

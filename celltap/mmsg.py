@@ -52,7 +52,8 @@ def libc_function(name: str, argtypes: tuple) -> Callable[..., int] | None:
     return fn
 
 
-_SENDMMSG = libc_function("sendmmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int))
+# sendmmsg(fd, struct mmsghdr *, count, flags): None where libc lacks it
+SENDMMSG = libc_function("sendmmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int))
 
 # mmsghdr and iovec as rows of pointer-sized words, so numpy fills a whole batch per column.
 _WORD = ctypes.sizeof(ctypes.c_void_p)
@@ -64,7 +65,7 @@ _IOV_WORDS = ctypes.sizeof(IoVec) // _WORD
 
 def sendmmsg_available() -> bool:
     """True where libc exposes sendmmsg."""
-    return _SENDMMSG is not None
+    return SENDMMSG is not None
 
 
 class MessageBatch:
@@ -77,7 +78,7 @@ class MessageBatch:
     """
 
     def __init__(self, parts: int, capacity: int = 256) -> None:
-        if _SENDMMSG is None:
+        if SENDMMSG is None:
             raise OSError(errno.ENOSYS, "sendmmsg is not available")
         self.parts = parts
         self.capacity = 0
@@ -106,13 +107,13 @@ class MessageBatch:
         failing message is sent again alone by the next call, which then returns its error.  So
         each failure costs one extra call, and every other message of the batch is still sent.
         """
-        assert _SENDMMSG is not None
+        assert SENDMMSG is not None
         failed: list[tuple[int, int]] = []
         start = 0
         base = self._hdr.ctypes.data
         size = ctypes.sizeof(MMsgHdr)
         while start < n:
-            done = _SENDMMSG(fd, base + start * size, n - start, 0)
+            done = SENDMMSG(fd, base + start * size, n - start, 0)
             if done > 0:
                 start += done
                 continue

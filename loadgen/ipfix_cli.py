@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 from celltap.ipfix.message import IPFIX_VERSION
+from celltap.mmsg import sendmmsg_available
 from loadgen.ipfix_gen import MessagePool, build_pool
 from loadgen.ipfix_sendmmsg import PoolSender
-from loadgen.ipfix_sendmmsg import available as sendmmsg_available
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

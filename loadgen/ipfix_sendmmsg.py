@@ -14,14 +14,8 @@ import socket
 
 import numpy as np
 
-from celltap.mmsg import IoVec, MMsgHdr, libc_function
-
-_SENDMMSG = libc_function("sendmmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int))
-
-
-def available() -> bool:
-    """True where libc exposes sendmmsg."""
-    return _SENDMMSG is not None
+from celltap.mmsg import SENDMMSG as _SENDMMSG
+from celltap.mmsg import IoVec, MMsgHdr
 
 
 class PoolSender:
