@@ -2,11 +2,13 @@
 
 **uid.** Zeek gives every connection a random uid; a random one could not be recomputed by an
 analyzer in another process, nor by a cell in another host. celltap's uid is a pure function of what
-every component sees of a connection: its canonical flow key (celltap.flowkey; SF-TAP's hop count
-included, so an L7-loopback stream is its own connection) and the capture time of its first packet in
+every component sees of a connection: its canonical flow key (celltap.flowkey) and the capture time of its first packet in
 microseconds (the resolution of SF-TAP's `time=` field and binary timeval, so an analyzer reading a
 CREATED event computes the cell's uid exactly). Hash: XXH64 with the cluster seed, written as "C" and
-11 base-62 digits (Zeek's uids are "C" + base 62 too). Two connections collide only if their keys and
+11 base-62 digits (Zeek's uids are "C" + base 62 too). SF-TAP's hop count is left out on purpose:
+a stream handed on through the L7 loopback (TLS after STARTTLS or CONNECT) is re-injected with its
+connection's start time and so keeps its connection's uid, as Zeek's protocol records of one
+connection share one uid. Two connections collide only if their keys and
 first-packet microseconds collide, or with probability ~n²/2⁶⁵.
 
 **Community ID v1** (https://github.com/corelight/community-id-spec): base64 of SHA-1 over
@@ -46,9 +48,9 @@ _ICMP6_PAIRS = {
 }
 
 
-def uid_from_key(key: bytes, hop: int, start_us: int, seed: int = 0) -> str:
+def uid_from_key(key: bytes, start_us: int, seed: int = 0) -> str:
     """The uid of the connection with canonical key bytes `key` whose first packet came at `start_us`."""
-    h = xxh64(key + struct.pack("<BQ", hop & 0xFF, start_us & 0xFFFFFFFFFFFFFFFF), seed)
+    h = xxh64(key + struct.pack("<Q", start_us & 0xFFFFFFFFFFFFFFFF), seed)
     digits = []
     for _ in range(11):
         h, r = divmod(h, 62)
@@ -73,12 +75,11 @@ def flow_uid(
     port1: int,
     addr2: str | bytes,
     port2: int,
-    hop: int,
     start_us: int,
     seed: int = 0,
 ) -> str:
     """The uid of a flow named by its canonical endpoints (endpoint 1 is the smaller) and start time."""
-    return uid_from_key(key_bytes(l3, l4, addr1, port1, addr2, port2), hop, start_us, seed)
+    return uid_from_key(key_bytes(l3, l4, addr1, port1, addr2, port2), start_us, seed)
 
 
 def community_id(

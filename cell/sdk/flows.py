@@ -20,7 +20,7 @@ def with_uid(flow: FlowId, start: float) -> FlowId:
         return flow
     try:
         uid = flow_uid(
-            flow.l3, flow.l4, flow.ip1, flow.port1, flow.ip2, flow.port2, flow.hop, round(start * 1e6)
+            flow.l3, flow.l4, flow.ip1, flow.port1, flow.ip2, flow.port2, round(start * 1e6)
         )
     except (ValueError, KeyError):  # not an IP address: no uid can be derived
         return flow
@@ -45,10 +45,20 @@ class FlowAnalyzer:
     def __init__(self) -> None:
         self.records: list[dict] = []
         self.errors: Counter[str] = Counter()
+        # stream bytes handed on to the cell's L7 loopback, drained by the front end
+        self.handed_on: list[tuple[FlowId, int, bytes, float]] = []
 
     def error(self, reason: str) -> None:
         """Count one parse error by reason."""
         self.errors[reason] += 1
+
+    def hand_on(self, flow: FlowId, sender: int, data: bytes, time: float) -> None:
+        """Hand stream bytes to the cell's L7 loopback to be classified anew (TLS after STARTTLS/CONNECT).
+
+        The front end re-injects them as a stream of the same connection (same endpoints and start
+        time, so the same uid; SF-TAP's hop count + 1). Call it with each direction's bytes, in order.
+        """
+        self.handed_on.append((flow, sender, data, time))
 
     def stream(self, flow: FlowId, time: float) -> StreamHandler | None:
         """Return a handler for a new TCP flow, or None to ignore the flow."""

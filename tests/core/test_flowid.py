@@ -47,17 +47,16 @@ def test_uid_key_bytes_are_the_canonical_flow_key() -> None:
     assert key_bytes("ipv4", "tcp", "10.0.0.1", 80, "10.0.0.9", 40000) == key.to_bytes()
 
 
-def test_uid_depends_on_key_hop_and_start_microsecond_only() -> None:
-    base = flow_uid("ipv4", "tcp", "10.0.0.1", 80, "10.0.0.9", 40000, 0, 1_700_000_000_123_456)
+def test_uid_depends_on_key_and_start_microsecond_only() -> None:
+    base = flow_uid("ipv4", "tcp", "10.0.0.1", 80, "10.0.0.9", 40000, 1_700_000_000_123_456)
     assert base.startswith("C") and len(base) == 12
-    assert base == flow_uid(4, 6, "10.0.0.1", 80, "10.0.0.9", 40000, 0, 1_700_000_000_123_456)
+    assert base == flow_uid(4, 6, "10.0.0.1", 80, "10.0.0.9", 40000, 1_700_000_000_123_456)
     others = {
-        flow_uid("ipv4", "tcp", "10.0.0.1", 80, "10.0.0.9", 40000, 0, 1_700_000_000_123_457),
-        flow_uid("ipv4", "tcp", "10.0.0.1", 80, "10.0.0.9", 40000, 1, 1_700_000_000_123_456),
-        flow_uid("ipv4", "udp", "10.0.0.1", 80, "10.0.0.9", 40000, 0, 1_700_000_000_123_456),
-        flow_uid("ipv4", "tcp", "10.0.0.1", 81, "10.0.0.9", 40000, 0, 1_700_000_000_123_456),
+        flow_uid("ipv4", "tcp", "10.0.0.1", 80, "10.0.0.9", 40000, 1_700_000_000_123_457),
+        flow_uid("ipv4", "udp", "10.0.0.1", 80, "10.0.0.9", 40000, 1_700_000_000_123_456),
+        flow_uid("ipv4", "tcp", "10.0.0.1", 81, "10.0.0.9", 40000, 1_700_000_000_123_456),
     }
-    assert base not in others and len(others) == 4
+    assert base not in others and len(others) == 3
 
 
 class _Seen(FlowAnalyzer):
@@ -88,9 +87,9 @@ def test_flow_table_gives_tcp_flows_the_uid_of_their_created_time_and_udp_flows_
             Event(DATA, b"u", udp, t0 + 100, sender=2, data=b"q"),  # after the timeout: a new connection
         ]
     )
-    tcp_uid = flow_uid("ipv4", "tcp", "10.0.0.1", 80, "10.0.0.9", 40000, 0, 1_700_000_000_123_456)
-    udp_uid = flow_uid("ipv4", "udp", "10.0.0.1", 53, "10.0.0.9", 40001, 0, 1_700_000_001_123_456)
-    udp_uid2 = flow_uid("ipv4", "udp", "10.0.0.1", 53, "10.0.0.9", 40001, 0, 1_700_000_100_123_456)
+    tcp_uid = flow_uid("ipv4", "tcp", "10.0.0.1", 80, "10.0.0.9", 40000, 1_700_000_000_123_456)
+    udp_uid = flow_uid("ipv4", "udp", "10.0.0.1", 53, "10.0.0.9", 40001, 1_700_000_001_123_456)
+    udp_uid2 = flow_uid("ipv4", "udp", "10.0.0.1", 53, "10.0.0.9", 40001, 1_700_000_100_123_456)
     assert [f.uid for f in seen.flows] == [tcp_uid, udp_uid, udp_uid, udp_uid2]
 
 
