@@ -2,14 +2,14 @@
 
 **uid.** Zeek gives every connection a random uid; a random one could not be recomputed by an
 analyzer in another process, nor by a cell in another host. celltap's uid is a pure function of what
-every component sees of a connection: its canonical flow key (celltap.flowkey) and the capture time of its first packet in
-microseconds (the resolution of SF-TAP's `time=` field and binary timeval, so an analyzer reading a
-CREATED event computes the cell's uid exactly). Hash: XXH64 with the cluster seed, written as "C" and
-11 base-62 digits (Zeek's uids are "C" + base 62 too). SF-TAP's hop count is left out on purpose:
-a stream handed on through the L7 loopback (TLS after STARTTLS or CONNECT) is re-injected with its
-connection's start time and so keeps its connection's uid, as Zeek's protocol records of one
-connection share one uid. Two connections collide only if their keys and
-first-packet microseconds collide, or with probability ~n²/2⁶⁵.
+every component sees of a connection: its canonical flow key (celltap.flowkey) and the capture time
+of its first packet in microseconds (the resolution of SF-TAP's `time=` field and binary timeval, so
+an analyzer reading a CREATED event computes the cell's uid exactly). Hash: XXH64 with the cluster
+seed, written as "C" and 11 base-62 digits (Zeek's uids are "C" + base 62 too). SF-TAP's hop count is
+left out on purpose: a stream handed on through the L7 loopback (TLS after STARTTLS or CONNECT) is
+re-injected with its connection's start time and so keeps its connection's uid, as Zeek's protocol
+records of one connection share one uid. Two connections collide only if their keys and first-packet
+microseconds collide, or with probability ~n²/2⁶⁵.
 
 **Community ID v1** (https://github.com/corelight/community-id-spec): base64 of SHA-1 over
 seed (u16) | saddr | daddr | proto (u8) | 0 | sport (u16) | dport (u16), the endpoints ordered so
