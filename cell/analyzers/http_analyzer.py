@@ -116,7 +116,19 @@ def _basic_user(value: str) -> str | None:
 class HttpFlow:
     """One TCP flow's HTTP state: two directions, a FIFO of requests awaiting responses."""
 
-    __slots__ = ("analyzer", "broken", "client", "depth", "flow", "pending", "sides", "time", "weirds")
+    __slots__ = (
+        "analyzer",
+        "broken",
+        "client",
+        "depth",
+        "flow",
+        "head",
+        "http09",
+        "pending",
+        "sides",
+        "time",
+        "weirds",
+    )
 
     def __init__(self, analyzer: HttpAnalyzer, flow: FlowId, time: float) -> None:
         self.analyzer = analyzer
@@ -128,6 +140,8 @@ class HttpFlow:
         self.depth = 0  # requests (and unrequested responses) seen: Zeek's trans_depth
         self.broken = False
         self.weirds: set[str] = set()
+        self.head: dict | None = None  # conn_fields of this flow (client known), copied into each record
+        self.http09 = 0  # HTTP/0.9 requests waiting for their (raw) response
 
     # -- plumbing ------------------------------------------------------------------------------
     def _side(self, sender: int, data: bytes) -> _Side:
@@ -194,7 +208,7 @@ class HttpFlow:
         while pos < n:
             mode = side.mode
             if mode == HEAD:
-                if not side.is_client and self.pending and self.pending[0].get("request_version") == "0.9":
+                if self.http09 and not side.is_client and self.pending[0].get("request_version") == "0.9":
                     if not data.startswith(b"HTTP/"[: n - pos], pos):
                         self._http09_response(side)
                         continue
@@ -309,7 +323,11 @@ class HttpFlow:
 
     # -- requests ------------------------------------------------------------------------------
     def _new_record(self) -> dict:
-        rec = conn_fields(self.flow, self.client, self.time)
+        head = self.head
+        if head is None:
+            head = self.head = conn_fields(self.flow, self.client, self.time)
+        rec = head.copy()
+        rec["ts"] = self.time
         self.depth += 1
         rec["trans_depth"] = self.depth
         return rec
@@ -324,6 +342,8 @@ class HttpFlow:
                 rec["original_uri"] = target
         if version is not None:
             rec["request_version"] = version
+            if version == "0.9":
+                self.http09 += 1
         rec["request_body_len"] = 0
         rec["response_body_len"] = 0
         rec["tags"] = []
@@ -333,6 +353,8 @@ class HttpFlow:
             # as Zeek: log the oldest unanswered request to bound the state
             self.weird("HTTP_excessive_pipelining")
             old = self.pending.popleft()
+            if old.get("request_version") == "0.9":
+                self.http09 -= 1
             old["unanswered"] = True
             self._emit(old)
         self.pending.append(rec)
@@ -474,6 +496,7 @@ class HttpFlow:
     def _http09_response(self, side: _Side) -> None:
         """HTTP/0.9: the response to the oldest request is the raw body until the server closes."""
         rec = self.pending.popleft()
+        self.http09 -= 1
         rec["version"] = "0.9"
         rec["response_ts"] = self.time
         side.msg = rec

@@ -61,22 +61,31 @@ DETECTED = (
 )
 
 
+_BY_FIRST: dict[int, tuple[tuple[bytes, str], ...]] = {}
+for _prefix, _mime in _PREFIXES:
+    _BY_FIRST[_prefix[0]] = (*_BY_FIRST.get(_prefix[0], ()), (_prefix, _mime))
+_BLANKS = b" \t\r\n\x0b\x0c"
+
+
 def sniff(head: bytes) -> str | None:
     """The MIME type of a body starting with `head`, or None when no signature matches."""
     if not head:
         return None
-    for prefix, mime in _PREFIXES:
+    for prefix, mime in _BY_FIRST.get(head[0], ()):
         if head.startswith(prefix):
             return mime
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return "image/webp"
     text = head[3:] if head.startswith(_BOM) else head
-    if _HTML.match(text):
-        return "text/html"
-    if _XML.match(text):
-        return "application/xml"
-    if _JSON_OBJECT.match(text) or _JSON_ARRAY.match(text) or _JSON_EMPTY.match(text):
-        return "text/json"
+    first = text.lstrip(_BLANKS)[:1]
+    if first == b"<":
+        if _HTML.match(text):
+            return "text/html"
+        if _XML.match(text):
+            return "application/xml"
+    elif first == b"{" or first == b"[":
+        if _JSON_OBJECT.match(text) or _JSON_ARRAY.match(text) or _JSON_EMPTY.match(text):
+            return "text/json"
     if _TEXT.match(text):
         return "text/plain"
     return None
