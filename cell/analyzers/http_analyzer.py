@@ -69,6 +69,7 @@ HTTP_METHODS = frozenset(
     )
 )  # fmt: skip
 _NO_BODY = frozenset((204, 304))
+_INFLATE = frozenset(("gzip", "x-gzip", "deflate"))
 _INFLATE_LATER = "deflate"  # deflate: zlib-wrapped or raw, decided from the first body bytes
 _STOPPED = False  # inflating gave up: the rest of the body is not counted
 
@@ -449,8 +450,11 @@ class HttpFlow:
     def _framing(self, side: _Side, fields: dict[str, str], request: bool) -> bool:
         """Set up reading a message body from its fields (RFC 9112 §6.3); False if the side is lost."""
         te = fields.get("transfer-encoding")
+        codings: list[str] = []
         if te is not None:
-            chunked, _ = transfer_coding(te)
+            chunked, codings = transfer_coding(te)
+            if chunked:
+                codings.pop()
             if "content-length" in fields:
                 self.weird("HTTP_both_CL_and_TE")
             if chunked:
@@ -479,18 +483,25 @@ class HttpFlow:
                 self._message_done(side)
                 return True
             side.mode = UNTIL_CLOSE
-        self._start_body(side, fields)
+        self._start_body(side, fields, codings)
         return True
 
-    def _start_body(self, side: _Side, fields: dict[str, str]) -> None:
+    def _start_body(self, side: _Side, fields: dict[str, str], codings: list[str]) -> None:
+        """Start counting a body; inflate a gzip/deflate transfer coding, else such a content coding."""
         side.head = b""
-        ce = fields.get("content-encoding")
-        if ce is not None:
-            ce = ce.strip(" \t").lower()
-            if ce in ("gzip", "x-gzip"):
-                side.decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            elif ce == "deflate":
-                side.decoder = _INFLATE_LATER
+        if codings:  # transfer codings other than the final chunked: they are part of the framing
+            coding = codings[0] if len(codings) == 1 else ""
+            if coding not in _INFLATE:
+                self.weird("HTTP_transfer_coding_not_decoded", ", ".join(codings))
+        else:
+            coding = fields.get("content-encoding")
+            if coding is None:
+                return
+            coding = coding.strip(" \t").lower()
+        if coding in ("gzip", "x-gzip"):
+            side.decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            side.decoder = _INFLATE_LATER
 
     # -- responses -----------------------------------------------------------------------------
     def _http09_response(self, side: _Side) -> None:
