@@ -70,7 +70,7 @@ HTTP_METHODS = frozenset(
 )  # fmt: skip
 _NO_BODY = frozenset((204, 304))
 _INFLATE = frozenset(("gzip", "x-gzip", "deflate"))
-_INFLATE_LATER = "deflate"  # deflate: zlib-wrapped or raw, decided from the first body bytes
+_INFLATE_LATER = b""  # deflate: zlib-wrapped or raw, decided from the first two body bytes (kept till then)
 _STOPPED = False  # inflating gave up: the rest of the body is not counted
 
 
@@ -96,7 +96,9 @@ class _Side:
         self.body = 0  # decoded body bytes of the current message
         self.msg: dict | None = None  # the record the current message belongs to
         self.head: bytes | None = None  # first body bytes, kept for MIME sniffing
-        self.decoder: object = None  # zlib decompressor, _INFLATE_LATER, _STOPPED or None (identity)
+        # zlib decompressor; bytes: deflate's first bytes, kept until its wrapping is known;
+        # _STOPPED; None: identity
+        self.decoder: object = None
         self.emit_after = False  # client: the response ended before this request's body did
         self.bad_lines = 0
 
@@ -122,6 +124,7 @@ class HttpFlow:
         "broken",
         "client",
         "depth",
+        "early",
         "flow",
         "head",
         "http09",
@@ -143,6 +146,7 @@ class HttpFlow:
         self.weirds: set[str] = set()
         self.head: dict | None = None  # conn_fields of this flow (client known), copied into each record
         self.http09 = 0  # HTTP/0.9 requests waiting for their (raw) response
+        self.early: dict[int, bytes] = {}  # first bytes of a side too short to tell a status line
 
     # -- plumbing ------------------------------------------------------------------------------
     def _side(self, sender: int, data: bytes) -> _Side:
@@ -183,7 +187,15 @@ class HttpFlow:
         """Feed bytes from one endpoint."""
         if self.broken or not data:
             return
-        side = self.sides.get(sender) or self._side(sender, data)
+        side = self.sides.get(sender)
+        if side is None:
+            if not self.client:  # a status line tells the server: wait until "HTTP/" can be told
+                early = self.early.pop(sender, b"") + data if self.early else data
+                if len(early) < 5 and b"HTTP/".startswith(early):
+                    self.early[sender] = early
+                    return
+                data = early
+            side = self._side(sender, data)
         mode = side.mode
         if mode == TUNNEL:
             self.analyzer.hand_on(self.flow, sender, data, time)
@@ -605,8 +617,13 @@ class HttpFlow:
         dec = side.decoder
         if dec is _STOPPED or not chunk:
             return
-        if dec is _INFLATE_LATER:  # zlib-wrapped (RFC 9110) or, as some servers send it, raw deflate
-            zlib_header = len(chunk) >= 2 and chunk[0] & 0x0F == 8 and (chunk[0] * 256 + chunk[1]) % 31 == 0
+        if isinstance(dec, bytes):  # zlib-wrapped (RFC 9110) or, as some servers send it, raw deflate
+            if len(dec) + len(chunk) < 2:
+                side.decoder = dec + bytes(chunk)
+                return
+            if dec:
+                chunk = memoryview(dec + bytes(chunk))
+            zlib_header = chunk[0] & 0x0F == 8 and (chunk[0] * 256 + chunk[1]) % 31 == 0
             dec = side.decoder = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
         try:
             out = dec.decompress(chunk, INFLATE_STEP)
@@ -664,9 +681,8 @@ class HttpFlow:
         self.time = time
         client = self.sides.get(self.client) if self.client else None
         server = self.sides.get(3 - self.client) if self.client else None
-        for side in (client, server):
-            if side is not None and side.buf and side.mode == HEAD:
-                self.weird("incomplete_message")
+        if self.early or any(s.buf and s.mode == HEAD for s in (client, server) if s is not None):
+            self.weird("incomplete_message")
         if client is not None and client.msg is not None:
             rec = client.msg
             if client.mode != HOLD:
