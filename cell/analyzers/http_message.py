@@ -47,12 +47,18 @@ def parse_request_line(line: str) -> tuple[str, str | None, str | None, str | No
     Versions are given as after "HTTP/" ("1.1"); a line of method and target alone is HTTP/0.9 ("0.9").
     """
     parts = line.split()
-    if not parts or not _TOKEN.match(parts[0]):
+    if not parts:
         return None
     method = parts[0]
+    if not (method.isalpha() and method.isascii()) and not _TOKEN.match(method):
+        return None
     n = len(parts)
     if n == 3:
-        m = _VERSION.match(parts[2])
+        version = parts[2]
+        if len(version) == 8 and version.startswith("HTTP/") and version[6] == "." and version[5].isdigit():
+            if version[7].isdigit():
+                return method, parts[1], version[5:], None
+        m = _VERSION.match(version)
         if m is not None:
             return method, parts[1], m.group(1), None
         return None
@@ -123,6 +129,8 @@ def transfer_coding(value: str) -> tuple[bool, list[str]]:
 
 def content_length(value: str) -> int | None:
     """The body length a Content-Length value gives (equal repeated values allowed), None if invalid."""
+    if value.isdigit() and value.isascii():
+        return int(value)
     values = {v.strip(" \t") for v in value.split(",")}
     if len(values) != 1:
         return None
