@@ -182,11 +182,32 @@ class HttpFlow:
     def _emit(self, rec: dict) -> None:
         self.analyzer.records.append(rec)
 
+    def _pop(self) -> dict:
+        """The oldest request waiting for its response, taken off the queue."""
+        rec = self.pending.popleft()
+        if self.http09 and rec.get("request_version") == "0.9":
+            self.http09 -= 1
+        return rec
+
+    def _internal_error(self, exc: Exception) -> None:
+        """A parser bug met by this flow's bytes: it costs this flow only (reported, counted)."""
+        self.weird("HTTP_analyzer_internal_error", repr(exc))
+        self.broken = True
+        for side in self.sides.values():
+            side.mode = IGNORE
+            side.buf = b""
+
     # -- input ---------------------------------------------------------------------------------
     def data(self, sender: int, data: bytes, time: float) -> None:
         """Feed bytes from one endpoint."""
         if self.broken or not data:
             return
+        try:
+            self._data(sender, data, time)
+        except Exception as exc:  # whatever the bytes, they cost this flow only
+            self._internal_error(exc)
+
+    def _data(self, sender: int, data: bytes, time: float) -> None:
         side = self.sides.get(sender)
         if side is None:
             if not self.client:  # a status line tells the server: wait until "HTTP/" can be told
@@ -221,7 +242,12 @@ class HttpFlow:
         while pos < n:
             mode = side.mode
             if mode == HEAD:
-                if self.http09 and not side.is_client and self.pending[0].get("request_version") == "0.9":
+                if (
+                    self.http09
+                    and not side.is_client
+                    and self.pending
+                    and self.pending[0].get("request_version") == "0.9"
+                ):
                     if not data.startswith(b"HTTP/"[: n - pos], pos):
                         self._http09_response(side)
                         continue
@@ -365,9 +391,7 @@ class HttpFlow:
         if len(self.pending) >= MAX_PENDING:
             # as Zeek: log the oldest unanswered request to bound the state
             self.weird("HTTP_excessive_pipelining")
-            old = self.pending.popleft()
-            if old.get("request_version") == "0.9":
-                self.http09 -= 1
+            old = self._pop()
             old["unanswered"] = True
             self._emit(old)
         self.pending.append(rec)
@@ -518,8 +542,7 @@ class HttpFlow:
     # -- responses -----------------------------------------------------------------------------
     def _http09_response(self, side: _Side) -> None:
         """HTTP/0.9: the response to the oldest request is the raw body until the server closes."""
-        rec = self.pending.popleft()
-        self.http09 -= 1
+        rec = self._pop()
         rec["version"] = "0.9"
         rec["response_ts"] = self.time
         side.msg = rec
@@ -549,7 +572,7 @@ class HttpFlow:
                 self.weird("response_without_request", lines[0][:80])
             return nxt
         if pending:
-            rec = pending.popleft()
+            rec = self._pop()
         else:
             self.weird("response_without_request", lines[0][:80])
             rec = self._new_record()
@@ -679,6 +702,15 @@ class HttpFlow:
     def end(self, reason: str, time: float) -> None:
         """The flow ended: finish read-until-close bodies; report truncated and unanswered messages."""
         self.time = time
+        try:
+            self._end()
+        except Exception as exc:  # whatever the bytes, they cost this flow only
+            self._internal_error(exc)
+            for rec in self.pending:
+                self._emit(rec)
+            self.pending.clear()
+
+    def _end(self) -> None:
         client = self.sides.get(self.client) if self.client else None
         server = self.sides.get(3 - self.client) if self.client else None
         if self.early or any(s.buf and s.mode == HEAD for s in (client, server) if s is not None):

@@ -18,6 +18,8 @@ import zlib
 from urllib.parse import unquote_to_bytes
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from cell.analyzers.http_analyzer import HttpAnalyzer
@@ -382,3 +384,39 @@ def test_crafted_zip_sniffed_from_a_real_archive(tmp_path) -> None:
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("a.txt", "content")
     assert sniff(path.read_bytes()[:512]) == "application/zip"
+
+
+_PIECES = [
+    b"GET / HTTP/1.1\r\n", b"HEAD /h HTTP/1.1\r\n", b"CONNECT a:443 HTTP/1.1\r\n", b"POST /p HTTP/1.0\n",
+    b"GET /09\r\n", b"GET\r\n", b"GET HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 100 Continue\r\n",
+    b"HTTP/1.1 101 Switching\r\n", b"HTTP/1.0 204 No\n", b"HTTP/1.1 2x0 Bad\r\n", b"Host: h\r\n",
+    b"Content-Length: 5\r\n", b"Content-Length: 5, 6\r\n", b"Content-Length: -1\r\n",
+    b"Transfer-Encoding: chunked\r\n", b"Transfer-Encoding: gzip, chunked\r\n",
+    b"Transfer-Encoding: gzip\r\n",
+    b"Content-Encoding: gzip\r\n", b"Content-Encoding: deflate\r\n", b"Authorization: Basic !!\r\n",
+    b"Via: x\r\n", b" folded\r\n", b"bad line\r\n", b"\r\n", b"\n", b"\r", b"5\r\nhello\r\n", b"0\r\n\r\n",
+    b"zz\r\n", b"3;ext=1\r\nabc\r\n", gzip.compress(b"hello world " * 20), b"\x1f\x8b\x08\x00junk",
+    b"\x78\x9c", b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00", b"%41%zz%", b"\xff\xfe\x00",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    turns=st.lists(
+        st.tuples(st.booleans(), st.lists(st.sampled_from(_PIECES), min_size=1, max_size=8).map(b"".join)),
+        max_size=10,
+    ),
+    segment=st.sampled_from([1, 3, 64, 1400]),
+    reset=st.booleans(),
+)
+def test_crafted_http_fragments_in_any_order_never_raise(
+    turns: list[tuple[bool, bytes]], segment: int, reset: bool
+) -> None:
+    conv = Conversation("tcp", ("10.9.0.1", 41000), ("10.9.0.2", 80), turns, reset=reset)
+    s = Session(HttpAnalyzer())
+    recs = s.feed(event_stream([conv], segment=segment)) + s.disconnected()
+    for rec in recs:
+        assert rec["uid"] and "ts" in rec
+        assert rec.get("name") != "HTTP_analyzer_internal_error", rec.get("addl")
+        if "_log" not in rec:
+            assert rec["trans_depth"] >= 1 and rec["request_body_len"] >= 0 and rec["response_body_len"] >= 0
