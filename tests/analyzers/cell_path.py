@@ -20,7 +20,8 @@ RULES = {
         (
             "TCP",
             None,
-            r"^(?:[-a-zA-Z]+ (?:\S+ )?HTTP/1\.[01]|GET /\S*|[\r\n]+[-a-zA-Z]+ (?:\S+ )?HTTP/1\.[01])\r?\n",
+            r"^(?:[-a-zA-Z]+ (?:[^\r\n]* )?HTTP/1\.[01]|GET /\S*"
+            r"|[\r\n]+[-a-zA-Z]+ (?:[^\r\n]* )?HTTP/1\.[01])\r?\n",
             None,
         )
     ],

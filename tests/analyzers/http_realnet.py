@@ -193,6 +193,7 @@ RAW_CASES: list[tuple[str, bytes]] = [
         b"GET /plain.txt HTTP/1.1\r\nHost: s\r\nX-Folded: first\r\n  second\r\nConnection: close\r\n\r\n",
     ),
     ("method_only", b"GET\r\n"),
+    ("blank_in_uri", b"GET /plain text.txt HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n"),
     ("missing_uri", b"GET HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n"),
     (
         "te_gzip_chunked",
