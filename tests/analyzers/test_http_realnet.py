@@ -335,3 +335,26 @@ def test_real_cell_path_gives_the_same_records(real: SimpleNamespace, tmp_path: 
     # a bare "GET" line has nothing an HTTP rule can tell from other protocols: the cell does not
     # classify that flow as HTTP (documented); every other exchange arrives the same way
     assert cell == [k for k in ours if k[0] not in method_only]
+
+
+def test_capture_holds_every_class(real: SimpleNamespace) -> None:
+    """The classes of issue 13 are in the capture, as tshark and nginx saw them (not as we did)."""
+    rows = tshark_fields(
+        real.pcap,
+        "http.response",
+        [
+            "http.response.code",
+            "http.content_length_header",
+            "http.transfer_encoding",
+            "http.content_encoding",
+        ],
+    )
+    until_close = [r for r in rows if not r["http.content_length_header"] and not r["http.transfer_encoding"]]
+    assert [r for r in until_close if r["http.response.code"] == ["200"]], "no response delimited by close"
+    assert [r for r in rows if r["http.transfer_encoding"] == ["chunked"] and r["http.content_encoding"]]
+    assert [r for r in rows if r["http.response.code"] == ["100"]]
+    methods = {e["request"].split()[0] for e in real.log}
+    assert {"GET", "HEAD", "POST"} <= methods
+    protocols = {e["server_protocol"] for e in real.log if e["remote_addr"] == CLIENT}
+    assert {"HTTP/1.0", "HTTP/1.1", "-"} <= protocols  # "-": the HTTP/0.9 request and the bare "GET"
+    assert any(e["status"] == "400" for e in real.log) and any(e["status"] == "501" for e in real.log)
