@@ -237,105 +237,27 @@ class HttpFlow:
         self._parse(side, data)
 
     def _parse(self, side: _Side, data: bytes) -> None:
+        """Consume `data` on one side; a part that cannot complete yet waits in `side.buf`."""
         pos = 0
         n = len(data)
         while pos < n:
             mode = side.mode
             if mode == HEAD:
-                if (
-                    self.http09
-                    and not side.is_client
-                    and self.pending
-                    and self.pending[0].get("request_version") == "0.9"
-                ):
-                    if not data.startswith(b"HTTP/"[: n - pos], pos):
-                        self._http09_response(side)
-                        continue
-                c = data[pos]
-                if c == 13 or c == 10:  # empty lines before a start line are ignored (RFC 9112 §2.2)
-                    while pos < n and data[pos] in (10, 13):
-                        pos += 1
-                    continue
-                end, nxt = head_end(data, pos)
-                if end < 0:
-                    if side.is_client:
-                        nl = data.find(b"\n", pos)
-                        if 0 <= nl - pos <= MAX_HEAD and self._line_only(side, data, pos, nl):
-                            pos = nl + 1
-                            continue
-                    if n - pos > MAX_HEAD:
-                        self._fail("header_too_long")
-                        return
-                    side.buf = data[pos:]
-                    return
-                if end - pos > MAX_HEAD:
-                    self._fail("header_too_long")
-                    return
-                pos = (
-                    self._head(side, data, pos, end, nxt)
-                    if side.is_client
-                    else self._response(side, data, pos, end, nxt)
-                )
-                if pos < 0:
-                    return
-            elif mode == BODY:
+                pos = self._at_head(side, data, pos, n)
+            elif mode == BODY or mode == CHUNK_DATA:
                 take = min(side.remaining, n - pos)
                 self._body(side, data, pos, pos + take)
                 side.remaining -= take
                 pos += take
                 if not side.remaining:
-                    self._message_done(side)
-            elif mode == CHUNK_DATA:
-                take = min(side.remaining, n - pos)
-                self._body(side, data, pos, pos + take)
-                side.remaining -= take
-                pos += take
-                if not side.remaining:
-                    side.mode = CHUNK_END
+                    if mode == BODY:
+                        self._message_done(side)
+                    else:
+                        side.mode = CHUNK_END
             elif mode == CHUNK_SIZE or mode == CHUNK_END:
-                end = data.find(b"\n", pos)
-                if end < 0:
-                    if n - pos > MAX_CHUNK_LINE:
-                        self._lost(side, "HTTP_bad_chunk_size")
-                        return
-                    side.buf = data[pos:]
-                    return
-                line = data[pos:end]
-                pos = end + 1
-                if mode == CHUNK_END:
-                    if line not in (b"", b"\r"):
-                        self.weird("HTTP_chunk_data_longer_than_size")
-                    side.mode = CHUNK_SIZE
-                    continue
-                size = chunk_size(line)
-                if size is None:
-                    self._lost(side, "HTTP_bad_chunk_size", line[:40].decode("latin-1"))
-                    return
-                if size:
-                    side.mode = CHUNK_DATA
-                    side.remaining = size
-                else:
-                    side.mode = TRAILER
+                pos = self._chunk_line(side, data, pos, n, mode)
             elif mode == TRAILER:
-                c = data[pos]
-                if c == 10 or (c == 13 and data.startswith(b"\r\n", pos)):
-                    pos += 1 if c == 10 else 2
-                    self._message_done(side)
-                    continue
-                end, nxt = head_end(data, pos)
-                if end < 0:
-                    if n - pos > MAX_HEAD:
-                        self._fail("header_too_long")
-                        return
-                    side.buf = data[pos:]
-                    return
-                fields, problem = parse_fields(split_head(data[pos:end]), 0)
-                if problem:
-                    self.weird(problem)
-                if side.msg is not None and fields:
-                    side.msg["request_trailers" if side.is_client else "response_trailers"] = fields
-                pos = nxt
-                self._message_done(side)
+                pos = self._trailer(side, data, pos, n)
             elif mode == UNTIL_CLOSE:
                 self._body(side, data, pos, n)
                 return
@@ -343,12 +265,94 @@ class HttpFlow:
                 side.buf = data[pos:]
                 return
             elif mode == TUNNEL:
-                self.analyzer.hand_on(
-                    self.flow, self.client if side.is_client else 3 - self.client, data[pos:], self.time
-                )
+                sender = self.client if side.is_client else 3 - self.client
+                self.analyzer.hand_on(self.flow, sender, data[pos:], self.time)
                 return
             else:  # IGNORE
                 return
+            if pos < 0:
+                return
+
+    def _at_head(self, side: _Side, data: bytes, pos: int, n: int) -> int:
+        """A start line is due at `pos`: read the head if complete; the next position, or -1 to stop."""
+        if (
+            self.http09
+            and not side.is_client
+            and self.pending
+            and self.pending[0].get("request_version") == "0.9"
+        ):
+            if not data.startswith(b"HTTP/"[: n - pos], pos):
+                self._http09_response(side)
+                return pos
+        c = data[pos]
+        if c == 13 or c == 10:  # empty lines before a start line are ignored (RFC 9112 §2.2)
+            while pos < n and data[pos] in (10, 13):
+                pos += 1
+            return pos
+        end, nxt = head_end(data, pos)
+        if end < 0:
+            if side.is_client:
+                nl = data.find(b"\n", pos)
+                if 0 <= nl - pos <= MAX_HEAD and self._line_only(side, data, pos, nl):
+                    return nl + 1
+            if n - pos > MAX_HEAD:
+                self._fail("header_too_long")
+                return -1
+            side.buf = data[pos:]
+            return -1
+        if end - pos > MAX_HEAD:
+            self._fail("header_too_long")
+            return -1
+        if side.is_client:
+            return self._head(side, data, pos, end, nxt)
+        return self._response(side, data, pos, end, nxt)
+
+    def _chunk_line(self, side: _Side, data: bytes, pos: int, n: int, mode: int) -> int:
+        """A chunk-size line, or the line end after a chunk's data; the next position, or -1 to stop."""
+        end = data.find(b"\n", pos)
+        if end < 0:
+            if n - pos > MAX_CHUNK_LINE:
+                self._lost(side, "HTTP_bad_chunk_size")
+                return -1
+            side.buf = data[pos:]
+            return -1
+        line = data[pos:end]
+        if mode == CHUNK_END:
+            if line not in (b"", b"\r"):
+                self.weird("HTTP_chunk_data_longer_than_size")
+            side.mode = CHUNK_SIZE
+            return end + 1
+        size = chunk_size(line)
+        if size is None:
+            self._lost(side, "HTTP_bad_chunk_size", line[:40].decode("latin-1"))
+            return -1
+        if size:
+            side.mode = CHUNK_DATA
+            side.remaining = size
+        else:
+            side.mode = TRAILER
+        return end + 1
+
+    def _trailer(self, side: _Side, data: bytes, pos: int, n: int) -> int:
+        """The trailer section after the last chunk; the next position, or -1 to stop."""
+        c = data[pos]
+        if c == 10 or (c == 13 and data.startswith(b"\r\n", pos)):
+            self._message_done(side)
+            return pos + (1 if c == 10 else 2)
+        end, nxt = head_end(data, pos)
+        if end < 0:
+            if n - pos > MAX_HEAD:
+                self._fail("header_too_long")
+                return -1
+            side.buf = data[pos:]
+            return -1
+        fields, problem = parse_fields(split_head(data[pos:end]), 0)
+        if problem:
+            self.weird(problem)
+        if side.msg is not None and fields:
+            side.msg["request_trailers" if side.is_client else "response_trailers"] = fields
+        self._message_done(side)
+        return nxt
 
     def _lost(self, side: _Side, reason: str, addl: str = "") -> None:
         """This direction's framing is lost: report it, end its message, ignore its further bytes."""
