@@ -11,6 +11,7 @@ import sys
 # `add_arguments(parser)` and `main(args) -> int`; it is imported only when its
 # subcommand runs so that `celltap loadgen` does not pay for grpc, etc.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "analyze": ("cell.analyze.cli", "Zeek-style logs (conn, http, dns...) from captures or an interface"),
     "demo": ("celltap.demo", "local cluster on embedded defaults, generated traffic, summary"),
     "up": ("celltap.up", "long-running local cluster from a cluster YAML"),
     "incubator": ("incubator.cli", "flow-hashing cell balancer (live or offline split)"),
