@@ -519,7 +519,6 @@ class Abstractor:
                                 flow.closed2 = True
                             if flow.closed1 and flow.closed2:
                                 self._close(flow, ev.REASON_NORMAL, ts, END_DETECTED)
-                                flow.last_ns = ts
                             continue
                     elif flow.nxt1 >= 0:
                         flow.fin1 = seq
@@ -527,7 +526,6 @@ class Abstractor:
                             flow.closed1 = True
                         if flow.closed1 and flow.closed2:
                             self._close(flow, ev.REASON_NORMAL, ts, END_DETECTED)
-                            flow.last_ns = ts
                         continue
                 payload = b""
             else:
@@ -549,7 +547,6 @@ class Abstractor:
                 )
                 if res != KEEP:
                     self._close(flow, res, ts, END_DETECTED)
-                    flow.last_ns = ts
             elif payload:
                 self._datagram(flow, 2 if swapped else 1, payload, ts)
         if ack_args is not None:
