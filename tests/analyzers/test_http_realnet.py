@@ -12,10 +12,12 @@ The capture (tests/analyzers/http_realnet.py) is made live. Oracles, none of the
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import struct
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -358,3 +360,39 @@ def test_capture_holds_every_class(real: SimpleNamespace) -> None:
     protocols = {e["server_protocol"] for e in real.log if e["remote_addr"] == CLIENT}
     assert {"HTTP/1.0", "HTTP/1.1", "-"} <= protocols  # "-": the HTTP/0.9 request and the bare "GET"
     assert any(e["status"] == "400" for e in real.log) and any(e["status"] == "501" for e in real.log)
+
+
+def test_celltap_analyze_writes_the_records_and_analyzes_tls_inside_connect(
+    real: SimpleNamespace, tmp_path: Path
+) -> None:
+    """One command on the capture: http.log holds our records, tls.log the TLS handed on from CONNECT."""
+    out = tmp_path / "logs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "celltap.cli", "analyze", real.pcap, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+    def read(name: str) -> list[dict]:
+        path = out / name
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def key(r: dict) -> tuple:
+        return (
+            r["uid"],
+            r["trans_depth"],
+            r["method"],
+            r.get("uri"),
+            r.get("status_code"),
+            r["response_body_len"],
+        )
+
+    method_only = {p for p, n in _raw_ports(real.pcap).items() if n == "method_only"}
+    ours = sorted(key(r) for r in real.records if "_log" not in r and r["id.orig_p"] not in method_only)
+    assert sorted(key(r) for r in read("http.log")) == ours
+    (connect,) = [r for r in read("http.log") if r["method"] == "CONNECT"]
+    port = str(connect["id.orig_p"])
+    tls = [r for r in read("tls.log") if connect["uid"] in json.dumps(r) or f'"{port}"' in json.dumps(r)]
+    assert tls, "no tls.log record for the TLS inside the CONNECT tunnel"
