@@ -42,7 +42,8 @@ from cell.sdk.flows import FlowAnalyzer
 
 MAX_HEAD = 64 * 1024  # head (start line + fields) bytes buffered per direction
 MAX_CHUNK_LINE = 1024
-MAX_PENDING = 1024  # requests waiting for responses on one flow
+MAX_PENDING = 100  # requests waiting for responses on one flow (Zeek's HTTP::max_pending_requests)
+MAX_INTERIM = 16  # interim (1xx) responses listed per request
 MAX_BAD_LINES = 8  # consecutive lines that are not request lines before a client side is given up
 MAX_DECODED = 64 * 1024 * 1024  # inflated bytes counted per body (decompression bombs)
 INFLATE_STEP = 256 * 1024
@@ -571,7 +572,11 @@ class HttpFlow:
                 rec = pending[0]
                 rec["info_code"] = code
                 rec["info_msg"] = reason
-                rec.setdefault("informational", []).append({"version": version, "code": code, "msg": reason})
+                interim = rec.setdefault("informational", [])
+                if len(interim) < MAX_INTERIM:
+                    interim.append({"version": version, "code": code, "msg": reason})
+                else:
+                    self.weird("HTTP_too_many_interim_responses")
             else:
                 self.weird("response_without_request", lines[0][:80])
             return nxt
@@ -717,7 +722,7 @@ class HttpFlow:
     def _end(self) -> None:
         client = self.sides.get(self.client) if self.client else None
         server = self.sides.get(3 - self.client) if self.client else None
-        if self.early or any(s.buf and s.mode == HEAD for s in (client, server) if s is not None):
+        if self.early or any(s.buf and s.mode in (HEAD, HOLD) for s in (client, server) if s is not None):
             self.weird("incomplete_message")
         if client is not None and client.msg is not None:
             rec = client.msg
