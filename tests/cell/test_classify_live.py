@@ -1,0 +1,89 @@
+"""Real SMTP clients through the cell's packaged default configuration (celltap/defaults/sftap.yaml).
+
+Python's smtplib (which sends lowercase `ehlo` / `helo`) and swaks (`EHLO`) talk to aiosmtpd (a real
+RFC 5321 server; the clients' bytes are what classification looks at) on a network namespace's
+loopback, captured by tcpdump. tshark says which commands the clients really sent and how many SMTP
+connections there were; the real `celltap cell` process with the packaged rules must put every one of
+them on the smtp interface, `up` on the client's side and `down` on the server's.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cell.live_capture import LoopCapture
+from tests.cell.runner import run_cell
+from tests.cell.sftap_wire import parse_text
+from tests.conftest import require_root, require_tool
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "celltap" / "defaults" / "sftap.yaml"
+PORT = 2525
+SMTPLIB_CLIENT = f"""
+import smtplib, time
+for _ in range(100):  # the server is starting
+    try:
+        s = smtplib.SMTP("127.0.0.1", {PORT}, local_hostname="client.celltap.test", timeout=5)
+        break
+    except OSError:
+        time.sleep(0.05)
+s.ehlo()
+s.sendmail("a@celltap.test", ["b@celltap.test"], "Subject: t\\r\\n\\r\\nhello\\r\\n")
+s.quit()
+s = smtplib.SMTP("127.0.0.1", {PORT}, local_hostname="client.celltap.test", timeout=5)
+s.helo()
+s.quit()
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.tshark
+def test_real_smtp_clients_reach_the_smtp_interface(tmp_path):
+    require_root()
+    for tool in ("tcpdump", "tshark", "swaks"):
+        require_tool(tool)
+    pytest.importorskip("aiosmtpd", reason="aiosmtpd (dev dependency) is the SMTP server of this test")
+    pcap = tmp_path / "smtp.pcap"
+    with LoopCapture("smtp", pcap) as cap:
+        cap.start(sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{PORT}")
+        client = cap.run(sys.executable, "-c", SMTPLIB_CLIENT)
+        assert client.returncode == 0, client.stderr
+        swaks = cap.run("swaks", "--server", f"127.0.0.1:{PORT}", "--from", "a@celltap.test",
+                        "--to", "b@celltap.test", "--helo", "client.celltap.test")  # fmt: skip
+        assert swaks.returncode == 0, swaks.stdout + swaks.stderr
+        cap.stop()
+
+    # tshark: the SMTP commands each connection's client sent, in order
+    out = subprocess.run(
+        [require_tool("tshark"), "-r", str(pcap), "-d", f"tcp.port=={PORT},smtp", "-Y", "smtp.req",
+         "-T", "fields", "-e", "tcp.stream", "-e", "smtp.req.command"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    first: dict[str, str] = {}
+    for line in out.splitlines():
+        stream, command = line.split("\t")
+        first.setdefault(stream, command)
+    assert sorted(first.values()) == ["EHLO", "ehlo", "helo"], first  # the clients' own first commands
+
+    home = tmp_path / "home"
+    cfg_doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    cfg_doc["global"]["home"] = str(home)
+    cfg = tmp_path / "sftap.yaml"
+    cfg.write_text(yaml.safe_dump(cfg_doc))
+    names = ["tcp/http", "tcp/tls", "tcp/smtp", "tcp/dns", "udp/dns", "udp/sip"]
+    proc, data = run_cell(cfg, pcap, home, names)
+    assert proc.returncode == 0, proc.stderr
+    assert all(not data[n] for n in names if n != "tcp/smtp"), "SMTP went nowhere else"
+    events = parse_text(data["tcp/smtp"])
+    flows = {e.flow for e in events}
+    assert len(flows) == len(first) == 3, "every SMTP connection is on the smtp interface"
+    for flow in flows:
+        fe = [e for e in events if e.flow == flow]
+        assert fe[0].event == "CREATED" and fe[-1].event == "DESTROYED"
+        by_side = {e.sender: e.match for e in fe if e.event == "DATA"}
+        server = 1 if flow[1] == PORT else 2
+        assert by_side == {server: "down", 3 - server: "up"}, by_side
