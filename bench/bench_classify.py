@@ -163,6 +163,8 @@ def bench_bound() -> tuple[list[Result], list[dict]]:
             old_ms: dict[int, float] = {}
             for n in OLD_SIZES:
                 t = _once(old.classify_tcp, *heads(n))
+                if t < 0.1:  # cheap enough to repeat: best of 3 against noise
+                    t = min(t, *(_once(old.classify_tcp, *heads(n)) for _ in range(2)))
                 old_ms[n] = t * 1e3
                 if t > OLD_BUDGET_S:
                     break

@@ -10,17 +10,18 @@ default interface.
 
 Before a regex runs, the first byte of the data is checked against the bytes a match can begin with
 (RulePattern.first: RE2's own possible-match range for patterns anchored with `^`, None otherwise), and
-both sides' checks run before either regex: most rules are ruled out without a call into RE2. When
-one is needed, all TCP rules' `up` patterns (or `down` patterns) are matched against that side's bytes
-in one RE2::Set pass (PatternBank), at most once per side and orientation per flow: the cost of a call
-into RE2 is mostly fixed, so one call that answers for every rule beats one call per rule.
+both sides' checks run before either regex: most rules are ruled out without a call into RE2.
 """
 
 from __future__ import annotations
 
 from cell.events import MATCH_DOWN, MATCH_NONE, MATCH_UP
-from cell.rule_regex import PatternBank, RulePattern
+from cell.rule_regex import RulePattern
 from cell.sftap_config import CellConfig, Rule
+
+
+def _search(p: RulePattern | None):
+    return None if p is None else p.search
 
 
 def _first(p: RulePattern | None) -> frozenset[int] | None:
@@ -36,14 +37,8 @@ class Classifier:
         self.tcp_default = cfg.special.get("tcp_default")
         self.udp_default = cfg.special.get("udp_default")
         self.counts: dict[str, int] = {}
-        # every TCP rule's up (down) pattern in one RE2 set; per rule, once: (rule, up id, down id, up
-        # first bytes, down first bytes), ids -1 for a missing pattern
-        ups = PatternBank([r.up for r in self.tcp if r.up is not None])
-        downs = PatternBank([r.down for r in self.tcp if r.down is not None])
-        self._up_match, self._down_match = ups.match, downs.match
-        self._tcp = [
-            (r, ups.index(r.up), downs.index(r.down), _first(r.up), _first(r.down)) for r in self.tcp
-        ]
+        # per rule, once: (rule, up search, down search, up first bytes, down first bytes)
+        self._tcp = [(r, _search(r.up), _search(r.down), _first(r.up), _first(r.down)) for r in self.tcp]
 
     def _count(self, rule: Rule | None) -> None:
         name = rule.name if rule is not None else "unclassified"
@@ -55,35 +50,31 @@ class Classifier:
         """(rule, match of endpoint 1's data, match of endpoint 2's data); rule None: nowhere to go."""
         b1 = head1[0] if head1 else -1
         b2 = head2[0] if head2 else -1
-        # ids of the up / down patterns found in each side, computed on first need
-        u1 = d2 = u2 = d1 = None
         for rule, up, down, fu, fd in self._tcp:
             if rule.ports and not rule.port_match(port1, port2):
                 continue
-            if up < 0 and down < 0:
+            if up is None and down is None:
                 self._count(rule)
                 return rule, MATCH_NONE, MATCH_NONE
             # orientation 1: endpoint 1 sent the "up" bytes. The first-byte tests of both sides run
-            # before any regex (fu / fd are None when any first byte may match), so a side that has
-            # not spoken rules an orientation out without a call into RE2.
-            if (fu is None or b1 in fu) and (fd is None or b2 in fd):
-                if up >= 0 and u1 is None:
-                    u1 = self._up_match(head1)
-                if up < 0 or up in u1:  # type: ignore[operator]
-                    if down >= 0 and d2 is None:
-                        d2 = self._down_match(head2)
-                    if down < 0 or down in d2:  # type: ignore[operator]
-                        self._count(rule)
-                        return rule, MATCH_UP, MATCH_DOWN
-            if (fu is None or b2 in fu) and (fd is None or b1 in fd):
-                if up >= 0 and u2 is None:
-                    u2 = self._up_match(head2)
-                if up < 0 or up in u2:  # type: ignore[operator]
-                    if down >= 0 and d1 is None:
-                        d1 = self._down_match(head1)
-                    if down < 0 or down in d1:  # type: ignore[operator]
-                        self._count(rule)
-                        return rule, MATCH_DOWN, MATCH_UP
+            # before either regex (fu / fd are None when any first byte may match), so a side that has
+            # not spoken rules an orientation out without a regex run.
+            if (
+                (fu is None or b1 in fu)
+                and (fd is None or b2 in fd)
+                and (up is None or up(head1))
+                and (down is None or down(head2))
+            ):
+                self._count(rule)
+                return rule, MATCH_UP, MATCH_DOWN
+            if (
+                (fu is None or b2 in fu)
+                and (fd is None or b1 in fd)
+                and (up is None or up(head2))
+                and (down is None or down(head1))
+            ):
+                self._count(rule)
+                return rule, MATCH_DOWN, MATCH_UP
         self._count(self.tcp_default)
         return self.tcp_default, MATCH_NONE, MATCH_NONE
 

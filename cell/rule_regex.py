@@ -29,19 +29,15 @@ import warnings
 import re2
 
 _UNANCHORED = re2._Anchor.UNANCHORED
-_ANCHOR_START = re2._Anchor.ANCHOR_START
 _AT_START = (sc.AT_BEGINNING, sc.AT_BEGINNING_STRING)
-_SET_MEM = 64 << 20  # RE2's memory budget for a set's program and DFA (its default is 8 MiB)
 
 
 class RegexError(ValueError):
     """RE2 cannot compile a pattern; the message is RE2's reason."""
 
 
-def _options(utf8: bool, max_mem: int = 0) -> re2.Options:
+def _options(utf8: bool) -> re2.Options:
     opts = re2.Options()
-    if max_mem:
-        opts.max_mem = max_mem
     opts.encoding = re2.Options.Encoding.UTF8 if utf8 else re2.Options.Encoding.LATIN1
     opts.dot_nl = True  # SF-TAP: opt.set_dot_nl(true)
     opts.never_capture = True  # only "does it match" is asked: no submatch bookkeeping
@@ -92,27 +88,10 @@ def _first_bytes(compiled: re2._Regexp) -> frozenset[int] | None:
     return frozenset(range(lo, hi + 1))
 
 
-def _search_set(patterns: list[bytes], utf8: bool, anchored: bool):
-    """RE2::Set of already validated patterns: one DFA pass says which of them match.
-
-    Unanchored, the set searches (RE2 prepends `.*`, so the DFA runs over the whole input); patterns
-    anchored with `^` can only match at the start, and a start-anchored set stops as soon as none can.
-    A set's DFA never gives up on a long input (RE2 keeps going where a single regex would fall back
-    to the NFA), so its answer is exact; it only fails to build when the program exceeds the budget.
-    """
-    s = re2._re2.Set(_ANCHOR_START if anchored else _UNANCHORED, _options(utf8, _SET_MEM))
-    for p in patterns:
-        if s.Add(p) < 0:
-            raise RegexError(f"RE2 set rejected {p!r}")
-    if not s.Compile():
-        raise RegexError("RE2 could not build the patterns' set (memory budget)")
-    return s.Match
-
-
 class RulePattern:
     """One compiled `up` or `down` regex: `search(data)` is SF-TAP's RE2::PartialMatch(data, re)."""
 
-    __slots__ = ("_set_match", "anchored", "first", "raw", "text", "utf8")
+    __slots__ = ("_match", "anchored", "first", "raw", "text", "utf8")
 
     def __init__(self, text: str, utf8: bool = False) -> None:
         self.text = text
@@ -123,53 +102,21 @@ class RulePattern:
             raise RegexError("characters beyond latin-1 in the pattern (set utf8: yes)") from None
         try:
             compiled = re2.compile(raw, _options(utf8))
+            # What is asked is only "does it match". The binding always asks RE2 where the match
+            # ends, and with `dot_nl` a greedy `.+` ends at the last newline: RE2 would read all of
+            # the first bytes. Ungreedy (?U) finds a match of the same regular language (greediness
+            # decides which match is reported, never whether there is one) that ends at the first
+            # chance, so RE2 stops there, as SF-TAP's RE2::PartialMatch without arguments does.
+            self._match = re2.compile(b"(?U)" + raw, _options(utf8))._regexp.Match
         except re2.error as exc:
             msg = exc.args[0] if exc.args else exc
             raise RegexError(msg.decode("latin-1") if isinstance(msg, bytes) else str(msg)) from None
         self.anchored = _anchored(raw)
         self.first = _first_bytes(compiled) if self.anchored else None
-        # a one-pattern set: RE2 answers "does it match" without computing where (cheaper per call)
-        self._set_match = _search_set([raw], utf8, self.anchored)
 
     def search(self, data: bytes) -> bool:
         """True when the pattern matches anywhere in `data` (anchor with ^ to match at the start)."""
-        return bool(self._set_match(data))
-
-
-class PatternBank:
-    """Distinct patterns of one side (all TCP rules' `up`, or all `down`): one RE2 pass per input.
-
-    `index(p)` gives a pattern's id; `match(data)` the ids of the patterns found in data.
-    """
-
-    def __init__(self, patterns: list[RulePattern]) -> None:
-        self._ids: dict[tuple[bytes, bool], int] = {}
-        groups: dict[tuple[bool, bool], list[tuple[int, bytes]]] = {}
-        for p in patterns:
-            key = (p.raw, p.utf8)
-            if key not in self._ids:
-                self._ids[key] = len(self._ids)
-                groups.setdefault((p.utf8, p.anchored), []).append((self._ids[key], p.raw))
-        # one set per encoding (RE2 options are per set) and anchoring; usually one anchored latin-1 set
-        self._sets = [
-            (_search_set([raw for _i, raw in g], utf8, anchored), [i for i, _raw in g])
-            for (utf8, anchored), g in groups.items()
-        ]
-        if len(self._sets) == 1:
-            match, ids = self._sets[0]
-            if ids == list(range(len(ids))):
-                self.match = match  # set positions are the ids: no translation
-
-    def index(self, p: RulePattern | None) -> int:
-        """The id of a pattern of this bank; -1 for None."""
-        return -1 if p is None else self._ids[(p.raw, p.utf8)]
-
-    def match(self, data: bytes) -> list[int]:
-        """Ids of the bank's patterns RE2::PartialMatch finds in data."""
-        out: list[int] = []
-        for match, ids in self._sets:
-            out += [ids[i] for i in match(data)]
-        return out
+        return self._match(_UNANCHORED, data, 0, len(data))[0][0] >= 0
 
     def __repr__(self) -> str:
         return f"RulePattern({self.text!r})"
