@@ -105,6 +105,11 @@ class LegacyReClassifier:
     def __init__(self, rules: list[Rule], default: Rule | None) -> None:
         self.rules = [(r, *_old_compile(r.up_text), *_old_compile(r.down_text)) for r in rules]
         self.default = default
+        self.counts: dict[str, int] = {}
+
+    def _count(self, rule: Rule | None) -> None:
+        name = rule.name if rule is not None else "unclassified"
+        self.counts[name] = self.counts.get(name, 0) + 1
 
     def classify_tcp(self, head1: bytes, head2: bytes, port1: int, port2: int) -> Rule | None:
         """The first matching rule (either orientation), as the old code tried them."""
@@ -114,6 +119,7 @@ class LegacyReClassifier:
             if rule.ports and not rule.port_match(port1, port2):
                 continue
             if up is None and down is None:
+                self._count(rule)
                 return rule
             if (
                 (fu is None or b1 in fu)
@@ -121,6 +127,7 @@ class LegacyReClassifier:
                 and (up is None or up.match(head1))
                 and (down is None or down.match(head2))
             ):
+                self._count(rule)
                 return rule
             if (
                 (fu is None or b2 in fu)
@@ -128,7 +135,9 @@ class LegacyReClassifier:
                 and (up is None or up.match(head2))
                 and (down is None or down.match(head1))
             ):
+                self._count(rule)
                 return rule
+        self._count(self.default)
         return self.default
 
 
@@ -172,7 +181,7 @@ def bench_bound() -> tuple[list[Result], list[dict]]:
             growth = old_ms[top] / old_ms[top // 2] if top // 2 in old_ms and old_ms[top // 2] > 0 else 0.0
             rows.append({
                 "rule": f"{rule.name}.{side}",
-                **{f"re2 {kb} KB ms": round(v, 3) for kb, v in new_ms.items()},
+                **{f"re2 {kb} KB us": round(v * 1e3, 1) for kb, v in new_ms.items()},
                 **{f"re {n} B ms": round(v, 3) for n, v in old_ms.items()},
                 "re growth per doubling": round(growth, 1),
             })  # fmt: skip

@@ -213,3 +213,19 @@ def test_classifier_agrees_with_the_reference(h1, h2, ports):
     if want is None and _CLS.tcp_default is not None:
         want = (_CLS.tcp_default.name, MATCH_NONE, MATCH_NONE)
     assert got == want
+
+
+@pytest.mark.parametrize("text", PATTERNS)
+def test_search_is_re2_partial_match(text):
+    """RulePattern.search (compiled ungreedy, see cell/rule_regex.py) says what RE2 itself says about
+    the pattern as written, with SF-TAP's options: a match somewhere, or none."""
+    import re2
+
+    opts = re2.Options()
+    opts.encoding = re2.Options.Encoding.LATIN1
+    opts.dot_nl = True
+    plain = re2.compile(text.encode("latin-1"), opts)
+    p = RulePattern(text)
+    for ex in [*EXAMPLES, RESPONSE, b"xx" + RESPONSE, b"GET /announce?info_hash=1&2 HTTP/1.0\r\n" * 3]:
+        for data in {ex, ex.swapcase(), ex[:-1], b"\n" + ex}:
+            assert p.search(data) == (plain.search(data) is not None), (text, data)
