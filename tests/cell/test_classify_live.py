@@ -87,3 +87,54 @@ def test_real_smtp_clients_reach_the_smtp_interface(tmp_path):
         by_side = {e.sender: e.match for e in fe if e.event == "DATA"}
         server = 1 if flow[1] == PORT else 2
         assert by_side == {server: "down", 3 - server: "up"}, by_side
+
+
+def _accepted_by_port(pcap: Path) -> dict[int, int]:
+    """tshark: TCP connections a server accepted (SYN-ACK frames), per server port."""
+    out = subprocess.run(
+        [require_tool("tshark"), "-r", str(pcap), "-Y", "tcp.flags.syn==1 && tcp.flags.ack==1",
+         "-T", "fields", "-e", "tcp.srcport"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    counts: dict[int, int] = {}
+    for line in out.split():
+        counts[int(line)] = counts.get(int(line), 0) + 1
+    return counts
+
+
+@pytest.mark.netns
+@pytest.mark.tshark
+def test_real_http_and_tls_clients_reach_their_interfaces(tmp_path):
+    """curl to python's http.server (plain HTTP) and curl to `openssl s_server` (TLS), packaged rules."""
+    require_root()
+    for tool in ("tcpdump", "tshark", "curl", "openssl"):
+        require_tool(tool)
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    req = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=c.test", "-days", "1"]
+    subprocess.run([*req, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    pcap = tmp_path / "web.pcap"
+    with LoopCapture("web", pcap) as cap:
+        http_server = ["-u", "-m", "http.server", "8080", "--bind", "127.0.0.1", "-d", str(tmp_path)]
+        cap.start(sys.executable, *http_server, ready=b"Serving")
+        cap.start("openssl", "s_server", "-accept", "8443", "-cert", str(cert), "-key", str(key), "-www")
+        assert cap.run("curl", "-sS", "-o", "/dev/null", "http://127.0.0.1:8080/").returncode == 0
+        for _ in range(50):  # s_server says nothing when it listens: retry until it accepts
+            tls = cap.run("curl", "-sSk", "-o", "/dev/null", "https://127.0.0.1:8443/")
+            if tls.returncode == 0:
+                break
+        assert tls.returncode == 0, tls.stderr
+        cap.stop()
+    accepted = _accepted_by_port(pcap)
+    home = tmp_path / "home"
+    cfg_doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    cfg_doc["global"]["home"] = str(home)
+    cfg = tmp_path / "sftap.yaml"
+    cfg.write_text(yaml.safe_dump(cfg_doc))
+    names = ["tcp/http", "tcp/tls", "tcp/smtp", "tcp/dns", "udp/dns", "udp/sip"]
+    proc, data = run_cell(cfg, pcap, home, names)
+    assert proc.returncode == 0, proc.stderr
+    flows = {n: {e.flow for e in parse_text(data[n])} for n in names}
+    for name, port in (("tcp/http", 8080), ("tcp/tls", 8443)):
+        assert all(port in (f[1], f[3]) for f in flows[name]), name
+        assert len(flows[name]) == accepted[port] >= 1, (name, accepted)
+    assert not any(flows[n] for n in names if n not in ("tcp/http", "tcp/tls"))
