@@ -1,14 +1,18 @@
-"""Real SMTP clients through the cell's packaged default configuration (celltap/defaults/sftap.yaml).
+"""Real clients through the cell's packaged default rules (celltap/defaults/sftap.yaml).
 
-Python's smtplib (which sends lowercase `ehlo` / `helo`) and swaks (`EHLO`) talk to aiosmtpd (a real
-RFC 5321 server; the clients' bytes are what classification looks at) on a network namespace's
-loopback, captured by tcpdump. tshark says which commands the clients really sent and how many SMTP
-connections there were; the real `celltap cell` process with the packaged rules must put every one of
-them on the smtp interface, `up` on the client's side and `down` on the server's.
+* SMTP: Python's smtplib (which sends lowercase `ehlo` / `helo`) and swaks (`EHLO`) talk to aiosmtpd (a
+  real RFC 5321 server; the clients' bytes are what classification looks at) on a network namespace's
+  loopback, captured by tcpdump. tshark says which commands the clients really sent and how many SMTP
+  connections there were; the real `celltap cell` process must put every one of them on the smtp
+  interface, `up` on the client's side and `down` on the server's.
+* HTTP and TLS: curl to python's http.server and to `openssl s_server`, same way.
+* A ClientHello from openssl whose record length ends in byte 0x0a: still TLS (RE2's dot_nl).
 """
 
 from __future__ import annotations
 
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cell.classifier import Classifier
+from cell.sftap_config import load_config
 from tests.cell.live_capture import LoopCapture
 from tests.cell.runner import run_cell
 from tests.cell.sftap_wire import parse_text
@@ -138,3 +144,57 @@ def test_real_http_and_tls_clients_reach_their_interfaces(tmp_path):
         assert all(port in (f[1], f[3]) for f in flows[name]), name
         assert len(flows[name]) == accepted[port] >= 1, (name, accepted)
     assert not any(flows[n] for n in names if n not in ("tcp/http", "tcp/tls"))
+
+
+def _openssl_client_hello(servername: str) -> bytes:
+    """The first bytes `openssl s_client` sends (its ClientHello record), read by a plain socket."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(20)
+    port = srv.getsockname()[1]
+    cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", servername]
+    quiet = subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdin=quiet, stdout=quiet, stderr=quiet)
+    try:
+        conn, _ = srv.accept()
+        conn.settimeout(20)
+        data = b""
+        while len(data) < 5 or len(data) < 5 + int.from_bytes(data[3:5], "big"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        conn.close()
+        return data
+    finally:
+        srv.close()
+        proc.kill()
+        proc.wait()
+
+
+def _name_of_length(n: int) -> str:
+    """A DNS-shaped name of exactly n characters (labels of 60)."""
+    k = (n - 1) // 61
+    return ("x" * 60 + ".") * k + "x" * (n - 61 * k)
+
+
+def test_tls_rule_takes_a_client_hello_whose_length_has_a_newline_byte():
+    """RE2's `.` matches 0x0a as SF-TAP's dot_nl says: a ClientHello of 0x..0a bytes is still TLS.
+
+    openssl's own ClientHello, its length steered by the server name (each character adds one byte)
+    so that the record length ends in byte 0x0a; Python's `re`, the cell's engine before, read the
+    rule's `..` as "two bytes that are not newlines" and missed it.
+    """
+    require_tool("openssl")
+    probe = _openssl_client_hello("a.test")
+    base = int.from_bytes(probe[3:5], "big") - len("a.test")
+    n = (0x0A - base) % 256
+    if not 1 <= n <= 253:
+        pytest.skip(f"this openssl's ClientHello ({base} + name bytes) cannot end in 0x0a with a valid name")
+    hello = _openssl_client_hello(_name_of_length(n))
+    assert hello[0] == 0x16 and hello[4] == 0x0A, hello[:6].hex()
+    cfg = load_config(DEFAULT_CONFIG)
+    rule = Classifier(cfg).classify_tcp(hello, b"", 40000, 443)[0]
+    assert rule is not None and rule.name == "tls"
+    assert re.compile(rule.up_text.encode("latin-1")).match(hello) is None  # what the old engine said
