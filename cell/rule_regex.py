@@ -9,7 +9,12 @@ the same options and the same search, so a rule classifies here as it does in SF
 in the input: no rule and no payload can stall the cell the way a backtracking engine can
 (`^GET .*(announce|scrape).*\\?.*info_hash=.+&.+ HTTP/1...` of the SF-TAP paper's Figure 3 took 2.5 s
 on 2 KB with Python's `re`). What RE2 cannot compile (backreferences, lookaround) is a configuration
-error naming the rule and key, as SF-TAP would reject it (RE2 reports it not ok).
+error naming the rule and key: SF-TAP's RE2 could not run it either (RE2 logs the error and such a
+rule never matches there).
+
+Only "does it match" is asked, so each pattern is also compiled ungreedy, `(?U)`: the same regular
+language, so the same verdict, but RE2 stops at the first possible match end instead of following a
+greedy `.+` (which `dot_nl` lets cross lines) to the end of the first bytes.
 
 The prefilter: a search for a pattern anchored at the start of the text (`^`, `\\A`, in every top-level
 alternative, and no multi-line mode) can only succeed on data whose first byte lies in the range RE2's
