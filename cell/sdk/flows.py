@@ -148,7 +148,9 @@ class FlowTable:
         if len(self.streams) >= self.max_streams:
             self.dropped["flow_table_full"] += 1
             return None
-        handler = self.analyzer.stream(with_uid(ev.flow, ev.time), ev.time)
+        flow = ev.flow
+        uid = self.uid_of(flow) if self.uid_of is not None and not flow.uid else ""
+        handler = self.analyzer.stream(replace(flow, uid=uid) if uid else with_uid(flow, ev.time), ev.time)
         self.streams[ev.key] = handler
         return handler
 
