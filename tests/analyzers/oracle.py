@@ -318,20 +318,30 @@ def tls_ours(records: list[dict]) -> dict:
 
 def _angle(param: str) -> str:
     m = re.search(r"<([^>]*)>", param)
-    return m.group(1) if m else param.split(":", 1)[-1].strip()
+    return m.group(1) if m else param.split(":", 1)[-1].strip().split(" ", 1)[0]
+
+
+def _unfold(v: list[str]) -> str:
+    """An IMF header value as tshark prints it, unfolded (RFC 5322: the CRLF before whitespace removed)."""
+    return re.sub(r"(\\r\\n|\r\n)(?=[ \t])", "", _one(v)).strip()
 
 
 def smtp_tshark(pcap: str) -> dict:
-    """Per client endpoint: HELO, STARTTLS, and per message envelope + IMF headers."""
+    """Per client endpoint: HELO, accepted STARTTLS, and per message the envelope the server accepted
+    (commands paired with tshark's reply codes in order, as PIPELINING requires) + IMF headers."""
     out: dict = {}
+    pending: dict = defaultdict(list)  # client endpoint -> commands awaiting their reply
     rows = tshark_fields(
         pcap,
-        "smtp.req or imf",
+        "smtp or imf",
         [
             "ip.src",
             "tcp.srcport",
+            "ip.dst",
+            "tcp.dstport",
             "smtp.req.command",
             "smtp.req.parameter",
+            "smtp.response.code",
             "imf.from",
             "imf.to",
             "imf.subject",
@@ -339,6 +349,23 @@ def smtp_tshark(pcap: str) -> dict:
         ],
     )
     for r in rows:
+        if r["smtp.response.code"]:
+            key = (_one(r["ip.dst"]), _one(r["tcp.dstport"]))
+            queue = pending[key]
+            s = out.get(key)
+            for code in map(int, r["smtp.response.code"]):
+                if not queue or s is None:
+                    continue
+                verb, param = queue.pop(0)
+                if verb == "DATA" and code == 354:
+                    queue.insert(0, (".", ""))  # the next reply answers the end of data
+                elif verb == "MAIL" and code < 300:
+                    s["cur"] = {"mail_from": _angle(param), "rcpt": []}
+                elif verb == "RCPT" and code < 300:
+                    s["cur"]["rcpt"].append(_angle(param))
+                elif verb == "STARTTLS" and code == 220:
+                    s["starttls"] = True
+            continue
         key = (_one(r["ip.src"]), _one(r["tcp.srcport"]))
         s = out.setdefault(key, {"helo": None, "starttls": False, "messages": [], "cur": {"rcpt": []}})
         for cmd, param in zip(r["smtp.req.command"], r["smtp.req.parameter"] + [""] * 10, strict=False):
@@ -346,21 +373,15 @@ def smtp_tshark(pcap: str) -> dict:
             verb = "STARTTLS" if (cmd.upper(), param.upper()) == ("STAR", "TLS") else cmd.upper()
             if verb in ("HELO", "EHLO"):
                 s["helo"] = param
-            elif verb == "MAIL":
-                s["cur"] = {"mail_from": _angle(param), "rcpt": []}
-            elif verb == "RCPT":
-                s["cur"]["rcpt"].append(_angle(param))
-            elif verb == "STARTTLS":
-                s["starttls"] = True
+            pending[key].append((verb, param))
         if r["imf.from"] or r["imf.subject"]:
-            unfold = lambda v: re.sub(r"(\\r\\n|\r\n)[ \t]+", " ", _one(v))  # noqa: E731
             s["messages"].append(
                 {
                     "mail_from": s["cur"].get("mail_from"),
                     "rcpt_to": s["cur"]["rcpt"],
-                    "from": unfold(r["imf.from"]),
-                    "to": unfold(r["imf.to"]),
-                    "subject": unfold(r["imf.subject"]),
+                    "from": _unfold(r["imf.from"]),
+                    "to": [a.strip() for a in _unfold(r["imf.to"]).split(",")],
+                    "subject": _unfold(r["imf.subject"]),
                     "message-id": _one(r["imf.message_id"]),
                 }
             )
@@ -370,22 +391,23 @@ def smtp_tshark(pcap: str) -> dict:
 
 
 def smtp_ours(records: list[dict]) -> dict:
-    """The same facts from SMTP analyzer records."""
+    """The same facts from SMTP analyzer records (smtp.log records; files/weird records skipped)."""
     out: dict = {}
     for rec in records:
-        key = (rec["client"]["ip"], rec["client"]["port"])
-        s = out.setdefault(key, {"helo": rec["helo"], "starttls": rec["starttls"], "messages": []})
-        s["starttls"] = s["starttls"] or rec["starttls"]
-        if rec.get("type") == "message":
-            h = rec["headers"]
+        if "_log" in rec:
+            continue
+        key = (rec["id.orig_h"], str(rec["id.orig_p"]))
+        s = out.setdefault(key, {"helo": rec.get("helo"), "starttls": False, "messages": []})
+        s["starttls"] = s["starttls"] or rec["tls"]
+        if "msg_size" in rec:
             s["messages"].append(
                 {
-                    "mail_from": rec["mail_from"],
-                    "rcpt_to": rec["rcpt_to"],
-                    "from": h.get("from"),
-                    "to": h.get("to"),
-                    "subject": h.get("subject"),
-                    "message-id": h.get("message-id"),
+                    "mail_from": rec.get("mailfrom"),
+                    "rcpt_to": rec.get("rcptto", []),
+                    "from": rec.get("from"),
+                    "to": rec.get("to"),
+                    "subject": rec.get("subject"),
+                    "message-id": rec.get("msg_id"),
                 }
             )
     return out

@@ -1,0 +1,212 @@
+"""The SMTP analyzer's sans-IO parts on crafted input (labelled crafted: built here, not by a real tool).
+
+These cover what the real-traffic bed cannot make on demand: every possible segmentation of a
+session, MIME structures beyond what swaks builds (checked against Python's `email` package), and
+peers that never stop sending (memory bounded, counted, reported once).
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import tracemalloc
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import SMTP, compat32
+
+import pytest
+
+from cell.analyzers.smtp_analyzer import SmtpAnalyzer
+from cell.analyzers.smtp_mime import MessageScanner
+from cell.analyzers.smtp_replies import ReplyReader
+from cell.sdk.events import CREATED, DATA, DESTROYED, FlowId
+from cell.sdk.session import Session
+from cell.sdk.text_format import encode_text
+from tests.analyzers.pcapgen import Conversation
+from tests.analyzers.streams import event_stream
+
+FLOW = FlowId("10.1.0.1", "10.1.0.2", 40000, 25, 0, "ipv4", "tcp")
+
+
+def crafted_mime() -> bytes:
+    """A nested MIME message: alternative text/html, QP and base64 attachments, an RFC 2231 name."""
+    m = EmailMessage()
+    m["From"] = "A <a@example.org>"
+    m["To"] = "b@example.net"
+    m["Subject"] = "crafted"
+    m.set_content("plain\n--not-a-boundary\n.\n")
+    m.add_alternative("<p>h\u00e9llo</p>\n", subtype="html")
+    m.add_attachment(bytes(range(256)) * 40, maintype="application", subtype="zip", filename="a.zip")
+    m.add_attachment(
+        "caf\u00e9 = x\n" * 80, subtype="plain", filename="r\u00e9sum\u00e9.txt", cte="quoted-printable"
+    )
+    inner = EmailMessage()
+    inner["Subject"] = "inner"
+    inner.set_content("inner body\n")
+    m.add_attachment(inner)
+    return m.as_bytes(policy=SMTP)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_mime_scanner_matches_email_package_under_any_split(seed: int) -> None:
+    """crafted: random chunk sizes (1 byte to 5 kB) give the entities and decoded sizes `email` gives."""
+    raw = crafted_mime()
+    ref = message_from_bytes(raw, policy=compat32)
+    expect = [
+        (p.get_content_type(), p.get_filename(), len(p.get_payload(decode=True)))
+        for p in ref.walk()
+        if not p.is_multipart()
+    ]
+    rng = random.Random(seed)
+    scanner = MessageScanner()
+    i = 0
+    while i < len(raw):
+        n = rng.choice([1, 2, 3, 5, 64, 700, 5000])
+        scanner.feed(raw[i : i + n])
+        i += n
+    scanner.finish()
+    # Python walks into message/rfc822; we keep it as one leaf: compare the leaves before it
+    ours = [(e.mime_type, e.filename, e.size) for e in scanner.entities]
+    assert ours[:4] == expect[:4]
+    assert ours[4][0] == "message/rfc822"
+    assert scanner.headers is not None and scanner.headers["subject"] == "crafted"
+    assert scanner.size == len(raw)
+
+
+def session_records(turns: list[tuple[bool, bytes]], segment: int) -> tuple[list[dict], SmtpAnalyzer]:
+    analyzer = SmtpAnalyzer()
+    s = Session(analyzer)
+    conv = Conversation("tcp", ("10.1.0.1", 40000), ("10.1.0.2", 25), turns)
+    recs = s.feed(event_stream([conv], segment=segment)) + s.disconnected()
+    return recs, analyzer
+
+
+def crafted_session() -> list[tuple[bool, bytes]]:
+    msg = crafted_mime()
+    stuffed = msg.replace(b"\r\n.", b"\r\n..")
+    return [
+        (False, b"220 mx ESMTP\r\n"),
+        (True, b"ehlo c.example\r\n"),
+        (False, b"250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 AUTH PLAIN LOGIN XOAUTH2\r\n"),
+        (True, b"AUTH PLAIN\r\n"),
+        (False, b"334 \r\n"),
+        (True, base64.b64encode(b"\0carol\0pw") + b"\r\n"),
+        (False, b"235 ok\r\n"),
+        (
+            True,
+            b"MAIL FROM:<a@example.org> SIZE=9\r\nRCPT TO:<b@example.net>\r\n"
+            b"RCPT TO:<x@example.net>\r\nDATA\r\n",
+        ),
+        (False, b"250 ok\r\n250 ok\r\n550 no\r\n354 go\r\n"),
+        (True, stuffed + b".\r\n"),
+        (False, b"250 queued\r\n"),
+        (True, b"MAIL FROM:<>\r\nRCPT TO:<b@example.net>\r\nBDAT 11\r\nhello\r\n.\r\n\r\nBDAT 0 LAST\r\n"),
+        (False, b"250 ok\r\n250 ok\r\n250 chunk\r\n250 done\r\n"),
+        (True, b"QUIT\r\n"),
+        (False, b"221 bye\r\n"),
+    ]
+
+
+def test_records_do_not_depend_on_segmentation() -> None:
+    """crafted: the same session cut into 1..13-byte segments gives identical records (dot-stuffing,
+    the end-of-data line, BDAT lengths and multiline replies split anywhere)."""
+    whole, _ = session_records(crafted_session(), 1 << 20)
+    smtp = [r for r in whole if "_log" not in r]
+    assert [r.get("msg_accepted") for r in smtp] == [True, True]
+    assert smtp[0]["rcptto"] == ["b@example.net"] and smtp[0]["rcptto_rejected"] == ["x@example.net"]
+    assert smtp[0]["msg_size"] == len(crafted_mime())
+    assert smtp[1]["mailfrom"] == "" and smtp[1]["msg_size"] == 11
+    assert smtp[0]["auth_user"] == "carol" and smtp[0]["auth_success"] is True
+    for seg in (1, 2, 3, 5, 7, 13):
+        recs, _ = session_records(crafted_session(), seg)
+        strip = lambda rs: [{k: v for k, v in r.items() if k != "ts"} for r in rs]  # noqa: E731
+        assert strip(recs) == strip(whole), seg
+
+
+def test_reply_reader_multiline_any_split() -> None:
+    data = b"250-a\r\n250-b\n250 c\r\n354 go\r\n2x5 bad\r\n221 bye\r\n"
+    for cut in range(1, len(data)):
+        r = ReplyReader()
+        got = []
+        for part in (data[:cut], data[cut:]):
+            r.push(part)
+            while (rep := r.next_reply()) is not None:
+                got.append((rep.code, rep.text, rep.lines))
+        assert got == [(250, "c", 3), (354, "go", 1), (221, "bye", 1)]
+        assert r.weirds == ["bad_reply_line"]
+
+
+def test_xoauth2_and_login_user_names() -> None:
+    """crafted: the user name of XOAUTH2 (initial response) and LOGIN (continuation); never the secret."""
+    token = base64.b64encode(b"user=dora@example.org\x01auth=Bearer SECRET\x01\x01")
+    recs, _ = session_records(
+        [
+            (False, b"220 mx\r\n"),
+            (True, b"EHLO c\r\n"),
+            (False, b"250 ok\r\n"),
+            (True, b"AUTH XOAUTH2 " + token + b"\r\n"),
+            (False, b"235 ok\r\n"),
+            (True, b"QUIT\r\n"),
+            (False, b"221 bye\r\n"),
+        ],
+        1400,
+    )
+    (rec,) = recs
+    assert (rec["auth_mechanism"], rec["auth_user"], rec["auth_success"]) == (
+        "XOAUTH2",
+        "dora@example.org",
+        True,
+    )
+    assert "SECRET" not in str(rec)
+
+
+def feed_peak(
+    chunks: list[tuple[int, bytes]], repeat: tuple[int, bytes], times: int
+) -> tuple[list[dict], int]:
+    """Feed a prefix, then `times` copies of one chunk; return records and the traced memory peak."""
+    s = Session(SmtpAnalyzer())
+    records = s.feed(encode_text(FLOW, CREATED, 1.0))
+    for sender, data in chunks:
+        records += s.feed(encode_text(FLOW, DATA, 1.0, sender, data))
+    tracemalloc.start()
+    try:
+        ev = encode_text(FLOW, DATA, 1.0, repeat[0], repeat[1])
+        for _ in range(times):
+            records += s.feed(ev)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    records += s.feed(encode_text(FLOW, DESTROYED, 2.0))
+    return records, peak
+
+
+HELLO = [(2, b"220 mx\r\n"), (1, b"EHLO c\r\n"), (2, b"250 ok\r\n")]
+MULTIPART = (1, b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n")
+IN_DATA = [*HELLO, (1, b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n"), (2, b"250 a\r\n250 b\r\n354 go\r\n")]
+
+
+@pytest.mark.parametrize(
+    ("name", "prefix", "chunk", "times", "weird"),
+    [
+        ("header block without end", IN_DATA, (1, b"X-Long: " + b"a" * 65000), 160, "header_too_long"),
+        ("part headers without end", [*IN_DATA, MULTIPART],
+         (1, b"X: " + b"y" * 65000 + b"\r\n"), 160, "part_header_too_long"),
+        ("endless body", IN_DATA, (1, b"Subject: x\r\n\r\n" + b"z" * 65000 + b"\r\n"), 160, None),
+        ("endless multiline reply", HELLO, (2, b"250-" + b"r" * 1000 + b"\r\n"), 2000, None),
+        ("endless reply line", HELLO, (2, b"r" * 65000), 160, "reply_line_too_long"),
+        ("client does not wait after DATA", [*HELLO, (1, b"DATA\r\n")], (1, b"q" * 65000 + b"\r\n"), 160,
+         "client_did_not_wait"),
+        ("commands never answered", HELLO, (1, b"NOOP\r\n" * 10000), 3, "too_many_pending_commands"),
+        ("endless command line", HELLO, (1, b"c" * 65000), 160, "line_too_long"),
+        ("endless BDAT chunk", [*HELLO, (1, b"MAIL FROM:<a@b>\r\nBDAT 99999999999\r\n")], (1, b"\0" * 65000),
+         160, None),
+    ],
+)  # fmt: skip
+def test_peer_that_never_stops_is_bounded(name, prefix, chunk, times, weird) -> None:
+    """crafted: up to 10 MB of one pathological pattern; memory stays bounded and the cause is named once."""
+    records, peak = feed_peak(prefix, chunk, times)
+    assert peak < 4 * 1024 * 1024, f"{name}: peak {peak} bytes"
+    weirds = [r["name"] for r in records if r.get("_log") == "weird"]
+    if weird:
+        assert weird in weirds, (name, weirds)
+    assert len(weirds) == len(set(weirds)), "each weird is reported once per flow"
