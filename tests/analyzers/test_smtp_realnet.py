@@ -364,3 +364,22 @@ def test_one_direction_only_reports_commands_as_unanswered(bed, tmp_path) -> Non
     assert "last_reply" not in rec and "msg_accepted" not in rec
     assert rec["msg_id"] == header(sent, "message-id")
     assert [rec["msg_size"]] == [len(m) for m in data_contents(str(one), bed.client("rejects"))]
+
+
+def test_one_direction_starttls_is_recognised_by_the_tls_record_that_follows(bed, tmp_path) -> None:
+    """Derived from the real capture (client packets only): no 220 is seen, so the client's next byte
+    decides; a TLS handshake record (0x16) follows STARTTLS and everything after it is handed on."""
+    one = tmp_path / "client-only-tls.pcap"
+    subprocess.run(
+        ["tshark", "-r", bed.pcap, "-Y", f"ip.src=={bed.client('tls')}", "-w", str(one)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    analyzer = SmtpAnalyzer()
+    session = Session(analyzer)
+    recs = session.feed(pcap_to_events(str(one), "text", "tcp")) + session.disconnected()
+    (rec,) = [r for r in recs if "_log" not in r]
+    assert rec["tls"] is True and "last_reply" not in rec
+    up, _ = client_payloads(str(one), bed.client("tls"))
+    after = up[up.index(b"STARTTLS\r\n") + len(b"STARTTLS\r\n") :]
+    assert after[:1] == b"\x16"
+    assert b"".join(d for _, _, d, _ in analyzer.handed_on) == after
