@@ -17,9 +17,11 @@ constants whatever the peer sends.
 from __future__ import annotations
 
 import binascii
+import re
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from typing import NamedTuple
 
 MAX_HEADER = 64 * 1024  # top-level header block kept for parsing
 MAX_PART_HEADER = 16 * 1024  # header block of one MIME part
@@ -64,24 +66,98 @@ def _header_end(buf: bytes | bytearray, start: int) -> tuple[int, int]:
     return head_end, after
 
 
+class MimeInfo(NamedTuple):
+    """What the scanner needs from an entity's headers."""
+
+    mime_type: str
+    boundary: str | None
+    encoding: str
+    filename: str | None
+    disposition: str | None
+
+
+def info_from_message(headers: Message) -> MimeInfo:
+    """MimeInfo by Python's `email` package (RFC 2231 parameters, RFC 2047 words, escapes)."""
+    boundary = headers.get_param("boundary") if headers.get_content_maintype() == "multipart" else None
+    if isinstance(boundary, tuple):  # RFC 2231 form
+        boundary = boundary[2]
+    try:
+        name = headers.get_filename()
+    except Exception:  # a malformed RFC 2231 parameter is the peer's problem, not ours
+        name = None
+    disposition = headers.get_content_disposition()
+    return MimeInfo(
+        headers.get_content_type(),
+        text(boundary).strip() if boundary else None,
+        text(headers.get("content-transfer-encoding", "7bit")).strip().lower(),
+        text(name) if name else None,
+        text(disposition) if disposition else None,
+    )
+
+
+def _params(value: str) -> tuple[str, dict[str, str]]:
+    """`type/sub; a=1; b="x y"` -> ("type/sub", {"a": "1", "b": "x y"}) (no escapes: see quick_info)."""
+    parts = re.findall(r'(?:[^;"]|"[^"]*")+', value)
+    main = parts[0].strip().lower() if parts else ""
+    params = {}
+    for p in parts[1:]:
+        key, sep, val = p.partition("=")
+        if sep:
+            val = val.strip()
+            if len(val) >= 2 and val[0] == val[-1] == '"':
+                val = val[1:-1]
+            params.setdefault(key.strip().lower(), val)
+    return main, params
+
+
+_WANTED = {"content-type": 0, "content-disposition": 1, "content-transfer-encoding": 2}
+
+
+def quick_info(block: bytes) -> MimeInfo | None:
+    """MimeInfo of a part's header block without `email` (the common case); None when a value needs
+    `email` (RFC 2231 `*` parameters, RFC 2047 words, backslash escapes, non-ASCII)."""
+    values: list[str | None] = [None, None, None]
+    current = -1
+    for line in block.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            if current >= 0:
+                values[current] = (values[current] or "") + line.rstrip(b"\r").decode("latin-1")
+            continue
+        name, sep, value = line.partition(b":")
+        current = _WANTED.get(name.strip().lower().decode("latin-1"), -1) if sep else -1
+        if current >= 0:
+            if values[current] is not None:  # email's get() takes the first occurrence
+                current = -1
+                continue
+            values[current] = value.rstrip(b"\r").decode("latin-1")
+    for v in values:
+        if v is not None and (not v.isascii() or "*" in v or "\\" in v or "=?" in v):
+            return None
+    ctype, cparams = _params(values[0] or "")
+    if ctype.count("/") != 1 or not all(ctype.split("/")):
+        ctype = "text/plain"
+    disposition, dparams = _params(values[1]) if values[1] is not None else (None, {})
+    name = dparams.get("filename") or cparams.get("name")
+    boundary = cparams.get("boundary") if ctype.startswith("multipart/") else None
+    return MimeInfo(
+        ctype,
+        boundary.strip() if boundary else None,
+        (values[2] or "7bit").strip().lower(),
+        name.strip() if name else None,
+        disposition or None,
+    )
+
+
 class Entity:
     """One leaf MIME entity: declared type, file name, transfer encoding and decoded size."""
 
     __slots__ = ("b64_chars", "disposition", "encoding", "filename", "mime_type", "qp_line", "seen", "size")
 
-    def __init__(self, headers: Message | None) -> None:
-        if headers is None:
-            self.mime_type, self.encoding, self.filename, self.disposition = "text/plain", "7bit", None, None
-        else:
-            self.mime_type = headers.get_content_type()
-            self.encoding = text(headers.get("content-transfer-encoding", "7bit")).strip().lower()
-            try:
-                name = headers.get_filename()
-            except Exception:  # a malformed RFC 2231 parameter is the peer's problem, not ours
-                name = None
-            self.filename = text(name) if name else None
-            disposition = headers.get_content_disposition()
-            self.disposition = text(disposition) if disposition else None
+    def __init__(self, info: MimeInfo) -> None:
+        self.mime_type = info.mime_type
+        self.encoding = info.encoding
+        self.filename = info.filename
+        self.disposition = info.disposition
         self.size = 0  # decoded bytes
         self.seen = 0  # bytes as sent (encoded)
         self.qp_line = b""
@@ -188,33 +264,32 @@ class MessageScanner:
         return rest
 
     def _headers_done(self, block: bytes) -> None:
-        parsed = parse_header_block(block)
-        top = self.state == HEADERS
-        if top:
-            self.headers = parsed
+        if self.state == HEADERS:  # the message's own headers: all of them are wanted (smtp_fields)
+            self.headers = parse_header_block(block)
+            info = info_from_message(self.headers)
+        else:
+            info = quick_info(block) or info_from_message(parse_header_block(block))
         self.state = BODY
         self.line_start = True
-        boundary = parsed.get_param("boundary") if parsed.get_content_maintype() == "multipart" else None
-        if isinstance(boundary, tuple):  # RFC 2231 form
-            boundary = boundary[2]
+        boundary = info.boundary
         if boundary:
             if len(self.boundaries) >= MAX_DEPTH:
                 self.weirds.append("mime_too_deep")
                 self.state = SKIP
                 return
-            self.boundaries.append(b"--" + text(boundary).strip().encode("utf-8", "replace"))
+            self.boundaries.append(b"--" + boundary.encode("utf-8", "replace"))
             self.part = None  # preamble
             return
-        self._new_entity(parsed)
+        self._new_entity(info)
 
-    def _new_entity(self, headers: Message | None) -> None:
+    def _new_entity(self, info: MimeInfo) -> None:
         if len(self.entities) >= MAX_ENTITIES:
             if not self.entities_dropped:
                 self.weirds.append("too_many_mime_entities")
             self.entities_dropped += 1
             self.part = None
             return
-        self.part = Entity(headers)
+        self.part = Entity(info)
         self.entities.append(self.part)
 
     # ---------------------------------------------------------------- multipart bodies
