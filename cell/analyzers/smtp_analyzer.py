@@ -552,7 +552,7 @@ class SmtpFlow:
 
     def _emit(self, txn: Transaction, force: bool = False) -> None:
         if not txn.activity and not force:
-            if txn.commands:
+            if txn.commands and self.idle is None:
                 self.idle = txn  # reported only if the session has no other record (see _finish_all)
             return
         self.records += 1

@@ -210,3 +210,24 @@ def test_peer_that_never_stops_is_bounded(name, prefix, chunk, times, weird) -> 
     if weird:
         assert weird in weirds, (name, weirds)
     assert len(weirds) == len(set(weirds)), "each weird is reported once per flow"
+
+
+def test_session_without_transaction_gives_one_record_and_silent_one_none() -> None:
+    """crafted: EHLO/RSET/QUIT gives one record (the session's start, its HELO); a banner alone none."""
+    recs, _ = session_records(
+        [
+            (False, b"220 mx\r\n"),
+            (True, b"EHLO c.example\r\n"),
+            (False, b"250 ok\r\n"),
+            (True, b"RSET\r\n"),
+            (False, b"250 flushed\r\n"),
+            (True, b"QUIT\r\n"),
+            (False, b"221 bye\r\n"),
+        ],
+        1400,
+    )
+    (rec,) = recs
+    assert (rec["helo"], rec["trans_depth"], rec["last_reply"]) == ("c.example", 1, "250 flushed")
+    assert "mailfrom" not in rec and rec["tls"] is False
+    banner_only, _ = session_records([(False, b"220 mx\r\n")], 1400)
+    assert banner_only == []
