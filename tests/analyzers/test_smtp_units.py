@@ -231,3 +231,28 @@ def test_session_without_transaction_gives_one_record_and_silent_one_none() -> N
     assert "mailfrom" not in rec and rec["tls"] is False
     banner_only, _ = session_records([(False, b"220 mx\r\n")], 1400)
     assert banner_only == []
+
+
+def test_received_path_and_address_headers() -> None:
+    """crafted: Zeek's path rule (second wrapped address when several, IPv6: prefix, consecutive
+    duplicates dropped), folded To with a quoted comma, X-Originating-IP in brackets."""
+    from cell.analyzers.smtp_fields import header_fields
+    from cell.analyzers.smtp_mime import parse_header_block
+
+    block = (
+        b"Received: from a.example ([192.0.2.1]) by b.example ([198.51.100.7]) with ESMTP\r\n"
+        b"Received: from c.example (c.example [IPv6:2001:db8::5])\r\n\tby d.example\r\n"
+        b"Received: from e.example (e.example [IPv6:2001:db8::5]) by f.example\r\n"
+        b"Received: by local.example; Wed, 02 Dec 2026 01:00:00 +0000\r\n"
+        b'To: "Doe, Jane" <jane@example.org>,\r\n bob@example.net\r\n'
+        b"X-Originating-IP: [203.0.113.44]\r\n"
+        b"User-Agent: Mozilla/5.0 Thunderbird\r\n"
+    )
+    path = ["10.0.0.2", "10.0.0.1"]
+    fields, weirds = header_fields(parse_header_block(block), path)
+    assert path == ["10.0.0.2", "10.0.0.1", "198.51.100.7", "2001:db8::5"]
+    assert fields["to"] == ['"Doe, Jane" <jane@example.org>', "bob@example.net"]
+    assert fields["x_originating_ip"] == "203.0.113.44"
+    assert fields["first_received"] == "by local.example; Wed, 02 Dec 2026 01:00:00 +0000"
+    assert fields["second_received"].startswith("from e.example")
+    assert fields["is_webmail"] is False and weirds == []
