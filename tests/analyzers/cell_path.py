@@ -19,7 +19,7 @@ RULES = {
     "http": [("TCP", None, r"^[-a-zA-Z]+ \S+ HTTP/1\.[01]\r?\n", None)],
     "dns": [("UDP", "53", None, None), ("TCP", "53", None, None)],
     "tls": [("TCP", "443", None, None)],
-    "smtp": [("TCP", "25,587,2525,2526", None, None)],  # 2525/2526: the SMTP bed's non-TLS ports
+    "smtp": [("TCP", "25,587", None, None)],
     "sip": [("UDP", "5060", None, None)],
 }
 

@@ -16,13 +16,13 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from cell.analyzers.smtp_analyzer import SmtpAnalyzer
 from cell.sdk.session import Session
-from tests.analyzers import smtp_bed
-from tests.analyzers.cell_path import cell_records
+from tests.analyzers import cell_path, smtp_bed
 from tests.analyzers.pcap_events import pcap_to_events
 from tests.analyzers.smtp_oracle import (
     client_payloads,
@@ -51,7 +51,9 @@ def bed() -> Iterator[smtp_bed.Bed]:
 def records(bed: smtp_bed.Bed, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     if importlib.util.find_spec("cell.cli") is None:
         pytest.skip("celltap cell is not built yet (cell/cli.py missing)")
-    return cell_records("smtp", bed.pcap, Path(tmp_path_factory.mktemp("smtpcell")), "text")
+    # the bed's smtpd also listens on 2525 (no TLS) and 2526 (broken TLS): classify those ports too
+    with mock.patch.dict(cell_path.RULES, {"smtp": [("TCP", "25,587,2525,2526", None, None)]}):
+        return cell_path.cell_records("smtp", bed.pcap, Path(tmp_path_factory.mktemp("smtpcell")), "text")
 
 
 @pytest.fixture(scope="module")
