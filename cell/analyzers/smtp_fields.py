@@ -39,11 +39,12 @@ WEBMAIL = re.compile(
 )
 _IP_CANDIDATE = re.compile(r"(?:IPv6:)?([0-9A-Fa-f:.]*[0-9A-Fa-f][0-9A-Fa-f:.]*)")
 _WRAP = {"[": "]", "(": ")", "{": "}", " ": " "}
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
 def unfold(value: object) -> str:
     """A header value with its folding removed (RFC 5322 2.2.3) and surrounding space stripped."""
-    return re.sub(r"\r?\n(?=[ \t])", "", text(value)).strip()
+    return _FOLD.sub("", text(value)).strip()
 
 
 def split_addresses(value: str) -> list[str]:
