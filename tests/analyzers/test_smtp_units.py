@@ -256,3 +256,35 @@ def test_received_path_and_address_headers() -> None:
     assert fields["first_received"] == "by local.example; Wed, 02 Dec 2026 01:00:00 +0000"
     assert fields["second_received"].startswith("from e.example")
     assert fields["is_webmail"] is False and weirds == []
+
+
+CLIENT_TOKENS = [
+    b"EHLO x\r\n", b"HELO\r\n", b"MAIL FROM:<a@b>\r\n", b"mail from:\r\n", b"RCPT TO:<c@d>\r\n", b"RCPT\r\n",
+    b"DATA\r\n", b"BDAT 5\r\nabcde", b"BDAT 3 LAST\r\nxyz", b"BDAT x\r\n", b"RSET\r\n", b"QUIT\r\n",
+    b"STARTTLS\r\n", b"AUTH PLAIN\r\n", b"AUTH LOGIN dXNlcg==\r\n", b"*\r\n", b"dXNlcg==\r\n", b".\r\n",
+    b"..x\r\n", b"\r\n", b"\n", b".", b"\x16\x03\x01", b"--",
+    b"Content-Type: multipart/mixed; boundary=q\r\n\r\n--q\r\n",
+]  # fmt: skip
+SERVER_TOKENS = [
+    b"220 hi\r\n", b"250 ok\r\n", b"250-a\r\n", b"354 go\r\n", b"334 \r\n", b"235 ok\r\n", b"535 no\r\n",
+    b"421 bye\r\n", b"550 no\r\n", b"xx\r\n", b"2", b"\r\n",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(0, 400, 20))
+def test_random_smtp_token_sessions_never_raise(seed: int) -> None:
+    """crafted: sessions of random SMTP-shaped tokens in both directions (20 per seed, random
+    segmentation): no exception, every record JSON-serializable."""
+    import orjson
+
+    for s in range(seed, seed + 20):
+        rng = random.Random(s)
+        tokens = [*CLIENT_TOKENS, crafted_mime()[: rng.randint(1, 3000)]]
+        turns = []
+        for _ in range(rng.randint(1, 30)):
+            client = rng.random() < 0.5
+            pool = tokens if client else SERVER_TOKENS
+            turns.append((client, b"".join(rng.choice(pool) for _ in range(rng.randint(1, 4)))))
+        recs, _ = session_records(turns, rng.choice([1, 3, 50, 1400]))
+        for r in recs:
+            orjson.dumps(r)
