@@ -635,6 +635,7 @@ class SmtpFlow:
             f["is_orig"] = True
             f["seen_bytes"] = ent.size  # decoded, as Zeek's files.log counts
             f["encoded_bytes"] = ent.seen
+            f.update(ent.digests())
             out.append(f)
         return out
 

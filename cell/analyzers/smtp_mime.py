@@ -17,6 +17,7 @@ constants whatever the peer sends.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import re
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -149,9 +150,19 @@ def quick_info(block: bytes) -> MimeInfo | None:
 
 
 class Entity:
-    """One leaf MIME entity: declared type, file name, transfer encoding and decoded size."""
+    """One leaf MIME entity: declared type, file name, transfer encoding; decoded size and hashes."""
 
-    __slots__ = ("b64_chars", "disposition", "encoding", "filename", "mime_type", "qp_line", "seen", "size")
+    __slots__ = (
+        "b64_rest",
+        "disposition",
+        "encoding",
+        "filename",
+        "hashes",
+        "mime_type",
+        "qp_line",
+        "seen",
+        "size",
+    )
 
     def __init__(self, info: MimeInfo) -> None:
         self.mime_type = info.mime_type
@@ -160,36 +171,61 @@ class Entity:
         self.disposition = info.disposition
         self.size = 0  # decoded bytes
         self.seen = 0  # bytes as sent (encoded)
-        self.qp_line = b""
-        self.b64_chars = 0  # base64 alphabet characters so far: 6 bits each
+        self.qp_line = b""  # an incomplete quoted-printable line
+        self.b64_rest = b""  # base64 alphabet characters short of a 4-character group
+        # Zeek's files.log hashes (frameworks/files/hash-all-files) of the decoded content
+        self.hashes = (
+            hashlib.md5(usedforsecurity=False),
+            hashlib.sha1(usedforsecurity=False),
+            hashlib.sha256(),
+        )
+
+    def _decoded(self, data: bytes) -> None:
+        if data:
+            self.size += len(data)
+            for h in self.hashes:
+                h.update(data)
 
     def feed(self, data: bytes) -> None:
-        """Count body bytes (decoded size by the transfer encoding)."""
+        """Decode body bytes by their transfer encoding (streaming); count and hash what they decode to."""
         if not data:
             return
         self.seen += len(data)
         enc = self.encoding
         if enc == "base64":
-            self.b64_chars += len(data.translate(None, _B64_DELETE))
-            self.size = self.b64_chars * 6 // 8
+            chars = self.b64_rest + data.translate(None, _B64_DELETE)
+            cut = len(chars) - len(chars) % 4
+            if cut:
+                self._decoded(binascii.a2b_base64(chars[:cut]))
+            self.b64_rest = chars[cut:]
         elif enc == "quoted-printable":
             buf = self.qp_line + data
             cut = buf.rfind(b"\n") + 1
             if cut:
-                self.size += len(binascii.a2b_qp(buf[:cut]))
+                self._decoded(binascii.a2b_qp(buf[:cut]))
             rest = buf[cut:]
             if len(rest) > MAX_QP_LINE:
-                self.size += len(rest)
+                self._decoded(rest)
                 rest = b""
             self.qp_line = rest
         else:
-            self.size += len(data)
+            self._decoded(data)
 
     def finish(self) -> None:
-        """The entity's body ended: count a last unterminated quoted-printable line."""
+        """The entity's body ended: decode a last unterminated quoted-printable line or base64 group."""
         if self.qp_line:
-            self.size += len(binascii.a2b_qp(self.qp_line))
+            self._decoded(binascii.a2b_qp(self.qp_line))
             self.qp_line = b""
+        rest, self.b64_rest = self.b64_rest, b""
+        if len(rest) in (
+            2,
+            3,
+        ):  # a group cut short: its padding was removed with the other non-alphabet bytes
+            self._decoded(binascii.a2b_base64(rest + b"=" * (4 - len(rest))))
+
+    def digests(self) -> dict[str, str]:
+        """md5, sha1 and sha256 of the decoded content, as Zeek's files.log names them."""
+        return {name: h.hexdigest() for name, h in zip(("md5", "sha1", "sha256"), self.hashes, strict=True)}
 
 
 class MessageScanner:

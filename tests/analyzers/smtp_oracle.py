@@ -5,6 +5,7 @@ package on the messages exactly as the clients sent them. Nothing here reads our
 from __future__ import annotations
 
 import email
+import hashlib
 import re
 import subprocess
 from collections import defaultdict
@@ -119,6 +120,7 @@ def sent_message(path: Path) -> dict:
             "mime_type": part.get_content_type(),
             "filename": part.get_filename(),
             "size": len(part.get_payload(decode=True) or b""),
+            "sha256": hashlib.sha256(part.get_payload(decode=True) or b"").hexdigest(),
         }
         for part in msg.walk()
         if not part.is_multipart()

@@ -10,6 +10,7 @@ tshark-reassembled event stream (the socket front ends do not carry hand-on byte
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.util
 import re
 import shutil
@@ -333,6 +334,17 @@ def test_headers_path_and_attachments_match_the_message_sent(bed, records, tshar
     assert [(a["filename"], a["size"]) for a in rec["attachments"]] == [
         (name, (bed.workdir / name).stat().st_size) for name, _, _ in smtp_bed.ATTACHMENTS
     ]
+    # hashes of the decoded content: Python's email decoding, and the attachment files themselves
+    assert [f["sha256"] for f in files] == [x["sha256"] for x in msg["leaves"]]
+    by_fuid = {f["fuid"]: f for f in files}
+    for a, (name, _, _) in zip(rec["attachments"], smtp_bed.ATTACHMENTS, strict=True):
+        content = (bed.workdir / name).read_bytes()
+        f = by_fuid[a["fuid"]]
+        assert (f["md5"], f["sha1"], f["sha256"]) == (
+            hashlib.md5(content).hexdigest(),
+            hashlib.sha1(content).hexdigest(),
+            hashlib.sha256(content).hexdigest(),
+        ), name
     assert [rec["msg_size"]] == [len(m) for m in data_contents(bed.pcap, bed.client("attach"))]
     assert rec["tls"] is False and rec["trans_depth"] == 1
 

@@ -8,6 +8,7 @@ peers that never stop sending (memory bounded, counted, reported once).
 from __future__ import annotations
 
 import base64
+import hashlib
 import random
 import tracemalloc
 from email import message_from_bytes
@@ -53,10 +54,11 @@ def test_mime_scanner_matches_email_package_under_any_split(seed: int) -> None:
     raw = crafted_mime()
     ref = message_from_bytes(raw, policy=compat32)
     expect = [
-        (p.get_content_type(), p.get_filename(), len(p.get_payload(decode=True)))
+        (p.get_content_type(), p.get_filename(), len(p.get_payload(decode=True)),
+         hashlib.sha256(p.get_payload(decode=True)).hexdigest())
         for p in ref.walk()
         if not p.is_multipart()
-    ]
+    ]  # fmt: skip
     rng = random.Random(seed)
     scanner = MessageScanner()
     i = 0
@@ -66,7 +68,7 @@ def test_mime_scanner_matches_email_package_under_any_split(seed: int) -> None:
         i += n
     scanner.finish()
     # Python walks into message/rfc822; we keep it as one leaf: compare the leaves before it
-    ours = [(e.mime_type, e.filename, e.size) for e in scanner.entities]
+    ours = [(e.mime_type, e.filename, e.size, e.digests()["sha256"]) for e in scanner.entities]
     assert ours[:4] == expect[:4]
     assert ours[4][0] == "message/rfc822"
     assert scanner.headers is not None and scanner.headers["subject"] == "crafted"
