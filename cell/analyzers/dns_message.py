@@ -115,8 +115,8 @@ class DnsError(ValueError):
 
 
 class NameProblem(ValueError):
-    """A name that could not be finished: `partial` holds what was read, `end` its end in the record
-    (-1 when unknown, so the message cannot go on)."""
+    """A name that could not be finished: `partial` holds the labels read (joined; "" if none), `end`
+    its end in the record (-1 when unknown, so the message cannot go on)."""
 
     def __init__(self, reason: str, partial: str, end: int) -> None:
         super().__init__(reason)
@@ -140,10 +140,6 @@ def rcode_name(rcode: int) -> str:
     return RCODE_NAMES.get(rcode) or f"unknown-{rcode}"
 
 
-def _join(labels: list[str]) -> str:
-    return ".".join(labels) if labels else "<Root>"
-
-
 def read_name(msg: bytes, pos: int) -> tuple[str, int]:
     """Read a possibly compressed name at pos; return (name, position after it in the record).
 
@@ -156,31 +152,31 @@ def read_name(msg: bytes, pos: int) -> tuple[str, int]:
     n = len(msg)
     while True:
         if pos >= n:
-            raise NameProblem("truncated_name", _join(labels), end)
+            raise NameProblem("truncated_name", ".".join(labels), end)
         b = msg[pos]
         if b == 0:
             pos += 1
             break
         if b >= 0xC0:
             if pos + 1 >= n:
-                raise NameProblem("truncated_name", _join(labels), end)
+                raise NameProblem("truncated_name", ".".join(labels), end)
             if end < 0:
                 end = pos + 2
             jumps += 1
             if jumps > MAX_POINTER_JUMPS:
-                raise NameProblem("compression_loop", _join(labels), end)
+                raise NameProblem("compression_loop", ".".join(labels), end)
             pos = ((b & 0x3F) << 8) | msg[pos + 1]
             if pos >= n:
-                raise NameProblem("bad_pointer", _join(labels), end)
+                raise NameProblem("bad_pointer", ".".join(labels), end)
             continue
         if b & 0xC0:
-            raise NameProblem("bad_label_type", _join(labels), end)
+            raise NameProblem("bad_label_type", ".".join(labels), end)
         length += b + 1
         if length > MAX_NAME_LENGTH:
-            raise NameProblem("name_too_long", _join(labels), end)
+            raise NameProblem("name_too_long", ".".join(labels), end)
         label = msg[pos + 1 : pos + 1 + b]
         if len(label) != b:
-            raise NameProblem("truncated_name", _join(labels), end)
+            raise NameProblem("truncated_name", ".".join(labels), end)
         labels.append(label.decode("latin-1"))
         pos += 1 + b
     return (".".join(labels) if labels else "<Root>"), (end if end >= 0 else pos)

@@ -127,7 +127,7 @@ def dns_message(
 
 
 def _opt(size: int = 1232, do: bool = True) -> bytes:
-    return b"\0" + struct.pack("!HHIH", 41, size, 0x8000 if do else 0, 4) + struct.pack("!HH", 10, 0)
+    return b"\0" + struct.pack("!HHIH", 41, size, 0x8000 if do else 0, 4) + struct.pack("!HH", 12, 0)  # PADDING
 
 
 def dns_conversations() -> list[Conversation]:
