@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from tests.analyzers.harness import tshark_fields
 
+
 def _one(v: list[str]) -> str:
     return v[0] if v else ""
 
@@ -312,88 +313,15 @@ def smtp_ours(records: list[dict]) -> dict:
 # ---------------------------------------------------------------- SIP
 
 
-def _by_flow(msgs: list[tuple]) -> dict:
-    """Messages grouped per UDP flow (endpoint pair), in order: the cell keeps order within a flow only."""
-    out: dict = defaultdict(list)
-    for m in msgs:
-        out[tuple(sorted([(m[0], m[1]), (m[9], m[10])]))].append(m[:9])
-    return dict(out)
+def sip_tshark(pcap: str) -> dict:
+    """Per transaction (Call-ID, CSeq number, method): the sip.log fields tshark's dissection gives."""
+    from tests.analyzers import sip_oracle
+
+    return sip_oracle.expected_records(pcap)
 
 
-def sip_tshark(pcap: str) -> tuple[dict, dict]:
-    """SIP messages per flow in capture order, and per Call-ID the times of INVITE, its 2xx, and BYE's 2xx."""
-    msgs = []
-    times: dict = defaultdict(dict)
-    for r in tshark_fields(
-        pcap,
-        "sip",
-        [
-            "frame.time_epoch",
-            "ip.src",
-            "udp.srcport",
-            "sip.Method",
-            "sip.Status-Code",
-            "sip.Call-ID",
-            "sip.CSeq.seq",
-            "sip.CSeq.method",
-            "sip.from.addr",
-            "sip.to.addr",
-            "ip.dst",
-            "udp.dstport",
-        ],
-    ):
-        t = float(_one(r["frame.time_epoch"]))
-        method, code, cid, cm = (
-            _one(r["sip.Method"]),
-            _one(r["sip.Status-Code"]),
-            _one(r["sip.Call-ID"]),
-            _one(r["sip.CSeq.method"]),
-        )
-        msgs.append(
-            (
-                _one(r["ip.src"]),
-                _one(r["udp.srcport"]),
-                method or None,
-                int(code) if code else None,
-                cid,
-                int(_one(r["sip.CSeq.seq"])),
-                cm,
-                _one(r["sip.from.addr"]),
-                _one(r["sip.to.addr"]),
-                _one(r["ip.dst"]),
-                _one(r["udp.dstport"]),
-            )
-        )
-        if method == "INVITE":
-            times[cid].setdefault("invite", t)
-        elif code and code.startswith("2") and cm == "INVITE":
-            times[cid].setdefault("answer", t)
-        elif code and code.startswith("2") and cm == "BYE":
-            times[cid]["end"] = t
-    return _by_flow(msgs), dict(times)
+def sip_ours(records: list[dict]) -> dict:
+    """The same fields from our sip.log records."""
+    from tests.analyzers import sip_oracle
 
-
-def sip_ours(records: list[dict]) -> tuple[dict, dict]:
-    """The same facts from SIP analyzer records (messages, and call setup/teardown)."""
-    msgs = []
-    calls = {}
-    for rec in records:
-        if rec["type"] == "message":
-            msgs.append(
-                (
-                    rec["src"]["ip"],
-                    rec["src"]["port"],
-                    rec.get("request", {}).get("method"),
-                    rec.get("status", {}).get("code"),
-                    rec["call_id"],
-                    rec["cseq"]["seq"],
-                    rec["cseq"]["method"],
-                    rec["from"],
-                    rec["to"],
-                    rec["dst"]["ip"],
-                    rec["dst"]["port"],
-                )
-            )
-        elif rec["type"] == "call":
-            calls[rec["call_id"]] = rec
-    return _by_flow(msgs), calls
+    return sip_oracle.ours(records)

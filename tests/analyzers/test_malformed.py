@@ -132,10 +132,10 @@ def test_tls_record_length_over_limit() -> None:
     assert [r.get("error") for r in run("tls", [conv])] == ["record_too_long"]
 
 
-def test_sip_garbage_is_an_error_record() -> None:
+def test_sip_garbage_is_a_weird_record() -> None:
     conv = Conversation("udp", ("10.1.0.1", 5060), ("10.1.0.2", 5060), [(True, b"HELLO WORLD\r\n\r\n")])
     records = run("sip", [conv])
-    assert [r["type"] for r in records] == ["error"]
+    assert [(r["_log"], r["name"]) for r in records] == [("weird", "sip_bad_start_line")]
 
 
 @settings(max_examples=60, deadline=None)
