@@ -81,7 +81,7 @@ class SipMessage:
         value = self.first("content-length")
         if value is None:
             return None
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise SipError("bad_content_length")
         return int(value)
 
@@ -142,7 +142,7 @@ def parse_head(head: bytes) -> SipMessage:
     if "call-id" not in headers or "cseq" not in headers:
         raise SipError("missing_call_id_or_cseq")
     seq, _, method = headers["cseq"][0].partition(" ")
-    if not seq.isdigit() or not method.strip():
+    if not (seq.isascii() and seq.isdigit()) or not method.strip():
         raise SipError("bad_cseq")
     return msg
 

@@ -200,3 +200,34 @@ def test_crafted_tcp_message_cut_by_the_end_of_the_flow() -> None:
         ("weird", "dns_truncated_tcp_message", None),
         (None, None, 9),
     ]
+
+
+def _tcp_run(chunks: int) -> list[dict]:
+    a = DnsAnalyzer()
+    tcp = FlowId("10.1.0.1", "10.1.0.2", 40000, 53, 0, "ipv4", "tcp", "Ctcp")
+    flow = a.stream(tcp, 1.0)
+    queries = [_query(i, f"q{i}.example.org", 1) for i in range(3)]
+    answers = [
+        _head(i, 0x8180, 1, 1)
+        + _name(f"q{i}.example.org")
+        + struct.pack("!HH", 1, 1)
+        + _ptr(12)
+        + struct.pack("!HHIH", 1, 1, 60, 4)
+        + bytes([192, 0, 2, i])
+        for i in range(3)
+    ]
+    for sender, msgs in ((1, queries), (2, answers)):
+        stream = b"".join(struct.pack("!H", len(m)) + m for m in msgs)
+        for i in range(0, len(stream), chunks):
+            flow.data(sender, stream[i : i + chunks], 1.0 + sender)
+    flow.end("NORMAL", 4.0)
+    return a.records
+
+
+def test_crafted_tcp_framing_under_every_segmentation() -> None:
+    whole = _tcp_run(1 << 16)
+    assert [(r["trans_id"], r["answers"], r["rtt"]) for r in whole] == [
+        (i, [f"192.0.2.{i}"], 1.0) for i in range(3)
+    ]
+    for chunks in (1, 2, 3, 5, 7, 31):
+        assert _tcp_run(chunks) == whole, chunks
