@@ -1,5 +1,7 @@
-"""Real DNS traffic: unbound (authoritative local data) in one namespace, dig / kdig / a raw TCP client
-in another, joined by a veth and captured there by tcpdump.
+"""Real DNS traffic: unbound (authoritative local data, and a resolver for `auth.test`) in one
+namespace; dig / kdig / a raw TCP client and NSD (authoritative for `auth.test`, unbound's stub zone)
+in another; joined by a veth and captured there by tcpdump, so the resolver's own queries to NSD
+(including its TCP retry of a truncated answer) are in the capture too.
 
 The scenario covers what issue 13 asks of DNS: UDP and TCP, EDNS (buffer size, DO, NSID, client
 subnet, cookie, padding), NXDOMAIN, a big TXT answer truncated over UDP then retried over TCP by dig
@@ -39,6 +41,54 @@ LOCAL_DATA = [
 ]
 
 
+AUTH_ZONE = "auth.test"
+AUTH_TXT = [("%02d" % i) * 100 for i in range(10, 18)]  # noqa: UP031
+
+
+def nsd_config(workdir: Path) -> str:
+    """nsd.conf: authoritative for AUTH_ZONE on CLIENT:53 (the client's namespace)."""
+    zone = workdir / f"{AUTH_ZONE}.zone"
+    zone.write_text(
+        "\n".join(
+            [
+                f"$ORIGIN {AUTH_ZONE}.",
+                "$TTL 300",
+                f"@ IN SOA ns.{AUTH_ZONE}. admin.{AUTH_ZONE}. 7 3600 600 86400 300",
+                f"@ IN NS ns.{AUTH_ZONE}.",
+                f"ns IN A {CLIENT}",
+                "www IN A 198.51.100.7",
+                "www IN AAAA 2001:db8::7",
+                "big IN TXT " + " ".join(f'"{s}"' for s in AUTH_TXT),
+            ]
+        )
+        + "\n"
+    )
+    return (
+        "\n".join(
+            [
+                "server:",
+                f"  ip-address: {CLIENT}",
+                "  port: 53",
+                '  username: ""',
+                '  chroot: ""',
+                f'  zonesdir: "{workdir}"',
+                '  database: ""',
+                f'  pidfile: "{workdir}/nsd.pid"',
+                f'  logfile: "{workdir}/nsd.log"',
+                f'  xfrdfile: "{workdir}/xfrd.state"',
+                f'  zonelistfile: "{workdir}/zone.list"',
+                "  verbosity: 0",
+                "remote-control:",
+                "  control-enable: no",
+                "zone:",
+                f"  name: {AUTH_ZONE}",
+                f'  zonefile: "{zone}"',
+            ]
+        )
+        + "\n"
+    )
+
+
 def unbound_config(workdir: Path) -> str:
     """unbound.conf: answers from local data on SERVER:53, NSID set, no remote control."""
     lines = [
@@ -54,11 +104,14 @@ def unbound_config(workdir: Path) -> str:
         "  use-syslog: no",
         "  verbosity: 0",
         "  nsid: ascii_celltap-unbound",
+        '  local-zone: "test." nodefault',  # unbound answers NXDOMAIN for .test (RFC 6761) by default
         f"  local-zone: {ZONE}. static",
         "  local-zone: 2.0.192.in-addr.arpa. static",
     ]
     lines += [f"  local-data: {d}" for d in LOCAL_DATA]
     lines.append(f'  local-data-ptr: "192.0.2.10 300 www.{ZONE}."')
+    lines += ["  do-not-query-localhost: no", '  module-config: "iterator"']
+    lines += ["stub-zone:", f"  name: {AUTH_ZONE}.", f"  stub-addr: {CLIENT}"]
     lines += ["remote-control:", "  control-enable: no"]
     return "\n".join(lines) + "\n"
 
@@ -116,6 +169,10 @@ CLIENT_COMMANDS = [
     ["dig", f"@{SERVER}", f"www.{ZONE}", "A", "+tcp", "+nsid"],
     ["kdig", f"@{SERVER}", f"big.{ZONE}", "TXT", "+tcp", "+padding"],
     ["dig", f"@{SERVER}", "+tcp", "+keepopen", f"www.{ZONE}", "A", f"nope.{ZONE}", "A", ZONE, "MX"],
+    # unbound resolves these from NSD: its big TXT comes back truncated over UDP, unbound retries on TCP
+    ["dig", f"@{SERVER}", f"www.{AUTH_ZONE}", "AAAA"],
+    ["dig", f"@{SERVER}", f"big.{AUTH_ZONE}", "TXT", "+tcp"],
+    ["dig", f"@{SERVER}", f"nx.{AUTH_ZONE}", "A"],
 ]
 
 
@@ -131,7 +188,14 @@ def capture_dns(pcap: Path) -> list[subprocess.CompletedProcess]:
         srv.veth(f"{tag}s", f"{tag}c", cli)
         srv.ip("addr", "add", f"{SERVER}/24", "dev", f"{tag}s")
         cli.ip("addr", "add", f"{CLIENT}/24", "dev", f"{tag}c")
-        server = srv.exec("unbound", "-d", "-c", str(conf), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        nsd_conf = workdir / "nsd.conf"
+        nsd_conf.write_text(nsd_config(workdir))
+        auth = cli.exec(
+            "nsd", "-d", "-c", str(nsd_conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        server = srv.exec(
+            "unbound", "-d", "-c", str(conf), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         dump = srv.exec(
             "tcpdump",
             "-Z",
@@ -150,12 +214,13 @@ def capture_dns(pcap: Path) -> list[subprocess.CompletedProcess]:
         try:
             _wait_capture(dump)
             _wait_port(cli, SERVER, 53)
+            _wait_port(cli, CLIENT, 53, AUTH_ZONE)
             for cmd in CLIENT_COMMANDS:
                 results.append(cli.run(*cmd, timeout=30))
             cli.call(raw_tcp_client)
             time.sleep(0.5)
         finally:
-            for p in (dump, server):
+            for p in (dump, server, auth):
                 p.terminate()
                 try:
                     p.wait(10)
@@ -165,13 +230,14 @@ def capture_dns(pcap: Path) -> list[subprocess.CompletedProcess]:
     return results
 
 
-def _wait_port(ns: NetNS, host: str, port: int) -> None:
+def _wait_port(ns: NetNS, host: str, port: int, zone: str = ZONE) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if ns.run("dig", f"@{host}", "-p", str(port), f"ns1.{ZONE}", "+tries=1", "+time=1").returncode == 0:
+        probe = ns.run("dig", f"@{host}", "-p", str(port), zone, "SOA", "+tries=1", "+time=1")
+        if probe.returncode == 0 and "status: NOERROR" in probe.stdout:
             return
         time.sleep(0.1)
-    raise RuntimeError("unbound did not answer")
+    raise RuntimeError(f"{host}:{port} did not answer for {zone}")
 
 
 def _wait_capture(dump: subprocess.Popen) -> None:

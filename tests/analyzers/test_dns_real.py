@@ -1,4 +1,5 @@
-"""dns.log on real traffic: unbound answering dig, kdig and a raw TCP client in network namespaces.
+"""dns.log on real traffic: unbound answering dig, kdig and a raw TCP client in network namespaces,
+and resolving a zone from NSD (the resolver's own queries, UDP and TCP, are in the capture).
 
 Expected records come from tshark (which messages exist, its query/response pairing and rtt) and
 dnspython (each message's content), never from our parser. The capture is checked to really hold the
@@ -18,6 +19,8 @@ from tests.analyzers.cell_path import cell_records
 from tests.analyzers.harness import run_analyzer, tshark_fields
 from tests.analyzers.pcap_events import pcap_to_events
 from tests.conftest import require_root, require_tool
+
+CLIENT, SERVER = "10.53.0.2", "10.53.0.1"  # realnet_dns's addresses (dig and NSD; unbound)
 
 pytestmark = pytest.mark.tshark
 
@@ -44,11 +47,15 @@ def test_capture_holds_the_cases(dns_pcap: str) -> None:
     msgs = dns_oracle.tshark_messages(dns_pcap)
     expected = dns_oracle.expected_records(dns_pcap)
     recs = list(expected.values())
-    # a truncated UDP answer, and the same question asked again over TCP by the same client
-    tc = [r for r in recs if r["TC"] and r["proto"] == "udp"]
-    assert len(tc) == 2
-    for r in tc:
-        assert any(o["proto"] == "tcp" and o["query"] == r["query"] and "answers" in o for o in recs)
+    # truncated UDP answers (to dig twice, to unbound once), each asked again over TCP by the same host
+    tc = [(k[0], r) for k, r in expected.items() if r["TC"] and r["proto"] == "udp"]
+    assert len(tc) == 3
+    assert {host for host, _ in tc} == {CLIENT, SERVER}
+    for host, r in tc:
+        assert any(
+            k[0] == host and o["proto"] == "tcp" and o["query"] == r["query"] and "answers" in o
+            for k, o in expected.items()
+        )
     # several messages in one TCP segment, and a message across two segments
     frames = [m["frame"] for m in msgs if m["proto"] == "tcp"]
     assert max(frames.count(f) for f in frames) >= 3
@@ -75,7 +82,7 @@ def test_dns_log_matches_tshark_and_dnspython(dns_pcap: str, path: str, fmt: str
         events = pcap_to_events(dns_pcap, fmt, "udp.port == 53 or tcp.port == 53")
         records = run_analyzer("dns", events, tmp_path, fmt)
     expected = dns_oracle.expected_records(dns_pcap)
-    assert len(expected) >= 25
+    assert len(expected) >= 30
     dns_oracle.compare(expected, records)
     assert not [r for r in records if r.get("_log") == "weird"]
     for r in records:
