@@ -83,6 +83,11 @@ def dns_record(
         rec["qclass_name"] = class_name(qclass)
         rec["qtype"] = qtype
         rec["qtype_name"] = type_name(qtype)
+        if len(questions) > 1:  # mDNS asks several at once; Zeek's `query` holds one
+            rec["extra_questions"] = [
+                {"query": n.lower(), "qtype": t, "qtype_name": type_name(t), "qclass": c}
+                for n, t, c in questions[1:]
+            ]
     rec["opcode"] = first["opcode"]
     rec["opcode_name"] = OPCODE_NAMES.get(first["opcode"], f"opcode-{first['opcode']}")
     if resp is not None:

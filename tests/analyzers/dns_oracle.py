@@ -189,6 +189,16 @@ def _record(q: dict | None, r: dict | None) -> dict:
             qtype=int(qd[0].rdtype),
             qtype_name=_type_name(int(qd[0].rdtype)),
         )
+        if len(qd) > 1:
+            rec["extra_questions"] = [
+                {
+                    "query": q.name.to_text(omit_final_dot=True).lower() or "<Root>",
+                    "qtype": int(q.rdtype),
+                    "qtype_name": _type_name(int(q.rdtype)),
+                    "qclass": int(q.rdclass),
+                }
+                for q in qd[1:]
+            ]
     qflags = d.flags
     rec["RD"] = bool(qflags & dns.flags.RD)
     rec["Z"] = (qflags >> 4) & 7
@@ -259,6 +269,7 @@ FIELDS = {
     "rejected",
     "query_edns",
     "response_edns",
+    "extra_questions",
 }
 
 

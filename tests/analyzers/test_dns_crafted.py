@@ -231,3 +231,21 @@ def test_crafted_tcp_framing_under_every_segmentation() -> None:
     ]
     for chunks in (1, 2, 3, 5, 7, 31):
         assert _tcp_run(chunks) == whole, chunks
+
+
+@pytest.mark.tshark
+def test_crafted_several_questions_are_all_reported(tmp_path: Path) -> None:
+    """mDNS-style: one query with three questions; every name tshark shows is in the record."""
+    require_tool("tshark")
+    qs = [("a.local", 1), ("b.local", 28), ("C.Local", 16)]
+    msg = _head(0, 0x0000, len(qs), 0) + b"".join(_name(n) + struct.pack("!HH", t, 1) for n, t in qs)
+    convs = [Conversation("udp", ("10.1.0.1", 5353), ("10.1.0.2", 53), [(True, msg)])]
+    pcap, records = _run(convs, tmp_path)
+    (rec,) = records
+    theirs = tshark_fields(pcap, "dns", ["dns.qry.name", "dns.qry.type"])[0]
+    ours = [rec["query"]] + [q["query"] for q in rec["extra_questions"]]
+    assert ours == [n.lower() for n in theirs["dns.qry.name"]]
+    assert [rec["qtype"]] + [q["qtype"] for q in rec["extra_questions"]] == [
+        int(t) for t in theirs["dns.qry.type"]
+    ]
+    assert "rcode" not in rec  # never answered
