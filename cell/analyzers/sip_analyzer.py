@@ -250,7 +250,14 @@ class SipAnalyzer(FlowAnalyzer):
             state = flows[next(iter(flows))]
             if now - state.last <= self.flow_timeout:
                 break
-            self._close_flow(state.flow)
+            if state.proto == "tcp":
+                # the connection lives on (its end is signalled): write what waited, keep trans_depth
+                while state.open:
+                    self._write_open(state, next(iter(state.open)))
+                state.last = now
+                flows.move_to_end(state.flow)
+            else:
+                self._close_flow(state.flow)
 
     def end_flow(self, flow: FlowId) -> None:
         """A TCP flow ended: write its open transactions."""

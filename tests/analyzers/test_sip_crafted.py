@@ -183,3 +183,16 @@ def test_crafted_open_transaction_bound() -> None:
     for i in range(3):
         a.datagram(UDP, 1, msg("OPTIONS sip:b SIP/2.0", f"b{i}", "1 OPTIONS"), 1.0)
     assert [r["call_id"] for r in a.records] == ["b0"] and a.errors["open_transactions_full"] == 1
+
+
+def test_crafted_idle_tcp_connection_keeps_its_trans_depth() -> None:
+    a = SipAnalyzer()
+    flow = a.stream(TCP, 1.0)
+    flow.data(1, msg("REGISTER sip:b SIP/2.0", "g1", "1 REGISTER"), 1.0)
+    flow.data(1, msg("OPTIONS sip:b SIP/2.0", "g2", "1 OPTIONS"), 500.0)  # the REGISTER timed out
+    flow.data(2, msg("SIP/2.0 200 OK", "g2", "1 OPTIONS"), 500.1)
+    flow.end("NORMAL", 501.0)
+    assert [(r["call_id"], r["trans_depth"], r.get("status_code")) for r in a.records] == [
+        ("g1", 1, None),
+        ("g2", 2, 200),
+    ]
