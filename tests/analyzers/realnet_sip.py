@@ -1,10 +1,11 @@
 """Real SIP traffic: SIPp's built-in UAS (`-sn uas -aa`) in one namespace, SIPp's UAC (`-sn uac`) and a
 raw socket client in another, joined by a veth and captured there by tcpdump.
 
-Calls over UDP (`-t u1`) and TCP (`-t t1`); the raw client sends, over UDP and TCP, RFC 5626
-keep-alives (CRLF CRLF) before requests, OPTIONS requests with compact header names (`v: f: t: i:
-l: m: c:`), two requests in one TCP segment and one request across two segments. SIPp answers every
-request (its `-aa` answers OPTIONS with 200 OK), so the answers are a real server's.
+Calls over UDP (`-t u1`) and TCP (`-t t1`); calls rejected by a second SIPp (the scenarios below: 100
+then 486 Busy Here with a Warning; the UAC sends Date and Reply-To). The raw client sends, over UDP
+and TCP, RFC 5626 keep-alives (CRLF CRLF) before requests, OPTIONS requests with compact header names
+(`v: f: t: i: l: m: c:`), two requests in one TCP segment and one request across two segments. SIPp
+answers every request (its `-aa` answers OPTIONS with 200 OK), so the answers are a real server's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,76 @@ from tests.incubator.netns import NetNS
 
 SERVER = "10.60.0.1"
 CLIENT = "10.60.0.2"
+BUSY = "10.60.0.3"  # a second address of the server namespace: a SIPp UAS that rejects every call
 CALLS = 4  # calls per transport
+BUSY_CALLS = 2
+
+# SIPp scenarios for rejected calls: the UAS answers 100 then 486 Busy Here (with a Warning); the UAC
+# sends Date and Reply-To, expects 486 and ACKs it. SIPp counts a call successful when its scenario ends.
+BUSY_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="busy uas">
+  <recv request="INVITE" crlf="true"/>
+  <send><![CDATA[
+
+      SIP/2.0 100 Trying
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]></send>
+  <send><![CDATA[
+
+      SIP/2.0 486 Busy Here
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]busy[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Warning: 399 busy.example "all lines busy"
+      Content-Length: 0
+
+    ]]></send>
+  <recv request="ACK"/>
+</scenario>
+"""
+BUSY_UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="busy uac">
+  <send retrans="500"><![CDATA[
+
+      INVITE sip:busy@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: caller <sip:caller@[local_ip]:[local_port]>;tag=[pid]caller[call_number]
+      To: busy <sip:busy@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:caller@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Date: Sat, 13 Nov 2010 23:29:00 GMT
+      Reply-To: <sip:voicemail@example.org>
+      User-Agent: sipp-busy-uac
+      Subject: rejected call
+      Content-Length: 0
+
+    ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="486"/>
+  <send><![CDATA[
+
+      ACK sip:busy@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: caller <sip:caller@[local_ip]:[local_port]>;tag=[pid]caller[call_number]
+      To: busy <sip:busy@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]></send>
+</scenario>
+"""
 
 
 def options(n: int, transport: str, compact: bool, body: bytes = b"") -> bytes:
@@ -95,6 +165,9 @@ def capture_sip(pcap: Path) -> dict[str, subprocess.CompletedProcess]:
     with NetNS("sips") as srv, NetNS("sipc") as cli:
         srv.veth(f"{tag}s", f"{tag}c", cli)
         srv.ip("addr", "add", f"{SERVER}/24", "dev", f"{tag}s")
+        srv.ip("addr", "add", f"{BUSY}/24", "dev", f"{tag}s")
+        (workdir / "busy_uas.xml").write_text(BUSY_UAS)
+        (workdir / "busy_uac.xml").write_text(BUSY_UAC)
         cli.ip("addr", "add", f"{CLIENT}/24", "dev", f"{tag}c")
         common = ["-i", SERVER, "-p", "5060", "-nostdin", "-aa"]
         servers = [
@@ -111,6 +184,23 @@ def capture_sip(pcap: Path) -> dict[str, subprocess.CompletedProcess]:
             )
             for t in ("u1", "t1")
         ]
+        servers.append(
+            srv.exec(
+                "sipp",
+                "-sf",
+                "busy_uas.xml",
+                "-t",
+                "u1",
+                "-i",
+                BUSY,
+                "-p",
+                "5060",
+                "-nostdin",
+                cwd=workdir,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         dump = srv.exec(
             "tcpdump",
             "-Z",
@@ -155,6 +245,29 @@ def capture_sip(pcap: Path) -> dict[str, subprocess.CompletedProcess]:
                     str(workdir / f"uac-{t}.csv"),
                     timeout=60,
                 )
+            results["busy"] = cli.run(
+                "sipp",
+                "-sf",
+                str(workdir / "busy_uac.xml"),
+                f"{BUSY}:5060",
+                "-t",
+                "u1",
+                "-i",
+                CLIENT,
+                "-p",
+                "5063",
+                "-m",
+                str(BUSY_CALLS),
+                "-r",
+                "20",
+                "-nostdin",
+                "-timeout",
+                "20",
+                "-trace_stat",
+                "-stf",
+                str(workdir / "uac-busy.csv"),
+                timeout=60,
+            )
             cli.call(raw_udp_client)
             cli.call(raw_tcp_client)
             time.sleep(0.5)

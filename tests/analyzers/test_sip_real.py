@@ -76,9 +76,12 @@ def _expected(pcap: str) -> dict:
 def test_capture_holds_the_cases(sip_capture: tuple[str, dict]) -> None:
     """SIPp completed every call on both transports; the raw client's cases are on the wire."""
     pcap, stats = sip_capture
-    for t in ("u1", "t1"):
+    for t in ("u1", "t1", "busy"):
         assert stats[t]["SuccessfulCall(C)"] == stats[t]["TotalCallCreated"] > 0
         assert stats[t]["FailedCall(C)"] == 0
+    # the rejected calls carry the rarer sip.log fields
+    for field in ("sip.Warning", "sip.Date", "sip.Reply-To"):
+        assert tshark_fields(pcap, field, [field]), field
     # SIPp answered the request that followed the keep-alive CRLFs (tshark does not dissect it)
     answers = tshark_fields(pcap, 'sip.Call-ID == "raw-tcp-1@10.60.0.2"', ["sip.Status-Code"])
     assert answers == [{"sip.Status-Code": ["200"]}]
@@ -118,3 +121,6 @@ def test_sip_log_matches_tshark_and_sipp(
         ]
         assert len(answered) == stats[t]["SuccessfulCall(C)"]
         assert all(0 <= r["ringing_time"] <= r["setup_time"] for r in answered)
+    busy = [r for r in records if r.get("status_code") == 486]
+    assert len(busy) == stats["busy"]["SuccessfulCall(C)"]  # SIPp's busy scenario ends at the 486's ACK
+    assert all("setup_time" not in r and r["provisional_codes"] == [100] for r in busy)
