@@ -60,10 +60,6 @@ def _question_key(msg: dict) -> tuple | None:
     return (name.lower(), qtype, qclass)
 
 
-def _edns_fields(edns: dict) -> dict:
-    return {k: edns[k] for k in ("udp_payload_size", "extended_rcode", "version", "do", "options")}
-
-
 def dns_record(
     flow: FlowId, orig: int, proto: str, query: dict | None, qts: float, resp: dict | None, rts: float
 ) -> dict:
@@ -110,9 +106,9 @@ def dns_record(
             rec["addl"] = [rr[4] for rr in resp["addl"]]
     rec["rejected"] = resp is not None and resp["rcode"] != 0 and not resp["questions"]
     if query is not None and query["edns"] is not None:
-        rec["query_edns"] = _edns_fields(query["edns"])
+        rec["query_edns"] = query["edns"]
     if resp is not None and resp["edns"] is not None:
-        rec["response_edns"] = _edns_fields(resp["edns"])
+        rec["response_edns"] = resp["edns"]
     return rec
 
 

@@ -303,7 +303,7 @@ def _name_or_partial(msg: bytes, pos: int, weird: list[str]) -> tuple[str, int]:
 
 
 def parse_message(msg: bytes) -> dict:
-    """Parse one DNS message into a dict (see DnsMessage fields below); raises DnsError if < 12 bytes.
+    """Parse one DNS message into a dict; raises DnsError only if it is shorter than a header.
 
     Keys: id, flags (the 16-bit header flags), qr, opcode, rcode (with OPT's extended bits), questions
     [(name, qtype, qclass)], answers / auth / addl [(name, rtype, rclass, ttl, rdata text)], edns (dict
