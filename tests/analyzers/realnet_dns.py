@@ -122,8 +122,10 @@ def _query(ident: int, name: str, qtype: int) -> bytes:
 
 
 def raw_tcp_client() -> None:
-    """Three queries in one segment, then one query split across two segments; read every answer."""
+    """27 queries in one segment, then one query split across two segments; read every answer."""
     msgs = [_query(0x1001, f"www.{ZONE}", 1), _query(0x1002, f"www.{ZONE}", 28), _query(0x1003, ZONE, 15)]
+    # and a burst of 24 more, so that answers queue up behind unacknowledged data on the server side
+    msgs += [_query(0x1100 + i, f"www.{ZONE}", (1, 28, 16)[i % 3]) for i in range(24)]
     with socket.create_connection((SERVER, 53), timeout=5) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.sendall(b"".join(struct.pack("!H", len(m)) + m for m in msgs))
@@ -133,7 +135,7 @@ def raw_tcp_client() -> None:
         s.sendall(framed[:9])
         time.sleep(0.05)
         s.sendall(framed[9:])
-        _read_answers(s, 4)
+        _read_answers(s, len(msgs) + 1)
 
 
 def _read_answers(s: socket.socket, n: int) -> None:
