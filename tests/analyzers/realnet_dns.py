@@ -203,6 +203,8 @@ def capture_dns(pcap: Path) -> list[subprocess.CompletedProcess]:
             "-Z",
             "root",
             "--immediate-mode",
+            "-B",
+            "16384",
             "-i",
             f"{tag}s",
             "-U",

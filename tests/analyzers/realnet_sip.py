@@ -206,6 +206,8 @@ def capture_sip(pcap: Path) -> dict[str, subprocess.CompletedProcess]:
             "-Z",
             "root",
             "--immediate-mode",
+            "-B",
+            "16384",
             "-i",
             f"{tag}s",
             "-U",
