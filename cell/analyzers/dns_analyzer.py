@@ -41,9 +41,10 @@ MAX_PENDING = 100_000
 class _Query:
     """A query waiting for its response."""
 
-    __slots__ = ("flow", "key", "msg", "orig", "proto", "seq", "ts")
+    __slots__ = ("fkey", "flow", "key", "msg", "orig", "proto", "seq", "ts")
 
     def __init__(self, flow: FlowId, orig: int, ts: float, proto: str, msg: dict, key: tuple, seq: int):
+        self.fkey = _flow_key(flow)
         self.flow = flow
         self.orig = orig
         self.ts = ts
@@ -51,6 +52,11 @@ class _Query:
         self.msg = msg
         self.key = key
         self.seq = seq
+
+
+def _flow_key(flow: FlowId) -> object:
+    # the uid names the connection and hashes once (a str caches its hash; a FlowId rehashes 8 fields)
+    return flow.uid or flow
 
 
 def _question_key(msg: dict) -> tuple | None:
@@ -152,9 +158,9 @@ class DnsAnalyzer(FlowAnalyzer):
         self.query_timeout = QUERY_TIMEOUT
         self.max_pending_per_flow = MAX_PENDING_PER_FLOW
         self.max_pending = MAX_PENDING
-        # flow -> transaction id -> queries in arrival order; and every pending query in arrival order
-        self.pending: dict[FlowId, dict[int, list[_Query]]] = {}
-        self.pending_count: dict[FlowId, int] = {}
+        # flow key -> transaction id -> queries in arrival order; and every pending query in arrival order
+        self.pending: dict[object, dict[int, list[_Query]]] = {}
+        self.pending_count: dict[object, int] = {}
         self.queue: OrderedDict[int, _Query] = OrderedDict()
         self._seq = count()
 
@@ -186,15 +192,18 @@ class DnsAnalyzer(FlowAnalyzer):
             self.weird(flow, sender, time, exc.reason, f"{len(data)} bytes")
             return
         client = 3 - sender if msg["qr"] else sender
-        for reason in dict.fromkeys(msg["weird"]):
-            self.weird(flow, client, time, reason)
+        if msg["weird"]:
+            for reason in dict.fromkeys(msg["weird"]):
+                self.weird(flow, client, time, reason)
         if msg["qr"]:
             self._response(flow, client, msg, time, proto)
         else:
             self._query(flow, client, msg, time, proto)
 
     def _query(self, flow: FlowId, client: int, msg: dict, time: float, proto: str) -> None:
-        if self.pending_count.get(flow, 0) >= self.max_pending_per_flow:
+        fkey = _flow_key(flow)
+        count = self.pending_count.get(fkey, 0)
+        if count >= self.max_pending_per_flow:
             self.error("pending_flow_full")
             self.records.append(dns_record(flow, client, proto, msg, time, None, 0.0))
             return
@@ -203,13 +212,14 @@ class DnsAnalyzer(FlowAnalyzer):
             self._write_unanswered(self.queue[next(iter(self.queue))])
         seq = next(self._seq)
         q = _Query(flow, client, time, proto, msg, _question_key(msg), seq)
-        self.pending.setdefault(flow, {}).setdefault(msg["id"], []).append(q)
-        self.pending_count[flow] = self.pending_count.get(flow, 0) + 1
+        self.pending.setdefault(fkey, {}).setdefault(msg["id"], []).append(q)
+        self.pending_count[fkey] = self.pending_count.get(fkey, 0) + 1  # the eviction above may be ours
         self.queue[seq] = q
 
     def _response(self, flow: FlowId, client: int, msg: dict, time: float, proto: str) -> None:
         match = None
-        waiting = self.pending.get(flow, {}).get(msg["id"])
+        by_id = self.pending.get(_flow_key(flow))
+        waiting = by_id.get(msg["id"]) if by_id else None
         if waiting:
             key = _question_key(msg)
             for q in waiting:
@@ -224,18 +234,18 @@ class DnsAnalyzer(FlowAnalyzer):
 
     def _forget(self, q: _Query) -> None:
         del self.queue[q.seq]
-        by_id = self.pending[q.flow]
+        by_id = self.pending[q.fkey]
         waiting = by_id[q.msg["id"]]
         waiting.remove(q)
         if not waiting:
             del by_id[q.msg["id"]]
             if not by_id:
-                del self.pending[q.flow]
-        left = self.pending_count[q.flow] - 1
+                del self.pending[q.fkey]
+        left = self.pending_count[q.fkey] - 1
         if left:
-            self.pending_count[q.flow] = left
+            self.pending_count[q.fkey] = left
         else:
-            del self.pending_count[q.flow]
+            del self.pending_count[q.fkey]
 
     def _write_unanswered(self, q: _Query) -> None:
         self._forget(q)
@@ -252,7 +262,7 @@ class DnsAnalyzer(FlowAnalyzer):
 
     def flush_flow(self, flow: FlowId) -> None:
         """Write the flow's pending queries (its TCP connection ended)."""
-        by_id = self.pending.get(flow)
+        by_id = self.pending.get(_flow_key(flow))
         if by_id:
             for q in sorted((q for qs in by_id.values() for q in qs), key=lambda q: q.seq):
                 self._write_unanswered(q)

@@ -294,12 +294,26 @@ def _edns(rclass: int, ttl: int, msg: bytes, start: int, rdlen: int, weird: list
     }
 
 
-def _name_or_partial(msg: bytes, pos: int, weird: list[str]) -> tuple[str, int]:
+def _owner_name(msg: bytes, pos: int, weird: list[str], seen: dict[int, str]) -> tuple[str, int]:
+    """The name at pos and the position after it; a problem is noted and the partial name returned.
+
+    `seen` maps offsets to the names decoded there in this message: the usual owner name, a pointer
+    to the question name (C0 0C), is then decoded once per message.
+    """
+    if pos + 1 < len(msg) and msg[pos] >= 0xC0:
+        target = ((msg[pos] & 0x3F) << 8) | msg[pos + 1]
+        name = seen.get(target)
+        if name is not None:
+            return name, pos + 2
+    else:
+        target = pos
     try:
-        return read_name(msg, pos)
+        name, end = read_name(msg, pos)
     except NameProblem as exc:
         weird.append(exc.reason)
         return exc.partial, exc.end
+    seen[target] = name
+    return name, end
 
 
 def parse_message(msg: bytes) -> dict:
@@ -331,9 +345,10 @@ def parse_message(msg: bytes) -> dict:
     }
     n = len(msg)
     pos = 12
+    seen: dict[int, str] = {}
     questions = out["questions"]
     for _ in range(min(qd, MAX_RRS)):
-        name, pos = _name_or_partial(msg, pos, weird)
+        name, pos = _owner_name(msg, pos, weird, seen)
         if pos < 0 or pos + 4 > n:
             weird.append("truncated_question")
             return out
@@ -343,7 +358,7 @@ def parse_message(msg: bytes) -> dict:
     for section, count in (("answers", an), ("auth", ns), ("addl", ar)):
         rrs = out[section]
         for _ in range(min(count, MAX_RRS)):
-            name, pos = _name_or_partial(msg, pos, weird)
+            name, pos = _owner_name(msg, pos, weird, seen)
             if pos < 0 or pos + 10 > n:
                 weird.append("truncated_rr")
                 return out
