@@ -80,3 +80,24 @@ def test_records_carry_the_uid_of_the_conn_log_record() -> None:
         got[(*tup, str(rec["destinationIPv4Address"]), rec["destinationTransportPort"])] = uid
     assert len(set(got.values())) == len(flows) == 40
     assert got == conn
+
+
+def test_enterprise_number_comes_from_the_environment() -> None:
+    """CELLTAP_IPFIX_PEN moves the uid element to another PEN, 0 leaves it out, a bad value is one line."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from celltap.ipfix.export import biflow_templates\n"
+        "print([(f.name, f.ie.enterprise, f.length) for f in biflow_templates()[0].fields[-2:]])"
+    )
+
+    def run(pen: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "CELLTAP_IPFIX_PEN": pen}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+    assert run("4242").stdout.strip() == "[('flowId', 0, 8), ('celltapUid', 4242, 12)]"
+    assert run("0").stdout.strip() == "[('applicationName', 0, 65535), ('flowId', 0, 8)]"
+    bad = run("32473x")
+    assert bad.returncode != 0 and "CELLTAP_IPFIX_PEN='32473x'" in bad.stderr

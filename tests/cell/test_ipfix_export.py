@@ -84,8 +84,8 @@ def _capture(tshark: str, pcap: Path) -> tuple[int, int]:
     return octets, packets
 
 
-def _run_cell(tmp_path: Path, pcap: Path, config: str = CONFIG) -> list[bytes]:
-    """The IPFIX messages `celltap cell --read PCAP --ipfix` sends (cell id 7)."""
+def cell_ipfix_messages(cfg: Path, pcap: Path, *extra: str) -> list[bytes]:
+    """The IPFIX messages `celltap cell --config CFG --read PCAP --ipfix` sends (cell id 7)."""
     collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     collector.bind(("127.0.0.1", 0))
     collector.settimeout(0.5)
@@ -101,26 +101,21 @@ def _run_cell(tmp_path: Path, pcap: Path, config: str = CONFIG) -> list[bytes]:
 
     t = threading.Thread(target=receive, daemon=True)
     t.start()
-    home = tmp_path / "home"
-    cfg = write_config(tmp_path / "c.yaml", home, config)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     port = collector.getsockname()[1]
+    args = ["--config", str(cfg), "--read", str(pcap), "--ipfix", f"udp://127.0.0.1:{port}"]
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "celltap.cli",
             "cell",
-            "--config",
-            str(cfg),
-            "--read",
-            str(pcap),
-            "--ipfix",
-            f"udp://127.0.0.1:{port}",
+            *args,
             "--cell-id",
             "7",
             "--drain-timeout",
             "1",
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -203,7 +198,8 @@ def test_ipfix_records_decode_and_add_up(tmp_path, scenario):
     with PcapWriter(str(pcap), nanosecond=True) as w:
         for ts, frame in get(scenario).generate(21, 30):
             w.write(ts, frame)
-    ipfix_pcap = ipfix_capture(_run_cell(tmp_path, pcap), tmp_path / "ipfix.pcap")
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "home", CONFIG)
+    ipfix_pcap = ipfix_capture(cell_ipfix_messages(cfg, pcap), tmp_path / "ipfix.pcap")
     bad = subprocess.run(
         [
             tshark,
