@@ -40,27 +40,31 @@ Totals = dict[str, list[int]]  # key -> [orig bytes, resp bytes, orig packets, r
 def tshark_flows(pcap: Path) -> Totals:
     """Per initiating address: both directions' IP bytes and packets of its TCP/UDP flows, and flows.
 
-    A flow is a tshark TCP or UDP stream; its initiator is the source of its first frame.
+    A flow is a tshark TCP or UDP stream; its initiator is the source of its first frame. (Packets
+    inside a tunnel would count their outer header: the test's capture has no tunnels.)
     """
     tshark = require_tool("tshark")
-    fields = ["ip.src", "ip.len", "tcp.stream", "udp.stream"]
-    cmd = [tshark, "-r", str(pcap), "-o", "ip.defragment:FALSE", "-T", "fields", "-E", "separator=|"]
+    fields = ["ip.src", "ip.len", "ipv6.src", "ipv6.plen", "tcp.stream", "udp.stream"]
+    cmd = [tshark, "-r", str(pcap), "-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE"]
+    cmd += ["-T", "fields", "-E", "separator=|"]
     for f in fields:
         cmd += ["-e", f]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
     initiator: dict[tuple[str, str], str] = {}
     totals: Totals = defaultdict(lambda: [0, 0, 0, 0, 0])
     for line in out.splitlines():
-        src, length, tcp_stream, udp_stream = line.split("|")
-        if not length or not (tcp_stream or udp_stream):
+        src4, len4, src6, plen6, tcp_stream, udp_stream = line.split("|")
+        if not (len4 or plen6) or not (tcp_stream or udp_stream):
             continue
+        # IP bytes as the cell counts them: IPv4 total length, IPv6 payload length + its 40-byte header
+        src, length = (src4, int(len4.split(",")[0])) if len4 else (src6, int(plen6.split(",")[0]) + 40)
         flow = ("tcp", tcp_stream) if tcp_stream else ("udp", udp_stream)
         if flow not in initiator:
             initiator[flow] = src
             totals[src][4] += 1
         t = totals[initiator[flow]]
         sent_by_initiator = src == initiator[flow]
-        t[0 if sent_by_initiator else 1] += int(length)
+        t[0 if sent_by_initiator else 1] += length
         t[2 if sent_by_initiator else 3] += 1
     return dict(totals)
 
