@@ -6,9 +6,10 @@ a routing collector, which spreads them over the ring of three analysis nodes (f
 `celltap top` asks the cluster for top_talkers, volume and app_mix, and every figure must equal a
 one-process computation from tshark's dissection of the same capture: per source (initiating) address,
 the IP bytes and packets of its flows in both directions, and each direction apart. The same totals
-must come out of `celltap analyze`'s conn.log (orig_ip_bytes + resp_ip_bytes per originator), and the
-app mix must equal conn.log's `service` totals. Finally the uid a cell's IPFIX record carries equals
-the uid conn.log gives the same 5-tuple.
+must come out of `celltap analyze`'s conn.log (orig_ip_bytes + resp_ip_bytes per originator). The app
+mix must equal the same totals per application protocol tshark finds in each stream (HTTP, DNS over
+UDP, DNS over TCP, named as the built-in rules name them), and conn.log's totals per `service`.
+Finally the uid a cell's IPFIX record carries equals the uid conn.log gives the same 5-tuple.
 """
 
 from __future__ import annotations
@@ -37,35 +38,56 @@ APPS = {
 Totals = dict[str, list[int]]  # key -> [orig bytes, resp bytes, orig packets, resp packets, flows]
 
 
-def tshark_flows(pcap: Path) -> Totals:
-    """Per initiating address: both directions' IP bytes and packets of its TCP/UDP flows, and flows.
+# What tshark's dissectors call the protocol of a stream -> the built-in rule that must classify it.
+RULE_FOR = {("tcp", "http"): "http", ("udp", "dns"): "dns_udp", ("tcp", "dns"): "dns_tcp"}
 
-    A flow is a tshark TCP or UDP stream; its initiator is the source of its first frame. (Packets
-    inside a tunnel would count their outer header: the test's capture has no tunnels.)
+
+def tshark_flows(pcap: Path) -> list[tuple[str, str, list[int]]]:
+    """Every TCP/UDP flow of the capture as tshark dissects it: (initiator, rule label, [initiator's
+    IP bytes, responder's IP bytes, initiator's packets, responder's packets]).
+
+    A flow is a tshark TCP or UDP stream; its initiator is the source of its first frame; its label
+    is the built-in rule for the application protocol tshark finds in it (RULE_FOR), else '(none)'.
+    (Packets inside a tunnel would count their outer header: the test's capture has no tunnels.)
     """
     tshark = require_tool("tshark")
-    fields = ["ip.src", "ip.len", "ipv6.src", "ipv6.plen", "tcp.stream", "udp.stream"]
+    fields = ["ip.src", "ip.len", "ipv6.src", "ipv6.plen", "tcp.stream", "udp.stream", "frame.protocols"]
     cmd = [tshark, "-r", str(pcap), "-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE"]
     cmd += ["-T", "fields", "-E", "separator=|"]
     for f in fields:
         cmd += ["-e", f]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
-    initiator: dict[tuple[str, str], str] = {}
-    totals: Totals = defaultdict(lambda: [0, 0, 0, 0, 0])
+    flows: dict[tuple[str, str], tuple[str, set[str], list[int]]] = {}
     for line in out.splitlines():
-        src4, len4, src6, plen6, tcp_stream, udp_stream = line.split("|")
+        src4, len4, src6, plen6, tcp_stream, udp_stream, protocols = line.split("|")
         if not (len4 or plen6) or not (tcp_stream or udp_stream):
             continue
         # IP bytes as the cell counts them: IPv4 total length, IPv6 payload length + its 40-byte header
         src, length = (src4, int(len4.split(",")[0])) if len4 else (src6, int(plen6.split(",")[0]) + 40)
         flow = ("tcp", tcp_stream) if tcp_stream else ("udp", udp_stream)
-        if flow not in initiator:
-            initiator[flow] = src
-            totals[src][4] += 1
-        t = totals[initiator[flow]]
-        sent_by_initiator = src == initiator[flow]
+        if flow not in flows:
+            flows[flow] = (src, set(), [0, 0, 0, 0])
+        initiator, protos, t = flows[flow]
+        protos.update(protocols.split(":"))
+        sent_by_initiator = src == initiator
         t[0 if sent_by_initiator else 1] += length
         t[2 if sent_by_initiator else 3] += 1
+    out_flows = []
+    for (transport, _), (initiator, protos, t) in flows.items():
+        labels = {RULE_FOR[(transport, p)] for p in protos if (transport, p) in RULE_FOR}
+        assert len(labels) <= 1, labels
+        out_flows.append((initiator, labels.pop() if labels else "(none)", t))
+    return out_flows
+
+
+def totals_by(flows: list[tuple[str, str, list[int]]], by_label: bool = False) -> Totals:
+    """tshark's flows summed per initiator (or per label): the four counters and flows."""
+    totals: Totals = defaultdict(lambda: [0, 0, 0, 0, 0])
+    for initiator, label, t in flows:
+        row = totals[label if by_label else initiator]
+        for i in range(4):
+            row[i] += t[i]
+        row[4] += 1
     return dict(totals)
 
 
@@ -115,9 +137,11 @@ def run_cells(cluster: Cluster, tmp: Path, pcap: Path, client: str) -> None:
 def test_cluster_views_equal_one_process_over_both_directions(tmp_path: Path) -> None:
     cap = make_capture(tmp_path)
     assert [cmd for cmd, rc in cap.client_runs if rc != 0] == []
-    expected = tshark_flows(cap.pcap)
+    dissected = tshark_flows(cap.pcap)
+    expected, expected_mix = totals_by(dissected), totals_by(dissected, by_label=True)
     assert set(expected) == set(cap.clients)  # every flow was initiated by a client
-    flows = sum(t[4] for t in expected.values())
+    assert set(expected_mix) == {"http", "dns_udp", "dns_tcp"}
+    flows = len(dissected)
 
     analyzed = subprocess.run([*CELLTAP, "analyze", str(cap.pcap), "-o", str(tmp_path / "logs"), "--quiet"],
                               capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
@@ -153,9 +177,8 @@ def test_cluster_views_equal_one_process_over_both_directions(tmp_path: Path) ->
         assert {r["key"]: [*directed(r), r["records"]] for r in volume["top"]} == expected
 
         mix = top(cluster, "app_mix")
-        by_service = conn_totals(conn, "service")
-        assert {r["key"]: [*directed(r), r["flows"]] for r in mix["top"]} == by_service
-        assert {"http", "dns_udp", "dns_tcp"} <= set(by_service)
+        assert {r["key"]: [*directed(r), r["flows"]] for r in mix["top"]} == expected_mix
+        assert conn_totals(conn, "service") == expected_mix  # conn.log's service agrees
     finally:
         cluster.stop_all()
 
