@@ -397,3 +397,37 @@ def test_one_direction_starttls_is_recognised_by_the_tls_record_that_follows(bed
     after = up[up.index(b"STARTTLS\r\n") + len(b"STARTTLS\r\n") :]
     assert after[:1] == b"\x16"
     assert b"".join(d for _, _, d, _ in analyzer.handed_on) == after
+
+
+def test_celltap_analyze_joins_smtp_files_tls_and_conn(bed, tmp_path, postfix) -> None:
+    """`celltap analyze` (built-in rules) on the bed's capture: every smtp.log and files.log record joins
+    one conn.log record by uid and Community ID; the STARTTLS flow's TLS, handed on through the L7
+    loopback, is in tls.log; the messages postfix queued are the smtp.log records with msg_accepted."""
+    import json
+    import sys
+
+    out = tmp_path / "logs"
+    out.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "celltap.cli", "analyze", bed.pcap, "-o", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def log(name: str) -> list[dict]:
+        path = out / f"{name}.log"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    conn = {r["uid"]: r for r in log("conn")}
+    smtp, files, tls = log("smtp"), log("files"), log("tls")
+    assert {r["id.orig_h"] for r in smtp} == {bed.client(s) for s in smtp_bed.CLIENTS}
+    for rec in smtp + files:
+        assert rec["uid"] in conn and conn[rec["uid"]]["community_id"] == rec["community_id"]
+    assert sorted(f["fuid"] for f in files) == sorted(x for r in smtp for x in r["fuids"])
+    queued = {m["message_id"] for c in postfix.values() for m in c.delivered}
+    accepted = [r for r in smtp if r.get("msg_accepted")]
+    assert {r["msg_id"] for r in accepted} <= queued
+    assert len(accepted) == len(queued) - 1  # the message sent after STARTTLS is encrypted
+    # the TLS after STARTTLS reached the TLS analyzer (either record shape: Zeek's or SF-TAP's)
+    tls_clients = {r.get("id.orig_h") or r.get("client", {}).get("ip") for r in tls}
+    assert bed.client("tls") in tls_clients
