@@ -40,6 +40,7 @@ MAX_HELD = 64 * 1024  # client bytes held while waiting for the reply to DATA/ST
 MAX_PENDING = 10_000  # commands awaiting a reply
 MAX_RCPT = 1000  # Zeek's max_rcptto_addresses
 MAX_AUTH_RESPONSES = 8  # SASL responses kept (to find the user name), each at most MAX_LINE
+MAX_UNDRAINED = 16 * 1024 * 1024  # hand-on bytes kept for a front end that does not drain them
 
 COMMANDS, MESSAGE, CHUNK, ENCRYPTED, CLOSED, BROKEN = range(6)
 BLOCKING = frozenset({"DATA", "STARTTLS", "AUTH", "AUTH_DATA"})
@@ -683,6 +684,20 @@ class SmtpAnalyzer(FlowAnalyzer):
     """Analyzer factory for SMTP flows."""
 
     name = "smtp"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.undrained = 0  # bytes handed on since the front end last drained `handed_on`
+
+    def hand_on(self, flow: FlowId, sender: int, data: bytes, time: float) -> None:
+        """Hand on TLS bytes after STARTTLS; bounded when no front end drains them (counted as dropped)."""
+        if not self.handed_on:
+            self.undrained = 0
+        if self.undrained + len(data) > MAX_UNDRAINED:
+            self.error("hand_on_not_drained")
+            return
+        self.undrained += len(data)
+        super().hand_on(flow, sender, data, time)
 
     def stream(self, flow: FlowId, time: float) -> SmtpFlow:
         """Start parsing a new TCP flow."""

@@ -290,3 +290,32 @@ def test_random_smtp_token_sessions_never_raise(seed: int) -> None:
         recs, _ = session_records(turns, rng.choice([1, 3, 50, 1400]))
         for r in recs:
             orjson.dumps(r)
+
+
+def dropped() -> float:
+    """celltap_analyzer_parse_errors_total{analyzer="smtp", reason="hand_on_not_drained"}."""
+    from prometheus_client import REGISTRY
+
+    labels = {"analyzer": "smtp", "reason": "hand_on_not_drained"}
+    return REGISTRY.get_sample_value("celltap_analyzer_parse_errors_total", labels) or 0.0
+
+
+def test_hand_on_bytes_are_bounded_when_nobody_drains_them() -> None:
+    """crafted: after an accepted STARTTLS, 40 MB of TLS-looking bytes with no front end draining
+    `handed_on` (socket mode today): at most MAX_UNDRAINED kept, the rest counted as dropped."""
+    from cell.analyzers.smtp_analyzer import MAX_UNDRAINED
+
+    s = Session(SmtpAnalyzer())
+    s.feed(encode_text(FLOW, CREATED, 1.0))
+    for sender, data in [*HELLO, (1, b"STARTTLS\r\n"), (2, b"220 go ahead\r\n")]:
+        s.feed(encode_text(FLOW, DATA, 1.0, sender, data))
+    before = dropped()
+    chunk = encode_text(FLOW, DATA, 1.0, 1, b"\x16" + b"t" * 65534)
+    for _ in range(640):
+        s.feed(chunk)
+    kept = sum(len(d) for *_, d, _ in s.analyzer.handed_on)
+    assert MAX_UNDRAINED - 65535 < kept <= MAX_UNDRAINED
+    assert dropped() - before >= 640 - MAX_UNDRAINED // 65535
+    s.analyzer.handed_on = []  # a front end drains: handing on resumes
+    s.feed(chunk)
+    assert sum(len(d) for *_, d, _ in s.analyzer.handed_on) == 65535
