@@ -215,6 +215,8 @@ class TlsFlow:
                 self._handshake(sender, side, mtype, mbody, time)
         elif ctype == 20:
             self._letter(sender, "i")
+            if not self._final_sh():
+                return  # TLS 1.3 middlebox compatibility: a CCS around a HelloRetryRequest
             if sender == self.client and not side.encrypted:
                 self._ticket_resumption()
             side.encrypted = True
