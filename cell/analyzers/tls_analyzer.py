@@ -175,10 +175,12 @@ class TlsFlow:
     def _tls(self, sender: int, side: _Side, data: bytes, time: float) -> None:
         reader = side.reader
         for ctype, length, body in reader.feed(data):
+            if side.mode != "tls":
+                return  # this direction failed (or is done): the rest of its bytes are not read
             if self.ts is None:
                 self.ts = time
             self._record(sender, side, ctype, length, body, time)
-        if reader.error:
+        if reader.error and side.mode == "tls":
             side.mode = "failed"
             self._weird(reader.error, time)
 
