@@ -8,6 +8,7 @@ import time as _time
 from cell.sdk.binary_format import BinaryDecoder
 from cell.sdk.events import Event, WireError
 from cell.sdk.flows import FlowAnalyzer, FlowTable
+from cell.sdk.loopback import LoopbackEncoder
 from cell.sdk.metrics import WIRE_ERRORS, BatchStats
 from cell.sdk.text_format import TextDecoder
 
@@ -28,13 +29,17 @@ def make_decoder(fmt: str, body: bool = True) -> TextDecoder | BinaryDecoder:
 class Session:
     """One analyzer reading one interface; survives reconnects (flows end with reason DISCONNECTED)."""
 
-    def __init__(self, analyzer: FlowAnalyzer, fmt: str = "text", body: bool = True) -> None:
+    def __init__(
+        self, analyzer: FlowAnalyzer, fmt: str = "text", body: bool = True, loopback_format: str = "text"
+    ) -> None:
         self.analyzer = analyzer
         self.fmt = fmt
         self.decoder = make_decoder(fmt, body)
         self.table = FlowTable(analyzer)
         self.stats = BatchStats(analyzer.name)
         self.last_time = 0.0
+        # streams the analyzer hands on to the cell's L7 loopback; the front end takes the bytes
+        self.loopback = LoopbackEncoder(loopback_format)
 
     def feed(self, data: bytes) -> list[dict]:
         """Consume interface bytes; return the records they completed."""
@@ -55,11 +60,25 @@ class Session:
             self.stats.events.update(ev.event for ev in events)
             for key in self.table.handle(events):
                 self.decoder.forget(key)
+            if self.analyzer.handed_on or self.loopback.open:
+                self._hand_on(events)
         return self._drain()
+
+    def _hand_on(self, events: list[Event]) -> None:
+        handed, self.analyzer.handed_on = self.analyzer.handed_on, []
+        self.loopback.hand_on(handed)
+        self.loopback.ended(events)
+
+    def take_loopback(self) -> tuple[bytes, int]:
+        """Interface events for the cell's L7 loopback produced since the last call (bytes, count)."""
+        return self.loopback.take()
 
     def disconnected(self) -> list[dict]:
         """The interface closed: end every flow and return the records that flushes."""
-        self.table.end_all("DISCONNECTED", self.last_time or _time.time())
+        now = self.last_time or _time.time()
+        self.table.end_all("DISCONNECTED", now)
+        self._hand_on([])
+        self.loopback.close_all(now)
         self.decoder = make_decoder(self.fmt, self.decoder.body)
         return self._drain()
 
