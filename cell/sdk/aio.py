@@ -47,7 +47,7 @@ async def run_socket_async(
             await result
 
     session = Session(analyzer, fmt)
-    writer = LoopbackWriter(loopback or default_loopback(path), analyzer.name)
+    lb_writer = LoopbackWriter(loopback or default_loopback(path), analyzer.name)
     while True:
         reader, writer = await connect_unix(path)
         RECONNECTS.labels(analyzer.name).inc()
@@ -57,7 +57,7 @@ async def run_socket_async(
                 if not chunk:
                     break
                 await hand_on(session.feed(chunk))
-                writer.send(*session.take_loopback())
+                lb_writer.send(*session.take_loopback())
         except WireError:
             pass  # logged and counted by the session; reconnecting resynchronises the stream
         except ConnectionError as exc:
@@ -65,7 +65,7 @@ async def run_socket_async(
         finally:
             writer.close()
         await hand_on(session.disconnected())
-        writer.send(*session.take_loopback())
+        lb_writer.send(*session.take_loopback())
         if exit_on_eof:
-            writer.close()
+            lb_writer.close()
             return

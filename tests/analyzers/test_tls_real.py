@@ -13,17 +13,26 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import re
 import subprocess
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
+from cell.analyzers.tls_starttls import StartTls
+from cell.sdk.client import run_socket
+from cell.sdk.events import FlowId
+from cell.sdk.flows import FlowAnalyzer
 from tests.analyzers import cell_path, oracle
-from tests.analyzers.harness import run_analyzer, tshark_fields
+from tests.analyzers.harness import analyzer_cmd, run_analyzer, tshark_fields
 from tests.analyzers.pcap_events import pcap_to_events
 from tests.analyzers.tls_scenarios import make_capture, s_client_facts
+from tests.cell.runner import LiveCell, wait_for
 from tests.conftest import require_root, require_tool
 
 pytestmark = pytest.mark.tshark
@@ -232,6 +241,14 @@ def test_crafted_sslv2_client_hello_answered_by_real_server(capture, records: li
 # ------------------------------------------------------------------ helpers
 
 
+def _connected(path: Path) -> bool:
+    """Has a reader connected to the cell's interface socket (an accepted connection on its path)?"""
+    out = subprocess.run(["ss", "-xH"], capture_output=True, text=True).stdout
+    return sum(str(path) in line for line in out.splitlines()) >= 1 and any(
+        str(path) in line and "ESTAB" in line for line in out.splitlines()
+    )
+
+
 def _by_port(records: list[dict], client_port: int) -> dict:
     recs = [r for r in records if not r.get("_log") and r["id.orig_p"] == client_port]
     assert len(recs) == 1, client_port
@@ -312,3 +329,104 @@ def _openssl_x509(der: bytes) -> dict:
             key = {"DNS": "san.dns", "IP Address": "san.ip", "email": "san.email", "URI": "san.uri"}[kind]
             out.setdefault(key, []).append(value)
     return out
+
+
+# ------------------------------------------------------------------ the L7 loopback (socket mode)
+
+
+class _ImapHandOn(FlowAnalyzer):
+    """A stand-in for an analyzer that hands TLS on (as the SMTP and HTTP analyzers do): it finds
+    IMAP's STARTTLS switch with the TLS analyzer's own scanner and hands every later byte on."""
+
+    name = "imap_handon"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flows: list[FlowId] = []
+
+    def stream(self, flow: FlowId, time: float) -> _ImapStream:
+        self.flows.append(flow)
+        return _ImapStream(self, flow)
+
+
+class _ImapStream:
+    def __init__(self, analyzer: _ImapHandOn, flow: FlowId) -> None:
+        self.analyzer, self.flow, self.scan, self.tls = analyzer, flow, StartTls(), False
+
+    def data(self, sender: int, data: bytes, time: float) -> None:
+        if self.tls:
+            self.analyzer.hand_on(self.flow, sender, data, time)
+            return
+        switched = self.scan.feed(sender, data)
+        if switched is not None:
+            self.tls = True
+            for d, rest in sorted(switched.items(), key=lambda kv: kv[0] != self.scan.server):
+                if rest:
+                    self.analyzer.hand_on(self.flow, d, rest, time)
+
+    def end(self, reason: str, time: float) -> None:
+        pass
+
+
+def test_starttls_handed_on_through_the_l7_loopback(capture, tmp_path: Path) -> None:
+    """An analyzer hands IMAP's post-STARTTLS bytes on; the SDK writes them to the cell's loopback7;
+    the cell classifies them anew (hop 1) to the TLS analyzer, whose record has the IMAP flow's uid."""
+    pcap, _, outs = capture
+    if len(outs) < 3:
+        pytest.skip("dovecot is not installed (scripts/system-packages.txt: dovecot-imapd, dovecot-pop3d)")
+    home = tmp_path / "home"
+    cfg = {
+        "global": {"home": str(home), "timeout": 60},
+        "loopback7": {"if": "loopback7", "format": "text"},
+        "pcap": {"if": "pcap"},
+        # the TLS rule first (nice 5): the hop-1 stream on port 143 must not go back to imap
+        "tls": {"proto": "TCP", "up": "^\\x16\\x03[\\x00-\\x04]..\\x01", "if": "tls", "nice": 5},
+        "imap": {"proto": "TCP", "port": "143", "if": "imap", "nice": 10},
+    }
+    (tmp_path / "cell.yaml").write_text(yaml.safe_dump(cfg))
+    cell = LiveCell(tmp_path / "cell.yaml", home)
+    stop = threading.Event()
+    imap = _ImapHandOn()
+    out = tmp_path / "tls.jsonl"
+    tls = None
+    try:
+        for s in ("tcp/tls", "tcp/imap", "loopback7", "pcap"):
+            cell.wait_socket(s)
+        tls = subprocess.Popen(analyzer_cmd("tls", str(home / "tcp/tls"), str(out), "text", "--exit-on-eof"))
+        th = threading.Thread(
+            target=run_socket,
+            args=(str(home / "tcp/imap"), imap, lambda r: None),
+            kwargs={"exit_on_eof": True, "stop": stop},
+            daemon=True,
+        )
+        th.start()
+        for s in ("tcp/tls", "tcp/imap"):  # the cell drops the events of an interface without a reader
+            wait_for(lambda s=s: _connected(home / s), timeout=30, what=f"a reader on {s}")
+        cell.inject_pcap(pcap)
+
+        def imap_records() -> list[dict]:
+            if not out.exists():
+                return []
+            return [
+                r
+                for r in map(json.loads, out.read_text().splitlines())
+                if r.get("server_name") == "imap.tls.test"
+            ]
+
+        wait_for(lambda: imap_records(), timeout=30, what="the TLS record of the handed-on IMAP stream")
+        m = cell.metrics()
+        assert [v for k, v in m.items() if k.startswith("celltap_cell_loopback_events_total")][0] > 0
+    finally:
+        code, err = cell.stop()
+        stop.set()
+        if tls is not None:
+            tls.wait(30)
+    assert code == 0, err
+    [rec] = imap_records()
+    [flow] = [f for f in imap.flows if f.port1 == 143 or f.port2 == 143]
+    assert rec["uid"] == flow.uid and rec["uid"], (flow, rec["ts"], imap.flows)
+    assert (
+        rec["id.resp_p"] == 143 and "starttls" not in rec
+    )  # plain TLS to the analyzer: the switch was upstream
+    facts = s_client_facts(outs[0])
+    assert rec["version"] == S_CLIENT_VERSIONS[facts["protocol"]] and rec["established"] is True
