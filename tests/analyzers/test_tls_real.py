@@ -17,7 +17,6 @@ import json
 import re
 import subprocess
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -415,7 +414,7 @@ def test_starttls_handed_on_through_the_l7_loopback(capture, tmp_path: Path) -> 
 
         wait_for(lambda: imap_records(), timeout=30, what="the TLS record of the handed-on IMAP stream")
         m = cell.metrics()
-        assert [v for k, v in m.items() if k.startswith("celltap_cell_loopback_events_total")][0] > 0
+        assert next(v for k, v in m.items() if k.startswith("celltap_cell_loopback_events_total")) > 0
     finally:
         code, err = cell.stop()
         stop.set()
