@@ -36,9 +36,16 @@ from tests.conftest import require_root, require_tool
 
 pytestmark = pytest.mark.tshark
 
+SERVER_PORTS = (443, 4433, 143, 110, 25)
 S_CLIENT_VERSIONS = {"TLSv1": "TLSv10", "TLSv1.1": "TLSv11", "TLSv1.2": "TLSv12", "TLSv1.3": "TLSv13"}
 # RFC 8446 6.2 names of the alerts these scenarios provoke (tshark reports the number)
-ALERT_NAMES = {48: "unknown_ca", 42: "bad_certificate", 40: "handshake_failure", 0: "close_notify"}
+ALERT_NAMES = {
+    48: "unknown_ca",
+    42: "bad_certificate",
+    40: "handshake_failure",
+    0: "close_notify",
+    50: "decode_error",
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +65,7 @@ def records(request: pytest.FixtureRequest, capture, tmp_path_factory: pytest.Te
     if importlib.util.find_spec("cell.cli") is None:
         pytest.skip("celltap cell is not built yet (cell/cli.py missing)")
     mp = pytest.MonkeyPatch()
-    mp.setitem(cell_path.RULES, "tls", [("TCP", "443,4433,143,110", None, None)])
+    mp.setitem(cell_path.RULES, "tls", [("TCP", "443,4433,143,110,25", None, None)])
     try:
         return cell_path.cell_records("tls", pcap, tmp, "text")
     finally:
@@ -129,7 +136,7 @@ def test_zeek_fields_of_the_scenarios(capture, records: list[dict]) -> None:
             "tls.handshake.server_named_curve",
         ],
     ):
-        if int(r["tcp.srcport"][0]) == 4433:
+        if int(r["tcp.srcport"][0]) == 4433 or int(r["tcp.dstport"][0]) == 4433:
             continue  # the SSLv2 flow's own test reads it
         value = (
             r["tls.handshake.extensions_key_share_group"] or r["tls.handshake.server_named_curve"] or [None]
@@ -139,10 +146,13 @@ def test_zeek_fields_of_the_scenarios(capture, records: list[dict]) -> None:
         rec = _by_port(records, int(r["tcp.dstport"][0]))
         assert rec["curve"] == groups[int(value[-1], 0)], rec["server_name"]
     assert "curve" not in by_sni["dhe.tls.test"][0]  # finite-field DHE: no named group
-    alerts = tshark_fields(pcap, "tls.alert_message.desc", ["tcp.srcport", "tls.alert_message.desc"])
+    alerts = tshark_fields(
+        pcap, "tls.alert_message.desc", ["tcp.srcport", "tcp.dstport", "tls.alert_message.desc"]
+    )
     assert alerts, "the rejecting client sent no plaintext alert"
     for a in alerts:
-        rec = _by_port(records, int(a["tcp.srcport"][0]))
+        sport, dport = int(a["tcp.srcport"][0]), int(a["tcp.dstport"][0])
+        rec = _by_port(records, dport if sport in SERVER_PORTS else sport)
         assert rec["last_alert"] == ALERT_NAMES[int(a["tls.alert_message.desc"][-1])]
         assert rec["established"] is False
     # ALPN: in TLS 1.3 the server's choice is in the encrypted EncryptedExtensions (tshark sees none)
@@ -163,7 +173,7 @@ def test_certificates_match_tshark_and_openssl(capture, records: list[dict]) -> 
     for row in rows:
         ders = [bytes.fromhex(h.replace(":", "")) for h in row["tls.handshake.certificate"]]
         sport, dport = int(row["tcp.srcport"][0]), int(row["tcp.dstport"][0])
-        server_sent = sport in (443, 4433, 143, 110)
+        server_sent = sport in SERVER_PORTS
         rec = _by_port(records, dport if server_sent else sport)
         fps = [hashlib.sha256(d).hexdigest() for d in ders]
         assert rec["cert_chain_fps" if server_sent else "client_cert_chain_fps"] == fps
@@ -181,19 +191,20 @@ def test_certificates_match_tshark_and_openssl(capture, records: list[dict]) -> 
     assert seen >= 20
 
 
-def test_starttls_imap_pop3_from_dovecot(capture, records: list[dict]) -> None:
-    """dovecot's STARTTLS (IMAP) and STLS (POP3): the TLS after the switch is found and matches s_client."""
-    _, _, outs = capture
-    by_sni = _ssl(records)
-    if "imap.tls.test" not in by_sni and len(outs) < 3:
-        pytest.skip("dovecot is not installed (scripts/system-packages.txt: dovecot-imapd, dovecot-pop3d)")
-    for sni, out in (("imap.tls.test", outs[0]), ("pop3.tls.test", outs[1])):
-        rec = by_sni[sni][0]
-        facts = s_client_facts(out)
-        assert rec["starttls"] is True
-        assert rec["version"] == S_CLIENT_VERSIONS[facts["protocol"]]
-        assert rec["established"] is True
-        assert rec["id.resp_p"] == (143 if sni.startswith("imap") else 110)
+@pytest.mark.parametrize(("name", "port"), [("imap", 143), ("pop3", 110), ("smtp", 25)])
+def test_starttls_dovecot_and_postfix(capture, records: list[dict], name: str, port: int) -> None:
+    """dovecot's STARTTLS (IMAP) and STLS (POP3), postfix's STARTTLS (SMTP), driven by `openssl
+    s_client -starttls`: the TLS after the switch is found by the scanner and matches s_client."""
+    _, _, others = capture
+    if name not in others:
+        server = "postfix" if name == "smtp" else "dovecot (dovecot-imapd, dovecot-pop3d)"
+        pytest.skip(f"{server} is not installed (scripts/system-packages.txt)")
+    rec = _ssl(records)[f"{name}.tls.test"][0]
+    facts = s_client_facts(others[name])
+    assert rec["starttls"] is True and rec["id.resp_p"] == port
+    assert rec["version"] == S_CLIENT_VERSIONS[facts["protocol"]]
+    assert rec["cipher"] == _openssl_stdnames()[facts["cipher_openssl"]]
+    assert rec["established"] is True and rec["cert_chain_fps"]
 
 
 def test_crafted_sslv2_client_hello_answered_by_real_server(capture, records: list[dict]) -> None:
@@ -370,8 +381,8 @@ class _ImapStream:
 def test_starttls_handed_on_through_the_l7_loopback(capture, tmp_path: Path) -> None:
     """An analyzer hands IMAP's post-STARTTLS bytes on; the SDK writes them to the cell's loopback7;
     the cell classifies them anew (hop 1) to the TLS analyzer, whose record has the IMAP flow's uid."""
-    pcap, _, outs = capture
-    if len(outs) < 3:
+    pcap, _, others = capture
+    if "imap" not in others:
         pytest.skip("dovecot is not installed (scripts/system-packages.txt: dovecot-imapd, dovecot-pop3d)")
     home = tmp_path / "home"
     cfg = {
@@ -427,5 +438,5 @@ def test_starttls_handed_on_through_the_l7_loopback(capture, tmp_path: Path) -> 
     assert (
         rec["id.resp_p"] == 143 and "starttls" not in rec
     )  # plain TLS to the analyzer: the switch was upstream
-    facts = s_client_facts(outs[0])
+    facts = s_client_facts(others["imap"])
     assert rec["version"] == S_CLIENT_VERSIONS[facts["protocol"]] and rec["established"] is True

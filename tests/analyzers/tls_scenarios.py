@@ -9,10 +9,13 @@ manifest as a second oracle next to tshark.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,20 +231,29 @@ def run_dovecot(bed: TlsBed, d: Path, c: dict[str, Path]) -> list[str]:
     return outs
 
 
-def make_capture(workdir: Path, with_dovecot: bool = True) -> tuple[Path, list[Scenario], list[str]]:
-    """Run every scenario in one bed; return the pcap, the scenarios (with s_client's output) and the
-    STARTTLS clients' outputs."""
+def make_capture(workdir: Path) -> tuple[Path, list[Scenario], dict[str, str]]:
+    """Run every scenario in one bed; return the pcap, the s_server/s_client scenarios (with
+    s_client's output) and the other clients' outputs by name (imap, pop3, smtp, sslv2)."""
     c = certificates(workdir / "certs")
     scs = scenarios(c, workdir)
-    starttls: list[str] = []
+    others: dict[str, str] = {}
     with tls_bed(workdir) as bed:
         for sc in scs:
             run_scenario(bed, sc)
-        if with_dovecot and shutil.which("dovecot"):
-            starttls = run_dovecot(bed, workdir / "dovecot", c)
-        starttls.append(run_sslv2(bed, c))
+        if shutil.which("dovecot"):
+            others["imap"], others["pop3"] = run_dovecot(bed, workdir / "dovecot", c)
+        others["sslv2"] = run_sslv2(bed, c)
+        if shutil.which("postfix"):
+            # postfix's unprivileged daemons must reach the queue: pytest's 0700 tree would not do
+            pdir = Path(tempfile.mkdtemp(prefix="celltap-tls-postfix-"))
+            try:
+                os.chmod(pdir, 0o755)
+                others["smtp"] = run_postfix(bed, pdir, c)
+                shutil.copy(pdir / "maillog", workdir / "postfix-maillog")
+            finally:
+                shutil.rmtree(pdir, ignore_errors=True)
         pcap = bed.finish()
-    return pcap, scs, starttls
+    return pcap, scs, others
 
 
 # ------------------------------------------------------------------ SSLv2-format ClientHello (crafted)
@@ -305,3 +317,82 @@ def run_sslv2(bed: TlsBed, c: dict[str, Path], port: int = 4433) -> str:
         return p.stdout.strip()
     finally:
         bed.stop(srv)
+
+
+# ------------------------------------------------------------------ STARTTLS with postfix (SMTP)
+
+
+def postfix_conf(d: Path, c: dict[str, Path]) -> Path:
+    """A postfix instance of our own: config dir, queue, TLS with the test chain, no chroot."""
+    etc = d / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    full = d / "fullchain.pem"
+    full.write_text(c["leaf"].read_text() + c["chain"].read_text())
+    master = Path("/etc/postfix/master.cf").read_text().splitlines()
+    out = []
+    for line in master:  # column 5 (chroot) -> n: our queue directory has no chroot files
+        parts = line.split()
+        if len(parts) >= 8 and not line[0].isspace() and not line.startswith("#"):
+            parts[4] = "n"
+            line = "  ".join(parts)
+        out.append(line)
+    (etc / "master.cf").write_text("\n".join(out) + "\n")
+    (etc / "main.cf").write_text(
+        f"""compatibility_level = 3.6
+queue_directory = {d}/spool
+data_directory = {d}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mx.tls.test
+mydestination =
+relay_domains =
+local_recipient_maps =
+inet_interfaces = {SERVER_IP}
+inet_protocols = ipv4
+mynetworks = 10.213.0.0/24
+smtpd_tls_cert_file = {full}
+smtpd_tls_key_file = {c["leaf"].with_suffix(".key")}
+smtpd_tls_security_level = may
+maillog_file = /dev/stdout
+alias_maps =
+alias_database =
+smtputf8_enable = no
+"""
+    )
+    return etc
+
+
+def run_postfix(bed: TlsBed, d: Path, c: dict[str, Path]) -> str:
+    """`openssl s_client -starttls smtp` against a real postfix (master in the foreground, by PID)."""
+    etc = postfix_conf(d, c)
+    for sub in ("spool", "data"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    subprocess.run(["chown", "postfix", str(d / "data")], check=False)
+    log = (d / "maillog").open("wb")  # start-fg: master in the foreground, logging to stdout
+    srv = bed.start("s", ["postfix", "-c", str(etc), "start-fg"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        bed.wait_port(25, timeout=20)
+        argv = [
+            "openssl",
+            "s_client",
+            "-starttls",
+            "smtp",
+            "-connect",
+            f"{SERVER_IP}:25",
+            "-servername",
+            "smtp.tls.test",
+            "-ign_eof",
+            "-tls1_2",
+        ]
+        p = subprocess.run(bed.ns("c", *argv), input=b"QUIT\r\n", capture_output=True, timeout=30)
+        return p.stdout.decode(errors="replace")
+    finally:
+        # start-fg runs master as a child of postfix-script: stop master (its PID file) first
+        pidfile = d / "spool" / "pid" / "master.pid"
+        try:
+            os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+            time.sleep(0.5)
+        except (OSError, ValueError, IndexError):
+            pass
+        bed.stop(srv)
+        log.close()
