@@ -241,6 +241,14 @@ def tshark_cipher_names() -> dict[int, str]:
     return names
 
 
+def ja4s_from_fields(version: int, exts: list[int], alpn: str, cipher: int) -> str:
+    """JA4S computed from tshark's dissected ServerHello fields, from the FoxIO spec independently of ours."""
+    vmap = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3"}
+    a = (alpn[0] + alpn[-1]) if alpn else "00"
+    c = hashlib.sha256(",".join(f"{e:04x}" for e in exts).encode()).hexdigest()[:12] if exts else "0" * 12
+    return f"t{vmap.get(version, '00')}{len(exts):02d}{a}_{cipher:04x}_{c}"
+
+
 def tls_tshark(pcap: str) -> dict:
     """Per client endpoint: SNI, ALPN, offered and chosen ciphers, versions, JA3, JA3S, JA4."""
     out: dict = {}
@@ -294,17 +302,20 @@ def tls_tshark(pcap: str) -> dict:
             "tls.handshake.extensions.supported_version",
             "tls.handshake.extensions_alpn_str",
             "tls.handshake.version",
+            "tls.handshake.extension.type",
         ],
     ):
         key = (_one(r["ip.dst"]), int(_one(r["tcp.dstport"])))
         sv = _hexlist(r["tls.handshake.extensions.supported_version"])
         cipher = int(_one(r["tls.handshake.ciphersuite"]), 0)
         version = sv[0] if sv else int(_one(r["tls.handshake.version"]), 0)
+        exts = [int(x) for x in r["tls.handshake.extension.type"]]
         out.setdefault(key, {}).update(
             {
                 "cipher": names.get(cipher, f"unknown-{cipher}"),
                 "version": ZEEK_VERSIONS.get(version, f"unknown-{version}"),
                 "ja3s": _one(r["tls.handshake.ja3s"]),
+                "ja4s": ja4s_from_fields(version, exts, _one(r["tls.handshake.extensions_alpn_str"]), cipher),
                 "selected_version": sv[0] if sv else None,
                 "server_alpn": _one(r["tls.handshake.extensions_alpn_str"]) or None,
             }
@@ -337,6 +348,7 @@ def tls_ours(records: list[dict]) -> dict:
                     "cipher": rec["cipher"],
                     "version": rec["version"],
                     "ja3s": rec["ja3s"],
+                    "ja4s": rec["ja4s"],
                     "selected_version": rec.get("server_supported_version"),
                     "server_alpn": rec.get("next_protocol"),
                 }

@@ -207,6 +207,27 @@ def test_starttls_dovecot_and_postfix(capture, records: list[dict], name: str, p
     assert rec["established"] is True and rec["cert_chain_fps"]
 
 
+def test_curl_against_nginx(capture, records: list[dict]) -> None:
+    """curl's own report (-v) of two handshakes with nginx: protocol, cipher, ALPN offered and accepted
+    (visible to a passive observer in TLS 1.2 only)."""
+    _, _, others = capture
+    if "curl13" not in others:
+        pytest.skip("nginx or curl is not installed (scripts/system-packages.txt)")
+    stdnames = _openssl_stdnames()
+    recs = _ssl(records)["www.tls.test"]
+    assert len(recs) == 2
+    for rec, out in zip(recs, (others["curl13"], others["curl12"]), strict=True):
+        m = re.search(r"SSL connection using (\S+) / (\S+)", out)
+        assert m, out[-500:]
+        assert rec["version"] == S_CLIENT_VERSIONS[m.group(1)]
+        assert rec["cipher"] == stdnames.get(m.group(2), m.group(2))
+        offered = re.search(r"ALPN: offers (\S+)", out).group(1).split(",")
+        accepted = re.search(r"ALPN: server accepted (\S+)", out).group(1)
+        assert rec["orig_alpn"] == offered
+        assert rec.get("next_protocol") == (accepted if rec["version"] != "TLSv13" else None)
+        assert rec["established"] is True and rec["server_name"] == "www.tls.test"
+
+
 def test_crafted_sslv2_client_hello_answered_by_real_server(capture, records: list[dict]) -> None:
     """crafted: an SSLv2-format ClientHello (no tool sends one) to a real s_server, which answers TLS 1.0."""
     pcap = str(capture[0])

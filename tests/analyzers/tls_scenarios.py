@@ -240,6 +240,8 @@ def make_capture(workdir: Path) -> tuple[Path, list[Scenario], dict[str, str]]:
     with tls_bed(workdir) as bed:
         for sc in scs:
             run_scenario(bed, sc)
+        if shutil.which("nginx") and shutil.which("curl"):
+            others["curl13"], others["curl12"] = run_nginx(bed, workdir / "nginx", c)
         if shutil.which("dovecot"):
             others["imap"], others["pop3"] = run_dovecot(bed, workdir / "dovecot", c)
         others["sslv2"] = run_sslv2(bed, c)
@@ -396,3 +398,61 @@ def run_postfix(bed: TlsBed, d: Path, c: dict[str, Path]) -> str:
             pass
         bed.stop(srv)
         log.close()
+
+
+# ------------------------------------------------------------------ curl against nginx
+
+
+def run_nginx(bed: TlsBed, d: Path, c: dict[str, Path]) -> list[str]:
+    """curl (TLS 1.3, and TLS 1.2 where the server's ALPN choice is visible) against a real nginx."""
+    d.mkdir(parents=True, exist_ok=True)
+    full = d / "fullchain.pem"
+    full.write_text(c["leaf"].read_text() + c["chain"].read_text())
+    conf = d / "nginx.conf"
+    conf.write_text(
+        f"""daemon off;
+user root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{
+    listen {SERVER_IP}:443 ssl http2;
+    server_name www.tls.test;
+    ssl_certificate {full};
+    ssl_certificate_key {c["leaf"].with_suffix(".key")};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{ return 200 "hello from nginx\\n"; }}
+  }}
+}}
+"""
+    )
+    srv = bed.start("s", ["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    outs = []
+    try:
+        bed.wait_port(443)
+        for extra in (["--tlsv1.3"], ["--tls-max", "1.2"]):
+            argv = [
+                "curl",
+                "-sS",
+                "-v",
+                "--resolve",
+                f"www.tls.test:443:{SERVER_IP}",
+                "--cacert",
+                str(c["root"]),
+                *extra,
+                "https://www.tls.test/",
+            ]
+            p = subprocess.run(bed.ns("c", *argv), capture_output=True, text=True, timeout=30)
+            outs.append(p.stdout + p.stderr)
+            time.sleep(0.1)
+    finally:
+        bed.stop(srv)
+    return outs
