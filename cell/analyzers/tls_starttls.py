@@ -56,6 +56,9 @@ class StartTls:
             return None
         if self.client == sender:
             self.pending += data
+            if len(self.pending) > MAX_PLAINTEXT:  # a reply that never comes: bounded, give up
+                self.failed = True
+                self.pending = b""
             return None
         self.scanned[sender] += len(data)
         if self.scanned[sender] > MAX_PLAINTEXT:

@@ -201,3 +201,12 @@ def test_names_agree_with_openssl_stdnames() -> None:
             seen += 1
     assert seen > 100
     assert GROUPS[29] == "x25519" and GROUPS[23] == "secp256r1"
+
+
+def test_starttls_without_reply_is_bounded() -> None:
+    s = StartTls()
+    s.feed(2, b"220 mx\r\n")
+    s.feed(1, b"STARTTLS\r\n")
+    for _ in range(100):
+        s.feed(1, bytes(1024))
+    assert s.failed and len(s.pending) == 0
