@@ -292,6 +292,8 @@ class TlsFlow:
             self.fields["resumed"] = True
 
     def _certificates(self, sender: int, ders: list[bytes], time: float) -> None:
+        if not ders:
+            return  # an empty Certificate (a client asked for one that has none): Zeek sets nothing
         is_server = sender != self.client
         fps = []
         for i, der in enumerate(ders):

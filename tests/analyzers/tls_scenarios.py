@@ -233,7 +233,8 @@ def run_dovecot(bed: TlsBed, d: Path, c: dict[str, Path]) -> list[str]:
 
 def make_capture(workdir: Path) -> tuple[Path, list[Scenario], dict[str, str]]:
     """Run every scenario in one bed; return the pcap, the s_server/s_client scenarios (with
-    s_client's output) and the other clients' outputs by name (imap, pop3, smtp, sslv2)."""
+    s_client's output) and the other clients' outputs by name (curl13, curl12, imap, pop3, ftp, smtp,
+    sslv2)."""
     c = certificates(workdir / "certs")
     scs = scenarios(c, workdir)
     others: dict[str, str] = {}
@@ -244,6 +245,8 @@ def make_capture(workdir: Path) -> tuple[Path, list[Scenario], dict[str, str]]:
             others["curl13"], others["curl12"] = run_nginx(bed, workdir / "nginx", c)
         if shutil.which("dovecot"):
             others["imap"], others["pop3"] = run_dovecot(bed, workdir / "dovecot", c)
+        if shutil.which("vsftpd"):
+            others["ftp"] = run_vsftpd(bed, workdir / "vsftpd", c)
         others["sslv2"] = run_sslv2(bed, c)
         if shutil.which("postfix"):
             # postfix's unprivileged daemons must reach the queue: pytest's 0700 tree would not do
@@ -456,3 +459,55 @@ http {{
     finally:
         bed.stop(srv)
     return outs
+
+
+# ------------------------------------------------------------------ FTP AUTH TLS with vsftpd
+
+
+def run_vsftpd(bed: TlsBed, d: Path, c: dict[str, Path]) -> str:
+    """`openssl s_client -starttls ftp` (AUTH TLS) against a real vsftpd in the foreground."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "empty").mkdir(exist_ok=True)
+    full = d / "fullchain.pem"
+    full.write_text(c["leaf"].read_text() + c["chain"].read_text())
+    conf = d / "vsftpd.conf"
+    conf.write_text(
+        f"""listen=YES
+listen_ipv6=NO
+listen_address={SERVER_IP}
+background=NO
+anonymous_enable=YES
+anon_root={d}/empty
+allow_anon_ssl=YES
+no_anon_password=YES
+local_enable=NO
+ssl_enable=YES
+rsa_cert_file={full}
+rsa_private_key_file={c["leaf"].with_suffix(".key")}
+ssl_tlsv1=YES
+require_ssl_reuse=NO
+secure_chroot_dir={d}/empty
+vsftpd_log_file={d}/vsftpd.log
+xferlog_enable=NO
+seccomp_sandbox=NO
+"""
+    )
+    srv = bed.start("s", ["vsftpd", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        bed.wait_port(21)
+        argv = [
+            "openssl",
+            "s_client",
+            "-starttls",
+            "ftp",
+            "-connect",
+            f"{SERVER_IP}:21",
+            "-servername",
+            "ftp.tls.test",
+            "-ign_eof",
+            "-tls1_2",
+        ]
+        p = subprocess.run(bed.ns("c", *argv), input=b"QUIT\r\n", capture_output=True, timeout=30)
+        return p.stdout.decode(errors="replace")
+    finally:
+        bed.stop(srv)
