@@ -46,7 +46,7 @@ async def run_socket_async(
         if asyncio.iscoroutine(result):
             await result
 
-    session = Session(analyzer, fmt)
+    session = Session(analyzer, fmt, loopback_format="text")
     lb_writer = LoopbackWriter(loopback or default_loopback(path), analyzer.name)
     while True:
         reader, writer = await connect_unix(path)

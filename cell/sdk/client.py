@@ -55,7 +55,7 @@ def run_socket(
     Streams the analyzer hands on go to the cell's L7 loopback socket `loopback` (default: the
     `loopback7` socket of the cell whose interface `path` is, `<home>/tcp/<if>` -> `<home>/loopback7`).
     """
-    session = Session(analyzer, fmt)
+    session = Session(analyzer, fmt, loopback_format="text")
     writer = LoopbackWriter(loopback or default_loopback(path), analyzer.name)
     while stop is None or not stop.is_set():
         try:

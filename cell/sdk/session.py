@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time as _time
+from collections import Counter
 
 from cell.sdk.binary_format import BinaryDecoder
 from cell.sdk.events import Event, WireError
@@ -30,16 +31,26 @@ class Session:
     """One analyzer reading one interface; survives reconnects (flows end with reason DISCONNECTED)."""
 
     def __init__(
-        self, analyzer: FlowAnalyzer, fmt: str = "text", body: bool = True, loopback_format: str = "text"
+        self,
+        analyzer: FlowAnalyzer,
+        fmt: str = "text",
+        body: bool = True,
+        table: FlowTable | None = None,
+        loopback_format: str | None = None,
     ) -> None:
         self.analyzer = analyzer
         self.fmt = fmt
         self.decoder = make_decoder(fmt, body)
-        self.table = FlowTable(analyzer)
+        self.table = table if table is not None else FlowTable(analyzer)
         self.stats = BatchStats(analyzer.name)
         self.last_time = 0.0
-        # streams the analyzer hands on to the cell's L7 loopback; the front end takes the bytes
-        self.loopback = LoopbackEncoder(loopback_format)
+        # run totals of parse errors and dropped events (the per-batch counts go to Prometheus)
+        self.error_totals: Counter[str] = Counter()
+        self.dropped_totals: Counter[str] = Counter()
+        # with a loopback format (socket front ends): streams the analyzer hands on become events for
+        # the cell's L7 loopback, taken by the front end; without (in-process `celltap analyze`), the
+        # owner drains `analyzer.handed_on` itself
+        self.loopback = LoopbackEncoder(loopback_format) if loopback_format else None
 
     def feed(self, data: bytes) -> list[dict]:
         """Consume interface bytes; return the records they completed."""
@@ -60,25 +71,27 @@ class Session:
             self.stats.events.update(ev.event for ev in events)
             for key in self.table.handle(events):
                 self.decoder.forget(key)
-            if self.analyzer.handed_on or self.loopback.open:
-                self._hand_on(events)
+            lb = self.loopback
+            if lb is not None and (self.analyzer.handed_on or lb.open):
+                self._hand_on(lb, events)
         return self._drain()
 
-    def _hand_on(self, events: list[Event]) -> None:
+    def _hand_on(self, lb: LoopbackEncoder, events: list[Event]) -> None:
         handed, self.analyzer.handed_on = self.analyzer.handed_on, []
-        self.loopback.hand_on(handed)
-        self.loopback.ended(events)
+        lb.hand_on(handed)
+        lb.ended(events)
 
     def take_loopback(self) -> tuple[bytes, int]:
         """Interface events for the cell's L7 loopback produced since the last call (bytes, count)."""
-        return self.loopback.take()
+        return self.loopback.take() if self.loopback is not None else (b"", 0)
 
     def disconnected(self) -> list[dict]:
         """The interface closed: end every flow and return the records that flushes."""
         now = self.last_time or _time.time()
         self.table.end_all("DISCONNECTED", now)
-        self._hand_on([])
-        self.loopback.close_all(now)
+        if self.loopback is not None:
+            self._hand_on(self.loopback, [])
+            self.loopback.close_all(now)
         self.decoder = make_decoder(self.fmt, self.decoder.body)
         return self._drain()
 
@@ -89,5 +102,7 @@ class Session:
         else:
             records = []  # never hand out the analyzer's own list: it keeps growing
         self.stats.records += len(records)
+        self.error_totals.update(self.analyzer.errors)
+        self.dropped_totals.update(self.table.dropped)
         self.stats.flush(self.analyzer.errors, self.table.dropped)
         return records
