@@ -16,6 +16,7 @@ import importlib.util
 import json
 import re
 import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -464,3 +465,37 @@ def test_starttls_handed_on_through_the_l7_loopback(capture, tmp_path: Path) -> 
     )  # plain TLS to the analyzer: the switch was upstream
     facts = s_client_facts(others["imap"])
     assert rec["version"] == S_CLIENT_VERSIONS[facts["protocol"]] and rec["established"] is True
+
+
+def test_celltap_analyze_tls_and_x509_join_conn(capture, tmp_path: Path) -> None:
+    """`celltap analyze` on the capture (default rules): every tls and x509 record joins exactly one
+    conn record by uid and Community ID; the IMAP/POP3/FTP connections' TLS is found through the
+    default tls_starttls rule. (SMTP's TLS reaches tls.log only once the SMTP analyzer hands it on.)"""
+    pcap, scenarios, others = capture
+    out = tmp_path / "logs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "celltap.cli", "analyze", str(pcap), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    conn = [json.loads(line) for line in (out / "conn.log").read_text().splitlines()]
+    by_uid = {c["uid"]: c for c in conn}
+    assert len(by_uid) == len(conn)
+    tls = [json.loads(line) for line in (out / "tls.log").read_text().splitlines()]
+    x509 = [json.loads(line) for line in (out / "x509.log").read_text().splitlines()]
+    for rec in tls + x509:
+        c = by_uid[rec["uid"]]
+        assert rec["community_id"] == c["community_id"]
+        assert (rec["id.orig_h"], rec["id.orig_p"], rec["id.resp_h"], rec["id.resp_p"]) == (
+            c["id.orig_h"],
+            c["id.orig_p"],
+            c["id.resp_h"],
+            c["id.resp_p"],
+        )
+    snis = {r.get("server_name") for r in tls}
+    assert {sc.sni for sc in scenarios} <= snis
+    for name in ("imap", "pop3", "ftp"):
+        if name in others:
+            assert f"{name}.tls.test" in snis
