@@ -69,24 +69,27 @@ def http_tshark(pcap: str) -> tuple[dict, dict]:
 
 
 def http_ours(records: list[dict]) -> tuple[dict, dict]:
-    """The same facts from HTTP analyzer records."""
+    """The same facts from HTTP analyzer records (Zeek http.log shape; weird records skipped).
+
+    Mapping: request line = (method, original_uri or uri, "HTTP/" + request_version); host = host;
+    status line = ("HTTP/" + version, str(status_code), status_msg), interim 1xx ones from
+    `informational`.
+    """
     reqs: dict = defaultdict(list)
     resps: dict = defaultdict(list)
     for rec in records:
-        if "error" in rec:
+        if rec.get("_log"):
             continue
-        c, s = rec["client"], rec["server"]
-        key = (c["ip"], c["port"], s["ip"], s["port"])
-        if "method" in c:
-            m = c["method"]
-            reqs[key].append((m["method"], m["uri"], m["ver"]))
-            if "host" in c["header"]:
-                reqs[(*key, "hosts")].append(c["header"]["host"])
+        key = (rec["id.orig_h"], str(rec["id.orig_p"]), rec["id.resp_h"], str(rec["id.resp_p"]))
+        if "method" in rec and "request_version" in rec and "uri" in rec:
+            uri = rec.get("original_uri", rec["uri"])
+            reqs[key].append((rec["method"], uri, "HTTP/" + rec["request_version"]))
+            if "host" in rec:
+                reqs[(*key, "hosts")].append(rec["host"])
         for info in rec.get("informational", []):
-            resps[key].append((info["ver"], info["code"], info["msg"]))
-        if "response" in s:
-            r = s["response"]
-            resps[key].append((r["ver"], r["code"], r["msg"]))
+            resps[key].append(("HTTP/" + info["version"], str(info["code"]), info["msg"]))
+        if "status_code" in rec:
+            resps[key].append(("HTTP/" + rec["version"], str(rec["status_code"]), rec["status_msg"]))
     return dict(reqs), dict(resps)
 
 
