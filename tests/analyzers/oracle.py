@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
 from collections import defaultdict
+from functools import lru_cache
 
 from tests.analyzers.harness import tshark_fields
 
@@ -138,6 +140,37 @@ def ja4_from_fields(
     return f"{head}_{b}_{c}"
 
 
+# Zeek's version strings, from the numbers (RFC 6101, 2246, 4346, 5246, 8446): independent of ours
+ZEEK_VERSIONS = {
+    0x0002: "SSLv2",
+    0x0300: "SSLv3",
+    0x0301: "TLSv10",
+    0x0302: "TLSv11",
+    0x0303: "TLSv12",
+    0x0304: "TLSv13",
+}
+
+
+@lru_cache(maxsize=1)
+def tshark_cipher_names() -> dict[int, str]:
+    """tshark's own names of the cipher suites (`tshark -G values`)."""
+    out = subprocess.run(["tshark", "-G", "values"], capture_output=True, text=True, check=True).stdout
+    names = {}
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4 and parts[0] == "V" and parts[1] == "tls.handshake.ciphersuite":
+            names[int(parts[2], 0)] = parts[3]
+    return names
+
+
+def ja4s_from_fields(version: int, exts: list[int], alpn: str, cipher: int) -> str:
+    """JA4S computed from tshark's dissected ServerHello fields, from the FoxIO spec independently of ours."""
+    vmap = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3"}
+    a = (alpn[0] + alpn[-1]) if alpn else "00"
+    c = hashlib.sha256(",".join(f"{e:04x}" for e in exts).encode()).hexdigest()[:12] if exts else "0" * 12
+    return f"t{vmap.get(version, '00')}{len(exts):02d}{a}_{cipher:04x}_{c}"
+
+
 def tls_tshark(pcap: str) -> dict:
     """Per client endpoint: SNI, ALPN, offered and chosen ciphers, versions, JA3, JA3S, JA4."""
     out: dict = {}
@@ -157,26 +190,29 @@ def tls_tshark(pcap: str) -> dict:
             "tls.handshake.version",
         ],
     ):
-        key = (_one(r["ip.src"]), _one(r["tcp.srcport"]))
+        key = (_one(r["ip.src"]), int(_one(r["tcp.srcport"])))
         ciphers = _hexlist(r["tls.handshake.ciphersuite"])
         versions = _hexlist(r["tls.handshake.extensions.supported_version"])
         exts = [int(x) for x in r["tls.handshake.extension.type"]]
         sigs = _hexlist(r["tls.handshake.sig_hash_alg"])
-        out[key] = {
-            "sni": _one(r["tls.handshake.extensions_server_name"]) or None,
-            "alpn": r["tls.handshake.extensions_alpn_str"],
-            "ciphers": ciphers,
-            "versions": versions,
-            "ja3": _one(r["tls.handshake.ja3"]),
-            "ja4": ja4_from_fields(
-                ciphers,
-                exts,
-                sigs,
-                versions,
-                int(_one(r["tls.handshake.version"]), 0),
-                r["tls.handshake.extensions_alpn_str"],
-            ),
-        }
+        out.setdefault(key, {}).update(
+            {
+                "sni": _one(r["tls.handshake.extensions_server_name"]) or None,
+                "alpn": r["tls.handshake.extensions_alpn_str"],
+                "ciphers": ciphers,
+                "versions": versions,
+                "ja3": _one(r["tls.handshake.ja3"]),
+                "ja4": ja4_from_fields(
+                    ciphers,
+                    exts,
+                    sigs,
+                    versions,
+                    int(_one(r["tls.handshake.version"]), 0),
+                    r["tls.handshake.extensions_alpn_str"],
+                ),
+            }
+        )
+    names = tshark_cipher_names()
     for r in tshark_fields(
         pcap,
         "tls.handshake.type == 2",
@@ -187,14 +223,21 @@ def tls_tshark(pcap: str) -> dict:
             "tls.handshake.ja3s",
             "tls.handshake.extensions.supported_version",
             "tls.handshake.extensions_alpn_str",
+            "tls.handshake.version",
+            "tls.handshake.extension.type",
         ],
     ):
-        key = (_one(r["ip.dst"]), _one(r["tcp.dstport"]))
+        key = (_one(r["ip.dst"]), int(_one(r["tcp.dstport"])))
         sv = _hexlist(r["tls.handshake.extensions.supported_version"])
+        cipher = int(_one(r["tls.handshake.ciphersuite"]), 0)
+        version = sv[0] if sv else int(_one(r["tls.handshake.version"]), 0)
+        exts = [int(x) for x in r["tls.handshake.extension.type"]]
         out.setdefault(key, {}).update(
             {
-                "cipher": int(_one(r["tls.handshake.ciphersuite"]), 0),
+                "cipher": names.get(cipher, f"unknown-{cipher}"),
+                "version": ZEEK_VERSIONS.get(version, f"unknown-{version}"),
                 "ja3s": _one(r["tls.handshake.ja3s"]),
+                "ja4s": ja4s_from_fields(version, exts, _one(r["tls.handshake.extensions_alpn_str"]), cipher),
                 "selected_version": sv[0] if sv else None,
                 "server_alpn": _one(r["tls.handshake.extensions_alpn_str"]) or None,
             }
@@ -203,32 +246,33 @@ def tls_tshark(pcap: str) -> dict:
 
 
 def tls_ours(records: list[dict]) -> dict:
-    """The same facts from TLS analyzer records."""
+    """The same facts from TLS analyzer (ssl.log) records."""
     out: dict = {}
     for rec in records:
-        if "error" in rec:
+        if rec.get("_log"):
             continue
-        key = (rec["client"]["ip"], rec["client"]["port"])
-        ch, sh = rec.get("client_hello"), rec.get("server_hello")
+        key = (rec["id.orig_h"], rec["id.orig_p"])
         d: dict = {}
-        if ch:
+        if "client_ciphers" in rec:
             d.update(
                 {
-                    "sni": ch.get("sni"),
-                    "alpn": ch.get("alpn", []),
-                    "ciphers": ch["cipher_suites"],
-                    "versions": ch["supported_versions"],
-                    "ja3": ch["ja3"],
-                    "ja4": ch["ja4"],
+                    "sni": rec.get("server_name"),
+                    "alpn": rec.get("orig_alpn", []),
+                    "ciphers": rec["client_ciphers"],
+                    "versions": rec.get("client_supported_versions", []),
+                    "ja3": rec["ja3"],
+                    "ja4": rec["ja4"],
                 }
             )
-        if sh:
+        if "ja3s" in rec:
             d.update(
                 {
-                    "cipher": sh["cipher_suite"],
-                    "ja3s": sh["ja3s"],
-                    "selected_version": sh.get("selected_version"),
-                    "server_alpn": sh.get("alpn"),
+                    "cipher": rec["cipher"],
+                    "version": rec["version"],
+                    "ja3s": rec["ja3s"],
+                    "ja4s": rec["ja4s"],
+                    "selected_version": rec.get("server_supported_version"),
+                    "server_alpn": rec.get("next_protocol"),
                 }
             )
         out[key] = d

@@ -134,21 +134,22 @@ def test_tls_truncated_record() -> None:
     conv = Conversation("tcp", ("10.1.0.1", 40000), ("10.1.0.2", 443), [(True, hello[: len(hello) - 20])])
     before = errors("tls", "truncated_record")
     records = run("tls", [conv])
-    assert [r.get("error") for r in records] == ["truncated_record"]
+    assert [(r.get("_log"), r.get("name")) for r in records] == [("weird", "truncated_record")]
     assert errors("tls", "truncated_record") == before + 1
 
 
 def test_tls_garbage_is_not_tls() -> None:
     conv = Conversation("tcp", ("10.1.0.1", 40000), ("10.1.0.2", 443), [(True, b"GET / HTTP/1.1\r\n\r\n")])
     records = run("tls", [conv])
-    assert [r.get("error") for r in records] == ["not_tls"]
+    assert [(r.get("_log"), r.get("name")) for r in records] == [("weird", "not_tls")]
 
 
 def test_tls_record_length_over_limit() -> None:
     conv = Conversation(
         "tcp", ("10.1.0.1", 40000), ("10.1.0.2", 443), [(True, b"\x16\x03\x01\xff\xff" + b"x" * 100)]
     )
-    assert [r.get("error") for r in run("tls", [conv])] == ["record_too_long"]
+    records = run("tls", [conv])
+    assert [(r.get("_log"), r.get("name")) for r in records] == [("weird", "record_too_long")]
 
 
 def test_sip_garbage_is_a_weird_record() -> None:
