@@ -1,0 +1,26 @@
+"""What the decoders do with tunnels: one small frozen object shared by both decode paths.
+
+By default GRE (IP or Ethernet payload), ERSPAN types I/II/III and VXLAN (UDP destination port
+4789) are decapsulated and the frame reports its innermost IP flow, as Zeek and Suricata do.
+With `decapsulate=False` a tunnel packet is the outer flow (GRE: protocol 47, no ports; VXLAN:
+the outer UDP flow).  Encapsulations below IP that carry no flow of their own (VLAN, PPPoE, MPLS)
+are always followed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celltap.decode.constants import VXLAN_PORT
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Tunnel handling for `decode_batch` / `decode_frame`."""
+
+    decapsulate: bool = True
+    vxlan_ports: tuple[int, ...] = (VXLAN_PORT,)
+
+
+DEFAULT_OPTIONS = DecodeOptions()
+OUTER_ONLY = DecodeOptions(decapsulate=False)
