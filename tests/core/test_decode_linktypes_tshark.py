@@ -11,6 +11,8 @@ against tshark's own fields, not skipped:
 * UDP to port 4789 without the VXLAN I flag stays UDP (the Linux VXLAN receiver drops it);
 * an inner Ethernet frame without IP is NON_IP (tshark's innermost IP is then the outer one).
 
+The IP header an ICMP error quotes is not a layer of the frame: frame.protocols is cut after icmp.
+
 With `decapsulate=False` the flow must be tshark's IP layer just before the first GRE / VXLAN.
 Damaged copies (snapped inside a header we must read) must be flagged by tshark as short or
 malformed, and must get the Reason their construction implies, in both paths.
@@ -67,7 +69,12 @@ def tshark_rows(tshark: str, pcap: Path) -> list[dict[str, list[str]]]:
     for line in out:
         vals = line.split("|")
         row = {f: (v.split(",") if v else []) for f, v in zip(FIELDS, vals, strict=True)}
-        row["protos"] = vals[1].split(":")
+        protos = vals[1].split(":")
+        for n, proto in enumerate(protos):
+            if proto in ("icmp", "icmpv6"):  # what follows is a quoted packet, not a layer of the frame
+                protos = protos[: n + 1]
+                break
+        row["protos"] = protos
         rows.append(row)
     return rows
 
