@@ -85,22 +85,18 @@ _FIXED = {  # link type -> (header length, offset of its ethertype)
 
 
 class Walk:
-    """Per-frame counters that outlive one pass of the chain (full-batch arrays, made on demand)."""
+    """Per-frame counters that outlive one step of the chain (whole-batch arrays).
+
+    `tags`: VLAN tags met (for the vlan / vlan_inner columns); `level_tags`, `labels`: VLAN tags and
+    MPLS labels under the current Ethernet header; `depth`: tunnels and pseudowires entered.  The
+    zeroed arrays cost nothing until written (calloc'd pages), and plain Ethernet never writes them.
+    """
 
     def __init__(self, n: int) -> None:
-        self.n = n
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        if name.startswith("_") or name == "n":
-            raise AttributeError(name)
-        arr = self._arrays.get(name)
-        if arr is None:
-            arr = self._arrays[name] = np.zeros(self.n, np.int64)
-        return arr
-
-    # tags: VLAN tags seen (for the vlan / vlan_inner columns); level_tags, labels: VLAN tags and
-    # MPLS labels under the current Ethernet header / stack; depth: tunnels and pseudowires.
+        self.tags = np.zeros(n, np.int64)
+        self.level_tags = np.zeros(n, np.int64)
+        self.labels = np.zeros(n, np.int64)
+        self.depth = np.zeros(n, np.int64)
 
 
 def link_stage(batch: FrameBatch, out: DecodedBatch) -> Active:
