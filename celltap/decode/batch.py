@@ -304,4 +304,6 @@ def decode_batch(batch: FrameBatch, options: DecodeOptions = DEFAULT_OPTIONS) ->
         if inner is None or not len(inner):
             break
         a, level = inner, inner.idx
+        walk.level_tags[level] = 0  # a new header chain starts inside the tunnel
+        walk.labels[level] = 0
     return out

@@ -161,7 +161,15 @@ def test_depth_and_label_limits() -> None:
         pw = fr.ether_inner(fr.mpls([99], b"\0\0\0\0" + pw), 0x8847)
     deep_pw = fr.eth(pw[14:], 0x8847)
     assert decode_frame(deep_pw).status == Reason.TOO_DEEP
-    assert_agree([deep, labels, deep_pw])
+    # label limits count per stack: 3 outside a GRE tunnel and 6 inside it are two stacks
+    two_stacks = fr.eth(
+        fr.mpls(
+            [1, 2, 3], fr.ipv4("10.0.0.1", "10.0.0.2", 47, fr.gre(fr.mpls([4, 5, 6, 7, 8, 9], inner), 0x8847))
+        ),
+        0x8847,
+    )
+    assert decode_frame(two_stacks).status == Reason.OK
+    assert_agree([deep, labels, deep_pw, two_stacks])
 
 
 def test_unsupported_linktype_logged_once(caplog: pytest.LogCaptureFixture) -> None:
