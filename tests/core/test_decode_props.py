@@ -9,6 +9,7 @@ every mutation and truncation of them.
 from __future__ import annotations
 
 import logging
+import struct
 
 import numpy as np
 import pytest
@@ -205,3 +206,47 @@ def test_mutated_frames_agree(data: st.DataObject) -> None:
         frames.append(bytes(frame[:cut] if data.draw(st.booleans()) else frame))
     assert_agree(frames, linktype)
     assert_agree(frames, linktype, OUTER_ONLY)
+
+
+def _wrap(data: st.DataObject, payload: bytes) -> tuple[bytes, int]:
+    """One more (crafted) encapsulation around `payload`: (bytes, ethertype announcing them)."""
+    kind = data.draw(st.sampled_from(["mpls", "pppoe", "vlan", "gre", "gretap", "vxlan", "gre6", "pw"]))
+    o4 = ("10.9.0.1", "10.9.0.2")
+    if kind == "mpls":
+        labels = data.draw(st.lists(st.integers(16, (1 << 20) - 1), min_size=1, max_size=9))
+        return fr.mpls(labels, payload), 0x8847
+    if kind == "pppoe":
+        return fr.pppoe(payload, proto=data.draw(st.sampled_from([0x21, 0x57, 0x281]))), 0x8864
+    if kind == "vlan":
+        return struct.pack("!HH", data.draw(st.integers(0, 4095)), 0x0800) + payload, 0x8100
+    if kind == "gre":
+        proto = data.draw(st.sampled_from([0x0800, 0x86DD, 0x8847]))
+        key = data.draw(st.sampled_from([None, 7]))
+        return fr.ipv4(*o4, 47, fr.gre(payload, proto, key=key)), 0x0800
+    if kind == "gretap":
+        inner_et = data.draw(st.sampled_from([0x0800, 0x86DD, 0x8847, 0x8864]))
+        return fr.ipv4(*o4, 47, fr.gre(fr.ether_inner(payload, inner_et), 0x6558)), 0x0800
+    if kind == "vxlan":
+        inner_et = data.draw(st.sampled_from([0x0800, 0x86DD, 0x8847, 0x8100]))
+        return fr.ipv4(*o4, 17, fr.vxlan(fr.ether_inner(payload, inner_et))), 0x0800
+    if kind == "gre6":
+        return fr.ipv6(fr.V6A, fr.V6B, 47, fr.gre(payload, 0x0800)), 0x86DD
+    return fr.mpls([99], b"\0\0\0\0" + fr.ether_inner(payload, 0x0800)), 0x8847
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_nested_encapsulations_agree(data: st.DataObject) -> None:
+    """Random stacks of encapsulations (the ethertypes may lie: that is damage, also compared)."""
+    frames = []
+    for _ in range(data.draw(st.integers(1, 8))):
+        payload = data.draw(st.sampled_from(SAMPLES))[14:]
+        et = 0x0800
+        for _ in range(data.draw(st.integers(1, 6))):
+            payload, et = _wrap(data, payload)
+        frame = fr.eth(payload, et)
+        if data.draw(st.booleans()):
+            frame = frame[: data.draw(st.integers(0, len(frame)))]
+        frames.append(frame)
+    assert_agree(frames)
+    assert_agree(frames, options=OUTER_ONLY)
