@@ -20,6 +20,7 @@ class FlowId:
     hop: int
     l3: str  # "ipv4" | "ipv6"
     l4: str  # "tcp" | "udp" | "icmp" | "icmpv6"
+    uid: str = ""  # the connection's uid (celltap.flowid): set by the cell in-process, else by FlowTable
 
     def endpoint(self, which: int) -> tuple[str, int]:
         """Return (ip, port) of endpoint 1 or 2."""

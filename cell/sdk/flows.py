@@ -4,11 +4,28 @@ one call per datagram for UDP."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 from cell.sdk.events import CREATED, DATA, DESTROYED, Event, FlowId
+from celltap.flowid import flow_uid
 
 MAX_STREAMS = 100_000
+UDP_TIMEOUT = 30.0  # the cell's default udp_timeout: a datagram flow idle this long ends (a new uid)
+
+
+def with_uid(flow: FlowId, start: float) -> FlowId:
+    """`flow` with the uid of the connection that started at `start` (seconds), unless it has one."""
+    if flow.uid:
+        return flow
+    try:
+        uid = flow_uid(
+            flow.l3, flow.l4, flow.ip1, flow.port1, flow.ip2, flow.port2, round(start * 1e6)
+        )
+    except (ValueError, KeyError):  # not an IP address: no uid can be derived
+        return flow
+    return replace(flow, uid=uid)
 
 
 class StreamHandler(Protocol):
@@ -29,10 +46,20 @@ class FlowAnalyzer:
     def __init__(self) -> None:
         self.records: list[dict] = []
         self.errors: Counter[str] = Counter()
+        # stream bytes handed on to the cell's L7 loopback, drained by the front end
+        self.handed_on: list[tuple[FlowId, int, bytes, float]] = []
 
     def error(self, reason: str) -> None:
         """Count one parse error by reason."""
         self.errors[reason] += 1
+
+    def hand_on(self, flow: FlowId, sender: int, data: bytes, time: float) -> None:
+        """Hand stream bytes to the cell's L7 loopback to be classified anew (TLS after STARTTLS/CONNECT).
+
+        The front end re-injects them as a stream of the same connection (same endpoints and start
+        time, so the same uid; SF-TAP's hop count + 1). Call it with each direction's bytes, in order.
+        """
+        self.handed_on.append((flow, sender, data, time))
 
     def stream(self, flow: FlowId, time: float) -> StreamHandler | None:
         """Return a handler for a new TCP flow, or None to ignore the flow."""
@@ -48,10 +75,23 @@ class FlowAnalyzer:
 class FlowTable:
     """Routes decoded events to an analyzer's per-flow handlers; bounded in the number of live flows."""
 
-    def __init__(self, analyzer: FlowAnalyzer, max_streams: int = MAX_STREAMS) -> None:
+    def __init__(
+        self,
+        analyzer: FlowAnalyzer,
+        max_streams: int = MAX_STREAMS,
+        udp_timeout: float = UDP_TIMEOUT,
+        uid_of: Callable[[FlowId], str] | None = None,
+    ) -> None:
         self.analyzer = analyzer
+        # In-process front ends know the cell's flow table: `uid_of` gives a datagram flow's uid exactly
+        # ("" when unknown) instead of inferring connection starts from idle gaps.
+        self.uid_of = uid_of
         self.max_streams = max_streams
+        self.udp_timeout = udp_timeout
         self.streams: dict[bytes, StreamHandler | None] = {}
+        # Datagram flows have no CREATED event: the first datagram seen after `udp_timeout` of silence
+        # starts a connection, as in the cell; key -> (identity with uid, time of the last datagram)
+        self.datagram_flows: dict[bytes, tuple[FlowId, float]] = {}
         self.dropped: Counter[str] = Counter()  # events dropped by reason, drained by the front end
 
     def handle(self, events: list[Event]) -> list[bytes]:
@@ -63,7 +103,7 @@ class FlowTable:
             kind = ev.event
             if kind is DATA:
                 if ev.flow.l4 != "tcp":
-                    analyzer.datagram(ev.flow, ev.sender, ev.data, ev.time)
+                    analyzer.datagram(self._datagram_flow(ev), ev.sender, ev.data, ev.time)
                     continue
                 try:
                     handler = streams[ev.key]
@@ -84,11 +124,33 @@ class FlowTable:
                 ended.append(ev.key)
         return ended
 
+    def _datagram_flow(self, ev: Event) -> FlowId:
+        if ev.flow.uid:
+            return ev.flow
+        if self.uid_of is not None:
+            uid = self.uid_of(ev.flow)
+            if uid:
+                return replace(ev.flow, uid=uid)
+        flows = self.datagram_flows
+        known = flows.get(ev.key)
+        if known is not None and ev.time - known[1] <= self.udp_timeout:
+            flows[ev.key] = (known[0], ev.time)
+            return known[0]
+        if known is None and len(flows) >= self.max_streams:
+            # bounded: forget the least recently started datagram flow (its next datagram gets a new uid)
+            del flows[next(iter(flows))]
+        flow = with_uid(ev.flow, ev.time)
+        flows.pop(ev.key, None)
+        flows[ev.key] = (flow, ev.time)
+        return flow
+
     def _open(self, ev: Event) -> StreamHandler | None:
         if len(self.streams) >= self.max_streams:
             self.dropped["flow_table_full"] += 1
             return None
-        handler = self.analyzer.stream(ev.flow, ev.time)
+        flow = ev.flow
+        uid = self.uid_of(flow) if self.uid_of is not None and not flow.uid else ""
+        handler = self.analyzer.stream(replace(flow, uid=uid) if uid else with_uid(flow, ev.time), ev.time)
         self.streams[ev.key] = handler
         return handler
 
