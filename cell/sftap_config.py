@@ -109,7 +109,7 @@ class GlobalConfig:
     defrag_memory: int = 64 << 20
     gc_scan: int = 16384
     cell_id: int = 0
-    decapsulate: bool = True  # GRE / ERSPAN / VXLAN: the inner flow (no: the tunnel's own flow)
+    decapsulate: bool = True  # GRE / ERSPAN / VXLAN / IP in IP: the inner flow (no: the tunnel's own flow)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Batch decoder, tunnels: find GRE / ERSPAN / VXLAN packets among decoded frames, point past them.
+"""Batch decoder, tunnels: find GRE / ERSPAN / VXLAN / IP-in-IP packets among decoded frames.
 
 Runs after a pass of the IP and transport stages, on the frames of that pass that decoded
 cleanly (status OK) and are not IP fragments (a fragment's inner packet is incomplete; the
@@ -18,6 +18,7 @@ import numpy as np
 from celltap.decode.constants import (
     ENCAP_ERSPAN,
     ENCAP_GRE,
+    ENCAP_IPIP,
     ENCAP_VXLAN,
     ETH_ERSPAN_2,
     ETH_ERSPAN_3,
@@ -33,6 +34,8 @@ from celltap.decode.constants import (
     GRE_VERSION,
     MAX_ENCAP_DEPTH,
     PROTO_GRE,
+    PROTO_IPIP,
+    PROTO_IPV6_IN_IP,
     PROTO_UDP,
     VXLAN_FLAG_I,
 )
@@ -52,6 +55,8 @@ _INNER_COLUMNS = (
     "icmp_type", "icmp_code",
 )  # fmt: skip
 _UNSET = {"l3_off": -1, "l4_off": -1, "payload_off": -1}
+_IP_TUNNEL = np.zeros(256, bool)
+_IP_TUNNEL[[PROTO_GRE, PROTO_IPIP, PROTO_IPV6_IN_IP]] = True
 
 
 def tunnel_stage(
@@ -66,19 +71,21 @@ def tunnel_stage(
         l4, dport = out.l4, out.dport
     else:
         l4, dport = out.l4[level], out.dport[level]
-    gre = l4 == PROTO_GRE
+    ip_tunnel = _IP_TUNNEL[l4]  # GRE, IPv4 / IPv6 in IP
     if len(options.vxlan_ports) == 1:
         vx = (dport == options.vxlan_ports[0]) & (l4 == PROTO_UDP)
     else:
         vx = np.isin(dport, options.vxlan_ports) & (l4 == PROTO_UDP)
-    cand = gre | vx
+    cand = ip_tunnel | vx
     if not cand.any():
         return None
     pos = np.flatnonzero(cand)
     idx = pos if level is None else level[pos]
-    ok = (out.status[idx] == Reason.OK) & ~out.is_frag[idx]
-    idx, gre = idx[ok], gre[pos][ok]
-    parts = [p for p in (_gre(batch, out, idx[gre]), _vxlan(batch, out, idx[~gre])) if len(p)]
+    idx = idx[(out.status[idx] == Reason.OK) & ~out.is_frag[idx]]
+    proto = out.l4[idx]
+    gre, ipip = proto == PROTO_GRE, (proto == PROTO_IPIP) | (proto == PROTO_IPV6_IN_IP)
+    found = (_gre(batch, out, idx[gre]), _ipip(out, idx[ipip]), _vxlan(batch, out, idx[~gre & ~ipip]))
+    parts = [p for p in found if len(p)]
     if not parts:
         return None
     a = Active.concat(parts)
@@ -125,6 +132,13 @@ def _gre(batch: FrameBatch, out: DecodedBatch, idx: np.ndarray) -> Active:
     a["et"] = np.where(e2 | e3, ETH_TEB, et)
     del a.arrays["flags"]
     return a
+
+
+def _ipip(out: DecodedBatch, idx: np.ndarray) -> Active:
+    """IPv4 (protocol 4) or IPv6 (41) right after the IP header (RFC 2003, RFC 4213)."""
+    et = np.where(out.l4[idx] == PROTO_IPIP, ETH_IPV4, ETH_IPV6)
+    bit = np.full(idx.size, ENCAP_IPIP, np.int64)
+    return Active(idx, off=out.l4_off[idx].astype(np.int64), et=et, bit=bit)
 
 
 def _vxlan(batch: FrameBatch, out: DecodedBatch, idx: np.ndarray) -> Active:

@@ -68,6 +68,8 @@ BSD_AF_INET = 2
 BSD_AF_INET6 = (24, 28, 30)
 
 PROTO_GRE = 47
+PROTO_IPIP = 4  # IPv4 in IP
+PROTO_IPV6_IN_IP = 41
 GRE_CSUM = 0x8000
 GRE_ROUTING = 0x4000
 GRE_KEY = 0x2000
@@ -84,3 +86,4 @@ ENCAP_PW = 0x08  # an Ethernet pseudowire (control word + Ethernet) under MPLS
 ENCAP_GRE = 0x10  # GRE carrying IP or Ethernet
 ENCAP_ERSPAN = 0x20
 ENCAP_VXLAN = 0x40
+ENCAP_IPIP = 0x80  # IPv4 / IPv6 directly in IP (protocols 4, 41)

@@ -1,10 +1,10 @@
 """What the decoders do with tunnels: one small frozen object shared by both decode paths.
 
-By default GRE (IP or Ethernet payload), ERSPAN types I/II/III and VXLAN (UDP destination port
-4789) are decapsulated and the frame reports its innermost IP flow, as Zeek and Suricata do.
-With `decapsulate=False` a tunnel packet is the outer flow (GRE: protocol 47, no ports; VXLAN:
-the outer UDP flow).  Encapsulations below IP that carry no flow of their own (VLAN, PPPoE, MPLS)
-are always followed.
+By default GRE (IP or Ethernet payload), ERSPAN types I/II/III, VXLAN (UDP destination port 4789)
+and IPv4 / IPv6 in IP (protocols 4, 41) are decapsulated and the frame reports its innermost IP
+flow, as Zeek and Suricata do.  With `decapsulate=False` a tunnel packet is the outer flow (GRE:
+protocol 47, no ports; VXLAN: the outer UDP flow; IP in IP: protocol 4 / 41).  Encapsulations
+below IP that carry no flow of their own (VLAN, PPPoE, MPLS) are always followed.
 """
 
 from __future__ import annotations

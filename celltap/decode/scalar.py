@@ -5,6 +5,12 @@ Offsets are relative to the start of the frame.  `l4_off` is where the IP payloa
 IPv4 options or IPv6 extension headers): for a non-first fragment that is fragment data, not a
 transport header, and `payload_off` stays -1.  `payload_len` counts transport payload by the IP
 length, so Ethernet padding is never payload.
+
+Below IP the frame is walked one header at a time (`_chain`: VLAN, PPPoE, MPLS, inner Ethernet);
+above it, a GRE / ERSPAN / VXLAN / IP-in-IP packet is decapsulated (`_tunnel`, unless the options
+say not to) and the walk starts again at its inner header, with the L3/L4 fields reset: they always
+describe the innermost packet.  The batch decoder (`batch_link`, `batch_tunnel`) follows the same
+rules.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from celltap.decode.constants import (
     BSD_AF_INET6,
     ENCAP_ERSPAN,
     ENCAP_GRE,
+    ENCAP_IPIP,
     ENCAP_MPLS,
     ENCAP_PPP,
     ENCAP_PW,
@@ -48,6 +55,8 @@ from celltap.decode.constants import (
     PROTO_GRE,
     PROTO_ICMP,
     PROTO_ICMPV6,
+    PROTO_IPIP,
+    PROTO_IPV6_IN_IP,
     PROTO_TCP,
     PROTO_UDP,
     V6_EXT_AH,
@@ -295,6 +304,8 @@ def _tunnel(frame: bytes, d: Decoded, options: DecodeOptions) -> tuple[int, int,
     """(inner offset, inner ethertype, encap bit) of a tunnel packet; offset -1: not one (or bad)."""
     cap = len(frame)
     end = d.l3_off + d.ip_len
+    if d.l4 in (PROTO_IPIP, PROTO_IPV6_IN_IP):
+        return d.l4_off, ETH_IPV4 if d.l4 == PROTO_IPIP else ETH_IPV6, ENCAP_IPIP
     if d.l4 == PROTO_GRE:
         p = d.l4_off
         if p + 4 > end or p + 4 > cap:

@@ -235,6 +235,9 @@ def encap_frames() -> list[bytes]:
         eth(ipv4(*outer4, 17, vxlan(ether_inner(_inner_tcp(16)), flags=0))),  # no I flag: outer UDP flow
         eth(ipv4(*outer4, 17, udp(4789, 4789, b"abc"))),  # too short for VXLAN: outer UDP flow
         eth(ipv4(*outer4, 17, vxlan(ether_inner(b"\0" * 28, 0x0806)))),  # inner ARP: no flow
+        eth(ipv4(*outer4, 4, _inner_tcp(18))),  # IPv4 in IPv4
+        eth(ipv4(*outer4, 41, _inner_udp6())),  # IPv6 in IPv4 (6in4)
+        eth(ipv6(V6A, V6B, 4, _inner_tcp(19)), v6),  # IPv4 in IPv6
         # first fragment of a GRE packet: not decapsulated (its inner packet is incomplete)
         eth(ipv4(*outer4, 47, gre(_inner_tcp(17), 0x0800)[:24], ident=9, flags_off=0x2000)),
     ]

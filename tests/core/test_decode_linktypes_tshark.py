@@ -91,7 +91,9 @@ def _expected_stop(row: dict[str, list[str]], decapsulate: bool) -> int:
     if not ips:
         return -1
     stop = ips[-1]
-    ends = [i for i, p in enumerate(protos) if p in TUNNELS]
+    ends = [  # tunnel protocols, and an IP layer right inside another (IP in IP)
+        i for i, p in enumerate(protos) if p in TUNNELS or (i in ips and i - 1 in ips)
+    ]
     if not decapsulate and ends:
         return max(i for i in ips if i < ends[0])
     first = ips[0]

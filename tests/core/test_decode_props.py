@@ -107,6 +107,7 @@ def test_tunnel_option() -> None:
         fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 47, fr.gre(fr.ether_inner(inner), 0x6558))),
         fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 47, fr.gre(fr.erspan2(fr.ether_inner(inner)), 0x88BE, seq=1))),
         fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 17, fr.vxlan(fr.ether_inner(inner), sport=50000))),
+        fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 4, inner)),
     ]
     for frame in tunnels:
         d = decode_frame(frame)
@@ -120,7 +121,7 @@ def test_tunnel_option() -> None:
         assert frame[d.payload_off : d.payload_off + d.payload_len] == b"in"
         o = decode_frame(frame, options=OUTER_ONLY)
         assert (o.src, o.dst, o.encap) == (bytes([10, 1, 0, 1]), bytes([10, 1, 0, 2]), 0)
-        assert (o.l4, o.dport) in ((47, 0), (17, 4789))
+        assert (o.l4, o.dport) in ((47, 0), (17, 4789), (4, 0))
     # another VXLAN port only when configured
     other = fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 17, fr.vxlan(fr.ether_inner(inner), dport=8472)))
     assert decode_frame(other).dport == 8472
@@ -210,7 +211,8 @@ def test_mutated_frames_agree(data: st.DataObject) -> None:
 
 def _wrap(data: st.DataObject, payload: bytes) -> tuple[bytes, int]:
     """One more (crafted) encapsulation around `payload`: (bytes, ethertype announcing them)."""
-    kind = data.draw(st.sampled_from(["mpls", "pppoe", "vlan", "gre", "gretap", "vxlan", "gre6", "pw"]))
+    kinds = ["mpls", "pppoe", "vlan", "gre", "gretap", "vxlan", "gre6", "ipip", "pw"]
+    kind = data.draw(st.sampled_from(kinds))
     o4 = ("10.9.0.1", "10.9.0.2")
     if kind == "mpls":
         labels = data.draw(st.lists(st.integers(16, (1 << 20) - 1), min_size=1, max_size=9))
@@ -229,6 +231,8 @@ def _wrap(data: st.DataObject, payload: bytes) -> tuple[bytes, int]:
     if kind == "vxlan":
         inner_et = data.draw(st.sampled_from([0x0800, 0x86DD, 0x8847, 0x8100]))
         return fr.ipv4(*o4, 17, fr.vxlan(fr.ether_inner(payload, inner_et))), 0x0800
+    if kind == "ipip":
+        return fr.ipv4(*o4, data.draw(st.sampled_from([4, 41])), payload), 0x0800
     if kind == "gre6":
         return fr.ipv6(fr.V6A, fr.V6B, 47, fr.gre(payload, 0x0800)), 0x86DD
     return fr.mpls([99], b"\0\0\0\0" + fr.ether_inner(payload, 0x0800)), 0x8847
