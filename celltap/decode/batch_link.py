@@ -191,8 +191,8 @@ def chain_stage(batch: FrameBatch, out: DecodedBatch, a: Active, walk: Walk) -> 
     """Follow VLAN / PPPoE / MPLS / inner Ethernet headers to IP; the rest fail or are NON_IP."""
     st = out.status
     for _ in range(_MAX_STEPS):
-        kind = _KIND[a["et"]]
-        if not kind.any():
+        kind = _kinds(a["et"])
+        if kind is None:
             break
         parts = []
         done = kind == K_DONE
@@ -208,6 +208,20 @@ def chain_stage(batch: FrameBatch, out: DecodedBatch, a: Active, walk: Walk) -> 
     out.ethertype[a.idx] = a["et"]
     a.fail((a["et"] != ETH_IPV4) & (a["et"] != ETH_IPV6), Reason.NON_IP, st)
     return a
+
+
+def _kinds(et: np.ndarray) -> np.ndarray | None:
+    """Kind of each frame's next header, or None when no frame has one to follow (the usual case:
+    two compares rule out IPv4 / IPv6, and only the few others are looked up)."""
+    other = np.flatnonzero((et != ETH_IPV4) & (et != ETH_IPV6))
+    if not other.size:
+        return None
+    found = _KIND[et[other]]
+    if not found.any():
+        return None
+    kind = np.zeros(et.shape[0], np.uint8)
+    kind[other] = found
+    return kind
 
 
 def _stop(a: Active, bad: np.ndarray, reason: Reason, out: DecodedBatch) -> None:

@@ -55,8 +55,6 @@ _INNER_COLUMNS = (
     "icmp_type", "icmp_code",
 )  # fmt: skip
 _UNSET = {"l3_off": -1, "l4_off": -1, "payload_off": -1}
-_IP_TUNNEL = np.zeros(256, bool)
-_IP_TUNNEL[[PROTO_GRE, PROTO_IPIP, PROTO_IPV6_IN_IP]] = True
 
 
 def tunnel_stage(
@@ -71,7 +69,7 @@ def tunnel_stage(
         l4, dport = out.l4, out.dport
     else:
         l4, dport = out.l4[level], out.dport[level]
-    ip_tunnel = _IP_TUNNEL[l4]  # GRE, IPv4 / IPv6 in IP
+    ip_tunnel = (l4 == PROTO_GRE) | (l4 == PROTO_IPIP) | (l4 == PROTO_IPV6_IN_IP)  # uint8 compares: cheap
     if len(options.vxlan_ports) == 1:
         vx = (dport == options.vxlan_ports[0]) & (l4 == PROTO_UDP)
     else:
