@@ -52,7 +52,7 @@ def header_rows(batch: FrameBatch, width: int = HDR) -> tuple[np.ndarray, np.nda
 
 
 def _fast_lane(
-    batch: FrameBatch, seed: int, vxlan_ports: tuple[int, ...] = ()
+    batch: FrameBatch, seed: int, tunnel_ports: tuple[int, ...] = ()
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(fast frame positions, their hashes, their FIN/RST flag, fast mask); conservative by design."""
     n = len(batch)
@@ -76,7 +76,7 @@ def _fast_lane(
         & (tot + 14 <= batch.caplens[pos])
         & (~tcp | ((doff >= 20) & (doff <= tot - 20)))
     )
-    for port in vxlan_ports:  # VXLAN is decapsulated: its flow is the inner one (slow lane)
+    for port in tunnel_ports:  # VXLAN / Geneve are decapsulated: the inner flow (slow lane)
         ok &= tcp | (w[:, 18] != port)
     if not ok.all():
         w, rows, tcp, pos = w[ok], rows[ok], tcp[ok], pos[ok]
@@ -141,7 +141,7 @@ def classify(batch: FrameBatch, seed: int = 0, options: DecodeOptions = DEFAULT_
     closing = np.zeros(n, bool)
     frag = np.zeros(n, bool)
     frag_first = np.zeros(n, bool)
-    fpos, fh, fcl, fast = _fast_lane(batch, seed, options.vxlan_ports if options.decapsulate else ())
+    fpos, fh, fcl, fast = _fast_lane(batch, seed, options.udp_tunnel_ports())
     hashes[fpos] = fh
     closing[fpos] = fcl
     slow = np.flatnonzero(~fast)

@@ -123,7 +123,7 @@ class DecodedBatch:
             tcp_ack=z(np.uint32),
             icmp_type=z(np.uint8),
             icmp_code=z(np.uint8),
-            encap=z(np.uint8),
+            encap=z(np.uint16),
         )
 
     def column_names(self) -> list[str]:

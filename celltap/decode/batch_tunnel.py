@@ -1,4 +1,4 @@
-"""Batch decoder, tunnels: find GRE / ERSPAN / VXLAN / IP-in-IP packets among decoded frames.
+"""Batch decoder, tunnels: find GRE / ERSPAN / VXLAN / Geneve / IP-in-IP packets among decoded frames.
 
 Runs after a pass of the IP and transport stages, on the frames of that pass that decoded
 cleanly (status OK) and are not IP fragments (a fragment's inner packet is incomplete; the
@@ -17,6 +17,7 @@ import numpy as np
 
 from celltap.decode.constants import (
     ENCAP_ERSPAN,
+    ENCAP_GENEVE,
     ENCAP_GRE,
     ENCAP_IPIP,
     ENCAP_VXLAN,
@@ -47,6 +48,7 @@ from celltap.pcap.batch import FrameBatch
 if TYPE_CHECKING:
     from celltap.decode.batch import DecodedBatch
 
+_GENEVE_NEXT = np.array([ETH_TEB, ETH_IPV4, ETH_IPV6], np.int64)
 _GRE_IP = np.array([ETH_IPV4, ETH_IPV6, ETH_MPLS_UNICAST, ETH_MPLS_MULTICAST], np.int64)
 # Columns that describe one IP packet: reset before the inner packet is decoded.
 _INNER_COLUMNS = (
@@ -70,11 +72,8 @@ def tunnel_stage(
     else:
         l4, dport = out.l4[level], out.dport[level]
     ip_tunnel = (l4 == PROTO_GRE) | (l4 == PROTO_IPIP) | (l4 == PROTO_IPV6_IN_IP)  # uint8 compares: cheap
-    if len(options.vxlan_ports) == 1:
-        vx = (dport == options.vxlan_ports[0]) & (l4 == PROTO_UDP)
-    else:
-        vx = np.isin(dport, options.vxlan_ports) & (l4 == PROTO_UDP)
-    cand = ip_tunnel | vx
+    udp = _on_ports(dport, options.udp_tunnel_ports()) & (l4 == PROTO_UDP)
+    cand = ip_tunnel | udp
     if not cand.any():
         return None
     pos = np.flatnonzero(cand)
@@ -82,7 +81,14 @@ def tunnel_stage(
     idx = idx[(out.status[idx] == Reason.OK) & ~out.is_frag[idx]]
     proto = out.l4[idx]
     gre, ipip = proto == PROTO_GRE, (proto == PROTO_IPIP) | (proto == PROTO_IPV6_IN_IP)
-    found = (_gre(batch, out, idx[gre]), _ipip(out, idx[ipip]), _vxlan(batch, out, idx[~gre & ~ipip]))
+    vx = (proto == PROTO_UDP) & _on_ports(out.dport[idx], options.vxlan_ports)  # VXLAN first, as scalar
+    gn = (proto == PROTO_UDP) & ~vx
+    found = (
+        _gre(batch, out, idx[gre]),
+        _ipip(out, idx[ipip]),
+        _vxlan(batch, out, idx[vx]),
+        _geneve(batch, out, idx[gn]),
+    )
     parts = [p for p in found if len(p)]
     if not parts:
         return None
@@ -90,10 +96,16 @@ def tunnel_stage(
     deep = depth[a.idx] >= MAX_ENCAP_DEPTH
     a.fail(deep, Reason.TOO_DEEP, out.status)
     depth[a.idx] += 1
-    out.encap[a.idx] |= a.arrays.pop("bit").astype(np.uint8)
+    out.encap[a.idx] |= a.arrays.pop("bit").astype(np.uint16)
     for name in _INNER_COLUMNS:
         getattr(out, name)[a.idx] = _UNSET.get(name, 0)
     return a
+
+
+def _on_ports(dport: np.ndarray, ports: tuple[int, ...]) -> np.ndarray:
+    if len(ports) == 1:
+        return dport == ports[0]
+    return np.isin(dport, ports)
 
 
 def _gre(batch: FrameBatch, out: DecodedBatch, idx: np.ndarray) -> Active:
@@ -149,4 +161,22 @@ def _vxlan(batch: FrameBatch, out: DecodedBatch, idx: np.ndarray) -> Active:
     a["off"] += 8
     a["et"] = np.full(len(a), ETH_TEB, np.int64)
     a["bit"] = np.full(len(a), ENCAP_VXLAN, np.int64)
+    return a
+
+
+def _geneve(batch: FrameBatch, out: DecodedBatch, idx: np.ndarray) -> Active:
+    """Geneve (RFC 8926): 8 bytes + options, version 0, carrying Ethernet, IPv4 or IPv6."""
+    a = Active(idx, off=out.payload_off[idx].astype(np.int64))
+    end = out.l3_off[idx].astype(np.int64) + out.ip_len[idx]
+    a = a.take(a["off"] + 8 <= end)
+    a.fail(a["off"] + 8 > batch.caplens[a.idx], Reason.TRUNCATED_L4, out.status)
+    p = batch.offsets[a.idx] + a["off"]
+    first = u8(batch.buf, p)
+    a["et"] = u16(batch.buf, p + 2)
+    a["hlen"] = 8 + (first & 0x3F) * 4
+    a = a.take(((first >> 6) == 0) & np.isin(a["et"], _GENEVE_NEXT))
+    a["off"] += a.arrays.pop("hlen")
+    end = out.l3_off[a.idx].astype(np.int64) + out.ip_len[a.idx]
+    a.fail((a["off"] > end) | (a["off"] > batch.caplens[a.idx]), Reason.TRUNCATED_L4, out.status)
+    a["bit"] = np.full(len(a), ENCAP_GENEVE, np.int64)
     return a

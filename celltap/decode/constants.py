@@ -77,6 +77,7 @@ GRE_SEQ = 0x1000
 GRE_VERSION = 0x0007
 VXLAN_PORT = 4789
 VXLAN_FLAG_I = 0x08
+GENEVE_PORT = 6081
 
 # Bits of the `encap` column: what was passed on the way to the innermost IP header.
 ENCAP_VLAN = 0x01
@@ -87,3 +88,4 @@ ENCAP_GRE = 0x10  # GRE carrying IP or Ethernet
 ENCAP_ERSPAN = 0x20
 ENCAP_VXLAN = 0x40
 ENCAP_IPIP = 0x80  # IPv4 / IPv6 directly in IP (protocols 4, 41)
+ENCAP_GENEVE = 0x100

@@ -7,7 +7,7 @@ transport header, and `payload_off` stays -1.  `payload_len` counts transport pa
 length, so Ethernet padding is never payload.
 
 Below IP the frame is walked one header at a time (`_chain`: VLAN, PPPoE, MPLS, inner Ethernet);
-above it, a GRE / ERSPAN / VXLAN / IP-in-IP packet is decapsulated (`_tunnel`, unless the options
+above it, a GRE / ERSPAN / VXLAN / Geneve / IP-in-IP packet is decapsulated (`_tunnel`, unless the options
 say not to) and the walk starts again at its inner header, with the L3/L4 fields reset: they always
 describe the innermost packet.  The batch decoder (`batch_link`, `batch_tunnel`) follows the same
 rules.
@@ -21,6 +21,7 @@ from celltap.decode.constants import (
     BSD_AF_INET,
     BSD_AF_INET6,
     ENCAP_ERSPAN,
+    ENCAP_GENEVE,
     ENCAP_GRE,
     ENCAP_IPIP,
     ENCAP_MPLS,
@@ -338,6 +339,21 @@ def _tunnel(frame: bytes, d: Decoded, options: DecodeOptions) -> tuple[int, int,
         if not frame[p] & VXLAN_FLAG_I:
             return -1, 0, 0
         return p + 8, ETH_TEB, ENCAP_VXLAN
+    if d.l4 == PROTO_UDP and d.dport in options.geneve_ports:
+        p = d.payload_off
+        if p + 8 > end:
+            return -1, 0, 0
+        if p + 8 > cap:
+            d.status = Reason.TRUNCATED_L4
+            return -1, 0, 0
+        proto = _u16(frame, p + 2)
+        if frame[p] >> 6 or proto not in (ETH_TEB, ETH_IPV4, ETH_IPV6):
+            return -1, 0, 0
+        p += 8 + (frame[p] & 0x3F) * 4  # options
+        if p > end or p > cap:
+            d.status = Reason.TRUNCATED_L4
+            return -1, 0, 0
+        return p, proto, ENCAP_GENEVE
     return -1, 0, 0
 
 

@@ -177,6 +177,12 @@ def vxlan(inner: bytes, vni: int = 42, sport: int = 49999, dport: int = 4789, fl
     return udp(sport, dport, struct.pack("!B3xI", flags, vni << 8) + inner)
 
 
+def geneve(inner: bytes, proto: int = 0x6558, options: bytes = b"", sport: int = 49998) -> bytes:
+    """UDP datagram to 6081 with a Geneve header (RFC 8926; options in 4-byte words)."""
+    hdr = struct.pack("!BBHI", len(options) // 4, 0, proto, 7 << 8)
+    return udp(sport, 6081, hdr + options + inner)
+
+
 def ether_inner(payload: bytes, ethertype: int = 0x0800, tags: tuple[tuple[int, int], ...] = ()) -> bytes:
     """An inner Ethernet frame (other MACs than the outer one)."""
     hdr = bytes.fromhex("0a0000000002") + bytes.fromhex("0a0000000001")
@@ -235,6 +241,8 @@ def encap_frames() -> list[bytes]:
         eth(ipv4(*outer4, 17, vxlan(ether_inner(_inner_tcp(16)), flags=0))),  # no I flag: outer UDP flow
         eth(ipv4(*outer4, 17, udp(4789, 4789, b"abc"))),  # too short for VXLAN: outer UDP flow
         eth(ipv4(*outer4, 17, vxlan(ether_inner(b"\0" * 28, 0x0806)))),  # inner ARP: no flow
+        eth(ipv4(*outer4, 17, geneve(ether_inner(_inner_tcp(20))))),
+        eth(ipv4(*outer4, 17, geneve(_inner_udp6(), 0x86DD, options=b"\x01\x02\x03\x01" + b"\0" * 4))),
         eth(ipv4(*outer4, 4, _inner_tcp(18))),  # IPv4 in IPv4
         eth(ipv4(*outer4, 41, _inner_udp6())),  # IPv6 in IPv4 (6in4)
         eth(ipv6(V6A, V6B, 4, _inner_tcp(19)), v6),  # IPv4 in IPv6

@@ -50,7 +50,7 @@ FIELDS = [
 ]  # fmt: skip
 # Frame-level oracle (no reassembly); the crafted pseudowire's bottom label 17 carries a control word.
 TSHARK_OPTS = ["-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE", "-d", "mpls.label==17,pwethcw"]
-TUNNELS = ("gre", "vxlan")
+TUNNELS = ("gre", "vxlan", "geneve")
 
 
 @pytest.fixture(scope="module")

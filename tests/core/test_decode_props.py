@@ -108,6 +108,7 @@ def test_tunnel_option() -> None:
         fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 47, fr.gre(fr.erspan2(fr.ether_inner(inner)), 0x88BE, seq=1))),
         fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 17, fr.vxlan(fr.ether_inner(inner), sport=50000))),
         fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 4, inner)),
+        fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 17, fr.geneve(fr.ether_inner(inner), sport=50000))),
     ]
     for frame in tunnels:
         d = decode_frame(frame)
@@ -121,7 +122,7 @@ def test_tunnel_option() -> None:
         assert frame[d.payload_off : d.payload_off + d.payload_len] == b"in"
         o = decode_frame(frame, options=OUTER_ONLY)
         assert (o.src, o.dst, o.encap) == (bytes([10, 1, 0, 1]), bytes([10, 1, 0, 2]), 0)
-        assert (o.l4, o.dport) in ((47, 0), (17, 4789), (4, 0))
+        assert (o.l4, o.dport) in ((47, 0), (17, 4789), (4, 0), (17, 6081))
     # another VXLAN port only when configured
     other = fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 17, fr.vxlan(fr.ether_inner(inner), dport=8472)))
     assert decode_frame(other).dport == 8472
@@ -211,7 +212,7 @@ def test_mutated_frames_agree(data: st.DataObject) -> None:
 
 def _wrap(data: st.DataObject, payload: bytes) -> tuple[bytes, int]:
     """One more (crafted) encapsulation around `payload`: (bytes, ethertype announcing them)."""
-    kinds = ["mpls", "pppoe", "vlan", "gre", "gretap", "vxlan", "gre6", "ipip", "pw"]
+    kinds = ["mpls", "pppoe", "vlan", "gre", "gretap", "vxlan", "geneve", "gre6", "ipip", "pw"]
     kind = data.draw(st.sampled_from(kinds))
     o4 = ("10.9.0.1", "10.9.0.2")
     if kind == "mpls":
@@ -231,6 +232,12 @@ def _wrap(data: st.DataObject, payload: bytes) -> tuple[bytes, int]:
     if kind == "vxlan":
         inner_et = data.draw(st.sampled_from([0x0800, 0x86DD, 0x8847, 0x8100]))
         return fr.ipv4(*o4, 17, fr.vxlan(fr.ether_inner(payload, inner_et))), 0x0800
+    if kind == "geneve":
+        proto = data.draw(st.sampled_from([0x6558, 0x0800, 0x86DD]))
+        inner = fr.ether_inner(payload) if proto == 0x6558 else payload
+        return fr.ipv4(
+            *o4, 17, fr.geneve(inner, proto, options=b"\0" * data.draw(st.sampled_from([0, 4, 8])))
+        ), 0x0800
     if kind == "ipip":
         return fr.ipv4(*o4, data.draw(st.sampled_from([4, 41])), payload), 0x0800
     if kind == "gre6":
