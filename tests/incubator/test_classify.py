@@ -83,7 +83,7 @@ def test_key14_matches_xxhash_package():
 
 
 def test_tunnels_hash_by_their_inner_flow():
-    """VXLAN and GRE (crafted) go by the inner flow; with decapsulation off by the outer one."""
+    """VXLAN, GRE and Geneve (crafted) go by the inner flow; with decapsulation off by the outer one."""
     from celltap.decode import DecodeOptions
     from tests.core import frames as fr
 
@@ -91,6 +91,7 @@ def test_tunnels_hash_by_their_inner_flow():
     frames = [
         fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 17, fr.vxlan(fr.ether_inner(inner), sport=50000))),
         fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 47, fr.gre(inner, 0x0800))),
+        fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 17, fr.geneve(fr.ether_inner(inner), sport=50001))),
     ]
     batch = FrameBatch.from_frames(frames)
 
@@ -102,7 +103,7 @@ def test_tunnels_hash_by_their_inner_flow():
         return int(flow_hashes(one * 4, one * l4, s, np.array([sport]), d, np.array([dport]), 9)[0])
 
     want_inner = h(6, bytes([192, 168, 1, 1]), 41000, bytes([192, 168, 2, 2]), 8080)
-    assert classify(batch, 9).hashes.tolist() == [want_inner, want_inner]
+    assert classify(batch, 9).hashes.tolist() == [want_inner] * 3
     outer = classify(batch, 9, DecodeOptions(decapsulate=False)).hashes.tolist()
     a, b = bytes([10, 1, 0, 1]), bytes([10, 1, 0, 2])
-    assert outer == [h(17, a, 50000, b, 4789), h(47, a, 0, b, 0)]
+    assert outer == [h(17, a, 50000, b, 4789), h(47, a, 0, b, 0), h(17, a, 50001, b, 6081)]
