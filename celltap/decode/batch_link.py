@@ -191,7 +191,11 @@ def chain_stage(batch: FrameBatch, out: DecodedBatch, a: Active, walk: Walk) -> 
     """Follow VLAN / PPPoE / MPLS / inner Ethernet headers to IP; the rest fail or are NON_IP."""
     st = out.status
     for _ in range(_MAX_STEPS):
-        kind = _kinds(a["et"])
+        # The usual case costs two compares: every frame is at IPv4 / IPv6 already.
+        not_ip = (a["et"] != ETH_IPV4) & (a["et"] != ETH_IPV6)
+        if not not_ip.any():
+            break
+        kind = _kinds(a["et"], not_ip)
         if kind is None:
             break
         parts = []
@@ -205,17 +209,16 @@ def chain_stage(batch: FrameBatch, out: DecodedBatch, a: Active, walk: Walk) -> 
         a = Active.concat(parts) if parts else a.take(done)
     else:
         a.fail(_KIND[a["et"]] != K_DONE, Reason.TOO_DEEP, st)
+        not_ip = (a["et"] != ETH_IPV4) & (a["et"] != ETH_IPV6)
     out.ethertype[a.idx] = a["et"]
-    a.fail((a["et"] != ETH_IPV4) & (a["et"] != ETH_IPV6), Reason.NON_IP, st)
+    a.fail(not_ip, Reason.NON_IP, st)
     return a
 
 
-def _kinds(et: np.ndarray) -> np.ndarray | None:
-    """Kind of each frame's next header, or None when no frame has one to follow (the usual case:
-    two compares rule out IPv4 / IPv6, and only the few others are looked up)."""
-    other = np.flatnonzero((et != ETH_IPV4) & (et != ETH_IPV6))
-    if not other.size:
-        return None
+def _kinds(et: np.ndarray, not_ip: np.ndarray) -> np.ndarray | None:
+    """Kind of each frame's next header, or None when none has one to follow (looked up only for
+    the frames not at IPv4 / IPv6 already)."""
+    other = np.flatnonzero(not_ip)
     found = _KIND[et[other]]
     if not found.any():
         return None
