@@ -92,15 +92,16 @@ def overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             "any-sll": (tmp / "any.pcap", ["-i", "any", "-y", "LINUX_SLL"]),
             "any-sll2": (tmp / "any2.pcap", ["-i", "any", "-y", "LINUX_SLL2"]),
         }
-        dumps = []
-        for path, args in caps.values():
-            p = a.exec(tcpdump, "-U", "-n", *args, "-w", str(path), stderr=subprocess.PIPE, text=True)
-            dumps.append(p)
-            lines = [p.stderr.readline()]
-            while lines[-1] and "listening" not in lines[-1]:  # `-y` prints the link type first
-                lines.append(p.stderr.readline())
-            assert "listening" in lines[-1], lines
+        dumps: list[subprocess.Popen] = []
+        server = None
         try:
+            for path, args in caps.values():
+                p = a.exec(tcpdump, "-U", "-n", *args, "-w", str(path), stderr=subprocess.PIPE, text=True)
+                dumps.append(p)
+                lines = [p.stderr.readline()]
+                while lines[-1] and "listening" not in lines[-1]:  # `-y` prints the link type first
+                    lines.append(p.stderr.readline())
+                assert "listening" in lines[-1], lines
             server = b.exec(sys.executable, "-c", SERVER, stdout=subprocess.PIPE, text=True)
             assert server.stdout.readline().strip() == "ready"
             client = a.run(sys.executable, "-c", CLIENT)
@@ -115,6 +116,11 @@ def overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             assert udp.returncode == 0, udp.stderr
             time.sleep(0.5)
         finally:
+            if server is not None:
+                if server.poll() is None:  # the client failed: the server still waits in accept()
+                    server.kill()
+                server.wait(timeout=20)
+                server.stdout.close()
             for p in dumps:
                 os.kill(p.pid, signal.SIGINT)  # the `ip netns exec` wrapper execs tcpdump itself
                 p.wait(timeout=20)
