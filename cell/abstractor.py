@@ -375,20 +375,15 @@ class Abstractor:
         swap = canonical_swap(src, sport, dst, dport)
         batch = db.batch
         flags = zero_window_marks(db, idx, l4, db.tcp_flags[idx])
+        order = np.argsort(hashes, kind="stable")
         ack_args = None
         if self.batch_acks:
             # most pure ACKs change no stream state: settled per flow after the batch
-            aside = pure_acks_to_set_aside(l4, db.payload_len[idx], flags, hashes, swap)
+            order, aside = pure_acks_to_set_aside(order, l4, db.payload_len[idx], flags, hashes, swap)
             if aside is not None:
                 pk = None if weights is None else weights[0][idx][aside]
                 octs = (db.ip_len[idx] if weights is None else weights[1][idx])[aside]
                 ack_args = (hashes[aside], swap[aside], pk, octs, batch.ts_ns[idx][aside])
-                keep = np.ones(idx.shape[0], bool)
-                keep[aside] = False
-                hashes, swap, idx, flags = hashes[keep], swap[keep], idx[keep], flags[keep]
-                src, dst, sport, dport = src[keep], dst[keep], sport[keep], dport[keep]
-                l3, l4 = l3[keep], l4[keep]
-        order = np.argsort(hashes, kind="stable")
         abs_off = batch.offsets[idx] + db.payload_off[idx]
         icmp = (l4 == 1) | (l4 == 58)
         if icmp.any():

@@ -17,22 +17,35 @@ SLOW_FLAGS = 0x107  # FIN, SYN, RST and the cell's zero-window mark (cell.tcp_re
 
 
 def pure_acks_to_set_aside(
-    l4: np.ndarray, plen: np.ndarray, flags: np.ndarray, hashes: np.ndarray, swap: np.ndarray
-) -> np.ndarray | None:
-    """Positions of the pure ACKs the loop can skip (all but each flow direction's first), or None."""
-    pure = (l4 == 6) & (plen <= 0) & ((flags & SLOW_FLAGS) == 0)
+    order: np.ndarray,
+    l4: np.ndarray,
+    plen: np.ndarray,
+    flags: np.ndarray,
+    hashes: np.ndarray,
+    swap: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Split `order` (a stable argsort of `hashes`) into the packets for the loop and the pure ACKs set aside.
+
+    Set aside: every pure ACK but the first of its flow direction in the batch. Returns (the rest
+    of `order`, the set-aside positions or None); both keep flow order.
+    """
+    pure = ((l4 == 6) & (plen <= 0) & ((flags & SLOW_FLAGS) == 0))[order]
     if not pure.any():
-        return None
-    p = np.flatnonzero(pure)
-    h = hashes[p]
-    s = swap[p]
-    o = np.lexsort((s, h))  # by flow, then direction; stable, so capture order inside a group
-    hs, ss = h[o], s[o]
-    later = np.zeros(p.shape[0], bool)
-    later[1:] = (hs[1:] == hs[:-1]) & (ss[1:] == ss[:-1])
+        return order, None
+    hs = hashes[order]
+    ss = swap[order]
+    run_start = np.ones(hs.shape[0], bool)
+    run_start[1:] = hs[1:] != hs[:-1]
+    later = np.zeros(hs.shape[0], bool)
+    for side in (False, True):
+        m = pure & (ss == side)
+        c = np.cumsum(m)
+        # the count before each flow's first packet, carried along the flow (c never decreases)
+        before = np.maximum.accumulate(np.where(run_start, c - m, 0))
+        later |= m & (c - before > 1)
     if not later.any():
-        return None
-    return np.sort(p[o[later]])
+        return order, None
+    return order[~later], order[later]
 
 
 def settle_acks(

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cell import events as ev
 from cell.flow_table import END_DETECTED, Flow
-from cell.tcp_reassembly import ACK, KEEP, SYN, ZWIN, segment
+from cell.tcp_reassembly import ACK, FIN, KEEP, SYN, ZWIN, segment
 from cell.tcp_state import (
     A1_LETTER,
     A2_LETTER,
@@ -33,6 +34,8 @@ from cell.tcp_state import (
     D2_LETTER,
     D2_SENT,
     after_close,
+    bare_fin,
+    bare_syn,
     orient_midstream,
 )
 from celltap.decode import DecodedBatch
@@ -151,13 +154,44 @@ def feed_packets(
                         continue
             else:
                 payload = b""
-                if not fl & SLOW and (flow.nxt2 if swapped else flow.nxt1) >= 0:
-                    # a pure ACK of an active direction changes no stream state
-                    bit = A2_LETTER if swapped else A1_LETTER
-                    if fl & ACK and not flow.hbits & bit:
-                        flow.hbits |= bit
-                        flow.history += "A" if flow.orig == (2 if swapped else 1) else "a"
-                    continue
+                if not fl & SLOW:
+                    if (flow.nxt2 if swapped else flow.nxt1) >= 0:
+                        # a pure ACK of an active direction changes no stream state
+                        bit = A2_LETTER if swapped else A1_LETTER
+                        if fl & ACK and not flow.hbits & bit:
+                            flow.hbits |= bit
+                            flow.history += "A" if flow.orig == (2 if swapped else 1) else "a"
+                        continue
+                elif fl & 7 == SYN:
+                    # a bare SYN / SYN-ACK opening its direction fixes its initial sequence number
+                    if swapped:
+                        if flow.nxt2 < 0:
+                            bare_syn(flow, 2, fl, seq)
+                            flow.nxt2 = (seq + 1) & 0xFFFFFFFF
+                            continue
+                    elif flow.nxt1 < 0:
+                        bare_syn(flow, 1, fl, seq)
+                        flow.nxt1 = (seq + 1) & 0xFFFFFFFF
+                        continue
+                elif fl & 7 == FIN:
+                    # a bare FIN right at the in-order edge with nothing buffered closes its direction
+                    if swapped:
+                        if seq == flow.nxt2 and flow.ooo2 is None:
+                            bare_fin(flow, 2, fl, seq)
+                            flow.fin2 = seq
+                            flow.closed2 = True
+                            if flow.closed1:
+                                ab._close(flow, ev.REASON_NORMAL, ts, END_DETECTED)
+                                flow.last_ns = ts
+                            continue
+                    elif seq == flow.nxt1 and flow.ooo1 is None:
+                        bare_fin(flow, 1, fl, seq)
+                        flow.fin1 = seq
+                        flow.closed1 = True
+                        if flow.closed2:
+                            ab._close(flow, ev.REASON_NORMAL, ts, END_DETECTED)
+                            flow.last_ns = ts
+                        continue
             ack = -1
             if fl & 4:  # RST: its ACK number may be needed to judge it
                 if ack_col is None:

@@ -46,6 +46,7 @@ A2_LETTER = H_ACK << 8
 D1_SENT = H_DATA | H_SENT
 D2_SENT = D1_SENT << 8
 
+MASK33 = 0x1FFFFFFFF
 _POW10 = frozenset(10**k for k in range(12))
 
 # logarithmic counters, index in flow.hcount
@@ -85,10 +86,6 @@ def _state(flow: Flow, d: int) -> int:
     return (flow.tstate >> (0 if d == 1 else 4)) & 15
 
 
-def _prev(flow: Flow, d: int) -> int:
-    return (flow.tstate >> (8 if d == 1 else 12)) & 15
-
-
 def _set(flow: Flow, d: int, st: int) -> None:
     t = flow.tstate
     sh = 0 if d == 1 else 4
@@ -106,88 +103,127 @@ def endpoint_states(flow: Flow) -> tuple[int, int]:
     return _state(flow, o), _state(flow, 3 - o)
 
 
-def _last_seq(packed: int, d: int) -> int:
-    """The sequence number stored for endpoint d in a packed pair (-1: none)."""
-    v = (packed >> (0 if d == 1 else 33)) & 0x1FFFFFFFF
-    return v - 1
-
-
-def _store_seq(packed: int, d: int, seq: int) -> int:
-    sh = 0 if d == 1 else 33
-    return (packed & ~(0x1FFFFFFFF << sh)) | ((seq + 1) << sh)
-
-
 def syn_seq(flow: Flow, d: int) -> int:
     """The sequence number of the last SYN (ISN) seen from endpoint d, or -1."""
-    return _last_seq(flow.syns, d)
+    return ((flow.syns >> (0 if d == 1 else 33)) & MASK33) - 1
 
 
 def control_letters(flow: Flow, d: int, flags: int, seq: int, plen: int) -> None:
     """History letters of a packet with SYN, FIN or RST (Zeek's update_history)."""
-    n = (flags & SYN) // SYN + (flags & FIN) + (flags & RST) // RST
-    if n > 1:
-        if flags & FIN and flags & RST:
-            once(flow, d, H_INCONS, "i")
-        else:
-            once(flow, d, H_MULTI, "q")
-        return
-    if flags & SYN:
-        code = "h" if flags & ACK else "s"
-        if syn_seq(flow, d) != seq:
-            letter(flow, d, code)
-        flow.syns = _store_seq(flow.syns, d, seq)
-    elif flags & FIN:
-        end = (seq + plen) & 0xFFFFFFFF
+    f = flags & 7
+    up = d == flow.orig
+    if f == SYN:
+        sh = 0 if d == 1 else 33
+        syns = flow.syns
+        if (syns >> sh) & MASK33 != seq + 1:
+            if flags & ACK:
+                flow.history += "H" if up else "h"
+            else:
+                flow.history += "S" if up else "s"
+        flow.syns = (syns & ~(MASK33 << sh)) | ((seq + 1) << sh)
+    elif f == FIN:
         # the reassembler's FIN position is the end of the last FIN seen (written after this call)
-        if (flow.fin1 if d == 1 else flow.fin2) != end:
-            letter(flow, d, "f")
+        if (flow.fin1 if d == 1 else flow.fin2) != (seq + plen) & 0xFFFFFFFF:
+            flow.history += "F" if up else "f"
+    elif f == RST:
+        sh = 0 if d == 1 else 33
+        rsts = flow.rsts
+        if (rsts >> sh) & MASK33 != seq + 1:
+            flow.history += "R" if up else "r"
+        flow.rsts = (rsts & ~(MASK33 << sh)) | ((seq + 1) << sh)
+    elif f & FIN and f & RST:
+        once(flow, d, H_INCONS, "i")
     else:
-        if _last_seq(flow.rsts, d) != seq:
-            letter(flow, d, "r")
-        flow.rsts = _store_seq(flow.rsts, d, seq)
+        once(flow, d, H_MULTI, "q")
 
 
 def control(flow: Flow, d: int, flags: int, plen: int) -> None:
     """Endpoint state machine step for a packet with SYN, FIN or RST (Zeek's UpdateStateMachine)."""
     o = 3 - d
-    ep = _state(flow, d)
-    peer = _state(flow, o)
+    t = flow.tstate
+    sh, osh = (0, 4) if d == 1 else (4, 0)
+    ep = (t >> sh) & 15
+    peer = (t >> osh) & 15
+    new_ep, new_peer = ep, peer
     if ep == INACTIVE:
         if flags & SYN:
             if d == flow.orig:
-                _set(flow, d, SYN_ACK_SENT if flags & ACK else SYN_SENT)
+                new_ep = SYN_ACK_SENT if flags & ACK else SYN_SENT
             else:
                 if not flags & ACK and peer == SYN_ACK_SENT:
                     # SYN-ACK seen before the SYN: the SYN's sender is the originator after all
                     flow.orig = d
                     flow.history += "^"
-                    _set(flow, o, ESTABLISHED)
+                    new_peer = ESTABLISHED
                 elif peer == SYN_SENT:
-                    _set(flow, o, ESTABLISHED)
-                _set(flow, d, ESTABLISHED)
+                    new_peer = ESTABLISHED
+                new_ep = ESTABLISHED
         if flags & FIN:
-            _set(flow, d, CLOSED)
+            new_ep = CLOSED
         if flags & RST:
-            _set(flow, d, RESET)
-        if _state(flow, d) == INACTIVE:
-            first_packet(flow, d, flags, plen)
-    elif ep in (SYN_SENT, SYN_ACK_SENT):
+            new_ep = RESET
+    elif ep == SYN_SENT or ep == SYN_ACK_SENT:
         if flags & FIN:
-            _set(flow, d, CLOSED)
+            new_ep = CLOSED
         if flags & RST:
-            _set(flow, d, RESET)
-    elif ep in (ESTABLISHED, PARTIAL):
+            new_ep = RESET
+    elif ep == ESTABLISHED or ep == PARTIAL:
         if flags & SYN and ep == PARTIAL and peer == INACTIVE and not flags & ACK:
-            _set(flow, d, SYN_SENT)
+            new_ep = SYN_SENT
         if flags & FIN and not flags & RST:
-            _set(flow, d, CLOSED)
-            if peer == RESET and _prev(flow, o) == CLOSED:
-                _set(flow, o, CLOSED)  # the peer's FIN then RST was a normal close
+            new_ep = CLOSED
+            if peer == RESET and (t >> (osh + 8)) & 15 == CLOSED:
+                new_peer = CLOSED  # the peer's FIN then RST was a normal close
         if flags & RST:
-            _set(flow, d, RESET)
+            new_ep = RESET
     elif ep == CLOSED:
         if flags & RST and peer != CLOSED:
-            _set(flow, d, RESET)
+            new_ep = RESET
+    if new_ep != ep:
+        _set(flow, d, new_ep)
+    if new_peer != peer:
+        _set(flow, o, new_peer)
+    if new_ep == INACTIVE:
+        first_packet(flow, d, flags, plen)
+
+
+def bare_syn(flow: Flow, d: int, flags: int, seq: int) -> None:
+    """A SYN or SYN-ACK without payload opening direction d (no packet of it seen yet): letters, states.
+
+    The common handshake shapes are done inline (the per-packet path meets two per connection);
+    anything else goes through `control_letters` and `control`.
+    """
+    t = flow.tstate
+    sh = 0 if d == 1 else 4
+    if not flow.syns >> (0 if d == 1 else 33) & MASK33 and not (t >> sh) & 15:
+        syn_sh = 0 if d == 1 else 33
+        if d == flow.orig and not flags & ACK:
+            flow.history += "S"
+            flow.syns |= (seq + 1) << syn_sh
+            flow.tstate = t | SYN_SENT << sh  # the previous state stays INACTIVE (0)
+            return
+        osh = 4 - sh
+        if d != flow.orig and flags & ACK and (t >> osh) & 15 == SYN_SENT:
+            flow.history += "h"
+            flow.syns |= (seq + 1) << syn_sh
+            # both ESTABLISHED; the originator's previous state is SYN_SENT
+            t &= ~(0xF << osh | 0xF << (osh + 8))
+            flow.tstate = t | ESTABLISHED << sh | ESTABLISHED << osh | SYN_SENT << (osh + 8)
+            return
+    control_letters(flow, d, flags, seq, 0)
+    control(flow, d, flags, 0)
+
+
+def bare_fin(flow: Flow, d: int, flags: int, seq: int) -> None:
+    """A FIN without payload from direction d: its letter and state (ESTABLISHED -> CLOSED inline)."""
+    if (flow.fin1 if d == 1 else flow.fin2) != seq:
+        flow.history += "F" if d == flow.orig else "f"
+    t = flow.tstate
+    sh = 0 if d == 1 else 4
+    if (t >> sh) & 15 == ESTABLISHED and (t >> (4 - sh)) & 15 != RESET:
+        flow.tstate = (t & ~(0xF << sh | 0xF << (sh + 8))) | CLOSED << sh | ESTABLISHED << (sh + 8)
+    else:
+        control(flow, d, flags, 0)
 
 
 def first_packet(flow: Flow, d: int, flags: int, plen: int) -> None:

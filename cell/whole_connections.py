@@ -106,13 +106,12 @@ def whole_connections(
     # the second FIN closes the flow: the last FIN row of the flow
     fin_rank = np.where(is_fin, rank, -1)
     close = starts + np.maximum.reduceat(fin_rank, off)
-    codes = history_codes(off, size, rank, side, is_ack, (pf7 == 0) & (pl > 0), is_fin)
+    codes = history_codes(off, rank, side, is_ack, (pf7 == 0) & (pl > 0), is_fin)
     return starts[good], ends[good], close[good], codes[good]
 
 
 def history_codes(
     off: np.ndarray,
-    size: np.ndarray,
     rank: np.ndarray,
     side: np.ndarray,
     is_ack: np.ndarray,
@@ -125,14 +124,13 @@ def history_codes(
     the FIN (`F`/`f`). Code = sum of event k's place among the events that happened, as base-8
     digit k (7: did not happen); equal codes mean equal histories.
     """
-    m = off.shape[0]
-    pos = np.full((m, 6), NO_EVENT, np.int64)
-    flow_of = np.repeat(np.arange(m), size)
-    for k, (mask, sd) in enumerate(
-        ((is_ack, 0), (is_ack, 1), (is_data, 0), (is_data, 1), (is_fin, 0), (is_fin, 1))
-    ):
-        sel = mask & (side == sd) & (rank >= 2)
-        np.minimum.at(pos[:, k], flow_of[sel], rank[sel])
+    body = rank >= 2
+    side0 = side == 0
+    pos = np.empty((off.shape[0], 6), np.int64)
+    for k, mask in enumerate((is_ack, is_data, is_fin)):
+        m = mask & body
+        pos[:, 2 * k] = np.minimum.reduceat(np.where(m & side0, rank, NO_EVENT), off)
+        pos[:, 2 * k + 1] = np.minimum.reduceat(np.where(m & ~side0, rank, NO_EVENT), off)
     places = np.argsort(np.argsort(pos, axis=1, kind="stable"), axis=1, kind="stable")
     places = np.where(pos < NO_EVENT, places, 7)
     return (places * (8 ** np.arange(6))).sum(axis=1)
