@@ -127,7 +127,8 @@ def test_rst_acceptance_rule_crafted():
         "past": ("TIMEOUT", 1),
     }
     # a RST from the side that never sent anything (a rejected SYN) is judged by its ACK number
-    for ack, honoured in ((1001, True), (1001 + (1 << 20), True), (1002 + (1 << 20), False), (1001 + (1 << 31), False)):
+    cases = ((1001, True), (1001 + (1 << 20), True), (1002 + (1 << 20), False), (1001 + (1 << 31), False))
+    for ack, honoured in cases:
         c = Conv(bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2)), 40000, 80, 1000, 5000)
         c.put(c.frame(True, 1000, 0, SYN))
         c.put(c.frame(False, 0, ack, RST | ACK))
