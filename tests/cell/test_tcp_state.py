@@ -339,3 +339,37 @@ def test_midstream_flows_same_with_and_without_ack_batching():
         )
     assert results[0] == results[1]
     assert sum(1 for r in results[0][0] if r[2][:1] not in ("S", "^")) > 5, "midstream flows were picked up"
+
+
+# ------------------------------------------------------------------ the counters on /metrics (live cell)
+def test_new_counters_are_prometheus_metrics(tmp_path):
+    """Crafted captures injected into a running cell: the anomaly counters appear on its metrics endpoint."""
+    from tests.cell.runner import LiveCell, wait_for, write_config
+
+    home = tmp_path / "home"
+    rules = "pcap:\n  if: pcap\ntcp_default:\n  if: default\n  proto: TCP\n"
+    cfg = write_config(tmp_path / "c.yaml", home, rules)
+    c = Conv(bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2)), 40001, 80, 1000, 5000)
+    c.put(c.frame(True, 1000, 0, SYN))
+    c.put(c.frame(False, 5000, 1001, SYN | ACK))
+    c.put(c.frame(True, 1001, 5001, ACK | PSH, b"hello"))
+    c.put(c.frame(True, 1006 + (1 << 30), 5001, RST | ACK))  # out of window
+    c.put(c.frame(True, 1006 + (1 << 31), 5001, ACK | PSH, b"stray"))  # far away
+    frames = sorted(c.frames + _handshake_twice(b"").frames, key=lambda f: f[0])
+    pcap = tmp_path / "anomalies.pcap"
+    with PcapWriter(str(pcap)) as w:
+        for ts, f in frames:
+            w.write(ts, f)
+    cell = LiveCell(cfg, home)
+    try:
+        wait_for(lambda: cell.metrics().get('celltap_cell_flows_live{cell="0"}') is not None, what="metrics")
+        cell.inject_pcap(pcap)
+        key = 'celltap_cell_dropped_packets_total{cell="0",reason="%s"}'
+        wait_for(lambda: cell.metrics().get(key % "tcp_rst_out_of_window") == 1, what="the RST counted")
+        m = cell.metrics()
+        assert m[key % "tcp_seq_out_of_window"] == 1
+        assert m['celltap_cell_tcp_resyncs_total{cell="0"}'] == 1
+        assert m['celltap_cell_tcp_gap_bytes_total{cell="0"}'] == 0
+    finally:
+        code, err = cell.stop()
+    assert code == 0, err
