@@ -121,8 +121,8 @@ class Flow:
         self.history = ""
         self.hbits = 0  # once-letters written, payload sent (per endpoint)
         self.tstate = 0  # both endpoints' TCP states and previous states, 4 bits each
-        self.syns = 0  # last SYN sequence number per endpoint, packed (0: none)
-        self.rsts = 0  # last RST sequence number per endpoint, packed (0: none)
+        self.syns = 0  # last SYN sequence number of each endpoint (32 bits each; hbits says which are set)
+        self.rsts = 0  # last RST sequence number of each endpoint (likewise)
         self.hcount: list[int] | None = None  # retransmissions, gaps, zero windows per endpoint
         self.missed_bytes = 0  # stream bytes skipped in holes, both directions
 

@@ -38,15 +38,16 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
 
 # hbits, per endpoint (shifted by 8 for endpoint 2)
-H_ACK, H_DATA, H_INCONS, H_MULTI, H_SENT = 1, 2, 4, 8, 16
+H_ACK, H_DATA, H_INCONS, H_MULTI, H_SENT, H_SYN, H_RST = 1, 2, 4, 8, 16, 32, 64
 D1_LETTER = H_DATA  # endpoint 1's `D` written (the per-packet loop tests this bit inline)
 D2_LETTER = H_DATA << 8
 A1_LETTER = H_ACK
 A2_LETTER = H_ACK << 8
 D1_SENT = H_DATA | H_SENT
 D2_SENT = D1_SENT << 8
+SYN_BOTH = H_SYN | H_SYN << 8  # both endpoints' SYN sequence numbers are in flow.syns
 
-MASK33 = 0x1FFFFFFFF
+M32 = 0xFFFFFFFF
 _POW10 = frozenset(10**k for k in range(12))
 
 # logarithmic counters, index in flow.hcount
@@ -105,7 +106,9 @@ def endpoint_states(flow: Flow) -> tuple[int, int]:
 
 def syn_seq(flow: Flow, d: int) -> int:
     """The sequence number of the last SYN (ISN) seen from endpoint d, or -1."""
-    return ((flow.syns >> (0 if d == 1 else 33)) & MASK33) - 1
+    if not flow.hbits & (H_SYN if d == 1 else H_SYN << 8):
+        return -1
+    return (flow.syns >> (0 if d == 1 else 32)) & M32
 
 
 def control_letters(flow: Flow, d: int, flags: int, seq: int, plen: int) -> None:
@@ -113,24 +116,28 @@ def control_letters(flow: Flow, d: int, flags: int, seq: int, plen: int) -> None
     f = flags & 7
     up = d == flow.orig
     if f == SYN:
-        sh = 0 if d == 1 else 33
+        sh = 0 if d == 1 else 32
+        seen = H_SYN if d == 1 else H_SYN << 8
         syns = flow.syns
-        if (syns >> sh) & MASK33 != seq + 1:
+        if not flow.hbits & seen or (syns >> sh) & M32 != seq:
             if flags & ACK:
                 flow.history += "H" if up else "h"
             else:
                 flow.history += "S" if up else "s"
-        flow.syns = (syns & ~(MASK33 << sh)) | ((seq + 1) << sh)
+        flow.syns = (syns & ~(M32 << sh)) | seq << sh
+        flow.hbits |= seen
     elif f == FIN:
         # the reassembler's FIN position is the end of the last FIN seen (written after this call)
         if (flow.fin1 if d == 1 else flow.fin2) != (seq + plen) & 0xFFFFFFFF:
             flow.history += "F" if up else "f"
     elif f == RST:
-        sh = 0 if d == 1 else 33
+        sh = 0 if d == 1 else 32
+        seen = H_RST if d == 1 else H_RST << 8
         rsts = flow.rsts
-        if (rsts >> sh) & MASK33 != seq + 1:
+        if not flow.hbits & seen or (rsts >> sh) & M32 != seq:
             flow.history += "R" if up else "r"
-        flow.rsts = (rsts & ~(MASK33 << sh)) | ((seq + 1) << sh)
+        flow.rsts = (rsts & ~(M32 << sh)) | seq << sh
+        flow.hbits |= seen
     elif f & FIN and f & RST:
         once(flow, d, H_INCONS, "i")
     else:
@@ -195,17 +202,20 @@ def bare_syn(flow: Flow, d: int, flags: int, seq: int) -> None:
     """
     t = flow.tstate
     sh = 0 if d == 1 else 4
-    if not flow.syns >> (0 if d == 1 else 33) & MASK33 and not (t >> sh) & 15:
-        syn_sh = 0 if d == 1 else 33
+    seen = H_SYN if d == 1 else H_SYN << 8
+    if not flow.hbits & seen and not (t >> sh) & 15:
+        syn_sh = 0 if d == 1 else 32
         if d == flow.orig and not flags & ACK:
             flow.history += "S"
-            flow.syns |= (seq + 1) << syn_sh
+            flow.hbits |= seen
+            flow.syns |= seq << syn_sh
             flow.tstate = t | SYN_SENT << sh  # the previous state stays INACTIVE (0)
             return
         osh = 4 - sh
         if d != flow.orig and flags & ACK and (t >> osh) & 15 == SYN_SENT:
             flow.history += "h"
-            flow.syns |= (seq + 1) << syn_sh
+            flow.hbits |= seen
+            flow.syns |= seq << syn_sh
             # both ESTABLISHED; the originator's previous state is SYN_SENT
             t &= ~(0xF << osh | 0xF << (osh + 8))
             flow.tstate = t | ESTABLISHED << sh | ESTABLISHED << osh | SYN_SENT << (osh + 8)

@@ -17,7 +17,7 @@ import numpy as np
 
 from cell import events as ev
 from cell.flow_table import END_DETECTED, LINGER_NS, Flow
-from cell.tcp_state import CLOSED, ESTABLISHED, H_ACK, H_DATA, H_SENT
+from cell.tcp_state import CLOSED, ESTABLISHED, H_ACK, H_DATA, H_SENT, SYN_BOTH
 from cell.whole_connections import whole_connections
 from celltap.decode import DecodedBatch
 from celltap.pcap.batch import gather_frames
@@ -50,7 +50,7 @@ def whole_histories(codes: np.ndarray, swapped0: np.ndarray) -> tuple[list[str],
                 b1 |= side_bits
         placed.sort()
         texts.append("Sh" + "".join(c for _, c in placed))
-        bits1.append(b0 | b1 << 8)
+        bits1.append(b0 | b1 << 8 | SYN_BOTH)
     swap_bits = [((b & 0xFF) << 8) | (b >> 8) for b in bits1]
     inv_l = inv.tolist()
     hist = [texts[i] for i in inv_l]
@@ -157,10 +157,35 @@ def take_whole_connections(
     schedule = ab.table.schedule
     normal = ev.REASON_NORMAL
     at_data = 0
-    close_row = (off + closes - starts).tolist()
+    # the flow closes at its second FIN (only pure ACKs may follow); its last-seen time is the latest
+    # of that FIN, the rows after it and its set-aside ACKs (as the per-packet path keeps it)
+    c_rank = np.repeat(closes - starts, size)
+    r_rank = np.arange(rows.shape[0]) - np.repeat(off, size)
+    close_ts = r_ts[off + closes - starts]
+    seen_ts = np.maximum(np.maximum.reduceat(np.where(r_rank >= c_rank, r_ts, 0), off), ack_last)
     hist_l, hbits_l = whole_histories(codes, swapped0)
-    syns = [(a + 1) | (b + 1) << 33 for a, b in zip(isn1.tolist(), isn2.tolist(), strict=True)]
-    for k, (o0, n0, h, l3v, sp, dp, p1, p2, o1, o2, x1, x2, is_one, de, dts, who, s0, al, c0) in enumerate(
+    syns = (isn1.astype(np.uint64) | isn2.astype(np.uint64) << np.uint64(32)).tolist()
+    for k, (
+        o0,
+        n0,
+        h,
+        l3v,
+        sp,
+        dp,
+        p1,
+        p2,
+        o1,
+        o2,
+        x1,
+        x2,
+        is_one,
+        de,
+        dts,
+        who,
+        s0,
+        last,
+        seen,
+    ) in enumerate(
         zip(
             off.tolist(),
             size.tolist(),
@@ -179,8 +204,8 @@ def take_whole_connections(
             data_ts.tolist(),
             talker.tolist(),
             swapped0.tolist(),
-            ack_last.tolist(),
-            close_row,
+            close_ts.tolist(),
+            seen_ts.tolist(),
             strict=True,
         )
     ):
@@ -205,7 +230,6 @@ def take_whole_connections(
         flow.hbits = hbits_l[k]
         flow.tstate = CLOSED_AFTER_ESTABLISHED
         flow.syns = syns[k]
-        last = ts_l[c0]  # the second FIN: only pure ACKs may follow it
         if is_one:
             # One talker under the window: classify on all of it, then CREATED, DATA, DESTROYED
             # (what _classify_tcp and _close would produce at the close), inlined: this is the
@@ -247,9 +271,7 @@ def take_whole_connections(
                     po = po_l[j]
                     deliver(flow, 2 if sw_l[j] else 1, bytes(raw[po : po + pl]), ts_l[j])
             close(flow, ev.REASON_NORMAL, last, END_DETECTED)
-        end = o0 + n0 - 1
-        seen = last if c0 == end else max(ts_l[c0 : end + 1])
-        flow.last_ns = al if al > seen else seen
+        flow.last_ns = seen
     created = ab.flows_created
     created["tcp"] = created.get("tcp", 0) + int(starts.shape[0])
     ab.whole_flows += int(starts.shape[0])
