@@ -145,7 +145,7 @@ def rst_evasion() -> dict:
     answers.append(_ask(c, b"GET /two\n"))  # the connection is still alive
     answers.append(_ask(c, b"GET /three\n"))
     c.shutdown(socket.SHUT_WR)
-    srv.join(5)
+    srv.join(30)
     c.close()
     # a second connection aborted by the client: a real, in-window RST
     srv2 = _server(8081, 1)
@@ -154,7 +154,7 @@ def rst_evasion() -> dict:
     answers.append(_ask(c2, b"GET /abort\n"))
     c2.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     c2.close()
-    srv2.join(5)
+    srv2.join(30)
     time.sleep(0.2)
     sniff.stop = True
     return {
@@ -172,7 +172,7 @@ def tfo() -> dict:
     answer = _recv_line(c)
     info = c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
     c.shutdown(socket.SHUT_WR)
-    srv.join(5)
+    srv.join(30)
     c.close()
     # tcpi_options (byte 5): TCPI_OPT_SYN_DATA (0x20) = data was sent in the SYN and acknowledged
     return {"port": 8082, "answer": answer.decode(), "syn_data_acked": bool(info[5] & 0x20)}
@@ -210,7 +210,7 @@ def states() -> dict:
     out["SF"] = c.getsockname()[1]
     _ask(c, b"GET /sf\n")
     c.shutdown(socket.SHUT_WR)
-    srv.join(5)
+    srv.join(30)
     c.close()
     # RSTO: the client (originator) aborts
     srv = _server(9012, 1)
@@ -219,13 +219,13 @@ def states() -> dict:
     _ask(c, b"GET /rsto\n")
     c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     c.close()
-    srv.join(5)
+    srv.join(30)
     # RSTR: the server (responder) aborts after answering
     srv = _server(9013, 1, abort=True)
     c = socket.create_connection((HOST, 9013))
     out["RSTR"] = c.getsockname()[1]
     _ask(c, b"GET /rstr\n")
-    srv.join(5)
+    srv.join(30)
     time.sleep(0.2)
     c.close()
     time.sleep(0.2)
@@ -237,10 +237,11 @@ def talk() -> dict:
     c = socket.create_connection((HOST, 8083))
     answers = [_ask(c, f"GET /{i} {'x' * (100 * i)}\n".encode()) for i in range(6)]
     c.shutdown(socket.SHUT_WR)
-    srv.join(5)
+    srv.join(30)
+    done = not srv.is_alive()
     c.close()
     time.sleep(0.2)
-    return {"port": 8083, "answers": len(answers)}
+    return {"port": 8083, "answers": len(answers), "server_done": done}
 
 
 if __name__ == "__main__":
