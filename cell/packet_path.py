@@ -19,6 +19,7 @@ originator is its sender, unless the ports say otherwise (cell/tcp_state.py, `or
 
 from __future__ import annotations
 
+from sys import intern  # histories repeat: one string object per distinct history
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -141,14 +142,14 @@ def feed_packets(
                         if seq == flow.nxt2 and flow.ooo2 is None and flow.fin2 < 0:
                             if not flow.hbits & D2_LETTER:
                                 flow.hbits |= D2_SENT  # the letter written, payload sent
-                                flow.history += "D" if flow.orig == 2 else "d"
+                                flow.history = intern(flow.history + ("D" if flow.orig == 2 else "d"))
                             deliver(flow, 2, payload, ts)
                             flow.nxt2 = (flow.nxt2 + plen) & 0xFFFFFFFF
                             continue
                     elif seq == flow.nxt1 and flow.ooo1 is None and flow.fin1 < 0:
                         if not flow.hbits & D1_LETTER:
                             flow.hbits |= D1_SENT
-                            flow.history += "D" if flow.orig == 1 else "d"
+                            flow.history = intern(flow.history + ("D" if flow.orig == 1 else "d"))
                         deliver(flow, 1, payload, ts)
                         flow.nxt1 = (flow.nxt1 + plen) & 0xFFFFFFFF
                         continue
@@ -160,7 +161,8 @@ def feed_packets(
                         bit = A2_LETTER if swapped else A1_LETTER
                         if fl & ACK and not flow.hbits & bit:
                             flow.hbits |= bit
-                            flow.history += "A" if flow.orig == (2 if swapped else 1) else "a"
+                            up = flow.orig == (2 if swapped else 1)
+                            flow.history = intern(flow.history + ("A" if up else "a"))
                         continue
                 elif fl & 7 == SYN:
                     # a bare SYN / SYN-ACK opening its direction fixes its initial sequence number

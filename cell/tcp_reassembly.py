@@ -30,6 +30,7 @@ Windows (what a receiver would not accept is not stream state here either):
 from __future__ import annotations
 
 from collections.abc import Callable
+from sys import intern  # histories repeat: one string object per distinct history
 
 from cell.events import REASON_NORMAL, REASON_RESET
 from cell.flow_table import Flow
@@ -206,12 +207,12 @@ def segment(
             bit = D1_LETTER if d == 1 else D2_LETTER
             if not flow.hbits & bit:
                 flow.hbits |= bit
-                flow.history += "D" if d == flow.orig else "d"
+                flow.history = intern(flow.history + ("D" if d == flow.orig else "d"))
         elif flags & ACK:
             bit = A1_LETTER if d == 1 else A2_LETTER
             if not flow.hbits & bit:
                 flow.hbits |= bit
-                flow.history += "A" if d == flow.orig else "a"
+                flow.history = intern(flow.history + ("A" if d == flow.orig else "a"))
         if nxt < 0:
             first_packet(flow, d, flags, n)
     if flags & ZWIN:

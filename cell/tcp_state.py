@@ -27,6 +27,7 @@ previous ones Zeek consults), 4 bits each.
 
 from __future__ import annotations
 
+from sys import intern  # histories repeat: one string object per distinct history
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ T_COUNT, G_COUNT, W_COUNT = 0, 2, 4
 
 def letter(flow: Flow, d: int, code: str) -> None:
     """Append one history letter for endpoint d (upper case when d is the originator)."""
-    flow.history += code.upper() if d == flow.orig else code
+    flow.history = intern(flow.history + (code.upper() if d == flow.orig else code))
 
 
 def once(flow: Flow, d: int, bit: int, code: str) -> None:
@@ -64,7 +65,7 @@ def once(flow: Flow, d: int, bit: int, code: str) -> None:
     b = bit << 8 if d == 2 else bit
     if not flow.hbits & b:
         flow.hbits |= b
-        flow.history += code.upper() if d == flow.orig else code
+        flow.history = intern(flow.history + (code.upper() if d == flow.orig else code))
 
 
 def scaled(flow: Flow, d: int, which: int, code: str) -> None:
@@ -75,7 +76,7 @@ def scaled(flow: Flow, d: int, which: int, code: str) -> None:
     i = which + d - 1
     c[i] += 1
     if c[i] in _POW10:
-        flow.history += code.upper() if d == flow.orig else code
+        flow.history = intern(flow.history + (code.upper() if d == flow.orig else code))
 
 
 def sent_payload(flow: Flow, d: int) -> bool:
@@ -121,21 +122,21 @@ def control_letters(flow: Flow, d: int, flags: int, seq: int, plen: int) -> None
         syns = flow.syns
         if not flow.hbits & seen or (syns >> sh) & M32 != seq:
             if flags & ACK:
-                flow.history += "H" if up else "h"
+                flow.history = intern(flow.history + ("H" if up else "h"))
             else:
-                flow.history += "S" if up else "s"
+                flow.history = intern(flow.history + ("S" if up else "s"))
         flow.syns = (syns & ~(M32 << sh)) | seq << sh
         flow.hbits |= seen
     elif f == FIN:
         # the reassembler's FIN position is the end of the last FIN seen (written after this call)
         if (flow.fin1 if d == 1 else flow.fin2) != (seq + plen) & 0xFFFFFFFF:
-            flow.history += "F" if up else "f"
+            flow.history = intern(flow.history + ("F" if up else "f"))
     elif f == RST:
         sh = 0 if d == 1 else 32
         seen = H_RST if d == 1 else H_RST << 8
         rsts = flow.rsts
         if not flow.hbits & seen or (rsts >> sh) & M32 != seq:
-            flow.history += "R" if up else "r"
+            flow.history = intern(flow.history + ("R" if up else "r"))
         flow.rsts = (rsts & ~(M32 << sh)) | seq << sh
         flow.hbits |= seen
     elif f & FIN and f & RST:
@@ -160,7 +161,7 @@ def control(flow: Flow, d: int, flags: int, plen: int) -> None:
                 if not flags & ACK and peer == SYN_ACK_SENT:
                     # SYN-ACK seen before the SYN: the SYN's sender is the originator after all
                     flow.orig = d
-                    flow.history += "^"
+                    flow.history = intern(flow.history + "^")
                     new_peer = ESTABLISHED
                 elif peer == SYN_SENT:
                     new_peer = ESTABLISHED
@@ -206,14 +207,14 @@ def bare_syn(flow: Flow, d: int, flags: int, seq: int) -> None:
     if not flow.hbits & seen and not (t >> sh) & 15:
         syn_sh = 0 if d == 1 else 32
         if d == flow.orig and not flags & ACK:
-            flow.history += "S"
+            flow.history = intern(flow.history + "S")
             flow.hbits |= seen
             flow.syns |= seq << syn_sh
             flow.tstate = t | SYN_SENT << sh  # the previous state stays INACTIVE (0)
             return
         osh = 4 - sh
         if d != flow.orig and flags & ACK and (t >> osh) & 15 == SYN_SENT:
-            flow.history += "h"
+            flow.history = intern(flow.history + "h")
             flow.hbits |= seen
             flow.syns |= seq << syn_sh
             # both ESTABLISHED; the originator's previous state is SYN_SENT
@@ -227,7 +228,7 @@ def bare_syn(flow: Flow, d: int, flags: int, seq: int) -> None:
 def bare_fin(flow: Flow, d: int, flags: int, seq: int) -> None:
     """A FIN without payload from direction d: its letter and state (ESTABLISHED -> CLOSED inline)."""
     if (flow.fin1 if d == 1 else flow.fin2) != seq:
-        flow.history += "F" if d == flow.orig else "f"
+        flow.history = intern(flow.history + ("F" if d == flow.orig else "f"))
     t = flow.tstate
     sh = 0 if d == 1 else 4
     if (t >> sh) & 15 == ESTABLISHED and (t >> (4 - sh)) & 15 != RESET:
@@ -287,7 +288,7 @@ def orient_midstream(flow: Flow, sender: int, flags: int, server_ports: frozense
         flip = (not flags & SYN and sp < dp) if dp in server_ports else True
     if flip:
         flow.orig = 3 - sender
-        flow.history += "^"
+        flow.history = intern(flow.history + "^")
     else:
         flow.orig = sender
 

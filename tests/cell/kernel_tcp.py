@@ -61,7 +61,8 @@ def capture_scenario(name: str, tmp: Path, sysctls: tuple[str, ...] = ()) -> tup
                 time.sleep(0.2)
         finally:
             dump.send_signal(signal.SIGINT)
-            dump.wait(10)
+            stats = dump.communicate(timeout=10)[1]
+        assert "\n0 packets dropped by kernel" in stats, stats
         # the scenario's TCP packets only
         subprocess.run([tshark, "-r", str(raw), "-Y", "tcp", "-F", "pcap", "-w", str(pcap)], check=True)
         return pcap, json.loads(proc.stdout)
