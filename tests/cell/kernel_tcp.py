@@ -16,12 +16,14 @@ from tests.conftest import require_root, require_tool
 ROOT = Path(__file__).resolve().parents[2]
 MARK = b"celltap-kernel-tcp-end-of-scenario"
 FILTER = "tcp or udp port 9"
+TCPDUMP_OPTS = ("--immediate-mode", "-s", "16384", "-B", "32768")
 
 
 def capture_scenario(name: str, tmp: Path, sysctls: tuple[str, ...] = ()) -> tuple[Path, dict]:
     """Run scenario `name` in a new namespace while tcpdump writes its loopback traffic; (pcap, summary)."""
     require_root()
     require_tool("ip")
+    require_tool("taskset")
     tcpdump = require_tool("tcpdump")
     tshark = require_tool("tshark")
     ns = f"ctts{os.getpid() % 100000}{secrets.token_hex(2)}"
@@ -33,8 +35,10 @@ def capture_scenario(name: str, tmp: Path, sysctls: tuple[str, ...] = ()) -> tup
         for kv in sysctls:
             subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", kv], check=True, timeout=20)
         dump = subprocess.Popen(
-            # immediate mode: every packet reaches the file before tcpdump is stopped
-            ["ip", "netns", "exec", ns, tcpdump, "-i", "lo", "--immediate-mode", "-Unw", str(raw), FILTER],
+            # immediate mode: every packet reaches the file before tcpdump is stopped; a short snaplen
+            # and a 32 MiB buffer: the ring holds buffer / snaplen packets, and a busy machine may let
+            # tcpdump fall behind (the scenarios' segments are far below 16 KiB on the wire)
+            ["ip", "netns", "exec", ns, tcpdump, "-i", "lo", *TCPDUMP_OPTS, "-Unw", str(raw), FILTER],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -43,8 +47,22 @@ def capture_scenario(name: str, tmp: Path, sysctls: tuple[str, ...] = ()) -> tup
             line = dump.stderr.readline()  # "listening on lo, ..." once the capture runs
             assert "listening" in line, line
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            # tcpdump sees loopback packets on their receive side, queued per CPU: the scenario and
+            # the sentinel below run on one CPU so that they are received (and captured) in order
+            cpu = str(min(os.sched_getaffinity(0)))
+            taskset = ["taskset", "-c", cpu]
             proc = subprocess.run(
-                ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.cell.kernel_tcp_scenarios", name],
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    *taskset,
+                    sys.executable,
+                    "-m",
+                    "tests.cell.kernel_tcp_scenarios",
+                    name,
+                ],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -57,7 +75,9 @@ def capture_scenario(name: str, tmp: Path, sysctls: tuple[str, ...] = ()) -> tup
             deadline = time.monotonic() + 30
             while MARK not in raw.read_bytes():
                 assert time.monotonic() < deadline, "tcpdump did not write the sentinel"
-                subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", sentinel], check=True)
+                subprocess.run(
+                    ["ip", "netns", "exec", ns, *taskset, sys.executable, "-c", sentinel], check=True
+                )
                 time.sleep(0.2)
         finally:
             dump.send_signal(signal.SIGINT)
