@@ -5,9 +5,12 @@ batch) -> packets grouped by flow with one stable argsort (packet order inside a
 per-flow TCP reassembly / UDP datagrams / ICMP messages -> classification -> events appended to the
 interface sinks. The I/O edge (cell/interfaces.py) drains `Sink.parts` after each batch.
 
-Connections that open, carry in-order data and close inside one batch (most of a
-connections-per-second load) skip the per-packet loop: they are found with array passes
-(cell/whole_connections.py) and handled flow by flow, with the same events, records and counters.
+Three paths share the TCP work: most pure ACKs are settled per flow after the batch
+(cell/ack_batching.py); connections that open, carry in-order data and close inside one batch (most
+of a connections-per-second load) are found with array passes (cell/whole_connections.py) and
+handled flow by flow (cell/whole_path.py); everything else goes packet by packet
+(cell/packet_path.py, cell/tcp_reassembly.py). All three produce the same events, records,
+counters and Zeek-style history / TCP state (cell/tcp_state.py).
 
 Flows end with a reason: NORMAL (FIN both ways), RESET, TIMEOUT (idle; also end of input),
 COMPROMISED (reserved: a full table refuses new flows rather than evicting). A closed TCP flow
