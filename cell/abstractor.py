@@ -42,6 +42,9 @@ from celltap.pcap.batch import LINKTYPE_RAW, FrameBatch
 
 log = logging.getLogger("celltap.cell")
 
+# pure ACKs set aside: (flow hash, swapped, packets or None, octets, time) per ACK
+AckArgs = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]
+
 
 _PROTO_DIR = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmp"}
 
@@ -376,6 +379,14 @@ class Abstractor:
         batch = db.batch
         flags = zero_window_marks(db, idx, l4, db.tcp_flags[idx])
         order = np.argsort(hashes, kind="stable")
+        ack_args = None
+        if self.batch_acks:
+            # most pure ACKs change no stream state: settled per flow after the batch
+            order, aside = pure_acks_to_set_aside(order, l4, db.payload_len[idx], flags, hashes, swap)
+            if aside is not None:
+                pk = None if weights is None else weights[0][idx][aside]
+                octs = (db.ip_len[idx] if weights is None else weights[1][idx])[aside]
+                ack_args = (hashes[aside], swap[aside], pk, octs, batch.ts_ns[idx][aside])
         abs_off = batch.offsets[idx] + db.payload_off[idx]
         icmp = (l4 == 1) | (l4 == 58)
         if icmp.any():
@@ -412,15 +423,7 @@ class Abstractor:
             and not short.any()
             and len(self.table) + order.shape[0] < self.max_flows
         ):
-            order = take_whole_connections(self, db, idx, order, cols)
-        ack_args = None
-        if self.batch_acks:
-            # most pure ACKs change no stream state: settled per flow after the batch
-            order, aside = pure_acks_to_set_aside(order, l4, db.payload_len[idx], flags, hashes, swap)
-            if aside is not None:
-                pk = None if weights is None else weights[0][idx][aside]
-                octs = (db.ip_len[idx] if weights is None else weights[1][idx])[aside]
-                ack_args = (hashes[aside], swap[aside], pk, octs, batch.ts_ns[idx][aside])
+            order, ack_args = take_whole_connections(self, db, idx, order, cols, ack_args)
         feed_packets(self, db, idx, order, cols, weights)
         if ack_args is not None:
             lost = settle_acks(self.table.flows, *ack_args)

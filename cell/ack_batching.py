@@ -1,14 +1,12 @@
 """Pure ACKs settled per flow after a batch instead of one Python step each, with numpy.
 
-Theory of operation. This runs after the whole-connection path (cell/whole_path.py), which counts
-the pure ACKs of its connections itself, on the packets left for the per-packet loop. A pure ACK
-(TCP, no payload, no SYN/FIN/RST, not a zero window) of an active direction changes no stream
-state: it only adds to its flow's packet and octet counters and its last-seen time. Such ACKs are
-taken out of the batch before the per-packet loop and added to their flows once per flow
-afterwards (`settle_acks`). The first pure ACK of each flow direction in a batch stays in the
-loop: it may create a flow (midstream pickup), make an inactive endpoint active, or be that
-direction's first ACK (Zeek's `A` history letter, written in capture order). The later ones cannot
-do any of that, so the loop never needs them.
+Theory of operation. A pure ACK (TCP, no payload, no SYN/FIN/RST, not a zero window) of an active
+direction changes no stream state: it only adds to its flow's packet and octet counters and its
+last-seen time. Such ACKs are taken out of the batch before the per-packet loop and added to their
+flows once per flow afterwards (`settle_acks`). The first pure ACK of each flow direction in a batch
+stays in the loop: it may create a flow (midstream pickup), make an inactive endpoint active, or be
+that direction's first ACK (Zeek's `A` history letter, written in capture order). The later ones
+cannot do any of that, so the loop never needs them.
 """
 
 from __future__ import annotations

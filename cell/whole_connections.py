@@ -7,8 +7,8 @@ FINs close it. `whole_connections` checks every flow of a batch in a few array p
 the ones that need nothing of the reassembler but in-order delivery, so the abstractor handles them
 flow by flow instead of packet by packet. Anything unusual (a missing SYN-ACK, a retransmission, a
 gap, a RST, data after a FIN, a FIN carrying data, a second SYN, a zero window) leaves the flow to the
-generic path. Pure ACKs may appear anywhere after the handshake, also after the closing FIN (the
-whole-connection path runs before pure ACKs are set aside: cell/ack_batching.py).
+generic path. Pure ACKs may appear anywhere after the handshake (each direction's first one of the
+batch is left among the packets: cell/ack_batching.py), also after the closing FIN.
 
 `history_codes` gives, per returned flow, the order of its Zeek history events (first pure ACK,
 first payload and FIN of each side), from which cell/whole_path.py builds the same history the
@@ -93,9 +93,9 @@ def whole_connections(
     for k in (0, 1):
         on = side == k
         sent = np.where(on, pl, 0)
-        mine[on] = exclusive_sums(sent, off, size)[on]
+        mine[on] = _exclusive_sums(sent, off, size)[on]
         fk = (is_fin & on).astype(np.int64)
-        fin_before[on] = exclusive_sums(fk, off, size)[on]
+        fin_before[on] = _exclusive_sums(fk, off, size)[on]
         fins.append(np.add.reduceat(fk, off))
     ok &= ~body | is_ack | (((isn + 1 + mine) & M32) == seq[pos].astype(np.int64))
     # nothing but pure ACKs from a side after its own FIN; one FIN per side
@@ -136,7 +136,7 @@ def history_codes(
     return (places * (8 ** np.arange(6))).sum(axis=1)
 
 
-def exclusive_sums(values: np.ndarray, off: np.ndarray, size: np.ndarray) -> np.ndarray:
+def _exclusive_sums(values: np.ndarray, off: np.ndarray, size: np.ndarray) -> np.ndarray:
     """Per row, the sum of `values` over the earlier rows of the same flow."""
     c = np.cumsum(values)
     return c - values - np.repeat(c[off] - values[off], size)

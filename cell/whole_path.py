@@ -16,15 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cell import events as ev
-from cell.ack_batching import SLOW_FLAGS
 from cell.flow_table import END_DETECTED, LINGER_NS, Flow
 from cell.tcp_state import CLOSED, ESTABLISHED, H_ACK, H_DATA, H_SENT, SYN_BOTH
-from cell.whole_connections import exclusive_sums, whole_connections
+from cell.whole_connections import whole_connections
 from celltap.decode import DecodedBatch
 from celltap.pcap.batch import gather_frames
 
 if TYPE_CHECKING:
-    from cell.abstractor import Abstractor, Sink
+    from cell.abstractor import Abstractor, AckArgs, Sink
 
 # both endpoints CLOSED, each having been ESTABLISHED before (cell/tcp_state.py's packing)
 CLOSED_AFTER_ESTABLISHED = CLOSED | CLOSED << 4 | ESTABLISHED << 8 | ESTABLISHED << 12
@@ -65,12 +64,13 @@ def take_whole_connections(
     idx: np.ndarray,
     order: np.ndarray,
     cols: dict[str, np.ndarray],
-) -> np.ndarray:
-    """Open, feed and close the batch's whole connections flow by flow; return the rest of `order`.
+    acks: AckArgs | None,
+) -> tuple[np.ndarray, AckArgs | None]:
+    """Open, feed and close the batch's whole connections flow by flow.
 
     Same events, counters and flow state as the per-packet loop and the ACK settlement would
-    produce for them (see cell/whole_connections.py for what qualifies). `order` holds all the
-    batch's packets, pure ACKs included: a whole connection's are counted in its sums here.
+    produce for them (see cell/whole_connections.py for what qualifies). Returns the rest of
+    `order` and the pure ACKs that belong to other flows.
     """
     hashes, swap, l4, abs_off, plen = cols["hashes"], cols["swap"], cols["l4"], cols["abs_off"], cols["plen"]
     hs = hashes[order]
@@ -78,12 +78,12 @@ def take_whole_connections(
     seq = db.tcp_seq[idx][order]
     starts, ends, closes, codes = whole_connections(hs, sw, l4[order], cols["flags"][order], seq, plen[order])
     if not starts.size:
-        return order
+        return order, acks
     flows = ab.table.flows
     new = np.fromiter((h not in flows for h in hs[starts].tolist()), bool, starts.shape[0])
     starts, ends, closes, codes = starts[new], ends[new], closes[new], codes[new]
     if not starts.size:
-        return order
+        return order, acks
     size = ends - starts
     off = np.concatenate(([0], np.cumsum(size)[:-1]))  # each flow's first entry in `rows`
     rows = np.repeat(starts - off, size) + np.arange(int(size.sum()))  # positions in `order`
@@ -93,6 +93,26 @@ def take_whole_connections(
     oc2 = np.add.reduceat(np.where(r_sw, octs, 0), off)
     oc1 = np.add.reduceat(octs, off) - oc2
     pk1 = size - pk2
+    # the batch's pure ACKs of these flows: settled here, in the sums, not one flow at a time
+    ack_last = np.full(starts.shape[0], -1, np.int64)
+    if acks is not None:
+        a_h, a_sw, _a_pk, a_oct, a_ts = acks  # packet weights only come with datagrams
+        flow_h = hs[starts]
+        by_h = np.argsort(flow_h)
+        at = np.minimum(np.searchsorted(flow_h[by_h], a_h), by_h.shape[0] - 1)
+        mine = flow_h[by_h][at] == a_h
+        if mine.any():
+            fi = by_h[at[mine]]
+            m_sw = a_sw[mine].astype(np.int64)
+            m_oct = a_oct[mine].astype(np.int64)
+            m = starts.shape[0]
+            pk2 = pk2 + np.bincount(fi, weights=m_sw, minlength=m).astype(np.int64)
+            pk1 = pk1 + np.bincount(fi, weights=1 - m_sw, minlength=m).astype(np.int64)
+            oc2 = oc2 + np.bincount(fi, weights=m_oct * m_sw, minlength=m).astype(np.int64)
+            oc1 = oc1 + np.bincount(fi, weights=m_oct * (1 - m_sw), minlength=m).astype(np.int64)
+            np.maximum.at(ack_last, fi, a_ts[mine].astype(np.int64))
+            rest = ~mine
+            acks = (a_h[rest], a_sw[rest], None, a_oct[rest], a_ts[rest]) if rest.any() else None
     r_pl = plen[order][rows].astype(np.int64)
     sent2 = np.add.reduceat(np.where(r_sw, r_pl, 0), off)
     sent1 = np.add.reduceat(r_pl, off) - sent2
@@ -137,19 +157,12 @@ def take_whole_connections(
     schedule = ab.table.schedule
     normal = ev.REASON_NORMAL
     at_data = 0
-    # The flow closes at its second FIN (only pure ACKs may follow). Its last-seen time is what the
-    # per-packet path would keep: the latest of that FIN, the packets after it, and the pure ACKs
-    # ACK batching sets aside (all but each side's first), wherever they are.
+    # the flow closes at its second FIN (only pure ACKs may follow); its last-seen time is the latest
+    # of that FIN, the rows after it and its set-aside ACKs (as the per-packet path keeps it)
     c_rank = np.repeat(closes - starts, size)
     r_rank = np.arange(rows.shape[0]) - np.repeat(off, size)
     close_ts = r_ts[off + closes - starts]
-    r_ack = ((cols["flags"][order][rows] & SLOW_FLAGS) == 0) & (r_pl == 0) & (r_rank >= 2)
-    later_ack = np.zeros(rows.shape[0], bool)
-    side1 = r_sw != np.repeat(r_sw[off], size)
-    for on in (~side1, side1):
-        mine = (r_ack & on).astype(np.int64)
-        later_ack |= (mine > 0) & (exclusive_sums(mine, off, size) > 0)
-    seen_ts = np.maximum.reduceat(np.where((r_rank >= c_rank) | later_ack, r_ts, 0), off)
+    seen_ts = np.maximum(np.maximum.reduceat(np.where(r_rank >= c_rank, r_ts, 0), off), ack_last)
     hist_l, hbits_l = whole_histories(codes, swapped0)
     syns = (isn1.astype(np.uint64) | isn2.astype(np.uint64) << np.uint64(32)).tolist()
     for k, (
@@ -268,7 +281,7 @@ def take_whole_connections(
         done["NORMAL"] = done.get("NORMAL", 0) + n_one
     generic = np.ones(order.shape[0], bool)
     generic[rows] = False
-    return order[generic]
+    return order[generic], acks
 
 
 def _whole_binary(flow: Flow, sink: Sink, sender: int, data: bytes, data_ts: int, end_ns: int) -> None:
