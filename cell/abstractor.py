@@ -27,7 +27,7 @@ import numpy as np
 import xxhash
 
 from cell import events as ev
-from cell.ack_batching import pure_acks_to_set_aside, settle_acks
+from cell.ack_batching import SLOW_FLAGS, route_first_acks, settle_acks
 from cell.classifier import Classifier
 from cell.defrag import Defragmenter
 from cell.flow_table import END_DETECTED, END_FORCED, END_IDLE, LINGER_NS, Flow, FlowTable
@@ -41,9 +41,6 @@ from celltap.flowkey import canonical_key, canonical_swap, flow_hashes
 from celltap.pcap.batch import LINKTYPE_RAW, FrameBatch
 
 log = logging.getLogger("celltap.cell")
-
-# pure ACKs set aside: (flow hash, swapped, packets or None, octets, time) per ACK
-AckArgs = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]
 
 
 _PROTO_DIR = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmp"}
@@ -378,15 +375,17 @@ class Abstractor:
         swap = canonical_swap(src, sport, dst, dport)
         batch = db.batch
         flags = zero_window_marks(db, idx, l4, db.tcp_flags[idx])
-        order = np.argsort(hashes, kind="stable")
-        ack_args = None
+        aside = None
         if self.batch_acks:
-            # most pure ACKs change no stream state: settled per flow after the batch
-            order, aside = pure_acks_to_set_aside(order, l4, db.payload_len[idx], flags, hashes, swap)
-            if aside is not None:
-                pk = None if weights is None else weights[0][idx][aside]
-                octs = (db.ip_len[idx] if weights is None else weights[1][idx])[aside]
-                ack_args = (hashes[aside], swap[aside], pk, octs, batch.ts_ns[idx][aside])
+            # pure ACKs change no stream state but counters: set aside, settled per flow (whole
+            # connections count theirs; the others after the per-packet loop)
+            pure = (l4 == 6) & (db.payload_len[idx] <= 0) & ((flags & SLOW_FLAGS) == 0)
+            if pure.any():
+                aside = np.flatnonzero(pure)
+                rest = np.flatnonzero(~pure)
+                order = rest[np.argsort(hashes[rest], kind="stable")]
+        if aside is None:
+            order = np.argsort(hashes, kind="stable")
         abs_off = batch.offsets[idx] + db.payload_off[idx]
         icmp = (l4 == 1) | (l4 == 58)
         if icmp.any():
@@ -423,7 +422,15 @@ class Abstractor:
             and not short.any()
             and len(self.table) + order.shape[0] < self.max_flows
         ):
-            order, ack_args = take_whole_connections(self, db, idx, order, cols, ack_args)
+            order, aside = take_whole_connections(self, db, idx, order, cols, aside)
+        ack_args = None
+        if aside is not None and aside.size:
+            # each flow direction's first pure ACK goes through the loop (it may start a flow,
+            # activate an endpoint, write `A`); the rest are settled after it
+            order, aside = route_first_acks(order, aside, hashes, swap)
+            pk = None if weights is None else weights[0][idx][aside]
+            octs = (db.ip_len[idx] if weights is None else weights[1][idx])[aside]
+            ack_args = (hashes[aside], swap[aside], pk, octs, batch.ts_ns[idx][aside])
         feed_packets(self, db, idx, order, cols, weights)
         if ack_args is not None:
             lost = settle_acks(self.table.flows, *ack_args)

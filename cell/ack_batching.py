@@ -2,11 +2,12 @@
 
 Theory of operation. A pure ACK (TCP, no payload, no SYN/FIN/RST, not a zero window) of an active
 direction changes no stream state: it only adds to its flow's packet and octet counters and its
-last-seen time. Such ACKs are taken out of the batch before the per-packet loop and added to their
-flows once per flow afterwards (`settle_acks`). The first pure ACK of each flow direction in a batch
-stays in the loop: it may create a flow (midstream pickup), make an inactive endpoint active, or be
-that direction's first ACK (Zeek's `A` history letter, written in capture order). The later ones
-cannot do any of that, so the loop never needs them.
+last-seen time. The abstractor sets every pure ACK of a batch aside before anything else; the
+whole-connection path (cell/whole_path.py) counts those of its connections in its sums. Of the
+rest, each flow direction's first goes back into the per-packet loop (`route_first_acks`): it may
+create a flow (midstream pickup), make an inactive endpoint active, or be that direction's first
+ACK (Zeek's `A` history letter, written in capture order). The later ones cannot do any of that:
+they are added to their flows once per flow after the loop (`settle_acks`).
 """
 
 from __future__ import annotations
@@ -16,36 +17,23 @@ import numpy as np
 SLOW_FLAGS = 0x107  # FIN, SYN, RST and the cell's zero-window mark (cell.tcp_reassembly.ZWIN)
 
 
-def pure_acks_to_set_aside(
-    order: np.ndarray,
-    l4: np.ndarray,
-    plen: np.ndarray,
-    flags: np.ndarray,
-    hashes: np.ndarray,
-    swap: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Split `order` (a stable argsort of `hashes`) into the packets for the loop and the pure ACKs set aside.
+def route_first_acks(
+    order: np.ndarray, aside: np.ndarray, hashes: np.ndarray, swap: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move each flow direction's first set-aside pure ACK into `order`; (new order, still aside).
 
-    Set aside: every pure ACK but the first of its flow direction in the batch. Returns (the rest
-    of `order`, the set-aside positions or None); both keep flow order.
+    `order` holds positions sorted by flow hash, capture order inside a flow; `aside` positions in
+    capture order. The new order keeps both properties.
     """
-    pure = ((l4 == 6) & (plen <= 0) & ((flags & SLOW_FLAGS) == 0))[order]
-    if not pure.any():
-        return order, None
-    hs = hashes[order]
-    ss = swap[order]
-    run_start = np.ones(hs.shape[0], bool)
-    run_start[1:] = hs[1:] != hs[:-1]
-    later = np.zeros(hs.shape[0], bool)
-    for side in (False, True):
-        m = pure & (ss == side)
-        c = np.cumsum(m)
-        # the count before each flow's first packet, carried along the flow (c never decreases)
-        before = np.maximum.accumulate(np.where(run_start, c - m, 0))
-        later |= m & (c - before > 1)
-    if not later.any():
-        return order, None
-    return order[~later], order[later]
+    h = hashes[aside]
+    s = swap[aside]
+    o = np.lexsort((s, h))  # by flow, then direction; stable, so capture order inside a group
+    hs, ss = h[o], s[o]
+    first = np.ones(o.shape[0], bool)
+    first[1:] = (hs[1:] != hs[:-1]) | (ss[1:] != ss[:-1])
+    routed = aside[o[first]]
+    both = np.concatenate((order, routed))
+    return both[np.lexsort((both, hashes[both]))], np.sort(aside[o[~first]])
 
 
 def settle_acks(

@@ -10,9 +10,9 @@ gap, a RST, data after a FIN, a FIN carrying data, a second SYN, a zero window) 
 generic path. Pure ACKs may appear anywhere after the handshake (each direction's first one of the
 batch is left among the packets: cell/ack_batching.py), also after the closing FIN.
 
-`history_codes` gives, per returned flow, the order of its Zeek history events (first pure ACK,
-first payload and FIN of each side), from which cell/whole_path.py builds the same history the
-per-packet path writes.
+For each returned flow it also gives where its history events are (first payload and FIN of each
+side); cell/whole_path.py adds each side's first pure ACK (set aside before) and orders them
+(`event_codes`) into the same history the per-packet path writes.
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ def whole_connections(
     seq: np.ndarray,
     plen: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(start, end, close, history code) of the flows that open and close cleanly within these packets.
+    """(start, end, close, events) of the flows that open and close cleanly within these packets.
 
     All inputs are per packet, already sorted by flow hash with each flow's packets in capture
     order (a stable sort). A returned flow's packets are `start..end-1`: SYN, SYN-ACK from the
     other side, then only in-order data segments, bare FINs and pure ACKs, exactly one FIN per
-    side; `close` is the position of the second FIN (only pure ACKs follow it). The history code
-    is described at `history_codes`.
+    side; `close` is the position of the second FIN (only pure ACKs follow it). `events` (flows x 4)
+    holds the rank in its flow of the first payload of side 0 and side 1 and of their FINs
+    (NO_EVENT: none); side 0 is the SYN's sender.
     """
     n = hashes.shape[0]
     empty = np.zeros(0, np.int64)
@@ -106,31 +107,23 @@ def whole_connections(
     # the second FIN closes the flow: the last FIN row of the flow
     fin_rank = np.where(is_fin, rank, -1)
     close = starts + np.maximum.reduceat(fin_rank, off)
-    codes = history_codes(off, rank, side, is_ack, (pf7 == 0) & (pl > 0), is_fin)
-    return starts[good], ends[good], close[good], codes[good]
+    is_data = (pf7 == 0) & (pl > 0) & body
+    side0 = side == 0
+    events = np.empty((off.shape[0], 4), np.int64)
+    for k, mask in enumerate((is_data, is_fin & body)):
+        events[:, 2 * k] = np.minimum.reduceat(np.where(mask & side0, rank, NO_EVENT), off)
+        events[:, 2 * k + 1] = np.minimum.reduceat(np.where(mask & ~side0, rank, NO_EVENT), off)
+    return starts[good], ends[good], close[good], events[good]
 
 
-def history_codes(
-    off: np.ndarray,
-    rank: np.ndarray,
-    side: np.ndarray,
-    is_ack: np.ndarray,
-    is_data: np.ndarray,
-    is_fin: np.ndarray,
-) -> np.ndarray:
+def event_codes(pos: np.ndarray) -> np.ndarray:
     """Per flow, the order of its six history events as an integer.
 
-    Events: 0/1 the first pure ACK of side 0/1 (`A`/`a`), 2/3 the first payload (`D`/`d`), 4/5
-    the FIN (`F`/`f`). Code = sum of event k's place among the events that happened, as base-8
-    digit k (7: did not happen); equal codes mean equal histories.
+    `pos` (flows x 6): where (any increasing measure) the first pure ACK of side 0 / 1 (`A`/`a`),
+    the first payload (`D`/`d`) and the FIN (`F`/`f`) are, NO_EVENT where none. Code = sum of event
+    k's place among the events that happened, as base-8 digit k (7: did not happen); equal codes
+    mean equal histories.
     """
-    body = rank >= 2
-    side0 = side == 0
-    pos = np.empty((off.shape[0], 6), np.int64)
-    for k, mask in enumerate((is_ack, is_data, is_fin)):
-        m = mask & body
-        pos[:, 2 * k] = np.minimum.reduceat(np.where(m & side0, rank, NO_EVENT), off)
-        pos[:, 2 * k + 1] = np.minimum.reduceat(np.where(m & ~side0, rank, NO_EVENT), off)
     places = np.argsort(np.argsort(pos, axis=1, kind="stable"), axis=1, kind="stable")
     places = np.where(pos < NO_EVENT, places, 7)
     return (places * (8 ** np.arange(6))).sum(axis=1)

@@ -17,13 +17,14 @@ import numpy as np
 
 from cell import events as ev
 from cell.flow_table import END_DETECTED, LINGER_NS, Flow
+from cell.tcp_reassembly import ACK
 from cell.tcp_state import CLOSED, ESTABLISHED, H_ACK, H_DATA, H_SENT, SYN_BOTH
-from cell.whole_connections import whole_connections
+from cell.whole_connections import NO_EVENT, event_codes, whole_connections
 from celltap.decode import DecodedBatch
 from celltap.pcap.batch import gather_frames
 
 if TYPE_CHECKING:
-    from cell.abstractor import Abstractor, AckArgs, Sink
+    from cell.abstractor import Abstractor, Sink
 
 # both endpoints CLOSED, each having been ESTABLISHED before (cell/tcp_state.py's packing)
 CLOSED_AFTER_ESTABLISHED = CLOSED | CLOSED << 4 | ESTABLISHED << 8 | ESTABLISHED << 12
@@ -64,26 +65,31 @@ def take_whole_connections(
     idx: np.ndarray,
     order: np.ndarray,
     cols: dict[str, np.ndarray],
-    acks: AckArgs | None,
-) -> tuple[np.ndarray, AckArgs | None]:
+    aside: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Open, feed and close the batch's whole connections flow by flow.
 
     Same events, counters and flow state as the per-packet loop and the ACK settlement would
-    produce for them (see cell/whole_connections.py for what qualifies). Returns the rest of
-    `order` and the pure ACKs that belong to other flows.
+    produce for them (see cell/whole_connections.py for what qualifies). `aside`: positions of the
+    batch's pure ACKs (set aside before; those of these connections are counted here). Returns the
+    rest of `order` and of `aside`.
     """
     hashes, swap, l4, abs_off, plen = cols["hashes"], cols["swap"], cols["l4"], cols["abs_off"], cols["plen"]
     hs = hashes[order]
     sw = swap[order]
     seq = db.tcp_seq[idx][order]
-    starts, ends, closes, codes = whole_connections(hs, sw, l4[order], cols["flags"][order], seq, plen[order])
+    flags = cols["flags"][order]
+    starts, ends, closes, events = whole_connections(hs, sw, l4[order], flags, seq, plen[order])
     if not starts.size:
-        return order, acks
+        return order, aside
     flows = ab.table.flows
     new = np.fromiter((h not in flows for h in hs[starts].tolist()), bool, starts.shape[0])
-    starts, ends, closes, codes = starts[new], ends[new], closes[new], codes[new]
+    starts, ends, closes, events = starts[new], ends[new], closes[new], events[new]
     if not starts.size:
-        return order, acks
+        return order, aside
+    m = starts.shape[0]
+    swapped0 = sw[starts]
+    close_pos = order[closes]  # the closing FIN's position in the batch
     size = ends - starts
     off = np.concatenate(([0], np.cumsum(size)[:-1]))  # each flow's first entry in `rows`
     rows = np.repeat(starts - off, size) + np.arange(int(size.sum()))  # positions in `order`
@@ -93,26 +99,36 @@ def take_whole_connections(
     oc2 = np.add.reduceat(np.where(r_sw, octs, 0), off)
     oc1 = np.add.reduceat(octs, off) - oc2
     pk1 = size - pk2
-    # the batch's pure ACKs of these flows: settled here, in the sums, not one flow at a time
-    ack_last = np.full(starts.shape[0], -1, np.int64)
-    if acks is not None:
-        a_h, a_sw, _a_pk, a_oct, a_ts = acks  # packet weights only come with datagrams
+    # The batch's pure ACKs of these flows: settled here, in the sums, not one flow at a time.
+    # Each side's first one is where the per-packet path would write `A` (if it has ACK); its
+    # last-seen time counts only if it came after the close (the per-packet path resets the time
+    # at the close), the others' always (they are settled after the batch there).
+    ack_last = np.full(m, -1, np.int64)
+    hist_pos = np.full((m, 6), NO_EVENT, np.int64)
+    if aside is not None and aside.size:
+        a_h = hashes[aside]
         flow_h = hs[starts]
         by_h = np.argsort(flow_h)
         at = np.minimum(np.searchsorted(flow_h[by_h], a_h), by_h.shape[0] - 1)
         mine = flow_h[by_h][at] == a_h
         if mine.any():
             fi = by_h[at[mine]]
-            m_sw = a_sw[mine].astype(np.int64)
-            m_oct = a_oct[mine].astype(np.int64)
-            m = starts.shape[0]
+            a_pos = aside[mine]
+            m_sw = swap[a_pos].astype(np.int64)
+            m_oct = db.ip_len[idx][a_pos].astype(np.int64)
+            a_ts = db.batch.ts_ns[idx][a_pos].astype(np.int64)
             pk2 = pk2 + np.bincount(fi, weights=m_sw, minlength=m).astype(np.int64)
             pk1 = pk1 + np.bincount(fi, weights=1 - m_sw, minlength=m).astype(np.int64)
             oc2 = oc2 + np.bincount(fi, weights=m_oct * m_sw, minlength=m).astype(np.int64)
             oc1 = oc1 + np.bincount(fi, weights=m_oct * (1 - m_sw), minlength=m).astype(np.int64)
-            np.maximum.at(ack_last, fi, a_ts[mine].astype(np.int64))
-            rest = ~mine
-            acks = (a_h[rest], a_sw[rest], None, a_oct[rest], a_ts[rest]) if rest.any() else None
+            a_side = (m_sw != swapped0[fi]).astype(np.int64)  # 0: the SYN's sender
+            _, first = np.unique(fi * 2 + a_side, return_index=True)  # `aside` is in capture order
+            counts = np.ones(fi.shape[0], bool)
+            counts[first] = a_pos[first] > close_pos[fi[first]]
+            np.maximum.at(ack_last, fi[counts], a_ts[counts])
+            has_ack = (cols["flags"][a_pos[first]] & ACK) != 0
+            hist_pos[fi[first][has_ack], a_side[first][has_ack]] = a_pos[first][has_ack]
+            aside = aside[~mine]
     r_pl = plen[order][rows].astype(np.int64)
     sent2 = np.add.reduceat(np.where(r_sw, r_pl, 0), off)
     sent1 = np.add.reduceat(r_pl, off) - sent2
@@ -163,7 +179,9 @@ def take_whole_connections(
     r_rank = np.arange(rows.shape[0]) - np.repeat(off, size)
     close_ts = r_ts[off + closes - starts]
     seen_ts = np.maximum(np.maximum.reduceat(np.where(r_rank >= c_rank, r_ts, 0), off), ack_last)
-    hist_l, hbits_l = whole_histories(codes, swapped0)
+    ev_at = starts[:, None] + np.minimum(events, 0x7FFFFFFF)  # row in `order` (clipped when none)
+    hist_pos[:, 2:] = np.where(events < NO_EVENT, order[np.minimum(ev_at, order.shape[0] - 1)], NO_EVENT)
+    hist_l, hbits_l = whole_histories(event_codes(hist_pos), swapped0)
     syns = (isn1.astype(np.uint64) | isn2.astype(np.uint64) << np.uint64(32)).tolist()
     for k, (
         o0,
@@ -281,7 +299,7 @@ def take_whole_connections(
         done["NORMAL"] = done.get("NORMAL", 0) + n_one
     generic = np.ones(order.shape[0], bool)
     generic[rows] = False
-    return order[generic], acks
+    return order[generic], aside
 
 
 def _whole_binary(flow: Flow, sink: Sink, sender: int, data: bytes, data_ts: int, end_ns: int) -> None:
