@@ -325,7 +325,7 @@ class Abstractor:
             self.now_ns = max(self.now_ns, int(ts_all.max()))
         l4 = db.l4
         frag = db.is_frag & ~bad
-        datagrams: list[tuple[bytes, int, int, int]] = []
+        datagrams: list[tuple[bytes, int, int, int, int]] = []
         if frag.any():
             self._defragment(db, np.flatnonzero(frag), datagrams)
         keep = ~bad & ~frag
@@ -334,12 +334,32 @@ class Abstractor:
         if other.any():
             self._drop("unsupported_l4", int(other.sum()))
         idx = np.flatnonzero(keep & known)
-        if idx.size:
-            self._process_packets(db, idx, weights)
-        if datagrams:
-            self._process_datagrams(datagrams)
+        if not datagrams:
+            if idx.size:
+                self._process_packets(db, idx, weights)
+            return
+        # A reassembled datagram takes the place of its last fragment: the batch's packets before it
+        # go first (a TCP segment must not land after its connection's FIN in the stream's history).
+        done = 0
+        group: list[tuple[bytes, int, int, int]] = []
+        for data, ts, pk, oc, at in datagrams:
+            cut = int(np.searchsorted(idx, at))
+            if cut > done:
+                if group:
+                    self._process_datagrams(group)
+                    group = []
+                self._process_packets(db, idx[done:cut], weights)
+                done = cut
+            group.append((data, ts, pk, oc))
+        if group:
+            self._process_datagrams(group)
+        if done < idx.size:
+            self._process_packets(db, idx[done:], weights)
 
-    def _defragment(self, db: DecodedBatch, idx: np.ndarray, out: list[tuple[bytes, int, int, int]]) -> None:
+    def _defragment(
+        self, db: DecodedBatch, idx: np.ndarray, out: list[tuple[bytes, int, int, int, int]]
+    ) -> None:
+        """Push fragments; completed datagrams go to `out` with the frame index of their last fragment."""
         batch = db.batch
         buf = batch.buf
         offs = batch.offsets
@@ -354,7 +374,7 @@ class Abstractor:
             ts = int(batch.ts_ns[i])
             done = self.defrag.push(packet, ts, ip_len)
             if done is not None:
-                out.append((done[0], ts, done[1], done[2]))
+                out.append((done[0], ts, done[1], done[2], i))
         self.defrag.expire(self.now_ns)
 
     def _process_datagrams(self, datagrams: list[tuple[bytes, int, int, int]]) -> None:
@@ -447,6 +467,10 @@ class Abstractor:
             else:
                 rule, m1, m2 = self.icmp_rule.get(flow.l4), ev.MATCH_NONE, ev.MATCH_NONE
             self._route(flow, rule, m1, m2)
+        if sender == 1:
+            flow.payload1 += len(payload)
+        else:
+            flow.payload2 += len(payload)
         self._emit_data(flow, sender, payload, ts)
 
     # ------------------------------------------------------------------ timers and the end of input

@@ -57,6 +57,8 @@ class Flow:
         "ooo2",
         "ooo_bytes",
         "orig",
+        "payload1",
+        "payload2",
         "pending",
         "pkts1",
         "pkts2",
@@ -125,6 +127,7 @@ class Flow:
         self.rsts = 0  # last RST sequence number of each endpoint (likewise)
         self.hcount: list[int] | None = None  # retransmissions, gaps, zero windows per endpoint
         self.missed_bytes = 0  # stream bytes skipped in holes, both directions
+        self.payload1 = self.payload2 = 0  # datagram payload bytes each way (UDP/ICMP; TCP: by sequence)
 
     @property
     def init_dir(self) -> int:

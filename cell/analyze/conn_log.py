@@ -17,6 +17,7 @@ import socket
 
 from cell.flow_identity import flow_uid
 from cell.flow_table import Flow
+from cell.tcp_state import syn_seq
 from celltap.flowid import community_id
 
 __all__ = ["addr_text", "conn_record", "flow_uid", "originator"]
@@ -31,7 +32,24 @@ def addr_text(l3: int, addr: bytes) -> str:
 
 def originator(flow: Flow) -> int:
     """Endpoint number (1 or 2) that originated the flow."""
-    return getattr(flow, "orig", 0) or flow.init_dir
+    return flow.orig
+
+
+def payload_bytes(flow: Flow, d: int) -> int | None:
+    """Payload bytes endpoint d sent: TCP by sequence numbers as Zeek counts (gaps included, modulo
+    2**32), from the SYN's sequence number to the FIN's or the next expected byte; datagrams by their
+    payloads. None for a TCP direction whose SYN was not seen (picked up midstream)."""
+    if flow.l4 != 6:
+        return flow.payload1 if d == 1 else flow.payload2
+    isn = syn_seq(flow, d)
+    if isn < 0:
+        return None
+    fin = flow.fin1 if d == 1 else flow.fin2
+    nxt = flow.nxt1 if d == 1 else flow.nxt2
+    end = fin if fin >= 0 else nxt
+    if end < 0:
+        return 0
+    return (end - isn - 1) & 0xFFFFFFFF
 
 
 def conn_record(flow: Flow, service: str | None) -> dict:
@@ -58,18 +76,14 @@ def conn_record(flow: Flow, service: str | None) -> dict:
     if service:
         rec["service"] = service
     rec["duration"] = max(flow.last_ns - flow.start_ns, 0) / 1e9
-    payload = getattr(flow, "payload_bytes", None)
-    if payload is not None:
-        ob, rb = payload(orig)
+    ob, rb = payload_bytes(flow, orig), payload_bytes(flow, 3 - orig)
+    if ob is not None and rb is not None:
         rec["orig_bytes"] = ob
         rec["resp_bytes"] = rb
-    conn_state = getattr(flow, "conn_state", None)
-    if conn_state is not None:
-        rec["conn_state"] = conn_state() if callable(conn_state) else conn_state
-    rec["missed_bytes"] = getattr(flow, "missed_bytes", 0)
-    history = getattr(flow, "history", None)
-    if history is not None:
-        rec["history"] = history
+    if l4 == 6:
+        rec["conn_state"] = flow.conn_state()
+        rec["missed_bytes"] = flow.missed_bytes
+        rec["history"] = flow.history
     rec["orig_pkts"] = opk
     rec["orig_ip_bytes"] = oipb
     rec["resp_pkts"] = rpk

@@ -301,3 +301,33 @@ def test_live_capture_until_sigterm_loses_nothing(tmp_path: Path) -> None:
 def test_help_lists_analyze() -> None:
     p = run("--help")
     assert "analyze" in p.stdout
+
+
+def test_conn_payload_bytes_equal_tsharks_sequence_span(mixed: Path, tmp_path: Path) -> None:
+    """orig_bytes / resp_bytes of TCP connections: tshark's relative sequence span of each direction."""
+    tshark = require_tool("tshark")
+    out = tmp_path / "logs"
+    assert run("analyze", str(mixed), "-o", str(out), "--quiet").returncode == 0
+    argv = [tshark, "-r", str(mixed), "-n", "-T", "fields", "-E", "separator=\t", "-E", "occurrence=l"]
+    for f in ("ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst", "tcp.dstport", "tcp.seq", "tcp.len",
+              "tcp.flags.syn"):  # fmt: skip
+        argv += ["-e", f]
+    p = subprocess.run([*argv, "tcp"], capture_output=True, text=True, check=True)
+    span: Counter = Counter()  # (src, sport, dst, dport) -> highest relative seq + len
+    syn: set = set()
+    for line in p.stdout.splitlines():
+        s4, s6, sp, d4, d6, dp, seq, ln, is_syn = line.split("\t")
+        key = (s4 or s6, int(sp), d4 or d6, int(dp))
+        if is_syn in ("1", "True"):
+            syn.add(key)
+        if int(ln):  # relative seq 1 is the first data byte; FIN and pure ACKs carry none
+            span[key] = max(span[key], int(seq) + int(ln) - 1)
+    checked = 0
+    for c in read_log(out / "conn.log"):
+        fwd = (c["id.orig_h"], c["id.orig_p"], c["id.resp_h"], c["id.resp_p"])
+        rev = (c["id.resp_h"], c["id.resp_p"], c["id.orig_h"], c["id.orig_p"])
+        if c["proto"] != "tcp" or fwd not in syn or rev not in syn or c["missed_bytes"]:
+            continue
+        assert (c["orig_bytes"], c["resp_bytes"]) == (span[fwd], span[rev]), c
+        checked += 1
+    assert checked > 100
