@@ -19,6 +19,7 @@ import numpy as np
 
 from cell.flow_identity import flow_ids
 from cell.flow_table import Flow
+from cell.tcp_state import control_bits
 from celltap.flowid import uids_from_flow_ids
 from celltap.ipfix import MessageEncoder, RefreshPolicy
 from celltap.ipfix.enterprise import UID_NAME
@@ -35,7 +36,9 @@ def flow_columns(flows: list[Flow], v: int) -> dict[str, object]:
     alen = 4 if v == 4 else 16
     src = np.empty((n, alen), np.uint8)
     dst = np.empty((n, alen), np.uint8)
-    cols: dict[str, list[int]] = {k: [] for k in ("sp", "dp", "pr", "o", "p", "ro", "rp", "s", "e", "r")}
+    cols: dict[str, list[int]] = {
+        k: [] for k in ("sp", "dp", "pr", "o", "p", "ro", "rp", "s", "e", "r", "f", "rf")
+    }
     names: list[bytes] = []
     for i, f in enumerate(flows):
         fwd = f.init_dir == 1
@@ -52,6 +55,8 @@ def flow_columns(flows: list[Flow], v: int) -> dict[str, object]:
         cols["s"].append(f.start_ns // 1_000_000)
         cols["e"].append(max(f.last_ns, f.end_ns) // 1_000_000)
         cols["r"].append(f.ipfix_end or 1)
+        cols["f"].append(control_bits(f, 1 if fwd else 2))
+        cols["rf"].append(control_bits(f, 2 if fwd else 1))
         names.append(f.rule.name.encode() if f.rule is not None else b"")
     a = "IPv4" if v == 4 else "IPv6"
     ids = flow_ids(flows)
@@ -68,6 +73,8 @@ def flow_columns(flows: list[Flow], v: int) -> dict[str, object]:
         "flowStartMilliseconds": np.array(cols["s"], np.uint64),
         "flowEndMilliseconds": np.array(cols["e"], np.uint64),
         "flowEndReason": np.array(cols["r"], np.uint8),
+        "tcpControlBits": np.array(cols["f"], np.uint16),
+        "reverseTcpControlBits": np.array(cols["rf"], np.uint16),
         "applicationName": names,
         "flowId": ids,
         UID_NAME: uids_from_flow_ids(ids),

@@ -343,3 +343,23 @@ def _conn_state_other(flow: Flow) -> str:
     if o_sent:
         return "SF" if r_sent else "S0"
     return "SHR" if r_sent else "OTH"
+
+
+# history letter -> the TCP flags a packet that wrote it carried (IPFIX tcpControlBits)
+_LETTER_FLAGS = {"s": SYN, "h": SYN | ACK, "a": ACK, "d": ACK, "f": FIN, "r": RST}
+
+
+def control_bits(flow: Flow, d: int) -> int:
+    """tcpControlBits of endpoint d's packets (their flags OR-ed), as far as the history shows them.
+
+    The history records SYN (S), SYN-ACK (H), pure ACK (A), data (D, sent with ACK), FIN (F) and RST
+    (R) per direction, so SYN, FIN, RST and ACK are exact; PSH, URG, ECE and CWR are not tracked (0).
+    """
+    if flow.l4 != 6:
+        return 0
+    bits = 0
+    upper = d == flow.orig
+    for ch in flow.history:
+        if ch.isupper() == upper:
+            bits |= _LETTER_FLAGS.get(ch.lower(), 0)
+    return bits

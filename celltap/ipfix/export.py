@@ -107,6 +107,8 @@ _BIFLOW_COMMON = [
     ("packetDeltaCount", None),
     ("reverseOctetDeltaCount", None),
     ("reversePacketDeltaCount", None),
+    ("tcpControlBits", None),
+    ("reverseTcpControlBits", None),
     ("flowStartMilliseconds", None),
     ("flowEndMilliseconds", None),
     ("flowEndReason", None),

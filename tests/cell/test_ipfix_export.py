@@ -267,3 +267,102 @@ def test_ipfix_records_decode_and_add_up(tmp_path, scenario):
     recs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert sorted(r["flowId"] for r in recs) == sorted(flow_ids)
     assert all(r["celltapUid"] == uid_from_flow_id(r["flowId"]) for r in recs)
+
+
+@pytest.mark.tshark
+def test_tcp_control_bits_each_way_equal_tsharks_flags(tmp_path):
+    """tcpControlBits / reverseTcpControlBits: the SYN, FIN, RST and ACK flags each side sent (tshark)."""
+    tshark = require_tool("tshark")
+    import loadgen.scenarios  # noqa: F401
+    from loadgen.scenario import get
+
+    pcap = tmp_path / "in.pcap"
+    with PcapWriter(str(pcap), nanosecond=True) as w:
+        for ts, frame in get("tcpfaults").generate(5, 30):
+            w.write(ts, frame)
+        for ts, frame in get("http").generate(6, 20):
+            w.write(ts, frame)
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "home", CONFIG)
+    ipfix_pcap = ipfix_capture(cell_ipfix_messages(cfg, pcap), tmp_path / "ipfix.pcap")
+    sent: dict[tuple, int] = {}
+    for s4, s6, sp, d4, d6, dp, flags in _fields(
+        tshark,
+        pcap,
+        ["ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst", "tcp.dstport", "tcp.flags"],
+        "-Y",
+        "tcp",
+    ):
+        key = (s4 or s6, int(sp), d4 or d6, int(dp))
+        sent[key] = sent.get(key, 0) | (int(flags, 16) & 0x17)  # FIN SYN RST ACK
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    out = subprocess.run(
+        [sys.executable, "-m", "celltap.cli", "collector", "--read-pcap", str(ipfix_pcap), "--json"],
+        capture_output=True, text=True, check=True, timeout=120, env=env,
+    ).stdout  # fmt: skip
+    checked = 0
+    for line in out.splitlines():
+        if not line.startswith("{"):
+            continue
+        r = json.loads(line)
+        if r.get("protocolIdentifier") != 6:
+            continue
+        src = r.get("sourceIPv4Address") or r.get("sourceIPv6Address")
+        dst = r.get("destinationIPv4Address") or r.get("destinationIPv6Address")
+        fwd = (src, r["sourceTransportPort"], dst, r["destinationTransportPort"])
+        rev = (dst, r["destinationTransportPort"], src, r["sourceTransportPort"])
+        assert (r["tcpControlBits"], r["reverseTcpControlBits"]) == (sent.get(fwd, 0), sent.get(rev, 0)), r
+        checked += 1
+    assert checked >= 45
+
+
+@pytest.mark.tshark
+def test_syn_flood_app_sees_a_flood_in_the_cells_records(tmp_path):
+    """Cells' records now carry tcpControlBits, so the syn_flood app flags a flooded server (crafted:
+    spoofed SYNs with a SYN-ACK now and then, among complete HTTP connections to other servers)."""
+    import ipaddress as ipa
+
+    import numpy as np
+
+    import loadgen.scenarios  # noqa: F401
+    from collector.apps.base import make_app
+    from loadgen.packets import ETH_IPV4, PROTO_TCP, tcp
+    from loadgen.scenario import get
+
+    victim = ipa.ip_address("10.99.0.1").packed
+    pcap = tmp_path / "flood.pcap"
+    t0 = 1_700_000_000_000_000_000
+    with PcapWriter(str(pcap), nanosecond=True) as w:
+        for ts, frame in get("http").generate(8, 20):
+            w.write(ts, frame)
+        for i in range(300):
+            src = bytes((172, 16, i // 250, 1 + i % 250))
+            syn = tcp(src, victim, 1024 + i, 80, 1000 * i, 0, 0x02)
+            w.write(
+                t0 + i * 1000, ethernet(b"\x02" * 6, b"\x04" * 6, ETH_IPV4, ipv4(src, victim, PROTO_TCP, syn))
+            )
+            if i % 3 == 0:
+                sa = tcp(victim, src, 80, 1024 + i, 7, 1000 * i + 1, 0x12)
+                w.write(
+                    t0 + i * 1000 + 500,
+                    ethernet(b"\x04" * 6, b"\x02" * 6, ETH_IPV4, ipv4(victim, src, PROTO_TCP, sa)),
+                )
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "home", CONFIG)
+    ipfix_pcap = ipfix_capture(cell_ipfix_messages(cfg, pcap), tmp_path / "ipfix.pcap")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    out = subprocess.run(
+        [sys.executable, "-m", "celltap.cli", "collector", "--read-pcap", str(ipfix_pcap), "--json"],
+        capture_output=True, text=True, check=True, timeout=120, env=env,
+    ).stdout  # fmt: skip
+    rows = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    rows = [r for r in rows if "destinationIPv4Address" in r]
+    recs = np.zeros(
+        len(rows),
+        dtype=[("destinationIPv4Address", "u4"), ("protocolIdentifier", "u1"), ("tcpControlBits", "u2")],
+    )
+    recs["destinationIPv4Address"] = [int(ipa.IPv4Address(r["destinationIPv4Address"])) for r in rows]
+    recs["protocolIdentifier"] = [r["protocolIdentifier"] for r in rows]
+    recs["tcpControlBits"] = [r.get("tcpControlBits", 0) for r in rows]
+    app = make_app("flood", {"kind": "syn_flood", "key": "dst", "ratio": 0.8, "min_half_open": 100})
+    app.update(recs, "cell")
+    answer = app.answer({"n": 5})
+    assert [(r["key"], r["half_open"]) for r in answer["flooded"]] == [("10.99.0.1", 300)]
