@@ -33,10 +33,13 @@ class Ctx:
     servers: Servers
     tmp: Path
 
-    def client(self, argv: list[str], timeout: float = 60, stdin: str | None = None) -> dict:
-        """Run a client in the client namespace; return its exit code and output tail."""
+    def client(
+        self, argv: list[str], timeout: float = 60, stdin: str | None = None, expect_rc: int = 0
+    ) -> dict:
+        """Run a client in the client namespace; return its exit code (and the expected one), output tail."""
         p = self.bed.run("client", argv, timeout=timeout, input=stdin)
-        return {"cmd": shlex.join(argv), "rc": p.returncode, "out": p.stdout[-400:], "err": p.stderr[-400:]}
+        return {"cmd": shlex.join(argv), "rc": p.returncode, "expect_rc": expect_rc, "out": p.stdout[-400:],
+                "err": p.stderr[-400:]}  # fmt: skip
 
     def py_client(self, kind: str, host: str = SERVER) -> dict:
         """Run tests/realnet/clients.py in the client namespace."""
@@ -44,7 +47,8 @@ class Ctx:
         p = self.bed.run(
             "client", [sys.executable, "-m", "tests.realnet.clients", kind, host], timeout=60, env=env
         )
-        r = {"cmd": f"clients.py {kind}", "rc": p.returncode, "out": p.stdout[-2000:], "err": p.stderr[-400:]}
+        r = {"cmd": f"clients.py {kind}", "rc": p.returncode, "expect_rc": 0, "out": p.stdout[-2000:],
+             "err": p.stderr[-400:]}  # fmt: skip
         try:
             r["result"] = json.loads(r["out"].strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -217,6 +221,9 @@ def dns_edns(c: Ctx) -> list[dict]:
 # -- SMTP ---------------------------------------------------------------------------------------
 
 
+SWAKS_RCPT_REJECTED = 24  # swaks(1), EXIT CODES: "no RCPTs accepted"
+
+
 def _swaks(*args: str) -> list[str]:
     return [
         "swaks",
@@ -236,8 +243,8 @@ def smtp_plain(c: Ctx) -> list[dict]:
     """swaks in clear: one accepted message, a rejected unknown user, a relay denial."""
     return [
         c.client(_swaks("--to", f"alice@{ZONE}")),
-        c.client(_swaks("--to", f"nobody@{ZONE}")),
-        c.client(_swaks("--to", "someone@elsewhere.example")),
+        c.client(_swaks("--to", f"nobody@{ZONE}"), expect_rc=SWAKS_RCPT_REJECTED),
+        c.client(_swaks("--to", "someone@elsewhere.example"), expect_rc=SWAKS_RCPT_REJECTED),
     ]
 
 

@@ -1,0 +1,224 @@
+"""Comparisons of celltap against tshark on the test-bed captures: items per scenario, streams, frames.
+
+Theory of operation. Everything is computed once per capture set (`Results.build`): tshark's items per
+protocol and celltap's records per protocol over `all.<capture>.pcap`, each item assigned to the
+scenario whose capture's time span holds it; per protocol and scenario, tshark's items must be a
+sub-multiset of celltap's (found = matched count). TCP streams: tshark's `follow,tcp,raw` per scenario
+capture (tests/cell/oracle.py) against the cell's reassembled streams (text interface, one cell run
+over the concatenated capture), for every stream tshark has without holes. The same numbers feed the
+tests and the table in docs/realnet.md (tests/realnet/report.py).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.cell.oracle import endpoint, tshark_streams
+from tests.cell.wire import parse_text, streams
+from tests.realnet.adapters import ADAPTERS
+from tests.realnet.analysis import REPO, celltap_records
+from tests.realnet.oracle import ORACLES, Item
+
+EPS = 0.001
+
+
+def pcap_span(path: Path) -> tuple[float, float] | None:
+    """Time of the first and last frame of a classic pcap (µs or ns), or None if empty."""
+    data = path.read_bytes()
+    if len(data) <= 24:
+        return None
+    magic = data[:4]
+    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    scale = 1e-9 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1e-6
+    rec = struct.Struct(endian + "IIII")
+    pos, first, last = 24, None, None
+    while pos + 16 <= len(data):
+        s, frac, incl, _ = rec.unpack_from(data, pos)
+        t = s + frac * scale
+        first = t if first is None else first
+        last = t
+        pos += 16 + incl
+    return (first, last) if first is not None else None
+
+
+@dataclass
+class Match:
+    """tshark's items for one protocol in one scenario and how many celltap found."""
+
+    expected: int
+    found: int
+    missing: list[tuple] = field(default_factory=list)
+
+
+def match(expected: list[Item], ours: list[Item]) -> Match:
+    """Multiset inclusion of tshark's (pair, key) items in celltap's."""
+    want = Counter((i.pair, i.key) for i in expected)
+    have = Counter((i.pair, i.key) for i in ours)
+    missing = want - have
+    n = sum(want.values())
+    return Match(n, n - sum(missing.values()), sorted(missing.elements(), key=repr)[:20])
+
+
+@dataclass
+class Results:
+    """Per capture kind (tcpdump / celltap): items, records and matches per (protocol, scenario)."""
+
+    capdir: Path
+    kind: str
+    windows: dict[str, tuple[float, float]]
+    matches: dict[tuple[str, str], Match]
+    records: dict[str, list[dict]]
+
+    @classmethod
+    def build(cls, capdir: Path, kind: str, work: Path) -> Results:
+        """Run tshark and celltap over `all.<kind>.pcap` and match per protocol and scenario."""
+        manifest = json.loads((capdir / "manifest.json").read_text())
+        windows = {}
+        for e in manifest["scenarios"]:
+            span = pcap_span(capdir / e[kind])
+            if span:
+                windows[e["name"]] = span
+        allpcap = capdir / f"all.{kind}.pcap"
+        records = celltap_records(allpcap, work / f"analysis-{kind}")
+        matches = {}
+        for proto, oracle in ORACLES.items():
+            theirs = _by_scenario(oracle(str(allpcap)), windows)
+            ours = _by_scenario(ADAPTERS[proto](records[proto]), windows)
+            for name in windows:
+                matches[(proto, name)] = match(theirs.get(name, []), ours.get(name, []))
+        return cls(capdir, kind, windows, matches, records)
+
+
+def _by_scenario(items: list[Item], windows: dict[str, tuple[float, float]]) -> dict[str, list[Item]]:
+    out: dict[str, list[Item]] = {}
+    for it in items:
+        for name, (t0, t1) in windows.items():
+            if t0 - EPS <= it.ts <= t1 + EPS:
+                out.setdefault(name, []).append(it)
+                break
+    return out
+
+
+# -- TCP streams --------------------------------------------------------------------------------
+
+STREAM_CONFIG = """global:
+  home: {home}
+  timeout: 60
+tcp_all:
+  if: default
+  proto: TCP
+  format: text
+  body: yes
+"""
+
+
+@dataclass
+class StreamMatch:
+    """tshark's complete TCP streams of a scenario and how many the cell reassembled byte for byte."""
+
+    complete: int  # streams tshark reassembles without holes
+    exact: int
+    with_holes: int
+    differing: list[str] = field(default_factory=list)
+
+
+def cell_streams(pcap: Path, work: Path) -> dict[tuple, tuple[bytes, bytes, float]]:
+    """The cell's reassembled TCP streams: flow -> (bytes from endpoint 1, from endpoint 2, first time)."""
+    from tests.cell.runner import run_cell
+
+    work.mkdir(parents=True, exist_ok=True)
+    home = work / "home"
+    cfg = work / "streams.yaml"
+    cfg.write_text(STREAM_CONFIG.format(home=home))
+    proc, out = run_cell(cfg, pcap, home, ["tcp/default"], timeout=240)
+    if proc.returncode != 0:
+        raise RuntimeError(f"celltap cell exited {proc.returncode}: {proc.stderr[-2000:]}")
+    events = parse_text(out["tcp/default"])
+    first: dict[tuple, float] = {}
+    for e in events:
+        first.setdefault(e.flow, e.time)
+    return {flow: (a, b, first[flow]) for flow, (a, b) in streams(events).items()}
+
+
+def tcp_stream_count(pcap: Path) -> int:
+    """Number of TCP streams tshark sees in a capture."""
+    out = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(pcap),
+            "-n",
+            "-Y",
+            "tcp.flags.syn==1 || tcp",
+            "-T",
+            "fields",
+            "-e",
+            "tcp.stream",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    ids = {int(x) for x in out.split() if x.strip()}
+    return max(ids) + 1 if ids else 0
+
+
+def stream_matches(capdir: Path, kind: str, work: Path) -> dict[str, StreamMatch]:
+    """Per scenario: tshark's hole-free TCP streams vs the cell's, both directions byte for byte."""
+    manifest = json.loads((capdir / "manifest.json").read_text())
+    ours = cell_streams(capdir / f"all.{kind}.pcap", work / f"streams-{kind}")
+    out = {}
+    for e in manifest["scenarios"]:
+        pcap = capdir / e[kind]
+        span = pcap_span(pcap)
+        n = tcp_stream_count(pcap)
+        if not n or span is None:
+            out[e["name"]] = StreamMatch(0, 0, 0)
+            continue
+        theirs = tshark_streams("tshark", str(pcap), n)
+        local = {f: v for f, v in ours.items() if span[0] - EPS <= v[2] <= span[1] + EPS}
+        by_ends = {}
+        for f, (a, b, _t) in local.items():
+            e1, e2 = endpoint(f[0], f[1]), endpoint(f[2], f[3])
+            by_ends[(e1, e2)] = (a, b)
+            by_ends[(e2, e1)] = (b, a)
+        m = StreamMatch(0, 0, 0)
+        for (n0, n1), (d0, d1, holes) in theirs.items():
+            if holes:
+                m.with_holes += 1
+                continue
+            m.complete += 1
+            o = by_ends.get((n0, n1))
+            if o is not None and o == (d0, d1):
+                m.exact += 1
+            else:
+                why = (
+                    "missing" if o is None else f"{len(o[0])}/{len(o[1])} bytes vs tshark {len(d0)}/{len(d1)}"
+                )
+                m.differing.append(f"{n0} -> {n1}: {why}")
+        out[e["name"]] = m
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """Print the matches for a capture directory (debugging aid)."""
+    capdir = Path(argv[0])
+    work = Path(argv[1]) if len(argv) > 1 else Path("/tmp/realnet-compare")
+    res = Results.build(capdir, "tcpdump", work)
+    for (proto, name), m in sorted(res.matches.items()):
+        if m.expected:
+            print(f"{proto:5} {name:16} {m.found}/{m.expected}  {m.missing[:3]}")
+    for name, s in stream_matches(capdir, "tcpdump", work).items():
+        print(f"streams {name:16} {s.exact}/{s.complete} (holes {s.with_holes}) {s.differing[:2]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main(sys.argv[1:]))
