@@ -22,10 +22,10 @@ from tests.analyzers.harness import analyzer_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 
-# analyzer -> (proto, ports or None, request-line regex or None); HTTP by request syntax (any port),
-# the others by the test bed's ports (s_server listens on 4433, postfix also on 2525).
+# analyzer -> (proto, ports or None, request-line regex or None); HTTP by port 80 and by request syntax
+# (any port), the others by the test bed's ports (s_server listens on 4433, postfix also on 2525).
 RULES: dict[str, list[tuple[str, str | None, str | None]]] = {
-    "http": [("TCP", None, r"^[-a-zA-Z]+ \S+ HTTP/1\.[01]\r?\n")],
+    "http": [("TCP", "80", None), ("TCP", None, r"^[-a-zA-Z]+ \S+ HTTP/1\.[01]\r?\n")],
     "dns": [("UDP", "53", None), ("TCP", "53", None)],
     "tls": [("TCP", "443,4433", None)],
     "smtp": [("TCP", "25,587,2525", None)],

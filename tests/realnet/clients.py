@@ -5,7 +5,8 @@ are made by a few lines of Python talking to the real servers (nginx, postfix) o
 the client namespace. Each client prints one JSON line with what the server answered, so the
 scenario's manifest records the server's own replies next to the capture.
 
-Usage: python -m tests.realnet.clients pipeline|bdat|smtplib HOST
+Usage: python -m tests.realnet.clients pipeline|bdat|smtplib|http_oddities|dns_tcp_pipeline HOST
+       python -m tests.realnet.clients midstream HOST FLAGFILE
 """
 
 from __future__ import annotations
@@ -39,6 +40,117 @@ def pipeline(host: str) -> dict:
         resp = _recv_all(s)
     codes = [int(line.split()[1]) for line in resp.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
     return {"status_codes": codes}
+
+
+def _exchange(host: str, port: int, data: bytes) -> bytes:
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(data)
+        return _recv_all(s)
+
+
+def http_oddities(host: str) -> dict:
+    """Requests as real clients send them but curl does not: one connection each, nginx answers.
+
+    bare LF line endings; an HTTP/0.9 request (nginx answers with the body only); leading CRLFs before
+    the first request; an obs-folded header (nginx rejects it: 400); HEAD then GET on one connection.
+    """
+    cases = {
+        "bare_lf": b"GET /small.txt HTTP/1.1\nHost: www.test.example\nConnection: close\n\n",
+        "http09": b"GET /small.txt\r\n",
+        "leading_crlf": b"\r\n\r\nGET /index.html HTTP/1.1\r\nHost: www.test.example\r\n"
+        b"Connection: close\r\n\r\n",
+        "obs_fold": b"GET /small.txt HTTP/1.1\r\nHost: www.test.example\r\nX-Folded: a\r\n  b\r\n"
+        b"Connection: close\r\n\r\n",
+        "head_then_get": b"HEAD /index.html HTTP/1.1\r\nHost: www.test.example\r\n\r\n"
+        b"GET /small.txt HTTP/1.1\r\nHost: www.test.example\r\nConnection: close\r\n\r\n",
+    }
+    out = {}
+    for name, data in cases.items():
+        resp = _exchange(host, 80, data)
+        out[name] = [line.decode()[:40] for line in resp.split(b"\r\n") if line.startswith(b"HTTP/")] or [
+            resp[:20].decode(errors="replace")
+        ]
+    return out
+
+
+def _dns_query(qid: int, name: str, qtype: int) -> bytes:
+    q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
+    msg = (
+        qid.to_bytes(2, "big")
+        + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+        + q
+        + qtype.to_bytes(2, "big")
+        + b"\x00\x01"
+    )
+    return len(msg).to_bytes(2, "big") + msg
+
+
+def dns_tcp_pipeline(host: str) -> dict:
+    """DNS over TCP to unbound: three queries in one segment, then one query split across two segments."""
+    import time
+
+    with socket.create_connection((host, 53), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(
+            _dns_query(0x1001, "www.test.example", 1)
+            + _dns_query(0x1002, "www.test.example", 28)
+            + _dns_query(0x1003, "test.example", 15)
+        )
+        split = _dns_query(0x1004, "mail.test.example", 1)
+        time.sleep(0.2)
+        s.sendall(split[:9])
+        time.sleep(0.2)
+        s.sendall(split[9:])
+        ids, buf = [], b""
+        while len(ids) < 4:
+            d = s.recv(65536)
+            if not d:
+                break
+            buf += d
+            while len(buf) >= 2 and len(buf) >= 2 + int.from_bytes(buf[:2], "big"):
+                n = int.from_bytes(buf[:2], "big")
+                ids.append(int.from_bytes(buf[2:4], "big"))
+                buf = buf[2 + n :]
+    return {"answered_ids": sorted(ids)}
+
+
+def midstream(host: str, flag: str) -> dict:
+    """A keep-alive connection whose first request/response happen before the capture starts.
+
+    GET /small.txt, read the response, wait for `flag` to exist (the capture runs then), then two more
+    GETs on the same connection (the last with Connection: close).
+    """
+    import os
+    import time
+
+    codes = []
+    with socket.create_connection((host, 80), timeout=30) as s:
+        s.sendall(b"GET /small.txt HTTP/1.1\r\nHost: www.test.example\r\n\r\n")
+        codes.append(_read_response(s))
+        print("ready", flush=True)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        s.sendall(b"GET /index.html HTTP/1.1\r\nHost: www.test.example\r\n\r\n")
+        codes.append(_read_response(s))
+        s.sendall(b"GET /text.txt HTTP/1.1\r\nHost: www.test.example\r\nConnection: close\r\n\r\n")
+        rest = _recv_all(s)
+        codes.append(int(rest.split(b" ", 2)[1]))
+    return {"status_codes": codes}
+
+
+def _read_response(s: socket.socket) -> int:
+    """Read one Content-Length response; return its status code."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    head, body = buf.split(b"\r\n\r\n", 1)
+    length = next(
+        int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += s.recv(65536)
+    return int(head.split(b" ", 2)[1])
 
 
 def _smtp_cmd(f, s: socket.socket, line: bytes) -> str:
@@ -105,7 +217,16 @@ def smtplib_session(host: str) -> dict:
 def main(argv: list[str]) -> int:
     """Run one client, print its JSON result."""
     kind, host = argv[0], argv[1]
-    fn = {"pipeline": pipeline, "bdat": bdat, "smtplib": smtplib_session}[kind]
+    if kind == "midstream":
+        print(json.dumps(midstream(host, argv[2])))
+        return 0
+    fn = {
+        "pipeline": pipeline,
+        "bdat": bdat,
+        "smtplib": smtplib_session,
+        "http_oddities": http_oddities,
+        "dns_tcp_pipeline": dns_tcp_pipeline,
+    }[kind]
     print(json.dumps(fn(host)))
     return 0
 

@@ -45,7 +45,6 @@ def results(capdir, tmp_path_factory) -> dict[str, Results]:
 
 
 @pytest.fixture(scope="session")
-def streams(capdir, tmp_path_factory) -> dict[str, dict[str, StreamMatch]]:
-    """Per capture kind and scenario: tshark's complete TCP streams vs the cell's."""
-    work = tmp_path_factory.mktemp("realnet-streams")
-    return {kind: stream_matches(capdir, kind, work) for kind in ("tcpdump", "celltap")}
+def streams(capdir, tmp_path_factory) -> dict[str, StreamMatch]:
+    """Per scenario: tshark's complete TCP streams vs the cell's, on tcpdump's capture."""
+    return stream_matches(capdir, "tcpdump", tmp_path_factory.mktemp("realnet-streams"))

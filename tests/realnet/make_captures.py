@@ -27,21 +27,27 @@ from tests.realnet.scenarios import Ctx, Scenario, by_name
 from tests.realnet.servers import start_servers, stop_servers, tools_missing
 
 
-def pcap_frames(path: Path) -> list[bytes]:
-    """The frames of a classic pcap file (either byte order, µs or ns), without timestamps."""
+def pcap_records(path: Path) -> list[tuple[int, bytes]]:
+    """(timestamp in ns, frame) of each record of a classic pcap file (either byte order, µs or ns)."""
     data = path.read_bytes()
     if len(data) < 24:
         return []
     magic = data[:4]
     endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
     rec = struct.Struct(endian + "IIII")
     out, pos = [], 24
     while pos + 16 <= len(data):
-        _s, _u, incl, _orig = rec.unpack_from(data, pos)
+        sec, frac, incl, _orig = rec.unpack_from(data, pos)
         pos += 16
-        out.append(data[pos : pos + incl])
+        out.append((sec * 1_000_000_000 + (frac if nano else frac * 1000), data[pos : pos + incl]))
         pos += incl
     return out
+
+
+def pcap_frames(path: Path) -> list[bytes]:
+    """The frames of a classic pcap file, without timestamps."""
+    return [f for _, f in pcap_records(path)]
 
 
 def _fault(bed: Bed, sc: Scenario) -> contextlib.AbstractContextManager:
@@ -60,8 +66,11 @@ def run_scenario(bed: Bed, servers, sc: Scenario, outdir: Path, scratch: Path) -
     tmp = scratch / sc.name
     tmp.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    ctx = Ctx(bed, servers, tmp)
+    if sc.before is not None:
+        sc.before(ctx)
     with _fault(bed, sc) as fault_proc, bed.capture(sc.name, outdir) as files:
-        tools = sc.run(Ctx(bed, servers, tmp))
+        tools = sc.run(ctx)
     entry = {
         "name": sc.name,
         "protocols": list(sc.protocols),

@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,12 @@ from tests.realnet.servers import WWW, ZONE, Servers
 
 @dataclass
 class Ctx:
-    """What a scenario function gets: the bed, the servers, a scratch directory."""
+    """What a scenario function gets: the bed, the servers, a scratch directory, `before`'s state."""
 
     bed: Bed
     servers: Servers
     tmp: Path
+    state: dict = field(default_factory=dict)
 
     def client(
         self, argv: list[str], timeout: float = 60, stdin: str | None = None, expect_rc: int = 0
@@ -66,6 +68,7 @@ class Scenario:
     run: Callable[[Ctx], list[dict]]
     fault: tuple = ()  # () | ("loss", every) | ("middlebox", seed, reorder, duplicate)
     tags: tuple[str, ...] = field(default_factory=tuple)
+    before: Callable[[Ctx], None] | None = None  # runs before the captures start (midstream pickup)
 
 
 def _curl(*args: str) -> list[str]:
@@ -100,6 +103,38 @@ def http_basic(c: Ctx) -> list[dict]:
 def http_pipeline(c: Ctx) -> list[dict]:
     """Three pipelined GETs in one segment, a stray CRLF between two (raw socket client)."""
     return [c.py_client("pipeline")]
+
+
+def http_oddities(c: Ctx) -> list[dict]:
+    """Bare-LF request, HTTP/0.9, leading CRLFs, obs-fold header (400), HEAD then GET (raw sockets)."""
+    return [c.py_client("http_oddities")]
+
+
+def midstream_before(c: Ctx) -> None:
+    """Open a keep-alive connection and finish its first request before the capture starts."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    flag = c.tmp / "go"
+    proc = c.bed.spawn(
+        "client",
+        "midstream-client",
+        [sys.executable, "-m", "tests.realnet.clients", "midstream", SERVER, str(flag)],
+        env=env,
+    )
+    deadline = time.monotonic() + 20
+    while "ready" not in proc.tail() and proc.popen.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    c.state.update(proc=proc, flag=flag)
+
+
+def http_midstream(c: Ctx) -> list[dict]:
+    """Two more requests on a connection whose handshake and first request were not captured."""
+    proc = c.state["proc"]
+    c.state["flag"].touch()
+    rc = proc.popen.wait(30)
+    c.bed.procs.remove(proc)
+    out = proc.tail()
+    result = json.loads(out.strip().splitlines()[-1]) if rc == 0 else None
+    return [{"cmd": "clients.py midstream", "rc": rc, "expect_rc": 0, "out": out[-300:], "result": result}]
 
 
 def http_bodies(c: Ctx) -> list[dict]:
@@ -205,6 +240,11 @@ def dns_truncation(c: Ctx) -> list[dict]:
         c.client(["kdig", "+time=2", "+bufsize=512", f"@{SERVER}", f"big.{ZONE}", "TXT"]),
         c.client(["dig", "+time=2", "+noedns", f"@{SERVER}", f"big.{ZONE}", "TXT"]),
     ]
+
+
+def dns_tcp_pipeline(c: Ctx) -> list[dict]:
+    """DNS over TCP to unbound: three queries in one segment, one query split across two segments."""
+    return [c.py_client("dns_tcp_pipeline")]
 
 
 def dns_edns(c: Ctx) -> list[dict]:
@@ -412,7 +452,17 @@ def tls_resume(c: Ctx) -> list[dict]:
 SCENARIOS: list[Scenario] = [
     Scenario("http_basic", ("http",), "HTTP/1.0, 1.1 keep-alive, HEAD, 404, POST; curl and wget", http_basic),
     Scenario("http_pipeline", ("http",), "pipelined GETs + stray CRLF (raw socket)", http_pipeline),
+    Scenario(
+        "http_oddities", ("http",), "bare LF, HTTP/0.9, leading CRLFs, obs-fold, HEAD+GET", http_oddities
+    ),
     Scenario("http_bodies", ("http",), "chunked gzip, chunked PUT, 1 MiB GET, 100-continue PUT", http_bodies),
+    Scenario(
+        "http_midstream",
+        ("http",),
+        "keep-alive connection picked up midstream (no SYN captured)",
+        http_midstream,
+        before=midstream_before,
+    ),
     Scenario("http_ipv6", ("http",), "HTTP over IPv6", http_ipv6),
     Scenario("https_nginx", ("tls", "http"), "curl/wget HTTPS to nginx, TLS 1.3 and 1.2", https_nginx),
     Scenario(
@@ -434,6 +484,9 @@ SCENARIOS: list[Scenario] = [
     Scenario("dns_truncation", ("dns",), "big TXT: UDP truncated (512 / 1232), TCP retry", dns_truncation),
     Scenario("dns_udp", ("dns",), "dig/kdig UDP: A AAAA MX CNAME SRV NXDOMAIN TXT", dns_udp),
     Scenario("dns_tcp", ("dns",), "dig/kdig TCP, several queries on one connection", dns_tcp),
+    Scenario(
+        "dns_tcp_pipeline", ("dns",), "3 DNS queries in one TCP segment, 1 split over 2", dns_tcp_pipeline
+    ),
     Scenario("dns_edns", ("dns",), "kdig EDNS options (NSID, ECS, cookie, padding), ANY over TCP", dns_edns),
     Scenario("smtp_plain", ("smtp",), "swaks: accepted, unknown user 550, relay denied 554", smtp_plain),
     Scenario("smtp_starttls", ("smtp", "tls"), "STARTTLS accepted (25) and refused (2525)", smtp_starttls),

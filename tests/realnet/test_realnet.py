@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter
 
 import pytest
 
@@ -42,6 +43,13 @@ KNOWN_MISSES = {
     ): "HTTP 100 Continue interim responses not reported (class 2): being fixed on branch http",
     ("http", "http_pipeline"): "a CRLF between pipelined requests ends the flow's parsing (bad_header_line), "
     "later requests and all responses lost (class 2): being fixed on branch http",
+    ("http", "http_oddities"): "bare-LF request lost (incomplete_message) and leading CRLFs before a request "
+    "end the flow (bad_request_line, response lost) (class 2): being fixed on branch http",
+    (
+        "http",
+        "http_midstream",
+    ): "a connection whose SYN was not captured is not picked up (tcp_no_syn; midstream "
+    "pickup, class 4): being fixed on branch tcpstate",
     ("sip", "sip_tcp"): "SIP over TCP not analyzed (class 7): being fixed on branch dnssip",
     ("smtp", "smtp_sessions"): "a BDAT (CHUNKING) transaction is lost (class 5): being fixed on branch smtp",
     ("tls", "smtp_starttls"): "TLS after STARTTLS not handed on to the TLS analyzer (class 3): "
@@ -65,23 +73,55 @@ PROTO_CASES = [
 ]
 
 NAMES = [sc.name for sc in SCENARIOS]
-TCP_SCENARIOS = [sc.name for sc in SCENARIOS if sc.name not in ("dns_udp", "sip_udp")]
+STREAM_MISSES = {
+    "http_midstream": "a connection whose SYN was not captured is not reassembled (tcp_no_syn; "
+    "midstream pickup, "
+    "class 4): being fixed on branch tcpstate",
+}
+TCP_SCENARIOS = [
+    pytest.param(
+        sc.name,
+        marks=[pytest.mark.xfail(strict=True, reason=STREAM_MISSES[sc.name])]
+        if sc.name in STREAM_MISSES
+        else [],
+    )
+    for sc in SCENARIOS
+    if sc.name not in ("dns_udp", "sip_udp")
+]
 
 
 def _entry(capdir, name: str) -> dict:
     manifest = json.loads((capdir / "manifest.json").read_text())
-    return next(e for e in manifest["scenarios"] if e["name"] == name)
+    found = [e for e in manifest["scenarios"] if e["name"] == name]
+    if not found:
+        pytest.skip(f"{capdir} was made without scenario {name} (REALNET_CAPTURES older than the scenarios)")
+    return found[0]
+
+
+def _summary(f: bytes) -> str:
+    return f"len={len(f)} {f[12:14].hex()} {f[14:60].hex()}"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_celltap_capture_holds_tcpdumps_frames(capdir, name):
-    """The incubator's AF_PACKET capture and tcpdump's, on the same port, hold the same frames in order."""
+    """celltap's AF_PACKET capture holds tcpdump's frames (same port): same bytes, same order.
+
+    The incubator starts before tcpdump and stops after it: tcpdump's frames must be one contiguous run
+    of celltap's (nothing missing, nothing extra inside), extra frames only at the edges, and few (the
+    link is kept quiet between scenarios). Timestamps are each socket's own, so they are not compared.
+    """
     e = _entry(capdir, name)
     ours = pcap_frames(capdir / e["celltap"])
     theirs = pcap_frames(capdir / e["tcpdump"])
     assert len(theirs) > 5, f"{name}: tcpdump captured only {len(theirs)} frames"
-    assert len(ours) == len(theirs), f"{name}: celltap {len(ours)} frames, tcpdump {len(theirs)}"
-    assert ours == theirs, f"{name}: same count, different frames or order"
+    starts = [i for i, f in enumerate(ours) if f == theirs[0] and ours[i : i + len(theirs)] == theirs]
+    if not starts:
+        same = sum((Counter(ours) & Counter(theirs)).values())
+        lost = [_summary(f) for f in (Counter(theirs) - Counter(ours)).elements()][:3]
+        pytest.fail(f"{name}: tcpdump's {len(theirs)} frames are not one contiguous run of celltap's "
+                    f"{len(ours)} ({same} in common); frames celltap lacks: {lost}")  # fmt: skip
+    extra = len(ours) - len(theirs)
+    assert extra <= 3, f"{name}: celltap has {extra} frames more than tcpdump at the edges"
     assert not [w for w in e.get("incubator", []) if "kernel dropped" in w], e["incubator"]
 
 
@@ -116,15 +156,21 @@ def test_faults_are_real(capdir):
 @pytest.mark.parametrize(("proto", "name", "kind"), PROTO_CASES)
 def test_everything_tshark_decodes_is_found(results, proto, name, kind):
     """tshark's items (Zeek vocabulary) of this protocol in this scenario are all in celltap's records."""
+    if (proto, name) not in results[kind].matches:
+        pytest.skip(f"the captures were made without scenario {name}")
     m = results[kind].matches[(proto, name)]
     assert m.expected > 0, f"tshark decodes no {proto} in {name}: the scenario did not make its traffic"
     assert m.found == m.expected, f"{proto}/{name}: found {m.found} of {m.expected}; missing {m.missing}"
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", TCP_SCENARIOS)
-def test_tcp_streams_byte_exact(streams, name, kind):
-    """Every TCP stream tshark reassembles without holes: the cell's bytes equal tshark's, both directions."""
-    s = streams[kind][name]
+def test_tcp_streams_byte_exact(streams, name):
+    """Every TCP stream tshark reassembles without holes: the cell's bytes equal tshark's, both directions.
+
+    On tcpdump's capture; celltap's holds the same frames (test above).
+    """
+    if name not in streams:
+        pytest.skip(f"the captures were made without scenario {name}")
+    s = streams[name]
     assert s.complete > 0, f"{name}: no complete TCP stream"
     assert s.exact == s.complete, f"{name}: {s.exact}/{s.complete} exact; {s.differing}"
