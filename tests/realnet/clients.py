@@ -136,7 +136,7 @@ def midstream(host: str, flag: str) -> dict:
         s.sendall(b"GET /text.txt HTTP/1.1\r\nHost: www.test.example\r\nConnection: close\r\n\r\n")
         rest = _recv_all(s)
         codes.append(int(rest.split(b" ", 2)[1]))
-    return {"status_codes": codes}
+    return {"before_capture": codes[:1], "status_codes": codes[1:]}
 
 
 def _read_response(s: socket.socket) -> int:

@@ -74,6 +74,7 @@ class Results:
     windows: dict[str, tuple[float, float]]
     matches: dict[tuple[str, str], Match]
     records: dict[str, list[dict]]
+    expected: dict[tuple[str, str], list[Item]] = field(default_factory=dict)  # tshark's items
 
     @classmethod
     def build(cls, capdir: Path, kind: str, work: Path) -> Results:
@@ -86,13 +87,14 @@ class Results:
                 windows[e["name"]] = span
         allpcap = capdir / f"all.{kind}.pcap"
         records = celltap_records(allpcap, work / f"analysis-{kind}")
-        matches = {}
+        matches, expected = {}, {}
         for proto, oracle in ORACLES.items():
             theirs = _by_scenario(oracle(str(allpcap)), windows)
             ours = _by_scenario(ADAPTERS[proto](records[proto]), windows)
             for name in windows:
-                matches[(proto, name)] = match(theirs.get(name, []), ours.get(name, []))
-        return cls(capdir, kind, windows, matches, records)
+                expected[(proto, name)] = theirs.get(name, [])
+                matches[(proto, name)] = match(expected[(proto, name)], ours.get(name, []))
+        return cls(capdir, kind, windows, matches, records, expected)
 
 
 def _by_scenario(items: list[Item], windows: dict[str, tuple[float, float]]) -> dict[str, list[Item]]:

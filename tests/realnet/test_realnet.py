@@ -153,6 +153,26 @@ def test_faults_are_real(capdir):
     assert _tshark_count(clean, "tcp.analysis.retransmission || tcp.analysis.out_of_order") == 0
 
 
+HTTP_CURL = [sc.name for sc in SCENARIOS if "http" in sc.protocols and sc.name != "https_nginx"]
+
+
+@pytest.mark.parametrize("name", HTTP_CURL)
+def test_tshark_sees_what_the_clients_got(capdir, results, name):
+    """The oracle checked against the tools: every status code curl (-w %{http_code}) or the raw client
+    reported is among tshark's decoded responses of the scenario."""
+    e = _entry(capdir, name)
+    got: Counter = Counter()
+    for t in e["tools"]:
+        if t["cmd"].startswith("curl"):
+            got.update(int(line.split()[0]) for line in t["out"].splitlines() if line.strip())
+        for key in ("status_codes",):
+            got.update((t.get("result") or {}).get(key, []))
+    if not got:
+        pytest.skip(f"{name}: no client reports status codes")
+    theirs = Counter(i.key[1] for i in results["tcpdump"].expected[("http", name)] if i.key[0] == "response")
+    assert not got - theirs, f"{name}: clients got {dict(got)}, tshark decodes {dict(theirs)}"
+
+
 @pytest.mark.parametrize(("proto", "name", "kind"), PROTO_CASES)
 def test_everything_tshark_decodes_is_found(results, proto, name, kind):
     """tshark's items (Zeek vocabulary) of this protocol in this scenario are all in celltap's records."""
