@@ -183,7 +183,7 @@ class Bed:
         for port in ("vcli", "vsrv", "vauth"):
             self.ip("mid", "link", "set", "dev", port, "master", "br0")
         for role, v4, v6 in (("client", CLIENT, CLIENT6), ("server", SERVER, SERVER6), ("auth", AUTH, AUTH6)):
-            for key in ("all", "default"):
+            for key in ("all", "default", "eth0"):
                 self.sysctl(role, f"net.ipv6.conf.{key}.accept_dad", "0")
                 self.sysctl(role, f"net.ipv6.conf.{key}.router_solicitations", "0")
             self.quiet_link(role, "eth0")

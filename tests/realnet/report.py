@@ -76,6 +76,12 @@ def table(capdir: Path, work: Path) -> str:
     co = sum(s.complete for s in st.values())
     lines.append(f"| **total** | | | | {tot} | **{ex}/{co}** |")
     lines.append("")
+    lines.append(
+        "Scenarios (tests/realnet/scenarios.py; what each client did is in the captures' manifest.json):"
+    )
+    lines.append("")
+    lines += [f"* `{e['name']}`: {e['what']}" for e in manifest["scenarios"]]
+    lines.append("")
     lines.append("Items per protocol are tshark's (tests/realnet/oracle.py): http requests + responses, dns")
     lines.append("queries + responses + A/AAAA/CNAME answers, tls server_name + version per connection, smtp")
     lines.append(

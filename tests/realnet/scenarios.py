@@ -72,17 +72,11 @@ class Scenario:
 
 
 def _curl(*args: str) -> list[str]:
-    return [
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{num_connects}\\n",
-        "--max-time",
-        "30",
-        *args,
-    ]
+    """curl writing every body to /dev/null (one -o per URL) and `<code> <connects>` per transfer."""
+    argv = ["curl", "-sS", "-w", "%{http_code} %{num_connects}\\n", "--max-time", "30"]
+    for a in args:
+        argv += ["-o", "/dev/null", a] if a.startswith(("http://", "https://")) else [a]
+    return argv
 
 
 # -- HTTP ---------------------------------------------------------------------------------------
