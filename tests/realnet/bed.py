@@ -186,6 +186,7 @@ class Bed:
             for key in ("all", "default", "eth0"):
                 self.sysctl(role, f"net.ipv6.conf.{key}.accept_dad", "0")
                 self.sysctl(role, f"net.ipv6.conf.{key}.router_solicitations", "0")
+            self.sysctl(role, "net.ipv4.tcp_fastopen", "3")  # client and server TFO (http_tfo scenario)
             self.quiet_link(role, "eth0")
             self.ip(role, "addr", "add", f"{v4}/24", "dev", "eth0")
             self.ip(role, "addr", "add", f"{v6}/64", "dev", "eth0", "nodad")

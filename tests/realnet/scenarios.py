@@ -144,6 +144,12 @@ def http_bodies(c: Ctx) -> list[dict]:
     ]
 
 
+def http_tfo(c: Ctx) -> list[dict]:
+    """TCP Fast Open: the first connection gets a cookie, the next ones carry the request in the SYN."""
+    u = f"http://{SERVER}:8080"
+    return [c.client(_curl("--tcp-fastopen", f"{u}/small.txt")) for _ in range(3)]
+
+
 def http_ipv6(c: Ctx) -> list[dict]:
     """HTTP over IPv6 (keep-alive, two requests)."""
     u = f"http://[{SERVER6}]"
@@ -457,6 +463,7 @@ SCENARIOS: list[Scenario] = [
         http_midstream,
         before=midstream_before,
     ),
+    Scenario("http_tfo", ("http",), "curl --tcp-fastopen x3 to nginx fastopen (data in the SYN)", http_tfo),
     Scenario("http_ipv6", ("http",), "HTTP over IPv6", http_ipv6),
     Scenario("https_nginx", ("tls", "http"), "curl/wget HTTPS to nginx, TLS 1.3 and 1.2", https_nginx),
     Scenario(
@@ -488,9 +495,25 @@ SCENARIOS: list[Scenario] = [
         "smtp_sessions", ("smtp",), "smtplib 3 transactions + RSET + rejected RCPT; BDAT", smtp_sessions
     ),
     Scenario("smtp_attach", ("smtp",), "swaks --attach 40 KB binary", smtp_attach),
+    Scenario(
+        "smtp_attach_loss",
+        ("smtp",),
+        "swaks --attach 40 KB, every 7th TCP frame dropped",
+        smtp_attach,
+        fault=("loss", 7),
+        tags=("fault",),
+    ),
     Scenario("sip_udp", ("sip",), "SIPp uac/uas over UDP, 3 calls", sip_udp),
     Scenario("sip_tcp", ("sip",), "SIPp uac/uas over TCP, 3 calls", sip_tcp),
     Scenario("tls_versions", ("tls",), "openssl TLS 1.0, 1.1, 1.2, 1.3", tls_versions),
+    Scenario(
+        "https_reorder",
+        ("tls", "http"),
+        "curl/wget HTTPS through the reordering/duplicating middlebox",
+        https_nginx,
+        fault=("middlebox", 11, 0.15, 0.08),
+        tags=("fault",),
+    ),
     Scenario("tls_hrr", ("tls",), "TLS 1.3 HelloRetryRequest (server P-384 only)", tls_hrr),
     Scenario("tls_resume", ("tls",), "TLS 1.3 ticket and TLS 1.2 session resumption", tls_resume),
 ]

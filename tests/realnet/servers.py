@@ -7,9 +7,9 @@ started. The servers run in the bed's namespaces as children tracked by PID (for
 
 * PKI: a root CA, an intermediate CA and two leaves (www.test.example, mail.test.example), EC P-256,
   made with the openssl CLI; servers present leaf + intermediate, clients trust the root.
-* nginx on the server (80, 443 ssl; IPv4 and IPv6): static files (small, 1 MiB binary, compressible
-  text served gzip-chunked), a WebDAV PUT location (reads request bodies, so `Expect: 100-continue`
-  gets its `100 Continue`).
+* nginx on the server (80, 443 ssl; IPv4 and IPv6; 8080 with TCP Fast Open): static files (small,
+  1 MiB binary, compressible text served gzip-chunked), a WebDAV PUT location (reads request bodies,
+  so `Expect: 100-continue` gets its `100 Continue`).
 * nsd on the auth namespace: authoritative for test.example (A, AAAA, MX, CNAME, SRV, a ~2 KB TXT).
 * unbound on the server: recursive resolver with a stub zone test.example -> nsd, so a client query
   makes real resolver -> authoritative traffic (UDP, and TCP after truncation).
@@ -174,6 +174,7 @@ http {{
     listen [{v6}]:80;
     listen {v4}:443 ssl;
     listen [{v6}]:443 ssl;
+    listen {v4}:8080 fastopen=16;
     server_name {www};
     ssl_certificate {chain};
     ssl_certificate_key {key};
@@ -385,6 +386,7 @@ def start_servers(bed: Bed, root: Path) -> Servers:
     waits = [
         ("server", 80, False),
         ("server", 443, False),
+        ("server", 8080, False),
         ("auth", 53, True),
         ("auth", 53, False),
         ("server", 53, True),
