@@ -168,7 +168,7 @@ class Abstractor:
             sinks = self.rule_sinks[rule.name]
             flow.sink = sinks[flow.hash % len(sinks)] if len(sinks) > 1 else sinks[0]
 
-    def _classify_tcp(self, flow: Flow) -> None:
+    def _classify_tcp(self, flow: Flow, trigger: int = 0) -> None:
         rule, m1, m2 = self.classifier.classify_tcp(flow.head1, flow.head2, flow.port1, flow.port2)
         flow.rule = rule
         flow.match1, flow.match2 = m1, m2
@@ -187,7 +187,7 @@ class Abstractor:
         # every connection passes here once: its CREATED event is emitted here
         w = flow.wire or flow.wire_id()
         t = flow.start_ns
-        sink.parts.append(ev.text_created(w, t) if sink.fmt == "text" else ev.binary_created(w, t))
+        sink.parts.append(ev.text_created(w, t) if sink.fmt == "text" else ev.binary_created(w, t, trigger))
         sink.events += 1
         if not pending:
             return
@@ -221,17 +221,17 @@ class Abstractor:
         flow.held += len(data)
         self.held_total += len(data)
         if flow.head1 and flow.head2:
-            self._classify_tcp(flow)  # SF-TAP's trigger: both sides have spoken
+            self._classify_tcp(flow, sender)  # SF-TAP's trigger: both sides have spoken
         elif flow.held >= self.classify_hold:
             # One side keeps talking while the other is silent (a large upload before the answer).
             # A `down` regex needs the silent side's first bytes, so the flow waits for them, but
             # holds no more than classify_hold bytes...
             self.classified_early["hold"] += 1
-            self._classify_tcp(flow)
+            self._classify_tcp(flow, sender)
         elif self.held_total > self.classify_memory:
             # ...and all flows together no more than classify_memory (many silent servers)
             self.classified_early["memory"] += 1
-            self._classify_tcp(flow)
+            self._classify_tcp(flow, sender)
 
     # ------------------------------------------------------------------ flow lifecycle
     def _new_flow(
@@ -272,8 +272,8 @@ class Abstractor:
                 skip_gaps(flow, 1, ts_ns, self._deliver, self.tcp_stats)
             if flow.ooo2:
                 skip_gaps(flow, 2, ts_ns, self._deliver, self.tcp_stats)
-            if flow.pending is not None:
-                self._classify_tcp(flow)
+            if flow.pending is not None:  # SF-TAP at DESTROYED: endpoint 1's data first, if any
+                self._classify_tcp(flow, 1 if flow.head1 else 2 if flow.head2 else 0)
             self._emit_destroyed(flow, reason, ts_ns)
         self._mark_ended(flow, reason, ts_ns, ipfix_end)
 
@@ -519,7 +519,6 @@ class Abstractor:
                                 flow.closed2 = True
                             if flow.closed1 and flow.closed2:
                                 self._close(flow, ev.REASON_NORMAL, ts, END_DETECTED)
-                                flow.last_ns = ts
                             continue
                     elif flow.nxt1 >= 0:
                         flow.fin1 = seq
@@ -527,7 +526,6 @@ class Abstractor:
                             flow.closed1 = True
                         if flow.closed1 and flow.closed2:
                             self._close(flow, ev.REASON_NORMAL, ts, END_DETECTED)
-                            flow.last_ns = ts
                         continue
                 payload = b""
             else:
@@ -549,7 +547,6 @@ class Abstractor:
                 )
                 if res != KEEP:
                     self._close(flow, res, ts, END_DETECTED)
-                    flow.last_ns = ts
             elif payload:
                 self._datagram(flow, 2 if swapped else 1, payload, ts)
         if ack_args is not None:
@@ -757,7 +754,7 @@ class Abstractor:
         """CREATED, one DATA (if any) and DESTROYED of a one-talker connection, binary format."""
         w = flow.wire_id()
         parts = sink.parts
-        parts.append(ev.binary_created(w, flow.start_ns))
+        parts.append(ev.binary_created(w, flow.start_ns, sender if data else 0))
         if data:
             match = flow.match1 if sender == 1 else flow.match2
             sink.events += ev.binary_data(parts, w, sender, match, data, data_ts, sink.body)

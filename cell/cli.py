@@ -63,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
     """Run the cell; returns the process exit code."""
     from cell.runtime import Cell
     from cell.sftap_config import ConfigError, load_config
+    from celltap.user_errors import UserError, explain
 
     try:
         cfg = load_config(args.config)
@@ -74,9 +75,10 @@ def main(args: argparse.Namespace) -> int:
     cell_id = args.cell_id if args.cell_id is not None else cfg.glob.cell_id
     if args.metrics_port is not None:
         # Imported before the sockets appear, so that /metrics answers soon after they do.
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
 
         from cell.metrics import CellCollector
+        from celltap.user_errors import serve_metrics
     try:
         cell = Cell(cfg, cell_id, args.ipfix, args.reader_buffer)
     except (ValueError, OSError) as exc:
@@ -92,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
         if args.metrics_port is not None:
             registry = CollectorRegistry()
             registry.register(CellCollector(cell))
-            start_http_server(args.metrics_port, registry=registry)
+            serve_metrics(args.metrics_port, registry=registry)
         waits = cell.expand_waits([w.strip() for w in args.wait_readers.split(",") if w.strip()])
         read = args.read
         live = []
@@ -102,7 +104,10 @@ def main(args: argparse.Namespace) -> int:
             else:
                 live.append(spec)
         for spec in live:
-            cell.add_input(spec)
+            try:
+                cell.add_input(spec)
+            except OSError as exc:
+                raise UserError(f"--input {spec}: {explain(exc, spec.partition(':')[2])}") from None
         if waits and not cell.wait_readers(waits, args.wait_timeout):
             return 1
         # Register only once the inputs are bound and the readers are there: from then on the
@@ -110,6 +115,7 @@ def main(args: argparse.Namespace) -> int:
         membership = _register(args, cell_id, live) if not read else None
         if read:
             cell.run_offline(read, args.stall_timeout, args.drain_timeout)
+            _warn_unread(cell)
         else:
             try:
                 cell.run_live()
@@ -120,11 +126,30 @@ def main(args: argparse.Namespace) -> int:
             cell.flush()
             cell.server.drain(2.0)
         return 0
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
+        print(f"celltap cell: {explain(exc)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"celltap cell: {exc}", file=sys.stderr)
         return 2
     finally:
         cell.close()
+
+
+def _warn_unread(cell: object) -> None:
+    """An offline run whose interfaces had no reader threw their events away: say so, once."""
+    unread = {
+        name: counts[0]
+        for (name, reason), counts in cell.server.drops.items()  # type: ignore[attr-defined]
+        if reason == "no_reader" and counts[0]
+    }
+    if unread:
+        names = ", ".join(f"{n} ({e} events)" for n, e in sorted(unread.items()))
+        print(
+            f"celltap cell: no reader was connected to {names}: those events were discarded "
+            "(start readers with --wait-readers, or run `celltap analyze` for cell + analyzers in one)",
+            file=sys.stderr,
+        )
 
 
 def _register(args: argparse.Namespace, cell_id: int, live: list[str]) -> object | None:

@@ -1,15 +1,23 @@
 """Encoders of SF-TAP interface events (text and binary), sans-IO: flow identity + event -> bytes.
 
+Byte for byte what SF-TAP's flow abstractor writes (fabs_appif.cpp, fabs_appif::write_event;
+tests/cell/sftap_wire.py parses it the way that code writes it).
+
 Text (one header line, then `len` body bytes for DATA when `body: yes`):
-    ip1=A,ip2=B,port1=P,port2=Q,hop=H,l3=ipv4,l4=tcp,event=CREATED,time=S.UUUUUU
-    ...,event=DATA,from=1|2,match=up|down|none,len=N,time=S.UUUUUU
-    ...,event=DESTROYED,reason=NORMAL|RESET|TIMEOUT|COMPROMISED,time=S.UUUUUU
+    ip1=A,ip2=B,port1=P,port2=Q,hop=H,l3=ipv4,l4=tcp,event=CREATED,time=T
+    ...,event=DATA,from=1|2,match=up|down|none,len=N,time=T
+    ...,event=DESTROYED,reason=NORMAL|RESET|TIMEOUT|COMPROMISED,time=T
+ICMP and ICMPv6 headers have no port1/port2 (write_event prints ports for TCP and UDP only). T is
+SF-TAP's `boost::lexical_cast<std::string>(tv_sec + tv_usec * 0.000001)`: the double printed with
+"%.17g" (17 significant digits, trailing zeros dropped: 1449325525.8732619, 1449325525.873261).
 
 Binary: SF-TAP's 64-byte `fabs_appif_header` (packed, x86-64): addr1[16], addr2[16], tv_sec int64 LE,
 tv_usec int64 LE, port1 u16 BE, port2 u16 BE, event u8 (0 CREATED, 1 DESTROYED, 2 DATA), from u8
-(0 endpoint 1, 1 endpoint 2, 3 none), len u16 LE, hop u8, l3 u8 (0 IPv4, 41 IPv6), l4 u8, match u8
-(0 up, 1 down, 2 none), reason u8 (0 NORMAL, 1 RESET, 2 TIMEOUT, 3 COMPROMISED; SF-TAP's unused[0]),
-3 zero bytes. `len` is 16 bits, so DATA longer than 65535 bytes is split into several events.
+(FROM_ADDR1 0, FROM_ADDR2 1, FROM_NONE 3), len u16 LE, hop u8, l3 u8 (0 IPv4, 41 IPv6), l4 u8, match u8
+(0 up, 1 down, 2 none), reason u8 (0 NORMAL, 1 RESET, 2 TIMEOUT, 3 COMPROMISED), 3 zero bytes.
+`from` is the id_dir of the call: on DATA the sender; on CREATED the side whose data completed the
+classification (send_tcp_data's argument); on DESTROYED FROM_NONE (fabs_tcp::input_tcp_event).
+`len` is 16 bits, so DATA longer than 65535 bytes is split into several events.
 """
 
 from __future__ import annotations
@@ -64,7 +72,9 @@ def text_prefix(l3: int, l4: int, addr1: bytes, port1: int, addr2: bytes, port2:
     tail = _TEXT_TAIL.get((l3, l4))
     if tail is None:
         tail = f",l3={L3_NAMES[l3]},l4={L4_NAMES.get(l4, str(l4))},event="
-    return f"ip1={a},ip2={b},port1={port1},port2={port2},hop={hop}{tail}".encode()
+    if l4 == 6 or l4 == 17:
+        return f"ip1={a},ip2={b},port1={port1},port2={port2},hop={hop}{tail}".encode()
+    return f"ip1={a},ip2={b},hop={hop}{tail}".encode()  # ICMP: SF-TAP prints ports for TCP / UDP only
 
 
 class WireId:
@@ -96,8 +106,9 @@ class WireId:
 
 
 def _ts_text(ts_ns: int) -> bytes:
+    """SF-TAP's time: the double tv_sec + tv_usec * 0.000001, printed with %.17g (lexical_cast)."""
     us = ts_ns // 1000
-    return b"%d.%06d" % (us // 1_000_000, us % 1_000_000)
+    return b"%.17g" % (us // 1_000_000 + us % 1_000_000 * 0.000001)
 
 
 def text_created(w: WireId, ts_ns: int) -> bytes:
@@ -130,28 +141,26 @@ def text_whole_flow(
     e = end_ns // 1000
     n = len(data)
     if not n:
+        t_start = s // 1_000_000 + s % 1_000_000 * 0.000001
+        t_end = e // 1_000_000 + e % 1_000_000 * 0.000001
         r = _REASON_B[reason]
         return [
-            b"%sCREATED,time=%d.%06d\n%sDESTROYED,reason=%s,time=%d.%06d\n"
-            % (prefix, s // 1_000_000, s % 1_000_000, prefix, r, e // 1_000_000, e % 1_000_000)
+            b"%sCREATED,time=%.17g\n%sDESTROYED,reason=%s,time=%.17g\n" % (prefix, t_start, prefix, r, t_end)
         ]
     d = data_ts_ns // 1000
-    head = b"%sCREATED,time=%d.%06d\n%sDATA,from=%d,match=%s,len=%d,time=%d.%06d\n" % (
+    head = b"%sCREATED,time=%.17g\n%sDATA,from=%d,match=%s,len=%d,time=%.17g\n" % (
         prefix,
-        s // 1_000_000,
-        s % 1_000_000,
+        s // 1_000_000 + s % 1_000_000 * 0.000001,
         prefix,
         sender,
         MATCH_NAMES[match],
         n,
-        d // 1_000_000,
-        d % 1_000_000,
+        d // 1_000_000 + d % 1_000_000 * 0.000001,
     )
-    tail = b"%sDESTROYED,reason=%s,time=%d.%06d\n" % (
+    tail = b"%sDESTROYED,reason=%s,time=%.17g\n" % (
         prefix,
         _REASON_B[reason],
-        e // 1_000_000,
-        e % 1_000_000,
+        e // 1_000_000 + e % 1_000_000 * 0.000001,
     )
     return [head, data, tail] if body else [head, tail]
 
@@ -185,9 +194,9 @@ def _bin_head(w: WireId, event: int, sender: int, length: int, match: int, reaso
     )
 
 
-def binary_created(w: WireId, ts_ns: int) -> bytes:
-    """CREATED header."""
-    return _bin_head(w, 0, FROM_NONE, 0, MATCH_NONE, 0, ts_ns)
+def binary_created(w: WireId, ts_ns: int, sender: int = 0) -> bytes:
+    """CREATED header; `sender` (1 or 2) is the side whose data completed the classification, 0 none."""
+    return _bin_head(w, 0, sender - 1 if sender else FROM_NONE, 0, MATCH_NONE, 0, ts_ns)
 
 
 def binary_destroyed(w: WireId, reason: int, ts_ns: int) -> bytes:

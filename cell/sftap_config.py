@@ -7,11 +7,11 @@ utf8`) plus celltap's own `global` extensions. Anything else is an error naming 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cell.rule_regex import RegexError, RulePattern
 from celltap.config import ConfigError as SharedConfigError
 from celltap.config import read_yaml
 
@@ -55,10 +55,11 @@ class Rule:
     name: str
     proto: str = ""  # tcp | udp | icmp | icmpv6 | "" (special interfaces without a protocol)
     ifname: str = ""
-    up: re.Pattern[bytes] | None = None
-    down: re.Pattern[bytes] | None = None
+    up: RulePattern | None = None
+    down: RulePattern | None = None
     up_text: str = ""
     down_text: str = ""
+    utf8: bool = False  # SF-TAP's `utf8: yes`: patterns and data are UTF-8 for RE2 (default latin-1)
     ports: tuple[tuple[int, int], ...] = ()
     fmt: str = "text"
     body: bool = True
@@ -174,12 +175,12 @@ def parse_ports(value: Any, where: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _regex(value: Any, where: str) -> re.Pattern[bytes]:
-    # Patterns apply to raw bytes (SF-TAP's `utf8: no`, latin-1): every code point < 256 maps to one byte.
+def _regex(text: str, where: str, utf8: bool) -> RulePattern:
+    # RE2 as SF-TAP compiles it (cell/rule_regex.py); latin-1 unless `utf8: yes`
     try:
-        return re.compile(str(value).encode("latin-1"))
-    except (re.error, UnicodeEncodeError) as exc:
-        raise ConfigError(f"{where}: bad regular expression {value!r}: {exc}") from None
+        return RulePattern(text, utf8)
+    except RegexError as exc:
+        raise ConfigError(f"{where}: RE2 cannot compile {text!r}: {exc}") from None
 
 
 def _parse_global(section: Any) -> GlobalConfig:
@@ -226,9 +227,9 @@ def _parse_rule(name: str, section: Any, order: int) -> Rule:
         if key not in _RULE_KEYS:
             raise ConfigError(f"{where}: unknown key (known: {', '.join(_RULE_KEYS)})")
         if key == "up":
-            rule.up, rule.up_text = _regex(value, where), str(value)
+            rule.up_text = str(value)
         elif key == "down":
-            rule.down, rule.down_text = _regex(value, where), str(value)
+            rule.down_text = str(value)
         elif key == "proto":
             proto = PROTOS.get(str(value).upper())
             if proto is None:
@@ -252,7 +253,12 @@ def _parse_rule(name: str, section: Any, order: int) -> Rule:
         elif key == "port":
             rule.ports = parse_ports(value, where)
         elif key == "utf8":
-            _yes_no(value, where)
+            rule.utf8 = _yes_no(value, where)
+    # compiled once every key is read: `utf8` may come after the patterns
+    if "up" in section:
+        rule.up = _regex(rule.up_text, f"{name}.up", rule.utf8)
+    if "down" in section:
+        rule.down = _regex(rule.down_text, f"{name}.down", rule.utf8)
     if name == "tcp_default":
         rule.proto = rule.proto or "tcp"
     elif name == "udp_default":

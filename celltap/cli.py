@@ -11,6 +11,7 @@ import sys
 # `add_arguments(parser)` and `main(args) -> int`; it is imported only when its
 # subcommand runs so that `celltap loadgen` does not pay for grpc, etc.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "analyze": ("cell.analyze.cli", "Zeek-style logs (conn, http, dns...) from captures or an interface"),
     "demo": ("celltap.demo", "local cluster on embedded defaults, generated traffic, summary"),
     "up": ("celltap.up", "long-running local cluster from a cluster YAML"),
     "incubator": ("incubator.cli", "flow-hashing cell balancer (live or offline split)"),
@@ -65,10 +66,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     entry = getattr(args._module, args._entry)
+    from celltap.user_errors import UserError, explain
+
     try:
         return int(entry(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except UserError as exc:
+        print(f"celltap {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # the outside world said no (a port, a path, an interface): one line, not a traceback
+        print(f"celltap {args.command}: {explain(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ def read_yaml(path: str | Path) -> Any:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8)") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

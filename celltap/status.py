@@ -202,10 +202,26 @@ def main(args: argparse.Namespace) -> int:
 def add_top_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `celltap top`."""
     parser.add_argument("app", help="app name as configured on the nodes (e.g. top_talkers, volume, app_mix)")
-    parser.add_argument("--by", default="bytes", help="bytes | packets (| records, flows for some apps)")
+    parser.add_argument(
+        "--by",
+        default="bytes",
+        help="bytes | packets (both directions of each flow) | orig_bytes, orig_packets (sent by the flows' "
+        "originators) | resp_bytes, resp_packets (sent back by the responders) | records, flows (some apps)",
+    )
     parser.add_argument("--n", type=int, default=10, help="rows to show (0: all)")
     parser.add_argument("--param", action="append", default=[], metavar="K=V", help="extra app parameter")
     _common(parser)
+
+
+def _direction(by: str) -> str:
+    """What direction of the flows a figure counts, for the answer's header line."""
+    if by in ("bytes", "packets"):
+        return " (both directions)"
+    if by.startswith("orig_"):
+        return " (sent by the flows' originators only)"
+    if by.startswith("resp_"):
+        return " (sent back by the flows' responders only)"
+    return ""
 
 
 def top_main(args: argparse.Namespace) -> int:
@@ -238,7 +254,7 @@ def top_main(args: argparse.Namespace) -> int:
         print(json.dumps(answer, indent=1))
     else:
         print(
-            f"{args.app} by {args.by} over {len(answer.get('nodes', []))} node(s)"
+            f"{args.app} by {args.by}{_direction(args.by)} over {len(answer.get('nodes', []))} node(s)"
             + ("" if answer.get("complete") else f"  INCOMPLETE: {answer.get('errors')}")
         )
         rows = answer.get("top") or answer.get("scanners") or answer.get("flooded") or []

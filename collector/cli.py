@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 
+from celltap.user_errors import explain
 from collector.config import CollectorConfig, ConfigError, load_config, parse_listen
 
 log = logging.getLogger("celltap.collector")
@@ -73,9 +74,12 @@ def read_pcap(args: argparse.Namespace, cfg: CollectorConfig) -> int:
             last_ts = ts
             pending.append((exporter, msg))
         flush()
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        print(f"celltap collector: {explain(exc, args.read_pcap)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"celltap collector: {args.read_pcap}: {exc}", file=sys.stderr)
-        return 1
+        return 2
     _summary(ingestor.stats, sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -106,6 +110,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.config and not args.listen:
         print("celltap collector: give --config, --listen or --read-pcap", file=sys.stderr)
         return 2
+    from celltap.user_errors import explain
     from collector.json_output import JsonLinesSink
     from collector.service import CollectorService
 
@@ -129,8 +134,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         service.start()
     except OSError as exc:
-        print(f"celltap collector: cannot listen: {exc}", file=sys.stderr)
-        return 1
+        where = ", ".join(map(str, cfg.listen))
+        print(f"celltap collector: cannot listen on {where}: {explain(exc)}", file=sys.stderr)
+        return 2
     print(
         f"celltap collector: listening on {', '.join(map(str, cfg.listen))}"
         f" ({cfg.workers if service.processes else 1} UDP worker(s))",

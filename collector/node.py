@@ -88,7 +88,10 @@ class AnalysisNode:
         self.grpc_server.start()
         if c.http:
             host, _, port = c.http.rpartition(":")
-            self.http_server = ThreadingHTTPServer((host, int(port)), _handler(self))
+            try:
+                self.http_server = ThreadingHTTPServer((host, int(port)), _handler(self))
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot serve the query API on {c.http}: {exc.strerror}") from None
             self.http_server.daemon_threads = True
             threading.Thread(target=self.http_server.serve_forever, name="node-http", daemon=True).start()
         registry = open_registry(c.registry, tls=c.tls)

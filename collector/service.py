@@ -7,14 +7,14 @@ import multiprocessing as mp
 import queue
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 
-from prometheus_client import start_http_server
-
 from celltap.ipfix.records import RecordBatch
+from celltap.user_errors import serve_metrics
 from collector.allowlist import AllowList
 from collector.config import CollectorConfig, ListenAddress
 from collector.ingest import IngestConfig, Ingestor
@@ -179,7 +179,20 @@ class CollectorService:
         cfg = self.config
         if cfg.metrics_port and self.metrics is None:
             self.metrics = CollectorMetrics()
-            start_http_server(cfg.metrics_port, cfg.metrics_addr)
+            serve_metrics(cfg.metrics_port, cfg.metrics_addr)
+        for addr in cfg.listen:
+            if addr.transport != "tcp":
+                # Fail here, in the caller's thread, with the address: a worker that cannot bind
+                # would otherwise die in its own thread or process.
+                try:
+                    probe = socket.socket(
+                        socket.AF_INET6 if ":" in addr.host else socket.AF_INET, socket.SOCK_DGRAM
+                    )
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    probe.bind((addr.host, addr.port))
+                    probe.close()
+                except OSError as exc:
+                    raise OSError(exc.errno, f"{addr}: {exc.strerror}") from None
         readies = []
         index = 0
         for addr in cfg.listen:

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from celltap.pcap import CaptureFormatError
+from celltap.user_errors import explain
 
 log = logging.getLogger("celltap.incubator")
 
@@ -75,9 +76,9 @@ def _offline(args: argparse.Namespace) -> int:
         print("celltap incubator: --dicap-buckets-log2 must be 1..14", file=sys.stderr)
         return 2
     if args.metrics_port is not None:
-        from prometheus_client import start_http_server
+        from celltap.user_errors import serve_metrics
 
-        start_http_server(args.metrics_port)
+        serve_metrics(args.metrics_port)
     try:
         from prometheus_client import REGISTRY
 
@@ -92,9 +93,12 @@ def _offline(args: argparse.Namespace) -> int:
             args.dicap_buckets_log2,
             args.dicap_ports,
         )
-    except (CaptureFormatError, OSError, ValueError) as exc:
+    except OSError as exc:
+        print(f"celltap incubator: {explain(exc, exc.filename or args.read)}", file=sys.stderr)
+        return 2
+    except (CaptureFormatError, ValueError) as exc:
         print(f"celltap incubator: {args.read}: {exc}", file=sys.stderr)
-        return 1
+        return 2
     summary = {
         "received": res.received,
         "forwarded": res.forwarded,

@@ -218,9 +218,9 @@ class Incubator:
 def run_live(cfg: Config) -> int:
     """Run from a config until SIGTERM / SIGINT; serves metrics if configured."""
     if cfg["metrics_port"] is not None:
-        from prometheus_client import start_http_server
+        from celltap.user_errors import serve_metrics
 
-        start_http_server(cfg["metrics_port"])
+        serve_metrics(cfg["metrics_port"])
     try:
         inc = Incubator(cfg)
     except CaptureUnavailable as exc:

@@ -129,9 +129,9 @@ def _run_replay(args: argparse.Namespace) -> int:
     from loadgen.replay import replay
 
     if args.metrics_port:
-        from prometheus_client import start_http_server
+        from celltap.user_errors import serve_metrics
 
-        start_http_server(args.metrics_port)
+        serve_metrics(args.metrics_port)
     stop = threading.Event()
     # SIGTERM (and Ctrl-C) end the replay at the next batch; the counts so far are still reported.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -13,6 +13,7 @@ import numpy as np
 
 from celltap.ipfix.message import IPFIX_VERSION
 from celltap.mmsg import sendmmsg_available
+from celltap.user_errors import parse_host_port
 from loadgen.ipfix_gen import MessagePool, build_pool
 from loadgen.ipfix_sendmmsg import PoolSender
 
@@ -203,6 +204,7 @@ def main(args: argparse.Namespace) -> int:
     if args.exporters < 1 or args.exporters > 240:
         print("celltap loadgen ipfix: --exporters must be 1..240", file=sys.stderr)
         return 2
+    parse_host_port(args.target, "target")  # a bad HOST:PORT is one line naming it
     out = run(
         args.target,
         args.rate,

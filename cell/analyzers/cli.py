@@ -12,8 +12,11 @@ from cell.analyzers.supervisor import child_command, supervise
 from cell.sdk.client import run_socket
 from cell.sdk.output import JsonLinesWriter
 from cell.sdk.session import FORMATS
+from celltap.user_errors import UserError, wait_for_path
 
 log = logging.getLogger(__name__)
+
+SOCKET_WAIT = 10.0  # seconds an analyzer waits for its interface socket before saying so
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,10 +37,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve Prometheus /metrics on this port (with --balance: the supervisor; child i uses PORT+1+i)",
     )
     parser.add_argument(
+        "--socket-wait",
+        type=float,
+        default=SOCKET_WAIT,
+        metavar="SECONDS",
+        help="how long a missing interface socket is waited for before saying so (default 10)",
+    )
+    parser.add_argument(
         "--exit-on-eof",
         action="store_true",
         help="exit when the interface closes instead of reconnecting (offline runs)",
     )
+
+
+def _wait_for_socket(path: str, exit_on_eof: bool, seconds: float) -> None:
+    """Give a missing interface socket a short wait; then fail (offline) or say what it waits for."""
+    if wait_for_path(path, seconds):
+        return
+    if exit_on_eof:
+        raise UserError(
+            f"interface socket {path} does not exist (waited {seconds:g} s): is the cell running "
+            "with an interface of that name and home?"
+        )
+    log.warning("interface socket %s does not exist yet; waiting for the cell to create it", path)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,9 +67,9 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.metrics_port is not None:
-        from prometheus_client import start_http_server
+        from celltap.user_errors import serve_metrics
 
-        start_http_server(args.metrics_port)
+        serve_metrics(args.metrics_port)
     if args.balance:
         if not args.socket_prefix:
             log.error("analyzer: --balance needs --socket-prefix")
@@ -67,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.socket:
         log.error("analyzer: --socket PATH is required (or --socket-prefix with --balance)")
         return 2
+    _wait_for_socket(args.socket, args.exit_on_eof, args.socket_wait)
     analyzer = ANALYZERS[args.name]()
     writer = JsonLinesWriter(args.out)
     try:

@@ -9,7 +9,9 @@ Layout, following SF-TAP's `fabs_appif_header` (flow-abstractor, x86-64, packed,
     48 port1       uint16 big-endian
     50 port2       uint16 big-endian
     52 event       uint8  0 CREATED, 1 DESTROYED, 2 DATA
-    53 from        uint8  0 = endpoint 1, 1 = endpoint 2   (SF-TAP's FROM_ADDR1 / FROM_ADDR2)
+    53 from        uint8  0 = endpoint 1, 1 = endpoint 2, 3 = none (SF-TAP's FROM_ADDR1 / 2 / FROM_NONE):
+                          DATA: the sender; CREATED: the side whose data completed the classification;
+                          DESTROYED: 3
     54 len         uint16 little-endian (machine order)
     56 hop         uint8
     57 l3          uint8  IPPROTO_IP (0) for IPv4, IPPROTO_IPV6 (41)
@@ -150,7 +152,7 @@ def encode_binary(
         0,
         0,
         EVENT_CODES[event],
-        max(sender - 1, 0),
+        sender - 1 if sender and event != DESTROYED else 3,
         len(data),
         flow.hop,
         L3_CODES[flow.l3],

@@ -4,6 +4,7 @@ one call per datagram for UDP."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
@@ -75,9 +76,16 @@ class FlowTable:
     """Routes decoded events to an analyzer's per-flow handlers; bounded in the number of live flows."""
 
     def __init__(
-        self, analyzer: FlowAnalyzer, max_streams: int = MAX_STREAMS, udp_timeout: float = UDP_TIMEOUT
+        self,
+        analyzer: FlowAnalyzer,
+        max_streams: int = MAX_STREAMS,
+        udp_timeout: float = UDP_TIMEOUT,
+        uid_of: Callable[[FlowId], str] | None = None,
     ) -> None:
         self.analyzer = analyzer
+        # In-process front ends know the cell's flow table: `uid_of` gives a datagram flow's uid exactly
+        # ("" when unknown) instead of inferring connection starts from idle gaps.
+        self.uid_of = uid_of
         self.max_streams = max_streams
         self.udp_timeout = udp_timeout
         self.streams: dict[bytes, StreamHandler | None] = {}
@@ -119,6 +127,10 @@ class FlowTable:
     def _datagram_flow(self, ev: Event) -> FlowId:
         if ev.flow.uid:
             return ev.flow
+        if self.uid_of is not None:
+            uid = self.uid_of(ev.flow)
+            if uid:
+                return replace(ev.flow, uid=uid)
         flows = self.datagram_flows
         known = flows.get(ev.key)
         if known is not None and ev.time - known[1] <= self.udp_timeout:
@@ -136,7 +148,9 @@ class FlowTable:
         if len(self.streams) >= self.max_streams:
             self.dropped["flow_table_full"] += 1
             return None
-        handler = self.analyzer.stream(with_uid(ev.flow, ev.time), ev.time)
+        flow = ev.flow
+        uid = self.uid_of(flow) if self.uid_of is not None and not flow.uid else ""
+        handler = self.analyzer.stream(replace(flow, uid=uid) if uid else with_uid(flow, ev.time), ev.time)
         self.streams[ev.key] = handler
         return handler
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time as _time
+from collections import Counter
 
 from cell.sdk.binary_format import BinaryDecoder
 from cell.sdk.events import Event, WireError
@@ -28,13 +29,18 @@ def make_decoder(fmt: str, body: bool = True) -> TextDecoder | BinaryDecoder:
 class Session:
     """One analyzer reading one interface; survives reconnects (flows end with reason DISCONNECTED)."""
 
-    def __init__(self, analyzer: FlowAnalyzer, fmt: str = "text", body: bool = True) -> None:
+    def __init__(
+        self, analyzer: FlowAnalyzer, fmt: str = "text", body: bool = True, table: FlowTable | None = None
+    ) -> None:
         self.analyzer = analyzer
         self.fmt = fmt
         self.decoder = make_decoder(fmt, body)
-        self.table = FlowTable(analyzer)
+        self.table = table if table is not None else FlowTable(analyzer)
         self.stats = BatchStats(analyzer.name)
         self.last_time = 0.0
+        # run totals of parse errors and dropped events (the per-batch counts go to Prometheus)
+        self.error_totals: Counter[str] = Counter()
+        self.dropped_totals: Counter[str] = Counter()
 
     def feed(self, data: bytes) -> list[dict]:
         """Consume interface bytes; return the records they completed."""
@@ -70,5 +76,7 @@ class Session:
         else:
             records = []  # never hand out the analyzer's own list: it keeps growing
         self.stats.records += len(records)
+        self.error_totals.update(self.analyzer.errors)
+        self.dropped_totals.update(self.table.dropped)
         self.stats.flush(self.analyzer.errors, self.table.dropped)
         return records

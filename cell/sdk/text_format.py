@@ -16,8 +16,8 @@ def _parse_flow(prefix: bytes) -> FlowId:
         return FlowId(
             ip1=fields[b"ip1"].decode(),
             ip2=fields[b"ip2"].decode(),
-            port1=int(fields[b"port1"]),
-            port2=int(fields[b"port2"]),
+            port1=int(fields.get(b"port1", b"0")),  # ICMP headers have no ports
+            port2=int(fields.get(b"port2", b"0")),
             hop=int(fields.get(b"hop", b"0")),
             l3=fields.get(b"l3", b"ipv4").decode(),
             l4=fields.get(b"l4", b"tcp").decode(),
@@ -154,13 +154,14 @@ def encode_text(
     match: str = "none",
     reason: str = "NORMAL",
 ) -> bytes:
-    """Encode one event in the text format (the cell's job; used by tests, benches and replays)."""
-    head = (
-        f"ip1={flow.ip1},ip2={flow.ip2},port1={flow.port1},port2={flow.port2},hop={flow.hop},"
-        f"l3={flow.l3},l4={flow.l4},event={event}"
-    )
+    """Encode one event in the text format (the cell's job; used by tests, benches and replays).
+
+    As SF-TAP writes it: no ports for ICMP, `time` printed with %.17g.
+    """
+    ports = f"port1={flow.port1},port2={flow.port2}," if flow.l4 in ("tcp", "udp") else ""
+    head = f"ip1={flow.ip1},ip2={flow.ip2},{ports}hop={flow.hop},l3={flow.l3},l4={flow.l4},event={event}"
     if event == DATA:
-        return f"{head},from={sender},match={match},len={len(data)},time={time:.6f}\n".encode() + data
+        return f"{head},from={sender},match={match},len={len(data)},time={time:.17g}\n".encode() + data
     if event == DESTROYED:
-        return f"{head},reason={reason},time={time:.6f}\n".encode()
-    return f"{head},time={time:.6f}\n".encode()
+        return f"{head},reason={reason},time={time:.17g}\n".encode()
+    return f"{head},time={time:.17g}\n".encode()

@@ -1,4 +1,7 @@
-"""Application mix: bytes, packets and flows per applicationName (the cell's classifying rule)."""
+"""Application mix: bytes, packets and flows per applicationName (the cell's classifying rule).
+
+Bytes and packets are both directions of biflow records; orig_*/resp_* keep them apart.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ from typing import Any
 import numpy as np
 
 from collector.apps.base import App, register_kind
-from collector.apps.columns import octets, packets, sums_by_key
+from collector.apps.columns import directed_counters, directed_measure, directed_row, sums_by_key
+
+COLUMNS = {"orig_bytes": 0, "resp_bytes": 1, "orig_packets": 2, "resp_packets": 3, "flows": 4}
 
 UNLABELLED = "(none)"
 
@@ -36,43 +41,39 @@ class AppMixApp(App):
 
     def __init__(self, name: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(name, options)
-        self.mix: dict[str, list[int]] = {}
+        self.mix: dict[str, list[int]] = {}  # label -> [orig/resp bytes, orig/resp packets, flows]
 
     def update(self, records: np.ndarray, exporter: str) -> None:
-        """Add bytes, packets and flows per label."""
-        keys, (b, p, f) = sums_by_key(
-            app_names(records), octets(records), packets(records), np.ones(len(records), np.uint64)
+        """Add bytes and packets each way and flows per label."""
+        keys, sums = sums_by_key(
+            app_names(records), *directed_counters(records), np.ones(len(records), np.uint64)
         )
-        for k, kb, kp, kf in zip(keys, b, p, f, strict=True):
-            t = self.mix.setdefault(k, [0, 0, 0])
-            t[0] += kb
-            t[1] += kp
-            t[2] += kf
+        for k, *vals in zip(keys, *sums, strict=True):
+            t = self.mix.setdefault(k, [0] * len(COLUMNS))
+            for i, v in enumerate(vals):
+                t[i] += v
 
     def partial(self) -> dict[str, Any]:
-        """{"mix": {label: [bytes, packets, flows]}}."""
+        """{"mix": {label: [orig bytes, resp bytes, orig packets, resp packets, flows]}}."""
         return {"mix": self.mix}
 
     def absorb(self, partial: Mapping[str, Any]) -> None:
         """Add another node's mix."""
-        for k, (b, p, f) in partial.get("mix", {}).items():
-            t = self.mix.setdefault(k, [0, 0, 0])
-            t[0] += b
-            t[1] += p
-            t[2] += f
+        for k, vals in partial.get("mix", {}).items():
+            t = self.mix.setdefault(k, [0] * len(COLUMNS))
+            for i, v in enumerate(vals):
+                t[i] += v
 
     def answer(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Labels by bytes|packets|flows with their share of the total."""
+        """Labels by bytes|packets (both directions), orig_*/resp_* or flows, with their share."""
         by = str(params.get("by", "bytes"))
-        col = {"bytes": 0, "packets": 1, "flows": 2}.get(by)
-        if col is None:
-            raise ValueError(f"by must be bytes, packets or flows, not {by!r}")
-        total = sum(v[col] for v in self.mix.values()) or 1
+        measure = directed_measure(by, COLUMNS)
+        total = sum(measure(v) for v in self.mix.values()) or 1
         n = int(params.get("n", 10))
-        rows = sorted(self.mix.items(), key=lambda kv: (-kv[1][col], kv[0]))[: n if n > 0 else None]
+        rows = sorted(self.mix.items(), key=lambda kv: (-measure(kv[1]), kv[0]))[: n if n > 0 else None]
         return {
             "app": self.name, "by": by,
-            "top": [{"key": k, "bytes": v[0], "packets": v[1], "flows": v[2], "share": v[col] / total}
+            "top": [{"key": k, **directed_row(v[:4]), "flows": v[4], "share": measure(v) / total}
                     for k, v in rows],
         }  # fmt: skip
 

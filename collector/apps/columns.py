@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,6 +31,51 @@ def octets(records: np.ndarray) -> np.ndarray:
 def packets(records: np.ndarray) -> np.ndarray:
     """Packets per record (packetDeltaCount, else packetTotalCount)."""
     return column_or_zero(records, "packetDeltaCount", "packetTotalCount")
+
+
+def reverse_octets(records: np.ndarray) -> np.ndarray:
+    """Bytes of the reverse direction of an RFC 5103 biflow record (zeros for one-way records)."""
+    return column_or_zero(records, "reverseOctetDeltaCount", "reverseOctetTotalCount")
+
+
+def reverse_packets(records: np.ndarray) -> np.ndarray:
+    """Packets of the reverse direction of an RFC 5103 biflow record (zeros for one-way records)."""
+    return column_or_zero(records, "reversePacketDeltaCount", "reversePacketTotalCount")
+
+
+def directed_counters(records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(forward bytes, reverse bytes, forward packets, reverse packets) of every record.
+
+    Forward is what the record's source sent; reverse what it received (biflow records: the cells'
+    and many routers'; one-way records have no reverse, so their reverse counters are zero). Apps
+    count `bytes` and `packets` as both directions and keep the directions apart where asked.
+    """
+    return octets(records), reverse_octets(records), packets(records), reverse_packets(records)
+
+
+DIRECTED = ("orig_bytes", "resp_bytes", "orig_packets", "resp_packets")
+
+
+def directed_row(vals: list[int]) -> dict[str, int]:
+    """An answer row's counters from [orig bytes, resp bytes, orig packets, resp packets, (count)]."""
+    row = {"bytes": vals[0] + vals[1], "packets": vals[2] + vals[3]}
+    row.update(zip(DIRECTED, vals[:4], strict=True))
+    if len(vals) > 4:
+        row["records"] = vals[4]
+    return row
+
+
+def directed_measure(by: str, columns: dict[str, int]) -> Callable[[list[int]], int]:
+    """The sort key for `by`: bytes/packets (both directions), one direction, or a count column."""
+    if by == "bytes":
+        return lambda v: v[0] + v[1]
+    if by == "packets":
+        return lambda v: v[2] + v[3]
+    col = columns.get(by)
+    if col is None:
+        names = ", ".join(["bytes", "packets", *columns])
+        raise ValueError(f"by must be one of {names}, not {by!r}")
+    return lambda v: v[col]
 
 
 def address_keys(records: np.ndarray, side: str, prefix_v4: int = 32, prefix_v6: int = 128) -> np.ndarray:

@@ -1,4 +1,8 @@
-"""Traffic matrix: bytes / packets / flows between source and destination prefixes."""
+"""Traffic matrix: bytes / packets / flows between source and destination prefixes.
+
+A cell is (originators' prefix, responders' prefix); bytes and packets count both directions of
+biflow records, orig_*/resp_* each direction.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,17 @@ from typing import Any
 import numpy as np
 
 from collector.apps.base import App, AppConfigError, register_kind
-from collector.apps.columns import address_keys, key_text, octets, packets, sums_by_pair, text_key
+from collector.apps.columns import (
+    address_keys,
+    directed_counters,
+    directed_measure,
+    directed_row,
+    key_text,
+    sums_by_pair,
+    text_key,
+)
+
+COLUMNS = {"orig_bytes": 0, "resp_bytes": 1, "orig_packets": 2, "resp_packets": 3, "flows": 4}
 
 
 @register_kind
@@ -27,18 +41,17 @@ class TrafficMatrixApp(App):
 
     def update(self, records: np.ndarray, exporter: str) -> None:
         """Add the batch per prefix pair."""
-        keys, (b, p, f) = sums_by_pair(
+        keys, sums = sums_by_pair(
             address_keys(records, "src", self.v4, self.v6), address_keys(records, "dst", self.v4, self.v6),
-            octets(records), packets(records), np.ones(len(records), np.uint64),
+            *directed_counters(records), np.ones(len(records), np.uint64),
         )  # fmt: skip
-        for k, kb, kp, kf in zip(keys, b, p, f, strict=True):
+        for k, *vals in zip(keys, *sums, strict=True):
             t = self.cells.get(k)
             if t is None:
-                self.cells[k] = [kb, kp, kf]
+                self.cells[k] = vals
             else:
-                t[0] += kb
-                t[1] += kp
-                t[2] += kf
+                for i, v in enumerate(vals):
+                    t[i] += v
 
     def _plen(self, key: int) -> int:
         return self.v4 if key >> 32 == 4 else self.v6
@@ -48,32 +61,29 @@ class TrafficMatrixApp(App):
         return f"{key_text(src)}/{self._plen(src)}>{key_text(dst)}/{self._plen(dst)}"
 
     def partial(self) -> dict[str, Any]:
-        """{"cells": {"a/p>b/q": [bytes, packets, flows]}}."""
+        """{"cells": {"a/p>b/q": [orig bytes, resp bytes, orig packets, resp packets, flows]}}."""
         return {"cells": {self._text(k): v for k, v in self.cells.items()}}
 
     def absorb(self, partial: Mapping[str, Any]) -> None:
         """Add another node's matrix."""
-        for text, (b, p, f) in partial.get("cells", {}).items():
+        for text, vals in partial.get("cells", {}).items():
             src, dst = text.split(">")
             key = (text_key(src.rsplit("/", 1)[0]), text_key(dst.rsplit("/", 1)[0]))
-            t = self.cells.setdefault(key, [0, 0, 0])
-            t[0] += b
-            t[1] += p
-            t[2] += f
+            t = self.cells.setdefault(key, [0] * len(COLUMNS))
+            for i, v in enumerate(vals):
+                t[i] += v
 
     def answer(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The n largest cells by bytes|packets|flows."""
+        """The n largest cells by bytes|packets (both directions), orig_*/resp_* or flows."""
         by = str(params.get("by", "bytes"))
-        col = {"bytes": 0, "packets": 1, "flows": 2}.get(by)
-        if col is None:
-            raise ValueError(f"by must be bytes, packets or flows, not {by!r}")
+        measure = directed_measure(by, COLUMNS)
         n = int(params.get("n", 10))
-        rows = sorted(self.cells.items(), key=lambda kv: (-kv[1][col], self._text(kv[0])))
+        rows = sorted(self.cells.items(), key=lambda kv: (-measure(kv[1]), self._text(kv[0])))
         rows = rows[: n if n > 0 else None]
         return {
             "app": self.name, "by": by, "cells": len(self.cells),
             "top": [{"src": self._text(k).split(">")[0], "dst": self._text(k).split(">")[1],
-                     "bytes": v[0], "packets": v[1], "flows": v[2]} for k, v in rows],
+                     **directed_row(v[:4]), "flows": v[4]} for k, v in rows],
         }  # fmt: skip
 
     def size(self) -> int:

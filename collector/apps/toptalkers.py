@@ -5,6 +5,11 @@ operation (a batch is an exact summary): counts add, a key missing from a *full*
 assumed to have that summary's minimum count (added to both count and error), and the result keeps
 the `capacity` largest.  While the distinct keys seen stay within capacity nothing is ever full,
 so counts are exact and errors zero.
+
+Measures: `bytes` and `packets` count both directions of biflow records (what a host's flows
+carried); `orig_bytes`/`orig_packets` only what the keyed host's flows' originators sent (with key
+src: what the host sent as initiator), `resp_bytes`/`resp_packets` what came back. Each measure is
+its own summary, so each is exact while its keys fit.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from collector.apps.base import App, register_kind
-from collector.apps.columns import address_keys, key_text, octets, packets, sums_by_key, text_key
+from collector.apps.columns import address_keys, directed_counters, key_text, sums_by_key, text_key
+
+MEASURES = ("bytes", "packets", "orig_bytes", "resp_bytes", "orig_packets", "resp_packets")
 
 Summary = dict[Any, list[int]]  # key -> [count, error]
 
@@ -54,8 +61,8 @@ class TopTalkersApp(App):
     def __init__(self, name: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(name, options)
         self.capacity = int(self.options.get("capacity", 10000))
-        self.summaries: dict[str, Summary] = {"bytes": {}, "packets": {}}
-        self.full: dict[str, bool] = {"bytes": False, "packets": False}
+        self.summaries: dict[str, Summary] = {m: {} for m in MEASURES}
+        self.full: dict[str, bool] = dict.fromkeys(MEASURES, False)
 
     def _add(self, measure: str, batch: Summary, batch_full: bool) -> None:
         current = self.summaries[measure]
@@ -73,27 +80,25 @@ class TopTalkersApp(App):
         )
 
     def update(self, records: np.ndarray, exporter: str) -> None:
-        """Add one batch's per-key bytes and packets."""
-        keys, (b, p) = sums_by_key(address_keys(records, self.key), octets(records), packets(records))
-        by_bytes, by_packets = self.summaries["bytes"], self.summaries["packets"]
-        if (
-            not self.full["bytes"] and not self.full["packets"]
-            and len(by_bytes) + len(keys) <= self.capacity and len(by_packets) + len(keys) <= self.capacity
-        ):  # fmt: skip
-            for k, kb, kp in zip(keys, b, p, strict=True):  # the exact case: one pass, plain adds
-                v = by_bytes.get(k)
-                if v is None:
-                    by_bytes[k] = [kb, 0]
-                else:
-                    v[0] += kb
-                w = by_packets.get(k)
-                if w is None:
-                    by_packets[k] = [kp, 0]
-                else:
-                    w[0] += kp
-            return
-        self._add("bytes", {k: [v, 0] for k, v in zip(keys, b, strict=True)}, False)
-        self._add("packets", {k: [v, 0] for k, v in zip(keys, p, strict=True)}, False)
+        """Add one batch's per-key bytes and packets, both directions and each."""
+        fb, rb, fp, rp = directed_counters(records)
+        keys, (ob, rb_, op, rp_) = sums_by_key(address_keys(records, self.key), fb, rb, fp, rp)
+        columns = {
+            "bytes": [a + b for a, b in zip(ob, rb_, strict=True)],
+            "packets": [a + b for a, b in zip(op, rp_, strict=True)],
+            "orig_bytes": ob, "resp_bytes": rb_, "orig_packets": op, "resp_packets": rp_,
+        }  # fmt: skip
+        for m, values in columns.items():
+            summary = self.summaries[m]
+            if not self.full[m] and len(summary) + len(keys) <= self.capacity:
+                for k, c in zip(keys, values, strict=True):  # the exact case: plain adds
+                    v = summary.get(k)
+                    if v is None:
+                        summary[k] = [c, 0]
+                    else:
+                        v[0] += c
+            else:
+                self._add(m, {k: [c, 0] for k, c in zip(keys, values, strict=True)}, False)
 
     def partial(self) -> dict[str, Any]:
         """Both summaries with their full flags."""
@@ -104,7 +109,7 @@ class TopTalkersApp(App):
 
     def absorb(self, partial: Mapping[str, Any]) -> None:
         """Merge another node's summaries."""
-        for m in ("bytes", "packets"):
+        for m in MEASURES:
             part = partial.get(m) or {}
             other = {text_key(t): [int(c), int(e)] for t, c, e in part.get("items", [])}
             self._add(m, other, bool(part.get("full")))
@@ -113,7 +118,7 @@ class TopTalkersApp(App):
         """The n largest by bytes or packets; `exact` says whether counts are exact."""
         by = str(params.get("by", "bytes"))
         if by not in self.summaries:
-            raise ValueError(f"by must be bytes or packets, not {by!r}")
+            raise ValueError(f"by must be one of {', '.join(MEASURES)}, not {by!r}")
         n = int(params.get("n", 10))
         s = self.summaries[by]
         rows = sorted(s.items(), key=lambda kv: (-kv[1][0], key_text(kv[0])))[: n if n > 0 else None]
@@ -123,5 +128,5 @@ class TopTalkersApp(App):
         }  # fmt: skip
 
     def size(self) -> int:
-        """Entries in both summaries."""
+        """Entries in all summaries."""
         return sum(len(s) for s in self.summaries.values())

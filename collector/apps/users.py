@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from collector.apps.base import App, AppConfigError, register_kind
-from collector.apps.columns import address_keys, key_address, key_text, octets, packets, sums_by_key
+from collector.apps.columns import address_keys, directed_counters, key_address, key_text, sums_by_key
 
 UNMAPPED = "(unmapped)"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -146,18 +146,23 @@ class UserAccountingApp(App):
         other.users = self.users
         return other
 
-    def _account(self, side: str, records: np.ndarray, offset: int) -> None:
+    def _account(self, side: str, records: np.ndarray) -> None:
         names, idx = self.users.users_of(address_keys(records, side))
-        users, (b, p) = sums_by_key(idx, octets(records), packets(records))
-        for u, ub, up in zip(users, b, p, strict=True):
+        fwd_b, rev_b, fwd_p, rev_p = directed_counters(records)
+        # a source sent the forward direction and received the reverse one; a destination the opposite
+        sent_b, recv_b, sent_p, recv_p = (
+            (fwd_b, rev_b, fwd_p, rev_p) if side == "src" else (rev_b, fwd_b, rev_p, fwd_p)
+        )
+        users, sums = sums_by_key(idx, sent_b, sent_p, recv_b, recv_p)
+        for u, *vals in zip(users, *sums, strict=True):
             t = self.accounts.setdefault(names[u], [0, 0, 0, 0])
-            t[offset] += ub
-            t[offset + 1] += up
+            for i, v in enumerate(vals):
+                t[i] += v
 
     def update(self, records: np.ndarray, exporter: str) -> None:
-        """Account the batch to the users of its source and destination addresses."""
-        self._account("src", records, 0)
-        self._account("dst", records, 2)
+        """Account the batch to the users of its source and destination addresses, both directions."""
+        self._account("src", records)
+        self._account("dst", records)
 
     def partial(self) -> dict[str, Any]:
         """{"accounts": {user: [bytes_out, packets_out, bytes_in, packets_in]}}."""

@@ -1,4 +1,8 @@
-"""Exact bytes / packets / records per key (source address, destination address or exporter)."""
+"""Exact bytes / packets / records per key (source address, destination address or exporter).
+
+Bytes and packets count both directions of biflow records; `orig_*` is what the flows' originators
+(the records' sources) sent, `resp_*` what their responders sent back.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,17 @@ from typing import Any
 import numpy as np
 
 from collector.apps.base import App, register_kind
-from collector.apps.columns import address_keys, key_text, octets, packets, sums_by_key, text_key
+from collector.apps.columns import (
+    address_keys,
+    directed_counters,
+    directed_measure,
+    directed_row,
+    key_text,
+    sums_by_key,
+    text_key,
+)
+
+COLUMNS = {"orig_bytes": 0, "resp_bytes": 1, "orig_packets": 2, "resp_packets": 3, "records": 4}
 
 
 @register_kind
@@ -20,7 +34,7 @@ class VolumeApp(App):
 
     def __init__(self, name: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(name, options)
-        self.totals: dict[Any, list[int]] = {}  # key -> [bytes, packets, records]
+        self.totals: dict[Any, list[int]] = {}  # key -> [orig/resp bytes, orig/resp packets, records]
 
     def _keys(self, records: np.ndarray, exporter: str) -> np.ndarray:
         if self.key == "exporter":
@@ -28,19 +42,18 @@ class VolumeApp(App):
         return address_keys(records, self.key)
 
     def update(self, records: np.ndarray, exporter: str) -> None:
-        """Add the batch's bytes, packets and record count per key."""
-        keys, (b, p, r) = sums_by_key(
-            self._keys(records, exporter), octets(records), packets(records), np.ones(len(records), np.uint64)
+        """Add the batch's bytes and packets each way and its record count per key."""
+        keys, sums = sums_by_key(
+            self._keys(records, exporter), *directed_counters(records), np.ones(len(records), np.uint64)
         )
         totals = self.totals
-        for k, kb, kp, kr in zip(keys, b, p, r, strict=True):
+        for k, *vals in zip(keys, *sums, strict=True):
             t = totals.get(k)
             if t is None:
-                totals[k] = [kb, kp, kr]
+                totals[k] = vals
             else:
-                t[0] += kb
-                t[1] += kp
-                t[2] += kr
+                for i, v in enumerate(vals):
+                    t[i] += v
 
     def _text(self, k: Any) -> str:
         return k if self.key == "exporter" else key_text(k)
@@ -49,32 +62,29 @@ class VolumeApp(App):
         return text if self.key == "exporter" else text_key(text)
 
     def partial(self) -> dict[str, Any]:
-        """{"totals": {key: [bytes, packets, records]}}."""
+        """{"totals": {key: [orig bytes, resp bytes, orig packets, resp packets, records]}}."""
         return {"totals": {self._text(k): v for k, v in self.totals.items()}}
 
     def absorb(self, partial: Mapping[str, Any]) -> None:
         """Add another node's totals."""
-        for text, (b, p, r) in partial.get("totals", {}).items():
-            t = self.totals.setdefault(self._key(text), [0, 0, 0])
-            t[0] += b
-            t[1] += p
-            t[2] += r
+        for text, vals in partial.get("totals", {}).items():
+            t = self.totals.setdefault(self._key(text), [0] * len(COLUMNS))
+            for i, v in enumerate(vals):
+                t[i] += v
 
     def answer(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Top n keys by bytes|packets|records (n=0: all keys), plus grand totals."""
+        """Top n keys by bytes|packets (both directions), orig_*/resp_* or records, plus grand totals."""
         by = str(params.get("by", "bytes"))
-        col = {"bytes": 0, "packets": 1, "records": 2}.get(by)
-        if col is None:
-            raise ValueError(f"by must be bytes, packets or records, not {by!r}")
+        measure = directed_measure(by, COLUMNS)
         n = int(params.get("n", 10))
-        rows = sorted(self.totals.items(), key=lambda kv: (-kv[1][col], self._text(kv[0])))
+        rows = sorted(self.totals.items(), key=lambda kv: (-measure(kv[1]), self._text(kv[0])))
         if n > 0:
             rows = rows[:n]
-        sums = [sum(v[i] for v in self.totals.values()) for i in range(3)]
+        sums = [sum(v[i] for v in self.totals.values()) for i in range(len(COLUMNS))]
         return {
             "app": self.name, "by": by, "exact": True, "keys": len(self.totals),
-            "total": {"bytes": sums[0], "packets": sums[1], "records": sums[2]},
-            "top": [{"key": self._text(k), "bytes": v[0], "packets": v[1], "records": v[2]} for k, v in rows],
+            "total": directed_row(sums),
+            "top": [{"key": self._text(k), **directed_row(v)} for k, v in rows],
         }  # fmt: skip
 
     def size(self) -> int:

@@ -30,7 +30,7 @@ def test_figure3_loads_unchanged():
     )
     assert cfg.glob.home == "/tmp/sf-tap"
     req = b"GET /announce?info_hash=abc&peer_id=x HTTP/1.1\r\nHost: t\r\n\r\n"
-    assert http.up.match(req) and next(r for r in tcp if r.name == "torrent_tracker").up.match(req)
+    assert http.up.search(req) and next(r for r in tcp if r.name == "torrent_tracker").up.search(req)
 
 
 def test_full_example_loads():

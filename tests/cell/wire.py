@@ -1,4 +1,8 @@
-"""Strict parsers of the cell's interface formats, written from the SF-TAP paper and fabs_appif_header."""
+"""Strict parsers of the cell's interface formats, written from the SF-TAP paper and fabs_appif_header.
+
+tests/cell/sftap_wire.py is the stricter, byte-exact reading of SF-TAP's source; this one keeps the
+simple Event shape the scenario tests use.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,12 @@ import struct
 from dataclasses import dataclass
 
 TEXT_HEADER = re.compile(
-    rb"ip1=(?P<ip1>[0-9a-f.:]+),ip2=(?P<ip2>[0-9a-f.:]+),port1=(?P<port1>\d+),port2=(?P<port2>\d+),"
+    rb"ip1=(?P<ip1>[0-9a-f.:]+),ip2=(?P<ip2>[0-9a-f.:]+),(?:port1=(?P<port1>\d+),port2=(?P<port2>\d+),)?"
     rb"hop=(?P<hop>\d+),l3=(?P<l3>ipv4|ipv6),l4=(?P<l4>tcp|udp|icmp|icmpv6),"
     rb"event=(?P<event>CREATED|DATA|DESTROYED)"
     rb"(?:,from=(?P<from>[12]),match=(?P<match>up|down|none),len=(?P<len>\d+))?"
     rb"(?:,reason=(?P<reason>NORMAL|RESET|TIMEOUT|COMPROMISED))?"
-    rb",time=(?P<time>\d+\.\d{6})"
+    rb",time=(?P<time>\d+(?:\.\d+)?)"  # SF-TAP: %.17g of the timeval as a double
 )
 # SF-TAP fabs_appif_header: addr1[16] addr2[16] timeval(2 x int64) port1 port2 (BE) event from len hop l3 l4
 # match, unused[4] (celltap: reason in unused[0])
@@ -45,13 +49,15 @@ def parse_text(stream: bytes, body: bool = True) -> list[Event]:
         g = m.groupdict()
         pos = nl + 1
         ev = g["event"].decode()
+        assert (g["port1"] is not None) == (g["l4"] in (b"tcp", b"udp")), f"ports: TCP / UDP only: {line!r}"
+        assert g["time"].decode() == f"{float(g['time']):.17g}", f"time not as SF-TAP prints it: {line!r}"
         assert (g["from"] is not None) == (ev == "DATA"), line
         assert (g["reason"] is not None) == (ev == "DESTROYED"), line
         flow = (
             g["ip1"].decode(),
-            int(g["port1"]),
+            int(g["port1"] or 0),
             g["ip2"].decode(),
-            int(g["port2"]),
+            int(g["port2"] or 0),
             int(g["hop"]),
             g["l3"].decode(),
             g["l4"].decode(),

@@ -36,3 +36,23 @@ def make_records(rng: np.random.Generator, n: int, n_src: int = 300, n_dst: int 
 def make_batch(records: np.ndarray, exporter: str = "192.0.2.1") -> RecordBatch:
     """A RecordBatch of TEMPLATE records."""
     return RecordBatch(exporter, 1, TEMPLATE.template_id, TEMPLATE, records)
+
+
+BIFLOW_FIELDS = [
+    *FIELDS[:7],
+    ("reverseOctetDeltaCount", None),
+    ("reversePacketDeltaCount", None),
+    *FIELDS[7:],
+]
+BIFLOW_TEMPLATE = template_from_names(257, BIFLOW_FIELDS)
+
+
+def make_biflow_records(rng: np.random.Generator, n: int, n_src: int = 300, n_dst: int = 300) -> np.ndarray:
+    """Like make_records, as RFC 5103 biflow records: each also counts what came back."""
+    one_way = make_records(rng, n, n_src, n_dst)
+    r = np.zeros(n, dtype=BIFLOW_TEMPLATE.out_dtype)
+    for name in one_way.dtype.names or ():
+        r[name] = one_way[name]
+    r["reversePacketDeltaCount"] = rng.integers(0, 200, n)
+    r["reverseOctetDeltaCount"] = r["reversePacketDeltaCount"] * rng.integers(40, 1500, n)
+    return r

@@ -13,7 +13,7 @@ import pytest
 from collector.apps.base import make_app, merge_partials
 from collector.apps.toptalkers import TopTalkersApp
 from collector.apps.users import UNMAPPED
-from tests.cluster.records import make_records
+from tests.cluster.records import make_biflow_records, make_records
 
 SPECS = {
     "volume": {"kind": "volume", "key": "src"},
@@ -167,3 +167,97 @@ def test_bulk_user_lookup_equals_per_address_longest_prefix() -> None:
     bulk = [names[i] for i in idx]
     assert bulk == [users.lookup(int(k)) for k in keys]
     assert {"reg", "c", "d", "any"} <= set(bulk) and "b" not in bulk
+
+
+# ---------------------------------------------------------------- biflow records: both directions
+# Columns of make_biflow_records' rows (tolist order).
+SRC, DST, PROTO, SPORT, DPORT, OCT, PKT, ROCT, RPKT, FLAGS, START, APPNAME = range(12)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_merged_partials_equal_one_process_on_biflow_records(name: str) -> None:
+    recs = make_biflow_records(np.random.default_rng(21), 5000)
+    merged, single = _split_and_merge(name, SPECS[name], recs, 3, {"n": 0})
+    assert merged == single
+
+
+def test_volume_app_mix_and_matrix_count_both_directions() -> None:
+    recs = make_biflow_records(np.random.default_rng(22), 3000)
+    vol: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    mix: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in recs.tolist():
+        v = vol[ip(r[SRC])]
+        v[0] += r[OCT]
+        v[1] += r[ROCT]
+        v[2] += r[PKT]
+        v[3] += r[RPKT]
+        m = mix[r[APPNAME].decode() or "(none)"]
+        m[0] += r[OCT] + r[ROCT]
+        m[1] += r[PKT] + r[RPKT]
+    answer, _ = _split_and_merge("volume", SPECS["volume"], recs, 3, {"n": 0})
+    got = {
+        row["key"]: [row["orig_bytes"], row["resp_bytes"], row["orig_packets"], row["resp_packets"]]
+        for row in answer["top"]
+    }
+    assert got == dict(vol)
+    assert all(row["bytes"] == row["orig_bytes"] + row["resp_bytes"] for row in answer["top"])
+    assert answer["total"]["bytes"] == int(
+        recs["octetDeltaCount"].sum() + recs["reverseOctetDeltaCount"].sum()
+    )
+    answer, _ = _split_and_merge("app_mix", SPECS["app_mix"], recs, 3, {"n": 0})
+    assert {row["key"]: [row["bytes"], row["packets"]] for row in answer["top"]} == dict(mix)
+    answer, _ = _split_and_merge("traffic_matrix", SPECS["traffic_matrix"], recs, 3, {"n": 0})
+    assert sum(row["bytes"] for row in answer["top"]) == sum(m[0] for m in mix.values())
+
+
+def test_top_talkers_by_each_direction_and_both() -> None:
+    recs = make_biflow_records(np.random.default_rng(23), 4000, n_src=200)
+    both, orig, resp = Counter(), Counter(), Counter()
+    for r in recs.tolist():
+        both[ip(r[SRC])] += r[OCT] + r[ROCT]
+        orig[ip(r[SRC])] += r[OCT]
+        resp[ip(r[SRC])] += r[ROCT]
+    for by, ref in (("bytes", both), ("orig_bytes", orig), ("resp_bytes", resp)):
+        answer, _ = _split_and_merge("top_talkers", SPECS["top_talkers"], recs, 3, {"by": by, "n": 10})
+        assert answer["exact"] is True
+        want = sorted(ref.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        assert [(row["key"], row[by]) for row in answer["top"]] == want
+
+
+def test_user_accounting_counts_what_each_side_sent_and_received(tmp_path) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text("10.0.0.0/8 clients\n192.168.0.0/16 servers\n")  # every source / every destination
+    recs = make_biflow_records(np.random.default_rng(24), 2000)
+    app = make_app("users", {"kind": "user_accounting", "key": "src", "users_file": str(users)})
+    app.update(recs, "e")
+    ref: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for r in recs.tolist():
+        c, srv = ref["clients"], ref["servers"]
+        c[0] += r[OCT]  # a source sends the forward direction...
+        c[1] += r[PKT]
+        c[2] += r[ROCT]  # ...and receives the reverse one
+        c[3] += r[RPKT]
+        srv[0] += r[ROCT]
+        srv[1] += r[RPKT]
+        srv[2] += r[OCT]
+        srv[3] += r[PKT]
+    got = {
+        row["user"]: [row["bytes_out"], row["packets_out"], row["bytes_in"], row["packets_in"]]
+        for row in app.answer({"n": 0})["top"]
+    }
+    assert got == dict(ref)
+
+
+def test_port_scan_finds_a_horizontal_sweep() -> None:
+    recs = make_records(np.random.default_rng(25), 2000)
+    sweep = make_records(np.random.default_rng(26), 300)
+    sweep["sourceIPv4Address"] = 0x0B000002
+    sweep["protocolIdentifier"] = 6
+    sweep["destinationTransportPort"] = 22
+    sweep["destinationIPv4Address"] = 0xAC100000 + np.arange(300)  # 300 hosts, one port
+    sweep["flowStartMilliseconds"] = 1_700_000_040_000
+    both = np.concatenate([recs, sweep])
+    spec = {**SPECS["port_scan"], "hosts_threshold": 250}
+    answer, _ = _split_and_merge("port_scan", spec, both, 3, {"threshold": 400})
+    assert answer["scanners"] == []  # one port: not a vertical scan
+    assert [(s["key"], s["port"], s["distinct_hosts"]) for s in answer["sweeps"]] == [("11.0.0.2", 22, 300)]

@@ -127,7 +127,7 @@ def test_bad_input_is_one_clear_error(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert p.returncode == 1
+    assert p.returncode == 2
     assert "magic" in p.stderr and "Traceback" not in p.stderr
 
 

@@ -1,0 +1,89 @@
+"""conn.log records from the cell's ended flows (sans-IO: a Flow in, a dict out).
+
+The cell's flow table already holds what Zeek's conn.log reports: endpoints, first and last packet
+time, packets and IP bytes each way, the classifying rule and (for TCP) the handshake history. The
+originator is the endpoint that sent the first SYN (or, for flows picked up midstream and for UDP, the
+one the cell took for the client); `id.orig_*` is that endpoint, as in Zeek.
+
+The uid is computed here, when the flow leaves the table, not on the cell's per-packet path: it is a
+pure function of the canonical key and the first packet's microsecond (celltap.flowid), so the
+analyzers compute the same value from the CREATED event's time.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from cell.flow_table import Flow
+from celltap.flowid import community_id, uid_from_key
+
+_PROTO = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
+
+
+def addr_text(l3: int, addr: bytes) -> str:
+    """An address as text (IPv4 dotted, IPv6 compressed, as Zeek and the SF-TAP events write it)."""
+    return socket.inet_ntop(socket.AF_INET if l3 == 4 else socket.AF_INET6, addr)
+
+
+def flow_key_bytes(flow: Flow) -> bytes:
+    """The canonical key bytes of a flow (celltap.flowkey layout)."""
+    return (
+        bytes((flow.l3, flow.l4))
+        + flow.addr1
+        + flow.port1.to_bytes(2, "big")
+        + flow.addr2
+        + flow.port2.to_bytes(2, "big")
+    )
+
+
+def flow_uid(flow: Flow) -> str:
+    """The connection's uid (the same one every analyzer record of this flow carries)."""
+    return uid_from_key(flow_key_bytes(flow), flow.start_ns // 1000)
+
+
+def originator(flow: Flow) -> int:
+    """Endpoint number (1 or 2) that originated the flow."""
+    return getattr(flow, "orig", 0) or flow.init_dir
+
+
+def conn_record(flow: Flow, service: str | None) -> dict:
+    """One conn.log record for a flow that left the table (`service`: the classifying rule, if any)."""
+    orig = originator(flow)
+    if orig == 1:
+        oh, op, rh, rp = flow.addr1, flow.port1, flow.addr2, flow.port2
+        opk, oipb, rpk, ripb = flow.pkts1, flow.octets1, flow.pkts2, flow.octets2
+    else:
+        oh, op, rh, rp = flow.addr2, flow.port2, flow.addr1, flow.port1
+        opk, oipb, rpk, ripb = flow.pkts2, flow.octets2, flow.pkts1, flow.octets1
+    l4 = flow.l4
+    orig_h, resp_h = addr_text(flow.l3, oh), addr_text(flow.l3, rh)
+    rec: dict = {
+        "ts": flow.start_ns / 1e9,
+        "uid": flow_uid(flow),
+        "community_id": community_id(l4, oh, op, rh, rp) if l4 not in (1, 58) else "",
+        "id.orig_h": orig_h,
+        "id.orig_p": op,
+        "id.resp_h": resp_h,
+        "id.resp_p": rp,
+        "proto": _PROTO.get(l4, str(l4)),
+    }
+    if service:
+        rec["service"] = service
+    rec["duration"] = max(flow.last_ns - flow.start_ns, 0) / 1e9
+    payload = getattr(flow, "payload_bytes", None)
+    if payload is not None:
+        ob, rb = payload(orig)
+        rec["orig_bytes"] = ob
+        rec["resp_bytes"] = rb
+    conn_state = getattr(flow, "conn_state", None)
+    if conn_state is not None:
+        rec["conn_state"] = conn_state() if callable(conn_state) else conn_state
+    rec["missed_bytes"] = getattr(flow, "missed_bytes", 0)
+    history = getattr(flow, "history", None)
+    if history is not None:
+        rec["history"] = history
+    rec["orig_pkts"] = opk
+    rec["orig_ip_bytes"] = oipb
+    rec["resp_pkts"] = rpk
+    rec["resp_ip_bytes"] = ripb
+    return rec
