@@ -1,10 +1,12 @@
-"""Run celltap over a test-bed capture: `celltap cell --read` + one `celltap analyzer` process per protocol.
+"""Run celltap over a test-bed capture: `celltap analyze` with the bed's classification rules.
 
-Theory of operation. The real path, as an operator runs it: the cell reads the pcap, classifies flows
-by the rules below (ports for DNS/TLS/SMTP/SIP, the request line for HTTP) and writes each flow's
-events to the analyzer's UNIX interface; each analyzer process writes JSON lines. `celltap_records`
-returns every analyzer's records. When `celltap analyze` (one process, all analyzers) lands, this is
-the one function to switch.
+Theory of operation. `celltap analyze` runs what a cell runs (flow abstractor: reassembly,
+classification by the rules below) and every analyzer in one process, writing one JSON-lines log per
+kind (http.log ... sip.log, conn.log, weird.log; docs/analyze.md). The rules send each protocol's
+flows to the interface named like its analyzer: ports for DNS/TLS/SMTP/SIP and HTTP on 80, the request
+line for HTTP elsewhere. `celltap_records` returns every log's records; the adapters
+(tests/realnet/adapters.py) read them. The cell alone (its text interface) is exercised by the stream
+comparison in tests/realnet/compare.py.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from tests.analyzers.harness import analyzer_cmd
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,44 +47,24 @@ def cell_config(home: Path, fmt: str = "binary") -> dict:
     return cfg
 
 
-def celltap_records(pcap: Path, tmp: Path, fmt: str = "binary") -> dict[str, list[dict]]:
-    """Every analyzer's records for `pcap` (the cell and analyzers as separate processes)."""
+def celltap_records(pcap: Path, tmp: Path) -> dict[str, list[dict]]:
+    """Every analyzer's records for `pcap`: `celltap analyze` (cell + all analyzers in one process)."""
     if tmp.exists():
-        shutil.rmtree(tmp)  # analyzers append to --out: start from nothing
+        shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    home = tmp / "home"
     config = tmp / "sftap.yaml"
-    config.write_text(yaml.safe_dump(cell_config(home, fmt)))
-    sockets = sorted(
-        {(name, f"{proto.lower()}/{name}") for name, rules in RULES.items() for proto, *_ in rules}
-    )
-    outs = [tmp / f"{s.replace('/', '-')}.jsonl" for _, s in sockets]
+    config.write_text(yaml.safe_dump(cell_config(tmp / "home")))
+    logs = tmp / "logs"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    errs = [tmp / f"{s.replace('/', '-')}.err" for _, s in sockets]
-    analyzers = []
-    for (name, s), o, e in zip(sockets, outs, errs, strict=True):
-        with e.open("w") as fh:
-            cmd = analyzer_cmd(name, str(home / s), str(o), fmt, "--exit-on-eof")
-            analyzers.append(subprocess.Popen(cmd, stderr=fh, env=env))
-    try:
-        cell = subprocess.run(
-            [sys.executable, "-m", "celltap.cli", "cell", "--config", str(config), "--read", str(pcap),
-             "--wait-readers", ",".join(s for _, s in sockets), "--wait-timeout", "30"],
-            capture_output=True, text=True, timeout=180, env=env,
-        )  # fmt: skip
-        (tmp / "cell.err").write_text(cell.stderr)
-        if cell.returncode != 0:
-            raise RuntimeError(f"celltap cell exited {cell.returncode}: {cell.stderr[-2000:]}")
-        for a, e in zip(analyzers, errs, strict=True):
-            if a.wait(90) != 0:
-                raise RuntimeError(f"analyzer exited {a.returncode}: {e.read_text()[-2000:]}")
-    finally:
-        for a in analyzers:
-            if a.poll() is None:
-                a.kill()
-                a.wait(5)
-    records: dict[str, list[dict]] = {name: [] for name in RULES}
-    for (name, _), o in zip(sockets, outs, strict=True):
-        if o.exists():
-            records[name] += [json.loads(line) for line in o.read_text().splitlines() if line.strip()]
+    proc = subprocess.run(
+        [sys.executable, "-m", "celltap.cli", "analyze", str(pcap), "--config", str(config), "-o", str(logs)],
+        capture_output=True, text=True, timeout=240, env=env,
+    )  # fmt: skip
+    (tmp / "analyze.err").write_text(proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"celltap analyze exited {proc.returncode}: {proc.stderr[-2000:]}")
+    records: dict[str, list[dict]] = {}
+    for name in [*RULES, "conn", "weird"]:
+        f = logs / f"{name}.log"
+        records[name] = [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
     return records

@@ -128,6 +128,9 @@ class StreamMatch:
     exact: int
     with_holes: int
     differing: list[str] = field(default_factory=list)
+    conn_found: int = 0  # complete streams with a conn.log record, originator = tshark's node 0
+    conn_bytes: int = 0  # ... whose orig_bytes / resp_bytes equal tshark's byte counts
+    conn_differing: list[str] = field(default_factory=list)
 
 
 def cell_streams(pcap: Path, work: Path) -> dict[tuple, tuple[bytes, bytes, float]]:
@@ -166,8 +169,16 @@ def tcp_connections(pcap: Path) -> int:
     return len(seen)
 
 
-def stream_matches(capdir: Path, kind: str, work: Path) -> dict[str, StreamMatch]:
-    """Per scenario: tshark's hole-free TCP streams vs the cell's, both directions byte for byte."""
+def stream_matches(
+    capdir: Path, kind: str, work: Path, conn: list[dict] | None = None
+) -> dict[str, StreamMatch]:
+    """Per scenario: tshark's hole-free TCP streams vs the cell's, both directions byte for byte; and,
+    given `celltap analyze`'s conn.log records, vs conn.log (record, originator, orig/resp bytes)."""
+    conns = {
+        (endpoint(r["id.orig_h"], r["id.orig_p"]), endpoint(r["id.resp_h"], r["id.resp_p"])): r
+        for r in conn or []
+        if r.get("proto") == "tcp"
+    }
     manifest = json.loads((capdir / "manifest.json").read_text())
     ours = cell_streams(capdir / f"all.{kind}.pcap", work / f"streams-{kind}")
     out = {}
@@ -201,8 +212,25 @@ def stream_matches(capdir: Path, kind: str, work: Path) -> dict[str, StreamMatch
                     "missing" if o is None else f"{len(o[0])}/{len(o[1])} bytes vs tshark {len(d0)}/{len(d1)}"
                 )
                 m.differing.append(f"{n0} -> {n1}: {why}")
+            _conn_match(m, conns, n0, n1, d0, d1)
         out[e["name"]] = m
     return out
+
+
+def _conn_match(m: StreamMatch, conns: dict, n0: str, n1: str, d0: bytes, d1: bytes) -> None:
+    rec = conns.get((n0, n1))
+    if rec is None:
+        why = "originator reversed" if (n1, n0) in conns else "no conn.log record"
+        m.conn_differing.append(f"{n0} -> {n1}: {why}")
+        return
+    m.conn_found += 1
+    if (rec.get("orig_bytes"), rec.get("resp_bytes")) == (len(d0), len(d1)):
+        m.conn_bytes += 1
+    else:
+        m.conn_differing.append(
+            f"{n0} -> {n1}: orig_bytes/resp_bytes {rec.get('orig_bytes')}/{rec.get('resp_bytes')} "
+            f"vs tshark {len(d0)}/{len(d1)}"
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -213,8 +241,9 @@ def main(argv: list[str]) -> int:
     for (proto, name), m in sorted(res.matches.items()):
         if m.expected:
             print(f"{proto:5} {name:16} {m.found}/{m.expected}  {m.missing[:3]}")
-    for name, s in stream_matches(capdir, "tcpdump", work).items():
+    for name, s in stream_matches(capdir, "tcpdump", work, res.records.get("conn")).items():
         print(f"streams {name:16} {s.exact}/{s.complete} (holes {s.with_holes}) {s.differing[:2]}")
+        print(f"conn    {name:16} {s.conn_found}/{s.complete} bytes {s.conn_bytes} {s.conn_differing[:2]}")
     return 0
 
 

@@ -45,6 +45,7 @@ def results(capdir, tmp_path_factory) -> dict[str, Results]:
 
 
 @pytest.fixture(scope="session")
-def streams(capdir, tmp_path_factory) -> dict[str, StreamMatch]:
-    """Per scenario: tshark's complete TCP streams vs the cell's, on tcpdump's capture."""
-    return stream_matches(capdir, "tcpdump", tmp_path_factory.mktemp("realnet-streams"))
+def streams(capdir, results, tmp_path_factory) -> dict[str, StreamMatch]:
+    """Per scenario: tshark's complete TCP streams vs the cell's and vs conn.log, on tcpdump's capture."""
+    conn = results["tcpdump"].records.get("conn", [])
+    return stream_matches(capdir, "tcpdump", tmp_path_factory.mktemp("realnet-streams"), conn)
