@@ -63,6 +63,11 @@ def celltap_records(pcap: Path, tmp: Path) -> dict[str, list[dict]]:
     (tmp / "analyze.err").write_text(proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"celltap analyze exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return read_logs(logs)
+
+
+def read_logs(logs: Path) -> dict[str, list[dict]]:
+    """The records of every log `celltap analyze` wrote into `logs` (a missing log: no records)."""
     records: dict[str, list[dict]] = {}
     for name in [*RULES, "conn", "weird"]:
         f = logs / f"{name}.log"

@@ -21,11 +21,12 @@ from pathlib import Path
 from tests.cell.oracle import endpoint, tshark_streams
 from tests.cell.wire import parse_text, streams
 from tests.realnet.adapters import ADAPTERS
-from tests.realnet.analysis import REPO, celltap_records
+from tests.realnet.analysis import REPO, celltap_records, read_logs
 from tests.realnet.make_captures import pcap_frames
 from tests.realnet.oracle import ORACLES, Item
 
 EPS = 0.001
+LIVE_EPS = 0.25
 
 
 def pcap_span(path: Path) -> tuple[float, float] | None:
@@ -75,33 +76,44 @@ class Results:
     matches: dict[tuple[str, str], Match]
     records: dict[str, list[dict]]
     expected: dict[tuple[str, str], list[Item]] = field(default_factory=dict)  # tshark's items
+    ours: dict[tuple[str, str], list[Item]] = field(default_factory=dict)  # celltap's items
 
     @classmethod
     def build(cls, capdir: Path, kind: str, work: Path) -> Results:
         """Run tshark and celltap over `all.<kind>.pcap` and match per protocol and scenario."""
         manifest = json.loads((capdir / "manifest.json").read_text())
+        cap = "tcpdump" if kind == "live" else kind  # live: the logs of `celltap analyze -i` during the run
         windows = {}
         for e in manifest["scenarios"]:
-            span = pcap_span(capdir / e[kind])
+            span = pcap_span(capdir / e[cap])
             if span:
                 windows[e["name"]] = span
-        allpcap = capdir / f"all.{kind}.pcap"
-        records = celltap_records(allpcap, work / f"analysis-{kind}")
-        matches, expected = {}, {}
+        allpcap = capdir / f"all.{cap}.pcap"
+        if kind == "live":
+            records = read_logs(capdir / manifest["live"]["logs"])
+        else:
+            records = celltap_records(allpcap, work / f"analysis-{kind}")
+        # live records carry the time the cell read the frames (see FINDINGS.md), not the capture time:
+        # scenarios are >= 0.5 s apart, so a wider margin still assigns every record to its scenario
+        eps = LIVE_EPS if kind == "live" else EPS
+        matches, expected, found = {}, {}, {}
         for proto, oracle in ORACLES.items():
-            theirs = _by_scenario(oracle(str(allpcap)), windows)
-            ours = _by_scenario(ADAPTERS[proto](records[proto]), windows)
+            theirs = _by_scenario(oracle(str(allpcap)), windows, EPS)
+            ours = _by_scenario(ADAPTERS[proto](records[proto]), windows, eps)
             for name in windows:
                 expected[(proto, name)] = theirs.get(name, [])
-                matches[(proto, name)] = match(expected[(proto, name)], ours.get(name, []))
-        return cls(capdir, kind, windows, matches, records, expected)
+                found[(proto, name)] = ours.get(name, [])
+                matches[(proto, name)] = match(expected[(proto, name)], found[(proto, name)])
+        return cls(capdir, kind, windows, matches, records, expected, found)
 
 
-def _by_scenario(items: list[Item], windows: dict[str, tuple[float, float]]) -> dict[str, list[Item]]:
+def _by_scenario(
+    items: list[Item], windows: dict[str, tuple[float, float]], eps: float
+) -> dict[str, list[Item]]:
     out: dict[str, list[Item]] = {}
     for it in items:
         for name, (t0, t1) in windows.items():
-            if t0 - EPS <= it.ts <= t1 + EPS:
+            if t0 - eps <= it.ts <= t1 + eps:
                 out.setdefault(name, []).append(it)
                 break
     return out

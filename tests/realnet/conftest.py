@@ -39,9 +39,10 @@ def capdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def results(capdir, tmp_path_factory) -> dict[str, Results]:
-    """tshark's items and celltap's records, matched per protocol and scenario, for both capture kinds."""
+    """tshark's items and celltap's records, matched per protocol and scenario: `celltap analyze` over
+    tcpdump's file, over celltap's own capture, and live on the monitoring port (`analyze -i`)."""
     work = tmp_path_factory.mktemp("realnet-analysis")
-    return {kind: Results.build(capdir, kind, work) for kind in ("tcpdump", "celltap")}
+    return {kind: Results.build(capdir, kind, work) for kind in ("tcpdump", "celltap", "live")}
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ start both captures on the monitoring port, run the clients, stop the captures, 
 OUTDIR gets `<scenario>.tcpdump.pcap`, `<scenario>.celltap.pcap` (the incubator's own AF_PACKET
 capture), `all.tcpdump.pcap` / `all.celltap.pcap` (the scenarios concatenated in order, for one-pass
 analysis), `manifest.json` (scenarios, protocols, faults, frame counts, what the tools reported),
-`logs/` (postfix's maillog, nginx's access log, the middlebox's counters) and a README.
+`logs/` (postfix's maillog, nginx's access log, the incubator's logs), `live-logs/` (the logs of
+`celltap analyze -i mon`, live on the monitoring port for the whole run) and a README.
 Needs root. Exit code 1 and one line naming the reason when the bed cannot be built.
 """
 
@@ -15,6 +16,7 @@ import argparse
 import contextlib
 import json
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -22,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
+from tests.realnet.analysis import cell_config
 from tests.realnet.bed import AUTH, CLIENT, SERVER, Bed, BedError
 from tests.realnet.scenarios import Ctx, Scenario, by_name
 from tests.realnet.servers import start_servers, stop_servers, tools_missing
@@ -140,9 +145,17 @@ def make_captures(outdir: Path, names: list[str] | None = None, keep: bool = Fal
     try:
         bed.up()
         servers = start_servers(bed, scratch / "srv")
+        live_cfg = scratch / "live-sftap.yaml"
+        live_cfg.write_text(yaml.safe_dump(cell_config(scratch / "live-home")))
+        if (outdir / "live-logs").exists():
+            shutil.rmtree(outdir / "live-logs")
+        live = bed.live_analyze(live_cfg, outdir / "live-logs")
         setup = time.time() - t0
         for sc in scenarios:
             entries.append(run_scenario(bed, servers, sc, outdir, scratch))
+        time.sleep(0.3)
+        live_rc = bed.stop(live, signal.SIGTERM)
+        live_info = {"logs": "live-logs", "rc": live_rc, "summary": live.tail(1500).strip().splitlines()[-8:]}
         stop_servers(bed, servers)
         logs = outdir / "logs"
         logs.mkdir(exist_ok=True)
@@ -168,6 +181,7 @@ def make_captures(outdir: Path, names: list[str] | None = None, keep: bool = Fal
         "client": CLIENT,
         "server": SERVER,
         "auth": AUTH,
+        "live": live_info,
         "scenarios": entries,
     }
     (outdir / "manifest.json").write_text(json.dumps(manifest, indent=1))
