@@ -23,22 +23,21 @@ from tests.realnet.oracle import ORACLES
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-def _cell(a, b) -> str:
+def _cell(a, others: dict) -> str:
     if a is None or not a.expected:
         return ""
     mark = "" if a.found == a.expected else " **miss**"
-    same = (
-        ""
-        if b is not None and (b.found, b.expected) == (a.found, a.expected)
-        else " (celltap capture differs)"
-    )
-    return f"{a.found}/{a.expected}{mark}{same}"
+    for label, b in others.items():
+        if b is None or (b.found, b.expected) != (a.found, a.expected):
+            mark += f" ({label}: {b.found}/{b.expected})" if b else f" ({label}: -)"
+    return f"{a.found}/{a.expected}{mark}"
 
 
 def table(capdir: Path, work: Path) -> str:
     """The generated Markdown."""
     manifest = json.loads((capdir / "manifest.json").read_text())
-    res = {k: Results.build(capdir, k, work) for k in ("tcpdump", "celltap")}
+    kinds = ("tcpdump", "celltap", "live") if manifest.get("live") else ("tcpdump", "celltap")
+    res = {k: Results.build(capdir, k, work) for k in kinds}
     st = stream_matches(capdir, "tcpdump", work, res["tcpdump"].records.get("conn"))
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     lines = [
@@ -54,8 +53,8 @@ def table(capdir: Path, work: Path) -> str:
         name = e["name"]
         cells = []
         for proto in ORACLES:
-            a, b = res["tcpdump"].matches.get((proto, name)), res["celltap"].matches.get((proto, name))
-            cells.append(_cell(a, b))
+            a = res["tcpdump"].matches.get((proto, name))
+            cells.append(_cell(a, {k: res[k].matches.get((proto, name)) for k in kinds[1:]}))
             if a is not None:
                 totals[proto][0] += a.found
                 totals[proto][1] += a.expected
@@ -81,10 +80,12 @@ def table(capdir: Path, work: Path) -> str:
         "",
         "Items per protocol are tshark's (tests/realnet/oracle.py): http requests + responses, dns",
         "queries + responses + A/AAAA/CNAME answers, tls server_name + version per connection, smtp",
-        "MAIL FROM + RCPT TO addresses, sip requests + final responses. Protocol columns are on tcpdump's",
-        "capture, marked where celltap's own capture of the same port gave another count; a celltap frame",
-        "count above tcpdump's is an edge frame (the incubator starts first and stops last). conn.log",
-        "records: complete TCP streams with a conn.log record whose originator is tshark's first node.",
+        "MAIL FROM + RCPT TO addresses, sip requests + final responses. Protocol columns: `celltap analyze`",
+        "on tcpdump's capture; where the same on celltap's own capture (celltap:) or `celltap analyze -i`",
+        "live on the port during the run (live:) gave another count, it is added in brackets (live saw the",
+        "midstream connection's handshake). A celltap frame count above tcpdump's is an edge frame (the",
+        "incubator starts first and stops last). conn.log records: complete TCP streams with a conn.log",
+        "record whose originator is tshark's first node.",
     ]
     return "\n".join(lines)
 

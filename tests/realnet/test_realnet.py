@@ -57,15 +57,19 @@ KNOWN_MISSES = {
     "being fixed on branch tls",
 }
 
+# the live analyzer runs for the whole run, so it saw this connection's handshake: not midstream for it
+NOT_A_MISS_LIVE = {("http", "http_midstream")}
+
+
+def _known_miss(proto: str, name: str, kind: str) -> list:
+    if (proto, name) not in KNOWN_MISSES or (kind == "live" and (proto, name) in NOT_A_MISS_LIVE):
+        return []
+    return [pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[(proto, name)])]
+
+
 PROTO_CASES = [
     pytest.param(
-        proto,
-        sc.name,
-        kind,
-        id=f"{proto}-{sc.name}-{kind}",
-        marks=[pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[(proto, sc.name)])]
-        if (proto, sc.name) in KNOWN_MISSES
-        else [],
+        proto, sc.name, kind, id=f"{proto}-{sc.name}-{kind}", marks=_known_miss(proto, sc.name, kind)
     )
     for sc in SCENARIOS
     for proto in sc.protocols
@@ -172,13 +176,15 @@ def _tshark_count(pcap, display_filter: str) -> int:
 def test_faults_are_real(capdir):
     """Loss made the kernel retransmit; the middlebox made out-of-order and duplicate segments."""
     loss = capdir / _entry(capdir, "http_loss")["tcpdump"]
-    assert _tshark_count(loss, "tcp.analysis.retransmission || tcp.analysis.fast_retransmission") >= 3
+    assert _tshark_count(loss, "tcp.analysis.retransmission || tcp.analysis.fast_retransmission") >= 10
     reorder = capdir / _entry(capdir, "http_reorder")["tcpdump"]
-    assert _tshark_count(reorder, "tcp.analysis.out_of_order") >= 3
+    assert _tshark_count(reorder, "tcp.analysis.out_of_order") >= 5
     frames = pcap_frames(reorder)
     assert len(frames) - len(set(frames)) >= 3, "no duplicated frames through the middlebox"
+    # a clean scenario of the same size has (nearly) none: a busy host may retransmit once, and two frames
+    # arriving at the same moment on two CPUs may be captured swapped (see the frame test)
     clean = capdir / _entry(capdir, "http_bodies")["tcpdump"]
-    assert _tshark_count(clean, "tcp.analysis.retransmission || tcp.analysis.out_of_order") == 0
+    assert _tshark_count(clean, "tcp.analysis.retransmission || tcp.analysis.out_of_order") <= 2
 
 
 HTTP_CURL = [sc.name for sc in SCENARIOS if "http" in sc.protocols and not sc.name.startswith("https")]
