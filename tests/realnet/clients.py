@@ -64,12 +64,14 @@ def http_oddities(host: str) -> dict:
         "head_then_get": b"HEAD /index.html HTTP/1.1\r\nHost: www.test.example\r\n\r\n"
         b"GET /small.txt HTTP/1.1\r\nHost: www.test.example\r\nConnection: close\r\n\r\n",
     }
-    out = {}
+    out: dict = {}
+    codes = []
     for name, data in cases.items():
         resp = _exchange(host, 80, data)
-        out[name] = [line.decode()[:40] for line in resp.split(b"\r\n") if line.startswith(b"HTTP/")] or [
-            resp[:20].decode(errors="replace")
-        ]
+        lines = [line.decode()[:40] for line in resp.split(b"\r\n") if line.startswith(b"HTTP/")]
+        codes += [int(line.split()[1]) for line in lines]
+        out[name] = lines or [resp[:20].decode(errors="replace")]
+    out["status_codes"] = codes
     return out
 
 

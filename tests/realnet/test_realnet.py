@@ -187,7 +187,18 @@ def test_faults_are_real(capdir):
     assert _tshark_count(clean, "tcp.analysis.retransmission || tcp.analysis.out_of_order") <= 2
 
 
-HTTP_CURL = [sc.name for sc in SCENARIOS if "http" in sc.protocols and not sc.name.startswith("https")]
+ORACLE_GAPS = {
+    "http_oddities": "tshark decodes one response for a pipelined HEAD + GET (its HTTP dissector takes the "
+    "GET's response for the HEAD's body): the oracle's gap, not celltap's",
+}
+HTTP_CURL = [
+    pytest.param(
+        sc.name,
+        marks=[pytest.mark.xfail(strict=True, reason=ORACLE_GAPS[sc.name])] if sc.name in ORACLE_GAPS else [],
+    )
+    for sc in SCENARIOS
+    if "http" in sc.protocols and not sc.name.startswith("https")
+]
 
 
 @pytest.mark.parametrize("name", HTTP_CURL)
