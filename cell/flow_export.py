@@ -3,7 +3,10 @@
 Forward direction = the flow's initiator (TCP: the SYN's sender; UDP/ICMP: the first packet's).
 Templates 256 (IPv4) and 257 (IPv6); templates are refreshed by time and message count
 (celltap.ipfix.RefreshPolicy). Observation domain = cell id. applicationName = the rule that
-classified the flow ("" when none did).
+classified the flow ("" when none did). flowId (IANA 148) = the 64-bit value of the connection's uid
+and celltapUid (enterprise element, celltap.ipfix.enterprise) = its text, the `uid` of every
+analyzer record and conn.log line of the same connection; both are computed for the whole batch at
+once (cell.flow_identity.flow_ids, one vectorised XXH64 pass).
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from cell.flow_identity import flow_ids
 from cell.flow_table import Flow
+from celltap.flowid import uids_from_flow_ids
 from celltap.ipfix import MessageEncoder, RefreshPolicy
+from celltap.ipfix.enterprise import UID_NAME
 from celltap.ipfix.export import BIFLOW_V4_TEMPLATE_ID, BIFLOW_V6_TEMPLATE_ID, biflow_templates
 
 log = logging.getLogger("celltap.cell.ipfix")
@@ -48,6 +54,7 @@ def flow_columns(flows: list[Flow], v: int) -> dict[str, object]:
         cols["r"].append(f.ipfix_end or 1)
         names.append(f.rule.name.encode() if f.rule is not None else b"")
     a = "IPv4" if v == 4 else "IPv6"
+    ids = flow_ids(flows)
     return {
         f"source{a}Address": src.reshape(-1).view(">u4") if v == 4 else src,
         f"destination{a}Address": dst.reshape(-1).view(">u4") if v == 4 else dst,
@@ -62,6 +69,8 @@ def flow_columns(flows: list[Flow], v: int) -> dict[str, object]:
         "flowEndMilliseconds": np.array(cols["e"], np.uint64),
         "flowEndReason": np.array(cols["r"], np.uint8),
         "applicationName": names,
+        "flowId": ids,
+        UID_NAME: uids_from_flow_ids(ids),
     }
 
 

@@ -5,11 +5,12 @@ analyzer in another process, nor by a cell in another host. celltap's uid is a p
 every component sees of a connection: its canonical flow key (celltap.flowkey) and the capture time
 of its first packet in microseconds (the resolution of SF-TAP's `time=` field and binary timeval, so
 an analyzer reading a CREATED event computes the cell's uid exactly). Hash: XXH64 with the cluster
-seed, written as "C" and 11 base-62 digits (Zeek's uids are "C" + base 62 too). SF-TAP's hop count is
-left out on purpose: a stream handed on through the L7 loopback (TLS after STARTTLS or CONNECT) is
-re-injected with its connection's start time and so keeps its connection's uid, as Zeek's protocol
-records of one connection share one uid. Two connections collide only if their keys and first-packet
-microseconds collide, or with probability ~n²/2⁶⁵.
+seed, written as "C" and 11 base-62 digits (Zeek's uids are "C" + base 62 too). The 64-bit hash
+itself is the `flowId` of the cell's IPFIX records; uid_from_flow_id / flow_id_from_uid convert between
+the two. SF-TAP's hop count is left out on purpose: a stream handed on through the L7 loopback (TLS
+after STARTTLS or CONNECT) is re-injected with its connection's start time and so keeps its
+connection's uid, as Zeek's protocol records of one connection share one uid. Two connections
+collide only if their keys and first-packet microseconds collide, or with probability ~n²/2⁶⁵.
 
 **Community ID v1** (https://github.com/corelight/community-id-spec): base64 of SHA-1 over
 seed (u16) | saddr | daddr | proto (u8) | 0 | sport (u16) | dport (u16), the endpoints ordered so
@@ -23,6 +24,8 @@ import base64
 import hashlib
 import ipaddress
 import struct
+
+import numpy as np
 
 from celltap.flowhash import xxh64
 
@@ -48,14 +51,54 @@ _ICMP6_PAIRS = {
 }
 
 
-def uid_from_key(key: bytes, start_us: int, seed: int = 0) -> str:
-    """The uid of the connection with canonical key bytes `key` whose first packet came at `start_us`."""
-    h = xxh64(key + struct.pack("<Q", start_us & 0xFFFFFFFFFFFFFFFF), seed)
+def flow_id_from_key(key: bytes, start_us: int, seed: int = 0) -> int:
+    """The 64-bit value behind the uid (exported in IPFIX as `flowId`, IANA element 148)."""
+    return xxh64(key + struct.pack("<Q", start_us & 0xFFFFFFFFFFFFFFFF), seed)
+
+
+def uid_from_flow_id(flow_id: int) -> str:
+    """The uid text of a 64-bit flowId: "C" and 11 base-62 digits (62**11 > 2**64, so it is lossless)."""
+    if not 0 <= flow_id < 1 << 64:
+        raise ValueError(f"flowId {flow_id} is not an unsigned 64-bit value")
+    h = flow_id
     digits = []
     for _ in range(11):
         h, r = divmod(h, 62)
         digits.append(_B62[r])
     return "C" + "".join(reversed(digits))
+
+
+def uids_from_flow_ids(flow_ids: np.ndarray) -> np.ndarray:
+    """uid texts of many flowIds at once, as a numpy bytes array (dtype S12), equal to uid_from_flow_id's."""
+    h = np.asarray(flow_ids, np.uint64).copy()
+    out = np.empty((len(h), 12), np.uint8)
+    out[:, 0] = ord("C")
+    alphabet = np.frombuffer(_B62.encode(), np.uint8)
+    base = np.uint64(62)
+    for pos in range(11, 0, -1):
+        out[:, pos] = alphabet[(h % base).astype(np.intp)]
+        h //= base
+    return out.view("S12").reshape(-1)
+
+
+def flow_id_from_uid(uid: str) -> int:
+    """Inverse of uid_from_flow_id: the flowId a uid stands for (ValueError if it is not a celltap uid)."""
+    if len(uid) != 12 or uid[0] != "C":
+        raise ValueError(f"not a celltap uid: {uid!r}")
+    value = 0
+    for ch in uid[1:]:
+        digit = _B62.find(ch)
+        if digit < 0:
+            raise ValueError(f"not a celltap uid: {uid!r}")
+        value = value * 62 + digit
+    if value >= 1 << 64:
+        raise ValueError(f"not a celltap uid (above 64 bits): {uid!r}")
+    return value
+
+
+def uid_from_key(key: bytes, start_us: int, seed: int = 0) -> str:
+    """The uid of the connection with canonical key bytes `key` whose first packet came at `start_us`."""
+    return uid_from_flow_id(flow_id_from_key(key, start_us, seed))
 
 
 def key_bytes(

@@ -199,6 +199,7 @@ def _run_live(analysis, ifname: str) -> None:
             raise UserError(f"no network interface named {ifname!r}") from None
         raise UserError(f"cannot capture on {ifname}: {exc.strerror}") from None
     stop = _stop_on_signals()
+    print(f"{PROG}: capturing on {ifname} (SIGINT or SIGTERM ends the run)", file=sys.stderr, flush=True)
     sel = selectors.DefaultSelector()
     sel.register(src.sock, selectors.EVENT_READ)
     last_tick = time.monotonic()

@@ -5,17 +5,21 @@ time, packets and IP bytes each way, the classifying rule and (for TCP) the hand
 originator is the endpoint that sent the first SYN (or, for flows picked up midstream and for UDP, the
 one the cell took for the client); `id.orig_*` is that endpoint, as in Zeek.
 
-The uid is computed here, when the flow leaves the table, not on the cell's per-packet path: it is a
-pure function of the canonical key and the first packet's microsecond (celltap.flowid), so the
-analyzers compute the same value from the CREATED event's time.
+The uid is computed when the flow leaves the table, not on the cell's per-packet path: it is a pure
+function of the canonical key and the first packet's microsecond (cell.flow_identity, shared with the
+IPFIX exporter), so the analyzers compute the same value from the CREATED event's time and the
+cell's IPFIX record carries it as flowId.
 """
 
 from __future__ import annotations
 
 import socket
 
+from cell.flow_identity import flow_uid
 from cell.flow_table import Flow
-from celltap.flowid import community_id, uid_from_key
+from celltap.flowid import community_id
+
+__all__ = ["addr_text", "conn_record", "flow_uid", "originator"]
 
 _PROTO = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 
@@ -23,22 +27,6 @@ _PROTO = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 def addr_text(l3: int, addr: bytes) -> str:
     """An address as text (IPv4 dotted, IPv6 compressed, as Zeek and the SF-TAP events write it)."""
     return socket.inet_ntop(socket.AF_INET if l3 == 4 else socket.AF_INET6, addr)
-
-
-def flow_key_bytes(flow: Flow) -> bytes:
-    """The canonical key bytes of a flow (celltap.flowkey layout)."""
-    return (
-        bytes((flow.l3, flow.l4))
-        + flow.addr1
-        + flow.port1.to_bytes(2, "big")
-        + flow.addr2
-        + flow.port2.to_bytes(2, "big")
-    )
-
-
-def flow_uid(flow: Flow) -> str:
-    """The connection's uid (the same one every analyzer record of this flow carries)."""
-    return uid_from_key(flow_key_bytes(flow), flow.start_ns // 1000)
 
 
 def originator(flow: Flow) -> int:

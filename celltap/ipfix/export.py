@@ -7,6 +7,8 @@ import time
 from collections.abc import Mapping
 
 from celltap.ipfix.encoder import MessageEncoder, RefreshPolicy
+from celltap.ipfix.enterprise import UID_LENGTH, UID_NAME
+from celltap.ipfix.iana import default_registry
 from celltap.ipfix.message import IPFIX_VERSION
 from celltap.ipfix.template import Template, template_from_names
 
@@ -112,15 +114,25 @@ _BIFLOW_COMMON = [
 ]
 
 
+def _identity_fields() -> list[tuple[str, int | None]]:
+    """flowId (the uid's 64-bit value) always; the uid text too when celltap's PEN is not 0."""
+    try:
+        default_registry().by_name(UID_NAME)
+    except KeyError:  # CELLTAP_IPFIX_PEN=0: flowId only
+        return [("flowId", None)]
+    return [("flowId", None), (UID_NAME, UID_LENGTH)]
+
+
 def biflow_templates() -> list[Template]:
-    """The cell's RFC 5103 biflow templates (IPv4 id 256, IPv6 id 257) with applicationName."""
+    """The cell's RFC 5103 biflow templates (IPv4 id 256, IPv6 id 257): counters, applicationName, uid."""
+    ident = _identity_fields()
     v4 = template_from_names(
         BIFLOW_V4_TEMPLATE_ID,
-        [("sourceIPv4Address", None), ("destinationIPv4Address", None), *_BIFLOW_COMMON],
+        [("sourceIPv4Address", None), ("destinationIPv4Address", None), *_BIFLOW_COMMON, *ident],
     )
     v6 = template_from_names(
         BIFLOW_V6_TEMPLATE_ID,
-        [("sourceIPv6Address", None), ("destinationIPv6Address", None), *_BIFLOW_COMMON],
+        [("sourceIPv6Address", None), ("destinationIPv6Address", None), *_BIFLOW_COMMON, *ident],
     )
     return [v4, v6]
 
@@ -130,8 +142,8 @@ class BiflowExporter:
 
     `export(columns)` takes numpy columns for many flows: sourceIPv4Address/destinationIPv4Address
     (uint32) or sourceIPv6Address/destinationIPv6Address ((n, 16) uint8 or V16), the ports,
-    protocolIdentifier, octet/packet counts each way, flowStart/EndMilliseconds, flowEndReason and
-    applicationName (list of str).
+    protocolIdentifier, octet/packet counts each way, flowStart/EndMilliseconds, flowEndReason,
+    applicationName (list of str), flowId (uint64) and celltapUid (S12; see celltap.ipfix.enterprise).
     """
 
     def __init__(

@@ -1,4 +1,5 @@
-"""The IANA IPFIX information element registry, shipped as CSV, plus RFC 5103 reverse elements."""
+"""The IANA IPFIX information element registry, shipped as CSV, plus RFC 5103 reverse elements
+and celltap's enterprise elements (celltap.ipfix.enterprise)."""
 
 from __future__ import annotations
 
@@ -146,5 +147,10 @@ def load_registry(path: Path | str = REGISTRY_CSV) -> Registry:
 
 @functools.cache
 def default_registry() -> Registry:
-    """The registry shipped with celltap (loaded once per process)."""
-    return load_registry()
+    """The registry shipped with celltap plus celltap's enterprise elements (loaded once per process)."""
+    from celltap.ipfix.enterprise import celltap_elements, celltap_pen  # it imports InformationElement
+
+    reg = load_registry()
+    for ie in celltap_elements(celltap_pen()):
+        reg.add(ie)
+    return reg

@@ -32,8 +32,13 @@ def http_hosts(records: Iterable[dict[str, Any]]) -> set[str]:
 
 
 def dns_names(records: Iterable[dict[str, Any]]) -> set[str]:
-    """Question names of DNS messages."""
-    return {q["name"] for r in records for q in r.get("questions") or [] if q.get("name")}
+    """Query names of dns.log records (weird records left out)."""
+    names = set()
+    for r in records:
+        if not r.get("_log") and r.get("query"):
+            names.add(r["query"])
+            names.update(q["query"] for q in r.get("extra_questions", ()))
+    return names
 
 
 def tls_server_names(records: Iterable[dict[str, Any]]) -> set[str]:
@@ -87,7 +92,11 @@ def build_summary(
     s.dns_names = sorted(dns_names(by_kind.get("dns", [])))
     s.tls_server_names = sorted(tls_server_names(by_kind.get("tls", [])))
     s.smtp_messages = sum(1 for r in by_kind.get("smtp", []) if r.get("type") == "message")
-    s.sip_calls = sum(1 for r in by_kind.get("sip", []) if r.get("type") == "call")
+    s.sip_calls = sum(
+        1
+        for r in by_kind.get("sip", [])
+        if r.get("method") == "INVITE" and 200 <= r.get("status_code", 0) < 300
+    )
     for cell, m in sorted(fc.cells.items()):
         rules = {k[0]: int(v) for k, v in m.by("celltap_cell_classified_flows_total", "rule").items()}
         s.cells[str(cell)] = {

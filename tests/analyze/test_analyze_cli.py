@@ -254,11 +254,14 @@ def test_live_capture_until_sigterm_loses_nothing(tmp_path: Path) -> None:
             *CELLTAP, "analyze", "-i", "an0", "-o", str(out), stderr=subprocess.PIPE, text=True
         )
         dump = client.exec(
-            tcpdump, "-i", "an0", "-w", str(tmp_path / "ref.pcap"), "-U", stderr=subprocess.DEVNULL
-        )
+            tcpdump, "-i", "an0", "-w", str(tmp_path / "ref.pcap"), "-U", "-B", "16384",
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
         srv = server.exec(sys.executable, "-c", SERVER, stdout=subprocess.PIPE, text=True)
         assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
-        time.sleep(1.5)  # both capture sockets are bound
+        # both captures are bound once they say so
+        assert proc.stderr is not None and "capturing on an0" in proc.stderr.readline()
+        assert dump.stderr is not None and "listening on an0" in dump.stderr.readline()
 
         def traffic() -> None:
             for i in range(5):

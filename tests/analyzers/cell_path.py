@@ -20,7 +20,7 @@ RULES = {
     "dns": [("UDP", "53", None, None), ("TCP", "53", None, None)],
     "tls": [("TCP", "443", None, None)],
     "smtp": [("TCP", "25,587", None, None)],
-    "sip": [("UDP", "5060", None, None)],
+    "sip": [("UDP", "5060", None, None), ("TCP", "5060", None, None)],
 }
 
 

@@ -9,8 +9,6 @@ from collections import defaultdict
 
 from tests.analyzers.harness import tshark_fields
 
-TYPE_NUMBERS = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33}
-
 
 def _one(v: list[str]) -> str:
     return v[0] if v else ""
@@ -92,98 +90,19 @@ def http_ours(records: list[dict]) -> tuple[dict, dict]:
 
 # ---------------------------------------------------------------- DNS
 
-DNS_FIELDS = [
-    "ip.src",
-    "udp.srcport",
-    "tcp.srcport",
-    "dns.id",
-    "dns.flags.response",
-    "dns.flags.rcode",
-    "dns.flags.authoritative",
-    "dns.qry.name",
-    "dns.qry.type",
-    "dns.a",
-    "dns.aaaa",
-    "dns.cname",
-    "dns.ns",
-    "dns.mx.mail_exchange",
-    "dns.mx.preference",
-    "dns.txt",
-    "dns.soa.mname",
-    "dns.soa.rname",
-    "dns.soa.serial_number",
-    "dns.ptr.domain_name",
-    "dns.srv.target",
-    "dns.srv.port",
-    "dns.rr.udp_payload_size",
-]
-
 
 def dns_tshark(pcap: str) -> dict:
-    """Per message (src ip, src port, id, qr): flags and every reported RR field, as sorted lists."""
-    out = {}
-    for r in tshark_fields(pcap, "dns", DNS_FIELDS):
-        key = (
-            _one(r["ip.src"]),
-            _one(r["udp.srcport"]) or _one(r["tcp.srcport"]),
-            int(_one(r["dns.id"]), 0),
-            int(_true(r["dns.flags.response"])),
-        )
-        out[key] = {
-            "rcode": int(_one(r["dns.flags.rcode"]) or 0),
-            "aa": _true(r["dns.flags.authoritative"])
-            if r["dns.flags.response"] and _true(r["dns.flags.response"])
-            else False,
-            **{f: sorted(r[f]) for f in DNS_FIELDS[7:]},
-        }
-    return out
+    """Per exchange (client ip, port, id, query): the dns.log fields tshark + dnspython give."""
+    from tests.analyzers import dns_oracle
+
+    return dns_oracle.expected_records(pcap)
 
 
 def dns_ours(records: list[dict]) -> dict:
-    """The same facts from DNS analyzer records."""
-    rcodes = {"NOERROR": 0, "FORMERR": 1, "SERVFAIL": 2, "NXDOMAIN": 3, "NOTIMP": 4, "REFUSED": 5}
-    out = {}
-    for rec in records:
-        if "error" in rec:
-            continue
-        src = rec["server"] if rec["qr"] else rec["client"]
-        f: dict[str, list] = {k: [] for k in DNS_FIELDS[7:]}
-        for q in rec["questions"]:
-            f["dns.qry.name"].append(q["name"])
-            f["dns.qry.type"].append(str(TYPE_NUMBERS.get(q["type"], q["type"])))
-        for rr in rec["answers"] + rec["authority"] + rec["additional"]:
-            t, d = rr["type"], rr["data"]
-            if t == "A":
-                f["dns.a"].append(d)
-            elif t == "AAAA":
-                f["dns.aaaa"].append(d)
-            elif t == "CNAME":
-                f["dns.cname"].append(d)
-            elif t == "NS":
-                f["dns.ns"].append(d)
-            elif t == "MX":
-                f["dns.mx.mail_exchange"].append(d["exchange"])
-                f["dns.mx.preference"].append(str(d["preference"]))
-            elif t == "TXT":
-                f["dns.txt"].extend(d)
-            elif t == "SOA":
-                f["dns.soa.mname"].append(d["mname"])
-                f["dns.soa.rname"].append(d["rname"])
-                f["dns.soa.serial_number"].append(str(d["serial"]))
-            elif t == "PTR":
-                f["dns.ptr.domain_name"].append(d)
-            elif t == "SRV":
-                f["dns.srv.target"].append(d["target"])
-                f["dns.srv.port"].append(str(d["port"]))
-        if "edns" in rec:
-            f["dns.rr.udp_payload_size"].append(str(rec["edns"]["udp_payload_size"]))
-        key = (src["ip"], src["port"], rec["id"], rec["qr"])
-        out[key] = {
-            "rcode": rcodes.get(rec["rcode"], rec["rcode"]),
-            "aa": rec["flags"]["aa"] if rec["qr"] else False,
-            **{k: sorted(v) for k, v in f.items()},
-        }
-    return out
+    """The same fields from our dns.log records."""
+    from tests.analyzers import dns_oracle
+
+    return dns_oracle.ours(records)
 
 
 # ---------------------------------------------------------------- TLS
@@ -394,88 +313,15 @@ def smtp_ours(records: list[dict]) -> dict:
 # ---------------------------------------------------------------- SIP
 
 
-def _by_flow(msgs: list[tuple]) -> dict:
-    """Messages grouped per UDP flow (endpoint pair), in order: the cell keeps order within a flow only."""
-    out: dict = defaultdict(list)
-    for m in msgs:
-        out[tuple(sorted([(m[0], m[1]), (m[9], m[10])]))].append(m[:9])
-    return dict(out)
+def sip_tshark(pcap: str) -> dict:
+    """Per transaction (Call-ID, CSeq number, method): the sip.log fields tshark's dissection gives."""
+    from tests.analyzers import sip_oracle
+
+    return sip_oracle.expected_records(pcap)
 
 
-def sip_tshark(pcap: str) -> tuple[dict, dict]:
-    """SIP messages per flow in capture order, and per Call-ID the times of INVITE, its 2xx, and BYE's 2xx."""
-    msgs = []
-    times: dict = defaultdict(dict)
-    for r in tshark_fields(
-        pcap,
-        "sip",
-        [
-            "frame.time_epoch",
-            "ip.src",
-            "udp.srcport",
-            "sip.Method",
-            "sip.Status-Code",
-            "sip.Call-ID",
-            "sip.CSeq.seq",
-            "sip.CSeq.method",
-            "sip.from.addr",
-            "sip.to.addr",
-            "ip.dst",
-            "udp.dstport",
-        ],
-    ):
-        t = float(_one(r["frame.time_epoch"]))
-        method, code, cid, cm = (
-            _one(r["sip.Method"]),
-            _one(r["sip.Status-Code"]),
-            _one(r["sip.Call-ID"]),
-            _one(r["sip.CSeq.method"]),
-        )
-        msgs.append(
-            (
-                _one(r["ip.src"]),
-                _one(r["udp.srcport"]),
-                method or None,
-                int(code) if code else None,
-                cid,
-                int(_one(r["sip.CSeq.seq"])),
-                cm,
-                _one(r["sip.from.addr"]),
-                _one(r["sip.to.addr"]),
-                _one(r["ip.dst"]),
-                _one(r["udp.dstport"]),
-            )
-        )
-        if method == "INVITE":
-            times[cid].setdefault("invite", t)
-        elif code and code.startswith("2") and cm == "INVITE":
-            times[cid].setdefault("answer", t)
-        elif code and code.startswith("2") and cm == "BYE":
-            times[cid]["end"] = t
-    return _by_flow(msgs), dict(times)
+def sip_ours(records: list[dict]) -> dict:
+    """The same fields from our sip.log records."""
+    from tests.analyzers import sip_oracle
 
-
-def sip_ours(records: list[dict]) -> tuple[dict, dict]:
-    """The same facts from SIP analyzer records (messages, and call setup/teardown)."""
-    msgs = []
-    calls = {}
-    for rec in records:
-        if rec["type"] == "message":
-            msgs.append(
-                (
-                    rec["src"]["ip"],
-                    rec["src"]["port"],
-                    rec.get("request", {}).get("method"),
-                    rec.get("status", {}).get("code"),
-                    rec["call_id"],
-                    rec["cseq"]["seq"],
-                    rec["cseq"]["method"],
-                    rec["from"],
-                    rec["to"],
-                    rec["dst"]["ip"],
-                    rec["dst"]["port"],
-                )
-            )
-        elif rec["type"] == "call":
-            calls[rec["call_id"]] = rec
-    return _by_flow(msgs), calls
+    return sip_oracle.ours(records)

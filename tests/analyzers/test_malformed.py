@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import struct
 import tracemalloc
 
 import pytest
@@ -133,43 +132,10 @@ def test_tls_record_length_over_limit() -> None:
     assert [r.get("error") for r in run("tls", [conv])] == ["record_too_long"]
 
 
-@pytest.mark.parametrize("pointer_target", [12, 29, 40])  # self, forward loop, beyond the message
-def test_dns_compression_loops_are_errors(pointer_target: int) -> None:
-    # question name "a" then a pointer; the answer's name points at itself / forwards / out of range
-    head = struct.pack("!HHHHHH", 9, 0x8180, 1, 1, 0, 0)
-    question = b"\x01a\x00" + struct.pack("!HH", 1, 1)
-    at = 12 + len(question)
-    target = at if pointer_target == 12 else pointer_target
-    answer = struct.pack("!H", 0xC000 | target) + struct.pack("!HHIH", 1, 1, 60, 4) + b"\x01\x02\x03\x04"
-    msg = head + question + answer
-    # a two-pointer cycle: the answer name points at a second pointer that points back at the first
-    if pointer_target == 40:
-        msg = head + question + struct.pack("!H", 0xC000 | (at + 2)) + struct.pack("!H", 0xC000 | at)
-    conv = Conversation("udp", ("10.1.0.2", 53), ("10.1.0.1", 40000), [(True, msg)])
-    before = errors("dns", "compression_loop")
-    records = run("dns", [conv])
-    assert len(records) == 1 and records[0]["error"] in ("compression_loop", "truncated_rr")
-    if records[0]["error"] == "compression_loop":
-        assert errors("dns", "compression_loop") == before + 1
-
-
-def test_dns_backward_pointer_chain_is_fine() -> None:
-    msg = traffic.dns_message(
-        3,
-        0x8180,
-        "example.org",
-        15,
-        [traffic._rr(traffic.QPTR, 15, struct.pack("!H", 20) + b"\x03mx2" + traffic.QPTR)],
-    )
-    conv = Conversation("udp", ("10.1.0.2", 53), ("10.1.0.1", 40000), [(True, msg)])
-    (rec,) = run("dns", [conv])
-    assert rec["answers"][0]["data"] == {"preference": 20, "exchange": "mx2.example.org"}
-
-
-def test_sip_garbage_is_an_error_record() -> None:
+def test_sip_garbage_is_a_weird_record() -> None:
     conv = Conversation("udp", ("10.1.0.1", 5060), ("10.1.0.2", 5060), [(True, b"HELLO WORLD\r\n\r\n")])
     records = run("sip", [conv])
-    assert [r["type"] for r in records] == ["error"]
+    assert [(r["_log"], r["name"]) for r in records] == [("weird", "sip_bad_start_line")]
 
 
 @settings(max_examples=60, deadline=None)

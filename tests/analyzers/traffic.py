@@ -127,7 +127,8 @@ def dns_message(
 
 
 def _opt(size: int = 1232, do: bool = True) -> bytes:
-    return b"\0" + struct.pack("!HHIH", 41, size, 0x8000 if do else 0, 4) + struct.pack("!HH", 10, 0)
+    padding = struct.pack("!HH", 12, 0)  # an empty PADDING option
+    return b"\0" + struct.pack("!HHIH", 41, size, 0x8000 if do else 0, 4) + padding
 
 
 def dns_conversations() -> list[Conversation]:

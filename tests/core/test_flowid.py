@@ -98,3 +98,27 @@ def test_a_flow_whose_address_is_not_ip_gets_no_uid_and_no_error(addr: str) -> N
     seen = _Seen()
     FlowTable(seen).handle([Event(CREATED, b"t", FlowId(addr, "10.0.0.9", 1, 2, 0, "ipv4", "tcp"), 1.0)])
     assert seen.flows[0].uid == ""
+
+
+def test_flow_id_and_uid_text_convert_both_ways() -> None:
+    import numpy as np
+    import xxhash
+
+    from celltap.flowid import flow_id_from_uid, uid_from_flow_id, uid_from_key, uids_from_flow_ids
+
+    rng = random.Random(11)
+    values = [0, 1, 61, 62, (1 << 64) - 1] + [rng.getrandbits(64) for _ in range(2000)]
+    texts = [uid_from_flow_id(v) for v in values]
+    assert all(len(t) == 12 and t[0] == "C" for t in texts)
+    assert [flow_id_from_uid(t) for t in texts] == values
+    assert [t.decode() for t in uids_from_flow_ids(np.array(values, np.uint64))] == texts
+    # base 62, most significant digit first: 62 is "C" + "0"*9 + "10"
+    assert uid_from_flow_id(62) == "C" + "0" * 9 + "10" and uid_from_flow_id(61) == "C" + "0" * 10 + "z"
+    key = key_bytes("ipv4", "tcp", "10.0.0.1", 80, "10.0.0.9", 40000)
+    start = 1_700_000_000_123_456
+    assert uid_from_key(key, start) == uid_from_flow_id(
+        xxhash.xxh64_intdigest(key + start.to_bytes(8, "little"))
+    )
+    for bad in ("", "D00000000000", "C0000000000!", "Czzzzzzzzzzz", (1 << 64), -1):
+        with pytest.raises(ValueError):
+            flow_id_from_uid(bad) if isinstance(bad, str) else uid_from_flow_id(bad)
