@@ -51,7 +51,6 @@ KNOWN_MISSES = {
         "http_midstream",
     ): "a connection whose SYN was not captured is not picked up (tcp_no_syn; midstream "
     "pickup, class 4): being fixed on branch tcpstate",
-    ("sip", "sip_tcp"): "SIP over TCP not analyzed (class 7): being fixed on branch dnssip",
     ("smtp", "smtp_sessions"): "a BDAT (CHUNKING) transaction is lost (class 5): being fixed on branch smtp",
     ("tls", "smtp_starttls"): "TLS after STARTTLS not handed on to the TLS analyzer (class 3): "
     "being fixed on branch tls",
