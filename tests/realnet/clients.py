@@ -155,6 +155,48 @@ def _read_response(s: socket.socket) -> int:
     return int(head.split(b" ", 2)[1])
 
 
+def _sip_msg(first: str, call: str, cseq: str, host: str, port: int, local: tuple[str, int]) -> bytes:
+    lh, lp = local
+    return (
+        f"{first}\r\nVia: SIP/2.0/TCP {lh}:{lp};branch=z9hG4bK-{call}-{cseq.split()[0]}\r\n"
+        f"From: <sip:realnet@{lh}>;tag=rn{call}\r\nTo: <sip:service@{host}:{port}>\r\n"
+        f"Call-ID: {call}@{lh}\r\nCSeq: {cseq}\r\nContact: <sip:realnet@{lh}:{lp};transport=tcp>\r\n"
+        f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def sip_crlf(host: str) -> dict:
+    """A SIP call over TCP to sipp's uas with keep-alive CRLFs (RFC 5626 pings) before INVITE and BYE."""
+    port = 5060
+    codes = []
+    with socket.create_connection((host, port), timeout=10) as s:
+        local = s.getsockname()[:2]
+        f = s.makefile("rb")
+        uri = f"sip:service@{host}:{port}"
+
+        def responses(until: int) -> None:
+            while True:
+                status = f.readline().decode()
+                length = 0
+                while (line := f.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith((b"content-length:", b"l:")):
+                        length = int(line.split(b":")[1])
+                f.read(length)
+                if not status:
+                    return
+                codes.append(int(status.split()[1]))
+                if codes[-1] >= until:
+                    return
+
+        s.sendall(b"\r\n\r\n" + _sip_msg(f"INVITE {uri} SIP/2.0", "crlf1", "1 INVITE", host, port, local))
+        responses(200)
+        s.sendall(_sip_msg(f"ACK {uri} SIP/2.0", "crlf1", "1 ACK", host, port, local))
+        s.sendall(b"\r\n\r\n")
+        s.sendall(_sip_msg(f"BYE {uri} SIP/2.0", "crlf1", "2 BYE", host, port, local))
+        responses(200)
+    return {"sip_codes": codes, "sent": ["INVITE", "ACK", "BYE"]}
+
+
 def _smtp_cmd(f, s: socket.socket, line: bytes) -> str:
     s.sendall(line)
     return _smtp_reply(f)
@@ -228,6 +270,7 @@ def main(argv: list[str]) -> int:
         "smtplib": smtplib_session,
         "http_oddities": http_oddities,
         "dns_tcp_pipeline": dns_tcp_pipeline,
+        "sip_crlf": sip_crlf,
     }[kind]
     print(json.dumps(fn(host)))
     return 0

@@ -348,6 +348,17 @@ def _sip(c: Ctx, transport: str) -> list[dict]:
     return [r]
 
 
+def sip_crlf(c: Ctx) -> list[dict]:
+    """A call over TCP to sipp's uas from a raw client with keep-alive CRLFs before INVITE and before BYE."""
+    argv = ["sipp", "-sn", "uas", "-i", SERVER, "-p", "5060", "-nostdin", "-t", "t1"]
+    uas = c.bed.spawn("server", "sipp-uas-crlf", argv)
+    try:
+        c.bed.wait_port("server", 5060)
+        return [c.py_client("sip_crlf")]
+    finally:
+        c.bed.stop(uas)
+
+
 def sip_udp(c: Ctx) -> list[dict]:
     """SIPp uac -> uas over UDP: three calls (INVITE/100/180/200/ACK/BYE/200)."""
     return _sip(c, "u1")
@@ -505,6 +516,7 @@ SCENARIOS: list[Scenario] = [
     ),
     Scenario("sip_udp", ("sip",), "SIPp uac/uas over UDP, 3 calls", sip_udp),
     Scenario("sip_tcp", ("sip",), "SIPp uac/uas over TCP, 3 calls", sip_tcp),
+    Scenario("sip_crlf", ("sip",), "SIP call over TCP with keep-alive CRLFs before INVITE and BYE", sip_crlf),
     Scenario("tls_versions", ("tls",), "openssl TLS 1.0, 1.1, 1.2, 1.3", tls_versions),
     Scenario(
         "https_reorder",

@@ -217,6 +217,17 @@ def test_tshark_sees_what_the_clients_got(capdir, results, name):
     assert not got - theirs, f"{name}: clients got {dict(got)}, tshark decodes {dict(theirs)}"
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_sip_requests_after_keepalive_crlfs(capdir, results, kind):
+    """Requests the raw SIP client sent (its own transcript; sipp answered them) are all in celltap's
+    records, also those tshark does not decode (INVITE after leading CRLFs, BYE after a CRLF ping)."""
+    e = _entry(capdir, "sip_crlf")
+    sent = Counter(e["tools"][0]["result"]["sent"])
+    assert e["tools"][0]["result"]["sip_codes"] == [180, 200, 200], "sipp's uas did not complete the call"
+    ours = Counter(i.key[1] for i in results[kind].ours.get(("sip", "sip_crlf"), []) if i.key[0] == "request")
+    assert not sent - ours, f"sent {dict(sent)}, celltap reports {dict(ours)}"
+
+
 @pytest.mark.parametrize(("proto", "name", "kind"), PROTO_CASES)
 def test_everything_tshark_decodes_is_found(results, proto, name, kind):
     """tshark's items (Zeek vocabulary) of this protocol in this scenario are all in celltap's records."""
