@@ -30,7 +30,7 @@ from cell.flow_table import Flow, FlowTable
 from cell.sftap_config import CellConfig, Rule
 from cell.tcp_reassembly import ACK, FIN, KEEP, SYN, TcpStats, segment, skip_gaps
 from cell.whole_connections import whole_connections
-from celltap.decode import DecodedBatch, Reason, decode_batch
+from celltap.decode import DecodedBatch, DecodeOptions, Reason, decode_batch
 from celltap.flowkey import canonical_key, canonical_swap, flow_hashes
 from celltap.pcap.batch import LINKTYPE_RAW, FrameBatch, gather_frames
 
@@ -93,6 +93,7 @@ class Abstractor:
         self.ooo_memory = g.ooo_memory
         self.ooo_limit = g.ooo_limit
         self.midstream = g.midstream
+        self.decode_options = DecodeOptions(decapsulate=g.decapsulate)
         self.hop_limit = g.hop_limit
         self.max_flows = g.max_flows
         self.gc_budget = g.gc_scan
@@ -301,7 +302,7 @@ class Abstractor:
     def process_frames(self, batch: FrameBatch, now_ns: int | None = None) -> None:
         """Decode and process one batch of captured frames."""
         if len(batch):
-            self.process_decoded(decode_batch(batch))
+            self.process_decoded(decode_batch(batch, self.decode_options))
         self.collect(now_ns if now_ns is not None else self.now_ns)
 
     def process_decoded(self, db: DecodedBatch, weights: tuple[np.ndarray, np.ndarray] | None = None) -> None:
@@ -360,7 +361,7 @@ class Abstractor:
         fb = FrameBatch.from_frames([d[0] for d in datagrams], [d[1] for d in datagrams], LINKTYPE_RAW)
         pk = np.array([d[2] for d in datagrams], dtype=np.int64)
         oc = np.array([d[3] for d in datagrams], dtype=np.int64)
-        self.process_decoded(decode_batch(fb), (pk, oc))
+        self.process_decoded(decode_batch(fb, self.decode_options), (pk, oc))
 
     def _process_packets(
         self, db: DecodedBatch, idx: np.ndarray, weights: tuple[np.ndarray, np.ndarray] | None

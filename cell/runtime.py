@@ -211,7 +211,11 @@ class Cell:
             hop = f.hop + 1
             ident = (l3, l4, a1, f.port1, a2, f.port2, hop)
             self.loopback_events += 1
-            if a.inject(e.event, l3, l4, a1, f.port1, a2, f.port2, hop, e.sender or 1, e.data, self.clock()):
+            # the writer's own time: CREATED carries the connection's start, so the stream keeps its uid.
+            # Both formats carry microseconds; float seconds * 1e9 would be off by up to ~200 ns and
+            # could cross a microsecond boundary (another uid).
+            ts = round(e.time * 1e6) * 1000 if e.time > 0 else self.clock()
+            if a.inject(e.event, l3, l4, a1, f.port1, a2, f.port2, hop, e.sender or 1, e.data, ts):
                 if e.event == "DESTROYED":
                     open_flows.pop(ident, None)
                 else:

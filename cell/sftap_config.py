@@ -40,6 +40,7 @@ _GLOBAL_KEYS = (
     "defrag_memory",
     "gc_scan",
     "cell_id",
+    "decapsulate",
 )
 _RULE_KEYS = ("up", "down", "proto", "if", "format", "body", "nice", "balance", "port", "utf8")
 
@@ -108,6 +109,7 @@ class GlobalConfig:
     defrag_memory: int = 64 << 20
     gc_scan: int = 16384
     cell_id: int = 0
+    decapsulate: bool = True  # GRE / ERSPAN / VXLAN / IP in IP: the inner flow (no: the tunnel's own flow)
 
 
 @dataclass
@@ -201,8 +203,8 @@ def _parse_global(section: Any) -> GlobalConfig:
             g.udp_timeout = _number(value, where)
         elif key == "defrag_timeout":
             g.defrag_timeout = _number(value, where)
-        elif key == "midstream":
-            g.midstream = _yes_no(value, where)
+        elif key in ("midstream", "decapsulate"):
+            setattr(g, key, _yes_no(value, where))
         elif key in ("lru", "cache"):
             _yes_no(value, where)
         elif key in ("tcp_threads", "regex_threads"):

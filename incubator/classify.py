@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from celltap.decode import Reason, decode_batch
+from celltap.decode import DEFAULT_OPTIONS, DecodeOptions, Reason, decode_batch
 from celltap.flowkey import flow_hashes
 from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
 
@@ -51,7 +51,9 @@ def header_rows(batch: FrameBatch, width: int = HDR) -> tuple[np.ndarray, np.nda
     return rows, usable
 
 
-def _fast_lane(batch: FrameBatch, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _fast_lane(
+    batch: FrameBatch, seed: int, tunnel_ports: tuple[int, ...] = ()
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(fast frame positions, their hashes, their FIN/RST flag, fast mask); conservative by design."""
     n = len(batch)
     if batch.linktype != LINKTYPE_ETHERNET or n == 0:
@@ -74,6 +76,8 @@ def _fast_lane(batch: FrameBatch, seed: int) -> tuple[np.ndarray, np.ndarray, np
         & (tot + 14 <= batch.caplens[pos])
         & (~tcp | ((doff >= 20) & (doff <= tot - 20)))
     )
+    for port in tunnel_ports:  # VXLAN / Geneve are decapsulated: the inner flow (slow lane)
+        ok &= tcp | (w[:, 18] != port)
     if not ok.all():
         w, rows, tcp, pos = w[ok], rows[ok], tcp[ok], pos[ok]
     u = w.astype(np.uint64)
@@ -129,7 +133,7 @@ def xxh64_key14(proto: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int = 0) 
     return h
 
 
-def classify(batch: FrameBatch, seed: int = 0) -> Classified:
+def classify(batch: FrameBatch, seed: int = 0, options: DecodeOptions = DEFAULT_OPTIONS) -> Classified:
     """Classify every frame of `batch` (see module doc)."""
     n = len(batch)
     status = np.zeros(n, np.uint8)
@@ -137,7 +141,7 @@ def classify(batch: FrameBatch, seed: int = 0) -> Classified:
     closing = np.zeros(n, bool)
     frag = np.zeros(n, bool)
     frag_first = np.zeros(n, bool)
-    fpos, fh, fcl, fast = _fast_lane(batch, seed)
+    fpos, fh, fcl, fast = _fast_lane(batch, seed, options.udp_tunnel_ports())
     hashes[fpos] = fh
     closing[fpos] = fcl
     slow = np.flatnonzero(~fast)
@@ -147,7 +151,7 @@ def classify(batch: FrameBatch, seed: int = 0) -> Classified:
     f_src = f_dst = empty16
     if slow.size:
         sub = batch.select(slow)
-        d = decode_batch(sub)
+        d = decode_batch(sub, options)
         status[slow] = d.status
         ok = d.status == Reason.OK
         h = flow_hashes(d.l3, d.l4, d.src, d.sport, d.dst, d.dport, seed)

@@ -31,6 +31,7 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     ),
     "non_ip": (str, "cell0"),
     "hash_seed": (int, 0),
+    "decapsulate": (bool, True),  # GRE / ERSPAN / VXLAN / IP-in-IP frames go by their inner flow
     "partition": (str, None),  # xxh64 (default) | dicap; dicap mode always uses dicap
     "metrics_port": (int, None),
     "fragments": (

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from celltap.decode import DecodeOptions
 from celltap.pcap.batch import FrameBatch
 from incubator.capture.sources import CaptureUnavailable, PcapSource, netmap_available, parse_capture
 from incubator.cellsource import RegistryCells, StaticCells
@@ -89,6 +90,7 @@ def build_engine(cfg: Config, metrics: IncubatorMetrics) -> Engine:
         partition=cfg["partition"],
         buckets_log2=dc["buckets_log2"],
         use_ports=dc["ports"],
+        decode_options=DecodeOptions(decapsulate=cfg["decapsulate"]),
     )
     return Engine(sep, metrics)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from celltap.decode import Reason
+from celltap.decode import DEFAULT_OPTIONS, DecodeOptions, Reason
 from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
 from incubator.cells import CellSet
 from incubator.classify import Classified, classify
@@ -77,6 +77,7 @@ class Separator:
         partition: str = "xxh64",
         buckets_log2: int = DEFAULT_BUCKETS_LOG2,
         use_ports: bool = True,
+        decode_options: DecodeOptions = DEFAULT_OPTIONS,
     ) -> None:
         if nonip_policy not in NONIP_POLICIES:
             raise ValueError(f"non-IP policy must be one of {NONIP_POLICIES}, got {nonip_policy!r}")
@@ -89,6 +90,7 @@ class Separator:
         self.use_ports = use_ports
         self._bucket_owners: np.ndarray | None = None  # dicap: owner slot per bucket, per membership
         self.seed = seed
+        self.decode_options = decode_options
         self.cells = CellSet(cells or {}, seed)
         self.pin_flows = pin_flows
         self.nonip_policy = nonip_policy
@@ -119,7 +121,7 @@ class Separator:
         if self.partition == "dicap":
             return self._route_dicap(batch, self.now_ns)
         now = self.now_ns
-        c = classify(batch, self.seed)
+        c = classify(batch, self.seed, self.decode_options)
         slots = np.full(n, DROP, dtype=np.int32)
         r = Routing(slots)
         ok = c.status == Reason.OK
@@ -153,7 +155,7 @@ class Separator:
         if batch.linktype != LINKTYPE_ETHERNET:
             _add(r.drops, NOT_ETHERNET, n)
             return r
-        c = classify(batch, self.seed)
+        c = classify(batch, self.seed, self.decode_options)
         bucket = dicap_buckets(batch, self.buckets_log2, self.use_ports).astype(np.int64)
         owner = self.bucket_owners()[bucket] if self.cells.alive else np.full(n, -1, np.int32)
         ok = c.status == Reason.OK

@@ -6,8 +6,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from cell.sdk.client import default_loopback
 from cell.sdk.events import WireError
 from cell.sdk.flows import FlowAnalyzer
+from cell.sdk.loopback import LoopbackWriter
 from cell.sdk.metrics import RECONNECTS
 from cell.sdk.session import Session
 
@@ -31,15 +33,21 @@ async def run_socket_async(
     on_records: Callable[[list[dict]], Awaitable[None] | None],
     fmt: str = "text",
     exit_on_eof: bool = False,
+    loopback: str | None = None,
 ) -> None:
-    """Read the interface at `path` until cancelled (or until EOF with exit_on_eof), handing records on."""
+    """Read the interface at `path` until cancelled (or until EOF with exit_on_eof), handing records on.
+
+    Handed-on streams go to the cell's L7 loopback as in `run_socket` (a blocking write to a local UNIX
+    socket the cell drains at once).
+    """
 
     async def hand_on(records: list[dict]) -> None:
         result = on_records(records)
         if asyncio.iscoroutine(result):
             await result
 
-    session = Session(analyzer, fmt)
+    session = Session(analyzer, fmt, loopback_format="text")
+    lb_writer = LoopbackWriter(loopback or default_loopback(path), analyzer.name)
     while True:
         reader, writer = await connect_unix(path)
         RECONNECTS.labels(analyzer.name).inc()
@@ -49,6 +57,7 @@ async def run_socket_async(
                 if not chunk:
                     break
                 await hand_on(session.feed(chunk))
+                lb_writer.send(*session.take_loopback())
         except WireError:
             pass  # logged and counted by the session; reconnecting resynchronises the stream
         except ConnectionError as exc:
@@ -56,5 +65,7 @@ async def run_socket_async(
         finally:
             writer.close()
         await hand_on(session.disconnected())
+        lb_writer.send(*session.take_loopback())
         if exit_on_eof:
+            lb_writer.close()
             return

@@ -7,9 +7,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from cell.sdk.events import WireError
 from cell.sdk.flows import FlowAnalyzer
+from cell.sdk.loopback import LoopbackWriter
 from cell.sdk.metrics import RECONNECTS
 from cell.sdk.session import Session
 
@@ -46,9 +48,15 @@ def run_socket(
     fmt: str = "text",
     exit_on_eof: bool = False,
     stop: threading.Event | None = None,
+    loopback: str | None = None,
 ) -> None:
-    """Read the interface at `path` until stopped (or until EOF with exit_on_eof), handing records on."""
-    session = Session(analyzer, fmt)
+    """Read the interface at `path` until stopped (or until EOF with exit_on_eof), handing records on.
+
+    Streams the analyzer hands on go to the cell's L7 loopback socket `loopback` (default: the
+    `loopback7` socket of the cell whose interface `path` is, `<home>/tcp/<if>` -> `<home>/loopback7`).
+    """
+    session = Session(analyzer, fmt, loopback_format="text")
+    writer = LoopbackWriter(loopback or default_loopback(path), analyzer.name)
     while stop is None or not stop.is_set():
         try:
             sock = connect_unix(path, stop)
@@ -66,6 +74,7 @@ def run_socket(
                 if not chunk:
                     break
                 on_records(session.feed(chunk))
+                writer.send(*session.take_loopback())
         except WireError:
             pass  # logged and counted by the session; reconnecting resynchronises the stream
         except ConnectionError as exc:
@@ -73,6 +82,13 @@ def run_socket(
         finally:
             sock.close()
         on_records(session.disconnected())
+        writer.send(*session.take_loopback())
         if exit_on_eof:
             break
         log.warning("%s: interface %s closed; reconnecting", analyzer.name, path)
+    writer.close()
+
+
+def default_loopback(path: str) -> str:
+    """The L7 loopback socket of the cell serving interface `path` (`<home>/<proto>/<if>`)."""
+    return str(Path(path).resolve().parent.parent / "loopback7")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CREATED = "CREATED"
 DATA = "DATA"
@@ -21,6 +21,9 @@ class FlowId:
     l3: str  # "ipv4" | "ipv6"
     l4: str  # "tcp" | "udp" | "icmp" | "icmpv6"
     uid: str = ""  # the connection's uid (celltap.flowid): set by the cell in-process, else by FlowTable
+    # the connection's first-packet time (seconds) the uid was derived from; not part of the identity.
+    # The L7 loopback writer re-injects a handed-on stream with it, so the stream keeps the uid.
+    start: float = field(default=0.0, compare=False)
 
     def endpoint(self, which: int) -> tuple[str, int]:
         """Return (ip, port) of endpoint 1 or 2."""

@@ -9,6 +9,7 @@ from collections import Counter
 from cell.sdk.binary_format import BinaryDecoder
 from cell.sdk.events import Event, WireError
 from cell.sdk.flows import FlowAnalyzer, FlowTable
+from cell.sdk.loopback import LoopbackEncoder
 from cell.sdk.metrics import WIRE_ERRORS, BatchStats
 from cell.sdk.text_format import TextDecoder
 
@@ -30,7 +31,12 @@ class Session:
     """One analyzer reading one interface; survives reconnects (flows end with reason DISCONNECTED)."""
 
     def __init__(
-        self, analyzer: FlowAnalyzer, fmt: str = "text", body: bool = True, table: FlowTable | None = None
+        self,
+        analyzer: FlowAnalyzer,
+        fmt: str = "text",
+        body: bool = True,
+        table: FlowTable | None = None,
+        loopback_format: str | None = None,
     ) -> None:
         self.analyzer = analyzer
         self.fmt = fmt
@@ -41,6 +47,10 @@ class Session:
         # run totals of parse errors and dropped events (the per-batch counts go to Prometheus)
         self.error_totals: Counter[str] = Counter()
         self.dropped_totals: Counter[str] = Counter()
+        # with a loopback format (socket front ends): streams the analyzer hands on become events for
+        # the cell's L7 loopback, taken by the front end; without (in-process `celltap analyze`), the
+        # owner drains `analyzer.handed_on` itself
+        self.loopback = LoopbackEncoder(loopback_format) if loopback_format else None
 
     def feed(self, data: bytes) -> list[dict]:
         """Consume interface bytes; return the records they completed."""
@@ -61,11 +71,27 @@ class Session:
             self.stats.events.update(ev.event for ev in events)
             for key in self.table.handle(events):
                 self.decoder.forget(key)
+            lb = self.loopback
+            if lb is not None and (self.analyzer.handed_on or lb.open):
+                self._hand_on(lb, events)
         return self._drain()
+
+    def _hand_on(self, lb: LoopbackEncoder, events: list[Event]) -> None:
+        handed, self.analyzer.handed_on = self.analyzer.handed_on, []
+        lb.hand_on(handed)
+        lb.ended(events)
+
+    def take_loopback(self) -> tuple[bytes, int]:
+        """Interface events for the cell's L7 loopback produced since the last call (bytes, count)."""
+        return self.loopback.take() if self.loopback is not None else (b"", 0)
 
     def disconnected(self) -> list[dict]:
         """The interface closed: end every flow and return the records that flushes."""
-        self.table.end_all("DISCONNECTED", self.last_time or _time.time())
+        now = self.last_time or _time.time()
+        self.table.end_all("DISCONNECTED", now)
+        if self.loopback is not None:
+            self._hand_on(self.loopback, [])
+            self.loopback.close_all(now)
         self.decoder = make_decoder(self.fmt, self.decoder.body)
         return self._drain()
 

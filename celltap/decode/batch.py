@@ -5,6 +5,12 @@ on shrinking index sets: each stage gathers the bytes it needs for the frames st
 the ones that fail with their Reason, and hands the rest on.  Gathers use `np.take(mode="clip")`
 so a lying length can never read outside the buffer; the result of such a read is always masked
 by a length check of the same stage.
+
+Stages: link header (`batch_link.link_stage`), the VLAN / PPPoE / MPLS chain
+(`batch_link.chain_stage`), IPv4 / IPv6, transport, then tunnels (`batch_tunnel`): frames that
+carry GRE / ERSPAN / VXLAN go round the chain, IP and transport stages again for their inner
+packet, at most MAX_ENCAP_DEPTH times.  Frames of a batch without any of these pay one table
+lookup in the chain stage and a few column compares in the tunnel stage.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from celltap.decode.batch_link import Walk, chain_stage, link_stage
+from celltap.decode.batch_tunnel import tunnel_stage
 from celltap.decode.constants import (
     ETH_IPV4,
-    ETH_IPV6,
     L4_HEADER_LEN,
+    MAX_ENCAP_DEPTH,
     MAX_V6_EXT_HEADERS,
-    MAX_VLAN_TAGS,
     PORT_PROTOCOLS,
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -26,21 +33,17 @@ from celltap.decode.constants import (
     V6_EXT_AH,
     V6_EXT_FRAGMENT,
     V6_EXT_HEADERS,
-    VLAN_TPIDS,
 )
+from celltap.decode.gather import Active as _Active
+from celltap.decode.gather import rows as _rows
+from celltap.decode.gather import u8 as _u8
+from celltap.decode.gather import u16 as _u16
+from celltap.decode.gather import u32 as _u32
+from celltap.decode.options import DEFAULT_OPTIONS, DecodeOptions
 from celltap.decode.reasons import Reason
-from celltap.pcap.batch import (
-    LINKTYPE_ETHERNET,
-    LINKTYPE_IPV4,
-    LINKTYPE_IPV6,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
-    LINKTYPE_RAW,
-    FrameBatch,
-)
+from celltap.pcap.batch import FrameBatch
 
 _V6_EXT = np.array(V6_EXT_HEADERS, dtype=np.uint8)
-_VLAN = np.array(VLAN_TPIDS, dtype=np.int64)
 _PORT_PROTOS = np.array(PORT_PROTOCOLS, dtype=np.uint8)
 _L4_NEED = np.zeros(256, dtype=np.int64)
 for _proto, _need in L4_HEADER_LEN.items():
@@ -77,6 +80,7 @@ class DecodedBatch:
     tcp_ack: np.ndarray
     icmp_type: np.ndarray
     icmp_code: np.ndarray
+    encap: np.ndarray
 
     def __len__(self) -> int:
         return int(self.status.shape[0])
@@ -119,6 +123,7 @@ class DecodedBatch:
             tcp_ack=z(np.uint32),
             icmp_type=z(np.uint8),
             icmp_code=z(np.uint8),
+            encap=z(np.uint16),
         )
 
     def column_names(self) -> list[str]:
@@ -129,100 +134,6 @@ class DecodedBatch:
         """How many frames ended with each status (for drop counters, counted per batch)."""
         counts = np.bincount(self.status, minlength=len(Reason))
         return {Reason(i): int(c) for i, c in enumerate(counts) if c}
-
-
-def _u8(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    return np.take(buf, pos, mode="clip").astype(np.int64)
-
-
-def _u16(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    return (_u8(buf, pos) << 8) | _u8(buf, pos + 1)
-
-
-def _u32(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    return (_u16(buf, pos) << 16) | _u16(buf, pos + 2)
-
-
-def _rows(buf: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
-    return np.take(buf, pos[:, None] + np.arange(width, dtype=np.int64), mode="clip")
-
-
-class _Active:
-    """The frames still being decoded, as an index set plus per-frame working arrays."""
-
-    def __init__(self, idx: np.ndarray, **arrays: np.ndarray) -> None:
-        self.idx = idx
-        self.arrays = arrays
-
-    def fail(self, bad: np.ndarray, reason: Reason, status: np.ndarray) -> None:
-        if not bad.any():
-            return
-        status[self.idx[bad]] = reason
-        keep = ~bad
-        self.idx = self.idx[keep]
-        self.arrays = {k: v[keep] for k, v in self.arrays.items()}
-
-    def take(self, mask: np.ndarray) -> _Active:
-        return _Active(self.idx[mask], **{k: v[mask] for k, v in self.arrays.items()})
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.arrays[name]
-
-    def __setitem__(self, name: str, value: np.ndarray) -> None:
-        self.arrays[name] = value
-
-
-def _link(batch: FrameBatch, out: DecodedBatch) -> _Active:
-    """L2 stage: returns the frames that carry IPv4/IPv6, with their L3 offset (`off`)."""
-    buf, base, cap, st = batch.buf, batch.offsets, batch.caplens, out.status
-    n = len(batch)
-    lt = batch.linktype
-    all_idx = np.arange(n, dtype=np.int64)
-    if lt in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
-        a = _Active(all_idx, off=np.zeros(n, np.int64))
-        a.fail(cap < 1, Reason.TRUNCATED_L3, st)
-        version = _u8(buf, base[a.idx]) >> 4
-        et = np.where(version == 4, ETH_IPV4, np.where(version == 6, ETH_IPV6, 0))
-        a["et"] = et
-        a.fail(et == 0, Reason.BAD_IP_VERSION, st)
-        out.ethertype[a.idx] = a["et"]
-        return a
-    if lt == LINKTYPE_ETHERNET:
-        hdr, et_at = 14, 12
-    elif lt == LINKTYPE_LINUX_SLL:
-        hdr, et_at = 16, 14
-    elif lt == LINKTYPE_LINUX_SLL2:
-        hdr, et_at = 20, 0
-    else:
-        st[:] = Reason.UNSUPPORTED_LINKTYPE
-        return _Active(np.empty(0, np.int64), off=np.empty(0, np.int64), et=np.empty(0, np.int64))
-    a = _Active(all_idx, off=np.full(n, hdr, np.int64))
-    a.fail(cap < hdr, Reason.TRUNCATED_L2, st)
-    a["et"] = _u16(buf, base[a.idx] + et_at)
-    for tag in range(MAX_VLAN_TAGS + 1):
-        tagged = np.isin(a["et"], _VLAN)
-        if not tagged.any():
-            break
-        if tag == MAX_VLAN_TAGS:
-            out.ethertype[a.idx[tagged]] = a["et"][tagged]
-            a.fail(tagged, Reason.TOO_MANY_VLAN_TAGS, st)
-            break
-        short = tagged & (cap[a.idx] < a["off"] + 4)
-        out.ethertype[a.idx[short]] = a["et"][short]
-        a.fail(short, Reason.TRUNCATED_L2, st)
-        tagged = np.isin(a["et"], _VLAN)
-        t = np.flatnonzero(tagged)
-        pos = base[a.idx[t]] + a["off"][t]
-        vid = _u16(buf, pos) & 0x0FFF
-        if tag == 0:
-            out.vlan[a.idx[t]] = vid
-        elif tag == 1:
-            out.vlan_inner[a.idx[t]] = vid
-        a["et"][t] = _u16(buf, pos + 2)
-        a["off"][t] += 4
-    out.ethertype[a.idx] = a["et"]
-    a.fail((a["et"] != ETH_IPV4) & (a["et"] != ETH_IPV6), Reason.NON_IP, st)
-    return a
 
 
 def _ipv4(batch: FrameBatch, out: DecodedBatch, a: _Active) -> _Active:
@@ -363,12 +274,8 @@ def _transport(batch: FrameBatch, out: DecodedBatch, a: _Active) -> None:
     out.payload_len[idx] = end - off - hdr
 
 
-def decode_batch(batch: FrameBatch) -> DecodedBatch:
-    """Decode every frame of `batch` into columns; problems go to `status`, never raised."""
-    out = DecodedBatch.empty(batch)
-    if len(batch) == 0:
-        return out
-    a = _link(batch, out)
+def _ip_stage(batch: FrameBatch, out: DecodedBatch, a: _Active) -> None:
+    """IPv4 / IPv6 and transport for the frames of `a` (at their `off`, with ethertype `et`)."""
     out.l3_off[a.idx] = a["off"]
     v4 = a["et"] == ETH_IPV4
     parts = []
@@ -378,4 +285,25 @@ def decode_batch(batch: FrameBatch) -> DecodedBatch:
         parts.append(_ipv6(batch, out, a.take(~v4)))
     for part in parts:
         _transport(batch, out, part)
+
+
+def decode_batch(batch: FrameBatch, options: DecodeOptions = DEFAULT_OPTIONS) -> DecodedBatch:
+    """Decode every frame of `batch` into columns; problems go to `status`, never raised."""
+    out = DecodedBatch.empty(batch)
+    if len(batch) == 0:
+        return out
+    walk = Walk(len(batch))
+    a = link_stage(batch, out)
+    level = None  # the frames of this pass: all, then those inside a tunnel
+    for _ in range(MAX_ENCAP_DEPTH + 1):
+        a = chain_stage(batch, out, a, walk)
+        _ip_stage(batch, out, a)
+        if not options.decapsulate:
+            break
+        inner = tunnel_stage(batch, out, level, options, walk.depth)
+        if inner is None or not len(inner):
+            break
+        a, level = inner, inner.idx
+        walk.level_tags[level] = 0  # a new header chain starts inside the tunnel
+        walk.labels[level] = 0
     return out

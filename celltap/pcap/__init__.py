@@ -1,11 +1,18 @@
 """pcap / pcapng I/O in batches: the capture format every plane reads and writes."""
 
 from celltap.pcap.batch import (
+    LINKTYPE_C_HDLC,
     LINKTYPE_ETHERNET,
+    LINKTYPE_FDDI,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_PPP,
+    LINKTYPE_PPP_ETHER,
+    LINKTYPE_PPP_HDLC,
     LINKTYPE_RAW,
     FrameBatch,
     gather_frames,
@@ -15,11 +22,18 @@ from celltap.pcap.reader import CaptureFormatError, CaptureReader, open_capture,
 from celltap.pcap.writer import PcapngWriter, PcapWriter, pack_pcap_records
 
 __all__ = [
+    "LINKTYPE_C_HDLC",
     "LINKTYPE_ETHERNET",
+    "LINKTYPE_FDDI",
     "LINKTYPE_IPV4",
     "LINKTYPE_IPV6",
     "LINKTYPE_LINUX_SLL",
     "LINKTYPE_LINUX_SLL2",
+    "LINKTYPE_LOOP",
+    "LINKTYPE_NULL",
+    "LINKTYPE_PPP",
+    "LINKTYPE_PPP_ETHER",
+    "LINKTYPE_PPP_HDLC",
     "LINKTYPE_RAW",
     "CaptureFormatError",
     "CaptureReader",

@@ -8,7 +8,14 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 # Link types (tcpdump.org LINKTYPE_*) the decoder understands.
+LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in the capturing host's byte order
 LINKTYPE_ETHERNET = 1
+LINKTYPE_PPP = 9
+LINKTYPE_FDDI = 10
+LINKTYPE_PPP_HDLC = 50
+LINKTYPE_PPP_ETHER = 51  # PPPoE session header first
+LINKTYPE_C_HDLC = 104  # Cisco HDLC
+LINKTYPE_LOOP = 108  # OpenBSD loopback: address family in network byte order
 LINKTYPE_RAW = 101
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228

@@ -16,7 +16,15 @@ from tests.analyzers.harness import analyzer_cmd
 RULES = {
     # Request syntax only: the analyzers' tests classify on the request; the cell's own tests cover
     # request + response rules (tests/cell/test_core.py, a POST larger than the window).
-    "http": [("TCP", None, r"^[-a-zA-Z]+ \S+ HTTP/1\.[01]\r?\n", None)],
+    "http": [
+        (
+            "TCP",
+            None,
+            r"^(?:[-a-zA-Z]+ (?:[^\r\n]* )?HTTP/1\.[01]|GET /\S*"
+            r"|[\r\n]+[-a-zA-Z]+ (?:[^\r\n]* )?HTTP/1\.[01])\r?\n",
+            None,
+        )
+    ],
     "dns": [("UDP", "53", None, None), ("TCP", "53", None, None)],
     "tls": [("TCP", "443", None, None)],
     "smtp": [("TCP", "25,587", None, None)],

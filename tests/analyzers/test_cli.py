@@ -166,7 +166,7 @@ def test_balance_mode_restarts_a_killed_child(tmp_path: Path) -> None:
         os.kill(victim, signal.SIGKILL)
         _wait(lambda: cell0.accepted == 2)
         _wait(lambda: len(_lines(out)) >= 8)
-        uris = sorted(r["client"]["method"]["uri"] for r in _lines(out))
+        uris = sorted(r["uri"] for r in _lines(out))
         assert uris == sorted(
             ["/index.html", "/style.css", "/a", "/b", "/upload", "/upload/1", "/old", "/form"]
         )

@@ -161,7 +161,7 @@ def test_sync_front_end_reconnects_when_the_cell_restarts(tmp_path: Path) -> Non
 
     def on_records(recs: list[dict]) -> None:
         records.extend(recs)
-        if sum("method" in r["client"] for r in records) >= 8:
+        if sum("method" in r for r in records) >= 8:
             stop.set()
 
     runner = threading.Thread(target=run_socket, args=(path, analyzer, on_records, "text", False, stop))
@@ -169,7 +169,7 @@ def test_sync_front_end_reconnects_when_the_cell_restarts(tmp_path: Path) -> Non
     runner.join(20)
     th.join(5)
     assert not runner.is_alive()
-    uris = sorted(r["client"]["method"]["uri"] for r in records)
+    uris = sorted(r["uri"] for r in records)
     assert uris == sorted(["/index.html", "/style.css", "/a", "/b", "/upload", "/upload/1", "/old", "/form"])
     assert _reconnects("http") == before + 2
 

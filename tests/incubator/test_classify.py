@@ -80,3 +80,30 @@ def test_key14_matches_xxhash_package():
         for i in range(0, n, 97):
             key = bytes([4, int(proto[i])]) + int(a[i]).to_bytes(6, "big") + int(b[i]).to_bytes(6, "big")
             assert int(got[i]) == xxhash.xxh64_intdigest(key, seed)
+
+
+def test_tunnels_hash_by_their_inner_flow():
+    """VXLAN, GRE and Geneve (crafted) go by the inner flow; with decapsulation off by the outer one."""
+    from celltap.decode import DecodeOptions
+    from tests.core import frames as fr
+
+    inner = fr.ipv4("192.168.1.1", "192.168.2.2", 6, fr.tcp(41000, 8080, data=b"x"))
+    frames = [
+        fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 17, fr.vxlan(fr.ether_inner(inner), sport=50000))),
+        fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 47, fr.gre(inner, 0x0800))),
+        fr.eth(fr.ipv4("10.1.0.1", "10.1.0.2", 17, fr.geneve(fr.ether_inner(inner), sport=50001))),
+    ]
+    batch = FrameBatch.from_frames(frames)
+
+    def h(l4: int, src: bytes, sport: int, dst: bytes, dport: int) -> int:
+        pad = np.zeros((1, 16), np.uint8)
+        s, d = pad.copy(), pad.copy()
+        s[0, :4], d[0, :4] = list(src), list(dst)
+        one = np.ones(1, np.uint8)
+        return int(flow_hashes(one * 4, one * l4, s, np.array([sport]), d, np.array([dport]), 9)[0])
+
+    want_inner = h(6, bytes([192, 168, 1, 1]), 41000, bytes([192, 168, 2, 2]), 8080)
+    assert classify(batch, 9).hashes.tolist() == [want_inner] * 3
+    outer = classify(batch, 9, DecodeOptions(decapsulate=False)).hashes.tolist()
+    a, b = bytes([10, 1, 0, 1]), bytes([10, 1, 0, 2])
+    assert outer == [h(17, a, 50000, b, 4789), h(47, a, 0, b, 0), h(17, a, 50001, b, 6081)]

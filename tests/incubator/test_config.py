@@ -132,3 +132,16 @@ def test_netmap_capture_receives_where_the_device_exists(tmp_path):
                     cap.release()
         cap.close()
     assert got == sent
+
+
+def test_decapsulate_reaches_the_separator():
+    from prometheus_client import CollectorRegistry
+
+    from incubator.live import build_engine
+    from incubator.metrics import IncubatorMetrics
+
+    on = build_engine(parse_config(BASE), IncubatorMetrics(CollectorRegistry()))
+    off = build_engine(parse_config({**BASE, "decapsulate": False}), IncubatorMetrics(CollectorRegistry()))
+    assert on.sep.decode_options.decapsulate and not off.sep.decode_options.decapsulate
+    with pytest.raises(ConfigError, match="decapsulate"):
+        parse_config({**BASE, "decapsulate": "maybe"})
