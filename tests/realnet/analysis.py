@@ -1,12 +1,13 @@
-"""Run celltap over a test-bed capture: `celltap analyze` with the bed's classification rules.
+"""Run celltap over a test-bed capture: `celltap analyze`, by default with its built-in rules.
 
 Theory of operation. `celltap analyze` runs what a cell runs (flow abstractor: reassembly,
-classification by the rules below) and every analyzer in one process, writing one JSON-lines log per
-kind (http.log ... sip.log, conn.log, weird.log; docs/analyze.md). The rules send each protocol's
-flows to the interface named like its analyzer: ports for DNS/TLS/SMTP/SIP and HTTP on 80, the request
-line for HTTP elsewhere. `celltap_records` returns every log's records; the adapters
-(tests/realnet/adapters.py) read them. The cell alone (its text interface) is exercised by the stream
-comparison in tests/realnet/compare.py.
+classification) and every analyzer in one process, writing one JSON-lines log per kind (http.log ...
+sip.log, conn.log, weird.log; docs/analyze.md). It runs with its built-in rules
+(celltap/defaults/sftap.yaml: HTTP, TLS and SMTP by their first bytes, DNS and SIP by port), as an
+operator would; REALNET_RULES=bed switches to the bed's port rules below (HTTP also on 80, TLS on
+443/4433, SMTP on 25/587/2525), which do not classify a stream handed on after STARTTLS.
+`celltap_records` returns every log's records; the adapters (tests/realnet/adapters.py) read them.
+The cell alone (its text interface) is exercised by the stream comparison in tests/realnet/compare.py.
 """
 
 from __future__ import annotations
@@ -47,17 +48,29 @@ def cell_config(home: Path, fmt: str = "binary") -> dict:
     return cfg
 
 
+# The built-in rules (celltap/defaults/sftap.yaml), as an operator runs `celltap analyze`; set
+# REALNET_RULES=bed for the bed's own port rules above instead.
+USE_BED_RULES = os.environ.get("REALNET_RULES") == "bed"
+
+
+def config_args(tmp: Path) -> list[str]:
+    """`--config FILE` with the bed's rules, or nothing (the built-in rules)."""
+    if not USE_BED_RULES:
+        return []
+    config = tmp / "sftap.yaml"
+    config.write_text(yaml.safe_dump(cell_config(tmp / "home")))
+    return ["--config", str(config)]
+
+
 def celltap_records(pcap: Path, tmp: Path) -> dict[str, list[dict]]:
     """Every analyzer's records for `pcap`: `celltap analyze` (cell + all analyzers in one process)."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    config = tmp / "sftap.yaml"
-    config.write_text(yaml.safe_dump(cell_config(tmp / "home")))
     logs = tmp / "logs"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "-m", "celltap.cli", "analyze", str(pcap), "--config", str(config), "-o", str(logs)],
+        [sys.executable, "-m", "celltap.cli", "analyze", str(pcap), *config_args(tmp), "-o", str(logs)],
         capture_output=True, text=True, timeout=240, env=env,
     )  # fmt: skip
     (tmp / "analyze.err").write_text(proc.stderr)

@@ -407,22 +407,11 @@ class Bed:
                 raise BedError(f"{proc.name}: capture did not start")
             time.sleep(0.02)
 
-    def live_analyze(self, config: Path, logs: Path) -> Proc:
+    def live_analyze(self, config_args: list[str], logs: Path) -> Proc:
         """`celltap analyze -i mon` (live AF_PACKET) on the monitoring port for the whole run."""
         base = self.packet_sockets("obs")
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        argv = [
-            sys.executable,
-            "-m",
-            "celltap.cli",
-            "analyze",
-            "-i",
-            MON_IF,
-            "--config",
-            str(config),
-            "-o",
-            str(logs),
-        ]
+        argv = [sys.executable, "-m", "celltap.cli", "analyze", "-i", MON_IF, *config_args, "-o", str(logs)]
         proc = self.spawn("obs", "live-analyze", argv, env=env)
         self._wait_bound(proc, base + 1)
         return proc

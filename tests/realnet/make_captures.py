@@ -24,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-from tests.realnet.analysis import cell_config
+from tests.realnet.analysis import config_args
 from tests.realnet.bed import AUTH, CLIENT, SERVER, Bed, BedError
 from tests.realnet.scenarios import Ctx, Scenario, by_name
 from tests.realnet.servers import start_servers, stop_servers, tools_missing
@@ -145,11 +143,9 @@ def make_captures(outdir: Path, names: list[str] | None = None, keep: bool = Fal
     try:
         bed.up()
         servers = start_servers(bed, scratch / "srv")
-        live_cfg = scratch / "live-sftap.yaml"
-        live_cfg.write_text(yaml.safe_dump(cell_config(scratch / "live-home")))
         if (outdir / "live-logs").exists():
             shutil.rmtree(outdir / "live-logs")
-        live = bed.live_analyze(live_cfg, outdir / "live-logs")
+        live = bed.live_analyze(config_args(scratch), outdir / "live-logs")
         setup = time.time() - t0
         for sc in scenarios:
             entries.append(run_scenario(bed, servers, sc, outdir, scratch))
