@@ -10,9 +10,12 @@ from __future__ import annotations
 import heapq
 
 from cell.events import WireId
+from cell.tcp_state import conn_state
 
-# TCP states
-SYN_SEEN, ESTABLISHED, CLOSED = 0, 1, 2
+LINGER_NS = 2_000_000_000  # closed TCP flows absorb trailing ACKs / FIN retransmissions this long
+
+# IPFIX flowEndReason (IANA IE 136)
+END_IDLE, END_DETECTED, END_FORCED, END_RESOURCES = 1, 3, 4, 5
 
 
 class Flow:
@@ -31,11 +34,13 @@ class Flow:
         "fin1",
         "fin2",
         "hash",
+        "hbits",
+        "hcount",
         "head1",
         "head2",
         "held",
+        "history",
         "hop",
-        "init_dir",
         "ipfix_end",
         "key",
         "l3",
@@ -43,6 +48,7 @@ class Flow:
         "last_ns",
         "match1",
         "match2",
+        "missed_bytes",
         "nxt1",
         "nxt2",
         "octets1",
@@ -50,14 +56,18 @@ class Flow:
         "ooo1",
         "ooo2",
         "ooo_bytes",
+        "orig",
         "pending",
         "pkts1",
         "pkts2",
         "port1",
         "port2",
+        "rsts",
         "rule",
         "sink",
         "start_ns",
+        "syns",
+        "tstate",
         "wire",
     )
 
@@ -87,7 +97,7 @@ class Flow:
         self.last_ns = ts_ns
         self.end_ns = ts_ns
         self.pkts1 = self.pkts2 = self.octets1 = self.octets2 = 0
-        self.init_dir = 1
+        self.orig = 1  # the originator endpoint (1 or 2): see cell/tcp_state.py
         self.rule = None  # the classification Rule once decided
         self.sink = None  # the interface socket the flow's events go to
         self.match1 = self.match2 = 2
@@ -107,6 +117,27 @@ class Flow:
         self.ooo2: dict[int, bytes] | None = None
         self.ooo_bytes = 0
         self.wire: WireId | None = None
+        # Zeek-style connection history (cell/tcp_state.py)
+        self.history = ""
+        self.hbits = 0  # once-letters written, payload sent (per endpoint)
+        self.tstate = 0  # both endpoints' TCP states and previous states, 4 bits each
+        self.syns = 0  # last SYN sequence number of each endpoint (32 bits each; hbits says which are set)
+        self.rsts = 0  # last RST sequence number of each endpoint (likewise)
+        self.hcount: list[int] | None = None  # retransmissions, gaps, zero windows per endpoint
+        self.missed_bytes = 0  # stream bytes skipped in holes, both directions
+
+    @property
+    def init_dir(self) -> int:
+        """The originator endpoint (older name of `orig`)."""
+        return self.orig
+
+    @init_dir.setter
+    def init_dir(self, d: int) -> None:
+        self.orig = d
+
+    def conn_state(self) -> str:
+        """Zeek's conn_state (S0, S1, SF, REJ, S2, S3, RSTO, RSTR, RSTOS0, RSTRH, SH, SHR, OTH)."""
+        return conn_state(self)
 
     def wire_id(self) -> WireId:
         """The flow's precomputed event-header pieces (built on first use)."""

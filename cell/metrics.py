@@ -77,6 +77,12 @@ class CellCollector(Collector):
             [],
             {(): ts.gap_bytes},
         )
+        yield counter(
+            "celltap_cell_tcp_resyncs",
+            "TCP directions resynchronised by a SYN / SYN-ACK with a new ISN before any payload",
+            [],
+            {(): ts.resyncs},
+        )
         g = GaugeMetricFamily(
             "celltap_cell_reassembly_buffer_bytes",
             "Bytes held out of order, defragmenting, or back for classification",

@@ -97,7 +97,7 @@ class GlobalConfig:
     timeout: float = 30.0
     udp_timeout: float = 30.0
     hop_limit: int = 2
-    midstream: bool = False
+    midstream: bool = True  # pick up flows whose SYN was not seen (Zeek does)
     classify_bytes: int = 4096
     classify_hold: int = 1 << 16  # most stream bytes held back waiting for the silent side's first bytes
     classify_memory: int = 256 << 20  # all flows' held-back bytes: past it, flows classify at once

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
+import socket
 import struct
 
 import numpy as np
@@ -96,6 +96,14 @@ def flow_id_from_uid(uid: str) -> int:
     return value
 
 
+def _packed(addr: str) -> bytes:
+    """Address bytes of an IPv4 or IPv6 address in text (inet_pton: ~20x faster than ipaddress)."""
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+    except OSError:
+        raise ValueError(f"not an IP address: {addr!r}") from None
+
+
 def uid_from_key(key: bytes, start_us: int, seed: int = 0) -> str:
     """The uid of the connection with canonical key bytes `key` whose first packet came at `start_us`."""
     return uid_from_flow_id(flow_id_from_key(key, start_us, seed))
@@ -105,8 +113,8 @@ def key_bytes(
     l3: int | str, l4: int | str, addr1: str | bytes, port1: int, addr2: str | bytes, port2: int
 ) -> bytes:
     """Canonical key bytes (celltap.flowkey layout) of a flow named by its endpoints 1 and 2."""
-    a1 = addr1 if isinstance(addr1, bytes) else ipaddress.ip_address(addr1).packed
-    a2 = addr2 if isinstance(addr2, bytes) else ipaddress.ip_address(addr2).packed
+    a1 = addr1 if isinstance(addr1, bytes) else _packed(addr1)
+    a2 = addr2 if isinstance(addr2, bytes) else _packed(addr2)
     proto = l4 if isinstance(l4, int) else _L4.get(l4, 0)
     return bytes((_L3[l3], proto)) + a1 + port1.to_bytes(2, "big") + a2 + port2.to_bytes(2, "big")
 
@@ -130,8 +138,8 @@ def community_id(
 ) -> str:
     """Community ID v1 ("1:" + base64 SHA-1) of a flow; for ICMP, sport/dport are type/code."""
     p = proto if isinstance(proto, int) else _L4.get(proto, 0)
-    s = saddr if isinstance(saddr, bytes) else ipaddress.ip_address(saddr).packed
-    d = daddr if isinstance(daddr, bytes) else ipaddress.ip_address(daddr).packed
+    s = saddr if isinstance(saddr, bytes) else _packed(saddr)
+    d = daddr if isinstance(daddr, bytes) else _packed(daddr)
     one_way = False
     if p in (1, 58):
         pairs = _ICMP4_PAIRS if p == 1 else _ICMP6_PAIRS

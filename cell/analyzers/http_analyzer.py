@@ -29,10 +29,9 @@ from cell.analyzers.http_message import (
     chunk_size,
     content_length,
     head_end,
-    parse_fields,
+    parse_head,
     parse_request_line,
     parse_status_line,
-    split_head,
     transfer_coding,
     unescape_uri,
 )
@@ -70,6 +69,7 @@ HTTP_METHODS = frozenset(
     )
 )  # fmt: skip
 _NO_BODY = frozenset((204, 304))
+_ZERO_LENGTHS = {"request_body_len": 0, "response_body_len": 0}
 _INFLATE = frozenset(("gzip", "x-gzip", "deflate"))
 _INFLATE_LATER = b""  # deflate: zlib-wrapped or raw, decided from the first two body bytes (kept till then)
 _STOPPED = False  # inflating gave up: the rest of the body is not counted
@@ -203,39 +203,35 @@ class HttpFlow:
         """Feed bytes from one endpoint."""
         if self.broken or not data:
             return
-        try:
-            self._data(sender, data, time)
-        except Exception as exc:  # whatever the bytes, they cost this flow only
-            self._internal_error(exc)
-
-    def _data(self, sender: int, data: bytes, time: float) -> None:
-        side = self.sides.get(sender)
-        if side is None:
-            if not self.client:  # a status line tells the server: wait until "HTTP/" can be told
-                early = self.early.pop(sender, b"") + data if self.early else data
-                if len(early) < 5 and b"HTTP/".startswith(early):
-                    self.early[sender] = early
+        try:  # whatever the bytes, they cost this flow only
+            side = self.sides.get(sender)
+            if side is None:
+                if not self.client:  # a status line tells the server: wait until "HTTP/" can be told
+                    early = self.early.pop(sender, b"") + data if self.early else data
+                    if len(early) < 5 and b"HTTP/".startswith(early):
+                        self.early[sender] = early
+                        return
+                    data = early
+                side = self._side(sender, data)
+            mode = side.mode
+            if mode == TUNNEL:
+                self.analyzer.hand_on(self.flow, sender, data, time)
+                return
+            if mode == IGNORE:
+                return
+            self.time = time
+            if side.buf:
+                data = side.buf + data
+                side.buf = b""
+            if mode == HOLD:
+                if len(data) <= MAX_HEAD:
+                    side.buf = data
                     return
-                data = early
-            side = self._side(sender, data)
-        mode = side.mode
-        if mode == TUNNEL:
-            self.analyzer.hand_on(self.flow, sender, data, time)
-            return
-        if mode == IGNORE:
-            return
-        self.time = time
-        if side.buf:
-            data = side.buf + data
-            side.buf = b""
-        if mode == HOLD:
-            if len(data) > MAX_HEAD:
                 self.weird("CONNECT_data_before_reply")
                 side.mode = HEAD
-            else:
-                side.buf = data
-                return
-        self._parse(side, data)
+            self._parse(side, data)
+        except Exception as exc:
+            self._internal_error(exc)
 
     def _parse(self, side: _Side, data: bytes) -> None:
         """Consume `data` on one side; a part that cannot complete yet waits in `side.buf`."""
@@ -247,7 +243,13 @@ class HttpFlow:
                 pos = self._at_head(side, data, pos, n)
             elif mode == BODY or mode == CHUNK_DATA:
                 take = min(side.remaining, n - pos)
-                self._body(side, data, pos, pos + take)
+                if side.decoder is None:
+                    side.body += take
+                    head = side.head
+                    if head is not None and len(head) < SNIFF_BYTES:
+                        side.head = head + data[pos : min(pos + take, pos + SNIFF_BYTES - len(head))]
+                else:
+                    self._inflate(side, memoryview(data)[pos : pos + take])
                 side.remaining -= take
                 pos += take
                 if not side.remaining:
@@ -290,7 +292,17 @@ class HttpFlow:
             while pos < n and data[pos] in (10, 13):
                 pos += 1
             return pos
-        end, nxt = head_end(data, pos)
+        # the head ends at its first empty line, CRLF or lone LF (inlined http_message.head_end)
+        end = data.find(b"\n\r\n", pos)
+        if end < 0:
+            end = data.find(b"\n\n", pos)
+            nxt = end + 2
+        else:
+            lf = data.find(b"\n\n", pos, end + 1)
+            if lf >= 0:
+                end, nxt = lf, lf + 2
+            else:
+                nxt = end + 3
         if end < 0:
             if side.is_client:
                 nl = data.find(b"\n", pos)
@@ -347,7 +359,8 @@ class HttpFlow:
                 return -1
             side.buf = data[pos:]
             return -1
-        fields, problem = parse_fields(split_head(data[pos:end]), 0)
+        stop = end - 1 if data[end - 1] == 13 else end
+        _, fields, problem = parse_head(b"\r\n" + data[pos:stop])
         if problem:
             self.weird(problem)
         if side.msg is not None and fields:
@@ -377,19 +390,24 @@ class HttpFlow:
         return rec
 
     def _request_record(self, method: str, target: str | None, version: str | None) -> dict:
-        rec = self._new_record()
-        rec["method"] = method
+        head = self.head
+        if head is None:
+            head = self.head = conn_fields(self.flow, self.client, self.time)
+        self.depth += 1
+        rec = {**head, "ts": self.time, "trans_depth": self.depth, "method": method}
         if target is not None:
-            uri = unescape_uri(target)
-            rec["uri"] = uri
-            if uri != target:
-                rec["original_uri"] = target
+            if "%" in target:
+                uri = unescape_uri(target)
+                rec["uri"] = uri
+                if uri != target:
+                    rec["original_uri"] = target
+            else:
+                rec["uri"] = target
         if version is not None:
             rec["request_version"] = version
             if version == "0.9":
                 self.http09 += 1
-        rec["request_body_len"] = 0
-        rec["response_body_len"] = 0
+        rec.update(_ZERO_LENGTHS)
         rec["tags"] = []
         if method not in HTTP_METHODS:
             self.weird("unknown_HTTP_method", method)
@@ -435,8 +453,7 @@ class HttpFlow:
         self._request_record(method, target, version)
 
     def _head(self, side: _Side, data: bytes, pos: int, end: int, nxt: int) -> int:
-        lines = split_head(data[pos:end])
-        first = lines[0]
+        first, fields, field_problem = parse_head(data[pos : end - 1 if data[end - 1] == 13 else end])
         req = parse_request_line(first)
         if req is None:
             if not self._bad_line(side, first):
@@ -450,9 +467,8 @@ class HttpFlow:
         if problem:
             self.weird(problem, first[:80])
         rec = self._request_record(method, target, version)
-        fields, problem = parse_fields(lines, 1)
-        if problem:
-            self.weird(problem)
+        if field_problem:
+            self.weird(field_problem)
         rec["request_headers"] = fields
         self._request_fields(rec, fields)
         side.msg = rec
@@ -478,12 +494,13 @@ class HttpFlow:
         value = get("origin")
         if value is not None:
             rec["origin"] = value
-        for name in ("authorization", "proxy-authorization"):
-            value = get(name)
-            if value is not None:
-                user = _basic_user(value)
-                if user is not None:
-                    rec["username"] = user
+        value = get("authorization")
+        if value is None:
+            value = get("proxy-authorization")
+        if value is not None:
+            user = _basic_user(value)
+            if user is not None:
+                rec["username"] = user
         if not PROXY_HEADERS.isdisjoint(fields):
             rec["proxied"] = [f"{n.upper()} -> {fields[n]}" for n in fields if n in PROXY_HEADERS]
             rec["tags"] = ["PROXIED"]
@@ -557,14 +574,13 @@ class HttpFlow:
 
     def _response(self, side: _Side, data: bytes, pos: int, end: int, nxt: int) -> int:
         pending = self.pending
-        lines = split_head(data[pos:end])
-        status = parse_status_line(lines[0])
+        first, fields, problem = parse_head(data[pos : end - 1 if data[end - 1] == 13 else end])
+        status = parse_status_line(first)
         if status is None:
-            self.weird("bad_status_line", lines[0][:80])
+            self.weird("bad_status_line", first[:80])
             side.mode = IGNORE
             return -1
         version, code, reason = status
-        fields, problem = parse_fields(lines, 1)
         if problem:
             self.weird(problem)
         if 100 <= code < 200 and code != 101:  # interim: the final response follows
@@ -578,12 +594,14 @@ class HttpFlow:
                 else:
                     self.weird("HTTP_too_many_interim_responses")
             else:
-                self.weird("response_without_request", lines[0][:80])
+                self.weird("response_without_request", first[:80])
             return nxt
         if pending:
-            rec = self._pop()
+            rec = pending.popleft()
+            if self.http09 and rec.get("request_version") == "0.9":
+                self.http09 -= 1
         else:
-            self.weird("response_without_request", lines[0][:80])
+            self.weird("response_without_request", first[:80])
             rec = self._new_record()
             rec["request_body_len"] = 0
             rec["response_body_len"] = 0
@@ -679,33 +697,31 @@ class HttpFlow:
     def _message_done(self, side: _Side) -> None:
         side.mode = HEAD
         rec = side.msg
-        side.msg = None
-        head = side.head
-        side.head = None
-        side.decoder = None
         if rec is None:
             return
-        if side.is_client:
-            rec["request_body_len"] = side.body
+        side.msg = None
+        head = side.head
+        if head is not None:
+            side.head = None
             if head:
                 mime = sniff(head)
                 if mime is not None:
-                    rec["orig_mime_types"] = [mime]
+                    rec["orig_mime_types" if side.is_client else "resp_mime_types"] = [mime]
+        if side.decoder is not None:
+            side.decoder = None
+        if side.is_client:
+            rec["request_body_len"] = side.body
             if side.emit_after:
                 side.emit_after = False
-                self._emit(rec)
+                self.analyzer.records.append(rec)
             return
         rec["response_body_len"] = side.body
-        if head:
-            mime = sniff(head)
-            if mime is not None:
-                rec["resp_mime_types"] = [mime]
         client = self.sides.get(self.client)
         if client is not None and client.msg is rec:
             # answered before the request body ended (e.g. 413, a refused 100-continue)
             client.emit_after = True
         else:
-            self._emit(rec)
+            self.analyzer.records.append(rec)
 
     # -- end -----------------------------------------------------------------------------------
     def end(self, reason: str, time: float) -> None:

@@ -1,12 +1,12 @@
 """HTTP/1.x message syntax as real clients and servers send it: start lines, header blocks, framing.
 
 Theory of operation: pure functions over bytes/str, no state. The flow state machine
-(cell/analyzers/http_analyzer.py) finds a header block's end with `head_end` (the first empty line,
-terminated by CRLF or a lone LF: RFC 9112 §2.2 lets a recipient accept a lone LF), splits it with
-`split_head`, reads the start line with `parse_request_line` / `parse_status_line` and the fields
-with `parse_fields` (obs-fold continuation lines are unfolded, §5.2), and decides the body's framing
-with `transfer_coding` / `content_length` (§6.1–6.3). Problems come back as Zeek-style weird names,
-never as exceptions.
+(cell/analyzers/http_analyzer.py) finds a head's end with `head_end` (the first empty line, terminated
+by CRLF or a lone LF: RFC 9112 §2.2 lets a recipient accept a lone LF), splits it into its start line
+and fields with `parse_head` (obs-fold continuation lines are unfolded, §5.2), reads the start line
+with `parse_request_line` / `parse_status_line`, and decides the body's framing with
+`transfer_coding` / `content_length` (§6.1–6.3). Problems come back as Zeek-style weird names, never
+as exceptions.
 """
 
 from __future__ import annotations
@@ -31,14 +31,40 @@ def head_end(data: bytes, pos: int) -> tuple[int, int]:
     return (lf, lf + 2) if lf >= 0 else (crlf, crlf + 3)
 
 
-def split_head(head: bytes) -> list[str]:
-    """The lines of a header block (without its final line terminator), CRs of CRLF removed."""
+def parse_head(head: bytes) -> tuple[str, dict[str, str], str | None]:
+    """(start line, fields, weird name or None) of a head given without its last line's terminator.
+
+    Fields: lower-cased names, repeated fields joined with ", "; a line that is not `name: value` is
+    left out (reported); an obs-fold line (starting with a blank) continues the previous field's value.
+    Lines end in CRLF or a lone LF (one C-level split when every line ends in CRLF, the common case).
+    """
     text = head.decode("latin-1")
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-        if text.endswith("\r"):
-            text = text[:-1]
-    return text.split("\n")
+    lines = text.split("\r\n")
+    if text.count("\n") != len(lines) - 1:  # some line ends in a lone LF
+        lines = text.replace("\r\n", "\n").split("\n")
+    fields: dict[str, str] = {}
+    last = ""
+    problem = None
+    for line in lines[1:]:
+        i = line.find(":")
+        if i <= 0 or line[0] in " \t":
+            if line[:1] in (" ", "\t") and last:
+                fields[last] += " " + line.strip(" \t\r")  # obs-fold: RFC 9112 §5.2, replace with SP
+                continue
+            problem = "bad_header_line"
+            continue
+        name = line[:i].lower()
+        if " " in name or "\t" in name:
+            problem = "bad_header_line"  # a blank between name and colon (RFC 9112 §5.1)
+            last = ""
+            continue
+        value = line[i + 1 :].strip(" \t\r")
+        if name in fields:
+            fields[name] += ", " + value
+        else:
+            fields[name] = value
+        last = name
+    return lines[0], fields, problem
 
 
 def parse_request_line(line: str) -> tuple[str, str | None, str | None, str | None] | None:
@@ -79,6 +105,10 @@ def parse_request_line(line: str) -> tuple[str, str | None, str | None, str | No
 
 def parse_status_line(line: str) -> tuple[str, int, str] | None:
     """(version after "HTTP/", status code, reason phrase); None if the line is not a status line."""
+    if line[8:9] == " " and line[12:13] in (" ", "") and line.startswith("HTTP/"):  # "HTTP/x.y nnn ..."
+        code = line[9:12]
+        if code.isdigit() and code.isascii():
+            return line[5:8], int(code), line[13:].strip(" \t")
     if not line.startswith("HTTP/"):
         return None
     version, _, rest = line[5:].partition(" ")
@@ -87,37 +117,6 @@ def parse_status_line(line: str) -> tuple[str, int, str] | None:
     if len(code) != 3 or not code.isdigit() or (len(rest) > 3 and rest[3] not in " \t"):
         return None
     return version, int(code), rest[4:].strip(" \t\r")
-
-
-def parse_fields(lines: list[str], start: int) -> tuple[dict[str, str], str | None]:
-    """Header fields from lines[start:]: lower-cased names, repeated fields joined with ", ".
-
-    Returns (fields, weird name or None). A line that is not `name: value` is left out (reported); an
-    obs-fold line (starting with a blank) continues the previous field's value.
-    """
-    fields: dict[str, str] = {}
-    last = ""
-    problem = None
-    for line in lines[start:]:
-        i = line.find(":")
-        if i <= 0 or line[0] in " \t":
-            if line[:1] in (" ", "\t") and last:
-                fields[last] += " " + line.strip(" \t\r")  # obs-fold: RFC 9112 §5.2, replace with SP
-                continue
-            problem = "bad_header_line"
-            continue
-        name = line[:i].lower()
-        if " " in name or "\t" in name:
-            problem = "bad_header_line"  # a blank between name and colon (RFC 9112 §5.1)
-            last = ""
-            continue
-        value = line[i + 1 :].strip(" \t\r")
-        if name in fields:
-            fields[name] += ", " + value
-        else:
-            fields[name] = value
-        last = name
-    return fields, problem
 
 
 def transfer_coding(value: str) -> tuple[bool, list[str]]:

@@ -41,3 +41,76 @@ def tshark_streams(tshark: str, pcap: str, count: int) -> dict[tuple[str, str], 
 def endpoint(ip: str, port: int) -> str:
     """tshark's spelling of an endpoint (IPv6 in brackets)."""
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def tshark_tcp_rows(tshark: str, pcap: str) -> list[dict]:
+    """Every TCP packet as tshark decodes it: endpoints, flags, raw seq/ack, payload length, window."""
+    fields = ["ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst", "tcp.dstport", "tcp.flags"]
+    fields += ["tcp.seq_raw", "tcp.ack_raw", "tcp.len", "tcp.window_size_value"]
+    args = [tshark, "-r", pcap, "-Y", "tcp", "-T", "fields", "-E", "separator=|"]
+    for f in fields:
+        args += ["-e", f]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        s4, s6, sp, d4, d6, dp, flags, seq, ack, ln, win = line.split("|")
+        rows.append(
+            {
+                "src": endpoint(s4 or s6, int(sp)),
+                "dst": endpoint(d4 or d6, int(dp)),
+                "flags": int(flags, 16),
+                "seq": int(seq),
+                "ack": int(ack or 0),
+                "len": int(ln),
+                "win": int(win),
+            }
+        )
+    return rows
+
+
+def zeek_history(rows: list[dict], orig: str) -> str:
+    """Zeek's history letters of one connection's packets (Zeek's documented rules), `orig` = originator.
+
+    s h a d f r (once, or again for s h f r at a new sequence number), i q, w (logarithmic); t and
+    g are not derived here (they need a reassembler).
+    """
+    out = []
+    seen: set[tuple[str, str]] = set()
+    last: dict[tuple[str, str], int] = {}
+    zero: dict[str, int] = {}
+
+    def add(code: str, who: str) -> None:
+        out.append(code.upper() if who == orig else code)
+
+    for r in rows:
+        who = r["src"]
+        syn, fin, rst, ack = r["flags"] & 2, r["flags"] & 1, r["flags"] & 4, r["flags"] & 16
+        n = bool(syn) + bool(fin) + bool(rst)
+        if n > 1:
+            code = "i" if fin and rst else "q"
+            if (who, code) not in seen:
+                seen.add((who, code))
+                add(code, who)
+        elif n == 1:
+            kind, code, at = (
+                ("syn", "h" if ack else "s", r["seq"])
+                if syn
+                else ("fin", "f", (r["seq"] + r["len"]) & 0xFFFFFFFF)
+                if fin
+                else ("rst", "r", r["seq"])
+            )
+            if last.get((who, kind)) != at:
+                add(code, who)
+            last[(who, kind)] = at
+        elif r["len"]:
+            if (who, "d") not in seen:
+                seen.add((who, "d"))
+                add("d", who)
+        elif ack and (who, "a") not in seen:
+            seen.add((who, "a"))
+            add("a", who)
+        if r["win"] == 0 and ack and not (syn or fin or rst):
+            zero[who] = zero.get(who, 0) + 1
+            if zero[who] in (1, 10, 100, 1000):
+                add("w", who)
+    return "".join(out)

@@ -56,18 +56,19 @@ def test_midstream_is_a_config_choice():
     conv = tcp_session(random.Random(3), 1)
     mid = conv.frames[3:]  # no handshake
     batch = FrameBatch.from_frames([f for _, f in mid], [t for t, _ in mid])
-    strict = _cell()
+    strict = _cell({"midstream": "no"})
     strict.process_frames(batch)
     strict.finish()
     assert strict.drops["tcp_no_syn"] == len(mid) and not strict.flows_created
-    loose = _cell({"midstream": "yes"})
+    loose = _cell()  # midstream pickup is the default
     loose.process_frames(batch)
     loose.finish()
     evs = parse_text(b"".join(loose.sinks["tcp/default"].parts))
     data = b"".join(e.data for e in evs if e.event == "DATA" and e.sender == 2)
     assert data == bytes(conv.sent[1]) and evs[-1].reason == "NORMAL"
     (flow,) = loose.take_ended()
-    assert flow.init_dir == 1, "midstream: the endpoint with the higher port is taken as the client"
+    # the first packet's sender (port 20001, not a server port) originates
+    assert flow.orig == 1 and flow.history.startswith("D"), flow.history
 
 
 def test_body_no_and_binary_udp():

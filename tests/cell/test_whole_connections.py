@@ -48,15 +48,15 @@ def _clean(h: int, c_isn: int = 1000, s_isn: int = 5000) -> list[tuple[int, bool
 
 
 def _selected(rows) -> list[int]:
-    starts, _ends = whole_connections(*_segments(rows))
+    starts, _ends, _close, _codes = whole_connections(*_segments(rows))
     return [rows[i][0] for i in starts.tolist()]
 
 
 def test_clean_connections_qualify_including_sequence_wrap():
     rows = _clean(1) + _clean(2, c_isn=M32 - 20, s_isn=M32)  # both sides wrap
     assert _selected(rows) == [1, 2]
-    _starts, ends = whole_connections(*_segments(rows))
-    assert ends.tolist() == [7, 14]
+    _starts, ends, close, _codes = whole_connections(*_segments(rows))
+    assert ends.tolist() == [7, 14] and close.tolist() == [6, 13]
 
 
 @pytest.mark.parametrize(
@@ -121,6 +121,7 @@ def _records(flows) -> list[tuple]:
             f.key, f.l3, f.addr1, f.addr2, f.port1, f.port2, f.pkts1, f.pkts2, f.octets1, f.octets2,
             f.start_ns, f.end_ns, f.last_ns, f.end_reason, f.ipfix_end, f.init_dir,
             f.rule.name if f.rule else None, f.match1, f.match2, f.nxt1, f.nxt2, f.fin1, f.fin2,
+            f.orig, f.history, f.conn_state(), f.missed_bytes, f.hbits, f.tstate, f.syns, f.rsts, f.hcount,
         )
         for f in flows
     )  # fmt: skip
