@@ -23,6 +23,10 @@ SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 
+SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; socket.SO_TIMESTAMPNS is missing from older Pythons
+_TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux
+_ANC_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
 
 def pcap_batches(path: str) -> Iterator[FrameBatch]:
     """Batches of a pcap / pcapng file."""
@@ -47,22 +51,34 @@ class DatagramSource:
     def _frame(self, data: bytes) -> bytes | None:
         return data
 
+    def stamp_frames(self) -> None:
+        """Ask the kernel for each frame's receive time (SCM_TIMESTAMPNS), as libpcap does."""
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
     def read_batch(self) -> FrameBatch | None:
-        """Everything waiting on the socket (at most max_frames), or None."""
+        """Everything waiting on the socket (at most max_frames), or None; each frame keeps the kernel's
+        receive time (the read time only when the kernel gave none)."""
         frames: list[bytes] = []
-        recv = self.sock.recv
+        times: list[int] = []
+        recvmsg = self.sock.recvmsg
         for _ in range(self.max_frames):
             try:
-                data = recv(self.bufsize)
+                data, anc, _flags, _addr = recvmsg(self.bufsize, _ANC_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
             f = self._frame(data)
             if f is not None:
                 frames.append(f)
+                ts = 0
+                for level, kind, payload in anc:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+                        sec, nsec = _TIMESPEC.unpack_from(payload)
+                        ts = sec * 1_000_000_000 + nsec
+                times.append(ts)
         if not frames:
             return None
         now = time.time_ns()
-        return FrameBatch.from_frames(frames, [now] * len(frames), LINKTYPE_ETHERNET)
+        return FrameBatch.from_frames(frames, [t or now for t in times], LINKTYPE_ETHERNET)
 
     def close(self) -> None:
         """Close the socket."""
@@ -82,6 +98,7 @@ class VxlanSource(DatagramSource):
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.bind((host, port))
         self.sock.setblocking(False)
+        self.stamp_frames()
         self.vni = vni
         self.address = self.sock.getsockname()
 
@@ -111,6 +128,7 @@ class InterfaceSource(DatagramSource):
         mreq = struct.pack("iHH8s", socket.if_nametoindex(ifname), PACKET_MR_PROMISC, 0, b"")
         self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
         self.sock.setblocking(False)
+        self.stamp_frames()
 
 
 class PcapStreamParser:

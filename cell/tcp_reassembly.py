@@ -40,6 +40,7 @@ from cell.tcp_state import (
     D1_LETTER,
     D2_LETTER,
     G_COUNT,
+    H_BASE,
     H_SENT,
     T_COUNT,
     W_COUNT,
@@ -228,6 +229,9 @@ def segment(
             nxt = seq
     elif nxt < 0:
         nxt = seq  # this direction's SYN was not seen (lost SYN-ACK, or midstream pickup)
+        sh = 0 if d == 1 else 32
+        flow.syns = (flow.syns & ~(M32 << sh)) | ((seq - 1) & M32) << sh
+        flow.hbits |= H_BASE if d == 1 else H_BASE << 8
     if n:
         off = _rel(seq, nxt)
         if off > stats.seq_window or off < -stats.seq_window:

@@ -40,6 +40,7 @@ INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
 
 # hbits, per endpoint (shifted by 8 for endpoint 2)
 H_ACK, H_DATA, H_INCONS, H_MULTI, H_SENT, H_SYN, H_RST = 1, 2, 4, 8, 16, 32, 64
+H_BASE = 128  # picked up midstream: flow.syns holds the sequence number before the first one seen
 D1_LETTER = H_DATA  # endpoint 1's `D` written (the per-packet loop tests this bit inline)
 D2_LETTER = H_DATA << 8
 A1_LETTER = H_ACK
@@ -108,6 +109,14 @@ def endpoint_states(flow: Flow) -> tuple[int, int]:
 def syn_seq(flow: Flow, d: int) -> int:
     """The sequence number of the last SYN (ISN) seen from endpoint d, or -1."""
     if not flow.hbits & (H_SYN if d == 1 else H_SYN << 8):
+        return -1
+    return (flow.syns >> (0 if d == 1 else 32)) & M32
+
+
+def stream_base(flow: Flow, d: int) -> int:
+    """The sequence number before endpoint d's first stream byte: its ISN, or, for a direction picked
+    up midstream, the first sequence number seen minus one (as Zeek counts); -1 when unknown."""
+    if not flow.hbits & ((H_SYN | H_BASE) if d == 1 else (H_SYN | H_BASE) << 8):
         return -1
     return (flow.syns >> (0 if d == 1 else 32)) & M32
 

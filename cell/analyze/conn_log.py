@@ -17,7 +17,7 @@ import socket
 
 from cell.flow_identity import flow_uid
 from cell.flow_table import Flow
-from cell.tcp_state import syn_seq
+from cell.tcp_state import stream_base
 from celltap.flowid import community_id
 
 __all__ = ["addr_text", "conn_record", "flow_uid", "originator"]
@@ -37,11 +37,11 @@ def originator(flow: Flow) -> int:
 
 def payload_bytes(flow: Flow, d: int) -> int | None:
     """Payload bytes endpoint d sent: TCP by sequence numbers as Zeek counts (gaps included, modulo
-    2**32), from the SYN's sequence number to the FIN's or the next expected byte; datagrams by their
-    payloads. None for a TCP direction whose SYN was not seen (picked up midstream)."""
+    2**32), from the SYN's sequence number (picked up midstream: the first one seen) to the FIN's or the
+    next expected byte; datagrams by their payloads. None for a TCP direction that sent nothing."""
     if flow.l4 != 6:
         return flow.payload1 if d == 1 else flow.payload2
-    isn = syn_seq(flow, d)
+    isn = stream_base(flow, d)
     if isn < 0:
         return None
     fin = flow.fin1 if d == 1 else flow.fin2
