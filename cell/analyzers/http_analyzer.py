@@ -61,11 +61,13 @@ PROXY_HEADERS = frozenset(
         "proxy-connection",
     )
 )
-# Zeek's HTTP::http_methods: others are reported as unknown_HTTP_method
+# Zeek's HTTP::http_methods plus PATCH (RFC 5789, a standard method Zeek's list predates): others are
+# reported as unknown_HTTP_method
 HTTP_METHODS = frozenset(
     (
-        "GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "CONNECT", "PROPFIND", "PROPPATCH",
-        "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "POLL", "REPORT", "SUBSCRIBE", "BMOVE", "SEARCH",
+        "GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "CONNECT", "PATCH", "PROPFIND",
+        "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "POLL", "REPORT", "SUBSCRIBE", "BMOVE",
+        "SEARCH",
     )
 )  # fmt: skip
 _NO_BODY = frozenset((204, 304))

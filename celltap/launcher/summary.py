@@ -27,8 +27,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def http_hosts(records: Iterable[dict[str, Any]]) -> set[str]:
-    """Host headers of HTTP requests."""
-    return {h for r in records if (h := ((r.get("client") or {}).get("header") or {}).get("host"))}
+    """Host headers of HTTP requests (http.log's `host`; weird records left out)."""
+    return {h for r in records if not r.get("_log") and (h := r.get("host"))}
 
 
 def dns_names(records: Iterable[dict[str, Any]]) -> set[str]:
@@ -42,8 +42,8 @@ def dns_names(records: Iterable[dict[str, Any]]) -> set[str]:
 
 
 def tls_server_names(records: Iterable[dict[str, Any]]) -> set[str]:
-    """SNI of TLS ClientHellos."""
-    return {s for r in records if (s := (r.get("client_hello") or {}).get("sni"))}
+    """SNI of TLS ClientHellos (ssl.log's `server_name`; x509 and weird records left out)."""
+    return {s for r in records if not r.get("_log") and (s := r.get("server_name"))}
 
 
 @dataclass
