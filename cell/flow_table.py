@@ -41,6 +41,7 @@ class Flow:
         "held",
         "history",
         "hop",
+        "inner_vlan",
         "ipfix_end",
         "key",
         "l3",
@@ -70,6 +71,7 @@ class Flow:
         "start_ns",
         "syns",
         "tstate",
+        "vlan",
         "wire",
     )
 
@@ -128,6 +130,7 @@ class Flow:
         self.hcount: list[int] | None = None  # retransmissions, gaps, zero windows per endpoint
         self.missed_bytes = 0  # stream bytes skipped in holes, both directions
         self.payload1 = self.payload2 = 0  # datagram payload bytes each way (UDP/ICMP; TCP: by sequence)
+        self.vlan = self.inner_vlan = 0  # 802.1Q tags of the flow's first packet (0: none)
 
     @property
     def init_dir(self) -> int:

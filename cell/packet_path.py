@@ -58,6 +58,7 @@ def feed_packets(
     """Run the packets `order` (positions in `idx`) through their flows, one at a time."""
     batch = db.batch
     hashes, swap, l4, flags = cols["hashes"], cols["swap"], cols["l4"], cols["flags"]
+    vlans: tuple | None = None  # (outer, inner) tag lists, built when the first new flow needs them
     if weights is None:
         pk_l = None
         oct_l = db.ip_len[idx][order].tolist()
@@ -119,6 +120,10 @@ def feed_packets(
             )
             if flow is None:
                 continue
+            if vlans is None:
+                vlans = (db.vlan[idx].tolist(), db.vlan_inner[idx].tolist()) if db.vlan.any() else ()
+            if vlans:
+                flow.vlan, flow.inner_vlan = vlans[0][r], vlans[1][r]
             if proto == 6 and not syn_only:
                 orient_midstream(flow, 2 if swapped else 1, fl, ab.server_ports)
         if flow.last_ns < ts:

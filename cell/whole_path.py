@@ -150,6 +150,7 @@ def take_whole_connections(
     src, dst = db.src[idx][first], db.dst[idx][first]
     width = src.shape[1]
     src_b, dst_b = src.tobytes(), dst.tobytes()
+    vlans = (db.vlan[idx][first].tolist(), db.vlan_inner[idx][first].tolist()) if db.vlan.any() else None
     r_seq = seq[rows]
     isn_a = r_seq[off].astype(np.int64)  # the SYN's sender
     isn_b = r_seq[off + 1].astype(np.int64)  # the SYN-ACK's sender
@@ -235,6 +236,8 @@ def take_whole_connections(
             flow.orig = 2
         else:
             flow = Flow(h, h, l3v, 6, src_b[at:a], sp, dst_b[at:a], dp, 0, ts0)
+        if vlans is not None:
+            flow.vlan, flow.inner_vlan = vlans[0][k], vlans[1][k]
         # no idle timer: the flow closes below and then lingers on its own timer
         table_flows[h] = flow
         flow.pkts1 = p1

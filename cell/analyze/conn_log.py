@@ -84,6 +84,10 @@ def conn_record(flow: Flow, service: str | None) -> dict:
         rec["conn_state"] = flow.conn_state()
         rec["missed_bytes"] = flow.missed_bytes
         rec["history"] = flow.history
+    if flow.vlan:
+        rec["vlan"] = flow.vlan
+        if flow.inner_vlan:
+            rec["inner_vlan"] = flow.inner_vlan
     rec["orig_pkts"] = opk
     rec["orig_ip_bytes"] = oipb
     rec["resp_pkts"] = rpk

@@ -331,3 +331,29 @@ def test_conn_payload_bytes_equal_tsharks_sequence_span(mixed: Path, tmp_path: P
         assert (c["orig_bytes"], c["resp_bytes"]) == (span[fwd], span[rev]), c
         checked += 1
     assert checked > 100
+
+
+def test_conn_vlan_tags_equal_tsharks(tmp_path: Path) -> None:
+    """conn.log's vlan / inner_vlan: the 802.1Q/QinQ tags tshark reads on each flow's first packet."""
+    tshark = require_tool("tshark")
+    pcap = tmp_path / "vlan.pcap"
+    assert run("loadgen", "pcap", "vlan", str(pcap), "--count", "42").returncode == 0
+    out = tmp_path / "logs"
+    assert run("analyze", str(pcap), "-o", str(out), "--quiet").returncode == 0
+    argv = [tshark, "-r", str(pcap), "-n", "-T", "fields", "-E", "separator=\t", "-E", "aggregator=,"]
+    for f in ("ip.src", "ipv6.src", "tcp.srcport", "udp.srcport", "ieee8021ad.id", "vlan.id"):
+        argv += ["-e", f]
+    p = subprocess.run([*argv, "tcp or udp"], capture_output=True, text=True, check=True)
+    first: dict[tuple, list[int]] = {}
+    for line in p.stdout.splitlines():
+        s4, s6, tp, up, svids, vids = line.split("\t")  # an 802.1ad service tag is the outer one
+        tags = [int(v) for v in f"{svids},{vids}".split(",") if v]
+        first.setdefault((s4 or s6, int(tp or up or 0)), tags)
+    checked = 0
+    for c in read_log(out / "conn.log"):
+        tags = first.get((c["id.orig_h"], c["id.orig_p"]))
+        if tags is None:
+            continue
+        assert [c.get("vlan", 0), c.get("inner_vlan", 0)] == [*tags, 0, 0][:2], (c, tags)
+        checked += 1
+    assert checked >= 30
