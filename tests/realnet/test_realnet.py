@@ -103,7 +103,7 @@ def test_celltap_capture_holds_tcpdumps_frames(capdir, name):
     The incubator starts before tcpdump and stops after it: tcpdump's frames must be one run of
     celltap's with nothing missing and nothing extra inside, extra frames only at the edges and few
     (the link is kept quiet between scenarios). Order: celltap's file is in its socket's receive
-    order (the kernel's per-socket timestamps never go back), and no frame is more than
+    order (its timestamps never go back by more than concurrent delivery explains), and no frame is more than
     MAX_DISPLACEMENT positions from tcpdump's order: the two sides' frames are mirrored from
     different CPUs, and two packet sockets can see concurrent frames in different orders (seen: an
     ACK 1 to 6 positions away, timestamps 1 µs apart). Timestamps are each socket's own.
@@ -121,7 +121,9 @@ def test_celltap_capture_holds_tcpdumps_frames(capdir, name):
         pytest.fail(f"{name}: tcpdump's frames are not one run of celltap's; frames celltap lacks: {lost}")
     window = ours[starts[0] : starts[0] + len(theirs)]
     times = [t for t, _ in pcap_records(capdir / e["celltap"])]
-    back = [k for k in range(1, len(times)) if times[k] < times[k - 1]]
+    # the kernel stamps a frame before it reaches each socket: frames handed to the socket concurrently
+    # from two CPUs can step back a little (seen once: the reordering middlebox); never by 1 ms
+    back = [k for k in range(1, len(times)) if times[k] < times[k - 1] - 1_000_000]  # ns
     assert not back, f"{name}: celltap's capture is not in its socket's receive order at frames {back[:5]}"
     worst = _displacement(window, theirs)
     assert worst <= MAX_DISPLACEMENT, f"{name}: a frame is {worst} positions away from tcpdump's order"
