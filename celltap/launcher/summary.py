@@ -91,7 +91,8 @@ def build_summary(
     s.http_hosts = sorted(http_hosts(by_kind.get("http", [])))
     s.dns_names = sorted(dns_names(by_kind.get("dns", [])))
     s.tls_server_names = sorted(tls_server_names(by_kind.get("tls", [])))
-    s.smtp_messages = sum(1 for r in by_kind.get("smtp", []) if r.get("type") == "message")
+    # smtp.log: one record per transaction; a message was sent when it has a size (DATA or BDAT)
+    s.smtp_messages = sum(1 for r in by_kind.get("smtp", []) if not r.get("_log") and "msg_size" in r)
     s.sip_calls = sum(
         1
         for r in by_kind.get("sip", [])

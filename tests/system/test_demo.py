@@ -76,6 +76,9 @@ def test_demo_summary_agrees_with_outputs_and_tshark() -> None:
     assert set(s["tls_server_names"]) == tshark_set(
         tshark, pcap, "tls.handshake.type == 1", "tls.handshake.extensions_server_name"
     )
+    # one message per DATA command the clients sent (the demo's SMTP servers accept every one)
+    datas = tshark_set(tshark, pcap, 'smtp.req.command == "DATA"', "frame.number")
+    assert s["smtp_messages"] == len(datas) > 0
     frames = int(
         subprocess.run(["capinfos", "-c", "-M", "-T", str(pcap)], capture_output=True, text=True, check=True)
         .stdout.splitlines()[-1]
