@@ -340,7 +340,11 @@ def test_reregisters_when_registry_comes_back_empty(private_store: Store) -> Non
     assert wait_until(lambda: reg.get(key) is not None, timeout=10)
     assert reg.get_json(key) == {"id": "col1", "listen": ["udp://0.0.0.0:4739"]}
     assert registration.times_registered == 2
-    assert metric("celltap_registry_reregistrations_total", kind="collectors") == rereg_before + 1
+    # counted just after the registration is written (the supervisor thread): wait for it
+    assert wait_until(
+        lambda: metric("celltap_registry_reregistrations_total", kind="collectors") == rereg_before + 1,
+        timeout=5,
+    )
     assert wait_until(lambda: "col1" in view.members(), timeout=5)
     m.close()
 
