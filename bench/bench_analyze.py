@@ -105,9 +105,10 @@ def _in_process(pcap: Path) -> tuple[float, float]:
     """(wall, cpu) seconds of the analysis pipeline itself over the capture's batches (read beforehand)."""
     from importlib import resources
 
-    from cell.analyze.logs import LogSet
-    from cell.analyze.pipeline import Analysis
-    from cell.sftap_config import load_config
+    from celltap.cell.analyze.logs import LogSet
+    from celltap.cell.analyze.pipeline import Analysis
+    from celltap.cell.sftap_config import load_config
+
     from celltap.pcap import read_all
 
     batches = read_all(str(pcap))

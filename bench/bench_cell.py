@@ -35,9 +35,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from celltap.cell.abstractor import Abstractor  # noqa: E402
+from celltap.cell.sftap_config import parse_config  # noqa: E402
+
 from bench.common import Result, pin_to_one_core  # noqa: E402
-from cell.abstractor import Abstractor  # noqa: E402
-from cell.sftap_config import parse_config  # noqa: E402
 from celltap.pcap import PcapWriter  # noqa: E402
 from celltap.pcap.batch import FrameBatch  # noqa: E402
 
@@ -58,8 +59,8 @@ http:
 
 def make_cps(path: str, connections: int) -> None:
     """The loadgen `cps` capture."""
-    import loadgen.scenarios  # noqa: F401
-    from loadgen.scenario import get
+    import celltap.loadgen.scenarios  # noqa: F401
+    from celltap.loadgen.scenario import get
 
     with PcapWriter(path, nanosecond=True) as w:
         for ts, frame in get("cps").generate(1, connections):

@@ -29,9 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from celltap.cell.classifier import Classifier  # noqa: E402
+from celltap.cell.sftap_config import Rule, load_config  # noqa: E402
+
 from bench.common import Result, pin_to_one_core  # noqa: E402
-from cell.classifier import Classifier  # noqa: E402
-from cell.sftap_config import Rule, load_config  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "cell" / "fixtures"
 SIZES_KB = (1, 2, 3, 8, 64)

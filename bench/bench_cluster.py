@@ -28,11 +28,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from celltap.collector.cluster_collector import router_config, start_router  # noqa: E402
+from celltap.collector.cluster_query import scatter_gather  # noqa: E402
+from celltap.collector.node_config import DEFAULT_APPS  # noqa: E402
+
 from celltap.ipfix import template_from_names  # noqa: E402
 from celltap.ipfix.records import RecordBatch  # noqa: E402
-from collector.cluster_collector import router_config, start_router  # noqa: E402
-from collector.cluster_query import scatter_gather  # noqa: E402
-from collector.node_config import DEFAULT_APPS  # noqa: E402
 
 FIELDS = [
     ("sourceIPv4Address", None), ("destinationIPv4Address", None), ("protocolIdentifier", None),

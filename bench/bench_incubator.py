@@ -54,7 +54,7 @@ def make_capture(path: str, frames: int, flows: int, seed: int = 1) -> None:
 
 def bench_split(path: str, cells: int, out_dir: str) -> dict[str, float]:
     """Time the offline split in-process (one core) and tcpdump on the same file."""
-    from incubator.offline import split_capture
+    from celltap.incubator.offline import split_capture
 
     t0 = time.perf_counter()
     res = split_capture(path, cells, out_dir)
@@ -242,7 +242,7 @@ import json, os, socket, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from celltap.pcap.batch import FrameBatch
-from incubator.outputs import IfaceOutput, VxlanOutput
+from celltap.incubator.outputs import IfaceOutput, VxlanOutput
 os.sched_setaffinity(0, {int(sys.argv[2])})
 frames = [bytes(12) + b"\\x08\\x00" + bytes([i % 251]) * 50 for i in range(1024)]
 batch = FrameBatch.from_frames(frames, list(range(1024)))

@@ -24,16 +24,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+from celltap.collector.config import CollectorConfig, ListenAddress
+from celltap.collector.ingest import Ingestor
+from celltap.collector.malloc_tuning import keep_batches_on_heap
+from celltap.collector.service import CollectorService
+from celltap.loadgen.ipfix_cli import run as loadgen_run
+from celltap.loadgen.ipfix_gen import build_pool, random_records, router_template
 
 from bench.common import Result, pin_to_one_core
 from celltap.ipfix.decode import decode_fixed
 from celltap.ipfix.encoder import pack_fixed
-from collector.config import CollectorConfig, ListenAddress
-from collector.ingest import Ingestor
-from collector.malloc_tuning import keep_batches_on_heap
-from collector.service import CollectorService
-from loadgen.ipfix_cli import run as loadgen_run
-from loadgen.ipfix_gen import build_pool, random_records, router_template
 
 Report = Callable[[str, float, str], None]
 
@@ -82,8 +82,8 @@ def _bench_decode(report: Report, n: int, repeat: int) -> None:
 def bench_socket_drain(report: Report, datagrams_per_router: int = 5000, routers: int = 4) -> None:
     """One worker, pinned to one core, decodes a socket buffer filled beforehand: the receive + decode
     rate with no generator competing for the CPU (recvmmsg + numpy path, then the fallbacks)."""
-    from collector.config import ListenAddress
-    from collector.udp_server import UdpWorker, open_udp_socket
+    from celltap.collector.config import ListenAddress
+    from celltap.collector.udp_server import UdpWorker, open_udp_socket
 
     saved = os.sched_getaffinity(0)
     pools = [build_pool(k + 1, k, time.time()) for k in range(routers)]

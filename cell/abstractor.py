@@ -25,17 +25,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import xxhash
+from celltap.cell import events as ev
+from celltap.cell.ack_batching import SLOW_FLAGS, route_first_acks, settle_acks
+from celltap.cell.classifier import Classifier
+from celltap.cell.defrag import Defragmenter
+from celltap.cell.flow_table import END_DETECTED, END_FORCED, END_IDLE, LINGER_NS, Flow, FlowTable
+from celltap.cell.packet_path import feed_packets, zero_window_marks
+from celltap.cell.sftap_config import CellConfig, Rule
+from celltap.cell.tcp_reassembly import TcpStats, skip_gaps
+from celltap.cell.tcp_state import likely_server_ports
+from celltap.cell.whole_path import take_whole_connections
 
-from cell import events as ev
-from cell.ack_batching import SLOW_FLAGS, route_first_acks, settle_acks
-from cell.classifier import Classifier
-from cell.defrag import Defragmenter
-from cell.flow_table import END_DETECTED, END_FORCED, END_IDLE, LINGER_NS, Flow, FlowTable
-from cell.packet_path import feed_packets, zero_window_marks
-from cell.sftap_config import CellConfig, Rule
-from cell.tcp_reassembly import TcpStats, skip_gaps
-from cell.tcp_state import likely_server_ports
-from cell.whole_path import take_whole_connections
 from celltap.decode import DecodedBatch, DecodeOptions, Reason, decode_batch
 from celltap.flowkey import canonical_key, canonical_swap, flow_hashes
 from celltap.pcap.batch import LINKTYPE_RAW, FrameBatch

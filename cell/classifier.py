@@ -15,9 +15,9 @@ both sides' checks run before either regex: most rules are ruled out without a c
 
 from __future__ import annotations
 
-from cell.events import MATCH_DOWN, MATCH_NONE, MATCH_UP
-from cell.rule_regex import RulePattern
-from cell.sftap_config import CellConfig, Rule
+from celltap.cell.events import MATCH_DOWN, MATCH_NONE, MATCH_UP
+from celltap.cell.rule_regex import RulePattern
+from celltap.cell.sftap_config import CellConfig, Rule
 
 
 def _search(p: RulePattern | None):

@@ -61,8 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the cell; returns the process exit code."""
-    from cell.runtime import Cell
-    from cell.sftap_config import ConfigError, load_config
+    from celltap.cell.runtime import Cell
+    from celltap.cell.sftap_config import ConfigError, load_config
+
     from celltap.user_errors import UserError, explain
 
     try:
@@ -75,9 +76,9 @@ def main(args: argparse.Namespace) -> int:
     cell_id = args.cell_id if args.cell_id is not None else cfg.glob.cell_id
     if args.metrics_port is not None:
         # Imported before the sockets appear, so that /metrics answers soon after they do.
+        from celltap.cell.metrics import CellCollector
         from prometheus_client import CollectorRegistry
 
-        from cell.metrics import CellCollector
         from celltap.user_errors import serve_metrics
     try:
         cell = Cell(cfg, cell_id, args.ipfix, args.reader_buffer)

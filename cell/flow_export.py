@@ -16,10 +16,10 @@ import socket
 from urllib.parse import urlparse
 
 import numpy as np
+from celltap.cell.flow_identity import flow_ids
+from celltap.cell.flow_table import Flow
+from celltap.cell.tcp_state import control_bits
 
-from cell.flow_identity import flow_ids
-from cell.flow_table import Flow
-from cell.tcp_state import control_bits
 from celltap.flowid import uids_from_flow_ids
 from celltap.ipfix import MessageEncoder, RefreshPolicy
 from celltap.ipfix.enterprise import UID_NAME

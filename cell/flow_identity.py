@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+from celltap.cell.flow_table import Flow
 
-from cell.flow_table import Flow
 from celltap.flowhash import xxh64_rows
 from celltap.flowid import flow_id_from_key, uid_from_flow_id
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import heapq
 
-from cell.events import WireId
-from cell.tcp_state import conn_state
+from celltap.cell.events import WireId
+from celltap.cell.tcp_state import conn_state
 
 LINGER_NS = 2_000_000_000  # closed TCP flows absorb trailing ACKs / FIN retransmissions this long
 

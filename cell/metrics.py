@@ -9,7 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from cell.runtime import Cell
+    from celltap.cell.runtime import Cell
 
 
 class CellCollector(Collector):

@@ -23,11 +23,10 @@ from sys import intern  # histories repeat: one string object per distinct histo
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from cell import events as ev
-from cell.flow_table import END_DETECTED, Flow
-from cell.tcp_reassembly import ACK, FIN, KEEP, SYN, ZWIN, segment
-from cell.tcp_state import (
+from celltap.cell import events as ev
+from celltap.cell.flow_table import END_DETECTED, Flow
+from celltap.cell.tcp_reassembly import ACK, FIN, KEEP, SYN, ZWIN, segment
+from celltap.cell.tcp_state import (
     A1_LETTER,
     A2_LETTER,
     D1_LETTER,
@@ -39,10 +38,11 @@ from cell.tcp_state import (
     bare_syn,
     orient_midstream,
 )
+
 from celltap.decode import DecodedBatch
 
 if TYPE_CHECKING:
-    from cell.abstractor import Abstractor
+    from celltap.cell.abstractor import Abstractor
 
 SLOW = 0x107  # SYN, FIN, RST or a zero window: not for the fast path
 

@@ -9,13 +9,14 @@ import socket
 import time
 from collections.abc import Callable
 
-from cell.abstractor import Abstractor
-from cell.flow_export import FlowExporter
-from cell.inputs import DatagramSource, InterfaceSource, PcapStreamParser, VxlanSource, pcap_batches
-from cell.interfaces import InterfaceServer
-from cell.sdk.binary_format import BinaryDecoder
-from cell.sdk.text_format import TextDecoder
-from cell.sftap_config import CellConfig
+from celltap.cell.abstractor import Abstractor
+from celltap.cell.flow_export import FlowExporter
+from celltap.cell.inputs import DatagramSource, InterfaceSource, PcapStreamParser, VxlanSource, pcap_batches
+from celltap.cell.interfaces import InterfaceServer
+from celltap.cell.sdk.binary_format import BinaryDecoder
+from celltap.cell.sdk.text_format import TextDecoder
+from celltap.cell.sftap_config import CellConfig
+
 from celltap.pcap.batch import FrameBatch
 
 log = logging.getLogger("celltap.cell")

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cell.rule_regex import RegexError, RulePattern
+from celltap.cell.rule_regex import RegexError, RulePattern
+
 from celltap.config import ConfigError as SharedConfigError
 from celltap.config import read_yaml
 

@@ -32,9 +32,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from sys import intern  # histories repeat: one string object per distinct history
 
-from cell.events import REASON_NORMAL, REASON_RESET
-from cell.flow_table import Flow
-from cell.tcp_state import (
+from celltap.cell.events import REASON_NORMAL, REASON_RESET
+from celltap.cell.flow_table import Flow
+from celltap.cell.tcp_state import (
     A1_LETTER,
     A2_LETTER,
     D1_LETTER,

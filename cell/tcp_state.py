@@ -31,7 +31,7 @@ from sys import intern  # histories repeat: one string object per distinct histo
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cell.flow_table import Flow
+    from celltap.cell.flow_table import Flow
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 

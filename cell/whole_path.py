@@ -14,17 +14,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from celltap.cell import events as ev
+from celltap.cell.flow_table import END_DETECTED, LINGER_NS, Flow
+from celltap.cell.tcp_reassembly import ACK
+from celltap.cell.tcp_state import CLOSED, ESTABLISHED, H_ACK, H_DATA, H_SENT, SYN_BOTH
+from celltap.cell.whole_connections import NO_EVENT, event_codes, whole_connections
 
-from cell import events as ev
-from cell.flow_table import END_DETECTED, LINGER_NS, Flow
-from cell.tcp_reassembly import ACK
-from cell.tcp_state import CLOSED, ESTABLISHED, H_ACK, H_DATA, H_SENT, SYN_BOTH
-from cell.whole_connections import NO_EVENT, event_codes, whole_connections
 from celltap.decode import DecodedBatch
 from celltap.pcap.batch import gather_frames
 
 if TYPE_CHECKING:
-    from cell.abstractor import Abstractor, Sink
+    from celltap.cell.abstractor import Abstractor, Sink
 
 # both endpoints CLOSED, each having been ESTABLISHED before (cell/tcp_state.py's packing)
 CLOSED_AFTER_ESTABLISHED = CLOSED | CLOSED << 4 | ESTABLISHED << 8 | ESTABLISHED << 12

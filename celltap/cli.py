@@ -11,15 +11,18 @@ import sys
 # `add_arguments(parser)` and `main(args) -> int`; it is imported only when its
 # subcommand runs so that `celltap loadgen` does not pay for grpc, etc.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "analyze": ("cell.analyze.cli", "Zeek-style logs (conn, http, dns...) from captures or an interface"),
+    "analyze": (
+        "celltap.cell.analyze.cli",
+        "Zeek-style logs (conn, http, dns...) from captures or an interface",
+    ),
     "demo": ("celltap.demo", "local cluster on embedded defaults, generated traffic, summary"),
     "up": ("celltap.up", "long-running local cluster from a cluster YAML"),
-    "incubator": ("incubator.cli", "flow-hashing cell balancer (live or offline split)"),
-    "cell": ("cell.cli", "SF-TAP-compatible flow abstractor with IPFIX export"),
-    "analyzer": ("cell.analyzers.cli", "application analyzers reading a cell interface"),
-    "collector": ("collector.cli", "IPFIX / NetFlow collector and inspector"),
-    "node": ("collector.node_cli", "analysis node hosting analysis apps"),
-    "loadgen": ("loadgen.cli", "traffic, pcap and IPFIX generators"),
+    "incubator": ("celltap.incubator.cli", "flow-hashing cell balancer (live or offline split)"),
+    "cell": ("celltap.cell.cli", "SF-TAP-compatible flow abstractor with IPFIX export"),
+    "analyzer": ("celltap.cell.analyzers.cli", "application analyzers reading a cell interface"),
+    "collector": ("celltap.collector.cli", "IPFIX / NetFlow collector and inspector"),
+    "node": ("celltap.collector.node_cli", "analysis node hosting analysis apps"),
+    "loadgen": ("celltap.loadgen.cli", "traffic, pcap and IPFIX generators"),
     "status": ("celltap.status", "cluster view from the registry and metrics endpoints"),
     "top": ("celltap.status", "cluster-wide queries"),
 }

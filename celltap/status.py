@@ -130,8 +130,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Print members of every kind; per node its counters and state; per component its rate and drops."""
+    from celltap.collector.cluster_query import node_status
     from celltap.registry.errors import RegistryError
-    from collector.cluster_query import node_status
 
     tls = _tls(args)
     try:
@@ -226,8 +226,8 @@ def _direction(by: str) -> str:
 
 def top_main(args: argparse.Namespace) -> int:
     """Ask every node for its share of APP, merge, print the answer."""
+    from celltap.collector.cluster_query import scatter_gather
     from celltap.registry.errors import RegistryError
-    from collector.cluster_query import scatter_gather
 
     tls = _tls(args)
     try:

@@ -9,8 +9,9 @@ import signal
 import sys
 import time
 
+from celltap.collector.config import CollectorConfig, ConfigError, load_config, parse_listen
+
 from celltap.user_errors import explain
-from collector.config import CollectorConfig, ConfigError, load_config, parse_listen
 
 log = logging.getLogger("celltap.collector")
 
@@ -50,10 +51,10 @@ def _summary(stats: object, out: object) -> None:
 
 def read_pcap(args: argparse.Namespace, cfg: CollectorConfig) -> int:
     """Decode a capture offline and print records (--json) or a summary."""
-    from collector.json_output import JsonLinesSink
-    from collector.pcap_input import messages_from_capture
-    from collector.service import make_ingestor
-    from collector.template_store import InMemoryTemplateStore
+    from celltap.collector.json_output import JsonLinesSink
+    from celltap.collector.pcap_input import messages_from_capture
+    from celltap.collector.service import make_ingestor
+    from celltap.collector.template_store import InMemoryTemplateStore
 
     ingestor = make_ingestor(cfg, InMemoryTemplateStore())
     sink = JsonLinesSink(sys.stdout) if args.json else None
@@ -95,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
         elif args.json and not args.config:
             cfg.workers = 1  # one printer keeps JSON lines whole and in order
         if args.allow:
-            from collector.config import _allow
+            from celltap.collector.config import _allow
 
             cfg.allow = _allow("--allow", args.allow)
         if args.metrics_port is not None:
@@ -110,9 +111,10 @@ def main(args: argparse.Namespace) -> int:
     if not args.config and not args.listen:
         print("celltap collector: give --config, --listen or --read-pcap", file=sys.stderr)
         return 2
+    from celltap.collector.json_output import JsonLinesSink
+    from celltap.collector.service import CollectorService
+
     from celltap.user_errors import explain
-    from collector.json_output import JsonLinesSink
-    from collector.service import CollectorService
 
     sinks: list[JsonLinesSink] = []
 
@@ -177,8 +179,9 @@ def _routing_hook(cfg: CollectorConfig, started: list) -> object | None:
     import os
     import socket
 
+    from celltap.collector.cluster_collector import cluster_hook_factory
+
     from celltap.registry.tls import TLSConfig
-    from collector.cluster_collector import cluster_hook_factory
 
     cid = cfg.collector_id or f"{socket.gethostname()}-{os.getpid()}"
     try:

@@ -23,17 +23,17 @@ from typing import Any
 
 import grpc
 import numpy as np
+from celltap.collector.cluster_grpc import make_channel
+from celltap.collector.cluster_metrics import CLUSTER_METRICS
+from celltap.collector.routing import MAX_KEYS, Part, Router, key_hashes
+from celltap.proto import celltap_pb2 as pb
+from celltap.proto import celltap_pb2_grpc as pb_grpc
 
 from celltap.ipfix.encoder import pack_fixed
 from celltap.ipfix.records import RecordBatch, normalized_template
 from celltap.ipfix.template import Template, template_set_bytes
 from celltap.registry.tls import TLSConfig
 from celltap.ring import Ring
-from collector.cluster_grpc import make_channel
-from collector.cluster_metrics import CLUSTER_METRICS
-from collector.routing import MAX_KEYS, Part, Router, key_hashes
-from proto import celltap_pb2 as pb
-from proto import celltap_pb2_grpc as pb_grpc
 
 log = logging.getLogger("celltap.collector.cluster")
 

@@ -17,9 +17,10 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from celltap.collector.cluster import ClusterRouter, RouterConfig
+
 from celltap.ipfix.records import RecordBatch
 from celltap.registry.tls import TLSConfig
-from collector.cluster import ClusterRouter, RouterConfig
 
 log = logging.getLogger("celltap.collector.cluster")
 

@@ -8,12 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+from celltap.collector.apps.base import merge_partials
+from celltap.collector.cluster_grpc import make_channel
+from celltap.proto import celltap_pb2 as pb
+from celltap.proto import celltap_pb2_grpc as pb_grpc
 
 from celltap.registry.tls import TLSConfig
-from collector.apps.base import merge_partials
-from collector.cluster_grpc import make_channel
-from proto import celltap_pb2 as pb
-from proto import celltap_pb2_grpc as pb_grpc
 
 
 def node_partial(

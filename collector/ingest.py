@@ -12,6 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from celltap.collector import stats as S
+from celltap.collector.allowlist import AllowList
+from celltap.collector.ratelog import RateLimitedLog
+from celltap.collector.stats import IngestStats
+from celltap.collector.template_store import TemplateStore
 
 from celltap.ipfix.decode import decode_fixed, decode_variable
 from celltap.ipfix.errors import MalformedError
@@ -41,11 +46,6 @@ from celltap.ipfix.template import (
     template_from_set_bytes,
     template_set_bytes,
 )
-from collector import stats as S
-from collector.allowlist import AllowList
-from collector.ratelog import RateLimitedLog
-from collector.stats import IngestStats
-from collector.template_store import TemplateStore
 
 log = logging.getLogger("celltap.collector")
 _IPFIX_UNPACK = IPFIX_HEADER.unpack_from

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from celltap.collector.stats import IngestStats
 from prometheus_client import CollectorRegistry, Counter, Gauge
-
-from collector.stats import IngestStats
 
 
 class CollectorMetrics:

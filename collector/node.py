@@ -12,17 +12,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import grpc
+from celltap.collector.apps.users import UserAccountingApp, parse_user_map
+from celltap.collector.cluster_grpc import CHANNEL_OPTIONS, add_port
+from celltap.collector.cluster_query import scatter_gather
+from celltap.collector.node_config import NodeConfig
+from celltap.collector.node_metrics import NODE_METRICS
+from celltap.collector.node_state import NodeState
+from celltap.proto import celltap_pb2 as pb
+from celltap.proto import celltap_pb2_grpc as pb_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from celltap.registry import Membership, open_registry
-from collector.apps.users import UserAccountingApp, parse_user_map
-from collector.cluster_grpc import CHANNEL_OPTIONS, add_port
-from collector.cluster_query import scatter_gather
-from collector.node_config import NodeConfig
-from collector.node_metrics import NODE_METRICS
-from collector.node_state import NodeState
-from proto import celltap_pb2 as pb
-from proto import celltap_pb2_grpc as pb_grpc
 
 log = logging.getLogger("celltap.node")
 

@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run one analysis node."""
-    from collector.node import AnalysisNode
-    from collector.node_config import NodeConfigError, load_node_config
+    from celltap.collector.node import AnalysisNode
+    from celltap.collector.node_config import NodeConfigError, load_node_config
 
     try:
         cfg = load_node_config(args.config)

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from celltap.collector.apps.base import App, AppConfigError, make_app
+
 from celltap.config import ConfigError, read_yaml
 from celltap.registry.errors import RegistryConfigError
 from celltap.registry.tls import TLSConfig
-from collector.apps.base import App, AppConfigError, make_app
 
 DEFAULT_APPS: dict[str, dict[str, Any]] = {
     "volume": {"kind": "volume", "key": "src"},

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from celltap.collector.apps.base import App
+from celltap.collector.node_metrics import NODE_METRICS
+from celltap.proto import celltap_pb2 as pb
 
 from celltap.ipfix.errors import MalformedError
 from celltap.ipfix.records import RecordBatch
-from collector.apps.base import App
-from collector.node_metrics import NODE_METRICS
-from proto import celltap_pb2 as pb
 
 log = logging.getLogger("celltap.node")
 

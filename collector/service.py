@@ -13,17 +13,18 @@ import threading
 import time
 from collections.abc import Callable
 
+from celltap.collector.allowlist import AllowList
+from celltap.collector.config import CollectorConfig, ListenAddress
+from celltap.collector.ingest import IngestConfig, Ingestor
+from celltap.collector.malloc_tuning import keep_batches_on_heap
+from celltap.collector.metrics import CollectorMetrics
+from celltap.collector.stats import IngestStats
+from celltap.collector.tcp_server import TcpServer
+from celltap.collector.template_store import InMemoryTemplateStore, KVTemplateStore, TemplateStore
+from celltap.collector.udp_server import UdpWorker, open_udp_socket
+
 from celltap.ipfix.records import RecordBatch
 from celltap.user_errors import serve_metrics
-from collector.allowlist import AllowList
-from collector.config import CollectorConfig, ListenAddress
-from collector.ingest import IngestConfig, Ingestor
-from collector.malloc_tuning import keep_batches_on_heap
-from collector.metrics import CollectorMetrics
-from collector.stats import IngestStats
-from collector.tcp_server import TcpServer
-from collector.template_store import InMemoryTemplateStore, KVTemplateStore, TemplateStore
-from collector.udp_server import UdpWorker, open_udp_socket
 
 log = logging.getLogger("celltap.collector")
 

@@ -11,12 +11,12 @@ before changing anything, and the caller takes the general path (Ingestor.feed).
 from __future__ import annotations
 
 import numpy as np
+from celltap.collector.ingest import U32, Ingestor, scale_counters
 from numpy.lib.stride_tricks import as_strided
 
 from celltap.ipfix.decode import convert_wire
 from celltap.ipfix.message import IPFIX_VERSION
 from celltap.ipfix.records import RecordBatch
-from collector.ingest import U32, Ingestor, scale_counters
 
 HEADER = 20  # message header (16) + set header (4)
 

@@ -8,12 +8,13 @@ import socket
 import time
 from collections.abc import Callable
 
+from celltap.collector.config import ListenAddress
+from celltap.collector.ingest import Ingestor
+from celltap.collector.stats import MALFORMED, NOT_ALLOWED
+
 from celltap.ipfix.errors import MalformedError
 from celltap.ipfix.message import StreamFramer
 from celltap.ipfix.records import RecordBatch
-from collector.config import ListenAddress
-from collector.ingest import Ingestor
-from collector.stats import MALFORMED, NOT_ALLOWED
 
 log = logging.getLogger("celltap.collector")
 

@@ -9,13 +9,14 @@ import socket
 import time
 from collections.abc import Callable
 
+from celltap.collector.config import ListenAddress
+from celltap.collector.ingest import Ingestor
+from celltap.collector.recvmmsg import BatchReceiver
+from celltap.collector.recvmmsg import available as recvmmsg_available
+from celltap.collector.slot_batch import feed_slots
+from celltap.collector.stats import BUFFER_FULL
+
 from celltap.ipfix.records import RecordBatch
-from collector.config import ListenAddress
-from collector.ingest import Ingestor
-from collector.recvmmsg import BatchReceiver
-from collector.recvmmsg import available as recvmmsg_available
-from collector.slot_batch import feed_slots
-from collector.stats import BUFFER_FULL
 
 log = logging.getLogger("celltap.collector")
 MAX_DATAGRAM = 65535

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from incubator.engine import CellSpec
+from celltap.incubator.engine import CellSpec
 
 log = logging.getLogger("celltap.incubator")
 

@@ -49,8 +49,8 @@ def main(args: argparse.Namespace) -> int:
     if args.config is None:
         print("celltap incubator: give --config F, or --read PCAP --cells N --write-dir DIR", file=sys.stderr)
         return 2
-    from incubator.config import ConfigError, load_config
-    from incubator.live import run_live
+    from celltap.incubator.config import ConfigError, load_config
+    from celltap.incubator.live import run_live
 
     try:
         cfg = load_config(args.config)
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _offline(args: argparse.Namespace) -> int:
-    from incubator.offline import split_capture
+    from celltap.incubator.offline import split_capture
 
     if not args.cells or not args.write_dir:
         print("celltap incubator: --read needs --cells N and --write-dir DIR", file=sys.stderr)

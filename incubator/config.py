@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-
-from incubator.dicap import DEFAULT_BUCKETS_LOG2, MAX_BUCKETS_LOG2
-from incubator.separator import NONIP_POLICIES, PARTITIONS
+from celltap.incubator.dicap import DEFAULT_BUCKETS_LOG2, MAX_BUCKETS_LOG2
+from celltap.incubator.separator import NONIP_POLICIES, PARTITIONS
 
 MODES = ("mirror", "inline", "dicap")
 

@@ -31,10 +31,10 @@ import struct
 from collections.abc import Mapping
 
 import numpy as np
+from celltap.incubator.cells import CellSet
 from numpy.lib.stride_tricks import sliding_window_view
 
 from celltap.pcap.batch import FrameBatch
-from incubator.cells import CellSet
 
 GOLDEN32 = 0x9E3779B1
 ACCEPT = 0x40000  # snap length the filter returns for accepted frames (all of it)

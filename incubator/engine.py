@@ -11,11 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from celltap.incubator.metrics import IncubatorMetrics
+from celltap.incubator.outputs import Output, open_output
+from celltap.incubator.separator import ALL, Routing, Separator
 
 from celltap.pcap.batch import FrameBatch
-from incubator.metrics import IncubatorMetrics
-from incubator.outputs import Output, open_output
-from incubator.separator import ALL, Routing, Separator
 
 log = logging.getLogger("celltap.incubator")
 

@@ -13,23 +13,24 @@ import threading
 import time
 from typing import Any
 
+from celltap.incubator.capture.sources import CaptureUnavailable, PcapSource, netmap_available, parse_capture
+from celltap.incubator.cellsource import RegistryCells, StaticCells
+from celltap.incubator.config import Config, ConfigError
+from celltap.incubator.engine import CellSpec, Engine
+from celltap.incubator.flowtable import FlowTable
+from celltap.incubator.fragments import FragmentTracker
+from celltap.incubator.metrics import IncubatorMetrics
+from celltap.incubator.outputs import IfaceOutput
+from celltap.incubator.separator import Separator
+
 from celltap.decode import DecodeOptions
 from celltap.pcap.batch import FrameBatch
-from incubator.capture.sources import CaptureUnavailable, PcapSource, netmap_available, parse_capture
-from incubator.cellsource import RegistryCells, StaticCells
-from incubator.config import Config, ConfigError
-from incubator.engine import CellSpec, Engine
-from incubator.flowtable import FlowTable
-from incubator.fragments import FragmentTracker
-from incubator.metrics import IncubatorMetrics
-from incubator.outputs import IfaceOutput
-from incubator.separator import Separator
 
 log = logging.getLogger("celltap.incubator")
 
 
 def _open_afpacket(spec: str, cfg: Config, bpf: bytes | None = None) -> Any:
-    from incubator.capture.afpacket import AfPacketCapture
+    from celltap.incubator.capture.afpacket import AfPacketCapture
 
     kind, arg = parse_capture(spec)
     if kind == "netmap":
@@ -38,7 +39,7 @@ def _open_afpacket(spec: str, cfg: Config, bpf: bytes | None = None) -> Any:
             raise CaptureUnavailable(f"capture {spec}: {reason}")
         if bpf is not None:
             raise ConfigError("dicap mode needs afpacket: capture (netmap bypasses socket filters)")
-        from incubator.capture.netmap import NetmapCapture
+        from celltap.incubator.capture.netmap import NetmapCapture
 
         return NetmapCapture(arg)
     if kind != "afpacket":
@@ -122,7 +123,7 @@ class Incubator:
         self._open_captures()
 
     def _dicap_filter(self, members: dict[str, CellSpec]) -> bytes:
-        from incubator.dicap import cell_filter
+        from celltap.incubator.dicap import cell_filter
 
         d = self.cfg["dicap"]
         weights = {cid: s.weight for cid, s in members.items()}

@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from celltap.incubator.dicap import DEFAULT_BUCKETS_LOG2
+from celltap.incubator.engine import CellSpec, Engine
+from celltap.incubator.fragments import FragmentTracker
+from celltap.incubator.metrics import IncubatorMetrics
+from celltap.incubator.outputs import PcapOutput
+from celltap.incubator.separator import Separator
 from prometheus_client import CollectorRegistry
 
 from celltap.pcap import open_capture
-from incubator.dicap import DEFAULT_BUCKETS_LOG2
-from incubator.engine import CellSpec, Engine
-from incubator.fragments import FragmentTracker
-from incubator.metrics import IncubatorMetrics
-from incubator.outputs import PcapOutput
-from incubator.separator import Separator
 
 
 @dataclass

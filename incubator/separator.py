@@ -24,14 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from celltap.incubator.cells import CellSet
+from celltap.incubator.classify import Classified, classify
+from celltap.incubator.dicap import DEFAULT_BUCKETS_LOG2, MAX_BUCKETS_LOG2, bucket_owner_slots, dicap_buckets
+from celltap.incubator.flowtable import FlowTable
+from celltap.incubator.fragments import DatagramKey, FragmentTracker, Released, datagram_key
 
 from celltap.decode import DEFAULT_OPTIONS, DecodeOptions, Reason
 from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
-from incubator.cells import CellSet
-from incubator.classify import Classified, classify
-from incubator.dicap import DEFAULT_BUCKETS_LOG2, MAX_BUCKETS_LOG2, bucket_owner_slots, dicap_buckets
-from incubator.flowtable import FlowTable
-from incubator.fragments import DatagramKey, FragmentTracker, Released, datagram_key
 
 DROP = -1  # dropped: the reason is in Routing.drops
 HELD = -2  # an early fragment now waiting for its first fragment

@@ -54,9 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(_loadgen_run=_run_replay)
 
     try:
-        ipfix = importlib.import_module("loadgen.ipfix_cli")
+        ipfix = importlib.import_module("celltap.loadgen.ipfix_cli")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("loadgen.ipfix_cli",):
+        if exc.name not in ("celltap.loadgen.ipfix_cli",):
             raise
     else:
         p = sub.add_parser("ipfix", help="IPFIX / NetFlow generator")
@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    from loadgen.scenario import all_scenarios
+    from celltap.loadgen.scenario import all_scenarios
 
     for sc in all_scenarios():
         print(f"{sc.name:16} {sc.description}  [--count = {sc.count_means}; default {sc.default_count}]")
@@ -82,8 +82,9 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _run_pcap(args: argparse.Namespace) -> int:
+    from celltap.loadgen.scenario import get
+
     from celltap.pcap import PcapngWriter, PcapWriter
-    from loadgen.scenario import get
 
     try:
         sc = get(args.scenario)
@@ -126,7 +127,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from loadgen.replay import replay
+    from celltap.loadgen.replay import replay
 
     if args.metrics_port:
         from celltap.user_errors import serve_metrics

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loadgen.packets import ExtHeader, fragment_header, ipv4, ipv6
+from celltap.loadgen.packets import ExtHeader, fragment_header, ipv4, ipv6
 
 
 def even_pieces(length: int, size: int) -> list[tuple[int, int]]:

@@ -10,12 +10,12 @@ import sys
 import time
 
 import numpy as np
+from celltap.loadgen.ipfix_gen import MessagePool, build_pool
+from celltap.loadgen.ipfix_sendmmsg import PoolSender
 
 from celltap.ipfix.message import IPFIX_VERSION
 from celltap.mmsg import sendmmsg_available
 from celltap.user_errors import parse_host_port
-from loadgen.ipfix_gen import MessagePool, build_pool
-from loadgen.ipfix_sendmmsg import PoolSender
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import random
 
-from loadgen.fragment import ipv4_fragments, ipv6_fragments
-from loadgen.packets import ETH_IPV4, ETH_IPV6, ExtHeader, ethernet, ipv4, ipv6, pad_frame
+from celltap.loadgen.fragment import ipv4_fragments, ipv6_fragments
+from celltap.loadgen.packets import ETH_IPV4, ETH_IPV6, ExtHeader, ethernet, ipv4, ipv6, pad_frame
 
 SERVER_POOL = 32  # server numbers per scenario: scenario `net` uses net*32 .. net*32+31
 _SERVER_NETS = (bytes((192, 0, 2)), bytes((198, 51, 100)), bytes((203, 0, 113)))

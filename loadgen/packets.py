@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from loadgen.checksum import crc32c, internet_checksum, transport_checksum
+from celltap.loadgen.checksum import crc32c, internet_checksum, transport_checksum
 
 ETH_IPV4 = 0x0800
 ETH_IPV6 = 0x86DD

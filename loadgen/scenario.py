@@ -90,7 +90,7 @@ def register(name: str, description: str, count_means: str, default_count: int =
 
 def get(name: str) -> Scenario:
     """The registered scenario `name` (importing all scenario modules first)."""
-    import loadgen.scenarios  # noqa: F401  (registers every scenario)
+    import celltap.loadgen.scenarios  # noqa: F401  (registers every scenario)
 
     try:
         return REGISTRY[name]
@@ -100,6 +100,6 @@ def get(name: str) -> Scenario:
 
 def all_scenarios() -> list[Scenario]:
     """Every registered scenario, by name."""
-    import loadgen.scenarios  # noqa: F401
+    import celltap.loadgen.scenarios  # noqa: F401
 
     return [REGISTRY[k] for k in sorted(REGISTRY)]

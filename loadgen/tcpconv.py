@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 
-from loadgen.link import Link
-from loadgen.packets import ACK, FIN, PROTO_TCP, PSH, RST, SYN, tcp, tcp_options
+from celltap.loadgen.link import Link
+from celltap.loadgen.packets import ACK, FIN, PROTO_TCP, PSH, RST, SYN, tcp, tcp_options
 
 _MASK = 0xFFFFFFFF
 

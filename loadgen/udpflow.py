@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from loadgen.link import Link
-from loadgen.packets import PROTO_UDP, udp
+from celltap.loadgen.link import Link
+from celltap.loadgen.packets import PROTO_UDP, udp
 
 
 class UdpExchange:

@@ -82,8 +82,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cell.analyze.logs import LogSet
-    from cell.analyze.pipeline import Analysis
+    from celltap.cell.analyze.logs import LogSet
+    from celltap.cell.analyze.pipeline import Analysis
 
     paths = [*args.pcaps, *args.read]
     if args.interface and paths:
@@ -122,7 +122,7 @@ def _check_readable(path: str) -> None:
 
 
 def _load_config(path: str | None):
-    from cell.sftap_config import ConfigError, load_config
+    from celltap.cell.sftap_config import ConfigError, load_config
 
     try:
         if path is None:
@@ -136,7 +136,7 @@ def _load_config(path: str | None):
 
 
 def _bindings(items: list[str]) -> dict[str, str]:
-    from cell.analyzers.registry import ANALYZERS
+    from celltap.cell.analyzers.registry import ANALYZERS
 
     out: dict[str, str] = {}
     for item in items:
@@ -166,7 +166,8 @@ def _out_dir(path: str) -> Path:
 
 
 def _run_files(analysis, paths: list[str]) -> None:
-    from cell.analyze.inputs import merged_batches
+    from celltap.cell.analyze.inputs import merged_batches
+
     from celltap.pcap import CaptureFormatError
 
     stop = _stop_on_signals()
@@ -184,7 +185,7 @@ def _run_files(analysis, paths: list[str]) -> None:
 def _run_live(analysis, ifname: str) -> None:
     import selectors
 
-    from cell.inputs import InterfaceSource
+    from celltap.cell.inputs import InterfaceSource
 
     try:
         socket.if_nametoindex(ifname)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import socket
 
-from cell.flow_identity import flow_uid
-from cell.flow_table import Flow
-from cell.tcp_state import stream_base
+from celltap.cell.flow_identity import flow_uid
+from celltap.cell.flow_table import Flow
+from celltap.cell.tcp_state import stream_base
+
 from celltap.flowid import community_id
 
 __all__ = ["addr_text", "conn_record", "flow_uid", "originator"]

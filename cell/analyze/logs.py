@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from cell.sdk.output import encode_records
+from celltap.cell.sdk.output import encode_records
 
 
 def _stamp(t: float) -> str:

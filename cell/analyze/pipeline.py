@@ -27,15 +27,16 @@ import socket
 from collections import Counter
 from dataclasses import dataclass, field
 
-from cell.abstractor import Abstractor
-from cell.analyze.conn_log import conn_record, flow_uid
-from cell.analyze.logs import LogSet
-from cell.analyzers.registry import ANALYZERS
-from cell.flow_table import Flow
-from cell.sdk.events import FlowId
-from cell.sdk.flows import FlowAnalyzer, FlowTable
-from cell.sdk.session import Session
-from cell.sftap_config import CellConfig
+from celltap.cell.abstractor import Abstractor
+from celltap.cell.analyze.conn_log import conn_record, flow_uid
+from celltap.cell.analyze.logs import LogSet
+from celltap.cell.analyzers.registry import ANALYZERS
+from celltap.cell.flow_table import Flow
+from celltap.cell.sdk.events import FlowId
+from celltap.cell.sdk.flows import FlowAnalyzer, FlowTable
+from celltap.cell.sdk.session import Session
+from celltap.cell.sftap_config import CellConfig
+
 from celltap.flowhash import xxh64
 from celltap.flowid import key_bytes
 from celltap.pcap.batch import FrameBatch

@@ -7,11 +7,12 @@ import logging
 import signal
 import threading
 
-from cell.analyzers.registry import ANALYZERS
-from cell.analyzers.supervisor import child_command, supervise
-from cell.sdk.client import run_socket
-from cell.sdk.output import JsonLinesWriter
-from cell.sdk.session import FORMATS
+from celltap.cell.analyzers.registry import ANALYZERS
+from celltap.cell.analyzers.supervisor import child_command, supervise
+from celltap.cell.sdk.client import run_socket
+from celltap.cell.sdk.output import JsonLinesWriter
+from celltap.cell.sdk.session import FORMATS
+
 from celltap.user_errors import UserError, wait_for_path
 
 log = logging.getLogger(__name__)

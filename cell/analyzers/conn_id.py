@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from cell.sdk.events import FlowId
+from celltap.cell.sdk.events import FlowId
+
 from celltap.flowid import community_id
 
 

@@ -21,8 +21,8 @@ import struct
 from collections import OrderedDict
 from itertools import count
 
-from cell.analyzers.conn_id import conn_fields
-from cell.analyzers.dns_message import (
+from celltap.cell.analyzers.conn_id import conn_fields
+from celltap.cell.analyzers.dns_message import (
     OPCODE_NAMES,
     DnsError,
     class_name,
@@ -30,8 +30,8 @@ from cell.analyzers.dns_message import (
     rcode_name,
     type_name,
 )
-from cell.sdk.events import FlowId
-from cell.sdk.flows import FlowAnalyzer
+from celltap.cell.sdk.events import FlowId
+from celltap.cell.sdk.flows import FlowAnalyzer
 
 QUERY_TIMEOUT = 30.0  # seconds of capture time a query waits for its response (the cell's UDP timeout)
 MAX_PENDING_PER_FLOW = 1000

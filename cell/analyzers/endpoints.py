@@ -3,7 +3,7 @@ as in SF-TAP's Figure 6)."""
 
 from __future__ import annotations
 
-from cell.sdk.events import FlowId
+from celltap.cell.sdk.events import FlowId
 
 
 def endpoint(flow: FlowId, which: int) -> dict[str, str]:

@@ -24,8 +24,8 @@ import binascii
 import zlib
 from collections import deque
 
-from cell.analyzers.conn_id import conn_fields
-from cell.analyzers.http_message import (
+from celltap.cell.analyzers.conn_id import conn_fields
+from celltap.cell.analyzers.http_message import (
     chunk_size,
     content_length,
     head_end,
@@ -35,9 +35,9 @@ from cell.analyzers.http_message import (
     transfer_coding,
     unescape_uri,
 )
-from cell.analyzers.http_mime import SNIFF_BYTES, sniff
-from cell.sdk.events import FlowId
-from cell.sdk.flows import FlowAnalyzer
+from celltap.cell.analyzers.http_mime import SNIFF_BYTES, sniff
+from celltap.cell.sdk.events import FlowId
+from celltap.cell.sdk.flows import FlowAnalyzer
 
 MAX_HEAD = 64 * 1024  # head (start line + fields) bytes buffered per direction
 MAX_CHUNK_LINE = 1024

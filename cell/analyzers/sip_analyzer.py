@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from cell.analyzers.conn_id import conn_fields
-from cell.analyzers.sip_message import MAX_HEAD, SipError, SipMessage, SipStream, parse_datagram
-from cell.sdk.events import FlowId
-from cell.sdk.flows import FlowAnalyzer
+from celltap.cell.analyzers.conn_id import conn_fields
+from celltap.cell.analyzers.sip_message import MAX_HEAD, SipError, SipMessage, SipStream, parse_datagram
+from celltap.cell.sdk.events import FlowId
+from celltap.cell.sdk.flows import FlowAnalyzer
 
 FLOW_TIMEOUT = 64.0  # SIP's Timer B/F (64 * T1): a transaction without an answer by then has failed
 MAX_OPEN_PER_FLOW = 1000

@@ -27,13 +27,13 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 
-from cell.analyzers.conn_id import conn_fields
-from cell.analyzers.smtp_commands import auth_user, bdat_args, path_address, split_command
-from cell.analyzers.smtp_fields import header_fields
-from cell.analyzers.smtp_mime import MessageScanner
-from cell.analyzers.smtp_replies import Reply, ReplyReader
-from cell.sdk.events import FlowId
-from cell.sdk.flows import FlowAnalyzer
+from celltap.cell.analyzers.conn_id import conn_fields
+from celltap.cell.analyzers.smtp_commands import auth_user, bdat_args, path_address, split_command
+from celltap.cell.analyzers.smtp_fields import header_fields
+from celltap.cell.analyzers.smtp_mime import MessageScanner
+from celltap.cell.analyzers.smtp_replies import Reply, ReplyReader
+from celltap.cell.sdk.events import FlowId
+from celltap.cell.sdk.flows import FlowAnalyzer
 
 MAX_LINE = 4096  # RFC 5321 allows 512 (1000 with extensions); a longer command line is skipped
 MAX_HELD = 64 * 1024  # client bytes held while waiting for the reply to DATA/STARTTLS/AUTH

@@ -16,7 +16,7 @@ import ipaddress
 import re
 from email.message import Message
 
-from cell.analyzers.smtp_mime import text
+from celltap.cell.analyzers.smtp_mime import text
 
 MAX_ADDRESSES = 1000  # Zeek's max_to_addresses / max_cc_addresses
 MAX_PATH = 1000  # Zeek's max_path_length

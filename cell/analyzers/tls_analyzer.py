@@ -27,19 +27,19 @@ Problems are counted (`error(reason)`) and written once per flow and reason as w
 
 from __future__ import annotations
 
-from cell.analyzers.conn_id import conn_fields
-from cell.analyzers.tls_hello import (
+from celltap.cell.analyzers.conn_id import conn_fields
+from celltap.cell.analyzers.tls_hello import (
     TlsError,
     parse_client_hello,
     parse_server_hello,
     parse_sslv2_client_hello,
 )
-from cell.analyzers.tls_names import alert_name, cipher_name, group_name, version_name
-from cell.analyzers.tls_record import SSL2, HandshakeReader, RecordReader, looks_like_tls
-from cell.analyzers.tls_starttls import StartTls
-from cell.analyzers.tls_x509 import parse_certificate_list, x509_fields
-from cell.sdk.events import FlowId
-from cell.sdk.flows import FlowAnalyzer
+from celltap.cell.analyzers.tls_names import alert_name, cipher_name, group_name, version_name
+from celltap.cell.analyzers.tls_record import SSL2, HandshakeReader, RecordReader, looks_like_tls
+from celltap.cell.analyzers.tls_starttls import StartTls
+from celltap.cell.analyzers.tls_x509 import parse_certificate_list, x509_fields
+from celltap.cell.sdk.events import FlowId
+from celltap.cell.sdk.flows import FlowAnalyzer
 
 _CERT_FIELDS = (
     "cert_chain_fps",

@@ -17,10 +17,9 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
+from celltap.cell.analyzers.tls_hello import TlsError
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-
-from cell.analyzers.tls_hello import TlsError
 
 CACHE_SIZE = 4096
 _cache: OrderedDict[bytes, dict] = OrderedDict()

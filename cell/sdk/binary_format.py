@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from cell.sdk.events import CREATED, DATA, DESTROYED, MAX_CACHED_FLOWS, Event, FlowId, WireError
+from celltap.cell.sdk.events import CREATED, DATA, DESTROYED, MAX_CACHED_FLOWS, Event, FlowId, WireError
 
 HEADER = struct.Struct("<16s16sqqHHBBHBBBBB3x")
 HEADER_SIZE = HEADER.size

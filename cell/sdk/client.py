@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cell.sdk.events import WireError
-from cell.sdk.flows import FlowAnalyzer
-from cell.sdk.loopback import LoopbackWriter
-from cell.sdk.metrics import RECONNECTS
-from cell.sdk.session import Session
+from celltap.cell.sdk.events import WireError
+from celltap.cell.sdk.flows import FlowAnalyzer
+from celltap.cell.sdk.loopback import LoopbackWriter
+from celltap.cell.sdk.metrics import RECONNECTS
+from celltap.cell.sdk.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-from cell.sdk.events import CREATED, DATA, DESTROYED, Event, FlowId
+from celltap.cell.sdk.events import CREATED, DATA, DESTROYED, Event, FlowId
+
 from celltap.flowid import flow_uid
 
 MAX_STREAMS = 100_000

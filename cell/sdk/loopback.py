@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 import socket
 
+from celltap.cell.sdk.binary_format import encode_binary
+from celltap.cell.sdk.events import CREATED, DATA, DESTROYED, Event, FlowId
+from celltap.cell.sdk.text_format import encode_text
 from prometheus_client import Counter as PromCounter
-
-from cell.sdk.binary_format import encode_binary
-from cell.sdk.events import CREATED, DATA, DESTROYED, Event, FlowId
-from cell.sdk.text_format import encode_text
 
 log = logging.getLogger(__name__)
 

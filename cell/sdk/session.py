@@ -6,12 +6,12 @@ import logging
 import time as _time
 from collections import Counter
 
-from cell.sdk.binary_format import BinaryDecoder
-from cell.sdk.events import Event, WireError
-from cell.sdk.flows import FlowAnalyzer, FlowTable
-from cell.sdk.loopback import LoopbackEncoder
-from cell.sdk.metrics import WIRE_ERRORS, BatchStats
-from cell.sdk.text_format import TextDecoder
+from celltap.cell.sdk.binary_format import BinaryDecoder
+from celltap.cell.sdk.events import Event, WireError
+from celltap.cell.sdk.flows import FlowAnalyzer, FlowTable
+from celltap.cell.sdk.loopback import LoopbackEncoder
+from celltap.cell.sdk.metrics import WIRE_ERRORS, BatchStats
+from celltap.cell.sdk.text_format import TextDecoder
 
 log = logging.getLogger(__name__)
 

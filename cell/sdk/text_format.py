@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cell.sdk.events import CREATED, DATA, DESTROYED, MAX_CACHED_FLOWS, Event, FlowId, WireError
+from celltap.cell.sdk.events import CREATED, DATA, DESTROYED, MAX_CACHED_FLOWS, Event, FlowId, WireError
 
 MAX_HEADER_LINE = 4096  # a real header line is ~150 bytes; anything longer means we lost framing
 

@@ -1,5 +1,5 @@
 """Analysis apps hosted by analysis nodes: mergeable state, one partition key each."""
 
-from collector.apps.base import App, app_kinds, make_app, merge_partials
+from celltap.collector.apps.base import App, app_kinds, make_app, merge_partials
 
 __all__ = ["App", "app_kinds", "make_app", "merge_partials"]

@@ -9,9 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from collector.apps.base import App, register_kind
-from collector.apps.columns import directed_counters, directed_measure, directed_row, sums_by_key
+from celltap.collector.apps.base import App, register_kind
+from celltap.collector.apps.columns import directed_counters, directed_measure, directed_row, sums_by_key
 
 COLUMNS = {"orig_bytes": 0, "resp_bytes": 1, "orig_packets": 2, "resp_packets": 3, "flows": 4}
 

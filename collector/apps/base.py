@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-
-from collector.routing import PARTITION_KEYS
+from celltap.collector.routing import PARTITION_KEYS
 
 
 class AppConfigError(ValueError):
@@ -77,13 +76,13 @@ def register_kind(cls: type[App]) -> type[App]:
 
 def app_kinds() -> dict[str, type[App]]:
     """All built-in app kinds by name."""
-    import collector.apps.appmix
-    import collector.apps.matrix
-    import collector.apps.portscan
-    import collector.apps.synflood
-    import collector.apps.toptalkers
-    import collector.apps.users
-    import collector.apps.volume  # noqa: F401
+    import celltap.collector.apps.appmix
+    import celltap.collector.apps.matrix
+    import celltap.collector.apps.portscan
+    import celltap.collector.apps.synflood
+    import celltap.collector.apps.toptalkers
+    import celltap.collector.apps.users
+    import celltap.collector.apps.volume  # noqa: F401
 
     return dict(_KINDS)
 

@@ -6,8 +6,7 @@ import ipaddress
 from collections.abc import Callable
 
 import numpy as np
-
-from collector.routing import address_rows
+from celltap.collector.routing import address_rows
 
 V4_TAG = 4 << 32  # address keys are ints: 4<<32 | IPv4, 6<<128 | IPv6, 0 when absent
 V6_TAG = 6 << 128

@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from collector.apps.base import App, AppConfigError, register_kind
-from collector.apps.columns import (
+from celltap.collector.apps.base import App, AppConfigError, register_kind
+from celltap.collector.apps.columns import (
     address_keys,
     directed_counters,
     directed_measure,

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from collector.apps.base import App, register_kind
-from collector.apps.columns import address_keys, key_text, text_key
+from celltap.collector.apps.base import App, register_kind
+from celltap.collector.apps.columns import address_keys, key_text, text_key
 
 
 def record_time_ms(records: np.ndarray) -> np.ndarray:

@@ -6,9 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from collector.apps.base import App, register_kind
-from collector.apps.columns import address_keys, key_text, sums_by_key, text_key
+from celltap.collector.apps.base import App, register_kind
+from celltap.collector.apps.columns import address_keys, key_text, sums_by_key, text_key
 
 SYN, ACK = 0x02, 0x10
 

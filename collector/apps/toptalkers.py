@@ -18,9 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from collector.apps.base import App, register_kind
-from collector.apps.columns import address_keys, directed_counters, key_text, sums_by_key, text_key
+from celltap.collector.apps.base import App, register_kind
+from celltap.collector.apps.columns import address_keys, directed_counters, key_text, sums_by_key, text_key
 
 MEASURES = ("bytes", "packets", "orig_bytes", "resp_bytes", "orig_packets", "resp_packets")
 

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from collector.apps.base import App, AppConfigError, register_kind
-from collector.apps.columns import address_keys, directed_counters, key_address, key_text, sums_by_key
+from celltap.collector.apps.base import App, AppConfigError, register_kind
+from celltap.collector.apps.columns import address_keys, directed_counters, key_address, key_text, sums_by_key
 
 UNMAPPED = "(unmapped)"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -15,9 +15,9 @@ import select
 import struct
 
 import numpy as np
+from celltap.incubator.capture.sources import CaptureUnavailable, netmap_available
 
 from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
-from incubator.capture.sources import CaptureUnavailable, netmap_available
 
 NETMAP_API = 14
 NR_REG_ALL_NIC = 1
@@ -126,7 +126,7 @@ class NetmapCapture:
 
     def stats(self) -> object:
         """netmap keeps no drop counter per descriptor; report zeros."""
-        from incubator.capture.afpacket import RingStats
+        from celltap.incubator.capture.afpacket import RingStats
 
         return RingStats(0, 0)
 

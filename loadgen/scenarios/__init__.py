@@ -1,6 +1,6 @@
 """Every traffic scenario; importing this package registers them all."""
 
-from loadgen.scenarios import (
+from celltap.loadgen.scenarios import (
     cps,  # noqa: F401
     dns,  # noqa: F401
     frag,  # noqa: F401

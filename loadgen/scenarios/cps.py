@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import random
 
-from loadgen.link import Link, client_v4, mac, server_v4
-from loadgen.packets import ACK, PSH
-from loadgen.scenario import Frames, register_flows
-from loadgen.tcpconv import TcpConversation
+from celltap.loadgen.link import Link, client_v4, mac, server_v4
+from celltap.loadgen.packets import ACK, PSH
+from celltap.loadgen.scenario import Frames, register_flows
+from celltap.loadgen.tcpconv import TcpConversation
 
 NET = 8
 SEGMENT = 1400

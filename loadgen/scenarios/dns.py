@@ -7,11 +7,11 @@ from __future__ import annotations
 import random
 import struct
 
-from loadgen.dnsmsg import RCODE_NXDOMAIN, DnsMessage, rdata
-from loadgen.link import Link, ephemeral_port, make_link
-from loadgen.scenario import Frames, register_flows
-from loadgen.tcpconv import TcpConversation
-from loadgen.udpflow import UdpExchange
+from celltap.loadgen.dnsmsg import RCODE_NXDOMAIN, DnsMessage, rdata
+from celltap.loadgen.link import Link, ephemeral_port, make_link
+from celltap.loadgen.scenario import Frames, register_flows
+from celltap.loadgen.tcpconv import TcpConversation
+from celltap.loadgen.udpflow import UdpExchange
 
 NET = 2
 ZONES = ("example.com", "example.net", "example.org", "corp.example", "mail.example.com")

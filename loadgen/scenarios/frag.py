@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import random
 
-from loadgen.link import Link, make_link
-from loadgen.packets import ACK, PROTO_TCP, PROTO_UDP, PSH, udp
-from loadgen.scenario import Frames, register_flows
-from loadgen.tcpconv import TcpConversation
+from celltap.loadgen.link import Link, make_link
+from celltap.loadgen.packets import ACK, PROTO_TCP, PROTO_UDP, PSH, udp
+from celltap.loadgen.scenario import Frames, register_flows
+from celltap.loadgen.tcpconv import TcpConversation
 
 NET = 10
 CASES = (

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import random
 
-from loadgen.link import Link, make_link
-from loadgen.packets import (
+from celltap.loadgen.link import Link, make_link
+from celltap.loadgen.packets import (
     PROTO_ICMPV6,
     ExtHeader,
     destination_options,
@@ -15,8 +15,8 @@ from loadgen.packets import (
     icmpv6_echo,
     segment_routing,
 )
-from loadgen.scenario import Frames, register_flows
-from loadgen.scenarios import dns, http, tls
+from celltap.loadgen.scenario import Frames, register_flows
+from celltap.loadgen.scenarios import dns, http, tls
 
 NET = 12
 EXT_KINDS = ("none", "hbh", "dst", "srh", "hbh+dst")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from loadgen.scenario import REGISTRY, Scenario, flow_rng, interleave
+from celltap.loadgen.scenario import REGISTRY, Scenario, flow_rng, interleave
 
 WEIGHTS = {
     "http": 25,

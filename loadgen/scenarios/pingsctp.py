@@ -8,8 +8,8 @@ from __future__ import annotations
 import random
 import struct
 
-from loadgen.link import make_link
-from loadgen.packets import (
+from celltap.loadgen.link import make_link
+from celltap.loadgen.packets import (
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_SCTP,
@@ -20,7 +20,7 @@ from loadgen.packets import (
     sctp_init_chunk,
     sctp_packet,
 )
-from loadgen.scenario import Frames, register_flows
+from celltap.loadgen.scenario import Frames, register_flows
 
 NET_ICMP, NET_SCTP = 13, 14
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import random
 
-from loadgen.link import Link, make_link
-from loadgen.scenario import Frames, register_flows
-from loadgen.udpflow import UdpExchange
+from celltap.loadgen.link import Link, make_link
+from celltap.loadgen.scenario import Frames, register_flows
+from celltap.loadgen.udpflow import UdpExchange
 
 NET = 5
 USERS = ("alice", "bob", "carol", "dave", "1001", "1002", "2040")

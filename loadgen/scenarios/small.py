@@ -11,10 +11,10 @@ import random
 import struct
 from collections.abc import Iterator
 
-from loadgen.checksum import ones_sum, pseudo_header_sum
-from loadgen.link import client_v4, mac, server_v4
-from loadgen.packets import ACK, ETH_IPV4, PROTO_TCP, PROTO_UDP, PSH, ethernet, ipv4, tcp, udp
-from loadgen.scenario import EPOCH_NS, register
+from celltap.loadgen.checksum import ones_sum, pseudo_header_sum
+from celltap.loadgen.link import client_v4, mac, server_v4
+from celltap.loadgen.packets import ACK, ETH_IPV4, PROTO_TCP, PROTO_UDP, PSH, ethernet, ipv4, tcp, udp
+from celltap.loadgen.scenario import EPOCH_NS, register
 
 NET = 9
 FRAME_GAP_NS = 672  # (60 + 4 FCS + 20 preamble/IFG) bytes at 1 Gbit/s

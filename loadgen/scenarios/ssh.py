@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 import struct
 
-from loadgen.link import Link, ephemeral_port, make_link
-from loadgen.scenario import Frames, register_flows
-from loadgen.tcpconv import TcpConversation
+from celltap.loadgen.link import Link, ephemeral_port, make_link
+from celltap.loadgen.scenario import Frames, register_flows
+from celltap.loadgen.tcpconv import TcpConversation
 
 NET = 6
 CLIENT_BANNERS = (

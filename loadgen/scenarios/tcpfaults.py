@@ -18,10 +18,10 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from loadgen.link import make_link
-from loadgen.packets import ACK, PSH
-from loadgen.scenario import REGISTRY, Frames, Scenario, interleave
-from loadgen.tcpconv import TcpConversation
+from celltap.loadgen.link import make_link
+from celltap.loadgen.packets import ACK, PSH
+from celltap.loadgen.scenario import REGISTRY, Frames, Scenario, interleave
+from celltap.loadgen.tcpconv import TcpConversation
 
 NET = 15
 CASES = ("reorder", "retransmit", "overlap", "wrap", "loss", "rst")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import random
 
-from loadgen import tlsmsg as t
-from loadgen.link import Link, ephemeral_port, make_link
-from loadgen.scenario import Frames, register_flows
-from loadgen.tcpconv import TcpConversation
+from celltap.loadgen import tlsmsg as t
+from celltap.loadgen.link import Link, ephemeral_port, make_link
+from celltap.loadgen.scenario import Frames, register_flows
+from celltap.loadgen.tcpconv import TcpConversation
 
 NET = 3
 SNIS = (

@@ -8,9 +8,9 @@ import random
 import struct
 from urllib.parse import quote_from_bytes
 
-from loadgen.link import Link, ephemeral_port, make_link
-from loadgen.scenario import Frames, register_flows
-from loadgen.tcpconv import TcpConversation
+from celltap.loadgen.link import Link, ephemeral_port, make_link
+from celltap.loadgen.scenario import Frames, register_flows
+from celltap.loadgen.tcpconv import TcpConversation
 
 NET = 7
 CLIENTS = (

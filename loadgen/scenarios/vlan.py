@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import random
 
-from loadgen.link import make_link
-from loadgen.packets import TPID_8021AD, TPID_8021Q, TPID_QINQ_OLD
-from loadgen.scenario import Frames, register_flows
-from loadgen.scenarios import dns, http, tls
+from celltap.loadgen.link import make_link
+from celltap.loadgen.packets import TPID_8021AD, TPID_8021Q, TPID_QINQ_OLD
+from celltap.loadgen.scenario import Frames, register_flows
+from celltap.loadgen.scenarios import dns, http, tls
 
 NET = 11
 TAGS: tuple[tuple[tuple[int, int], ...], ...] = (

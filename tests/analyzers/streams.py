@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
-from cell.sdk.binary_format import encode_binary
-from cell.sdk.events import CREATED, DATA, DESTROYED, FlowId
-from cell.sdk.text_format import encode_text
+from celltap.cell.sdk.binary_format import encode_binary
+from celltap.cell.sdk.events import CREATED, DATA, DESTROYED, FlowId
+from celltap.cell.sdk.text_format import encode_text
+
 from tests.analyzers.pcapgen import Conversation
 
 

@@ -12,10 +12,10 @@ import struct
 from pathlib import Path
 
 import pytest
+from celltap.cell.analyzers.dns_analyzer import DnsAnalyzer
+from celltap.cell.analyzers.dns_message import parse_message
+from celltap.cell.sdk.events import FlowId
 
-from cell.analyzers.dns_analyzer import DnsAnalyzer
-from cell.analyzers.dns_message import parse_message
-from cell.sdk.events import FlowId
 from tests.analyzers.harness import run_analyzer, tshark_fields
 from tests.analyzers.pcap_events import pcap_to_events
 from tests.analyzers.pcapgen import Conversation, write_pcap

@@ -7,10 +7,10 @@ from __future__ import annotations
 import dns.edns
 import dns.message
 import dns.rrset
+from celltap.cell.analyzers.dns_message import parse_message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cell.analyzers.dns_message import parse_message
 from tests.analyzers import dns_oracle
 
 LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)

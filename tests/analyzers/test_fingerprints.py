@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from cell.analyzers.tls_hello import parse_client_hello
+from celltap.cell.analyzers.tls_hello import parse_client_hello
+
 from tests.analyzers.traffic import _ext
 
 CHROME_CIPHERS = [

@@ -18,13 +18,13 @@ import zlib
 from urllib.parse import unquote_to_bytes
 
 import pytest
+from celltap.cell.analyzers.http_analyzer import HttpAnalyzer
+from celltap.cell.analyzers.http_mime import sniff
+from celltap.cell.sdk.session import Session
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from cell.analyzers.http_analyzer import HttpAnalyzer
-from cell.analyzers.http_mime import sniff
-from cell.sdk.session import Session
 from tests.analyzers.pcapgen import Conversation
 from tests.analyzers.streams import event_stream
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from celltap.cell.analyzers.http_analyzer import HttpAnalyzer
+from celltap.cell.sdk.session import Session
 
-from cell.analyzers.http_analyzer import HttpAnalyzer
-from cell.sdk.session import Session
 from tests.analyzers.cell_path import cell_records
 from tests.analyzers.harness import tshark_fields
 from tests.analyzers.http_realnet import CLIENT, RAW_CASES, make_capture, missing_tools, nginx_log

@@ -7,14 +7,14 @@ import random
 import tracemalloc
 
 import pytest
+from celltap.cell.analyzers.registry import ANALYZERS
+from celltap.cell.sdk.events import CREATED, DATA, DESTROYED, FlowId
+from celltap.cell.sdk.session import Session
+from celltap.cell.sdk.text_format import encode_text
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from cell.analyzers.registry import ANALYZERS
-from cell.sdk.events import CREATED, DATA, DESTROYED, FlowId
-from cell.sdk.session import Session
-from cell.sdk.text_format import encode_text
 from tests.analyzers import traffic
 from tests.analyzers.pcapgen import Conversation
 from tests.analyzers.streams import event_stream

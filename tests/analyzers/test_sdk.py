@@ -14,16 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
+from celltap.cell.analyzers.http_analyzer import HttpAnalyzer
+from celltap.cell.sdk.aio import run_socket_async
+from celltap.cell.sdk.binary_format import BinaryDecoder
+from celltap.cell.sdk.client import run_socket
+from celltap.cell.sdk.events import CREATED, DATA, DESTROYED, FlowId
+from celltap.cell.sdk.flows import FlowAnalyzer, FlowTable
+from celltap.cell.sdk.session import make_decoder
+from celltap.cell.sdk.text_format import TextDecoder
 from prometheus_client import REGISTRY
 
-from cell.analyzers.http_analyzer import HttpAnalyzer
-from cell.sdk.aio import run_socket_async
-from cell.sdk.binary_format import BinaryDecoder
-from cell.sdk.client import run_socket
-from cell.sdk.events import CREATED, DATA, DESTROYED, FlowId
-from cell.sdk.flows import FlowAnalyzer, FlowTable
-from cell.sdk.session import make_decoder
-from cell.sdk.text_format import TextDecoder
 from tests.analyzers import traffic
 from tests.analyzers.streams import event_stream
 
@@ -58,7 +58,7 @@ def test_text_and_binary_carry_the_same_events() -> None:
 
 def test_decodes_the_cells_own_encoders() -> None:
     """The cell (cell/events.py) is written independently: its bytes must decode to the same facts."""
-    events_mod = pytest.importorskip("cell.events", reason="the cell's encoders are not built yet")
+    events_mod = pytest.importorskip("celltap.cell.events", reason="the cell's encoders are not built yet")
     a1, a2 = ipaddress.IPv6Address("2001:db8::1").packed, ipaddress.IPv6Address("2001:db8::2").packed
     ts = 1_700_000_000_123_456_000
     params = inspect.signature(events_mod.WireId).parameters
@@ -178,7 +178,7 @@ def test_asyncio_front_end_gives_the_same_records(tmp_path: Path) -> None:
     path = str(tmp_path / "dns")
     payload = event_stream(traffic.dns_conversations(), "binary")
     th = _serve(path, [payload, payload])
-    from cell.analyzers.dns_analyzer import DnsAnalyzer
+    from celltap.cell.analyzers.dns_analyzer import DnsAnalyzer
 
     sync_records: list[dict] = []
     run_socket(path, DnsAnalyzer(), sync_records.extend, "binary", exit_on_eof=True)

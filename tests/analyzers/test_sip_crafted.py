@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import tracemalloc
 
-from cell.analyzers.sip_analyzer import SipAnalyzer
-from cell.analyzers.sip_message import MAX_HEAD, SipStream, parse_datagram
-from cell.sdk.events import FlowId
+from celltap.cell.analyzers.sip_analyzer import SipAnalyzer
+from celltap.cell.analyzers.sip_message import MAX_HEAD, SipStream, parse_datagram
+from celltap.cell.sdk.events import FlowId
 
 TCP = FlowId("10.0.7.1", "10.0.8.1", 5070, 5060, 0, "ipv4", "tcp", "Ctcp")
 UDP = FlowId("10.0.7.1", "10.0.8.1", 5070, 5060, 0, "ipv4", "udp", "Cudp")

@@ -20,9 +20,9 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from celltap.cell.analyzers.smtp_analyzer import SmtpAnalyzer
+from celltap.cell.sdk.session import Session
 
-from cell.analyzers.smtp_analyzer import SmtpAnalyzer
-from cell.sdk.session import Session
 from tests.analyzers import cell_path, smtp_bed
 from tests.analyzers.pcap_events import pcap_to_events
 from tests.analyzers.smtp_oracle import (
@@ -50,7 +50,7 @@ def bed() -> Iterator[smtp_bed.Bed]:
 
 @pytest.fixture(scope="module")
 def records(bed: smtp_bed.Bed, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    if importlib.util.find_spec("cell.cli") is None:
+    if importlib.util.find_spec("celltap.cell.cli") is None:
         pytest.skip("celltap cell is not built yet (cell/cli.py missing)")
     # the bed's smtpd also listens on 2525 (no TLS) and 2526 (broken TLS): classify those ports too
     with mock.patch.dict(cell_path.RULES, {"smtp": [("TCP", "25,587,2525,2526", None, None)]}):

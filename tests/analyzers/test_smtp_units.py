@@ -16,13 +16,13 @@ from email.message import EmailMessage
 from email.policy import SMTP, compat32
 
 import pytest
+from celltap.cell.analyzers.smtp_analyzer import SmtpAnalyzer
+from celltap.cell.analyzers.smtp_mime import MessageScanner
+from celltap.cell.analyzers.smtp_replies import ReplyReader
+from celltap.cell.sdk.events import CREATED, DATA, DESTROYED, FlowId
+from celltap.cell.sdk.session import Session
+from celltap.cell.sdk.text_format import encode_text
 
-from cell.analyzers.smtp_analyzer import SmtpAnalyzer
-from cell.analyzers.smtp_mime import MessageScanner
-from cell.analyzers.smtp_replies import ReplyReader
-from cell.sdk.events import CREATED, DATA, DESTROYED, FlowId
-from cell.sdk.session import Session
-from cell.sdk.text_format import encode_text
 from tests.analyzers.pcapgen import Conversation
 from tests.analyzers.streams import event_stream
 
@@ -238,8 +238,8 @@ def test_session_without_transaction_gives_one_record_and_silent_one_none() -> N
 def test_received_path_and_address_headers() -> None:
     """crafted: Zeek's path rule (second wrapped address when several, IPv6: prefix, consecutive
     duplicates dropped), folded To with a quoted comma, X-Originating-IP in brackets."""
-    from cell.analyzers.smtp_fields import header_fields
-    from cell.analyzers.smtp_mime import parse_header_block
+    from celltap.cell.analyzers.smtp_fields import header_fields
+    from celltap.cell.analyzers.smtp_mime import parse_header_block
 
     block = (
         b"Received: from a.example ([192.0.2.1]) by b.example ([198.51.100.7]) with ESMTP\r\n"
@@ -303,7 +303,7 @@ def dropped() -> float:
 def test_hand_on_bytes_are_bounded_when_nobody_drains_them() -> None:
     """crafted: after an accepted STARTTLS, 40 MB of TLS-looking bytes with no front end draining
     `handed_on` (socket mode today): at most MAX_UNDRAINED kept, the rest counted as dropped."""
-    from cell.analyzers.smtp_analyzer import MAX_UNDRAINED
+    from celltap.cell.analyzers.smtp_analyzer import MAX_UNDRAINED
 
     s = Session(SmtpAnalyzer())
     s.feed(encode_text(FLOW, CREATED, 1.0))

@@ -11,11 +11,11 @@ from __future__ import annotations
 import struct
 
 import pytest
+from celltap.cell.analyzers.tls_analyzer import TlsAnalyzer
+from celltap.cell.analyzers.tls_names import CIPHERS, GROUPS
+from celltap.cell.analyzers.tls_starttls import StartTls
+from celltap.cell.sdk.events import FlowId
 
-from cell.analyzers.tls_analyzer import TlsAnalyzer
-from cell.analyzers.tls_names import CIPHERS, GROUPS
-from cell.analyzers.tls_starttls import StartTls
-from cell.sdk.events import FlowId
 from tests.analyzers import traffic
 
 FLOW = FlowId("10.9.0.1", "10.9.0.2", 40000, 443, 0, "ipv4", "tcp", "Ctest")

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from celltap.cell.analyzers.tls_starttls import StartTls
+from celltap.cell.sdk.client import run_socket
+from celltap.cell.sdk.events import FlowId
+from celltap.cell.sdk.flows import FlowAnalyzer
 
-from cell.analyzers.tls_starttls import StartTls
-from cell.sdk.client import run_socket
-from cell.sdk.events import FlowId
-from cell.sdk.flows import FlowAnalyzer
 from tests.analyzers import cell_path, oracle
 from tests.analyzers.harness import analyzer_cmd, run_analyzer, tshark_fields
 from tests.analyzers.pcap_events import pcap_to_events
@@ -63,7 +63,7 @@ def records(request: pytest.FixtureRequest, capture, tmp_path_factory: pytest.Te
     tmp = tmp_path_factory.mktemp(f"tlsrec-{request.param}")
     if request.param == "tshark":
         return run_analyzer("tls", pcap_to_events(pcap, "text", "tcp"), tmp, "text")
-    if importlib.util.find_spec("cell.cli") is None:
+    if importlib.util.find_spec("celltap.cell.cli") is None:
         pytest.skip("celltap cell is not built yet (cell/cli.py missing)")
     mp = pytest.MonkeyPatch()
     mp.setitem(cell_path.RULES, "tls", [("TCP", "443,4433,143,110,25,21", None, None)])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from loadgen.fragment import ipv4_fragments, ipv6_fragments
-from loadgen.packets import (
+from celltap.loadgen.fragment import ipv4_fragments, ipv6_fragments
+from celltap.loadgen.packets import (
     ACK,
     ETH_IPV4,
     ETH_IPV6,
@@ -22,7 +22,7 @@ from loadgen.packets import (
     tcp,
     udp,
 )
-from loadgen.scenario import EPOCH_NS
+from celltap.loadgen.scenario import EPOCH_NS
 
 MAC_C = bytes.fromhex("020000000001")
 MAC_S = bytes.fromhex("020000000002")

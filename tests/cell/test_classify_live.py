@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from celltap.cell.classifier import Classifier
+from celltap.cell.sftap_config import load_config
 
-from cell.classifier import Classifier
-from cell.sftap_config import load_config
 from tests.cell.live_capture import LoopCapture
 from tests.cell.runner import run_cell
 from tests.cell.sftap_wire import parse_text

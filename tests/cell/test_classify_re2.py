@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from celltap.cell.classifier import Classifier
+from celltap.cell.events import MATCH_DOWN, MATCH_NONE, MATCH_UP
+from celltap.cell.rule_regex import RulePattern
+from celltap.cell.sftap_config import ConfigError, load_config, parse_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from cell.classifier import Classifier
-from cell.events import MATCH_DOWN, MATCH_NONE, MATCH_UP
-from cell.rule_regex import RulePattern
-from cell.sftap_config import ConfigError, load_config, parse_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "celltap" / "defaults" / "sftap.yaml"

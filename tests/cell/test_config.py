@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from cell.sftap_config import ConfigError, load_config, parse_config
+from celltap.cell.sftap_config import ConfigError, load_config, parse_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

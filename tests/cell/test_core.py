@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import random
 
-from cell.abstractor import Abstractor
-from cell.sftap_config import parse_config
+from celltap.cell.abstractor import Abstractor
+from celltap.cell.sftap_config import parse_config
+from celltap.loadgen.packets import ACK, PSH, SYN
+from celltap.loadgen.scenario import EPOCH_NS
+
 from celltap.pcap.batch import FrameBatch
-from loadgen.packets import ACK, PSH, SYN
-from loadgen.scenario import EPOCH_NS
 from tests.cell.captures import Conv, tcp_session, udp_frame
 from tests.cell.wire import parse_binary, parse_text
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import random
 
-from cell.defrag import Defragmenter
-from loadgen.fragment import ipv4_fragments, ipv6_fragments
-from loadgen.packets import PROTO_UDP, udp
+from celltap.cell.defrag import Defragmenter
+from celltap.loadgen.fragment import ipv4_fragments, ipv6_fragments
+from celltap.loadgen.packets import PROTO_UDP, udp
 
 SRC4, DST4 = bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2))
 SRC6 = bytes.fromhex("20010db8000000000000000000000001")

@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from celltap.cell.sftap_config import load_config
 
-from cell.sftap_config import load_config
 from celltap.pcap import PcapWriter
 from tests.cell.runner import run_cell
 from tests.cell.wire import parse_binary, parse_text
@@ -51,7 +51,7 @@ def _config(tmp: Path, home: Path) -> Path:
 
 def _interfaces(cfg_path: Path) -> dict[str, str]:
     """Every output interface of the config -> its format."""
-    from cell.abstractor import Abstractor
+    from celltap.cell.abstractor import Abstractor
 
     a = Abstractor(load_config(cfg_path))
     return {name: s.fmt for name, s in a.sinks.items()}
@@ -124,8 +124,8 @@ def _truth(tshark: str, pcap: Path) -> dict[tuple, str]:
 
 @pytest.fixture(scope="module", params=list(SCENARIOS))
 def scenario_run(request, tmp_path_factory):
-    import loadgen.scenarios  # noqa: F401
-    from loadgen.scenario import get
+    import celltap.loadgen.scenarios  # noqa: F401
+    from celltap.loadgen.scenario import get
 
     tmp = tmp_path_factory.mktemp(request.param)
     pcap = tmp / "in.pcap"

@@ -7,10 +7,10 @@ import random
 
 import ipfix.ie
 import ipfix.reader
+from celltap.cell.abstractor import Abstractor
+from celltap.cell.flow_export import FlowExporter
+from celltap.cell.sftap_config import parse_config
 
-from cell.abstractor import Abstractor
-from cell.flow_export import FlowExporter
-from cell.sftap_config import parse_config
 from celltap.pcap.batch import FrameBatch
 from tests.cell.captures import tcp_session
 
@@ -60,7 +60,8 @@ def test_biflow_records_and_template_refresh():
 
 def test_records_carry_the_uid_of_the_conn_log_record() -> None:
     """flowId (IANA 148) and the enterprise uid element equal the uid conn.log gives the same flow."""
-    from cell.analyze.conn_log import conn_record
+    from celltap.cell.analyze.conn_log import conn_record
+
     from celltap.flowid import uid_from_flow_id
     from celltap.ipfix.enterprise import DOCUMENTATION_PEN, UID_ELEMENT_ID
 

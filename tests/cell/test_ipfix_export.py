@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import xxhash
+from celltap.loadgen.packets import ETH_IPV4, PROTO_UDP, ethernet, ipv4, udp
 
 from celltap.flowid import uid_from_flow_id
 from celltap.ipfix.enterprise import DOCUMENTATION_PEN
 from celltap.pcap import PcapWriter
-from loadgen.packets import ETH_IPV4, PROTO_UDP, ethernet, ipv4, udp
 from tests.cell.runner import write_config
 from tests.conftest import require_tool
 
@@ -191,8 +191,8 @@ def expected_flow_ids(tshark: str, pcap: Path) -> dict[tuple, int]:
 @pytest.mark.parametrize("scenario", ["mixed", "frag", "ipv6"])
 def test_ipfix_records_decode_and_add_up(tmp_path, scenario):
     tshark = require_tool("tshark")
-    import loadgen.scenarios  # noqa: F401
-    from loadgen.scenario import get
+    import celltap.loadgen.scenarios  # noqa: F401
+    from celltap.loadgen.scenario import get
 
     pcap = tmp_path / "in.pcap"
     with PcapWriter(str(pcap), nanosecond=True) as w:
@@ -273,8 +273,8 @@ def test_ipfix_records_decode_and_add_up(tmp_path, scenario):
 def test_tcp_control_bits_each_way_equal_tsharks_flags(tmp_path):
     """tcpControlBits / reverseTcpControlBits: the SYN, FIN, RST and ACK flags each side sent (tshark)."""
     tshark = require_tool("tshark")
-    import loadgen.scenarios  # noqa: F401
-    from loadgen.scenario import get
+    import celltap.loadgen.scenarios  # noqa: F401
+    from celltap.loadgen.scenario import get
 
     pcap = tmp_path / "in.pcap"
     with PcapWriter(str(pcap), nanosecond=True) as w:
@@ -321,12 +321,11 @@ def test_syn_flood_app_sees_a_flood_in_the_cells_records(tmp_path):
     spoofed SYNs with a SYN-ACK now and then, among complete HTTP connections to other servers)."""
     import ipaddress as ipa
 
+    import celltap.loadgen.scenarios  # noqa: F401
     import numpy as np
-
-    import loadgen.scenarios  # noqa: F401
-    from collector.apps.base import make_app
-    from loadgen.packets import ETH_IPV4, PROTO_TCP, tcp
-    from loadgen.scenario import get
+    from celltap.collector.apps.base import make_app
+    from celltap.loadgen.packets import ETH_IPV4, PROTO_TCP, tcp
+    from celltap.loadgen.scenario import get
 
     victim = ipa.ip_address("10.99.0.1").packed
     pcap = tmp_path / "flood.pcap"

@@ -30,8 +30,8 @@ def _config(tmp: Path, home: Path, extra_global: str = "") -> Path:
 
 
 def _scenario(path: Path, name: str, count: int, seed: int = 5) -> Path:
-    import loadgen.scenarios  # noqa: F401
-    from loadgen.scenario import get
+    import celltap.loadgen.scenarios  # noqa: F401
+    from celltap.loadgen.scenario import get
 
     with PcapWriter(str(path), nanosecond=True) as w:
         for ts, frame in get(name).generate(seed, count):

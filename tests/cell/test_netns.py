@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from celltap.cell.abstractor import Abstractor
+from celltap.cell.sftap_config import load_config
 
-from cell.abstractor import Abstractor
-from cell.sftap_config import load_config
 from celltap.pcap import PcapWriter, read_all
 from tests.cell.runner import RawReader, wait_for, write_config
 from tests.cell.wire import parse_text, streams
@@ -76,8 +76,8 @@ def netns():
 
 
 def _capture(path: Path) -> Path:
-    import loadgen.scenarios  # noqa: F401
-    from loadgen.scenario import get
+    import celltap.loadgen.scenarios  # noqa: F401
+    from celltap.loadgen.scenario import get
 
     with PcapWriter(str(path)) as w:
         for ts, frame in get("http").generate(4, 20):

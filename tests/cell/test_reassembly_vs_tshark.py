@@ -71,8 +71,8 @@ def test_streams_match_tshark_follow(tmp_path, v6):
 
 
 def _write_scenario(path, name: str, count: int, seed: int = 3) -> None:
-    import loadgen.scenarios  # noqa: F401  (registers the scenarios)
-    from loadgen.scenario import get
+    import celltap.loadgen.scenarios  # noqa: F401  (registers the scenarios)
+    from celltap.loadgen.scenario import get
 
     with PcapWriter(str(path), nanosecond=True) as w:
         for ts, frame in get(name).generate(seed, count):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import random
 
+from celltap.cell.abstractor import Abstractor
+from celltap.cell.sftap_config import parse_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cell.abstractor import Abstractor
-from cell.sftap_config import parse_config
 from celltap.decode import decode_frame
 from celltap.pcap.batch import FrameBatch
 
@@ -21,8 +21,8 @@ CONFIG = {
 
 
 def _frames() -> list[tuple[int, bytes]]:
-    import loadgen.scenarios  # noqa: F401
-    from loadgen.scenario import get
+    import celltap.loadgen.scenarios  # noqa: F401
+    from celltap.loadgen.scenario import get
 
     out = []
     for name in ("mixed", "frag", "tcpfaults"):

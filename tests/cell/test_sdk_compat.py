@@ -5,19 +5,19 @@ from __future__ import annotations
 import random
 
 import pytest
+from celltap.cell.abstractor import Abstractor
+from celltap.cell.sdk.binary_format import BinaryDecoder
+from celltap.cell.sdk.text_format import TextDecoder
+from celltap.cell.sftap_config import parse_config
 
-from cell.abstractor import Abstractor
-from cell.sdk.binary_format import BinaryDecoder
-from cell.sdk.text_format import TextDecoder
-from cell.sftap_config import parse_config
 from celltap.pcap.batch import FrameBatch
 from tests.cell.wire import parse_binary, parse_text
 
 
 @pytest.mark.parametrize("fmt", ["text", "binary"])
 def test_sdk_decodes_cell_output(fmt):
-    import loadgen.scenarios  # noqa: F401
-    from loadgen.scenario import get
+    import celltap.loadgen.scenarios  # noqa: F401
+    from celltap.loadgen.scenario import get
 
     frames = list(get("mixed").generate(9, 20))
     a = Abstractor(parse_config({
@@ -53,8 +53,8 @@ def test_sdk_decodes_cell_output(fmt):
 @pytest.mark.parametrize("fmt", ["text", "binary"])
 def test_sdk_reads_body_no_interfaces(fmt):
     """`body: no` keeps each DATA event's `len` and sends no bytes: the SDK reports the lengths."""
-    import loadgen.scenarios  # noqa: F401
-    from loadgen.scenario import get
+    import celltap.loadgen.scenarios  # noqa: F401
+    from celltap.loadgen.scenario import get
 
     frames = list(get("mixed").generate(9, 20))
     batch = FrameBatch.from_frames([f for _, f in frames], [t for t, _ in frames])

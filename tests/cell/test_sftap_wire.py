@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from celltap.cell import events as ev
 
-from cell import events as ev
 from tests.cell.live_capture import LoopCapture
 from tests.cell.runner import run_cell
 from tests.cell.sftap_wire import parse_binary, parse_text, sftap_time

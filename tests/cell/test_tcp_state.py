@@ -14,13 +14,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from celltap.cell.abstractor import Abstractor
+from celltap.cell.flow_table import Flow
+from celltap.cell.sftap_config import parse_config
+from celltap.loadgen.packets import ACK, FIN, PSH, RST, SYN
 
-from cell.abstractor import Abstractor
-from cell.flow_table import Flow
-from cell.sftap_config import parse_config
 from celltap.pcap import PcapWriter, read_all
 from celltap.pcap.batch import FrameBatch
-from loadgen.packets import ACK, FIN, PSH, RST, SYN
 from tests.cell.captures import Conv
 from tests.cell.kernel_tcp import capture_scenario
 from tests.cell.oracle import endpoint, tshark_streams, tshark_tcp_rows, zeek_history
@@ -316,7 +316,7 @@ def test_midstream_pickup_of_a_cut_real_capture(tmp_path, first):
 
 def test_midstream_flows_same_with_and_without_ack_batching():
     """Cut loadgen captures: pure-ACK batching and the whole-connection path change nothing for them."""
-    from loadgen.scenario import get
+    from celltap.loadgen.scenario import get
 
     frames = list(get("http").generate(5, 60))
     frames = [f for i, f in enumerate(frames) if i % 7 not in (0, 1)]  # handshakes partly lost

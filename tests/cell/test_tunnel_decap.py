@@ -3,10 +3,11 @@ a fragmented tunnel packet; the tunnel's own flow with `decapsulate: no`."""
 
 from __future__ import annotations
 
-from cell.abstractor import Abstractor
-from cell.sftap_config import parse_config
+from celltap.cell.abstractor import Abstractor
+from celltap.cell.sftap_config import parse_config
+from celltap.loadgen.packets import SYN
+
 from celltap.pcap.batch import FrameBatch
-from loadgen.packets import SYN
 from tests.cell.wire import parse_text
 from tests.core import frames as fr
 

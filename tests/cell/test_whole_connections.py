@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from celltap.cell.abstractor import Abstractor
+from celltap.cell.sftap_config import parse_config
+from celltap.cell.whole_connections import whole_connections
+from celltap.loadgen.packets import ACK, FIN, PSH, RST, SYN
+from celltap.loadgen.scenario import get
 
-from cell.abstractor import Abstractor
-from cell.sftap_config import parse_config
-from cell.whole_connections import whole_connections
 from celltap.pcap.batch import FrameBatch
-from loadgen.packets import ACK, FIN, PSH, RST, SYN
-from loadgen.scenario import get
 from tests.cell.captures import Conv
 from tests.cell.wire import parse_binary, parse_text
 

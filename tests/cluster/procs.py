@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import yaml
+from celltap.loadgen.ipfix_gen import build_pool, random_records, router_template
 
 from celltap.launcher.ports import free_port
-from loadgen.ipfix_gen import build_pool, random_records, router_template
 
 ROOT = Path(__file__).resolve().parents[2]
 CELLTAP = [sys.executable, "-m", "celltap.cli"]

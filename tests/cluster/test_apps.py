@@ -9,10 +9,10 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
+from celltap.collector.apps.base import make_app, merge_partials
+from celltap.collector.apps.toptalkers import TopTalkersApp
+from celltap.collector.apps.users import UNMAPPED
 
-from collector.apps.base import make_app, merge_partials
-from collector.apps.toptalkers import TopTalkersApp
-from collector.apps.users import UNMAPPED
 from tests.cluster.records import make_biflow_records, make_records
 
 SPECS = {
@@ -152,8 +152,8 @@ def test_bad_app_config_names_the_key() -> None:
 
 
 def test_bulk_user_lookup_equals_per_address_longest_prefix() -> None:
-    from collector.apps.columns import V4_TAG
-    from collector.apps.users import UserMap, parse_user_map
+    from celltap.collector.apps.columns import V4_TAG
+    from celltap.collector.apps.users import UserMap, parse_user_map
 
     users = UserMap()
     users.set_static(

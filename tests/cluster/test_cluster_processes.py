@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
+from celltap.collector.apps.base import make_app
 
 from celltap.flowhash import xxh64
 from celltap.registry import open_registry
 from celltap.ring import Ring
-from collector.apps.base import make_app
 from tests.cluster.procs import APPS, CELLTAP, Cluster, loadgen, loadgen_result, metric, sent_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

@@ -9,11 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from celltap.collector.cluster_collector import router_config, start_router
+from celltap.collector.cluster_query import scatter_gather
+from celltap.collector.node import AnalysisNode
+from celltap.collector.node_config import config_from_dict
 
-from collector.cluster_collector import router_config, start_router
-from collector.cluster_query import scatter_gather
-from collector.node import AnalysisNode
-from collector.node_config import config_from_dict
 from tests.cluster.procs import free_port, wait_for
 from tests.cluster.records import make_batch, make_records
 

@@ -6,9 +6,9 @@ import argparse
 
 import pytest
 import yaml
+from celltap.collector import node_cli
 
 from celltap.cli import main as celltap_main
-from collector import node_cli
 
 
 def _node(tmp_path, capsys, cfg: dict | None) -> tuple[int, str]:

@@ -4,10 +4,10 @@ shadows, promoted when their primary leaves, duplicates of re-sent batches dropp
 from __future__ import annotations
 
 import numpy as np
+from celltap.collector.apps.base import make_app
+from celltap.collector.node_state import NodeState, SeenSet
+from celltap.proto import celltap_pb2 as pb
 
-from collector.apps.base import make_app
-from collector.node_state import NodeState, SeenSet
-from proto import celltap_pb2 as pb
 from tests.cluster.records import make_batch, make_records
 
 

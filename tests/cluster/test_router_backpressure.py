@@ -9,12 +9,12 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
+from celltap.collector.cluster_collector import router_config, start_router
+from celltap.collector.cluster_grpc import add_port
+from celltap.collector.node import AnalysisNode, NodeServicer
+from celltap.collector.node_config import config_from_dict
+from celltap.proto import celltap_pb2_grpc as pb_grpc
 
-from collector.cluster_collector import router_config, start_router
-from collector.cluster_grpc import add_port
-from collector.node import AnalysisNode, NodeServicer
-from collector.node_config import config_from_dict
-from proto import celltap_pb2_grpc as pb_grpc
 from tests.cluster.procs import free_port, wait_for
 from tests.cluster.records import make_batch, make_records
 

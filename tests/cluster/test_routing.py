@@ -6,10 +6,10 @@ import ipaddress
 
 import numpy as np
 import xxhash
+from celltap.collector.routing import Router, key_hashes, split_by_owner
 
 from celltap.flowkey import canonical_key
 from celltap.ring import Ring
-from collector.routing import Router, key_hashes, split_by_owner
 from tests.cluster.records import make_records
 
 KEYS = ["dst", "exporter", "flow", "src"]

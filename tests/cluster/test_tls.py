@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from celltap.collector.cluster_collector import router_config, start_router
+from celltap.collector.cluster_query import node_partial, scatter_gather
+from celltap.collector.node import AnalysisNode
+from celltap.collector.node_config import config_from_dict
 
 from celltap.registry.tls import TLSConfig
-from collector.cluster_collector import router_config, start_router
-from collector.cluster_query import node_partial, scatter_gather
-from collector.node import AnalysisNode
-from collector.node_config import config_from_dict
 from tests.cluster.procs import free_port
 from tests.cluster.records import make_batch, make_records
 from tests.conftest import require_tool

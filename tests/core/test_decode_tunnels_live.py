@@ -23,9 +23,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from celltap.cell.abstractor import Abstractor
+from celltap.cell.sftap_config import parse_config
 
-from cell.abstractor import Abstractor
-from cell.sftap_config import parse_config
 from celltap.decode import DecodeOptions, Reason, decode_batch, decode_frame
 from celltap.pcap import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, read_all
 from tests.cell.wire import parse_text

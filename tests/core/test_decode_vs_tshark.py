@@ -34,8 +34,8 @@ TSHARK_OPTS = [
 
 def _scenarios() -> list[str]:
     try:
-        import loadgen.scenarios  # noqa: F401  (registers the scenarios)
-        from loadgen.scenario import REGISTRY
+        import celltap.loadgen.scenarios  # noqa: F401  (registers the scenarios)
+        from celltap.loadgen.scenario import REGISTRY
     except ImportError:
         return []
     return sorted(REGISTRY)

@@ -7,9 +7,9 @@ import random
 
 import communityid
 import pytest
+from celltap.cell.sdk.events import CREATED, DATA, Event, FlowId
+from celltap.cell.sdk.flows import FlowAnalyzer, FlowTable
 
-from cell.sdk.events import CREATED, DATA, Event, FlowId
-from cell.sdk.flows import FlowAnalyzer, FlowTable
 from celltap.flowid import community_id, flow_uid, key_bytes
 from celltap.flowkey import canonical_key
 

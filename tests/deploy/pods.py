@@ -96,7 +96,7 @@ def without_registration(args: list[str]) -> list[str]:
 
 def incubator_takes_static_cells() -> bool:
     """Whether the incubator's config parser accepts a static cell list without a registry."""
-    from incubator.config import ConfigError, parse_config
+    from celltap.incubator.config import ConfigError, parse_config
 
     try:
         parse_config({"capture": "afpacket:eth1", "cells": [{"id": "0", "output": "vxlan://10.0.0.1:4789"}]})
@@ -107,8 +107,8 @@ def incubator_takes_static_cells() -> bool:
 
 def collector_config(text: str) -> Any:
     """Check a collector YAML as `celltap collector` does, its `routing` section included."""
-    from collector.cluster_collector import router_config
-    from collector.config import config_from_dict
+    from celltap.collector.cluster_collector import router_config
+    from celltap.collector.config import config_from_dict
 
     cfg = config_from_dict(yaml.safe_load(text))
     router_config("collector-test", cfg.routing, None)

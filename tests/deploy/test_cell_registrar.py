@@ -24,7 +24,7 @@ def test_registrar_holds_the_cell_lease_while_the_cell_answers(
     procs: list[subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
-    from incubator.cellsource import RegistryCells
+    from celltap.incubator.cellsource import RegistryCells
 
     docs = rendered["default"]
     sts = find(docs, "StatefulSet", "-cell")

@@ -31,7 +31,7 @@ from tests.deploy.pods import (
 def test_incubator_config_and_args(
     rendered: dict[str, list[dict[str, Any]]], name: str, tmp_path: Path
 ) -> None:
-    from incubator.config import parse_config
+    from celltap.incubator.config import parse_config
 
     docs = rendered[name]
     values = merged_values(VALUE_SETS[name])
@@ -76,7 +76,7 @@ def test_collector_config_and_args(rendered: dict[str, list[dict[str, Any]]], na
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_cell_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
-    from cell.sftap_config import parse_config
+    from celltap.cell.sftap_config import parse_config
 
     docs = rendered[name]
     values = merged_values(VALUE_SETS[name])
@@ -112,7 +112,7 @@ def test_cell_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: s
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_node_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: str, tmp_path: Path) -> None:
-    from collector.node_config import config_from_dict
+    from celltap.collector.node_config import config_from_dict
 
     docs = rendered[name]
     values = merged_values(VALUE_SETS[name])
@@ -132,7 +132,7 @@ def test_node_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: s
 def test_registrar_sidecar_registers_what_the_incubator_reads(
     rendered: dict[str, list[dict[str, Any]]], name: str
 ) -> None:
-    from incubator.config import parse_config
+    from celltap.incubator.config import parse_config
 
     docs = rendered[name]
     values = merged_values(VALUE_SETS[name])
@@ -153,7 +153,7 @@ def test_cell_self_registration_args(renderer: Path, tmp_path: Path) -> None:
     values = tmp_path / "self.yaml"
     values.write_text("cells:\n  registration: cell\n  replicas: 3\n")
     docs = documents(go_render(renderer, [values]))
-    from incubator.config import parse_config
+    from celltap.incubator.config import parse_config
 
     inc = parse_config(yaml.safe_load(config_data(docs, "incubator.yaml")))
     spec = find(docs, "StatefulSet", "-cell")["spec"]["template"]["spec"]
@@ -187,6 +187,6 @@ def test_static_discovery_lists_every_cell(renderer: Path, tmp_path: Path) -> No
             "incubator/config.py fills `registry` with url=None when it is absent, so a static "
             "`cells` list is rejected ('registry.url is required'): static discovery needs that fixed"
         )
-    from incubator.config import parse_config
+    from celltap.incubator.config import parse_config
 
     assert len(parse_config(data)["cells"]) == 5

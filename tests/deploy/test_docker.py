@@ -176,9 +176,10 @@ def test_compose_runs_components_as_the_chart_does() -> None:
 
 
 def test_compose_configs_are_accepted_by_the_components() -> None:
-    from cell.sftap_config import parse_config as parse_sftap
-    from collector.node_config import config_from_dict as node_config
-    from incubator.config import parse_config as parse_incubator
+    from celltap.cell.sftap_config import parse_config as parse_sftap
+    from celltap.collector.node_config import config_from_dict as node_config
+    from celltap.incubator.config import parse_config as parse_incubator
+
     from tests.deploy.pods import collector_config
 
     cfg = DOCKER / "config"

@@ -7,7 +7,8 @@ import collections
 import socket
 import time
 
-from incubator.capture.afpacket import AfPacketCapture
+from celltap.incubator.capture.afpacket import AfPacketCapture
+
 from tests.conftest import require_root, require_tool
 from tests.incubator.live_helpers import NetNS, no_offloads, quiet
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import xxhash
+from celltap.incubator.classify import classify, xxh64_key14
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from celltap.decode import Reason, decode_batch
 from celltap.flowkey import flow_hashes
 from celltap.pcap.batch import FrameBatch
-from incubator.classify import classify, xxh64_key14
 
 
 def reference(batch: FrameBatch) -> tuple[np.ndarray, np.ndarray]:

@@ -8,9 +8,8 @@ import sys
 
 import pytest
 import yaml
-
-from incubator.capture.sources import netmap_available
-from incubator.config import ConfigError, parse_config
+from celltap.incubator.capture.sources import netmap_available
+from celltap.incubator.config import ConfigError, parse_config
 
 CELLTAP = [sys.executable, "-m", "celltap.cli"]
 BASE = {"capture": "pcap:/dev/null", "cells": [{"id": "a", "output": "pcap:/tmp/x.pcap"}]}
@@ -90,7 +89,13 @@ def test_netmap_request_layout_matches_netmap_h():
     """struct nmreq is 60 bytes; NIOCREGIF = _IOWR('i', 146, struct nmreq) = 0xc03c6992 in netmap.h."""
     import struct
 
-    from incubator.capture.netmap import NIOCREGIF, NIOCRXSYNC, NMREQ_SIZE, NR_REG_ALL_NIC, regif_request
+    from celltap.incubator.capture.netmap import (
+        NIOCREGIF,
+        NIOCRXSYNC,
+        NMREQ_SIZE,
+        NR_REG_ALL_NIC,
+        regif_request,
+    )
 
     assert NMREQ_SIZE == 60
     req = regif_request("eth0")
@@ -108,7 +113,8 @@ def test_netmap_capture_receives_where_the_device_exists(tmp_path):
     import socket
     import time
 
-    from incubator.capture.netmap import NetmapCapture
+    from celltap.incubator.capture.netmap import NetmapCapture
+
     from tests.conftest import require_root
     from tests.incubator.live_helpers import NetNS, quiet
 
@@ -135,10 +141,9 @@ def test_netmap_capture_receives_where_the_device_exists(tmp_path):
 
 
 def test_decapsulate_reaches_the_separator():
+    from celltap.incubator.live import build_engine
+    from celltap.incubator.metrics import IncubatorMetrics
     from prometheus_client import CollectorRegistry
-
-    from incubator.live import build_engine
-    from incubator.metrics import IncubatorMetrics
 
     on = build_engine(parse_config(BASE), IncubatorMetrics(CollectorRegistry()))
     off = build_engine(parse_config({**BASE, "decapsulate": False}), IncubatorMetrics(CollectorRegistry()))

@@ -14,14 +14,9 @@ import time
 
 import numpy as np
 import pytest
-
-from celltap.decode import Reason, decode_batch
-from celltap.pcap import read_all
-from celltap.pcap.batch import FrameBatch
-from celltap.pcap.writer import PcapWriter
-from incubator.capture.afpacket import AfPacketCapture
-from incubator.cells import CellSet
-from incubator.dicap import (
+from celltap.incubator.capture.afpacket import AfPacketCapture
+from celltap.incubator.cells import CellSet
+from celltap.incubator.dicap import (
     MAX_BUCKETS_LOG2,
     MAX_INSNS,
     bucket_owner_slots,
@@ -29,6 +24,11 @@ from incubator.dicap import (
     dicap_buckets,
     dicap_owner_slots,
 )
+
+from celltap.decode import Reason, decode_batch
+from celltap.pcap import read_all
+from celltap.pcap.batch import FrameBatch
+from celltap.pcap.writer import PcapWriter
 from tests.conftest import require_root
 from tests.incubator.live_helpers import NetNS, no_offloads, quiet
 
@@ -43,7 +43,7 @@ def frames_of(path: str) -> list[bytes]:
 def damaged_frames() -> list[bytes]:
     """Short, truncated, malformed and non-IP frames: the decoder drops some, the filter still
     routes every one of them."""
-    from loadgen.packets import ethernet, ipv4, tcp, udp
+    from celltap.loadgen.packets import ethernet, ipv4, tcp, udp
 
     mac = b"\x02" * 6 + b"\x04" * 6
     a, b = bytes([10, 9, 0, 1]), bytes([10, 9, 0, 2])
@@ -155,7 +155,7 @@ def kernel_split(
 
 def test_partition_properties():
     """Both directions share a bucket; every fragment of a datagram goes with its first fragment."""
-    from loadgen.packets import ethernet, ipv4, udp
+    from celltap.loadgen.packets import ethernet, ipv4, udp
 
     a, b = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
     fwd = ethernet(b"\x02" * 6, b"\x04" * 6, 0x0800, ipv4(a, b, 17, udp(a, b, 1234, 53, b"x")))

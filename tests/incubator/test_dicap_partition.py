@@ -13,17 +13,17 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from celltap.incubator.cells import CellSet
+from celltap.incubator.classify import classify
+from celltap.incubator.dicap import bucket_owner_slots, dicap_buckets, dicap_owner_slots
+from celltap.incubator.separator import ALL, DROP, HELD, Separator
+from celltap.loadgen.fragment import ipv4_fragments, ipv6_fragments
+from celltap.loadgen.packets import ACK, PSH, SYN, ethernet, hop_by_hop, ipv4, ipv6, tcp, udp
 
 from celltap.decode import Reason, decode_batch
 from celltap.pcap import read_all
 from celltap.pcap.batch import LINKTYPE_RAW, FrameBatch
 from celltap.pcap.writer import PcapWriter
-from incubator.cells import CellSet
-from incubator.classify import classify
-from incubator.dicap import bucket_owner_slots, dicap_buckets, dicap_owner_slots
-from incubator.separator import ALL, DROP, HELD, Separator
-from loadgen.fragment import ipv4_fragments, ipv6_fragments
-from loadgen.packets import ACK, PSH, SYN, ethernet, hop_by_hop, ipv4, ipv6, tcp, udp
 from tests.incubator.test_dicap import traffic
 
 MEMBERS = {"a": 1, "b": 1, "c": 1}

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from incubator.flowtable import FlowTable
+from celltap.incubator.flowtable import FlowTable
 
 S = 1_000_000_000
 

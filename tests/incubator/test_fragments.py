@@ -6,11 +6,11 @@ from __future__ import annotations
 import random
 
 import numpy as np
+from celltap.incubator.fragments import EXPIRED, OVERFLOW_BYTES, OVERFLOW_DATAGRAMS, FragmentTracker
+from celltap.incubator.separator import HELD, Separator
+from celltap.loadgen.packets import ethernet, fragment_header, ipv4, ipv6, udp
 
 from celltap.pcap.batch import FrameBatch
-from incubator.fragments import EXPIRED, OVERFLOW_BYTES, OVERFLOW_DATAGRAMS, FragmentTracker
-from incubator.separator import HELD, Separator
-from loadgen.packets import ethernet, fragment_header, ipv4, ipv6, udp
 
 A4, B4 = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 A6, B6 = bytes.fromhex("20010db8000000000000000000000001"), bytes.fromhex("20010db8000000000000000000000002")
@@ -101,10 +101,9 @@ def test_waiting_room_overflow_is_counted_by_reason():
 
 
 def test_fragment_counters_keep_conservation():
+    from celltap.incubator.engine import CellSpec, Engine
+    from celltap.incubator.metrics import IncubatorMetrics
     from prometheus_client import CollectorRegistry
-
-    from incubator.engine import CellSpec, Engine
-    from incubator.metrics import IncubatorMetrics
 
     e = Engine(
         Separator(fragments=FragmentTracker(max_datagrams=1)),

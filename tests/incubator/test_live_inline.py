@@ -11,10 +11,10 @@ import sys
 import time
 
 import pytest
+from celltap.incubator.cells import WEIGHT_SCALE
 
 from celltap.pcap import read_all
 from celltap.ring import Ring
-from incubator.cells import WEIGHT_SCALE
 from tests.conftest import require_root, require_tool
 from tests.incubator.live_helpers import IncubatorProcess, NetNS, Tcpdump, conservation, no_offloads, quiet
 from tests.incubator.oracle import expected_owner, tshark_packets

@@ -9,10 +9,10 @@ import sys
 import time
 
 import pytest
+from celltap.incubator.cells import WEIGHT_SCALE
 
 from celltap.pcap import read_all
 from celltap.ring import Ring
-from incubator.cells import WEIGHT_SCALE
 from tests.conftest import require_root, require_tool
 from tests.incubator.live_helpers import IncubatorProcess, NetNS, Tcpdump, conservation, no_offloads, quiet
 from tests.incubator.oracle import expected_owner, tshark_packets
@@ -121,9 +121,10 @@ def test_mirror_each_cell_gets_exactly_its_flows(mirror_ns, tmp_path):
 
 def test_dicap_mode_cell_keeps_exactly_its_share(mirror_ns, tmp_path):
     """`mode: dicap`: the cell process filters in the kernel and writes only its own share."""
+    from celltap.incubator.cells import CellSet
+    from celltap.incubator.dicap import dicap_owner_slots
+
     from celltap.pcap.batch import FrameBatch
-    from incubator.cells import CellSet
-    from incubator.dicap import dicap_owner_slots
 
     ns = mirror_ns
     traffic = str(tmp_path / "in.pcap")

@@ -8,16 +8,16 @@ import random
 
 import numpy as np
 import pytest
+from celltap.incubator.cells import WEIGHT_SCALE
+from celltap.incubator.engine import CellSpec, Engine
+from celltap.incubator.metrics import IncubatorMetrics
+from celltap.incubator.separator import Separator
+from celltap.loadgen.packets import ACK, FIN, PSH, SYN, ethernet, ipv4, tcp
 from prometheus_client import CollectorRegistry
 
 from celltap.pcap import read_all
 from celltap.pcap.batch import FrameBatch
 from celltap.ring import Ring
-from incubator.cells import WEIGHT_SCALE
-from incubator.engine import CellSpec, Engine
-from incubator.metrics import IncubatorMetrics
-from incubator.separator import Separator
-from loadgen.packets import ACK, FIN, PSH, SYN, ethernet, ipv4, tcp
 from tests.conftest import require_tool
 from tests.fixtures_etcd import etcd_server  # noqa: F401  (fixture)
 from tests.incubator.oracle import expected_owner, tshark_packets
@@ -151,8 +151,9 @@ def test_registry_membership_drives_the_engine(tmp_path, registry_url):
     import time
     import uuid
 
+    from celltap.incubator.cellsource import RegistryCells
+
     from celltap.registry import Membership, open_registry
-    from incubator.cellsource import RegistryCells
 
     url = registry_url
     cluster = f"inc{uuid.uuid4().hex[:8]}"

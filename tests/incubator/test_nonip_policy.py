@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from celltap.incubator.engine import CellSpec, Engine
+from celltap.incubator.metrics import IncubatorMetrics
+from celltap.incubator.separator import Separator
 from prometheus_client import CollectorRegistry
 
 from celltap.pcap import read_all
 from celltap.pcap.batch import FrameBatch
-from incubator.engine import CellSpec, Engine
-from incubator.metrics import IncubatorMetrics
-from incubator.separator import Separator
 
 ARP = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + bytes.fromhex("0001080006040001") + bytes(20)
 LLDP = bytes.fromhex("0180c200000e") + b"\x02" * 6 + b"\x88\xcc" + bytes(30)

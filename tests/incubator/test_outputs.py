@@ -9,10 +9,10 @@ import socket
 import struct
 
 import pytest
+from celltap.incubator.outputs import IfaceOutput, OutputSpecError, VxlanOutput, open_output, vxlan_header
 
 from celltap.pcap import read_all
 from celltap.pcap.batch import FrameBatch
-from incubator.outputs import IfaceOutput, OutputSpecError, VxlanOutput, open_output, vxlan_header
 from tests.conftest import require_root, require_tool
 from tests.incubator.live_helpers import NetNS, Tcpdump, no_offloads, quiet
 

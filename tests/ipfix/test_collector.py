@@ -16,16 +16,16 @@ import urllib.request
 
 import numpy as np
 import pytest
+from celltap.collector.config import CollectorConfig, ListenAddress
+from celltap.collector.ingest import IngestConfig, Ingestor
+from celltap.collector.metrics import CollectorMetrics
+from celltap.collector.service import CollectorService
+from celltap.collector.template_store import KVTemplateStore
 from prometheus_client import CollectorRegistry
 
 from celltap.ipfix import MessageEncoder, template_from_names
 from celltap.ipfix.encoder import RefreshPolicy
 from celltap.ipfix.export import TcpExporter, biflow_templates
-from collector.config import CollectorConfig, ListenAddress
-from collector.ingest import IngestConfig, Ingestor
-from collector.metrics import CollectorMetrics
-from collector.service import CollectorService
-from collector.template_store import KVTemplateStore
 from tests.ipfix.oracles import REPO, datagrams_to_pcap, free_port
 
 SIMPLE = [
@@ -338,7 +338,7 @@ def _count_hook(q):
 
 def test_reuseport_workers_take_loadgen_routers_and_serve_metrics():
     """Two worker processes on one port, four emulated routers: everything sent is received or counted."""
-    from loadgen.ipfix_cli import run as loadgen_run
+    from celltap.loadgen.ipfix_cli import run as loadgen_run
 
     port, mport = free_port(), free_port(socket.SOCK_STREAM)
     cfg = CollectorConfig(listen=[ListenAddress("udp", "127.0.0.1", port)], workers=2, metrics_port=mport)
@@ -383,7 +383,7 @@ def test_loadgen_cli_prints_what_it_sent():
             [
                 sys.executable,
                 "-m",
-                "loadgen.ipfix_cli",
+                "celltap.loadgen.ipfix_cli",
                 f"127.0.0.1:{port}",
                 "--rate",
                 "20000",
@@ -449,7 +449,7 @@ def test_killed_workers_restart_and_decode_at_once_with_shared_templates():
 @pytest.mark.parametrize("use_recvmmsg", [True, False])
 def test_kernel_drops_are_read_back_as_buffer_full(use_recvmmsg):
     """A worker that does not read while its small receive buffer overflows counts what the kernel dropped."""
-    from collector.udp_server import UdpWorker, open_udp_socket
+    from celltap.collector.udp_server import UdpWorker, open_udp_socket
 
     port = free_port()
     sock = open_udp_socket(ListenAddress("udp", "127.0.0.1", port), 8192)
@@ -541,7 +541,7 @@ def test_v9_per_sampler_rates_scale_each_record():
 
 
 def test_recvmmsg_receiver_reports_lengths_and_sources_ipv4_and_ipv6():
-    from collector.recvmmsg import BatchReceiver
+    from celltap.collector.recvmmsg import BatchReceiver
 
     for family, host, src in ((socket.AF_INET, "127.0.0.1", "127.0.0.42"), (socket.AF_INET6, "::1", "::1")):
         rx_sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -571,8 +571,8 @@ def _batches_by_key(batches) -> dict:
 
 def test_vectorised_slot_path_equals_general_path():
     """The numpy path over a recvmmsg batch gives the same records and counters as Ingestor.feed."""
-    from collector.recvmmsg import BatchReceiver
-    from collector.slot_batch import feed_slots
+    from celltap.collector.recvmmsg import BatchReceiver
+    from celltap.collector.slot_batch import feed_slots
 
     rx_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -629,7 +629,7 @@ def test_vectorised_slot_path_equals_general_path():
 
 
 def test_vectorised_slot_path_declines_batches_it_cannot_take():
-    from collector.slot_batch import feed_slots
+    from celltap.collector.slot_batch import feed_slots
 
     t = template_from_names(300, SIMPLE)
     enc = MessageEncoder(5, [t], refresh=RefreshPolicy(None, None))

@@ -124,8 +124,7 @@ def test_softflowd_ipfix_also_decoded_by_ipfix_package(tmp_path):
     """The `ipfix` package decodes softflowd's IPFIX to the same totals as the collector's decoder."""
     import ipfix.ie
     import ipfix.message
-
-    from collector.ingest import Ingestor
+    from celltap.collector.ingest import Ingestor
 
     pcap = tmp_path / "flows.pcap"
     expected = write_capture(pcap)
@@ -175,7 +174,7 @@ def test_nfcapd_counts_what_loadgen_says_it_sent(tmp_path, version, limit):
         time.sleep(1.0)
         r = subprocess.run(
             [
-                *(sys.executable, "-m", "loadgen.ipfix_cli", f"127.0.0.1:{port}", "--rate", "50000"),
+                *(sys.executable, "-m", "celltap.loadgen.ipfix_cli", f"127.0.0.1:{port}", "--rate", "50000"),
                 *("--exporters", "3", "--version", str(version)),
                 *((limit, "30000") if limit == "--records" else (limit, "0.6")),
             ],

@@ -5,8 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from celltap.loadgen.scenario import get
+
 from celltap.pcap import PcapWriter
-from loadgen.scenario import get
 from tests.conftest import require_tool
 
 # Verify every checksum tshark can verify; SCTP's CRC32c is off by default.

@@ -7,8 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+from celltap.loadgen.scenario import all_scenarios, get
+
 from celltap.pcap import open_capture, read_all
-from loadgen.scenario import all_scenarios, get
 from tests.conftest import require_tool
 
 
@@ -55,7 +56,7 @@ def test_ipfix_subcommand_dispatches_when_present() -> None:
     import importlib.util
 
     r = celltap("--help")
-    has = importlib.util.find_spec("loadgen.ipfix_cli") is not None
+    has = importlib.util.find_spec("celltap.loadgen.ipfix_cli") is not None
     assert (b"ipfix" in r.stdout) == has
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
-from loadgen.scenario import EPOCH_NS, all_scenarios, get
+from celltap.loadgen.scenario import EPOCH_NS, all_scenarios, get
 
 SMALL_COUNTS = {"small": 2000, "cps": 40, "mixed": 40}
 NAMES = [sc.name for sc in all_scenarios()]

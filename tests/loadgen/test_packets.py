@@ -6,13 +6,9 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from hypothesis import given
-from hypothesis import strategies as st
-
-from celltap.pcap import PcapWriter
-from loadgen.checksum import crc32c, internet_checksum, transport_checksum
-from loadgen.fragment import even_pieces, ipv4_fragments, ipv6_fragments
-from loadgen.packets import (
+from celltap.loadgen.checksum import crc32c, internet_checksum, transport_checksum
+from celltap.loadgen.fragment import even_pieces, ipv4_fragments, ipv6_fragments
+from celltap.loadgen.packets import (
     ETH_IPV4,
     ETH_IPV6,
     PROTO_SCTP,
@@ -36,6 +32,10 @@ from loadgen.packets import (
     tcp_options,
     udp,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+
+from celltap.pcap import PcapWriter
 from tests.loadgen.oracle import fields
 
 MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")

@@ -231,7 +231,7 @@ def _frag_payload(i: int, size: int) -> bytes:
 
 
 def test_frag_reassembled_by_tshark(tmp_path: Path) -> None:
-    from loadgen.scenarios.frag import CASES
+    from celltap.loadgen.scenarios.frag import CASES
 
     pcap = write_scenario(tmp_path / "frag.pcap", "frag", len(CASES))
     udp = fields(
@@ -302,7 +302,7 @@ def _tcpfaults_payload(seed: int, i: int, size: int) -> bytes:
 
 
 def test_tcpfaults_payload_recoverable(tmp_path: Path) -> None:
-    from loadgen.scenarios.tcpfaults import CASES
+    from celltap.loadgen.scenarios.tcpfaults import CASES
 
     pcap = write_scenario(tmp_path / "tf.pcap", "tcpfaults", 2 * len(CASES), seed=5)
     ports = {int(r[0]): int(r[1]) for r in fields(pcap, ["tcp.stream", "tcp.srcport"], "tcp.flags == 0x002")}

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from celltap.loadgen.scenario import all_scenarios
 
-from loadgen.scenario import all_scenarios
 from tests.loadgen.oracle import BAD_FILTER, fields, tshark, write_scenario
 
 COUNTS = {"small": 5000, "cps": 100, "mixed": 150, "frag": 45, "tcpfaults": 24}

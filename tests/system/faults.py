@@ -8,10 +8,11 @@ import struct
 import time
 from pathlib import Path
 
+from celltap.loadgen.link import Link
+from celltap.loadgen.tcpconv import TcpConversation
+
 from celltap.pcap import read_all
 from celltap.pcap.writer import PcapWriter
-from loadgen.link import Link
-from loadgen.tcpconv import TcpConversation
 
 # Ethernet + an IPv4 header cut after 10 of its 20 bytes: every decoder must call it truncated.
 TRUNCATED_IPV4 = (
