@@ -166,19 +166,33 @@ class Template:
         return struct.pack("!HH", self.template_id, len(self.fields)) + body
 
 
+def unique_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_2`, `base_3`... whichever is not yet in `taken` (which it joins).
+
+    Column names must be unique for numpy; a template may repeat an element, and a hostile one may
+    also name a field like the suffixed form of another (A, A, A_2), so a plain counter is not enough.
+    """
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
 def make_fields(
-    specs: list[tuple[int, int, int]], registry: Registry | None = None, scope_count: int = 0
+    specs: list[tuple[int, int, int]],
+    registry: Registry | None = None,
+    scope_count: int = 0,
+    taken: set[str] | None = None,
 ) -> tuple[FieldSpec, ...]:
     """FieldSpecs from (element id, length, enterprise) triples, with unique column names."""
     reg = registry or default_registry()
-    seen: dict[str, int] = {}
+    taken = set() if taken is None else taken
     out = []
     for i, (eid, length, pen) in enumerate(specs):
         ie = reg.get(eid, pen)
-        n = seen.get(ie.name, 0) + 1
-        seen[ie.name] = n
-        name = ie.name if n == 1 else f"{ie.name}_{n}"
-        out.append(FieldSpec(ie, length, name, scope=i < scope_count))
+        out.append(FieldSpec(ie, length, unique_name(ie.name, taken), scope=i < scope_count))
     return tuple(out)
 
 
@@ -253,6 +267,14 @@ def parse_template_set(
     return out
 
 
+def _check_v9_lengths(tid: int, specs: list[tuple[int, int, int]]) -> None:
+    """A v9 field of 0 bytes carries nothing (RFC 7011 forbids it in IPFIX), and a template of only such
+    fields would make records of 0 bytes, which no data set can be divided into: reject it."""
+    for eid, length, _ in specs:
+        if length == 0:
+            raise MalformedError("bad_template", f"v9 template {tid} field {eid} has length {length}")
+
+
 def parse_v9_template_set(
     buf: bytes | memoryview, start: int, end: int, set_id: int, registry: Registry | None = None
 ) -> list[Template]:
@@ -270,6 +292,7 @@ def parse_v9_template_set(
                 raise MalformedError("truncated_template", f"v9 template {tid} runs past its flowset")
             specs = [(*struct.unpack_from("!HH", buf, pos + 4 * i), 0) for i in range(count)]
             pos += 4 * count
+            _check_v9_lengths(tid, specs)
             out.append(Template(tid, make_fields(specs, reg), 0))
         return out
     while end - pos >= 6:
@@ -280,15 +303,21 @@ def parse_v9_template_set(
         if end - pos < scope_len + opt_len:
             raise MalformedError("truncated_template", f"v9 options template {tid}")
         n_scope, n_opt = scope_len // 4, opt_len // 4
+        if n_scope + n_opt > MAX_FIELDS:
+            raise MalformedError(
+                "bad_template", f"v9 options template {tid} declares {n_scope + n_opt} fields"
+            )
         raw = [struct.unpack_from("!HH", buf, pos + 4 * i) for i in range(n_scope + n_opt)]
         pos += scope_len + opt_len
+        _check_v9_lengths(tid, [(t, ln, 0) for t, ln in raw])
         fields = []
+        taken: set[str] = set()
         for t, ln in raw[:n_scope]:
             # v9 scope types are not IANA ids: give them their own names and an integer/bytes type.
             kind = "unsigned32" if ln in (1, 2, 4, 8) else "octetArray"
             ie = InformationElement(t, -1, V9_SCOPE_NAMES.get(t, f"scope{t}"), kind)
-            fields.append(FieldSpec(ie, ln, ie.name, scope=True))
-        fields.extend(make_fields([(t, ln, 0) for t, ln in raw[n_scope:]], reg))
+            fields.append(FieldSpec(ie, ln, unique_name(ie.name, taken), scope=True))
+        fields.extend(make_fields([(t, ln, 0) for t, ln in raw[n_scope:]], reg, taken=taken))
         out.append(Template(tid, tuple(fields), n_scope))
         if end - pos < 4:
             break  # the rest is padding
