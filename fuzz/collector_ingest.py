@@ -74,11 +74,11 @@ class SlotBatch:
             self.lens[i] = len(d)
         self.view = memoryview(self.buf.reshape(-1))
 
-    def rows(self, n: int):  # noqa: D102 - BatchReceiver's interface
+    def rows(self, n: int):
         addrs = np.full(n, EXPORTER_INT, dtype=np.uint32)
         return self.buf, self.lens[:n], addrs, {EXPORTER_INT: EXPORTER}
 
-    def pairs(self, n: int) -> list:  # noqa: D102
+    def pairs(self, n: int) -> list:
         size = self.slot
         return [(EXPORTER, self.view[i * size : i * size + int(self.lens[i])]) for i in range(n)]
 
@@ -128,9 +128,10 @@ def run_one(data: bytes, version: int) -> None:
 
 def ipfix_seeds(version: int) -> list[bytes]:
     """Seeds from our encoder (fixed, variable-length, options, enterprise fields) and loadgen's pool."""
+    from celltap.loadgen.ipfix_gen import build_pool
+
     from celltap.ipfix import MessageEncoder, template_from_names
     from celltap.ipfix.encoder import RefreshPolicy
-    from celltap.loadgen.ipfix_gen import build_pool
 
     now = 1_700_000_000.0
     out = []
@@ -167,9 +168,7 @@ def ipfix_seeds(version: int) -> list[bytes]:
             "octetDeltaCount": np.arange(n, dtype=np.uint64),
         }
         out.append(join_datagrams(enc.encode(301, vcols, now)))
-    opts = template_from_names(
-        302, [("meteringProcessId", None), ("samplingInterval", None)], scope_count=1
-    )
+    opts = template_from_names(302, [("meteringProcessId", None), ("samplingInterval", None)], scope_count=1)
     enc = MessageEncoder(9, [opts, fixed], version, refresh=RefreshPolicy(None, None))
     ocols = {"meteringProcessId": np.array([1], np.uint32), "samplingInterval": np.array([10], np.uint32)}
     out.append(join_datagrams(enc.encode(302, ocols, now) + enc.encode(300, cols, now)))

@@ -16,7 +16,6 @@ from celltap.ipfix.template import (
     template_set_bytes,
 )
 
-
 # NetFlow v5 records decode with a template of id 0 (v5 has none on the wire); a template set may only
 # carry ids from 256 up, so the wire form to the analysis nodes gives it this one.
 V5_WIRE_TEMPLATE_ID = 256

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from celltap.ipfix.errors import MalformedError
-from celltap.ipfix.iana import FIXED_SIZES, InformationElement, Registry, default_registry
+from celltap.ipfix.iana import FIXED_SIZES, V9_VENDOR_PEN, InformationElement, Registry, default_registry
 
 VARLEN = 65535
 SET_TEMPLATE = 2
@@ -160,9 +160,9 @@ class Template:
         if self.is_options:
             n = self.scope_count
             scope = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields[:n])
-            opts = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields[n:])
+            opts = b"".join(struct.pack("!HH", _v9_type(f.ie), f.length) for f in self.fields[n:])
             return struct.pack("!HHH", self.template_id, len(scope), len(opts)) + scope + opts
-        body = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields)
+        body = b"".join(struct.pack("!HH", _v9_type(f.ie), f.length) for f in self.fields)
         return struct.pack("!HH", self.template_id, len(self.fields)) + body
 
 
@@ -267,6 +267,17 @@ def parse_template_set(
     return out
 
 
+def v9_spec(field_type: int, length: int) -> tuple[int, int, int]:
+    """(element id, length, enterprise) of a v9 field: vendor types (>= 32768) map to V9_VENDOR_PEN."""
+    if field_type & 0x8000:
+        return field_type & 0x7FFF, length, V9_VENDOR_PEN
+    return field_type, length, 0
+
+
+def _v9_type(ie: InformationElement) -> int:
+    return ie.element_id | 0x8000 if ie.enterprise == V9_VENDOR_PEN else ie.element_id
+
+
 def _check_v9_lengths(tid: int, specs: list[tuple[int, int, int]]) -> None:
     """A v9 field of 0 bytes carries nothing (RFC 7011 forbids it in IPFIX), and a template of only such
     fields would make records of 0 bytes, which no data set can be divided into: reject it."""
@@ -290,7 +301,7 @@ def parse_v9_template_set(
                 raise MalformedError("bad_template", f"v9 template {tid} with {count} fields")
             if end - pos < 4 * count:
                 raise MalformedError("truncated_template", f"v9 template {tid} runs past its flowset")
-            specs = [(*struct.unpack_from("!HH", buf, pos + 4 * i), 0) for i in range(count)]
+            specs = [v9_spec(*struct.unpack_from("!HH", buf, pos + 4 * i)) for i in range(count)]
             pos += 4 * count
             _check_v9_lengths(tid, specs)
             out.append(Template(tid, make_fields(specs, reg), 0))
@@ -317,7 +328,7 @@ def parse_v9_template_set(
             kind = "unsigned32" if ln in (1, 2, 4, 8) else "octetArray"
             ie = InformationElement(t, -1, V9_SCOPE_NAMES.get(t, f"scope{t}"), kind)
             fields.append(FieldSpec(ie, ln, unique_name(ie.name, taken), scope=True))
-        fields.extend(make_fields([(t, ln, 0) for t, ln in raw[n_scope:]], reg, taken=taken))
+        fields.extend(make_fields([v9_spec(t, ln) for t, ln in raw[n_scope:]], reg, taken=taken))
         out.append(Template(tid, tuple(fields), n_scope))
         if end - pos < 4:
             break  # the rest is padding

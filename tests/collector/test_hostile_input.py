@@ -55,7 +55,9 @@ GOOD_TEMPLATE = v9_template(260, [(8, 4), (1, 4), (2, 4)])
 
 
 def good_data(first: int, n: int) -> bytes:
-    return flowset(260, b"".join(struct.pack("!III", 0x0A000000 + i, 100 + i, 1) for i in range(first, first + n)))
+    return flowset(
+        260, b"".join(struct.pack("!III", 0x0A000000 + i, 100 + i, 1) for i in range(first, first + n))
+    )
 
 
 def records(batches: list[RecordBatch], name: str = "octetDeltaCount") -> list[int]:
@@ -86,7 +88,7 @@ def test_v9_options_template_repeating_a_scope_field_decodes_with_unique_names()
     body = struct.pack("!HHH", 400, 8, 4) + struct.pack("!HHHH", 1, 4, 1, 4) + struct.pack("!HH", 34, 4)
     data = flowset(400, struct.pack("!III", 7, 8, 10))
     out = ing.feed([("192.0.2.9", v9(0, flowset(1, body), data, GOOD_TEMPLATE, good_data(0, 1)))], 1.0)
-    opts = [b for b in out if b.template_id == 400][0]
+    opts = next(b for b in out if b.template_id == 400)
     assert opts.records.dtype.names == ("scopeSystem", "scopeSystem_2", "samplingInterval")
     assert [int(opts.records[n][0]) for n in opts.records.dtype.names] == [7, 8, 10]
     # The announced 1-in-10 sampling scales the data record (100 octets, 1 packet) that follows.
@@ -112,7 +114,7 @@ def test_unexpected_decoder_exception_costs_one_message_counted(monkeypatch):
         return ipfix_set(310, struct.pack("!I", 0x0A000001) + bytes([len(app)]) + app)
 
     out = ing.feed(
-        [("192.0.2.7", ipfix(0, tpl, data(b"dns"))), ("192.0.2.7", ipfix(1, b"".join([ipfix_set(310, b"\x09" * 6)]))),
+        [("192.0.2.7", ipfix(0, tpl, data(b"dns"))), ("192.0.2.7", ipfix(1, ipfix_set(310, b"\x09" * 6))),
          ("192.0.2.7", ipfix(1, data(b"http")))],
         1.0,
     )  # fmt: skip
@@ -238,7 +240,9 @@ def test_node_counts_only_records_a_rejected_batch_really_held(claimed):
     assert ack.error
     assert counts["rejected_records"] == 10  # 120 bytes of 12-byte records
     assert counts["overclaimed_records"] == claimed - 10
-    junk = pb.RecordBatchMsg(collector="c", sequence=2, origin="n1", template=b"junk", records=b"abc", count=claimed)
+    junk = pb.RecordBatchMsg(
+        collector="c", sequence=2, origin="n1", template=b"junk", records=b"abc", count=claimed
+    )
     state.handle(junk)
     assert state.status()["counts"]["rejected_records"] == 13  # at most one record per byte
 
@@ -251,3 +255,29 @@ def test_ingest_accounting_returns_to_zero_after_everything_expires():
     ing.expire(1.0 + 10 * 86400, force=True)
     assert ing.state_bytes == 0 and not ing._domains and not ing._exporters
     assert np.isclose(ing.stats.domain_events[("192.0.2.9", "expired")], 20)
+
+
+def test_ipfix_template_whose_generated_names_collide_decodes():
+    """Finding 1b (IPFIX): unknown element 500 twice is named ie500, ie500_2, and enterprise 500's element
+    2 is also called ie500_2: the names collided (numpy ValueError)."""
+    t = (
+        struct.pack("!HH", 312, 3)
+        + struct.pack("!HHHH", 500, 2, 500, 2)
+        + struct.pack("!HHI", 0x8002, 2, 500)
+    )
+    out = Ingestor().feed([("192.0.2.7", ipfix(0, ipfix_set(2, t), ipfix_set(312, bytes(range(6)))))], 1.0)
+    (batch,) = out
+    assert len(set(batch.records.dtype.names)) == 3
+    assert [bytes(batch.records[n][0]) for n in batch.records.dtype.names] == [b"\0\1", b"\2\3", b"\4\5"]
+
+
+def test_v9_vendor_field_type_survives_the_wire_form_to_the_nodes():
+    """Fuzzing finding: a v9 field type >= 32768 (vendor range, e.g. Cisco NSEL) was re-encoded as an IPFIX
+    enterprise field without its enterprise number; the node could not parse the template."""
+    tpl = v9_template(261, [(8, 4), (40001, 4)])
+    data = flowset(261, struct.pack("!II", 0x0A000001, 0xC0A80001))
+    (batch,) = Ingestor().feed([("192.0.2.9", v9(0, tpl, data))], 1.0)
+    tb, rb = batch.to_wire()
+    back = RecordBatch.from_wire("192.0.2.9", 1, tb, rb)
+    assert back.records.dtype.names == ("sourceIPv4Address", "ie40001")
+    assert bytes(back.records["ie40001"][0]) == bytes([192, 168, 0, 1])
