@@ -16,6 +16,7 @@ RESERVED_SET = "reserved_set_id"
 EXPORTER_LIMIT = "exporter_limit"  # one exporter address reached its domain count or memory share
 MEMORY_LIMIT = "memory_limit"  # the process's state budget (templates + domains) is spent
 INTERNAL_ERROR = "internal_error"  # the decoder raised something unexpected (a bug): that unit is lost
+STOPPED = "stopped"  # still queued in the socket when a stop's drain time ran out
 SINK_ERROR = "sink_error"  # the consumer of decoded records raised: that batch is lost
 
 

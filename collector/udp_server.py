@@ -14,7 +14,7 @@ from celltap.collector.ingest import Ingestor
 from celltap.collector.recvmmsg import BatchReceiver
 from celltap.collector.recvmmsg import available as recvmmsg_available
 from celltap.collector.slot_batch import feed_slots
-from celltap.collector.stats import BUFFER_FULL, INTERNAL_ERROR, SINK_ERROR
+from celltap.collector.stats import BUFFER_FULL, INTERNAL_ERROR, SINK_ERROR, STOPPED
 
 from celltap.ipfix.records import RecordBatch
 
@@ -192,4 +192,24 @@ class UdpWorker:
         end = time.monotonic() + drain_seconds
         while time.monotonic() < end and self.poll_once(0):
             pass
+        self.discard_queued()
         self.report()
+
+    def discard_queued(self, limit: int = 1_000_000) -> int:
+        """Count, without decoding, what is still queued once the drain time is over: those datagrams
+        are lost with this socket, and a stop must not lose anything uncounted."""
+        n = nbytes = 0
+        while n < limit:
+            try:
+                got = self.sock.recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            n += 1
+            nbytes += len(got)
+        if n:
+            self.ingestor.stats.dropped_messages[STOPPED] += n
+            self.ingestor.stats.dropped_bytes[STOPPED] += nbytes
+            log.warning("stopping: %d datagrams still queued after the drain time were dropped (counted)", n)
+        return n
