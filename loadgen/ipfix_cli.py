@@ -88,7 +88,7 @@ def run(
     seqs = [0] * exporters
     if records is None and use_sendmmsg and sendmmsg_available():
         return _run_pools(socks, pools, rate, duration, template_refresh, seq_off, seq_step)
-    messages = octets = packets = errors = 0
+    messages = octets = packets = errors = template_errors = 0
     start = time.monotonic()
     next_templates = start
     j = 0
@@ -100,7 +100,10 @@ def run(
         if t >= next_templates:
             for k, (snd, p) in enumerate(zip(senders, pools, strict=True)):
                 p.sequence = seqs[k]
-                snd(p.stamp_templates())
+                try:
+                    snd(p.stamp_templates())
+                except OSError:
+                    template_errors += 1  # e.g. ICMP port unreachable while the collector restarts
                 seqs[k] = p.sequence
             next_templates = t + template_refresh
         if rate > 0:
@@ -135,6 +138,7 @@ def run(
         "packets": packets,
         "messages": messages,
         "send_errors": errors,
+        "template_send_errors": template_errors,
     }
     elapsed = time.monotonic() - start
     for s in socks:
@@ -159,7 +163,7 @@ def _run_pools(
     cum_oct = [np.cumsum([0, *p.octets]) for p in pools]
     cum_pkt = [np.cumsum([0, *p.packets]) for p in pools]
     seqs = [0] * len(pools)
-    messages = octets = packets = errors = 0
+    messages = octets = packets = errors = template_errors = 0
     start = time.monotonic()
     next_templates = start
     while True:
@@ -169,7 +173,10 @@ def _run_pools(
         if t >= next_templates:
             for k, (s, p) in enumerate(zip(socks, pools, strict=True)):
                 p.sequence = seqs[k]
-                s.send(p.stamp_templates())
+                try:
+                    s.send(p.stamp_templates())
+                except OSError:
+                    template_errors += 1  # e.g. ICMP port unreachable while the collector restarts
                 seqs[k] = p.sequence
             next_templates = t + template_refresh
         if rate > 0:
@@ -194,6 +201,7 @@ def _run_pools(
         "packets": packets,
         "messages": messages,
         "send_errors": errors,
+        "template_send_errors": template_errors,
         "seconds": round(elapsed, 3),
         "records_per_second": round(messages * per_msg / elapsed) if elapsed else 0,
     }

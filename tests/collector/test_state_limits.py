@@ -17,7 +17,7 @@ import time
 import tracemalloc
 
 import pytest
-from celltap.collector.ingest import DOMAIN_COST, IngestConfig, Ingestor, template_cost
+from celltap.collector.ingest import DOMAIN_COST, IngestConfig, Ingestor
 
 from tests.ipfix.oracles import CELLTAP, REPO, free_port
 
@@ -28,7 +28,8 @@ def ipfix(seq: int, body: bytes, odid: int = 1) -> bytes:
 
 def template_set(tid: int, n_fields: int, variable: bool = False, base: int = 1) -> bytes:
     fields = b"".join(
-        struct.pack("!HH", (base + i) % 400 + 1, 65535 if variable and i % 3 == 0 else 4) for i in range(n_fields)
+        struct.pack("!HH", (base + i) % 400 + 1, 65535 if variable and i % 3 == 0 else 4)
+        for i in range(n_fields)
     )
     rec = struct.pack("!HH", tid, n_fields) + fields
     return struct.pack("!HH", 2, 4 + len(rec)) + rec
@@ -78,7 +79,10 @@ def test_budgets_refuse_and_count_beyond_the_bound():
         msgs = [(f"192.0.2.{src}", ipfix(0, template_set(256 + i, 64, base=i), odid=src)) for i in range(200)]
         ing.feed(msgs, 1.0)
         held = sum(
-            e.cost for (exp, _), d in ing._domains.items() if exp == f"192.0.2.{src}" for e in d.templates.values()
+            e.cost
+            for (exp, _), d in ing._domains.items()
+            if exp == f"192.0.2.{src}"
+            for e in d.templates.values()
         )
         assert held + DOMAIN_COST <= cfg.max_exporter_bytes
     assert ing.state_bytes <= cfg.max_state_bytes
@@ -150,9 +154,13 @@ def test_template_flood_keeps_the_collector_process_under_its_bound(tmp_path):
             s.close()
     summary = json.loads([x for x in err.splitlines() if x.startswith("{")][-1])
     assert summary["messages"] + sum(summary["dropped_messages"].values()) == sent
-    assert summary["dropped_sets"].get("memory_limit", 0) + summary["dropped_sets"].get("exporter_limit", 0) > 0
+    assert (
+        summary["dropped_sets"].get("memory_limit", 0) + summary["dropped_sets"].get("exporter_limit", 0) > 0
+    )
     growth = peak - base
     slack = 24 << 20  # recvmmsg slots, decoded batches, allocator slack
     assert growth < bound + slack, f"peak RSS grew {growth >> 20} MiB, bound {bound >> 20} MiB"
-    print(f"base {base >> 20} MiB, peak {peak >> 20} MiB, growth {growth >> 20} MiB (bound {bound >> 20} MiB)")
+    print(
+        f"base {base >> 20} MiB, peak {peak >> 20} MiB, growth {growth >> 20} MiB (bound {bound >> 20} MiB)"
+    )
     sys.stdout.flush()
