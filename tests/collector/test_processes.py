@@ -125,9 +125,8 @@ def test_sigkill_and_restart_counts_what_was_sent_meanwhile_as_sequence_lost(tmp
     assert summary_b["sequence_lost"] > 5_000, err_b  # 1.5 s of 5,000 records/s, and B's start
     assert got_a + got_b + summary_b["sequence_lost"] == numbered, (got_a, got_b, summary_b, sent)
     assert summary_b["dropped_sets"] == {} and summary_b["dropped_messages"] == {}, err_b
-    print(
-        f"sent {numbered}, before kill {got_a}, after restart {got_b}, counted lost {summary_b['sequence_lost']}"
-    )
+    lost = summary_b["sequence_lost"]
+    print(f"sent {numbered}, before kill {got_a}, after restart {got_b}, counted lost {lost}")
 
 
 class _LineCounter:
@@ -168,8 +167,8 @@ def test_sigterm_is_prompt_and_leaves_no_template_files(tmp_path):
             senders.append(s)
         for i in range(2000):
             for s in senders:
-                s.sendto(ipfix(0, ipfix_set(2, struct.pack("!HHHHHH", 256 + i, 2, 8, 4, 1, 8)), odid=i // 1000),
-                         ("127.0.0.1", port))  # fmt: skip
+                tpl = ipfix_set(2, struct.pack("!HHHHHH", 256 + i, 2, 8, 4, 1, 8))
+                s.sendto(ipfix(0, tpl, odid=i // 1000), ("127.0.0.1", port))
             if i % 100 == 0:
                 time.sleep(0.02)
         time.sleep(1.5)
