@@ -176,7 +176,16 @@ class NodeState:
                 NODE_METRICS.duplicates.labels(self.node_id).inc(msg.count)
                 ack.duplicate = True
                 return ack
-            target.apply(batch.records, msg.exporter, keys, mask)
+            try:
+                target.apply(batch.records, msg.exporter, keys, mask)
+            except Exception as exc:  # an app that cannot take this batch must not end the stream
+                NODE_METRICS.rejected.labels(self.node_id, "app_error").inc(msg.count)
+                self.counts["rejected_batches"] += 1
+                self.counts["rejected_records"] += msg.count
+                log.exception("batch %s/%d from collector %s: an app failed on it", msg.origin, msg.sequence,
+                              msg.collector)  # fmt: skip
+                ack.error = f"app_error: {exc!r}"
+                return ack
             target.seen.add(ident)
         self.counts[f"batches_{role}"] += 1
         self.counts[f"records_{role}"] += msg.count

@@ -192,8 +192,26 @@ def make_fields(
     out = []
     for i, (eid, length, pen) in enumerate(specs):
         ie = reg.get(eid, pen)
+        if not length_fits(ie, length):
+            # Sent at a length its type cannot have (a counter of 16 bytes or of variable length): keep
+            # the bytes, but not under the element's name, which every consumer reads as a number.
+            ie = InformationElement(ie.element_id, ie.enterprise, f"{ie.name}_octets", "octetArray")
         out.append(FieldSpec(ie, length, unique_name(ie.name, taken), scope=i < scope_count))
     return tuple(out)
+
+
+def length_fits(ie: InformationElement, length: int) -> bool:
+    """Whether an element of this type can be encoded in `length` bytes (reduced-size included)."""
+    dt = ie.data_type
+    if dt in _INT_TYPES:
+        return 1 <= length <= 8
+    if dt in ("float32", "float64"):
+        return length in (4, 8)
+    if dt == "ipv6Address":
+        return length == 16
+    if dt == "macAddress":
+        return length == 6
+    return True
 
 
 def template_from_names(

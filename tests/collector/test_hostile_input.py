@@ -281,3 +281,22 @@ def test_v9_vendor_field_type_survives_the_wire_form_to_the_nodes():
     back = RecordBatch.from_wire("192.0.2.9", 1, tb, rb)
     assert back.records.dtype.names == ("sourceIPv4Address", "ie40001")
     assert bytes(back.records["ie40001"][0]) == bytes([192, 168, 0, 1])
+
+
+def test_node_takes_a_batch_whose_counter_has_a_length_its_type_cannot_have():
+    """Fuzzing finding (gRPC batch): a template declaring packetDeltaCount as variable-length made an
+    app's numeric conversion raise out of NodeState.handle.  The field is kept as bytes under another
+    name; the apps see no packet counter, and the batch is applied."""
+    from celltap.collector.apps.base import make_app
+
+    state = NodeState("n1", [make_app("mix", {"kind": "app_mix", "key": "flow"})])
+    t = ipfix_set(2, struct.pack("!HHHHHHHH", 300, 3, 8, 4, 1, 8, 2, 65535))
+    rec = struct.pack("!IQ", 0x0A000001, 500) + b"\x03htt"
+    msg = pb.RecordBatchMsg(collector="c", sequence=1, origin="n1", exporter="192.0.2.1", domain=1,
+                            template=t, records=rec, count=1, keys=["flow"])  # fmt: skip
+    ack = state.handle(msg)
+    assert not ack.error, ack.error
+    assert state.status()["counts"]["records_primary"] == 1
+    batch = RecordBatch.from_wire("192.0.2.1", 1, t, rec)
+    assert batch.records.dtype.names == ("sourceIPv4Address", "octetDeltaCount", "packetDeltaCount_octets")
+    assert bytes(batch.records["packetDeltaCount_octets"][0]) == b"htt"
