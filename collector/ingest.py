@@ -201,7 +201,7 @@ class Ingestor:
         self._touched: set[tuple[str, int]] = set()  # domains whose sequence moved since checkpoint()
         self._next_expire = 0.0
         if seq_state is not None:
-            self._restore_sequences(seq_state)
+            self._restore_sequences(seq_state)  # seq_state.load() was called by whoever made it
         self._store_misses: dict[tuple[str, int, int], float] = {}
         self._rlog = RateLimitedLog(log)
         # Per feed() call: data slices waiting to be decoded together, keyed by (exporter, domain, tid).
@@ -326,7 +326,7 @@ class Ingestor:
     # ------------------------------------------------------------------ sequence state across restarts
     def _restore_sequences(self, state: SequenceState) -> None:
         """Take the sequence numbers a previous run saved, so what was lost while down is counted."""
-        for (exporter, domain), (next_seq, unit, seen) in state.load().items():
+        for (exporter, domain), (next_seq, unit, seen) in state.loaded().items():
             d, _ = self._domain(exporter, domain, seen)
             if d is None:
                 continue  # beyond the limits: that domain starts fresh, as without saved state

@@ -102,6 +102,10 @@ class SequenceState:
         self._loaded = dict(newest)
         return dict(self._loaded)
 
+    def loaded(self) -> dict[tuple[str, int], Entry]:
+        """What load() found (empty before it)."""
+        return dict(self._loaded)
+
     def _open(self, entries: list[tuple[tuple[str, int], Entry]]) -> None:
         size = HEADER.size + self.capacity * SLOT.size
         buf = bytearray(size)

@@ -91,6 +91,11 @@ def make_ingestor(
     seq = None
     if worker is not None and config.state_dir:
         seq = SequenceState(config.state_dir, worker, config.max_domains, config.domain_expiry)
+        try:
+            seq.load()
+        except OSError as exc:  # checked at start (check_state_dir); if it went bad since, go on without
+            log.error("state_dir %s unusable (%s): sequence state is not kept", config.state_dir, exc)
+            seq = None
     return Ingestor(
         ingest_config(config),
         store if store is not None else make_store(config, local_dir, max(worker or 0, 0)),
@@ -98,6 +103,17 @@ def make_ingestor(
         AllowList(config.allow),
         seq_state=seq,
     )
+
+
+def check_state_dir(config: CollectorConfig) -> None:
+    """Create state_dir if needed and check that it is writable (OSError naming it otherwise)."""
+    if not config.state_dir:
+        return
+    os.makedirs(os.path.join(config.state_dir, "templates"), exist_ok=True)
+    probe = os.path.join(config.state_dir, f".probe-{os.getpid()}")
+    with open(probe, "wb") as fh:
+        fh.write(b"ok")
+    os.unlink(probe)
 
 
 def _template_dir(config: CollectorConfig, local_dir: str | None) -> str | None:
