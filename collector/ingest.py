@@ -83,15 +83,25 @@ class IngestConfig:
 # costs about 250 bytes per field for each numpy dtype it builds (the output dtype, and the wire dtype
 # of a fixed-length template) plus its FieldSpecs, and about 1 KB of fixed overhead (Template,
 # _Entry, dict slot).  tests/collector/test_state_limits.py checks the estimate against tracemalloc.
+# A field whose element is not one the registry holds (an unknown id or enterprise element, a v9
+# scope field) also pays for its own InformationElement and name: about 230 bytes more.
 TEMPLATE_BASE_COST = 1024
 TEMPLATE_FIELD_COST = 256
+UNSHARED_ELEMENT_COST = 320
 DOMAIN_COST = 1024  # _Domain, its dicts, the domain table slot and the exporter's entry
 
 
-def template_cost(t: Template, raw: bytes) -> int:
+def template_cost(t: Template, raw: bytes, registry: Registry | None = None) -> int:
     """Bytes of memory one stored template holds (an upper estimate, see the constants above)."""
+    reg = registry or default_registry()
     dtypes = 2 if t.record_length is not None else 1
-    return TEMPLATE_BASE_COST + TEMPLATE_FIELD_COST * dtypes * len(t.fields) + len(raw)
+    unshared = sum(1 for f in t.fields if not reg.is_shared(f.ie))
+    return (
+        TEMPLATE_BASE_COST
+        + TEMPLATE_FIELD_COST * dtypes * len(t.fields)
+        + UNSHARED_ELEMENT_COST * unshared
+        + len(raw)
+    )
 
 
 @dataclass
@@ -355,7 +365,7 @@ class Ingestor:
             old.seen = now
             self.stats.template_events[(exporter, "refreshed")] += 1
             return
-        cost = template_cost(t, raw)
+        cost = template_cost(t, raw, self.registry)
         refused = self._charge(exporter, cost - (old.cost if old is not None else 0))
         if refused:
             self.stats.template_events[(exporter, "rejected")] += 1
@@ -422,7 +432,7 @@ class Ingestor:
             return None
         if t.template_id != tid or (len(dom.templates) >= self.config.max_templates_per_domain):
             return None
-        cost = template_cost(t, bytes(raw))
+        cost = template_cost(t, bytes(raw), self.registry)
         if self._charge(exporter, cost):
             return None
         dom.templates[tid] = _Entry(t, bytes(raw), now, cost)

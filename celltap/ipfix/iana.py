@@ -121,6 +121,23 @@ class Registry:
             ie = InformationElement(element_id, enterprise, name, "octetArray")
         return ie
 
+    def is_shared(self, ie: InformationElement) -> bool:
+        """True for an element object the registry holds (not one made for an unknown id)."""
+        return self._by_key.get((ie.enterprise, ie.element_id)) is ie or ie.name.endswith("_octets")
+
+    def as_octets(self, ie: InformationElement) -> InformationElement:
+        """The element relabelled `<name>_octets` of type octetArray (one shared object per element)."""
+        cache = self.__dict__.setdefault("_octets", {})
+        key = (ie.enterprise, ie.element_id)
+        hit = cache.get(key)
+        if hit is None:
+            if len(cache) >= 65536:
+                cache.clear()  # unknown elements are unbounded in number; known ones are a few hundred
+            hit = cache[key] = InformationElement(
+                ie.element_id, ie.enterprise, f"{ie.name}_octets", "octetArray"
+            )
+        return hit
+
     def by_name(self, name: str) -> InformationElement:
         """The element with this IANA name (KeyError if unknown)."""
         return self._by_name[name]

@@ -195,7 +195,7 @@ def make_fields(
         if not length_fits(ie, length):
             # Sent at a length its type cannot have (a counter of 16 bytes or of variable length): keep
             # the bytes, but not under the element's name, which every consumer reads as a number.
-            ie = InformationElement(ie.element_id, ie.enterprise, f"{ie.name}_octets", "octetArray")
+            ie = reg.as_octets(ie)
         out.append(FieldSpec(ie, length, unique_name(ie.name, taken), scope=i < scope_count))
     return tuple(out)
 

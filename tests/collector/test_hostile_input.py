@@ -132,7 +132,7 @@ def test_json_sink_prints_elements_sent_at_a_length_their_type_does_not_have():
     buf = io.StringIO()
     JsonLinesSink(buf)(out)
     rec = json.loads(buf.getvalue())
-    assert rec["flowStartNanoseconds"] == value.hex() and rec["sourceIPv4Address"] == "10.0.0.1"
+    assert rec["flowStartNanoseconds_octets"] == value.hex() and rec["sourceIPv4Address"] == "10.0.0.1"
 
 
 def test_v5_records_survive_the_wire_form_to_the_nodes():
