@@ -5,7 +5,8 @@ is one more datagram).  Every datagram is forced to the harness's version and go
 a UDP worker decodes: first one by one through `Ingestor.feed` (the recvfrom path, which warms up the
 templates), then all together as one recvmmsg batch laid out in slot rows exactly as `BatchReceiver`
 lays them out, through `udp_server.ingest_received` (the vectorised slot path or, when the batch does
-not qualify, the general path).  Every decoded batch is then printed as JSON lines (the inspect sink)
+not qualify, the general path).  IPFIX input also goes through the TCP path (StreamFramer, a session
+that then ends).  Every decoded batch is then printed as JSON lines (the inspect sink)
 and serialised for the analysis nodes and back (`RecordBatch.to_wire` / `from_wire`).
 
 A finding is anything the collector would not survive or would get wrong silently: an exception out
@@ -124,6 +125,28 @@ def run_one(data: bytes, version: int) -> None:
     ing.expire(now + 10 * 86400, force=True)
     if ing.state_bytes != 0 or ing._exporters or ing._domains:
         raise AssertionError(f"state accounting leaks: {ing.state_bytes} bytes after every domain expired")
+    if version == 10:
+        run_stream(datagrams, now)
+
+
+def run_stream(datagrams: list[bytes], now: float) -> None:
+    """The TCP path: the datagrams as one IPFIX byte stream, framed and decoded as a session, which
+    then ends (its templates end with it)."""
+    from celltap.ipfix.errors import MalformedError
+    from celltap.ipfix.message import StreamFramer
+
+    ing = small_ingestor()
+    framer = StreamFramer(max_buffer=1 << 16)
+    try:
+        msgs = framer.feed(b"".join(datagrams))
+    except MalformedError:
+        return  # the server closes such a connection (counted there)
+    check_batches(ing.feed([(EXPORTER, m) for m in msgs], now, expires=False))
+    if ing.stats.dropped_messages.get(INTERNAL_ERROR) or ing.stats.dropped_sets.get(INTERNAL_ERROR):
+        raise AssertionError("decoder raised unexpectedly (stream)") from ing.last_internal_error
+    ing.forget_exporter(EXPORTER)
+    if ing.state_bytes != 0 or ing._exporters or ing._domains:
+        raise AssertionError(f"state accounting leaks after a session ended: {ing.state_bytes} bytes")
 
 
 def ipfix_seeds(version: int) -> list[bytes]:
