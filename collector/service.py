@@ -163,9 +163,11 @@ def _udp_worker_main(
     stop: threading.Event,
     ready: threading.Event,
     local_url: str | None = None,
+    parent_pid: int = 0,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _stop_with_parent(parent_pid)
     keep_batches_on_heap()
     sock = open_udp_socket(addr, config.receive_buffer)
     ingestor = make_ingestor(config, local_dir=_template_dir(config, local_url), worker=index)
@@ -179,6 +181,21 @@ def _udp_worker_main(
         sock.close()
         close_sink(sink)
         ingestor.close()
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """Have the kernel send this worker SIGTERM when the collector that forked it dies (even by
+    SIGKILL): an orphaned worker would keep its SO_REUSEPORT socket and take a share of the datagrams
+    meant for the restarted collector, decoding them for no one."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent_pid and os.getppid() != parent_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def close_sink(sink: object) -> None:
@@ -315,7 +332,7 @@ class CollectorService:
                 readies.append(ready)
                 args = (index, addr, cfg, self.hook, self._stats_q, self._stop, ready)
                 if self.processes:
-                    pargs = (*args, self.local_url)
+                    pargs = (*args, self.local_url, os.getpid())
                     self._proc_args.append(pargs)
                     self._procs.append(
                         self._ctx.Process(

@@ -187,3 +187,40 @@ def test_sigterm_is_prompt_and_leaves_no_template_files(tmp_path):
     assert len(files) <= 2, files  # one snapshot per worker
     assert took < 5.0, took
     assert not os.path.exists(run_dirs[0])
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as fh:
+            out += [int(x) for x in fh.read().split()]
+    return out
+
+
+def test_worker_processes_stop_when_the_collector_is_killed(tmp_path):
+    """A SIGKILLed collector must not leave worker processes holding its port (SO_REUSEPORT would give
+    them a share of the restarted collector's datagrams)."""
+    port = free_port()
+    conf = _ipfix_conf(tmp_path, port, workers=2)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([*CELLTAP, "collector", "--config", conf], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env, cwd=str(REPO))  # fmt: skip
+    assert "listening" in proc.stderr.readline()
+    workers = _children(proc.pid)
+    assert len(workers) >= 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [w for w in workers if os.path.exists(f"/proc/{w}") and _state(w) != "Z"]
+    assert alive == []
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
