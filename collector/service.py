@@ -181,6 +181,8 @@ def _udp_worker_main(
         sock.close()
         close_sink(sink)
         ingestor.close()
+        if parent_pid and os.getppid() != parent_pid:
+            stats_q.cancel_join_thread()  # no one reads the stats any more: do not wait to hand them on
 
 
 def _stop_with_parent(parent_pid: int) -> None:
