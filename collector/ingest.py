@@ -332,6 +332,18 @@ class Ingestor:
             close = getattr(self.store, "close", None)
             if callable(close):
                 close()
+            self.count_store_drops()
+
+    def count_store_drops(self) -> None:
+        """Move the template store's give-ups since the last call into the stats."""
+        drops = getattr(self.store, "drops", None)
+        if not isinstance(drops, dict):
+            return
+        seen = self.__dict__.setdefault("_store_drops_seen", {})
+        for reason, n in drops.items():
+            if n > seen.get(reason, 0):
+                self.stats.store_dropped[reason] += n - seen.get(reason, 0)
+                seen[reason] = n
 
     # ------------------------------------------------------------------ sequence state across restarts
     def _restore_sequences(self, state: SequenceState) -> None:

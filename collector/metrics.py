@@ -78,6 +78,13 @@ class CollectorMetrics:
             ["exporter", "event"],
             **kw,
         )
+        self.store_dropped = Counter(
+            "celltap_collector_template_store_dropped_total",
+            "template writes to the store (registry, snapshot) given up: queue_full, stop_timeout; the "
+            "templates are still decoded, only their sharing is lost",
+            ["reason"],
+            **kw,
+        )
         self.workers = Gauge("celltap_collector_workers", "UDP worker processes running", **kw)
         self.worker_restarts = Counter(
             "celltap_collector_worker_restarts_total",

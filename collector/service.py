@@ -181,6 +181,7 @@ def _udp_worker_main(
         sock.close()
         close_sink(sink)
         ingestor.close()
+        stats_q.put(ingestor.stats.drain())  # what closing counted (template writes given up)
         if parent_pid and os.getppid() != parent_pid:
             stats_q.cancel_join_thread()  # no one reads the stats any more: do not wait to hand them on
 
@@ -393,6 +394,7 @@ class CollectorService:
             sock.close()
             close_sink(sink)
             ingestor.close()
+            self._apply(ingestor.stats.drain())
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop receiving, collect the last stats, join workers."""

@@ -36,6 +36,7 @@ class IngestStats:
     dropped_bytes: defaultdict = field(default_factory=lambda: defaultdict(int))  # reason
     dropped_records: defaultdict = field(default_factory=lambda: defaultdict(int))  # reason (decoded, lost)
     domain_events: defaultdict = field(default_factory=lambda: defaultdict(int))  # (exporter, event)
+    store_dropped: defaultdict = field(default_factory=lambda: defaultdict(int))  # reason
 
     COUNTERS = (
         "messages",
@@ -50,6 +51,7 @@ class IngestStats:
         "dropped_bytes",
         "dropped_records",
         "domain_events",
+        "store_dropped",
     )
 
     def drain(self) -> dict[str, dict]:

@@ -151,7 +151,8 @@ class WriteBehindStore:
         self._wake = threading.Event()
         self._closed = False
         self.written = 0
-        self.dropped = 0
+        self.dropped = 0  # queue_full + stop_timeout
+        self.drops: dict[str, int] = {"queue_full": 0, "stop_timeout": 0}
         self._thread = threading.Thread(target=self._run, name="template-store", daemon=True)
         self._thread.start()
 
@@ -162,6 +163,7 @@ class WriteBehindStore:
             if len(self._pending) > self.max_pending:
                 del self._pending[next(iter(self._pending))]
                 self.dropped += 1
+                self.drops["queue_full"] += 1
 
     def put(self, exporter: str, domain: int, template_id: int, data: bytes) -> None:
         """Queue a write."""
@@ -190,6 +192,7 @@ class WriteBehindStore:
         for i, ((exporter, domain, tid), data) in enumerate(items):
             if deadline is not None and time.monotonic() > deadline:
                 self.dropped += len(items) - i
+                self.drops["stop_timeout"] += len(items) - i
                 break
             try:
                 if data is None:

@@ -177,6 +177,7 @@ class UdpWorker:
             self.ingestor.stats.dropped_messages[BUFFER_FULL] += drops - self._drops_seen
             self._drops_seen = drops
         self.ingestor.expire(time.time())
+        self.ingestor.count_store_drops()
         if self.on_stats is not None:
             self.on_stats(self.ingestor.stats.drain())
 
