@@ -153,6 +153,7 @@ class WriteBehindStore:
         self.written = 0
         self.dropped = 0  # queue_full + stop_timeout
         self.drops: dict[str, int] = {"queue_full": 0, "stop_timeout": 0}
+        self._inflight = 0  # writes of the batch the thread is handing to the backend, not yet done
         self._thread = threading.Thread(target=self._run, name="template-store", daemon=True)
         self._thread.start()
 
@@ -190,6 +191,7 @@ class WriteBehindStore:
         n = 0
         items = list(batch.items())
         for i, ((exporter, domain, tid), data) in enumerate(items):
+            self._inflight = len(items) - i
             if deadline is not None and time.monotonic() > deadline:
                 self.dropped += len(items) - i
                 self.drops["stop_timeout"] += len(items) - i
@@ -202,6 +204,7 @@ class WriteBehindStore:
                 n += 1
             except Exception as exc:  # the backend is for sharing; decoding goes on without it
                 log.warning("template store: write failed: %s", exc)
+        self._inflight = 0
         self.written += n
         sync = getattr(self.backend, "flush", None)
         if callable(sync):
@@ -222,6 +225,14 @@ class WriteBehindStore:
         self._closed = True
         self._wake.set()
         self._thread.join(self.close_timeout)
+        if self._thread.is_alive():  # stuck in the backend: what it still holds will not be written
+            with self._lock:
+                stuck = self._inflight + len(self._pending)
+                self._pending.clear()
+            self.dropped += stuck
+            self.drops["stop_timeout"] += stuck
+            log.warning("template store: backend did not answer; %d template writes given up", stuck)
+            return
         self.flush(time.monotonic() + self.close_timeout)
         close = getattr(self.backend, "close", None)
         if callable(close):
