@@ -7,6 +7,13 @@ byte per record), and its backup for those keys gets a replica.  Messages stay p
 primary and its replicas acknowledge; the pending total is bounded, and when it is full the
 router refuses batches at its ingress and counts them.  When membership changes, what a departed
 node had not safely handed over is re-routed with the same identity, so nodes drop duplicates.
+
+Re-routing goes first to the departed primary's *backups* (the nodes that got, or are getting, the
+replica under that identity), not to the keys' new owners: a node that left and came back as a new
+incarnation owns its keys again, and sending it a batch its backup also holds as a replica would
+apply it twice.  Only (record, key) pairs whose backup left too go to the current owners, under a
+fresh identity (nobody alive holds them).  Every message names the incarnation of the node it is
+for; a node refuses (fences) one meant for an earlier incarnation of itself.
 """
 
 from __future__ import annotations
@@ -195,7 +202,8 @@ class ClusterRouter:
         self.keys: tuple[str, ...] = ()
         self.senders: dict[str, NodeSender] = {}
         self.pending: dict[int, Outgoing] = {}  # id(outgoing) -> outgoing
-        self.deliveries: dict[int, tuple[Outgoing, str, int]] = {}  # delivery -> (out, node, generation)
+        # delivery -> (out, node, generation, the node's incarnation when sent)
+        self.deliveries: dict[int, tuple[Outgoing, str, int, str]] = {}
         self.pending_records = 0
         self.accumulated = 0
         self._acc: dict[tuple, _Accumulator] = {}
@@ -206,7 +214,7 @@ class ClusterRouter:
         self.counts: dict[str, int] = {
             "records_in": 0, "dropped_buffer_full": 0, "dropped_no_nodes": 0, "rejected": 0,
             "sent_primary": 0, "sent_replica": 0, "acked": 0, "resent": 0, "replica_lost": 0,
-            "ring_changes": 0,
+            "ring_changes": 0, "fenced": 0,
         }  # fmt: skip
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="cluster-flush", daemon=True)
@@ -339,7 +347,8 @@ class ClusterRouter:
         if sender is None:
             return  # not a member (any more): _repair handles it at the membership change
         delivery = next(self._delivery)
-        self.deliveries[delivery] = (out, node, out.generation)
+        incarnation = str(self.members.get(node, {}).get("incarnation", ""))
+        self.deliveries[delivery] = (out, node, out.generation, incarnation)
         role = "primary" if node == out.primary else "replica"
         n = len(out.records) if role == "primary" else len(out.replicas[node].index)
         self.counts[f"sent_{role}"] += n
@@ -359,7 +368,7 @@ class ClusterRouter:
             if entry is None or entry[0].generation != entry[2]:
                 self.deliveries.pop(delivery, None)
                 return None
-            out, node, _ = entry
+            out, node, _, incarnation = entry
             part = out.replicas.get(node) if node != out.primary else None
             if node != out.primary and part is None:
                 return None
@@ -371,7 +380,7 @@ class ClusterRouter:
             replica_incarnation=out.primary_incarnation if part is not None else "",
             exporter=out.exporter, domain=out.domain,
             template=out.template_bytes, records=out.packed(index), count=len(mask), keys=list(out.keys),
-            key_mask=mask.tobytes(), delivery=delivery,
+            key_mask=mask.tobytes(), delivery=delivery, incarnation=incarnation,
         )  # fmt: skip
 
     def _on_ack(self, node: str, ack: pb.Ack) -> None:
@@ -379,11 +388,17 @@ class ClusterRouter:
             entry = self.deliveries.pop(ack.delivery, None)
             if entry is None:
                 return
-            out, target, generation = entry
+            out, target, generation, _ = entry
             if generation != out.generation or id(out) not in self.pending:
                 return
             role = "primary" if target == out.primary else "replica"
             n = len(out.records) if role == "primary" else len(out.replicas[target].index)
+            if ack.fenced:
+                # Sent to an incarnation of the node that has since been replaced: not applied.
+                # The registry shows the new incarnation shortly, and the membership change
+                # re-routes this message (_repair), so it stays pending.
+                self.counts["fenced"] += n
+                return
             if ack.error:
                 # The node could not decode what we sent: a bug, not a transient; count, do not retry.
                 self.counts["rejected"] += n
@@ -485,21 +500,43 @@ class ClusterRouter:
             self._add_pending(out)  # re-routed at the next membership change
             return
         self.counts["resent"] += len(out.records)
-        for part in self.router.primaries(out.hashes, out.mask):
-            CLUSTER_METRICS.resent.labels(self.cid, part.node).inc(len(part.index))
-            sub = [h[part.index] for h in out.hashes]
-            new = Outgoing(
-                seq=out.seq, origin=out.origin, exporter=out.exporter, domain=out.domain,
-                template=out.template,
-                template_bytes=out.template_bytes, keys=out.keys, records=out.records[part.index],
-                wire=None if out.wire is None else out.wire[part.index], hashes=sub, mask=part.mask,
-                primary=part.node,
-            )  # fmt: skip
-            if self.config.replication:
-                whole = Part(part.node, np.arange(len(part.index)), part.mask)
-                new.replicas = {p.node: p for p in self.router.backups(part.node, sub, whole)}
-            self._add_pending(new)
-            self._dispatch(new)
+        adopted, rest = self._adoptions(out)
+        for node, (index, mask) in adopted.items():
+            self._resend(out, node, index, mask, out.seq)
+        if rest.any():
+            # Pairs whose backup left too: nobody alive holds them, so a fresh identity is safe and
+            # cannot collide with what an adopting backup got under the old one.
+            sel = np.flatnonzero(rest)
+            hashes = [h[sel] for h in out.hashes]
+            seq = next(self._seq)
+            for part in self.router.primaries(hashes, rest[sel]):
+                self._resend(out, part.node, sel[part.index], part.mask, seq)
+
+    def _adoptions(self, out: Outgoing) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """Per surviving backup of a departed primary, the (indices, masks) it takes over as primary;
+        and the per-record mask of (record, key) pairs no surviving backup covers."""
+        rest = out.mask.copy()
+        adopted = {}
+        for node, part in out.replicas.items():
+            if node in self.members:
+                adopted[node] = (part.index, part.mask)
+                rest[part.index] &= ~part.mask
+        return adopted, rest
+
+    def _resend(self, out: Outgoing, node: str, index: np.ndarray, mask: np.ndarray, seq: int) -> None:
+        """Route records `index` of a departed primary's message to `node` as its new primary."""
+        CLUSTER_METRICS.resent.labels(self.cid, node).inc(len(index))
+        sub = [h[index] for h in out.hashes]
+        new = Outgoing(
+            seq=seq, origin=out.origin, exporter=out.exporter, domain=out.domain, template=out.template,
+            template_bytes=out.template_bytes, keys=out.keys, records=out.records[index],
+            wire=None if out.wire is None else out.wire[index], hashes=sub, mask=mask, primary=node,
+        )  # fmt: skip
+        if self.config.replication:
+            whole = Part(node, np.arange(len(index)), mask)
+            new.replicas = {p.node: p for p in self.router.backups(node, sub, whole)}
+        self._add_pending(new)
+        self._dispatch(new)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
