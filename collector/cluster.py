@@ -26,12 +26,14 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 from celltap.collector.cluster_grpc import make_channel
 from celltap.collector.cluster_metrics import CLUSTER_METRICS
+from celltap.collector.journal import Journal
 from celltap.collector.routing import MAX_KEYS, Part, Router, key_hashes
 from celltap.proto import celltap_pb2 as pb
 from celltap.proto import celltap_pb2_grpc as pb_grpc
@@ -43,6 +45,8 @@ from celltap.registry.tls import TLSConfig
 from celltap.ring import Ring
 
 log = logging.getLogger("celltap.collector.cluster")
+
+RESTED = 1 << 63  # sequence bit of a message re-routed to new owners because primary and backup left
 
 
 @dataclass
@@ -57,6 +61,8 @@ class RouterConfig:
     window: int = 8  # messages in flight per node stream
     replication: bool = True  # also send each record to its backup (exact totals across failures)
     tls: TLSConfig | None = None
+    journal: str | None = None  # directory: routed messages kept until acknowledged (collector/journal.py)
+    journal_fsync: bool = False  # also survive a machine crash, at one fsync per routed message
 
 
 @dataclass(eq=False)
@@ -80,6 +86,8 @@ class Outgoing:
     primary_acked: bool = False
     replicas_acked: set[str] = field(default_factory=set)
     generation: int = 0
+    wire_id: str = ""  # the collector run that first routed it (kept when a journal replays it)
+    segment: int | None = None  # journal segment holding it
 
     @property
     def complete(self) -> bool:
@@ -216,6 +224,16 @@ class ClusterRouter:
             "sent_primary": 0, "sent_replica": 0, "acked": 0, "resent": 0, "replica_lost": 0,
             "ring_changes": 0, "fenced": 0,
         }  # fmt: skip
+        self.journal: Journal | None = None
+        self._replay: list[tuple[int, pb.JournalEntry]] = []
+        self.recovered_checkpoint: Any = None  # the ingest state the journal last recorded
+        self._replay_armed = False  # set by replay_journal() once the membership view is complete
+        if config.journal:
+            self.journal = Journal(Path(config.journal) / config.collector_id, fsync=config.journal_fsync)
+            self._replay, self.recovered_checkpoint = self.journal.recover()
+            if self._replay:
+                log.warning("journal holds %d messages of an earlier run; re-delivering them once nodes "
+                            "are known", len(self._replay))  # fmt: skip
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="cluster-flush", daemon=True)
         self._flusher.start()
@@ -268,8 +286,14 @@ class ClusterRouter:
             self._route(acc)
 
     def _flush_loop(self) -> None:
+        next_collect = 0.0
         while not self._stop.wait(self.config.flush_interval / 2):
             now = time.monotonic()
+            if self.journal is not None and now >= next_collect:
+                next_collect = now + 0.5
+                with self.lock:  # no segment is deleted between a re-route's release and retain
+                    self.journal.collect()
+                CLUSTER_METRICS.journal_bytes.labels(self.cid).set(self.journal.size())
             with self._acc_lock:
                 due = [k for k, a in self._acc.items() if now - a.since >= self.config.flush_interval]
                 accs = [self._acc.pop(k) for k in due]
@@ -307,6 +331,7 @@ class ClusterRouter:
         for part in router.primaries(hashes) if router.ring.ids else []:
             sub = [h[part.index] for h in hashes]
             out = Outgoing(
+                wire_id=self.wire_id,
                 seq=next(self._seq), origin=part.node, exporter=acc.exporter, domain=acc.domain,
                 template=template, template_bytes=tbytes, keys=keys, records=records[part.index],
                 wire=None if wire is None else wire[part.index], hashes=sub, mask=part.mask,
@@ -323,20 +348,42 @@ class ClusterRouter:
                 CLUSTER_METRICS.dropped.labels(self.cid, "no_nodes").inc(acc.count)
                 return
             for out in outs:
+                if self.journal is not None:
+                    self._journal(out)
                 self._add_pending(out)
                 if router is not self.router:
                     self._repair(out)  # membership changed while we hashed
                 else:
                     self._dispatch(out)
 
+    def _journal(self, out: Outgoing) -> None:
+        """Append one message, as its primary gets it, to the journal (under self.lock)."""
+        assert self.journal is not None
+        out.primary_incarnation = str(self.members.get(out.primary, {}).get("incarnation", ""))
+        batch = pb.RecordBatchMsg(
+            collector=out.wire_id, sequence=out.seq, origin=out.origin, exporter=out.exporter,
+            domain=out.domain, template=out.template_bytes, records=out.packed(None), count=len(out.mask),
+            keys=list(out.keys), key_mask=out.mask.tobytes(), incarnation=out.primary_incarnation,
+        )  # fmt: skip
+        replicas = [
+            pb.JournalReplica(node=n, index=p.index.astype("<u4").tobytes(), mask=p.mask.tobytes())
+            for n, p in out.replicas.items()
+        ]
+        entry = pb.JournalEntry(batch=batch, primary=out.primary, replicas=replicas)
+        out.segment = self.journal.append(entry)
+
     def _add_pending(self, out: Outgoing) -> None:
         out.primary_incarnation = str(self.members.get(out.primary, {}).get("incarnation", ""))
+        if out.segment is not None and self.journal is not None:
+            self.journal.retain(out.segment)
         self.pending[id(out)] = out
         self.pending_records += len(out.records)
         CLUSTER_METRICS.pending.labels(self.cid).set(self.pending_records)
 
     def _drop_pending(self, out: Outgoing) -> None:
         if self.pending.pop(id(out), None) is not None:
+            if out.segment is not None and self.journal is not None:
+                self.journal.release(out.segment)
             self.pending_records -= len(out.records)
             CLUSTER_METRICS.pending.labels(self.cid).set(self.pending_records)
             if not self.pending:
@@ -375,7 +422,7 @@ class ClusterRouter:
         index = None if part is None else part.index
         mask = out.mask if part is None else part.mask
         return pb.RecordBatchMsg(
-            collector=self.wire_id, sequence=out.seq, origin=out.origin,
+            collector=out.wire_id, sequence=out.seq, origin=out.origin,
             replica_of=out.primary if part is not None else "",
             replica_incarnation=out.primary_incarnation if part is not None else "",
             exporter=out.exporter, domain=out.domain,
@@ -470,6 +517,8 @@ class ClusterRouter:
             log.info("ring now %s (left: %s)", sorted(new), gone or "-")
             for out in list(self.pending.values()):
                 self._repair(out, set(gone))
+            if self._replay and self._replay_armed and ring.ids:
+                self._replay_journal()
 
     def _repair(self, out: Outgoing, gone: set[str] | None = None) -> None:
         """Bring one pending message in line with the current membership."""
@@ -504,11 +553,13 @@ class ClusterRouter:
         for node, (index, mask) in adopted.items():
             self._resend(out, node, index, mask, out.seq)
         if rest.any():
-            # Pairs whose backup left too: nobody alive holds them, so a fresh identity is safe and
-            # cannot collide with what an adopting backup got under the old one.
+            # Pairs whose backup left too: nobody alive holds them, so a new identity is safe and
+            # cannot collide with what an adopting backup got under the old one.  It is derived
+            # from the old one (top bit set) so that a journal replay of the same message derives
+            # the same identity again; deeper re-routes take a fresh one.
             sel = np.flatnonzero(rest)
             hashes = [h[sel] for h in out.hashes]
-            seq = next(self._seq)
+            seq = out.seq | RESTED if not out.seq & RESTED else next(self._seq) | RESTED
             for part in self.router.primaries(hashes, rest[sel]):
                 self._resend(out, part.node, sel[part.index], part.mask, seq)
 
@@ -528,7 +579,8 @@ class ClusterRouter:
         CLUSTER_METRICS.resent.labels(self.cid, node).inc(len(index))
         sub = [h[index] for h in out.hashes]
         new = Outgoing(
-            seq=seq, origin=out.origin, exporter=out.exporter, domain=out.domain, template=out.template,
+            wire_id=out.wire_id, segment=out.segment, seq=seq, origin=out.origin, exporter=out.exporter,
+            domain=out.domain, template=out.template,
             template_bytes=out.template_bytes, keys=out.keys, records=out.records[index],
             wire=None if out.wire is None else out.wire[index], hashes=sub, mask=mask, primary=node,
         )  # fmt: skip
@@ -537,6 +589,81 @@ class ClusterRouter:
             new.replicas = {p.node: p for p in self.router.backups(node, sub, whole)}
         self._add_pending(new)
         self._dispatch(new)
+
+    def replay_journal(self) -> None:
+        """Re-deliver the journal of an earlier run now, or at the first membership with nodes.
+
+        Call once the registry view is synced: replaying over a partial ring would re-route
+        messages away from owners that are in fact present.
+        """
+        with self.lock:
+            self._replay_armed = True
+            if self._replay and self.router.ring.ids:
+                self._replay_journal()
+
+    def _replay_journal(self) -> None:
+        """Re-deliver what an earlier run journaled (under self.lock, with a non-empty ring).
+
+        Each message goes back to its primary if that node is still the same incarnation (it, and
+        the backups, drop what they hold already); otherwise it is re-routed like any message of a
+        departed primary: to its backups, under its identity.
+        """
+        assert self.journal is not None
+        entries, self._replay = self._replay, []
+        replayed = 0
+        for seg, entry in entries:
+            try:
+                out = self._outgoing_from_journal(entry, seg)
+            except Exception as exc:  # a damaged entry costs that entry, counted
+                n = entry.batch.count
+                log.error("journal entry %s/%d cannot be re-delivered (%s): %d records lost",
+                          entry.batch.collector, entry.batch.sequence, exc, n)  # fmt: skip
+                self.counts["dropped_journal"] = self.counts.get("dropped_journal", 0) + n
+                CLUSTER_METRICS.dropped.labels(self.cid, "journal").inc(n)
+                self.journal.release(seg)
+                continue
+            same = str(self.members.get(out.primary, {}).get("incarnation", "")) == entry.batch.incarnation
+            self._add_pending(out)
+            self.journal.release(seg)  # the pending message holds the segment now
+            replayed += len(out.records)
+            # Same primary: send to it and to the replicas still present (the rest are dropped
+            # as any departed backup is); otherwise re-route as for a departed primary.
+            self._repair(out, None if same else {out.primary})
+        self.counts["replayed"] = self.counts.get("replayed", 0) + replayed
+        CLUSTER_METRICS.replayed.labels(self.cid).inc(replayed)
+        log.warning("re-delivered %d records from the journal", replayed)
+
+    def _outgoing_from_journal(self, entry: pb.JournalEntry, segment: int) -> Outgoing:
+        b = entry.batch
+        batch = RecordBatch.from_wire(b.exporter, b.domain, b.template, b.records)
+        records, template = batch.records, batch.template
+        keys = tuple(b.keys)
+        hashes = [key_hashes(records, k, b.exporter, self.config.seed) for k in keys]
+        wire = None
+        if template.record_length is not None:
+            cols = {name: records[name] for name in records.dtype.names or ()}
+            wire = pack_fixed(template, cols, len(records))
+        out = Outgoing(
+            wire_id=b.collector, segment=segment, seq=b.sequence, origin=b.origin, exporter=b.exporter,
+            domain=b.domain, template=template, template_bytes=bytes(b.template), keys=keys, records=records,
+            wire=wire, hashes=hashes, mask=np.frombuffer(b.key_mask, dtype=np.uint8).copy(),
+            primary=entry.primary,
+        )  # fmt: skip
+        for r in entry.replicas:
+            index = np.frombuffer(r.index, dtype="<u4").astype(np.int64)
+            out.replicas[r.node] = Part(r.node, index, np.frombuffer(r.mask, dtype=np.uint8).copy())
+        return out
+
+    def checkpoint(self, state: Any) -> None:
+        """Route everything accumulated, then journal `state` (the caller's view as of all of it).
+
+        The ingest calls this from its own thread between datagrams, so `state` (its per-exporter
+        sequence numbers) covers exactly the records journaled before it.
+        """
+        self.flush()
+        if self.journal is not None:
+            with self.lock:
+                self.journal.checkpoint(state)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -570,4 +697,9 @@ class ClusterRouter:
             left = self.pending_records
         if left:
             log.error("closing with %d records unacknowledged", left)
+        if self.journal is not None:
+            with self.lock:
+                self.journal.close()
+                if not self.pending and not self._replay:
+                    self.journal.discard()  # everything acknowledged: nothing to re-deliver
         return done

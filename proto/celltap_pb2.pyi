@@ -1,8 +1,8 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -53,6 +53,26 @@ class Ack(_message.Message):
     delivery: int
     fenced: bool
     def __init__(self, collector: _Optional[str] = ..., sequence: _Optional[int] = ..., duplicate: _Optional[bool] = ..., error: _Optional[str] = ..., delivery: _Optional[int] = ..., fenced: _Optional[bool] = ...) -> None: ...
+
+class JournalEntry(_message.Message):
+    __slots__ = ("batch", "primary", "replicas")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    batch: RecordBatchMsg
+    primary: str
+    replicas: _containers.RepeatedCompositeFieldContainer[JournalReplica]
+    def __init__(self, batch: _Optional[_Union[RecordBatchMsg, _Mapping]] = ..., primary: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[JournalReplica, _Mapping]]] = ...) -> None: ...
+
+class JournalReplica(_message.Message):
+    __slots__ = ("node", "index", "mask")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    index: bytes
+    mask: bytes
+    def __init__(self, node: _Optional[str] = ..., index: _Optional[bytes] = ..., mask: _Optional[bytes] = ...) -> None: ...
 
 class QueryRequest(_message.Message):
     __slots__ = ("app", "params_json")

@@ -122,7 +122,8 @@ class Cluster:
         cfg = {
             "collector_id": cid, "listen": [f"udp://127.0.0.1:{port}"], "workers": 1,
             "registry": self.registry, "cluster": self.name, "metrics_port": mport,
-            "metrics_addr": "127.0.0.1", "routing": routing or {},
+            "metrics_addr": "127.0.0.1",
+            "routing": {"journal": str(self.tmp / "journal"), **(routing or {})},
         }  # fmt: skip
         path = self.tmp / f"{cid}.yaml"
         path.write_text(yaml.safe_dump(cfg))
