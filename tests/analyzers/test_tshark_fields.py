@@ -50,8 +50,7 @@ def _capture(name: str, source: str, tmp: Path) -> str:
         text=True,
         timeout=120,
     )
-    if proc.returncode != 0:
-        pytest.skip(f"celltap loadgen pcap {name} failed: {proc.stderr.strip()[-300:]}")
+    assert proc.returncode == 0, f"celltap loadgen pcap {name} failed: {proc.stderr.strip()[-300:]}"
     return pcap
 
 
