@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,7 @@ class _Accumulator:
     arrays: list[np.ndarray] = field(default_factory=list)
     count: int = 0
     since: float = 0.0
+    first: int = 0  # ingest generation of its first batch (see ClusterRouter.after_routed)
 
 
 class NodeSender:
@@ -216,6 +217,9 @@ class ClusterRouter:
         self.accumulated = 0
         self._acc: dict[tuple, _Accumulator] = {}
         self._acc_lock = threading.Lock()
+        self._generation = 0  # batches accepted so far (under _acc_lock)
+        self._routing: dict[int, int] = {}  # first generation -> accumulators popped, being routed
+        self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
         self._seq = itertools.count(1)
         self._delivery = itertools.count(1)
         self.idle = threading.Condition(self.lock)
@@ -267,21 +271,67 @@ class ClusterRouter:
         key = (batch.exporter, batch.domain, t.template_id, t.record_bytes())
         ready = None
         with self._acc_lock:
+            self._generation += 1
             acc = self._acc.get(key)
             if acc is None:
-                acc = self._acc[key] = _Accumulator(batch.exporter, batch.domain, t, since=time.monotonic())
+                acc = self._acc[key] = _Accumulator(
+                    batch.exporter, batch.domain, t, since=time.monotonic(), first=self._generation
+                )
             acc.arrays.append(batch.records)
             acc.count += n
             if acc.count >= self.config.batch_records:
-                ready = self._acc.pop(key)
+                ready = self._take(key)
         if ready is not None:
             self._route(ready)
         return True
 
+    def after_routed(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every batch accepted so far has been routed (and journaled).
+
+        The ingest saves its exporters' sequence numbers this way: a saved number then never covers
+        a record that a crash could still lose inside the router's coalescing buffers, so after a
+        restart every record is either re-delivered from the journal or inside a counted gap.
+        Runs the callback at once when nothing is buffered, else in the thread that routes last.
+        """
+        with self._acc_lock:
+            if not self._acc and not self._routing:
+                ready = True
+            else:
+                ready = False
+                self._waiters.append((self._generation, callback))
+        if ready:
+            callback()
+
+    def _take(self, key: tuple) -> _Accumulator:
+        """Pop one accumulator for routing (under _acc_lock); `_route` marks it done."""
+        acc = self._acc.pop(key)
+        self._routing[acc.first] = self._routing.get(acc.first, 0) + 1
+        return acc
+
+    def _routed(self, acc: _Accumulator) -> None:
+        """An accumulator is routed: run the waiters no buffered or in-flight batch holds back."""
+        with self._acc_lock:
+            left = self._routing[acc.first] - 1
+            if left:
+                self._routing[acc.first] = left
+            else:
+                del self._routing[acc.first]
+            if not self._waiters:
+                return
+            oldest = min([a.first for a in self._acc.values()] + list(self._routing), default=None)
+            due = []
+            while self._waiters and (oldest is None or self._waiters[0][0] < oldest):
+                due.append(self._waiters.popleft()[1])
+        for callback in due:
+            try:
+                callback()
+            except Exception:  # a failing waiter must not stop routing
+                log.exception("after_routed callback failed")
+
     def flush(self) -> None:
         """Route every partially filled batch now."""
         with self._acc_lock:
-            accs, self._acc = list(self._acc.values()), {}
+            accs = [self._take(k) for k in list(self._acc)]
         for acc in accs:
             self._route(acc)
 
@@ -296,7 +346,7 @@ class ClusterRouter:
                 CLUSTER_METRICS.journal_bytes.labels(self.cid).set(self.journal.size())
             with self._acc_lock:
                 due = [k for k, a in self._acc.items() if now - a.since >= self.config.flush_interval]
-                accs = [self._acc.pop(k) for k in due]
+                accs = [self._take(k) for k in due]
             for acc in accs:
                 try:
                     self._route(acc)
@@ -315,6 +365,8 @@ class ClusterRouter:
                 self.accumulated -= acc.count
                 self.counts["dropped_error"] = self.counts.get("dropped_error", 0) + acc.count
             CLUSTER_METRICS.dropped.labels(self.cid, "error").inc(acc.count)
+        finally:
+            self._routed(acc)
 
     def _route_unchecked(self, acc: _Accumulator) -> None:
         records = acc.arrays[0] if len(acc.arrays) == 1 else np.concatenate(acc.arrays)

@@ -69,3 +69,21 @@ def test_a_router_holds_what_it_recovered_until_it_knows_nodes(tmp_path) -> None
         assert len(router._replay) == 1
     finally:
         router.close(timeout=0.1)
+
+
+def test_after_routed_waits_for_everything_accepted_before_it(tmp_path) -> None:
+    # The ingest saves its sequence numbers through after_routed: the callback must not run while a
+    # batch accepted before it still sits in the coalescing buffer (a crash would lose it uncounted).
+    router = ClusterRouter(RouterConfig(collector_id="c1", journal=str(tmp_path), flush_interval=3600))
+    router.members = {"n1": {"grpc": "127.0.0.1:1", "incarnation": "x"}}  # accepted, never connected
+    calls: list[str] = []
+    try:
+        router.after_routed(lambda: calls.append("idle"))
+        assert calls == ["idle"]  # nothing buffered: at once
+        assert router.on_batch(make_batch(make_records(np.random.default_rng(1), 10)))
+        router.after_routed(lambda: calls.append("after first"))
+        assert calls == ["idle"]
+        router.flush()
+        assert calls == ["idle", "after first"]
+    finally:
+        router._stop.set()
