@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +106,16 @@ def copied_sources(tmp_path: Path) -> Path:
 
 def test_image_copies_every_package_the_project_installs(tmp_path: Path) -> None:
     ctx = copied_sources(tmp_path)
-    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
-        "include"
-    ]
-    for pattern in include:
-        top = pattern.rstrip("*")
-        assert (ctx / top).is_dir(), f"pyproject installs {pattern} but the image does not copy {top}/"
+    # setup.py installs celltap/ plus the component folders it names (as celltap.<folder>).
+    tree = ast.parse((REPO / "setup.py").read_text())
+    components = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPONENTS"
+    )
+    for top in ("celltap", *components):
+        assert (ctx / top).is_dir(), f"setup.py installs {top}/ but the image does not copy it"
+    assert (ctx / "setup.py").is_file()
     assert (ctx / "scripts/setup.sh").is_file() and (ctx / "pyproject.toml").is_file()
 
 
