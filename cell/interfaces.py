@@ -1,9 +1,10 @@
 """UNIX-socket interfaces (the I/O edge): SF-TAP's socket layout, one bounded buffer per reader.
 
 `<home>` is created 0750 with `tcp/`, `udp/`, `icmp/`; output sockets are 0660. The input sockets
-(`loopback7`, `pcap`) take frames and streams into the cell, so whoever connects can feed it or end it:
-they are 0600 (the cell's user only), or 0660 with `socket_group` when one is configured; they are
-bound under umask 0177 so they never exist with wider modes, even for an instant. Every connected reader of an
+(`loopback7`, `pcap`) take frames and streams into the cell, so whoever connects can feed it or end
+it: they are 0600 (the cell's user only), or 0660 with `socket_group` when one is configured (and
+`<home>` 0751, so that group can reach them); they are bound under umask 0177, so they never exist
+with a wider mode, even for an instant. Every connected reader of an
 interface gets all of its events. Each reader has a bounded send buffer: when a batch's events for an
 interface do not fit, that batch is dropped for that reader only (whole events, so framing survives),
 counted per interface and reason. Live inputs never wait for readers. With `pace=True` (offline runs)
@@ -72,7 +73,8 @@ class InterfaceServer:
         old = os.umask(0o007)
         try:
             self.home.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.home, 0o750)
+            # With socket_group, its members must reach <home>/loopback7: search (not list) for others.
+            os.chmod(self.home, 0o750 if socket_group is None else 0o751)
             for sub in ("tcp", "udp", "icmp"):
                 (self.home / sub).mkdir(exist_ok=True)
                 os.chmod(self.home / sub, 0o750)
