@@ -87,10 +87,13 @@ class AnalysisNode:
     def value(self) -> dict[str, Any]:
         """What this node registers under /celltap/<cluster>/nodes/<id>."""
         c = self.config
-        return {
+        value = {
             "grpc": c.grpc_address, "http": c.http, "weight": c.weight, "incarnation": self.incarnation,
             "apps": [a.describe() for a in self.state.live.apps],
         }  # fmt: skip
+        if c.http and c.tls is not None:
+            value["metrics"] = f"https://{c.http}/metrics"  # `celltap status` scrapes it with its CA
+        return value
 
     def start(self) -> None:
         """Serve gRPC and HTTP, then register and watch the cluster's nodes."""

@@ -193,3 +193,20 @@ def test_https_without_a_ca_still_encrypts(pki: PKI, tmp_path: Path, monkeypatch
             urllib.request.urlopen(f"http://{node.http}/query/volume", timeout=10).read()
     finally:
         node.proc.stop()
+
+
+def test_status_reads_tls_nodes_metrics_over_https(mtls_pair: tuple[list[Node], int, str], pki: PKI) -> None:
+    """A TLS node registers an https:// metrics endpoint; `celltap status` reads it with its CA."""
+    nodes, _, registry = mtls_pair
+    p = subprocess.run(
+        [*CELLTAP, "status", "--registry", registry, "--cluster", CLUSTER, "--json", "--interval", "0",
+         "--tls-ca", pki.ca, "--tls-cert", pki.client_cert, "--tls-key", pki.client_key],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    components = json.loads(p.stdout)["components"]
+    for n in nodes:
+        entry = components[f"nodes/{n.id}"]
+        assert entry["metrics"] == f"https://{n.http}/metrics", entry
+        assert "error" not in entry, entry
+    assert sum(components[f"nodes/{n.id}"]["input_total"] for n in nodes) > 0
