@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from tests.deploy.pods import (
     expand,
     incubator_takes_static_cells,
     load_registrar,
+    mount_tls_secret,
     parse_celltap,
     pod_env,
     run_init_container,
@@ -121,12 +121,7 @@ def test_node_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: s
     spec = sts["spec"]["template"]["spec"]
     data = run_init_container(docs, spec, "node.yaml", pod, tmp_path)
     if "tls" in data:  # the files the pod mounts from its TLS Secret, written where this test can read them
-        (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "tls"]
-        (volume,) = [v for v in spec["volumes"] if v["name"] == "tls"]
-        secret = find(docs, "Secret", volume["secret"]["secretName"])
-        for key, value in secret["data"].items():
-            (tmp_path / key).write_bytes(base64.b64decode(value))
-        data["tls"] = {k: v.replace(mount["mountPath"], str(tmp_path)) for k, v in data["tls"].items()}
+        mount_tls_secret(docs, spec, data, tmp_path / "tls")
     cfg = config_from_dict(data)
     assert cfg.id == pod
     headless = find(docs, "Service", "-node-headless")["metadata"]["name"]

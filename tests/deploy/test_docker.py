@@ -30,6 +30,7 @@ def load_module(path: Path) -> Any:
     spec.loader.exec_module(module)
     return module
 
+
 DOCKER = REPO / "docker"
 # docker-compose 1.29 (Debian) ships the Compose Specification schema it validates with.
 COMPOSE_SPEC = Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json")
