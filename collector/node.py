@@ -208,6 +208,8 @@ class AnalysisNode:
 
 def _handler(node: AnalysisNode) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = 60  # seconds a connection may sit idle: a silent client does not hold a thread forever
+
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("http: " + fmt, *args)
 

@@ -210,3 +210,31 @@ def test_status_reads_tls_nodes_metrics_over_https(mtls_pair: tuple[list[Node], 
         assert entry["metrics"] == f"https://{n.http}/metrics", entry
         assert "error" not in entry, entry
     assert sum(components[f"nodes/{n.id}"]["input_total"] for n in nodes) > 0
+
+
+def test_a_silent_client_neither_stalls_others_nor_holds_its_connection(
+    mtls_pair: tuple[list[Node], int, str], pki: PKI
+) -> None:
+    """The TLS handshake runs in the request's thread with a deadline (query_auth.HANDSHAKE_SECONDS)."""
+    import socket
+    import time
+
+    from celltap.collector.query_auth import HANDSHAKE_SECONDS
+
+    nodes, total, _ = mtls_pair
+    host, port = nodes[0].http.rsplit(":", 1)
+    silent = socket.create_connection((host, int(port)))  # connects, never says a word
+    try:
+        t0 = time.monotonic()
+        answer, code = body_status(
+            curl(f"https://{nodes[0].http}/query/volume", "--cacert", pki.ca,
+                 "--cert", pki.client_cert, "--key", pki.client_key)
+        )  # fmt: skip
+        assert code == 200 and answer["total"]["bytes"] == total
+        assert time.monotonic() - t0 < HANDSHAKE_SECONDS / 2  # served while the silent one waits
+        silent.settimeout(HANDSHAKE_SECONDS + 10)
+        t1 = time.monotonic()
+        assert silent.recv(1) == b""  # the server hung up on it ...
+        assert time.monotonic() - t1 < HANDSHAKE_SECONDS + 5  # ... at the handshake deadline
+    finally:
+        silent.close()
