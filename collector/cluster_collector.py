@@ -4,7 +4,8 @@
 `route_to_nodes` is not false); each UDP worker gets its own router, registered as collector
 `<id>-w<index>`, since sequence numbers are per router.  Two optional sections of the YAML:
 
-    routing: {batch_records: 8192, max_pending_records: 2000000, window: 8, replication: true, seed: 0}
+    routing: {batch_records: 8192, max_pending_records: 2000000, window: 8, replication: true, seed: 0,
+              journal: /var/lib/celltap/journal}   # journal: re-deliver after a crash (collector/journal.py)
     tls: {ca: ..., cert: ..., key: ...}      # gRPC to nodes and etcd
     registry_tls: {}                          # etcd's own TLS when it differs ({}: plain etcd://)
 """
@@ -25,7 +26,10 @@ from celltap.registry.tls import TLSConfig
 
 log = logging.getLogger("celltap.collector.cluster")
 
-ROUTING_KEYS = {"batch_records", "max_pending_records", "window", "replication", "seed", "flush_interval"}
+ROUTING_KEYS = {
+    "batch_records", "max_pending_records", "window", "replication", "seed", "flush_interval", "journal",
+    "journal_fsync",
+}  # fmt: skip
 
 
 def router_config(
@@ -40,6 +44,11 @@ def router_config(
         )
     cfg = RouterConfig(collector_id=collector_id, tls=tls)
     for key, value in section.items():
+        if key == "journal":
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"routing.journal: must be a directory path, got {value!r}")
+            cfg.journal = value
+            continue
         try:
             setattr(cfg, key, type(getattr(cfg, key))(value))
         except (TypeError, ValueError):
@@ -75,6 +84,7 @@ def start_router(
     holder.append(membership.watch("nodes", sync))
     holder[0].wait_synced(timeout=5)
     sync()
+    router.replay_journal()  # after the first complete view: an earlier run's unacknowledged messages
     value = {"pid": os.getpid(), "host": socket.gethostname(), **(extra or {})}
     membership.register("collectors", config.collector_id, value)
 

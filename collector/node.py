@@ -73,8 +73,8 @@ class AnalysisNode:
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.state = NodeState(config.id, config.build_apps())
         self.incarnation = uuid.uuid4().hex[:12]
+        self.state = NodeState(config.id, config.build_apps(), self.incarnation)
         self.members: dict[str, dict[str, Any]] = {}
         self._registry_users: dict[str, str] = {}
         self._node_set: Any = None
@@ -122,9 +122,10 @@ class AnalysisNode:
             users.wait_synced(timeout=5)
         self._node_set = self.membership.watch("nodes", self._on_members)
         self.registration = self.membership.register("nodes", c.id, self.value())
+        self.registration.before_reregister = self._new_incarnation
         self._node_set.wait_synced(timeout=5)
         self._on_members()
-        threading.Thread(target=self._watch_registration, name="node-lease", daemon=True).start()
+        threading.Thread(target=self._refresh_gauges, name="node-gauges", daemon=True).start()
 
     def _on_members(self, _changed: object = None) -> None:
         # Always apply the set's current view under one lock: a snapshot handed to a callback
@@ -160,21 +161,21 @@ class AnalysisNode:
             if isinstance(a, UserAccountingApp):
                 a.users.set_dynamic(mapping)
 
-    def _watch_registration(self) -> None:
-        seen = 1
-        ticks = 0
-        while not self._stop.wait(0.2):
-            ticks += 1
-            if ticks % 5 == 0:
-                self.state.status()  # refreshes the state-size gauges
-            times = self.registration.times_registered
-            if times > seen:
-                # We were out of the cluster long enough for the lease to expire: the others
-                # promoted our shadows, so our live state would now be counted twice.
-                seen = times
-                self.incarnation = uuid.uuid4().hex[:12]
-                self.state.reset()
-                self.registration.update(self.value())
+    def _new_incarnation(self) -> dict[str, Any]:
+        """Before re-registering after a lost lease: reset, and come back as a new incarnation.
+
+        We were out of the cluster long enough for the lease to expire: the others promoted our
+        shadows, so our live state would be counted twice.  Resetting *before* the registry shows
+        us again means no collector ever routes to the old incarnation after it left; batches still
+        addressed to it are fenced by NodeState.
+        """
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.state.reset(self.incarnation)
+        return self.value()
+
+    def _refresh_gauges(self) -> None:
+        while not self._stop.wait(1.0):
+            self.state.status()  # refreshes the state-size gauges
 
     def cluster_nodes(self) -> dict[str, dict[str, Any]]:
         """The nodes this node currently knows (itself included)."""

@@ -1,5 +1,5 @@
 """`celltap loadgen`: write scenario pcaps, list scenarios, replay a capture onto an interface,
-and (when `loadgen.ipfix_cli` exists) generate IPFIX."""
+and generate IPFIX / NetFlow."""
 
 from __future__ import annotations
 
@@ -56,15 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_metrics_addr_argument(p)
     p.set_defaults(_loadgen_run=_run_replay)
 
-    try:
-        ipfix = importlib.import_module("celltap.loadgen.ipfix_cli")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("celltap.loadgen.ipfix_cli",):
-            raise
-    else:
-        p = sub.add_parser("ipfix", help="IPFIX / NetFlow generator")
-        ipfix.add_arguments(p)
-        p.set_defaults(_loadgen_run=ipfix.main)
+    ipfix = importlib.import_module("celltap.loadgen.ipfix_cli")
+    p = sub.add_parser("ipfix", help="IPFIX / NetFlow generator")
+    ipfix.add_arguments(p)
+    p.set_defaults(_loadgen_run=ipfix.main)
 
 
 def main(args: argparse.Namespace) -> int:
