@@ -11,6 +11,8 @@ import logging
 import sys
 import time
 
+from celltap.user_errors import add_metrics_addr_argument
+
 log = logging.getLogger(__name__)
 
 
@@ -51,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)"
     )
+    add_metrics_addr_argument(p)
     p.set_defaults(_loadgen_run=_run_replay)
 
     ipfix = importlib.import_module("celltap.loadgen.ipfix_cli")
@@ -127,7 +130,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from celltap.user_errors import serve_metrics
 
-        serve_metrics(args.metrics_port)
+        serve_metrics(args.metrics_port, args.metrics_addr or "")
     stop = threading.Event()
     # SIGTERM (and Ctrl-C) end the replay at the next batch; the counts so far are still reported.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
