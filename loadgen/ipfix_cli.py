@@ -103,7 +103,7 @@ def run(
                 try:
                     snd(p.stamp_templates())
                 except OSError:
-                    template_errors += 1  # e.g. ICMP port unreachable while the collector restarts
+                    template_errors += 1  # e.g. ECONNREFUSED while the collector restarts: resent next refresh
                 seqs[k] = p.sequence
             next_templates = t + template_refresh
         if rate > 0:
@@ -176,7 +176,7 @@ def _run_pools(
                 try:
                     s.send(p.stamp_templates())
                 except OSError:
-                    template_errors += 1  # e.g. ICMP port unreachable while the collector restarts
+                    template_errors += 1  # e.g. ECONNREFUSED while the collector restarts: resent next refresh
                 seqs[k] = p.sequence
             next_templates = t + template_refresh
         if rate > 0:
