@@ -182,6 +182,8 @@ class LocalCluster:
                 "metrics_addr": "127.0.0.1",
                 # A journal beside the config: a restarted collector re-delivers what it had routed.
                 "routing": {"journal": str(self.conf_dir / "journal"), **s.routing},
+                # Sequence numbers and templates beside it: a restart counts what it missed.
+                "state_dir": str(self.conf_dir / f"{name}-state"),
             }
             path = self._write(f"{name}.yaml", cfg)
             # A registry in its config makes the collector route to the analysis nodes.
