@@ -16,6 +16,7 @@ Domains silent for `domain_expiry` seconds are forgotten with their templates an
 
 from __future__ import annotations
 
+import itertools
 import logging
 import struct
 from collections.abc import Sequence
@@ -89,6 +90,10 @@ TEMPLATE_BASE_COST = 1024
 TEMPLATE_FIELD_COST = 256
 UNSHARED_ELEMENT_COST = 320
 DOMAIN_COST = 1024  # _Domain, its dicts, the domain table slot and the exporter's entry
+# A full process makes room by forgetting a domain silent this long (oldest created first, at most
+# EVICT_SCAN looked at per new domain or template): see Ingestor._evict_idle.
+EVICT_IDLE = 60.0
+EVICT_SCAN = 64
 
 
 def template_cost(t: Template, raw: bytes, registry: Registry | None = None) -> int:
@@ -247,14 +252,31 @@ class Ingestor:
         ex = self._exporters.get(exporter)
         if ex is not None and ex.domains >= self.config.max_domains_per_exporter:
             return None, S.EXPORTER_LIMIT
-        if len(self._domains) >= self.config.max_domains:
+        if len(self._domains) >= self.config.max_domains and not self._evict_idle(now, exporter):
             return None, S.TOO_MANY_DOMAINS
         refused = self._charge(exporter, DOMAIN_COST)
+        if refused == S.MEMORY_LIMIT and self._evict_idle(now, exporter):
+            refused = self._charge(exporter, DOMAIN_COST)
         if refused:
             return None, refused
         self._exporters[exporter].domains += 1
         d = self._domains[key] = _Domain(last=now)
         return d, ""
+
+    def _evict_idle(self, now: float, for_exporter: str) -> bool:
+        """Make room in a full process by forgetting the oldest domain silent for EVICT_IDLE seconds.
+
+        Only the first EVICT_SCAN domains (the oldest created) are looked at, so a flood of new domains
+        costs constant work each.  A flood from many spoofed addresses fills the table with domains that
+        never speak again: they give way to an exporter that does, within EVICT_IDLE seconds instead of
+        the domain expiry.  Another exporter's live domains are never taken."""
+        for key in itertools.islice(self._domains, EVICT_SCAN):
+            d = self._domains[key]
+            if key[0] != for_exporter and now - d.last > EVICT_IDLE:
+                self._drop_domain(key)
+                self.stats.domain_events[(key[0], "evicted")] += 1
+                return True
+        return False
 
     def _drop_domain(self, key: tuple[str, int]) -> None:
         """Forget a domain and its templates (their memory is credited back)."""
@@ -379,6 +401,8 @@ class Ingestor:
             return
         cost = template_cost(t, raw, self.registry)
         refused = self._charge(exporter, cost - (old.cost if old is not None else 0))
+        while refused == S.MEMORY_LIMIT and self._evict_idle(now, exporter):
+            refused = self._charge(exporter, cost - (old.cost if old is not None else 0))
         if refused:
             self.stats.template_events[(exporter, "rejected")] += 1
             self.stats.dropped_sets[refused] += 1

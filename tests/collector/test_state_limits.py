@@ -174,3 +174,21 @@ def test_template_flood_keeps_the_collector_process_under_its_bound(tmp_path):
         f"base {base >> 20} MiB, peak {peak >> 20} MiB, growth {growth >> 20} MiB (bound {bound >> 20} MiB)"
     )
     sys.stdout.flush()
+
+
+def test_domains_spoofed_from_many_addresses_give_way_once_silent():
+    """Spoofing many source addresses fills the whole table (each address within its own share); a
+    real exporter that comes later is refused, counted, while the flood is fresh, and gets in once the
+    flooded domains have been silent for EVICT_IDLE seconds (not the hour of domain_expiry)."""
+    from celltap.collector.ingest import EVICT_IDLE
+
+    ing = Ingestor(IngestConfig(max_domains=500))
+    tpl = template_set(256, 4)
+    ing.feed([(f"198.51.{i // 250}.{i % 250 + 1}", ipfix(0, tpl, odid=1)) for i in range(2000)], 0.0)
+    assert len(ing._domains) == 500 and ing.stats.dropped_messages["too_many_domains"] == 1500
+    data = struct.pack("!HH", 256, 4 + 16 * 5) + b"\1" * 16 * 5
+    early = ing.feed([("192.0.2.1", ipfix(0, tpl + data, odid=7))], EVICT_IDLE / 2)
+    assert early == [] and ing.stats.dropped_messages["too_many_domains"] == 1501
+    later = ing.feed([("192.0.2.1", ipfix(0, tpl + data, odid=7))], EVICT_IDLE + 1)
+    assert sum(len(b) for b in later) == 5
+    assert sum(n for (_, ev), n in ing.stats.domain_events.items() if ev == "evicted") == 1
