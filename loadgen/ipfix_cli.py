@@ -102,8 +102,8 @@ def run(
                 p.sequence = seqs[k]
                 try:
                     snd(p.stamp_templates())
-                except OSError:
-                    template_errors += 1  # e.g. ECONNREFUSED while the collector restarts: resent next refresh
+                except OSError:  # e.g. ECONNREFUSED while the collector restarts: resent next refresh
+                    template_errors += 1
                 seqs[k] = p.sequence
             next_templates = t + template_refresh
         if rate > 0:
@@ -175,8 +175,8 @@ def _run_pools(
                 p.sequence = seqs[k]
                 try:
                     s.send(p.stamp_templates())
-                except OSError:
-                    template_errors += 1  # e.g. ECONNREFUSED while the collector restarts: resent next refresh
+                except OSError:  # e.g. ECONNREFUSED while the collector restarts: resent next refresh
+                    template_errors += 1
                 seqs[k] = p.sequence
             next_templates = t + template_refresh
         if rate > 0:
