@@ -1,5 +1,6 @@
-"""Replay the inputs the collector's fuzz harnesses found (tests/fuzz/crashers/<harness>/) through those
-harnesses: each once raised out of the harness (see the file names for what it exercised)."""
+"""Replay the inputs kept in tests/fuzz/crashers/<harness>/ through the collector's harnesses: each once
+raised out of its harness.  Files named crafted_* were built by hand from the issue's findings (or a
+quick random search) in the harness's input format; the others are what atheris found."""
 
 from __future__ import annotations
 
