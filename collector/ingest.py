@@ -380,8 +380,13 @@ class Ingestor:
 
     def checkpoint(self) -> None:
         """Save the sequence state of the domains that moved (call after their records were delivered)."""
+        self.save_checkpoint(self.checkpoint_items())
+
+    def checkpoint_items(self) -> list[tuple[str, int, int, str, float]]:
+        """The sequence state of the domains that moved since the last call (a snapshot to save once
+        the records decoded so far are safe: delivered, or journaled by the cluster router)."""
         if self.seq_state is None or not self._touched:
-            return
+            return []
         doms = self._domains
         items = []
         for key in self._touched:
@@ -389,7 +394,12 @@ class Ingestor:
             if d is not None and d.next_seq is not None:
                 items.append((key[0], key[1], d.next_seq, d.unit, d.last))
         self._touched.clear()
-        self.seq_state.save(items)
+        return items
+
+    def save_checkpoint(self, items: list[tuple[str, int, int, str, float]]) -> None:
+        """Save a snapshot from checkpoint_items() (thread-safe: the router may call it)."""
+        if items and self.seq_state is not None:
+            self.seq_state.save(items)
 
     # ------------------------------------------------------------------ templates
     def _add_template(self, exporter: str, domain: int, dom: _Domain, t: Template, now: float) -> None:

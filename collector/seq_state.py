@@ -21,6 +21,7 @@ import mmap
 import os
 import socket
 import struct
+import threading
 from pathlib import Path
 
 log = logging.getLogger("celltap.collector")
@@ -84,6 +85,7 @@ class SequenceState:
         self._times: list[float] = []
         self._mm: mmap.mmap | None = None
         self._loaded: dict[tuple[str, int], Entry] = {}
+        self._lock = threading.Lock()  # the cluster router's thread may save too (after_routed)
 
     def load(self, now: float | None = None) -> dict[tuple[str, int], Entry]:
         """Read every worker's file, keep the newest entry per key, and start this worker's own file."""
@@ -132,6 +134,10 @@ class SequenceState:
 
     def save(self, items: list[tuple[str, int, int, str, float]]) -> None:
         """Store (exporter, domain, next sequence number, unit, time) entries in their slots."""
+        with self._lock:
+            self._save(items)
+
+    def _save(self, items: list[tuple[str, int, int, str, float]]) -> None:
         mm = self._mm
         if mm is None:
             return
@@ -168,21 +174,23 @@ class SequenceState:
 
     def forget(self, exporter: str, domain: int) -> None:
         """Drop a domain's entry (it expired)."""
-        i = self._slots.pop((exporter, domain), None)
-        if i is None or self._mm is None:
-            return
-        self._mm[HEADER.size + i * SLOT.size] = 0
-        self._times[i] = 0.0
-        self._free.append(i)
+        with self._lock:
+            i = self._slots.pop((exporter, domain), None)
+            if i is None or self._mm is None:
+                return
+            self._mm[HEADER.size + i * SLOT.size] = 0
+            self._times[i] = 0.0
+            self._free.append(i)
 
     def close(self) -> None:
         """Flush and unmap the file."""
-        if self._mm is not None:
-            try:
-                self._mm.flush()
-            finally:
-                self._mm.close()
-                self._mm = None
+        with self._lock:
+            if self._mm is not None:
+                try:
+                    self._mm.flush()
+                finally:
+                    self._mm.close()
+                    self._mm = None
 
 
 __all__ = ["SequenceState", "read_file"]

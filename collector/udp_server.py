@@ -161,14 +161,25 @@ class UdpWorker:
     def deliver(self, batches: list[RecordBatch]) -> None:
         """Hand decoded batches to the sink (a failing sink costs those batches, counted), then save the
         sequence state: a record is delivered or, after a restart, inside a counted gap."""
+        delivered = False
         if batches:
             try:
                 self.sink(batches)
+                delivered = True
             except Exception as exc:
                 lost = sum(len(b) for b in batches)
                 self.ingestor.stats.dropped_records[SINK_ERROR] += lost
                 log.error("record sink failed, %d records lost (counted as sink_error): %r", lost, exc)
-        self.ingestor.checkpoint()
+        items = self.ingestor.checkpoint_items()
+        if not items:
+            return
+        after_routed = getattr(self.sink, "after_routed", None)
+        if delivered and callable(after_routed):
+            # The cluster router buffers records before it journals them: save the sequence numbers
+            # only once it has, so a crash in between leaves those records inside a counted gap.
+            after_routed(lambda: self.ingestor.save_checkpoint(items))
+        else:
+            self.ingestor.save_checkpoint(items)
 
     def report(self) -> None:
         """Add kernel drops since the last report and hand the stats deltas on."""

@@ -96,7 +96,8 @@ def test_sigkill_and_restart_counts_what_was_sent_meanwhile_as_sequence_lost(tmp
     from celltap.loadgen.ipfix_cli import run as loadgen_run
 
     port = free_port()
-    conf = _ipfix_conf(tmp_path, port, extra=f"state_dir: {tmp_path / 'state'}\n")
+    batch = 8  # datagrams per decode batch: bounds what a kill in mid hand-off can count twice (below)
+    conf = _ipfix_conf(tmp_path, port, extra=f"state_dir: {tmp_path / 'state'}\nbatch_datagrams: {batch}\n")
     sent: dict = {}
     a = CollectorProcess(["--config", conf, "--json"])
     count_a = _LineCounter(a.proc.stdout)  # read all the time: a full pipe would stall the collector
@@ -123,7 +124,11 @@ def test_sigkill_and_restart_counts_what_was_sent_meanwhile_as_sequence_lost(tmp
     numbered = sent["records"] + sent["send_errors"] * per_msg  # records the exporters gave numbers to
     assert got_a > 5_000 and got_b > 5_000, (got_a, got_b)
     assert summary_b["sequence_lost"] > 5_000, err_b  # 1.5 s of 5,000 records/s, and B's start
-    assert got_a + got_b + summary_b["sequence_lost"] == numbered, (got_a, got_b, summary_b, sent)
+    # Every numbered record was printed or counted lost.  A kill while a batch is being printed leaves
+    # part of it printed and the sequence state from before it (saved only after the hand-off), so at
+    # most that one batch is counted both printed and lost: never the other way, a silent loss.
+    accounted = got_a + got_b + summary_b["sequence_lost"]
+    assert numbered <= accounted <= numbered + batch * per_msg, (got_a, got_b, summary_b, sent)
     assert summary_b["dropped_sets"] == {} and summary_b["dropped_messages"] == {}, err_b
     lost = summary_b["sequence_lost"]
     print(f"sent {numbered}, before kill {got_a}, after restart {got_b}, counted lost {lost}")
