@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help="live input: vxlan://ADDR:PORT[?vni=N], iface:IFACE or pcap:FILE (repeatable)",
+        help="live input, repeatable: vxlan://ADDR:PORT[?vni=N], geneve://ADDR:PORT[?vni=N], "
+        "iface:IFACE or pcap:FILE",
     )
     parser.add_argument(
         "--wait-readers",
