@@ -17,11 +17,11 @@ and last datagram's time.  The VXLAN cell's times are receive times: never befor
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
 import sys
-import itertools
 import textwrap
 import threading
 import time
