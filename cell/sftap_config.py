@@ -42,6 +42,8 @@ _GLOBAL_KEYS = (
     "gc_scan",
     "cell_id",
     "decapsulate",
+    "dedup",
+    "dedup_window",
 )
 _RULE_KEYS = ("up", "down", "proto", "if", "format", "body", "nice", "balance", "port", "utf8")
 
@@ -111,6 +113,8 @@ class GlobalConfig:
     gc_scan: int = 16384
     cell_id: int = 0
     decapsulate: bool = True  # GRE / ERSPAN / VXLAN / IP in IP: the inner flow (no: the tunnel's own flow)
+    dedup: bool = False  # drop duplicate frames (cell/dedup.py), counted as dropped `duplicate`
+    dedup_window: float = 0.01  # seconds between two copies of one packet
 
 
 @dataclass
@@ -204,7 +208,9 @@ def _parse_global(section: Any) -> GlobalConfig:
             g.udp_timeout = _number(value, where)
         elif key == "defrag_timeout":
             g.defrag_timeout = _number(value, where)
-        elif key in ("midstream", "decapsulate"):
+        elif key == "dedup_window":
+            g.dedup_window = _number(value, where)
+        elif key in ("midstream", "decapsulate", "dedup"):
             setattr(g, key, _yes_no(value, where))
         elif key in ("lru", "cache"):
             _yes_no(value, where)
