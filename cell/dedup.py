@@ -12,16 +12,16 @@ most `window_ns` before or after it (capture times: `FrameBatch.ts_ns`); the fir
 kept.  A real retransmission differs (IPv4 identification, TCP timestamps) or comes later than any
 sensible window (Linux's minimum RTO is 200 ms); the default window is 10 ms.
 
-How.  Per batch, with numpy only: the compared bytes of every frame are laid in a zero-padded
-(frames, width) matrix (rows of 4-byte words, in chunks that bound memory), the rewritten fields
-zeroed, and each row hashed by two multilinear hashes over 2^64 with fixed random 64-bit
-coefficients, the length folded in; the top 32 bits of each make the 64-bit content hash (the
-multilinear family's top half is universal: two different packets collide with probability about
-2^-64).  The window is an array of (hash, time) of recent frames; the batch is appended, one stable
+How. Per batch, with numpy only: the compared bytes of every frame are laid in a zero-padded (frames,
+width) matrix (rows of 4-byte words, in chunks that bound memory), the rewritten fields zeroed, and each
+row hashed by two multilinear hashes over 2^64 with random 64-bit coefficients (drawn per process; one
+integer matrix product for both), the length folded in; the top 32 bits of each make the 64-bit content
+hash (the multilinear family's top half is universal: two different packets collide with probability
+about 2^-64). The window is an array of (hash, time) of recent frames; the batch is appended, one stable
 argsort by hash puts copies next to each other in arrival order, and a frame is a duplicate when its
-predecessor in that order has the same hash and a time within the window.  Entries older than the
-window are trimmed after each batch, and at most `max_entries` are kept (the oldest go first: a
-duplicate farther back than that is not found, never the other way round).
+predecessor in that order has the same hash and a time within the window. Entries older than the window
+are trimmed after each batch, and at most `max_entries` are kept (the oldest go first: a duplicate
+farther back than that is not found, never the other way round).
 """
 
 from __future__ import annotations
@@ -36,8 +36,11 @@ from celltap.pcap.batch import FrameBatch, scatter_rows
 DEFAULT_WINDOW_S = 0.01
 _CHUNK_BYTES = 1 << 22  # the padded matrix of one chunk
 _MAX_WORDS = 1 << 15  # 128 KiB frames (the largest snaplen celltap reads is 256 KiB: the rest is cut)
-_rng = np.random.default_rng(0x5EED_D0D0)
-_COEF = _rng.integers(1, 2**63, size=(2, _MAX_WORDS + 1), dtype=np.uint64) | np.uint64(1)
+# Random per process (os.urandom seeds the generator): the hash is linear, so with coefficients known in
+# advance an attacker could craft two different packets with one hash and have the second dropped.
+# Results never depend on them (only the 2^-64 collision chance does).
+_rng = np.random.default_rng()
+_COEF = _rng.integers(1, 2**63, size=(_MAX_WORDS + 1, 2), dtype=np.uint64) | np.uint64(1)
 _SHIFT = np.uint64(32)
 
 
@@ -65,15 +68,12 @@ def content_hashes(batch: FrameBatch, start: np.ndarray, length: np.ndarray, ttl
         sel = c >= 0
         m[r[sel], c[sel]] = 0
         m[r[sel], c[sel] + 1] = 0
-        words = m.view("<u4").astype(np.uint64)
-        nw = words.shape[1]
+        words = m.view("<u4")
         with np.errstate(over="ignore"):
-            h1 = (words * _COEF[0, :nw]).sum(axis=1, dtype=np.uint64)
-            h2 = (words * _COEF[1, :nw]).sum(axis=1, dtype=np.uint64)
-            ln = length[lo:hi].astype(np.uint64)
-            h1 += ln * _COEF[0, _MAX_WORDS]
-            h2 += ln * _COEF[1, _MAX_WORDS]
-        out[lo:hi] = (h1 >> _SHIFT) << _SHIFT | (h2 >> _SHIFT)
+            # (k, words) @ (words, 2): both hashes in one pass, sums wrapping mod 2^64
+            h = words @ _COEF[: words.shape[1]]
+            h += length[lo:hi].astype(np.uint64)[:, None] * _COEF[_MAX_WORDS]
+        out[lo:hi] = (h[:, 0] >> _SHIFT) << _SHIFT | (h[:, 1] >> _SHIFT)
     return out
 
 

@@ -76,6 +76,9 @@ class LiveSource:
         """Everything waiting (at most about max_frames), or None."""
         raise NotImplementedError
 
+    def settle(self) -> None:
+        """Before a last read: let the kernel hand over what it still holds (nothing to do here)."""
+
     def _finish(self, batch: FrameBatch, carried: int = 0) -> FrameBatch:
         """Take Arista timestamp headers out; count where the frames' times come from."""
         batch, stamped = strip_arista(batch)
@@ -215,7 +218,7 @@ class GeneveSource(TunnelSource):
         has_opts = keep & (start > GENEVE_BASE)
         if has_opts.any():
             i = np.flatnonzero(has_opts)
-            ts[i] = geneve_time_options(rows[i], np.full(i.size, GENEVE_BASE), start[i])
+            ts[i] = geneve_time_options(rows, i, np.full(i.size, GENEVE_BASE), start[i])
         return keep, start, ts
 
 
@@ -227,7 +230,8 @@ class InterfaceSource(LiveSource):
         super().__init__()
         from celltap.incubator.capture.afpacket import AfPacketCapture
 
-        self.ring = AfPacketCapture(ifname, block_nr=blocks, retire_ms=10, ignore_outgoing=False)
+        self.retire_ms = 10
+        self.ring = AfPacketCapture(ifname, block_nr=blocks, retire_ms=self.retire_ms, ignore_outgoing=False)
         self.sock = self.ring.sock
         # promiscuous while the socket lives: a mirror port's frames are addressed to other hosts
         mreq = struct.pack("iHH8s", socket.if_nametoindex(ifname), PACKET_MR_PROMISC, 0, b"")
@@ -249,6 +253,10 @@ class InterfaceSource(LiveSource):
         finally:
             self.ring.release()  # the frames are copied out: the blocks go back to the kernel now
         return self._finish(own) if n else None
+
+    def settle(self) -> None:
+        """The ring's open block is handed over when its retire timer fires: wait for it once."""
+        time.sleep(2 * self.retire_ms / 1000)
 
     def close(self) -> None:
         self.ring.close()

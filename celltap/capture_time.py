@@ -131,27 +131,30 @@ def strip_arista(batch: FrameBatch) -> tuple[FrameBatch, int]:
     return FrameBatch(out, starts, caplen, wire, ts, batch.linktype), int(hit.size)
 
 
-def geneve_time_options(rows: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """Capture time (ns) from each row's Geneve options rows[i, start[i]:end[i]]; 0 where there is none.
+def geneve_time_options(
+    rows: np.ndarray, which: np.ndarray, start: np.ndarray, end: np.ndarray
+) -> np.ndarray:
+    """Capture time (ns) from the Geneve options rows[which[k], start[k]:end[k]]; 0 where there is none.
 
-    Walks the option TLVs of all rows at once: one numpy step per option position, never per row.
+    Walks the option TLVs of all those rows at once: one numpy step per option position, never per
+    row, and only the bytes it reads are gathered.
     """
-    n = rows.shape[0]
+    n = which.shape[0]
     ts = np.zeros(n, np.int64)
     pos = start.astype(np.int64).copy()
     active = pos + 4 <= end
     width = rows.shape[1]
     while active.any():
         i = np.flatnonzero(active)
+        r = which[i]
         p = pos[i]
-        cls = rows[i, p].astype(np.int64) << 8 | rows[i, p + 1]
-        typ = rows[i, p + 2]
-        olen = 4 * (rows[i, p + 3] & 0x1F).astype(np.int64)
+        cls = rows[r, p].astype(np.int64) << 8 | rows[r, p + 1]
+        typ = rows[r, p + 2]
+        olen = 4 * (rows[r, p + 3] & 0x1F).astype(np.int64)
         mine = (cls == TIME_OPTION_CLASS) & (typ == TIME_OPTION_TYPE) & (olen >= 8) & (p + 12 <= end[i])
         if mine.any():
-            j = i[mine]
-            data = rows[j[:, None], np.minimum(p[mine][:, None] + 4 + np.arange(8), width - 1)]
-            ts[j] = _word(data).astype(np.int64)
+            cols = np.minimum(p[mine][:, None] + 4 + np.arange(8), width - 1)
+            ts[i[mine]] = _word(rows[r[mine][:, None], cols]).astype(np.int64)
         pos[i] = p + 4 + olen
         active[i] = ~mine & (pos[i] + 4 <= end[i])
     return ts
