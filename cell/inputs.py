@@ -18,6 +18,7 @@ so one wakeup decodes many frames at once, and every frame keeps its own capture
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import time
@@ -40,6 +41,11 @@ from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
 VXLAN_HEADER = 8
 VXLAN_DEFAULT_PORT = 4789
 ETH_MIN = 14
+# A carried capture time later than this after the frame's receive time is not believed (clock skew
+# between hosts is milliseconds; a bogus future time would move the cell's clock and time out every
+# flow): the frame keeps its receive time and is counted as time="future".  Earlier times are
+# legitimate (an incubator replaying a capture file sends the file's times).
+FUTURE_LIMIT_NS = 60 * 1_000_000_000
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
@@ -66,7 +72,7 @@ class LiveSource:
     def __init__(self) -> None:
         self.drops: dict[str, int] = {}
         # frames by where their time came from: "sender" (a Geneve option or Arista header) or "receive"
-        self.stamps = {"sender": 0, "receive": 0}
+        self.stamps = {"sender": 0, "receive": 0, "future": 0}
 
     def fileno(self) -> int:
         """The socket's file descriptor (for selectors)."""
@@ -79,12 +85,22 @@ class LiveSource:
     def settle(self) -> None:
         """Before a last read: let the kernel hand over what it still holds (nothing to do here)."""
 
-    def _finish(self, batch: FrameBatch, carried: int = 0) -> FrameBatch:
-        """Take Arista timestamp headers out; count where the frames' times come from."""
+    def _finish(self, batch: FrameBatch, recv_ns: np.ndarray, carried: np.ndarray) -> FrameBatch:
+        """Take Arista timestamp headers out; keep carried times that are plausible; count sources.
+
+        `batch.ts_ns` holds the carried time where `carried`, else the receive time `recv_ns`."""
         batch, stamped = strip_arista(batch)
-        sender = carried + stamped
+        if stamped:
+            carried = carried | (batch.ts_ns != recv_ns)
+        future = carried & (batch.ts_ns > recv_ns + FUTURE_LIMIT_NS)
+        k = int(np.count_nonzero(future))
+        if k:
+            batch.ts_ns = np.where(future, recv_ns, batch.ts_ns)
+            carried = carried & ~future
+        sender = int(np.count_nonzero(carried))
         self.stamps["sender"] += sender
-        self.stamps["receive"] += len(batch) - sender
+        self.stamps["future"] += k
+        self.stamps["receive"] += len(batch) - sender - k
         return batch
 
     def close(self) -> None:
@@ -115,10 +131,17 @@ class TunnelSource(LiveSource):
 
     def read_batch(self) -> FrameBatch | None:
         parts: list[FrameBatch] = []
-        carried = total = 0
+        recvs: list[np.ndarray] = []
+        sent: list[np.ndarray] = []
+        total = 0
         rx = self.rx
         while total < self.max_frames:
-            n = rx.recv()
+            try:
+                n = rx.recv()
+            except OSError as exc:  # the socket's error, not the traffic's: counted, the cell goes on
+                reason = f"receive_{errno.errorcode.get(exc.errno or 0, 'oserror').lower()}"
+                self.drops[reason] = self.drops.get(reason, 0) + 1
+                break
             if n == 0:
                 break
             total += n
@@ -136,13 +159,16 @@ class TunnelSource(LiveSource):
             buf = np.empty(int(caplen.sum()), np.uint8)
             scatter_rows(buf, offs, rx.rows.reshape(-1), idx * rx.slot_size + start[idx], caplen)
             recv_ts = rx.times(n)[idx]
-            ts = np.where(sent_ts[idx] > 0, sent_ts[idx], recv_ts)
-            carried += int(np.count_nonzero(sent_ts[idx] > 0))
-            ts = np.where(ts > 0, ts, time.time_ns())
+            recv_ts = np.where(recv_ts > 0, recv_ts, time.time_ns())
+            has = sent_ts[idx] > 0
+            ts = np.where(has, sent_ts[idx], recv_ts)
             parts.append(FrameBatch(buf, offs, caplen, caplen.copy(), ts, LINKTYPE_ETHERNET))
+            recvs.append(recv_ts)
+            sent.append(has)
         if not parts:
             return None
-        return self._finish(parts[0] if len(parts) == 1 else _concat(parts), carried)
+        batch = parts[0] if len(parts) == 1 else _concat(parts)
+        return self._finish(batch, np.concatenate(recvs), np.concatenate(sent))
 
 
 def _concat(parts: list[FrameBatch]) -> FrameBatch:
@@ -168,6 +194,56 @@ def _vni_of(rows: np.ndarray) -> np.ndarray:
     return rows[:, 4].astype(np.int64) << 16 | rows[:, 5].astype(np.int64) << 8 | rows[:, 6]
 
 
+def vxlan_inner(
+    rows: np.ndarray, lens: np.ndarray, vni: int | None, drops: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kept mask, inner frame offset, carried time = 0) of n VXLAN datagrams (rows[i, :lens[i]]);
+    what is not kept is counted in `drops` by reason."""
+    n = lens.shape[0]
+    short = lens < VXLAN_HEADER + ETH_MIN
+    _count(drops, "vxlan_short", short)
+    keep = ~short
+    no_flag = keep & ((rows[:, 0] & 0x08) == 0)
+    _count(drops, "vxlan_no_vni_flag", no_flag)
+    keep &= ~no_flag
+    if vni is not None:
+        other = keep & (_vni_of(rows) != vni)
+        _count(drops, "vxlan_other_vni", other)
+        keep &= ~other
+    return keep, np.full(n, VXLAN_HEADER, np.int64), np.zeros(n, np.int64)
+
+
+def geneve_inner(
+    rows: np.ndarray, lens: np.ndarray, vni: int | None, drops: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kept mask, inner frame offset, carried capture time or 0) of n Geneve datagrams
+    (rows[i, :lens[i]]); what is not kept is counted in `drops` by reason."""
+    n = lens.shape[0]
+    start = GENEVE_BASE + 4 * (rows[:, 0] & 0x3F).astype(np.int64)
+    checks = (
+        ("geneve_short", lens < start + ETH_MIN),
+        ("geneve_bad_version", (rows[:, 0] >> 6) != 0),
+        ("geneve_not_ethernet", _u16(rows, 2) != GENEVE_PROTO_TEB),
+        # RFC 8926 3.4: a receiver that does not process a critical option must drop the packet
+        ("geneve_critical_option", (rows[:, 1] & 0x40) != 0),
+    )
+    keep = np.ones(n, bool)
+    for reason, bad in checks:
+        hit = keep & bad
+        _count(drops, reason, hit)
+        keep &= ~hit
+    if vni is not None:
+        other = keep & (_vni_of(rows) != vni)
+        _count(drops, "geneve_other_vni", other)
+        keep &= ~other
+    ts = np.zeros(n, np.int64)
+    has_opts = keep & (start > GENEVE_BASE)
+    if has_opts.any():
+        i = np.flatnonzero(has_opts)
+        ts[i] = geneve_time_options(rows, i, np.full(i.size, GENEVE_BASE), start[i])
+    return keep, start, ts
+
+
 class VxlanSource(TunnelSource):
     """RFC 7348 receiver: an 8-byte VXLAN header around an Ethernet frame; frames keep their receive time."""
 
@@ -175,18 +251,7 @@ class VxlanSource(TunnelSource):
         super().__init__(url, VXLAN_DEFAULT_PORT, vni)
 
     def _inner(self, rows: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n = lens.shape[0]
-        short = lens < VXLAN_HEADER + ETH_MIN
-        _count(self.drops, "vxlan_short", short)
-        keep = ~short
-        no_flag = keep & ((rows[:, 0] & 0x08) == 0)
-        _count(self.drops, "vxlan_no_vni_flag", no_flag)
-        keep &= ~no_flag
-        if self.vni is not None:
-            other = keep & (_vni_of(rows) != self.vni)
-            _count(self.drops, "vxlan_other_vni", other)
-            keep &= ~other
-        return keep, np.full(n, VXLAN_HEADER, np.int64), np.zeros(n, np.int64)
+        return vxlan_inner(rows, lens, self.vni, self.drops)
 
 
 class GeneveSource(TunnelSource):
@@ -196,30 +261,7 @@ class GeneveSource(TunnelSource):
         super().__init__(url, GENEVE_DEFAULT_PORT, vni)
 
     def _inner(self, rows: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n = lens.shape[0]
-        start = GENEVE_BASE + 4 * (rows[:, 0] & 0x3F).astype(np.int64)
-        checks = (
-            ("geneve_short", lens < start + ETH_MIN),
-            ("geneve_bad_version", (rows[:, 0] >> 6) != 0),
-            ("geneve_not_ethernet", _u16(rows, 2) != GENEVE_PROTO_TEB),
-            # RFC 8926 3.4: a receiver that does not process a critical option must drop the packet
-            ("geneve_critical_option", (rows[:, 1] & 0x40) != 0),
-        )
-        keep = np.ones(n, bool)
-        for reason, bad in checks:
-            hit = keep & bad
-            _count(self.drops, reason, hit)
-            keep &= ~hit
-        if self.vni is not None:
-            other = keep & (_vni_of(rows) != self.vni)
-            _count(self.drops, "geneve_other_vni", other)
-            keep &= ~other
-        ts = np.zeros(n, np.int64)
-        has_opts = keep & (start > GENEVE_BASE)
-        if has_opts.any():
-            i = np.flatnonzero(has_opts)
-            ts[i] = geneve_time_options(rows, i, np.full(i.size, GENEVE_BASE), start[i])
-        return keep, start, ts
+        return geneve_inner(rows, lens, self.vni, self.drops)
 
 
 class InterfaceSource(LiveSource):
@@ -252,7 +294,9 @@ class InterfaceSource(LiveSource):
             own = FrameBatch(buf, offs, caplen, batch.wirelens.copy(), batch.ts_ns.copy(), LINKTYPE_ETHERNET)
         finally:
             self.ring.release()  # the frames are copied out: the blocks go back to the kernel now
-        return self._finish(own) if n else None
+        if not n:
+            return None
+        return self._finish(own, own.ts_ns.copy(), np.zeros(n, bool))
 
     def settle(self) -> None:
         """The ring's open block is handed over when its retire timer fires: wait for it once."""

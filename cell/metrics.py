@@ -146,7 +146,7 @@ class CellCollector(Collector):
         )
         yield counter(
             "celltap_cell_input_frames",
-            "Live frames by the source of their time: sender (carried by the incubator) or receive",
+            "Live frames by the source of their time: sender (carried), receive, future (carried, rejected)",
             ["time"],
             {(k,): v for k, v in c.input_stamps().items()},
         )

@@ -174,8 +174,9 @@ class Cell:
         self.server.sel.register(src.sock, 1, ("cb", lambda s=src: self._source_ready(s)))
 
     def input_stamps(self) -> dict[str, int]:
-        """Live frames by where their time came from: `sender` (carried) or `receive` (kernel receive)."""
-        out = {"sender": 0, "receive": 0}
+        """Live frames by where their time came from: `sender` (carried), `receive` (kernel receive), or
+        `future` (a carried time more than a minute past the receive time: the receive time is used)."""
+        out = {"sender": 0, "receive": 0, "future": 0}
         for s in self.sources:
             for k, v in s.stamps.items():
                 out[k] += v

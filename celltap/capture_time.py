@@ -154,7 +154,8 @@ def geneve_time_options(
         mine = (cls == TIME_OPTION_CLASS) & (typ == TIME_OPTION_TYPE) & (olen >= 8) & (p + 12 <= end[i])
         if mine.any():
             cols = np.minimum(p[mine][:, None] + 4 + np.arange(8), width - 1)
-            ts[i[mine]] = _word(rows[r[mine][:, None], cols]).astype(np.int64)
+            v = _word(rows[r[mine][:, None], cols])
+            ts[i[mine]] = np.where(v < np.uint64(1 << 63), v, 0).astype(np.int64)  # beyond int64: none
         pos[i] = p + 4 + olen
         active[i] = ~mine & (pos[i] + 4 <= end[i])
     return ts
