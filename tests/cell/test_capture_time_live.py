@@ -3,7 +3,8 @@
 A sender in its own namespace sends UDP datagrams with precise gaps (busy-waited: 0.1 to 15 ms)
 and then 300 back to back, onto a veth.  On the other end of the veth, in a second namespace:
 tcpdump (nanosecond timestamps: the oracle; expected times and gaps come from its capture, read by
-tshark), a cell capturing the veth directly (`iface:`), and three incubators capturing it, each
+tshark), a cell capturing the veth directly (`iface:`), an incubator writing a `pcap:` output (its
+records must hold tcpdump's times to the nanosecond), and three incubators capturing it, each
 with one cell: over Geneve (the capture time in a Geneve option), over a veth with Arista
 timestamp headers (`iface:...?ts=arista`), and over plain VXLAN (no room for a time: the cell
 stamps its receive time).  The incubators send in batches (a TPACKET_V3 block is handed over every
@@ -187,11 +188,12 @@ def test_live_frames_keep_their_capture_times_through_every_path(bed, tmp_path):
         "vxlan": ("vxlan://127.0.0.1:14789", "vxlan://127.0.0.1:14789"),
     }
     cells = {name: Cell(ns, tmp_path, name, spec) for name, (spec, _out) in paths.items()}
+    split = tmp_path / "incubator-out.pcap"  # an incubator's pcap: output, for its record times
+    outputs = [(name, out) for name, (_spec, out) in paths.items() if out is not None]
+    outputs.append(("pcap", f"pcap:{split}"))
     incs = []
     try:
-        for i, (name, (_spec, out)) in enumerate(paths.items()):
-            if out is None:
-                continue
+        for i, (name, out) in enumerate(outputs):
             d = tmp_path / f"inc-{name}"
             d.mkdir()
             cfg = {
@@ -202,7 +204,7 @@ def test_live_frames_keep_their_capture_times_through_every_path(bed, tmp_path):
             }
             incs.append(IncubatorProcess(ns, cfg, str(d)))
         for inc in incs:
-            inc.wait_ready(1)
+            inc.wait_ready(1)  # each has its one cell (the pcap one: a file)
         for c in cells.values():
             assert c.reader.connected.wait(20), f"cell never opened udp/default: {c.home}"
         dump = Tcpdump(ns, "ts-in", str(tmp_path / "oracle.pcap"), extra=("--time-stamp-precision=nano",))
@@ -235,6 +237,8 @@ def test_live_frames_keep_their_capture_times_through_every_path(bed, tmp_path):
         start, end = records[0]
         assert abs(start - truth[0] // 1_000_000) <= 1, (name, start, truth[0])
         assert abs(end - truth[-1] // 1_000_000) <= 1, (name, end, truth[-1])
+    # the incubator's pcap output: nanosecond records with the capture times
+    assert _tcpdump_times(tshark, str(split)) == truth
     # plain VXLAN: receive times at the cell, never earlier than the capture
     got = cells["vxlan"].data_times()
     assert len(got) == total
