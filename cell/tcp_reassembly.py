@@ -1,13 +1,17 @@
 """TCP stream reassembly on a Flow, sans-IO: segments in, in-order bytes out through a callback.
 
 Per direction: the next expected sequence number (32-bit, compared modulo 2**32 so sequence wrap
-is transparent), an out-of-order buffer keyed by sequence number with a per-flow byte cap, and the
-FIN's sequence number. Overlap policy: bytes already delivered are never replaced (a retransmission
-or overlapping segment contributes only bytes past the delivered edge); among buffered segments,
-the first one stored at a sequence number is kept unless a later one is longer.
-When the out-of-order cap is hit, or at the end of a flow, the stream skips the hole to the next
-buffered byte (counted in `gap_bytes` and the flow's `missed_bytes`): analyzers see a short stream,
-never a stalled one.
+is transparent), an out-of-order buffer (`OooBuffer`: disjoint byte runs sorted by position, see
+cell/run_buffer.py; n segments cost O(n log n), never a rescan of the buffer per segment), and the
+FIN's sequence number. Overlap policy "first wins": bytes already delivered are never replaced (a
+retransmission or overlapping segment contributes only bytes past the delivered edge), and bytes
+already buffered are never replaced either (a later segment contributes only the bytes no buffered
+run covers). A direction whose buffer empties drops it, so the packet path's in-order fast path
+applies again.
+Caps are real memory (allocation sizes, see run_buffer), not payload: `ooo_limit` per flow,
+`ooo_memory` for all flows. When one is hit, or at the end of a flow, the stream skips the hole to
+the next buffered byte (counted in `gap_bytes` and the flow's `missed_bytes`, the skip by cap in
+`cap_skips`): analyzers see a short stream, never a stalled one.
 
 Windows (what a receiver would not accept is not stream state here either):
 * A segment (or bare FIN) more than `seq_window` (1 GiB, the largest window TCP can advertise:
@@ -34,6 +38,7 @@ from sys import intern  # histories repeat: one string object per distinct histo
 
 from celltap.cell.events import REASON_NORMAL, REASON_RESET
 from celltap.cell.flow_table import Flow
+from celltap.cell.run_buffer import RunBuffer
 from celltap.cell.tcp_state import (
     A1_LETTER,
     A2_LETTER,
@@ -68,6 +73,7 @@ class TcpStats:
         "drops",
         "gap_bytes",
         "ooo_bytes",
+        "ooo_mem",
         "overlap_bytes",
         "resyncs",
         "retrans_bytes",
@@ -85,6 +91,7 @@ class TcpStats:
         self.retrans_bytes = 0
         self.overlap_bytes = 0
         self.ooo_bytes = 0  # bytes currently buffered out of order, all flows
+        self.ooo_mem = 0  # real memory those buffers take (what ooo_limit / ooo_memory cap)
         self.gap_bytes = 0
         self.cap_skips = {"flow": 0, "memory": 0}  # holes skipped because a buffer cap was reached
 
@@ -95,32 +102,82 @@ def _rel(a: int, b: int) -> int:
     return d - 0x100000000 if d & 0x80000000 else d
 
 
+class OooBuffer(RunBuffer):
+    """One direction's out-of-order bytes: runs in an unwrapped coordinate anchored at the in-order edge.
+
+    Sequence numbers wrap at 2**32; positions do not. `sync(nxt)` moves the anchor to the current
+    next expected sequence number (nxt moves forward by at most one segment plus what this buffer
+    delivered between two calls, far below 2**31), so every buffered byte keeps one position.
+    """
+
+    __slots__ = ("ref_pos", "ref_seq")
+
+    def __init__(self, nxt: int) -> None:
+        super().__init__()
+        self.ref_seq = nxt
+        self.ref_pos = 0
+
+    def sync(self, nxt: int) -> int:
+        """Anchor at sequence number `nxt`; return its position."""
+        self.ref_pos += _rel(nxt, self.ref_seq)
+        self.ref_seq = nxt
+        return self.ref_pos
+
+    def seq(self, pos: int) -> int:
+        """The sequence number at a position."""
+        return (self.ref_seq + pos - self.ref_pos) & M32
+
+
+def ooo_memory_of(flow: Flow) -> int:
+    """Real memory held by a flow's out-of-order buffers (both directions)."""
+    m = 0
+    if flow.ooo1 is not None:
+        m += flow.ooo1.mem
+    if flow.ooo2 is not None:
+        m += flow.ooo2.mem
+    return m
+
+
+def release(flow: Flow, stats: TcpStats) -> None:
+    """Forget a flow's out-of-order buffers (the flow ended) and their accounting."""
+    stats.ooo_bytes -= flow.ooo_bytes
+    stats.ooo_mem -= ooo_memory_of(flow)
+    flow.ooo_bytes = 0
+    flow.ooo1 = flow.ooo2 = None
+
+
+def _set_ooo(flow: Flow, d: int, ooo: OooBuffer | None) -> None:
+    if d == 1:
+        flow.ooo1 = ooo
+    else:
+        flow.ooo2 = ooo
+
+
 def _drain(
-    flow: Flow, d: int, nxt: int, ooo: dict[int, bytes], ts_ns: int, deliver: Deliver, stats: TcpStats
+    flow: Flow, d: int, nxt: int, ooo: OooBuffer, ts_ns: int, deliver: Deliver, stats: TcpStats
 ) -> int:
-    """Deliver buffered segments that now touch the in-order edge; return the new edge."""
-    while ooo:
-        data = ooo.pop(nxt, None)
-        if data is None:
-            # a buffered segment may start before the edge (overlap): find any that reaches past it
-            for s in list(ooo):
-                if _rel(s, nxt) <= 0:
-                    data = ooo.pop(s)
-                    flow.ooo_bytes -= len(data)
-                    stats.ooo_bytes -= len(data)
-                    cut = _rel(nxt, s)
-                    stats.overlap_bytes += min(cut, len(data))
-                    if cut < len(data):
-                        data = data[cut:]
-                        break
-                    data = None
-            if data is None:
-                return nxt
-        else:
-            flow.ooo_bytes -= len(data)
-            stats.ooo_bytes -= len(data)
-        deliver(flow, d, data, ts_ns)
-        nxt = (nxt + len(data)) & M32
+    """Deliver buffered runs that now touch the in-order edge; return the new edge (sequence number).
+
+    A run may start before the edge (in-order data overlapped it): only its part past the edge goes.
+    """
+    edge = ooo.sync(nxt)
+    p0, m0 = ooo.payload, ooo.mem
+    while len(ooo) and ooo.first_start() <= edge:
+        start, run = ooo.pop_first()
+        cut = edge - start
+        if cut:
+            stats.overlap_bytes += min(cut, len(run))
+        if cut < len(run):
+            deliver(flow, d, bytes(run[cut:]) if cut else bytes(run), ts_ns)
+            edge = start + len(run)
+    dp = ooo.payload - p0
+    flow.ooo_bytes += dp
+    stats.ooo_bytes += dp
+    stats.ooo_mem += ooo.mem - m0
+    nxt = ooo.seq(edge)
+    if not len(ooo):
+        stats.ooo_mem -= ooo.mem
+        _set_ooo(flow, d, None)
     return nxt
 
 
@@ -131,13 +188,13 @@ def skip_gaps(flow: Flow, d: int, ts_ns: int, deliver: Deliver, stats: TcpStats)
         return
     nxt = flow.nxt1 if d == 1 else flow.nxt2
     while ooo:
-        first = min(ooo, key=lambda s: _rel(s, nxt))
-        gap = _rel(first, nxt)
+        edge = ooo.sync(nxt)
+        gap = ooo.first_start() - edge
         if gap > 0:
             stats.gap_bytes += gap
             flow.missed_bytes += gap
             scaled(flow, d, G_COUNT, "g")
-            nxt = first
+            nxt = ooo.seq(edge + gap)
         nxt = _drain(flow, d, nxt, ooo, ts_ns, deliver, stats)
     if d == 1:
         flow.nxt1 = nxt
@@ -152,13 +209,12 @@ def _drop(stats: TcpStats, reason: str) -> None:
 def _high(flow: Flow, d: int, nxt: int) -> int:
     """The end of the highest sequence seen from endpoint d (the next expected byte or past buffered data)."""
     ooo = flow.ooo1 if d == 1 else flow.ooo2
-    high = nxt
     if ooo:
-        for s, data in ooo.items():
-            end = (s + len(data)) & M32
-            if _rel(end, high) > 0:
-                high = end
-    return high
+        ooo.sync(nxt)
+        end = ooo.seq(ooo.end())
+        if _rel(end, nxt) > 0:
+            return end
+    return nxt
 
 
 def rst_acceptable(flow: Flow, d: int, seq: int, ack: int, window: int) -> bool:
@@ -261,23 +317,22 @@ def segment(
         else:
             ooo = flow.ooo1 if d == 1 else flow.ooo2
             if ooo is None:
-                ooo = {}
-                if d == 1:
-                    flow.ooo1 = ooo
-                else:
-                    flow.ooo2 = ooo
-            old = ooo.get(seq)
-            if old is None or len(old) < n:
-                grow = n - (len(old) if old else 0)
-                ooo[seq] = payload
-                flow.ooo_bytes += grow
-                stats.ooo_bytes += grow
-            else:
+                ooo = OooBuffer(nxt)
+                _set_ooo(flow, d, ooo)
+                stats.ooo_mem += ooo.mem
+            m0 = ooo.mem
+            got = ooo.add(ooo.sync(nxt) + off, payload)
+            flow.ooo_bytes += got
+            stats.ooo_bytes += got
+            stats.ooo_mem += ooo.mem - m0
+            if not got:
                 stats.retrans_segments += 1
                 stats.retrans_bytes += n
                 scaled(flow, d, T_COUNT, "t")
-            over_flow = flow.ooo_bytes > ooo_limit
-            if over_flow or stats.ooo_bytes > ooo_memory:
+            elif got < n:
+                stats.overlap_bytes += n - got
+            over_flow = ooo_memory_of(flow) > ooo_limit
+            if over_flow or stats.ooo_mem > ooo_memory:
                 # over a cap (this flow's, or all flows' together) nothing is dropped: the hole is
                 # skipped (counted in gap_bytes) and what this flow buffered is delivered
                 stats.cap_skips["flow" if over_flow else "memory"] += 1

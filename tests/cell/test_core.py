@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from celltap.cell.abstractor import Abstractor
+from celltap.cell.abstractor import CHUNK_MEMORY, Abstractor
 from celltap.cell.sftap_config import parse_config
 from celltap.loadgen.packets import ACK, PSH, SYN
 from celltap.loadgen.scenario import EPOCH_NS
@@ -220,11 +220,15 @@ def test_all_flows_held_bytes_are_capped_by_classify_memory():
         c.put(c.frame(False, 900, 101, SYN | ACK))
         c.put(c.frame(True, 101, 901, ACK | PSH, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"q" * 1400))
         frames += c.frames
-    a = _cell({"classify_memory": 3500}, http=HTTP_RULE)
+    # classify_memory caps real memory: per flow the 1427 bytes held, the head copy the classifier
+    # reads (counted as another 1427), and the chunk's bookkeeping (CHUNK_MEMORY)
+    per_flow = 2 * 1427 + CHUNK_MEMORY
+    a = _cell({"classify_memory": 2 * per_flow + 100}, http=HTTP_RULE)
     a.process_frames(_batch(frames))
     assert a.classified_early == {"hold": 0, "memory": 2}  # the 3rd and the 4th flow crossed it
     assert a.held_total == 2 * 1427  # the first two still wait for their server
+    assert a.held_mem == 2 * per_flow
     a.finish()
-    assert a.held_total == 0
+    assert a.held_total == 0 and a.held_mem == 0
     evs = parse_text(b"".join(a.sinks["tcp/default"].parts))
     assert sum(e.event == "CREATED" for e in evs) == 4
