@@ -1,14 +1,14 @@
 """TCP stream reassembly on a Flow, sans-IO: segments in, in-order bytes out through a callback.
 
 Per direction: the next expected sequence number (32-bit, compared modulo 2**32 so sequence wrap
-is transparent), an out-of-order buffer (`OooBuffer`: disjoint byte runs sorted by position, see
-cell/run_buffer.py; n segments cost O(n log n), never a rescan of the buffer per segment), and the
+is transparent), an out-of-order buffer (`OooBuffer`: byte runs keyed by position with a min-heap of
+their starts; n segments cost O(n log n), never a rescan of the buffer per segment), and the
 FIN's sequence number. Overlap policy "first wins": bytes already delivered are never replaced (a
-retransmission or overlapping segment contributes only bytes past the delivered edge), and bytes
-already buffered are never replaced either (a later segment contributes only the bytes no buffered
-run covers). A direction whose buffer empties drops it, so the packet path's in-order fast path
-applies again.
-Caps are real memory (allocation sizes, see run_buffer), not payload: `ooo_limit` per flow,
+retransmission or overlapping segment contributes only bytes past the delivered edge); a segment
+at a position already buffered keeps the buffered bytes (only its tail past them is added), and
+buffered runs that overlap are delivered lowest start first, each cut at the edge. A direction
+whose buffer empties drops it, so the packet path's in-order fast path applies again.
+Caps are real memory (allocation sizes), not payload: `ooo_limit` per flow,
 `ooo_memory` for all flows. When one is hit, or at the end of a flow, the stream skips the hole to
 the next buffered byte (counted in `gap_bytes` and the flow's `missed_bytes`, the skip by cap in
 `cap_skips`): analyzers see a short stream, never a stalled one.
@@ -34,11 +34,11 @@ Windows (what a receiver would not accept is not stream state here either):
 from __future__ import annotations
 
 from collections.abc import Callable
-from sys import intern  # histories repeat: one string object per distinct history
+from heapq import heappop, heappush
+from sys import getsizeof, intern  # intern: histories repeat, one string object per distinct history
 
 from celltap.cell.events import REASON_NORMAL, REASON_RESET
 from celltap.cell.flow_table import Flow
-from celltap.cell.run_buffer import RunBuffer
 from celltap.cell.tcp_state import (
     A1_LETTER,
     A2_LETTER,
@@ -63,6 +63,10 @@ SEQ_WINDOW = 1 << 30
 RST_WINDOW = 1 << 20
 
 Deliver = Callable[[Flow, int, bytes, int], None]
+# Real memory of one buffered run besides its bytearray: its start and end ints (32 B each), its
+# entries in `runs` and `ends` (dict slots, ~2x over-allocated: ~100 B) and its heap slot (8 B).
+RUN_SLOT = 176
+OOO_BASE = 3 * 64 + 120  # the buffer object, two empty dicts and a list (never fewer bytes than these)
 
 
 class TcpStats:
@@ -102,20 +106,37 @@ def _rel(a: int, b: int) -> int:
     return d - 0x100000000 if d & 0x80000000 else d
 
 
-class OooBuffer(RunBuffer):
-    """One direction's out-of-order bytes: runs in an unwrapped coordinate anchored at the in-order edge.
+class OooBuffer:
+    """One direction's out-of-order bytes as runs keyed by unwrapped position; first-wins per start.
 
-    Sequence numbers wrap at 2**32; positions do not. `sync(nxt)` moves the anchor to the current
+    Sequence numbers wrap at 2**32; positions do not: `sync(nxt)` moves the anchor to the current
     next expected sequence number (nxt moves forward by at most one segment plus what this buffer
     delivered between two calls, far below 2**31), so every buffered byte keeps one position.
+
+    Runs: `runs` maps a start position to a bytearray, `ends` maps each run's end to its start (a
+    segment that continues a run extends it in place), `heap` holds the starts (a min-heap: the
+    consumer always wants the lowest). Adding a segment is O(log n) (one heappush at most), taking
+    the lowest run O(log n): n segments cost O(n log n) whatever their order, and skipping holes
+    costs nothing per hole. A segment at an already buffered start keeps the buffered bytes and only
+    contributes its tail past them ("first wins"); runs that overlap from different starts are cut
+    when delivered (the lower start's bytes go first), as the in-order edge cuts retransmissions.
+    `mem` is real memory (allocation sizes: the bytearrays' capacity plus RUN_SLOT per run).
     """
 
-    __slots__ = ("ref_pos", "ref_seq")
+    __slots__ = ("ends", "heap", "high", "mem", "payload", "ref_pos", "ref_seq", "runs")
 
     def __init__(self, nxt: int) -> None:
-        super().__init__()
         self.ref_seq = nxt
         self.ref_pos = 0
+        self.runs: dict[int, bytearray] = {}
+        self.ends: dict[int, int] = {}
+        self.heap: list[int] = []
+        self.high = 0  # highest end position ever buffered
+        self.mem = OOO_BASE
+        self.payload = 0
+
+    def __len__(self) -> int:
+        return len(self.heap)
 
     def sync(self, nxt: int) -> int:
         """Anchor at sequence number `nxt`; return its position."""
@@ -126,6 +147,43 @@ class OooBuffer(RunBuffer):
     def seq(self, pos: int) -> int:
         """The sequence number at a position."""
         return (self.ref_seq + pos - self.ref_pos) & M32
+
+    def add(self, seq: int, data: bytes) -> int:
+        """Buffer a segment at sequence number `seq` (within 2**31 of the anchor, which the caller's
+        window check guarantees); return how many of its bytes were new."""
+        n = len(data)
+        off = (seq - self.ref_seq) & M32
+        start = self.ref_pos + (off - 0x100000000 if off & 0x80000000 else off)
+        end = start + n
+        runs = self.runs
+        run = runs.get(start)
+        if run is not None:
+            have = len(run)
+            if have >= n:
+                return 0
+            del self.ends[start + have]
+            before = getsizeof(run)
+            run += data[have:]
+            self.mem += getsizeof(run) - before
+            self.ends[end] = start
+            n -= have
+        else:
+            at = self.ends.pop(start, None)
+            if at is not None:
+                run = runs[at]  # continues a run: extend it in place
+                before = getsizeof(run)
+                run += data
+                self.mem += getsizeof(run) - before
+                self.ends[end] = at
+            else:
+                run = runs[start] = bytearray(data)
+                self.ends[end] = start
+                heappush(self.heap, start)
+                self.mem += getsizeof(run) + RUN_SLOT
+        if end > self.high:
+            self.high = end
+        self.payload += n
+        return n
 
 
 def ooo_memory_of(flow: Flow) -> int:
@@ -154,30 +212,60 @@ def _set_ooo(flow: Flow, d: int, ooo: OooBuffer | None) -> None:
 
 
 def _drain(
-    flow: Flow, d: int, nxt: int, ooo: OooBuffer, ts_ns: int, deliver: Deliver, stats: TcpStats
+    flow: Flow,
+    d: int,
+    nxt: int,
+    ooo: OooBuffer,
+    ts_ns: int,
+    deliver: Deliver,
+    stats: TcpStats,
+    skip: bool = False,
 ) -> int:
     """Deliver buffered runs that now touch the in-order edge; return the new edge (sequence number).
 
-    A run may start before the edge (in-order data overlapped it): only its part past the edge goes.
+    A run may start before the edge (in-order data or a lower run overlapped it): only its part past
+    the edge goes. With `skip`, holes are jumped too (counted) until the buffer is empty.
     """
     edge = ooo.sync(nxt)
-    p0, m0 = ooo.payload, ooo.mem
-    while len(ooo) and ooo.first_start() <= edge:
-        start, run = ooo.pop_first()
+    heap, runs, ends = ooo.heap, ooo.runs, ooo.ends
+    freed = payload = overlap = 0
+    while heap:
+        start = heap[0]
+        if start > edge:
+            if not skip:
+                break
+            gap = start - edge
+            stats.gap_bytes += gap
+            flow.missed_bytes += gap
+            scaled(flow, d, G_COUNT, "g")
+            edge = start
+        heappop(heap)
+        run = runs.pop(start)
+        size = len(run)
+        del ends[start + size]
+        freed += getsizeof(run) + RUN_SLOT
+        payload += size
         cut = edge - start
         if cut:
-            stats.overlap_bytes += min(cut, len(run))
-        if cut < len(run):
+            overlap += cut if cut < size else size
+        if cut < size:
             deliver(flow, d, bytes(run[cut:]) if cut else bytes(run), ts_ns)
-            edge = start + len(run)
-    dp = ooo.payload - p0
-    flow.ooo_bytes += dp
-    stats.ooo_bytes += dp
-    stats.ooo_mem += ooo.mem - m0
+            edge = start + size
+    if overlap:
+        stats.overlap_bytes += overlap
+    if payload:
+        ooo.payload -= payload
+        ooo.mem -= freed
+        flow.ooo_bytes -= payload
+        stats.ooo_bytes -= payload
+        stats.ooo_mem -= freed
     nxt = ooo.seq(edge)
-    if not len(ooo):
+    if not heap:
         stats.ooo_mem -= ooo.mem
-        _set_ooo(flow, d, None)
+        if d == 1:
+            flow.ooo1 = None
+        else:
+            flow.ooo2 = None
     return nxt
 
 
@@ -186,16 +274,7 @@ def skip_gaps(flow: Flow, d: int, ts_ns: int, deliver: Deliver, stats: TcpStats)
     ooo = flow.ooo1 if d == 1 else flow.ooo2
     if not ooo:
         return
-    nxt = flow.nxt1 if d == 1 else flow.nxt2
-    while ooo:
-        edge = ooo.sync(nxt)
-        gap = ooo.first_start() - edge
-        if gap > 0:
-            stats.gap_bytes += gap
-            flow.missed_bytes += gap
-            scaled(flow, d, G_COUNT, "g")
-            nxt = ooo.seq(edge + gap)
-        nxt = _drain(flow, d, nxt, ooo, ts_ns, deliver, stats)
+    nxt = _drain(flow, d, flow.nxt1 if d == 1 else flow.nxt2, ooo, ts_ns, deliver, stats, skip=True)
     if d == 1:
         flow.nxt1 = nxt
     else:
@@ -211,7 +290,7 @@ def _high(flow: Flow, d: int, nxt: int) -> int:
     ooo = flow.ooo1 if d == 1 else flow.ooo2
     if ooo:
         ooo.sync(nxt)
-        end = ooo.seq(ooo.end())
+        end = ooo.seq(ooo.high)
         if _rel(end, nxt) > 0:
             return end
     return nxt
@@ -321,17 +400,19 @@ def segment(
                 _set_ooo(flow, d, ooo)
                 stats.ooo_mem += ooo.mem
             m0 = ooo.mem
-            got = ooo.add(ooo.sync(nxt) + off, payload)
+            got = ooo.add(seq, payload)
             flow.ooo_bytes += got
             stats.ooo_bytes += got
             stats.ooo_mem += ooo.mem - m0
-            if not got:
-                stats.retrans_segments += 1
-                stats.retrans_bytes += n
-                scaled(flow, d, T_COUNT, "t")
-            elif got < n:
-                stats.overlap_bytes += n - got
-            over_flow = ooo_memory_of(flow) > ooo_limit
+            if got != n:
+                if got:
+                    stats.overlap_bytes += n - got
+                else:
+                    stats.retrans_segments += 1
+                    stats.retrans_bytes += n
+                    scaled(flow, d, T_COUNT, "t")
+            other = flow.ooo2 if d == 1 else flow.ooo1
+            over_flow = (ooo.mem + other.mem if other is not None else ooo.mem) > ooo_limit
             if over_flow or stats.ooo_mem > ooo_memory:
                 # over a cap (this flow's, or all flows' together) nothing is dropped: the hole is
                 # skipped (counted in gap_bytes) and what this flow buffered is delivered
