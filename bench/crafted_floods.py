@@ -24,7 +24,8 @@ def ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int = 0, fra
 
 def tcp(sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes = b"") -> bytes:
     """A 20-byte TCP header (window 65535) and its payload."""
-    return struct.pack(">HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack, 5 << 4, flags, 65535, 0, 0) + payload
+    head = struct.pack(">HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack, 5 << 4, flags, 65535, 0, 0)
+    return head + payload
 
 
 def addr(i: int) -> bytes:
@@ -44,12 +45,13 @@ def handshake(c: bytes, cport: int, t: int) -> list[tuple[int, bytes]]:
     ]
 
 
-def ooo_holes(n: int, descending: bool = False, flows: int = 1) -> list[tuple[int, bytes]]:
-    """`flows` connections whose client sends `n` 1-byte segments, each after a 1-byte hole.
+def ooo_holes(n: int, descending: bool = False, flows: int = 1, seg: int = 1) -> list[tuple[int, bytes]]:
+    """`flows` connections whose client sends `n` segments of `seg` bytes, each after a `seg`-byte hole.
 
-    Byte k (k = 0..n-1) of the stream sits at relative offset 2k + 1: nothing is ever in order, every
+    Segment k (k = 0..n-1) sits at relative offset (2k + 1) * seg: nothing is ever in order, every
     segment is its own out-of-order run (the worst case for per-segment bookkeeping).
     """
+    body = b"x" * seg
     out: list[tuple[int, bytes]] = []
     t = EPOCH_NS
     for f in range(flows):
@@ -59,7 +61,8 @@ def ooo_holes(n: int, descending: bool = False, flows: int = 1) -> list[tuple[in
         t += 3000
         ks = range(n - 1, -1, -1) if descending else range(n)
         for k in ks:
-            out.append((t, ipv4(c, SERVER, 6, tcp(cport, 80, 1001 + 2 * k + 1, 5001, ACK | PSH, b"x"))))
+            seq = 1001 + (2 * k + 1) * seg
+            out.append((t, ipv4(c, SERVER, 6, tcp(cport, 80, seq, 5001, ACK | PSH, body))))
             t += 1000
     return out
 
@@ -93,12 +96,12 @@ def silent_server(flows: int, chunks: int, chunk: int = 1) -> list[tuple[int, by
     return out
 
 
-def single_flow_udp(n: int) -> list[tuple[int, bytes]]:
-    """`n` whole 8-byte UDP datagrams of one flow: a baseline of the same frame count and size class."""
+def single_flow_udp(n: int, size: int = 8) -> list[tuple[int, bytes]]:
+    """`n` whole UDP datagrams of `size` bytes in one flow: a baseline of the same frame count and size."""
     out = []
     t = EPOCH_NS
     for _ in range(n):
-        udp = struct.pack(">HHHH", 40000, 53, 16, 0) + b"d" * 8
+        udp = struct.pack(">HHHH", 40000, 53, 8 + size, 0) + b"d" * size
         out.append((t, ipv4(addr(0), SERVER, 17, udp)))
         t += 1000
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import json
 import logging
 import socket
 import time
@@ -23,6 +24,18 @@ log = logging.getLogger("celltap.cell")
 
 _L3 = {"ipv4": 4, "ipv6": 6}
 _L4 = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+
+
+def _vm_hwm() -> str:
+    """This process's peak resident set (VmHWM of /proc/self/status), e.g. '123456 kB'."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 class Cell:
@@ -144,6 +157,20 @@ class Cell:
             time.perf_counter() - t0,
             time.process_time() - c0,
         )
+        log.info("offline run drops: %s", json.dumps(self.drop_summary(), sort_keys=True))
+        log.info("offline run peak RSS: %s", _vm_hwm())
+
+    def drop_summary(self) -> dict[str, dict[str, int]]:
+        """What was dropped, skipped or cut short, by stage and reason (the drop metrics' values)."""
+        a = self.abstractor
+        out = {
+            "packets": a.drops,
+            "defrag": a.defrag.drops,
+            "loopback": a.loopback_drops,
+            "tcp_cap_skips": a.tcp_stats.cap_skips,
+            "classified_early": a.classified_early,
+        }
+        return {k: {r: n for r, n in v.items() if n} for k, v in out.items()}
 
     def add_input(self, spec: str) -> None:
         """Open a live input: `vxlan://ADDR:PORT[?vni=N]` or `iface:IFACE`."""
