@@ -543,7 +543,11 @@ class Abstractor:
         data: bytes,
         ts_ns: int,
     ) -> bool:
-        """One event read from the L7 loopback (hop already raised); False when dropped by the hop limit."""
+        """One event read from the L7 loopback (hop already raised); False when dropped (counted)."""
+        alen = 4 if l3 == 4 else 16
+        if not (0 <= p1 <= 0xFFFF and 0 <= p2 <= 0xFFFF and 0 <= hop <= 0xFF and len(a1) == len(a2) == alen):
+            self.count_loopback_drop("bad_event")  # the input edge validates; this guards other callers
+            return False
         if hop > self.hop_limit:
             self.count_loopback_drop("hop_limit")
             return False
