@@ -137,14 +137,17 @@ class Cell:
         self.server.stall_timeout = stall_timeout
         t0 = time.perf_counter()
         c0 = time.process_time()
-        for batch in pcap_batches(path):
-            if self.stop:
-                break
-            self.process(batch)
-            self.server.poll(0)
-        self.abstractor.finish()
-        self.flush()
-        self.server.drain(drain_timeout)
+        try:
+            for batch in pcap_batches(path):
+                if self.stop:
+                    break
+                self.process(batch)
+                self.server.poll(0)
+        finally:
+            # a corrupt capture still ends (and exports) the flows read before the damage
+            self.abstractor.finish()
+            self.flush()
+            self.server.drain(drain_timeout)
         a = self.abstractor
         log.info(
             "offline run: %d packets, %d flows in %.3f s (cpu %.3f s)",
