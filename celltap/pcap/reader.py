@@ -315,6 +315,7 @@ class CaptureReader:
         if error is not None:
             raise self._corrupt(str(error).replace("record", "block"), error.at)
         return stop
+
     @staticmethod
     def _if_tsresol(opts: memoryview, e: str) -> tuple[int, int]:
         i = 0
