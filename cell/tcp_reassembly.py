@@ -113,8 +113,9 @@ class OooBuffer:
     next expected sequence number (nxt moves forward by at most one segment plus what this buffer
     delivered between two calls, far below 2**31), so every buffered byte keeps one position.
 
-    Runs: `runs` maps a start position to a bytearray, `ends` maps each run's end to its start (a
-    segment that continues a run extends it in place), `heap` holds the starts (a min-heap: the
+    Runs: `runs` maps a start position to a bytearray, `ends` maps a run's end to its start (a
+    segment that continues a run extends it in place; of overlapping runs that end alike, the first
+    keeps the entry), `heap` holds the starts (a min-heap: the
     consumer always wants the lowest). Adding a segment is O(log n) (one heappush at most), taking
     the lowest run O(log n): n segments cost O(n log n) whatever their order, and skipping holes
     costs nothing per hole. A segment at an already buffered start keeps the buffered bytes and only
@@ -155,29 +156,30 @@ class OooBuffer:
         off = (seq - self.ref_seq) & M32
         start = self.ref_pos + (off - 0x100000000 if off & 0x80000000 else off)
         end = start + n
-        runs = self.runs
+        runs, ends = self.runs, self.ends
         run = runs.get(start)
         if run is not None:
             have = len(run)
             if have >= n:
                 return 0
-            del self.ends[start + have]
+            if ends.get(start + have) == start:
+                del ends[start + have]
             before = getsizeof(run)
             run += data[have:]
             self.mem += getsizeof(run) - before
-            self.ends[end] = start
+            ends.setdefault(end, start)
             n -= have
         else:
-            at = self.ends.pop(start, None)
+            at = ends.pop(start, None)
             if at is not None:
                 run = runs[at]  # continues a run: extend it in place
                 before = getsizeof(run)
                 run += data
                 self.mem += getsizeof(run) - before
-                self.ends[end] = at
+                ends.setdefault(end, at)
             else:
                 run = runs[start] = bytearray(data)
-                self.ends[end] = start
+                ends.setdefault(end, start)  # (two overlapping runs may end alike: the first keeps it)
                 heappush(self.heap, start)
                 self.mem += getsizeof(run) + RUN_SLOT
         if end > self.high:
@@ -242,7 +244,8 @@ def _drain(
         heappop(heap)
         run = runs.pop(start)
         size = len(run)
-        del ends[start + size]
+        if ends.get(start + size) == start:
+            del ends[start + size]
         freed += getsizeof(run) + RUN_SLOT
         payload += size
         cut = edge - start
