@@ -37,7 +37,7 @@ from celltap.cell.sftap_config import parse_config
 from celltap.pcap.batch import LINKTYPE_RAW, FrameBatch
 n, descending, runs = int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
 frames = ooo_holes(n, descending)
-cfg = {"global": {"ooo_limit": 1 << 40, "ooo_memory": 1 << 40}}
+cfg = {"global": {"ooo_limit": 1 << 30, "ooo_memory": 1 << 30}}
 cfg["tcp_default"] = {"if": "default", "proto": "TCP"}
 best = 1e9
 for _ in range(runs):
