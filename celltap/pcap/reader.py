@@ -323,6 +323,8 @@ class CaptureReader:
             code, ln = struct.unpack_from(e + "HH", opts, i)
             if code == 0:
                 break
+            if i + 4 + ln > len(opts):
+                raise ValueError(f"interface option {code} claims {ln} bytes past its block")
             if code == 9 and ln >= 1:
                 v = opts[i + 4]
                 if v & 0x80:

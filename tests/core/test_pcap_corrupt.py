@@ -97,6 +97,10 @@ def _cases() -> list[tuple[str, bytes, int, int]]:
             0,
         ),
     ]
+    # found by fuzz/harness_pcap.py (an IndexError): an option whose length runs past its block
+    cases.append(
+        ("pcapng option past its block", _shb() + _idb(struct.pack("<HH", 9, 40) + b"\0" * 4), len(_shb()), 0)
+    )
     pcap_good = _pcap_head() + b"".join(_pcap_rec(f) for f in _good(3))
     cases.append(("pcap caplen 4 GB", pcap_good + _pcap_rec(frame, caplen=4_000_000_000), len(pcap_good), 3))
     cases.append(("pcap truncated record", pcap_good + _pcap_rec(frame)[:-5], len(pcap_good), 3))
