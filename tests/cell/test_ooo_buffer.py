@@ -4,7 +4,10 @@ returns to zero. Segments are generated (hypothesis); the expectation is compute
 
 from __future__ import annotations
 
+from sys import getsizeof
+
 from celltap.cell.flow_table import Flow
+from celltap.cell.run_buffer import BUFFER_BASE, RUN_SLOT, RunBuffer
 from celltap.cell.tcp_reassembly import ACK, SYN, TcpStats, segment, skip_gaps
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,3 +59,30 @@ def test_overlapping_runs_that_end_alike():
     segment(f, 1, ACK, 16, b"F", 0, deliver, st_, 1 << 40, 1 << 40)  # continues both
     skip_gaps(f, 1, 0, deliver, st_)
     assert b"".join(out) == b"ABCDEF" and st_.gap_bytes == 10 and st_.ooo_mem == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 300), st.integers(1, 80), st.integers(0, 255)), min_size=1, max_size=40)
+)
+def test_run_buffer_is_first_wins_with_exact_accounting(pieces):
+    """The defragmenter's RunBuffer against a byte-array model: bytes held first are never replaced,
+    runs stay sorted and disjoint, `add` says how many bytes were new, and `mem` is the sum of what
+    the runs allocate (their sys.getsizeof plus RUN_SLOT) over the empty buffer's."""
+    held: dict[int, int] = {}
+    b = RunBuffer()
+    for start, n, fill in pieces:
+        data = bytes((fill + k) & 0xFF for k in range(n))
+        new = sum(1 for k in range(start, start + n) if k not in held)
+        for k in range(start, start + n):
+            held.setdefault(k, data[k - start])
+        assert b.add(start, data) == new
+        starts, runs = b.starts[b.head :], b.runs[b.head :]
+        assert starts == sorted(starts)
+        assert all(starts[i] + len(runs[i]) <= starts[i + 1] for i in range(len(starts) - 1))
+        assert {s + k: v for s, r in zip(starts, runs, strict=True) for k, v in enumerate(r)} == held
+        assert b.payload == len(held)
+        assert b.mem == BUFFER_BASE + sum(getsizeof(r) + RUN_SLOT for r in runs)
+    while len(b):
+        b.pop_first()
+    assert b.payload == 0 and b.mem == BUFFER_BASE
