@@ -73,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
     from celltap.cell.runtime import Cell
     from celltap.cell.sftap_config import ConfigError, load_config
 
+    from celltap.pcap import CaptureFormatError
     from celltap.user_errors import UserError, explain
 
     try:
@@ -146,6 +147,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     except OSError as exc:
         print(f"celltap cell: {explain(exc)}", file=sys.stderr)
+        return 2
+    except CaptureFormatError as exc:
+        print(f"celltap cell: {exc.path or 'capture'}: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
         print(f"celltap cell: {exc}", file=sys.stderr)

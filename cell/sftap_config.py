@@ -36,6 +36,7 @@ _GLOBAL_KEYS = (
     "ooo_limit",
     "ooo_memory",
     "reader_buffer",
+    "loopback_max_len",
     "max_flows",
     "defrag_timeout",
     "defrag_memory",
@@ -108,6 +109,7 @@ class GlobalConfig:
     ooo_limit: int = 1 << 20
     ooo_memory: int = 256 << 20  # all flows' out-of-order bytes: past it, holes are skipped at once
     reader_buffer: int = 64 << 20
+    loopback_max_len: int = 1 << 20  # a loopback DATA event announcing more is skipped and counted
     max_flows: int = 4_000_000
     defrag_timeout: float = 30.0
     defrag_memory: int = 64 << 20
