@@ -16,7 +16,10 @@ from celltap.cell.interfaces import InterfaceServer
 from celltap.cell.sdk.binary_format import BinaryDecoder
 from celltap.cell.sdk.text_format import TextDecoder
 from celltap.cell.sftap_config import CellConfig
+from celltap.cell.store.serve import StoreServer, read_token
+from celltap.cell.store.writer import PacketStore
 
+from celltap.decode import decode_batch
 from celltap.pcap.batch import FrameBatch
 
 log = logging.getLogger("celltap.cell")
@@ -54,6 +57,10 @@ class Cell:
             on_input_close=self._on_input_close,
         )
         self.exporter = FlowExporter(ipfix, cell_id) if ipfix else None
+        self.store: PacketStore | None = None
+        self.store_server: StoreServer | None = None
+        if cfg.store is not None:
+            self._open_store(cell_id)
         self.sources: list[DatagramSource] = []
         self._lb_state: dict[socket.socket, tuple[TextDecoder | BinaryDecoder, dict]] = {}
         self._pcap_state: dict[socket.socket, PcapStreamParser] = {}
@@ -77,12 +84,23 @@ class Cell:
                 parts, events = sink.take()
                 self.server.deliver(sink.name, parts, events)
         ended = a.take_ended()
+        if ended and self.store is not None:
+            self.store.note_ended(ended)
         if ended and self.exporter is not None:
             self.exporter.export(ended, time.time())
 
     def process(self, batch: FrameBatch, now_ns: int | None = None) -> None:
         """One batch of frames through the core, then out to the readers."""
-        self.abstractor.process_frames(batch, now_ns)
+        if self.store is None:
+            self.abstractor.process_frames(batch, now_ns)
+        else:
+            # as Abstractor.process_frames, with the decoded batch handed to the store too
+            a = self.abstractor
+            if len(batch):
+                db = decode_batch(batch, a.decode_options)
+                self.store.submit(db)
+                a.process_decoded(db)
+            a.collect(now_ns if now_ns is not None else a.now_ns)
         self._clock_pkt = self.abstractor.now_ns
         self._clock_wall = time.time_ns()
         self.flush()
@@ -126,6 +144,8 @@ class Cell:
         """Read a capture to its end, end every flow, flush everything."""
         self.server.pace = True
         self.server.stall_timeout = stall_timeout
+        if self.store is not None:
+            self.store.block = True  # offline: complete and repeatable, as for the readers
         t0 = time.perf_counter()
         c0 = time.process_time()
         for batch in pcap_batches(path):
@@ -183,6 +203,23 @@ class Cell:
         self.server.close()
         if self.exporter is not None:
             self.exporter.close()
+        if self.store_server is not None:
+            self.store_server.close()
+        if self.store is not None:
+            self.store.close()
+
+    def _open_store(self, cell_id: int) -> None:
+        """The packet store (cell/store): its writer thread and, with `listen`, its HTTP endpoint."""
+        sc = self.cfg.store
+        assert sc is not None
+        token = read_token(sc.token_file) if sc.listen and sc.token_file else None
+        self.store = PacketStore(sc, cell_id)
+        if sc.listen and token:
+            try:
+                self.store_server = StoreServer(sc.listen, sc.dir, token)
+            except OSError:
+                self.store.close()
+                raise
 
     # ------------------------------------------------------------------ L7 loopback and pcap injection
     def _on_loopback(self, sock: socket.socket, data: bytes) -> None:
