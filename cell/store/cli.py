@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import decimal
 import json
 import sys
 import urllib.error
@@ -58,8 +59,8 @@ def parse_time(text: str | None, default: int) -> int:
     if text is None:
         return default
     try:
-        return round(float(text) * 1e9)
-    except ValueError:
+        return int((decimal.Decimal(text) * 1_000_000_000).to_integral_value())  # exact: no float rounding
+    except (decimal.InvalidOperation, ValueError, OverflowError):
         pass
     try:
         t = dt.datetime.fromisoformat(text)

@@ -135,23 +135,28 @@ class IndexBuilder:
         self.indexed = 0
         self.flow_rows = 0
 
-    def add(self, db: DecodedBatch, rec_off: np.ndarray, nbytes: int) -> None:
-        """Index one written batch: `rec_off[i]` is the file offset of frame i's record header."""
-        n = len(db)
-        if n == 0:
+    def add(
+        self, db: DecodedBatch, rec_off: np.ndarray, nbytes: int, lo: int = 0, hi: int | None = None
+    ) -> None:
+        """Index frames lo..hi of a written batch: `rec_off[j]` is the file offset of frame lo+j's record."""
+        hi = len(db) if hi is None else hi
+        n = hi - lo
+        if n <= 0:
             return
-        ts = db.batch.ts_ns
+        ts = db.batch.ts_ns[lo:hi]
         self.frames += n
         self.bytes += nbytes
         tmin, tmax = int(ts.min()), int(ts.max())
         self.first_ns = tmin if not self.first_ns else min(self.first_ns, tmin)
         self.last_ns = max(self.last_ns, tmax)
-        ok = db.status == 0
-        for version, _width in ((4, 4), (6, 16)):
-            sel = np.flatnonzero(ok & (db.l3 == version))
+        ok = db.status[lo:hi] == 0
+        l3 = db.l3[lo:hi]
+        for version in (4, 6):
+            sel = np.flatnonzero(ok & (l3 == version))
             if not sel.size:
                 continue
-            rows = key_rows(version, db.l4[sel], db.src[sel], db.sport[sel], db.dst[sel], db.dport[sel])
+            at = sel + lo
+            rows = key_rows(version, db.l4[at], db.src[at], db.sport[at], db.dst[at], db.dport[at])
             hashes = xxh64_rows(rows)
             uniq, first = np.unique(hashes, return_index=True)
             padded = np.zeros((uniq.size, KEY_WIDTH), np.uint8)

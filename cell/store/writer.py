@@ -104,6 +104,7 @@ class PacketStore:
         self.dropped_frames: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.dropped_bytes: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._stopping = False
+        self._open_error: OSError = OSError("not opened")
         self.thread = threading.Thread(target=self._run, name="celltap-store", daemon=True)
         self.thread.start()
 
@@ -152,6 +153,15 @@ class PacketStore:
             self._stopping = True
             self.cond.notify_all()
         self.thread.join(timeout)
+        dropped = {k: v for k, v in self.dropped_frames.items() if v}
+        (log.warning if dropped else log.info)(
+            "packet store: %d frames written, %d dropped (%s), %d files removed (%s)",
+            self.written_frames,
+            sum(dropped.values()),
+            ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())) or "none",
+            sum(self.removed_files.values()),
+            ", ".join(f"{k}: {v}" for k, v in sorted(self.removed_files.items())) or "none",
+        )
 
     # ------------------------------------------------------------------ counters
     def _count_drop(self, reason: str, frames: int, nbytes: int) -> None:
@@ -239,42 +249,62 @@ class PacketStore:
                 self._remove_oldest("age")
 
     def _write(self, db: DecodedBatch, recs: np.ndarray) -> None:
+        """Write a batch's records, split at record boundaries where a file fills up."""
         n = len(db)
-        size = int(recs.size)
-        linktype = db.batch.linktype
+        rec_len = np.minimum(db.batch.caplens, SNAPLEN) + 16
+        ends = np.cumsum(rec_len)  # end of each record inside `recs`
+        lo = 0
+        while lo < n:
+            cur = self._file_for(db.batch.linktype)
+            if cur is None:
+                self._write_failed(self._open_error, n - lo, int(ends[-1]) - _start(ends, lo), None)
+                return
+            done = _start(ends, lo)
+            room = self.cfg.file_bytes - cur.size
+            hi = int(np.searchsorted(ends, done + room, side="right"))
+            if hi <= lo:
+                if cur.size > 24:
+                    self._close_current()
+                    continue
+                hi = lo + 1  # one record bigger than a file: alone in its file
+            size = int(ends[hi - 1]) - done
+            self._make_room(size, cur)
+            base = cur.size
+            try:
+                _write_all(cur.fd, memoryview(recs[done : done + size]))
+            except OSError as exc:
+                self._write_failed(exc, hi - lo, size, cur, base)
+                lo = hi
+                continue
+            cur.size += size
+            rec_off = base + (ends[lo:hi] - rec_len[lo:hi]) - done
+            cur.index.add(db, rec_off, size, lo, hi)
+            self.written_bytes += size
+            self.written_frames += hi - lo
+            lo = hi
+
+    def _file_for(self, linktype: int) -> _OpenFile | None:
+        """The open file for frames of this link type (rotating on age or link type); None if none opens."""
         cur = self.current
         if cur is not None and (
-            cur.linktype != linktype
-            or (cur.size > 24 and cur.size + size > self.cfg.file_bytes)
-            or time.monotonic() - cur.opened >= self.cfg.file_seconds
+            cur.linktype != linktype or time.monotonic() - cur.opened >= self.cfg.file_seconds
         ):
             self._close_current()
             cur = None
-        need = size + (24 if cur is None else 0)
-        reserve = cur.index.estimate_bytes() if cur is not None else 8192
-        while self.closed and self.disk_bytes() + need + reserve > self.cfg.max_bytes:
-            self._remove_oldest("size")
         if cur is None:
+            self._make_room(24, None)
             try:
                 cur = self._open(linktype)
             except OSError as exc:
-                self._write_failed(exc, n, size, None)
-                return
-        base = cur.size
-        try:
-            _write_all(cur.fd, memoryview(recs))
-        except OSError as exc:
-            self._write_failed(exc, n, size, cur, base)
-            return
-        cur.size += size
-        rec_len = np.minimum(db.batch.caplens, SNAPLEN) + 16
-        rec_off = np.empty(n, np.int64)
-        rec_off[0] = base
-        np.cumsum(rec_len[:-1], out=rec_off[1:])
-        rec_off[1:] += base
-        cur.index.add(db, rec_off, size)
-        self.written_bytes += size
-        self.written_frames += n
+                self._open_error = exc
+                return None
+        return cur
+
+    def _make_room(self, need: int, cur: _OpenFile | None) -> None:
+        """Remove the oldest closed files until `need` more bytes (and the open index) fit max_bytes."""
+        reserve = cur.index.estimate_bytes() if cur is not None else 8192
+        while self.closed and self.disk_bytes() + need + reserve > self.cfg.max_bytes:
+            self._remove_oldest("size")
 
     def _write_failed(self, exc: OSError, n: int, size: int, cur: _OpenFile | None, base: int = 0) -> None:
         reason = "disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "write_error"
@@ -345,6 +375,11 @@ class PacketStore:
                 log.warning("packet store: cannot remove %s: %s", path, exc)
         self.removed_files[reason] = self.removed_files.get(reason, 0) + 1
         self.removed_bytes[reason] = self.removed_bytes.get(reason, 0) + f.size
+
+
+def _start(ends: np.ndarray, i: int) -> int:
+    """Offset of record i inside a batch's packed records."""
+    return int(ends[i - 1]) if i else 0
 
 
 def _write_all(fd: int, data: memoryview) -> None:
