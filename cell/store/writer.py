@@ -155,10 +155,11 @@ class PacketStore:
         self.thread.join(timeout)
         dropped = {k: v for k, v in self.dropped_frames.items() if v}
         (log.warning if dropped else log.info)(
-            "packet store: %d frames written, %d dropped (%s), %d files removed (%s)",
+            "packet store: %d frames written, %d dropped (%s), %d files created, %d files removed (%s)",
             self.written_frames,
             sum(dropped.values()),
             ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())) or "none",
+            self.files_created,
             sum(self.removed_files.values()),
             ", ".join(f"{k}: {v}" for k, v in sorted(self.removed_files.items())) or "none",
         )

@@ -46,7 +46,9 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _expected(stored: dict, rec: dict, out: Path) -> list:
-    flt = five_tuple_filter(rec["proto"], rec["id.orig_h"], rec["id.orig_p"], rec["id.resp_h"], rec["id.resp_p"])
+    flt = five_tuple_filter(
+        rec["proto"], rec["id.orig_h"], rec["id.orig_p"], rec["id.resp_h"], rec["id.resp_p"]
+    )
     return tshark_extract(stored["pcap"], flt, out)
 
 
@@ -72,7 +74,9 @@ def test_every_conn_log_uid_retrieves_tsharks_frames(stored: dict, tmp_path: Pat
         assert proc.returncode == 0, proc.stderr
         expected = _expected(stored, rec, tmp_path / f"exp{i}.pcap")
         got = read_pcap(out)[1]
-        assert got == expected, f"{rec['uid']} {rec['id.orig_h']}:{rec['id.orig_p']}: {len(got)} vs {len(expected)}"
+        assert got == expected, (
+            f"{rec['uid']} {rec['id.orig_h']}:{rec['id.orig_p']}: {len(got)} vs {len(expected)}"
+        )
         assert len(got) == rec["orig_pkts"] + rec["resp_pkts"]
         multi_file += len(got) > 200
     assert multi_file >= 1  # the 600 kB download crosses several 64 KiB files
@@ -90,9 +94,8 @@ def test_five_tuple_and_time_range(stored: dict, tmp_path: Path) -> None:
         assert read_pcap(out)[1] == expected
     lo, hi = expected[len(expected) // 3][0], expected[2 * len(expected) // 3][0]
     out = tmp_path / "range.pcap"
-    proc = celltap_pcap(["--store", str(stored["store"]), "--uid", rec["uid"],
-                         "--from", f"{lo // 10**9}.{lo % 10**9:09d}", "--to", f"{hi // 10**9}.{hi % 10**9:09d}"],
-                        out)  # fmt: skip
+    span = ["--from", f"{lo // 10**9}.{lo % 10**9:09d}", "--to", f"{hi // 10**9}.{hi % 10**9:09d}"]
+    proc = celltap_pcap(["--store", str(stored["store"]), "--uid", rec["uid"], *span], out)
     assert proc.returncode == 0, proc.stderr
     want = [f for f in expected if lo <= f[0] <= hi]
     assert 0 < len(want) < len(expected)
