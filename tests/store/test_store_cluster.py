@@ -71,7 +71,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
             mport = free_port()
             args = [*CELLTAP, "cell", "--config", str(tmp / f"cell{i}.yaml"), "--cell-id", str(i),
                     "--input", f"vxlan://127.0.0.1:{free_udp_port()}", "--registry", registry,
-                    "--cluster", CLUSTER, "--ipfix", f"udp://127.0.0.1:{ipfix}", "--metrics-port", str(mport)]  # fmt: skip
+                    "--cluster", CLUSTER, "--ipfix", f"udp://127.0.0.1:{ipfix}",
+                    "--metrics-port", str(mport)]  # fmt: skip
             procs.append(Proc(f"cell{i}", args, tmp))
             cells.append(f"http://127.0.0.1:{mport}/metrics")
 
