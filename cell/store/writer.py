@@ -33,10 +33,10 @@ from celltap.cell.flow_identity import flow_ids, flow_key_bytes
 from celltap.cell.flow_table import Flow
 from celltap.cell.store.config import StoreConfig
 from celltap.cell.store.index import KEY_WIDTH, IndexBuilder
+from celltap.cell.store.records import pack_records
 
 from celltap.decode import DecodedBatch
 from celltap.pcap.reader import PCAP_MAGIC_NS
-from celltap.pcap.writer import pack_pcap_records
 
 log = logging.getLogger("celltap.cell.store")
 
@@ -114,7 +114,7 @@ class PacketStore:
         n = len(db)
         if n == 0:
             return
-        recs = pack_pcap_records(db.batch, nanosecond=True, snaplen=SNAPLEN)
+        recs, _ = pack_records(db.batch, SNAPLEN)
         size = int(recs.size)
         with self.cond:
             if self.queued_bytes + size > self.cfg.queue_bytes and self.queued_bytes:
