@@ -147,8 +147,8 @@ def _query_cluster(args: argparse.Namespace, q: Query) -> tuple[FrameBatch | Non
                 return name, read_all(resp.read())
         except urllib.error.HTTPError as exc:
             return name, f"HTTP {exc.code}: {exc.read().decode(errors='replace').strip()}"
-        except (OSError, CaptureFormatError) as exc:
-            return name, str(exc)
+        except (OSError, ValueError, CaptureFormatError) as exc:
+            return name, str(exc) or type(exc).__name__
 
     parts: list[FrameBatch] = []
     failed: list[tuple[str, str]] = []

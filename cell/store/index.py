@@ -105,6 +105,21 @@ class FileIndex:
         with np.load(path) as z:
             return cls(**{f.name: z[f.name] for f in fields(cls)})
 
+    def consistent(self, file_size: int) -> bool:
+        """True when the tables agree with each other and with a capture file of `file_size` bytes."""
+        f, r, c = self.hash.shape[0], self.rec_off.shape[0], self.conn_fid.shape[0]
+        return bool(
+            self.key.shape == (f, KEY_WIDTH)
+            and all(a.shape == (f,) for a in (self.first_ns, self.last_ns, self.start, self.count))
+            and self.rec_ts.shape == (r,)
+            and self.conn_key.shape == (c, KEY_WIDTH)
+            and all(a.shape == (c,) for a in (self.conn_first, self.conn_last))
+            and self.meta.shape == (len(self.META),)
+            and (f == 0 or (int(self.start.min()) >= 0 and int((self.start + self.count).max()) <= r))
+            and (r == 0 or int(self.rec_off.max()) + 16 <= file_size)
+            and bool(np.all(self.hash[1:] >= self.hash[:-1]))
+        )
+
     def lookup(self, flow_hash: int, key: np.ndarray) -> np.ndarray:
         """Positions (into rec_off / rec_ts) of the records of one flow, in file order."""
         lo = int(np.searchsorted(self.hash, np.uint64(flow_hash)))

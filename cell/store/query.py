@@ -110,8 +110,10 @@ def index_of(path: str) -> FileIndex | None:
     """A capture file's index: its .idx, or built now by walking the file (the open file, a lost index)."""
     idx = path[: -len(".pcap")] + ".idx"
     try:
-        return FileIndex.load(idx)
-    except (OSError, ValueError, KeyError):
+        loaded = FileIndex.load(idx)
+        if loaded.consistent(os.path.getsize(path)):
+            return loaded
+    except Exception:
         pass
     try:
         buf = _map(path)

@@ -105,6 +105,7 @@ class PacketStore:
         self.dropped_bytes: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._stopping = False
         self._open_error: OSError = OSError("not opened")
+        self._batch_frames = self._batch_bytes = 0
         self.thread = threading.Thread(target=self._run, name="celltap-store", daemon=True)
         self.thread.start()
 
@@ -217,6 +218,9 @@ class PacketStore:
                 self._tick()
             except Exception:
                 log.exception("packet store: unexpected error (the store goes on)")
+                if item is not None and item[0] == "batch":  # what it did not write is counted
+                    n, nbytes = len(item[1]) - self._batch_frames, int(item[2].size) - self._batch_bytes
+                    self._count_drop("write_error", n, nbytes)
         try:
             self._close_current()
         except Exception:
@@ -252,6 +256,7 @@ class PacketStore:
     def _write(self, db: DecodedBatch, recs: np.ndarray) -> None:
         """Write a batch's records, split at record boundaries where a file fills up."""
         n = len(db)
+        self._batch_frames = self._batch_bytes = 0  # written or counted so far (for the error path)
         rec_len = np.minimum(db.batch.caplens, SNAPLEN) + 16
         ends = np.cumsum(rec_len)  # end of each record inside `recs`
         lo = 0
@@ -275,6 +280,8 @@ class PacketStore:
                 _write_all(cur.fd, memoryview(recs[done : done + size]))
             except OSError as exc:
                 self._write_failed(exc, hi - lo, size, cur, base)
+                self._batch_frames += hi - lo
+                self._batch_bytes += size
                 lo = hi
                 continue
             cur.size += size
@@ -282,6 +289,8 @@ class PacketStore:
             cur.index.add(db, rec_off, size, lo, hi)
             self.written_bytes += size
             self.written_frames += hi - lo
+            self._batch_frames += hi - lo
+            self._batch_bytes += size
             lo = hi
 
     def _file_for(self, linktype: int) -> _OpenFile | None:

@@ -103,13 +103,17 @@ def test_five_tuple_and_time_range(stored: dict, tmp_path: Path) -> None:
 
 
 def test_lost_index_is_rebuilt_from_the_file(stored: dict, tmp_path: Path) -> None:
-    """A file whose index is missing (crash, full disk) is indexed on the fly: same answer."""
+    """A file whose index is missing (crash, full disk) or damaged is indexed on the fly: same answer."""
     rec = max((c for c in stored["conns"] if c["proto"] == "tcp"), key=lambda c: c["resp_pkts"])
     copy = tmp_path / "store"
     copy.mkdir()
     for f in stored["store"].iterdir():
         if not (f.suffix == ".idx" and f.stem.endswith(("1", "3"))):
             (copy / f.name).write_bytes(f.read_bytes())
+        if f.suffix == ".idx" and f.stem.endswith("5"):
+            (copy / f.name).write_bytes(f.read_bytes()[:300])  # a truncated zip
+        if f.suffix == ".idx" and f.stem.endswith("6"):
+            (copy / f.name).write_bytes(b"not an index at all" * 10)
     assert len(list(copy.glob("*.idx"))) < len(list(copy.glob("*.pcap")))
     out = tmp_path / "out.pcap"
     proc = celltap_pcap(["--store", str(copy), "--uid", rec["uid"]], out)
