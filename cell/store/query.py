@@ -78,7 +78,7 @@ def _endpoint(text: str) -> tuple[bytes, int]:
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             return socket.inet_pton(family, host), int(port)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: an embedded NUL
             continue
     raise QueryError(f"--flow: bad address in {text!r}")
 

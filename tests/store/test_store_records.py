@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
 from celltap.cell.store.records import pack_records
+
 from celltap.pcap import read_all
 from celltap.pcap.batch import FrameBatch
 from celltap.pcap.writer import PcapWriter, pack_pcap_records
