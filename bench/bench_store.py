@@ -14,8 +14,8 @@ Write rate, all on one core (the last one, for us and for tcpdump alike), output
 * whole process: `python -m bench.bench_store write PCAP DIR` (interpreter start, imports, reading
   and decoding the capture, storing) beside `tcpdump -r PCAP -w DIR/out.pcap` (reading and writing
   the same capture), CPU seconds from wait4 and wall seconds;
-* the cell with and without its store (`celltap cell --read`, whole process), on one repetition of
-  the traffic: what the store adds to a cell.
+* the cell with and without its store (`celltap cell --read`, whole process, no readers), on
+  `--cell-mb` megabytes of the traffic: what the store adds to a cell.
 
 Retrieval: the traffic stored again and again into a store of more than 1 GB on disk (/var/tmp),
 then one TCP flow by uid (resolved through the indexes' connection tables), in-process and as a
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CELLTAP = [sys.executable, "-m", "celltap.cli"]
 
 
-def make_traffic(tmp: str, target_mb: int) -> tuple[str, str, int, int]:
+def make_traffic(tmp: str, target_mb: int, name: str = "traffic.pcap") -> tuple[str, str, int, int]:
     """(big capture, one-repetition capture, frames, record bytes) of mixed traffic, repeated to target_mb."""
     from celltap.pcap import read_all
     from celltap.pcap.batch import FrameBatch
@@ -60,7 +60,7 @@ def make_traffic(tmp: str, target_mb: int) -> tuple[str, str, int, int]:
     last = max(int(b.ts_ns.max()) for b in batches)
     span = last - first + 1_000_000_000
     loops = max(1, -(-target_mb * 2**20 // size))
-    big = os.path.join(tmp, "traffic.pcap")
+    big = os.path.join(tmp, name)
     frames = 0
     with PcapWriter(big, batches[0].linktype) as w:
         for k in range(loops):
@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap.add_argument("--mb", type=int, default=256, help="traffic megabytes for the write rate")
     ap.add_argument("--store-gb", type=float, default=1.1, help="store size for the retrieval latency")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--cell-mb", type=int, default=64, help="traffic megabytes for the cell with / without store"
+    )
     ap.add_argument("--only", nargs="*", default=["write", "retrieval"], help="write and/or retrieval")
     args = ap.parse_args(argv or [])
     cpu = pin_to_one_core()
@@ -287,7 +290,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
         results = []
         if "write" in args.only:
             results += bench_write(big, frames, nbytes, cpu, args.runs)
-            results.append(bench_cell_overhead(base, cpu, args.runs, tmp))
+            cell_pcap = make_traffic(tmp, args.cell_mb, "cell.pcap")[0]
+            results.append(bench_cell_overhead(cell_pcap, cpu, args.runs, tmp))
         if "retrieval" in args.only:
             results.append(bench_retrieval(base, args.store_gb, args.runs, cpu))
     finally:

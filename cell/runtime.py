@@ -216,7 +216,7 @@ class Cell:
         self.store = PacketStore(sc, cell_id)
         if sc.listen and token:
             try:
-                self.store_server = StoreServer(sc.listen, sc.dir, token)
+                self.store_server = StoreServer(sc.listen, sc.dir, token, self.store.open_index)
             except OSError:
                 self.store.close()
                 raise

@@ -22,6 +22,7 @@ then renamed, so a reader never sees half an index).
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -149,6 +150,7 @@ class IndexBuilder:
         self.last_ns = 0
         self.indexed = 0
         self.flow_rows = 0
+        self.lock = threading.Lock()  # the writer adds while a query thread may take a snapshot
 
     def add(
         self, db: DecodedBatch, rec_off: np.ndarray, nbytes: int, lo: int = 0, hi: int | None = None
@@ -159,13 +161,9 @@ class IndexBuilder:
         if n <= 0:
             return
         ts = db.batch.ts_ns[lo:hi]
-        self.frames += n
-        self.bytes += nbytes
-        tmin, tmax = int(ts.min()), int(ts.max())
-        self.first_ns = tmin if not self.first_ns else min(self.first_ns, tmin)
-        self.last_ns = max(self.last_ns, tmax)
         ok = db.status[lo:hi] == 0
         l3 = db.l3[lo:hi]
+        parts = []
         for version in (4, 6):
             sel = np.flatnonzero(ok & (l3 == version))
             if not sel.size:
@@ -176,19 +174,38 @@ class IndexBuilder:
             uniq, first = np.unique(hashes, return_index=True)
             padded = np.zeros((uniq.size, KEY_WIDTH), np.uint8)
             padded[:, : rows.shape[1]] = rows[first]
-            self._keys.append(padded)
-            self._key_hash.append(uniq)
-            self._hash.append(hashes)
-            self._off.append(rec_off[sel])
-            self._ts.append(ts[sel])
-            self.indexed += sel.size
-            self.flow_rows += uniq.size
-        self.unindexed = self.frames - self.indexed
+            parts.append((padded, uniq, hashes, rec_off[sel], ts[sel]))
+        tmin, tmax = int(ts.min()), int(ts.max())
+        with self.lock:
+            self.frames += n
+            self.bytes += nbytes
+            self.first_ns = tmin if not self.first_ns else min(self.first_ns, tmin)
+            self.last_ns = max(self.last_ns, tmax)
+            for padded, uniq, hashes, offs, tss in parts:
+                self._keys.append(padded)
+                self._key_hash.append(uniq)
+                self._hash.append(hashes)
+                self._off.append(offs)
+                self._ts.append(tss)
+                self.indexed += hashes.size
+                self.flow_rows += uniq.size
+            self.unindexed = self.frames - self.indexed
 
     def add_conns(self, fid: np.ndarray, keys: np.ndarray, first: np.ndarray, last: np.ndarray) -> None:
         """Connections the cell ended while this file was open (their uids, keys and time spans)."""
         if fid.size:
-            self._conns.append((fid, keys, first, last))
+            with self.lock:
+                self._conns.append((fid, keys, first, last))
+
+    def snapshot(self) -> FileIndex:
+        """The index of what has been added so far (the open file's, for a query meanwhile)."""
+        copy = IndexBuilder(self.linktype)
+        with self.lock:
+            for name in ("_hash", "_off", "_ts", "_keys", "_key_hash", "_conns"):
+                setattr(copy, name, list(getattr(self, name)))
+            for name in ("frames", "bytes", "unindexed", "first_ns", "last_ns", "indexed", "flow_rows"):
+                setattr(copy, name, getattr(self, name))
+        return copy.finish()
 
     def estimate_bytes(self) -> int:
         """An upper bound of the index's size on disk (for retention before it is written)."""

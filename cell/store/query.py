@@ -166,10 +166,14 @@ def resolve_uid(uid: str, indexes: list[FileIndex]) -> list[tuple[np.ndarray, in
     return []
 
 
-def query_dir(directory: str, q: Query) -> FrameBatch | None:
-    """The frames of the query's flow in one store directory, in capture-time order (None: no frames)."""
+def query_dir(directory: str, q: Query, live: tuple[str, FileIndex] | None = None) -> FrameBatch | None:
+    """The frames of the query's flow in one store directory, in capture-time order (None: no frames).
+
+    `live`: (path, index so far) of the file the store is writing (the cell's own endpoint has it),
+    used instead of walking that file when it has no index yet.
+    """
     files = store_files(directory)
-    loaded = [(p, index_of(p)) for p in files]
+    loaded = [(p, _index_for(p, live)) for p in files]
     loaded = [(p, i) for p, i in loaded if i is not None]
     if q.uid is not None:
         spans = [
@@ -197,6 +201,12 @@ def query_dir(directory: str, q: Query) -> FrameBatch | None:
                     _read_records(path, idx.rec_off[pos].astype(np.int64), idx.meta_value("linktype"))
                 )
     return merge(parts)
+
+
+def _index_for(path: str, live: tuple[str, FileIndex] | None) -> FileIndex | None:
+    if live is not None and live[0] == path and not os.path.exists(path[: -len(".pcap")] + ".idx"):
+        return live[1]
+    return index_of(path)
 
 
 def _read_records(path: str, offs: np.ndarray, linktype: int) -> FrameBatch:

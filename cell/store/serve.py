@@ -13,6 +13,7 @@ import hmac
 import io
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -63,9 +64,10 @@ def pcap_bytes(batch: object, linktype: int = LINKTYPE_ETHERNET) -> bytes:
 class StoreServer:
     """Serves one store directory on HOST:PORT until close()."""
 
-    def __init__(self, listen: str, directory: str, token: str) -> None:
+    def __init__(self, listen: str, directory: str, token: str, open_index: Callable | None = None) -> None:
         host, _, port = listen.rpartition(":")
         self.directory = directory
+        self.open_index = open_index  # the writer's index of its open file (no walk of that file)
         self.token = token.encode()
         self.queries: dict[str, int] = {"ok": 0, "bad_request": 0, "unauthorized": 0, "error": 0}
         outer = self
@@ -108,7 +110,8 @@ class StoreServer:
             return
         try:
             q = query_from_params(parse_qs(url.query))
-            batch = query_dir(self.directory, q)
+            live = self.open_index() if self.open_index is not None else None
+            batch = query_dir(self.directory, q, live)
             body = pcap_bytes(batch)
         except QueryError as exc:
             self.queries["bad_request"] += 1

@@ -165,6 +165,13 @@ class PacketStore:
             ", ".join(f"{k}: {v}" for k, v in sorted(self.removed_files.items())) or "none",
         )
 
+    def open_index(self) -> tuple[str, object] | None:
+        """(path, index so far) of the file being written, for queries meanwhile; None when none is open."""
+        cur = self.current
+        if cur is None:
+            return None
+        return cur.path, cur.index.snapshot()
+
     # ------------------------------------------------------------------ counters
     def _count_drop(self, reason: str, frames: int, nbytes: int) -> None:
         self.dropped_frames[reason] = self.dropped_frames.get(reason, 0) + frames
