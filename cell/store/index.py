@@ -68,6 +68,35 @@ def flow_ids_padded(rows: np.ndarray, start_ns: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class KeyColumns:
+    """What the index needs of a decoded batch (not the frames: the writer holds their records)."""
+
+    linktype: int
+    caplens: np.ndarray
+    ts_ns: np.ndarray
+    status: np.ndarray
+    l3: np.ndarray
+    l4: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    sport: np.ndarray
+    dport: np.ndarray
+
+    BYTES_PER_FRAME = 8 + 8 + 1 + 1 + 1 + 16 + 16 + 2 + 2  # upper bound, for queue accounting
+
+    def __len__(self) -> int:
+        return int(self.status.shape[0])
+
+    @classmethod
+    def of(cls, db: DecodedBatch) -> KeyColumns:
+        """The columns of a decoded batch (references, no copies)."""
+        b = db.batch
+        return cls(
+            b.linktype, b.caplens, b.ts_ns, db.status, db.l3, db.l4, db.src, db.dst, db.sport, db.dport
+        )
+
+
+@dataclass
 class FileIndex:
     """The index of one capture file (see the module docstring)."""
 
@@ -153,14 +182,14 @@ class IndexBuilder:
         self.lock = threading.Lock()  # the writer adds while a query thread may take a snapshot
 
     def add(
-        self, db: DecodedBatch, rec_off: np.ndarray, nbytes: int, lo: int = 0, hi: int | None = None
+        self, db: KeyColumns, rec_off: np.ndarray, nbytes: int, lo: int = 0, hi: int | None = None
     ) -> None:
         """Index frames lo..hi of a written batch: `rec_off[j]` is the file offset of frame lo+j's record."""
         hi = len(db) if hi is None else hi
         n = hi - lo
         if n <= 0:
             return
-        ts = db.batch.ts_ns[lo:hi]
+        ts = db.ts_ns[lo:hi]
         ok = db.status[lo:hi] == 0
         l3 = db.l3[lo:hi]
         parts = []

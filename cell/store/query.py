@@ -21,7 +21,14 @@ import socket
 from dataclasses import dataclass
 
 import numpy as np
-from celltap.cell.store.index import FileIndex, IndexBuilder, flow_ids_padded, hash_padded, pad_key
+from celltap.cell.store.index import (
+    FileIndex,
+    IndexBuilder,
+    KeyColumns,
+    flow_ids_padded,
+    hash_padded,
+    pad_key,
+)
 from celltap.cell.store.writer import FILE_RE
 
 from celltap.decode import DecodeOptions, decode_batch
@@ -132,7 +139,7 @@ def index_of(path: str) -> FileIndex | None:
         batch = FrameBatch(buf, starts + 16, hdr[:, 2].astype(np.int64), hdr[:, 3].astype(np.int64),
                            hdr[:, 0].astype(np.int64) * 1_000_000_000 + hdr[:, 1], linktype)  # fmt: skip
         db = decode_batch(batch, DecodeOptions())
-        builder.add(db, starts, int(buf.size) - 24)
+        builder.add(KeyColumns.of(db), starts, int(buf.size) - 24)
     return builder.finish()
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from celltap.cell.flow_identity import flow_ids, flow_key_bytes
 from celltap.cell.flow_table import Flow
 from celltap.cell.store.config import StoreConfig
-from celltap.cell.store.index import KEY_WIDTH, IndexBuilder
+from celltap.cell.store.index import KEY_WIDTH, IndexBuilder, KeyColumns
 from celltap.cell.store.records import pack_records
 
 from celltap.decode import DecodedBatch
@@ -117,15 +117,17 @@ class PacketStore:
             return
         recs, _ = pack_records(db.batch, SNAPLEN)
         size = int(recs.size)
+        cols = KeyColumns.of(db)  # the batch's frame buffer is not kept: `recs` holds the frames
+        cost = size + KeyColumns.BYTES_PER_FRAME * n
         with self.cond:
-            if self.queued_bytes + size > self.cfg.queue_bytes and self.queued_bytes:
+            if self.queued_bytes + cost > self.cfg.queue_bytes and self.queued_bytes:
                 if not self.block:
                     self._count_drop("queue_full", n, size)
                     return
-                while self.queued_bytes + size > self.cfg.queue_bytes and self.queued_bytes:
+                while self.queued_bytes + cost > self.cfg.queue_bytes and self.queued_bytes:
                     self.cond.wait(0.5)
-            self.queue.append(("batch", db, recs))
-            self.queued_bytes += size
+            self.queue.append(("batch", cols, recs, cost))
+            self.queued_bytes += cost
             self.cond.notify_all()
 
     def note_ended(self, flows: list[Flow]) -> None:
@@ -145,7 +147,7 @@ class PacketStore:
             last = np.fromiter((max(f.last_ns, f.end_ns) for f in sel), np.int64, len(sel))
             out.append((flow_ids(sel), keys, first, last))
         with self.cond:
-            self.queue.append(("conns", out, None))
+            self.queue.append(("conns", out, None, 0))
             self.cond.notify_all()
 
     def close(self, timeout: float = 30.0) -> None:
@@ -234,7 +236,7 @@ class PacketStore:
             log.exception("packet store: closing the last file failed")
 
     def _handle(self, item: tuple) -> None:
-        kind, payload, recs = item
+        kind, payload, recs, cost = item
         if kind == "conns":
             for arrays in payload:
                 if self.current is not None:
@@ -242,13 +244,11 @@ class PacketStore:
                 else:
                     self.pending_conns.append(arrays)
             return
-        db: DecodedBatch = payload
-        size = int(recs.size)
         try:
-            self._write(db, recs)
+            self._write(payload, recs)
         finally:
             with self.cond:
-                self.queued_bytes -= size
+                self.queued_bytes -= cost
                 self.cond.notify_all()
 
     def _tick(self) -> None:
@@ -260,15 +260,15 @@ class PacketStore:
             while self.closed and self.closed[0].closed < limit:
                 self._remove_oldest("age")
 
-    def _write(self, db: DecodedBatch, recs: np.ndarray) -> None:
+    def _write(self, db: KeyColumns, recs: np.ndarray) -> None:
         """Write a batch's records, split at record boundaries where a file fills up."""
         n = len(db)
         self._batch_frames = self._batch_bytes = 0  # written or counted so far (for the error path)
-        rec_len = np.minimum(db.batch.caplens, SNAPLEN) + 16
+        rec_len = np.minimum(db.caplens, SNAPLEN) + 16
         ends = np.cumsum(rec_len)  # end of each record inside `recs`
         lo = 0
         while lo < n:
-            cur = self._file_for(db.batch.linktype)
+            cur = self._file_for(db.linktype)
             if cur is None:
                 self._write_failed(self._open_error, n - lo, int(ends[-1]) - _start(ends, lo), None)
                 return
