@@ -73,6 +73,7 @@ class StoreServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 30  # seconds a client may take per read: an idle connection does not keep a thread
             def log_message(self, fmt: str, *args: object) -> None:
                 log.debug("store endpoint: " + fmt, *args)
 
