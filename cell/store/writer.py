@@ -115,17 +115,20 @@ class PacketStore:
         n = len(db)
         if n == 0:
             return
-        recs, _ = pack_records(db.batch, SNAPLEN)
-        size = int(recs.size)
-        cols = KeyColumns.of(db)  # the batch's frame buffer is not kept: `recs` holds the frames
+        size = int(np.minimum(db.batch.caplens, SNAPLEN).sum()) + 16 * n  # the records' bytes
         cost = size + KeyColumns.BYTES_PER_FRAME * n
         with self.cond:
             if self.queued_bytes + cost > self.cfg.queue_bytes and self.queued_bytes:
                 if not self.block:
+                    # dropped before any copy: an overloaded store costs the cell one sum per batch
                     self._count_drop("queue_full", n, size)
                     return
                 while self.queued_bytes + cost > self.cfg.queue_bytes and self.queued_bytes:
                     self.cond.wait(0.5)
+        # only this thread queues batches, and the writer only empties the queue: the room stays
+        recs, _ = pack_records(db.batch, SNAPLEN)
+        cols = KeyColumns.of(db)  # the batch's frame buffer is not kept: `recs` holds the frames
+        with self.cond:
             self.queue.append(("batch", cols, recs, cost))
             self.queued_bytes += cost
             self.cond.notify_all()
