@@ -203,10 +203,14 @@ def query_dir(directory: str, q: Query, live: tuple[str, FileIndex] | None = Non
                 continue
             ts = idx.rec_ts[pos]
             pos = pos[(ts >= lo) & (ts <= hi)]
-            if pos.size:
+            if not pos.size:
+                continue
+            try:
                 parts.append(
                     _read_records(path, idx.rec_off[pos].astype(np.int64), idx.meta_value("linktype"))
                 )
+            except FileNotFoundError:
+                continue  # removed by retention since its index was read: its frames are gone
     return merge(parts)
 
 
@@ -218,7 +222,8 @@ def _index_for(path: str, live: tuple[str, FileIndex] | None) -> FileIndex | Non
 
 def _read_records(path: str, offs: np.ndarray, linktype: int) -> FrameBatch:
     buf = _map(path)
-    assert buf is not None
+    if buf is None or int(offs.max()) + 16 > buf.size:
+        raise FileNotFoundError(path)  # truncated or replaced since its index was read
     hdr = _headers(buf, offs)
     caplen = hdr[:, 2].astype(np.int64)
     data = gather_frames(buf, offs + 16, caplen)
