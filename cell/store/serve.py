@@ -74,6 +74,7 @@ class StoreServer:
 
         class Handler(BaseHTTPRequestHandler):
             timeout = 30  # seconds a client may take per read: an idle connection does not keep a thread
+
             def log_message(self, fmt: str, *args: object) -> None:
                 log.debug("store endpoint: " + fmt, *args)
 
