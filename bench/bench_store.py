@@ -17,10 +17,11 @@ Write rate, all on one core (the last one, for us and for tcpdump alike), output
 * the cell with and without its store (`celltap cell --read`, whole process, no readers), on
   `--cell-mb` megabytes of the traffic: what the store adds to a cell.
 
-Retrieval: the traffic stored again and again into a store of more than 1 GB on disk (/var/tmp),
-then one TCP flow by uid (resolved through the indexes' connection tables), in-process and as a
-whole `celltap pcap` process, with the page cache warm (just written) and cold (after
-`echo 3 > /proc/sys/vm/drop_caches`, when allowed).
+Retrieval: more than 1 GB of the traffic stored by a real `celltap cell --read --store` on disk
+(/var/tmp), then one TCP connection by uid (resolved through the indexes' connection tables, which
+the cell fills) and by 5-tuple + time range, in-process and as a whole `celltap pcap` process,
+with the page cache warm (just written, synced) and cold (after `echo 3 > /proc/sys/vm/drop_caches`,
+when allowed).
 """
 
 from __future__ import annotations
@@ -211,59 +212,75 @@ def _drop_caches() -> bool:
         return False
 
 
-def bench_retrieval(pcap: str, store_gb: float, runs: int, cpu: int) -> Result:
-    """Latency of one flow (5-tuple and time range) from a store of more than `store_gb` GB on disk."""
+def bench_retrieval(tmp: str, store_gb: float, runs: int, cpu: int) -> list[Result]:
+    """One flow by uid, and by 5-tuple + time range, from a store a real cell wrote (over store_gb GB)."""
     from celltap.cell.store.index import FileIndex
     from celltap.cell.store.query import Query, parse_flow, query_dir
 
-    dbs = decoded(pcap)
-    once = sum(int(d.batch.caplens.sum()) + 16 * len(d) for d in dbs)
-    repeats = int(-(-store_gb * 1e9 // once))
+    from celltap.defaults import default_file
+    from celltap.flowid import uid_from_flow_id
+
+    pcap = make_traffic(tmp, int(store_gb * 1000 / 1.048576) + 16, "store.pcap")[0]
     root = fresh_dir("/var/tmp")
     try:
         d = os.path.join(root, "store")
-        t0 = time.perf_counter()
-        store_into(dbs, d, repeats)
-        fill = time.perf_counter() - t0
+        cfg = str(default_file("sftap.yaml"))
+        argv = [*CELLTAP, "cell", "--config", cfg, "--home", os.path.join(root, "home"), "--read", pcap,
+                "--store", d]  # fmt: skip
+        fill_wall, fill_cpu = run_pinned(argv, cpu)
+        os.remove(pcap)
         os.sync()  # page-cache writeback of the fill would otherwise disturb the first queries
         size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
         idxs = sorted(p for p in os.listdir(d) if p.endswith(".idx"))
         mid = FileIndex.load(os.path.join(d, idxs[len(idxs) // 2]))
-        # the longest IPv4 TCP flow of the middle file, by 5-tuple and its time span there (what a uid
-        # resolves to through the connection tables, which this cell-less store does not have)
-        tcp = np.flatnonzero((mid.key[:, 0] == 4) & (mid.key[:, 1] == 6))
-        pick = int(tcp[np.argmax(mid.count[tcp])])
-        k = mid.key[pick]
+        # the longest IPv4 TCP connection the cell ended while the middle file was open
+        tcp = np.flatnonzero((mid.conn_key[:, 0] == 4) & (mid.conn_key[:, 1] == 6))
+        pick = int(tcp[np.argmax(mid.conn_last[tcp] - mid.conn_first[tcp])])
+        uid = uid_from_flow_id(int(mid.conn_fid[pick]))
+        k = mid.conn_key[pick]
         a1, a2 = (
             socket.inet_ntop(socket.AF_INET, k[2:6].tobytes()),
             socket.inet_ntop(socket.AF_INET, k[8:12].tobytes()),
         )
-        p1, p2 = int(k[6]) << 8 | int(k[7]), int(k[12]) << 8 | int(k[13])
-        lo, hi = int(mid.first_ns[pick]), int(mid.last_ns[pick])
-        q = Query(key=parse_flow(f"tcp {a1}:{p1} {a2}:{p2}"), t_from=lo, t_to=hi)
-        frames = len(query_dir(d, q) or [])
-        warm_in = min(_timed(lambda: query_dir(d, q)) for _ in range(runs))
-        out = os.path.join(root, "flow.pcap")
+        flow = f"tcp {a1}:{int(k[6]) << 8 | int(k[7])} {a2}:{int(k[12]) << 8 | int(k[13])}"
+        lo, hi = int(mid.conn_first[pick]), int(mid.conn_last[pick])
         span = ["--from", f"{lo // 10**9}.{lo % 10**9:09d}", "--to", f"{hi // 10**9}.{hi % 10**9:09d}"]
-        argv = [*CELLTAP, "pcap", "--store", d, "--flow", f"tcp {a1}:{p1} {a2}:{p2}", *span, "-w", out]
-        whole = [run_pinned(argv, cpu) for _ in range(runs)]
-        warm_whole, warm_cpu = min(w for w, _ in whole), min(c for _, c in whole)
-        cold = "not measured (no permission to drop caches)"
-        if _drop_caches():
-            cold_wall, cold_cpu = run_pinned(argv, cpu)
-            cold = f"{cold_wall * 1e3:,.0f} ms wall ({cold_cpu * 1e3:,.0f} ms CPU) page cache dropped"
+        out = os.path.join(root, "flow.pcap")
+        results = []
+        for what, q, args in (
+            ("uid", Query(uid=uid), ["--uid", uid]),
+            (
+                "5-tuple + time range",
+                Query(key=parse_flow(flow), t_from=lo, t_to=hi),
+                ["--flow", flow, *span],
+            ),
+        ):
+            frames = len(query_dir(d, q) or [])
+            warm_in = min(_timed(lambda q=q: query_dir(d, q)) for _ in range(runs))
+            argv = [*CELLTAP, "pcap", "--store", d, *args, "-w", out]
+            whole = [run_pinned(argv, cpu) for _ in range(runs)]
+            warm_whole, warm_cpu = min(w for w, _ in whole), min(c for _, c in whole)
+            cold = "not measured (no permission to drop caches)"
+            if _drop_caches():
+                cold_wall, cold_cpu = run_pinned(argv, cpu)
+                cold = f"{cold_wall * 1e3:,.0f} ms wall ({cold_cpu * 1e3:,.0f} ms CPU) page cache dropped"
+            results.append(
+                Result(
+                    f"retrieval of one flow by {what} from a {size / 1e9:.1f} GB store "
+                    "(whole `celltap pcap` process, warm; CPU)",
+                    warm_cpu * 1e3,
+                    "ms",
+                    note=f"{len(idxs)} files written by `celltap cell --read --store` ({fill_cpu:.0f} s CPU, "
+                    f"{fill_wall:.0f} s wall); a TCP connection of {frames} frames; "
+                    f"{warm_whole * 1e3:,.0f} ms wall (start-up, imports included); "
+                    f"{warm_in * 1e3:,.0f} ms in-process (index loads, resolution, lookups, record gathers); "
+                    f"{cold}; best of {runs}",
+                    extra={"store_bytes": size, "files": len(idxs), "in_process_ms": warm_in * 1e3},
+                )
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return Result(
-        f"retrieval of one flow (5-tuple + time range) from a {size / 1e9:.1f} GB store "
-        "(whole `celltap pcap` process, warm; CPU)",
-        warm_cpu * 1e3,
-        "ms",
-        note=f"{len(idxs)} files; a TCP flow of {frames} frames; {warm_whole * 1e3:,.0f} ms wall (start-up, "
-        f"imports included); {warm_in * 1e3:,.0f} ms in-process (index loads, lookups, record gathers); "
-        f"{cold}; store filled in {fill:.0f} s; best of {runs}",
-        extra={"store_bytes": size, "files": len(idxs), "in_process_ms": warm_in * 1e3},
-    )
+    return results
 
 
 def _timed(fn) -> float:
@@ -286,14 +303,14 @@ def main(argv: list[str] | None = None) -> list[Result]:
     cpu = pin_to_one_core()
     tmp = fresh_dir("/dev/shm")
     try:
-        big, base, frames, nbytes = make_traffic(tmp, args.mb if "write" in args.only else 1)
+        big, _, frames, nbytes = make_traffic(tmp, args.mb if "write" in args.only else 1)
         results = []
         if "write" in args.only:
             results += bench_write(big, frames, nbytes, cpu, args.runs)
             cell_pcap = make_traffic(tmp, args.cell_mb, "cell.pcap")[0]
             results.append(bench_cell_overhead(cell_pcap, cpu, args.runs, tmp))
         if "retrieval" in args.only:
-            results.append(bench_retrieval(base, args.store_gb, args.runs, cpu))
+            results += bench_retrieval(tmp, args.store_gb, args.runs, cpu)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return results
