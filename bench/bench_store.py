@@ -226,7 +226,7 @@ def bench_retrieval(tmp: str, store_gb: float, runs: int, cpu: int) -> list[Resu
         d = os.path.join(root, "store")
         cfg = str(default_file("sftap.yaml"))
         argv = [*CELLTAP, "cell", "--config", cfg, "--home", os.path.join(root, "home"), "--read", pcap,
-                "--store", d]  # fmt: skip
+                "--store", d, "--store-max-bytes", str(4 << 30)]  # fmt: skip
         fill_wall, fill_cpu = run_pinned(argv, cpu)
         os.remove(pcap)
         os.sync()  # page-cache writeback of the fill would otherwise disturb the first queries
@@ -266,7 +266,7 @@ def bench_retrieval(tmp: str, store_gb: float, runs: int, cpu: int) -> list[Resu
                 cold = f"{cold_wall * 1e3:,.0f} ms wall ({cold_cpu * 1e3:,.0f} ms CPU) page cache dropped"
             results.append(
                 Result(
-                    f"retrieval of one flow by {what} from a {size / 1e9:.1f} GB store "
+                    f"retrieval of one flow by {what} from a {size / 1e9:.2f} GB store "
                     "(whole `celltap pcap` process, warm; CPU)",
                     warm_cpu * 1e3,
                     "ms",
