@@ -216,7 +216,7 @@ def _store_url(cell: object, host: str) -> str | None:
     if listen_host not in ("", "0.0.0.0", "::"):
         host = listen_host
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{server.port}"
+    return f"{'https' if sc.tls else 'http'}://{host}:{server.port}"
 
 
 def _register(args: argparse.Namespace, cell_id: int, live: list[str], cell: object = None) -> object | None:

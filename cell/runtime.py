@@ -215,9 +215,9 @@ class Cell:
         assert sc is not None
         token = read_token(sc.token_file) if sc.listen and sc.token_file else None
         self.store = PacketStore(sc, cell_id)
-        if sc.listen and token:
+        if sc.listen:
             try:
-                self.store_server = StoreServer(sc.listen, sc.dir, token, self.store.open_index)
+                self.store_server = StoreServer(sc.listen, sc.dir, token, self.store.open_index, sc.tls)
             except OSError:
                 self.store.close()
                 raise

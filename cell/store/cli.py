@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import decimal
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -51,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cluster", default="default", help="cluster name (with --registry)")
     parser.add_argument("--token-file", metavar="F", help="bearer token of the cells' store endpoints")
+    parser.add_argument("--tls-ca", metavar="F", help="CA that signed the cells' store certificates (https)")
+    parser.add_argument("--tls-cert", metavar="F", help="client certificate (stores that require one)")
+    parser.add_argument("--tls-key", metavar="F", help="key of --tls-cert")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each cell")
 
 
@@ -85,8 +89,10 @@ def main(args: argparse.Namespace) -> int:
         if args.store:
             batch, failed = query_dir(args.store, q), []
         else:
-            if not args.token_file:
-                raise UserError("--registry needs --token-file (the cells' store endpoints require a token)")
+            if not args.token_file and not args.tls_cert:
+                raise UserError(
+                    "--registry needs --token-file or --tls-cert (the cells' store endpoints require one)"
+                )
             batch, failed = _query_cluster(args, q)
     except QueryError as exc:
         raise UserError(str(exc)) from None
@@ -122,11 +128,31 @@ def cell_stores(registry_url: str, cluster: str) -> dict[str, str]:
     return out
 
 
-def _query_cluster(args: argparse.Namespace, q: Query) -> tuple[FrameBatch | None, list[tuple[str, str]]]:
+def _client_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context for https store endpoints (None: the system's defaults)."""
+    if not (args.tls_ca or args.tls_cert):
+        return None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UserError("--tls-cert and --tls-key go together")
     try:
-        token = read_token(args.token_file)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--token-file {args.token_file}: {getattr(exc, 'strerror', None) or exc}") from None
+        ctx = ssl.create_default_context(cafile=args.tls_ca)
+        if args.tls_cert:
+            ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UserError(f"--tls-*: {exc}") from None
+    return ctx
+
+
+def _query_cluster(args: argparse.Namespace, q: Query) -> tuple[FrameBatch | None, list[tuple[str, str]]]:
+    token = None
+    if args.token_file:
+        try:
+            token = read_token(args.token_file)
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"--token-file {args.token_file}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
+    context = _client_context(args)
     stores = cell_stores(args.registry, args.cluster)
     if not stores:
         raise UserError(f"no cell of cluster {args.cluster!r} in {args.registry} serves a packet store")
@@ -139,11 +165,10 @@ def _query_cluster(args: argparse.Namespace, q: Query) -> tuple[FrameBatch | Non
 
     def fetch(item: tuple[str, str]) -> tuple[str, list[FrameBatch] | str]:
         name, base = item
-        req = urllib.request.Request(
-            f"{base.rstrip('/')}/pcap?{query}", headers={"Authorization": f"Bearer {token}"}
-        )
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        req = urllib.request.Request(f"{base.rstrip('/')}/pcap?{query}", headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=args.timeout, context=context) as resp:
                 return name, read_all(resp.read())
         except urllib.error.HTTPError as exc:
             return name, f"HTTP {exc.code}: {exc.read().decode(errors='replace').strip()}"

@@ -9,7 +9,9 @@ store:
   max_age: 86400                  # retention: files closed longer ago than this are removed (0: no limit)
   queue_bytes: 67108864           # frames waiting for the writer thread; beyond it, frames are dropped
   listen: 0.0.0.0:9700            # serve retrieval over HTTP (optional)
-  token_file: /etc/celltap/store-token   # bearer token the HTTP endpoint requires (needed with listen)
+  token_file: /etc/celltap/store-token   # bearer token the HTTP endpoint requires
+  tls: {cert: tls.crt, key: tls.key, ca: ca.crt}   # HTTPS; with `ca`, clients need a certificate it signed
+                                  # (listen needs token_file, or tls with ca, or both)
   advertise: http://10.1.2.3:9700 # what the registry tells clients (default: from listen)
 ```
 """
@@ -19,9 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from celltap.registry.tls import TLSConfig
+
 STORE_KEYS = (
     "dir", "file_bytes", "file_seconds", "max_bytes", "max_age", "queue_bytes", "listen", "token_file",
-    "advertise",
+    "advertise", "tls",
 )  # fmt: skip
 MAX_FILE_BYTES = (1 << 32) - 1  # index offsets are 32-bit
 
@@ -43,6 +47,7 @@ class StoreConfig:
     listen: str | None = None
     token_file: str | None = None
     advertise: str | None = None
+    tls: TLSConfig | None = None  # server certificate; `ca`: client certificates required (mutual TLS)
 
 
 def _num(value: Any, where: str, lo: float, integer: bool) -> float:
@@ -80,6 +85,15 @@ def parse_store(section: Any) -> StoreConfig:
     for key in ("listen", "token_file", "advertise"):
         if section.get(key) is not None:
             setattr(cfg, key, str(section[key]))
+    if section.get("tls"):
+        if not isinstance(section["tls"], dict):
+            raise StoreConfigError("store.tls: expected a map of cert, key, ca")
+        try:
+            cfg.tls = TLSConfig.from_mapping(section["tls"])
+        except ValueError as exc:
+            raise StoreConfigError(f"store.{exc}") from None
+        if cfg.tls is not None and cfg.tls.cert is None:
+            raise StoreConfigError("store.tls: the endpoint needs 'cert' and 'key'")
     check_store(cfg)
     return cfg
 
@@ -92,8 +106,10 @@ def check_store(cfg: StoreConfig) -> None:
         raise StoreConfigError(
             f"store.max_bytes: must be at least twice file_bytes ({2 * cfg.file_bytes}), got {cfg.max_bytes}"
         )
-    if cfg.listen and not cfg.token_file:
-        raise StoreConfigError("store.token_file: required with store.listen (the endpoint needs a token)")
+    if cfg.listen and not cfg.token_file and not (cfg.tls and cfg.tls.ca):
+        raise StoreConfigError(
+            "store.token_file: required with store.listen (the endpoint needs a token, or tls with a ca)"
+        )
     if cfg.listen:
         _host, sep, port = cfg.listen.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:

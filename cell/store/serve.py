@@ -1,6 +1,8 @@
 """The store's retrieval endpoint: HTTP, bearer-token authenticated, one pcap per query.
 
-`GET /pcap?uid=C...|flow=tcp+a:p+b:p[&from=NS&to=NS]` with `Authorization: Bearer TOKEN` answers a
+`GET /pcap?uid=C...|flow=tcp+a:p+b:p[&from=NS&to=NS]` with `Authorization: Bearer TOKEN` (when the
+store has a token) over HTTP or HTTPS (`store.tls`; with a `ca`, a client certificate it signed is
+required: mutual TLS, 403 without) answers a
 nanosecond pcap of the flow's frames in this cell's store (an empty capture when there are none;
 `X-Celltap-Frames` says how many). A wrong or missing token is 401, a bad query 400 with one line,
 anything else 404. The token is compared in constant time. The server runs in daemon threads of the
@@ -21,6 +23,7 @@ from celltap.cell.store.query import NS_MAX, Query, QueryError, parse_flow, quer
 
 from celltap.pcap.batch import LINKTYPE_ETHERNET
 from celltap.pcap.writer import PcapWriter
+from celltap.registry.tls import TLSConfig
 
 log = logging.getLogger("celltap.cell.store")
 
@@ -64,11 +67,19 @@ def pcap_bytes(batch: object, linktype: int = LINKTYPE_ETHERNET) -> bytes:
 class StoreServer:
     """Serves one store directory on HOST:PORT until close()."""
 
-    def __init__(self, listen: str, directory: str, token: str, open_index: Callable | None = None) -> None:
+    def __init__(
+        self,
+        listen: str,
+        directory: str,
+        token: str | None,
+        open_index: Callable | None = None,
+        tls: TLSConfig | None = None,
+    ) -> None:
         host, _, port = listen.rpartition(":")
         self.directory = directory
+        self.tls = tls
         self.open_index = open_index  # the writer's index of its open file (no walk of that file)
-        self.token = token.encode()
+        self.token = token.encode() if token else None
         self.queries: dict[str, int] = {"ok": 0, "bad_request": 0, "unauthorized": 0, "error": 0}
         outer = self
 
@@ -81,7 +92,14 @@ class StoreServer:
             def do_GET(self) -> None:
                 outer._get(self)
 
-        self.httpd = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Handler)
+        address = (host.strip("[]") or "0.0.0.0", int(port))
+        if tls is not None:
+            # HTTPS as the nodes' query API serves it: the handshake in the request's thread, bounded
+            from celltap.collector.query_auth import TLSHTTPServer, server_context
+
+            self.httpd: ThreadingHTTPServer = TLSHTTPServer(address, Handler, server_context(tls))
+        else:
+            self.httpd = ThreadingHTTPServer(address, Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(
@@ -100,9 +118,13 @@ class StoreServer:
         h.wfile.write(body)
 
     def _get(self, h: BaseHTTPRequestHandler) -> None:
+        if self.tls is not None and self.tls.ca and not h.connection.getpeercert():  # type: ignore[attr-defined]
+            self.queries["unauthorized"] += 1
+            self._reply(h, 403, b"a client certificate signed by the store's CA is required\n")
+            return
         auth = h.headers.get("Authorization", "")
         given = auth[7:].encode() if auth.startswith("Bearer ") else b""
-        if not hmac.compare_digest(given, self.token):
+        if self.token is not None and not hmac.compare_digest(given, self.token):
             self.queries["unauthorized"] += 1
             self._reply(h, 401, b"missing or wrong bearer token\n")
             return

@@ -34,6 +34,11 @@ def _cell(args: list[str]) -> subprocess.CompletedProcess:
         ("store: {dir: /tmp/x, listen: '127.0.0.1:9'}", "store.token_file"),
         ("store: {dir: /tmp/x, max_age: soon}", "store.max_age"),
         ("store: [1, 2]", "store: expected a map"),
+        (
+            "store: {dir: /tmp/x, tls: {cert: /nonexistent.crt, key: /nonexistent.key}}",
+            "store.tls.cert: no such file",
+        ),
+        ("store: {dir: /tmp/x, tls: {bogus: 1}}", "store.tls: unknown key"),
     ],
 )
 def test_bad_store_section_is_one_line(tmp_path: Path, section: str, word: str) -> None:
