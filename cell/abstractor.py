@@ -21,6 +21,7 @@ flow leaves the table.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,6 +138,7 @@ class Abstractor:
         self.now_ns = 0
         # duplicate removal (global `dedup: yes`): off by default, then nothing below changes
         self.dedup = Deduplicator(round(g.dedup_window * 1e9)) if g.dedup else None
+        self.on_decoded: Callable[[DecodedBatch], None] | None = None  # e.g. the packet store's submit
 
     # ------------------------------------------------------------------ counters
     def _drop(self, reason: str, n: int = 1) -> None:
@@ -324,6 +326,8 @@ class Abstractor:
             db = decode_batch(batch, self.decode_options)
             if self.dedup is not None:
                 db = self._drop_duplicates(db)
+            if self.on_decoded is not None:
+                self.on_decoded(db)  # the packet store: what the cell analyzes, duplicates removed
             self.process_decoded(db)
         self.collect(now_ns if now_ns is not None else self.now_ns)
 

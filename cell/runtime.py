@@ -23,6 +23,8 @@ from celltap.cell.inputs import (
 from celltap.cell.interfaces import InterfaceServer
 from celltap.cell.loopback_input import LoopbackParser
 from celltap.cell.sftap_config import CellConfig
+from celltap.cell.store.serve import StoreServer, read_token
+from celltap.cell.store.writer import PacketStore
 
 from celltap.pcap.batch import FrameBatch
 
@@ -71,6 +73,10 @@ class Cell:
             socket_group=cfg.glob.socket_group,
         )
         self.exporter = FlowExporter(ipfix, cell_id) if ipfix else None
+        self.store: PacketStore | None = None
+        self.store_server: StoreServer | None = None
+        if cfg.store is not None:
+            self._open_store(cell_id)
         self.sources: list[LiveSource] = []
         self._lb_state: dict[socket.socket, LoopbackParser] = {}
         self._lb_open: dict[socket.socket, dict[tuple, bool]] = {}  # streams each writer left open
@@ -95,12 +101,14 @@ class Cell:
                 parts, events = sink.take()
                 self.server.deliver(sink.name, parts, events)
         ended = a.take_ended()
+        if ended and self.store is not None:
+            self.store.note_ended(ended)
         if ended and self.exporter is not None:
             self.exporter.export(ended, time.time())
 
     def process(self, batch: FrameBatch, now_ns: int | None = None) -> None:
         """One batch of frames through the core, then out to the readers."""
-        self.abstractor.process_frames(batch, now_ns)
+        self.abstractor.process_frames(batch, now_ns)  # the store, if any, gets each decoded batch
         self._clock_pkt = self.abstractor.now_ns
         self._clock_wall = time.time_ns()
         self.flush()
@@ -144,6 +152,8 @@ class Cell:
         """Read a capture to its end, end every flow, flush everything."""
         self.server.pace = True
         self.server.stall_timeout = stall_timeout
+        if self.store is not None:
+            self.store.block = True  # offline: complete and repeatable, as for the readers
         t0 = time.perf_counter()
         c0 = time.process_time()
         try:
@@ -232,6 +242,24 @@ class Cell:
         self.server.close()
         if self.exporter is not None:
             self.exporter.close()
+        if self.store_server is not None:
+            self.store_server.close()
+        if self.store is not None:
+            self.store.close()
+
+    def _open_store(self, cell_id: int) -> None:
+        """The packet store (cell/store): its writer thread and, with `listen`, its HTTP endpoint."""
+        sc = self.cfg.store
+        assert sc is not None
+        token = read_token(sc.token_file) if sc.listen and sc.token_file else None
+        self.store = PacketStore(sc, cell_id)
+        self.abstractor.on_decoded = self.store.submit
+        if sc.listen:
+            try:
+                self.store_server = StoreServer(sc.listen, sc.dir, token, self.store.open_index, sc.tls)
+            except OSError:
+                self.store.close()
+                raise
 
     # ------------------------------------------------------------------ L7 loopback and pcap injection
     def _on_loopback(self, sock: socket.socket, data: bytes) -> None:
