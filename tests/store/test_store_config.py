@@ -84,7 +84,12 @@ def test_stalled_writer_drops_from_the_store_only_crafted(tmp_path: Path) -> Non
     try:
         for i in range(0, len(frames), 100):
             cell.send(frames[i : i + 100])
-            time.sleep(0.003)
+            # one chunk at a time: a loaded host must not hand the cell one huge batch, which an
+            # empty queue would take whole (the bound holds from the second batch on)
+            until = time.monotonic() + 10
+            while cell.metrics()['celltap_cell_packets_total{cell="0"}'] < 0.9 * (i + 100):
+                assert time.monotonic() < until, "the cell stopped taking frames"
+                time.sleep(0.01)
         deadline = time.monotonic() + 20
         while True:
             m = cell.metrics()
