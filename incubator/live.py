@@ -33,6 +33,8 @@ def _open_afpacket(spec: str, cfg: Config, bpf: bytes | None = None) -> Any:
     from celltap.incubator.capture.afpacket import AfPacketCapture
 
     kind, arg = parse_capture(spec)
+    if kind == "xdp":  # the Python half of the XDP path, or its fallback: an AF_PACKET ring
+        kind = "afpacket"
     if kind == "netmap":
         reason = netmap_available()
         if reason is not None:
@@ -120,7 +122,48 @@ class Incubator:
         self.captures: list[tuple[str, Any, Bridge | None]] = []
         self.pcap: PcapSource | None = None
         self.dicap_cell: str | None = cfg["dicap"]["cell"] if self.mode == "dicap" else None
+        self.xdp: Any = None  # XdpPath while the kernel separates
         self._open_captures()
+        if parse_capture(cfg["capture"])[0] == "xdp":
+            self._open_xdp()
+
+    def _open_xdp(self) -> None:
+        """Attach the XDP program after the AF_PACKET socket it passes frames to is open."""
+        _kind, ifname = parse_capture(self.cfg["capture"])
+        why = None
+        if self.mode != "mirror":
+            why = f"mode {self.mode} is not served by the XDP path yet"
+        else:
+            try:
+                from celltap.incubator.xdp.build import BuildError
+                from celltap.incubator.xdp.datapath import XdpPath, XdpUnavailable, kernel_config
+                from celltap.incubator.xdp.libbpf import BpfError
+
+                try:
+                    xdp = XdpPath(ifname, kernel_config(self.cfg), self.engine, self.metrics)
+                    try:
+                        xdp.check_cells(self.cells.current())
+                    except XdpUnavailable:
+                        xdp.close()
+                        raise
+                    self.xdp = xdp
+                    self.engine.count_received = False
+                except (XdpUnavailable, BuildError, BpfError) as exc:
+                    why = str(exc)
+            except ImportError as exc:
+                why = f"cannot load the XDP support: {exc}"
+        if why is not None:
+            log.warning(
+                "xdp:%s: %s; the Python incubator separates instead (afpacket:%s)", ifname, why, ifname
+            )
+
+    def _drop_xdp(self, why: str) -> None:
+        """Fall back to the Python path at run time (the AF_PACKET socket then sees every frame)."""
+        xdp, self.xdp = self.xdp, None
+        xdp.sync_metrics()
+        xdp.close()
+        self.engine.count_received = True
+        log.warning("xdp:%s: %s; the Python incubator separates from now on", xdp.ifname, why)
 
     def _dicap_filter(self, members: dict[str, CellSpec]) -> bytes:
         from celltap.incubator.dicap import cell_filter
@@ -157,7 +200,16 @@ class Incubator:
             out = self.cfg["dicap"]["output"] or (cells[own].output if own in cells else None)
             self.engine.set_cells({own: CellSpec(own, out)} if own and out else {})
         else:
+            if self.xdp is not None:
+                from celltap.incubator.xdp.datapath import XdpUnavailable
+
+                try:
+                    self.xdp.check_cells(cells)
+                except XdpUnavailable as exc:
+                    self._drop_xdp(str(exc))
             self.engine.set_cells(cells)
+            if self.xdp is not None:
+                self.xdp.apply()
 
     def run(self) -> int:
         """The data path loop."""
@@ -191,6 +243,8 @@ class Incubator:
                         self.engine.process(batch, name)
                     finally:
                         cap.release()
+                if self.xdp is not None and self.engine.sep.frags.waiting:
+                    self.xdp.resolve_fragments()
                 if idle:
                     poller.poll(timeout)
                 now = time.monotonic()
@@ -199,6 +253,10 @@ class Incubator:
                     last_stats = now
         finally:
             self._kernel_stats()
+            if self.xdp is not None:
+                self.xdp.resolve_fragments()
+                self.xdp.close()
+                self.xdp = None
             self.engine.finish()
             for _name, cap, bridge in self.captures:
                 cap.close()
@@ -210,6 +268,8 @@ class Incubator:
         return 0
 
     def _kernel_stats(self) -> None:
+        if self.xdp is not None:
+            self.xdp.sync_metrics()
         for name, cap, _br in self.captures:
             st = cap.stats()
             if st.drops:

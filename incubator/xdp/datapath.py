@@ -1,0 +1,165 @@
+"""The XDP incubator: the kernel separates, Python keeps the control plane and the slow path.
+
+Theory of operation.  `capture: xdp:IFACE` attaches `xdp_incubator` (celltap_partition.bpf.c)
+to IFACE through a BPF link (detached when the process ends, however it ends).  Each frame the
+program can decide is redirected through a DEVMAP to its cell's interface (slot -> ifindex, the
+same slots as the Python engine's outputs) and never reaches the host stack or Python.  What it
+cannot decide exactly as celltap.decode would goes up with XDP_PASS and is read, together with
+nothing else, by an AF_PACKET socket on IFACE: the ordinary Python incubator engine separates it
+with the same partition table.  So both halves make one decision function, and every frame is
+either redirected, dropped by policy (counted) or handed to Python (counted by reason).
+
+Fragments before their first fragment are held by the Python fragment tracker; once the first
+fragment went through the kernel, its datagram's slot is in the kernel's fragment map, which
+`resolve_fragments` reads for every held datagram (the Python path never sees that first
+fragment).
+
+Counters: the kernel's per-CPU counters are summed and turned into deltas of the incubator's
+usual Prometheus metrics (received, forwarded, out per cell, dropped by reason) plus
+`celltap_incubator_xdp_passed_frames_total{reason}` for frames handed to Python, whose own
+handling is counted by the engine as in the Python incubator (received excepted: the kernel
+already counted them).  Conservation: kernel rx == redirected + kernel drops + passed, and
+passed == what the engine forwards, drops or holds.
+
+XDP needs every cell output to be an interface in this network namespace (`iface:IF[@mac]`);
+anything else (VXLAN, pcap) makes `XdpUnavailable`, and the caller falls back to the Python path.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Mapping
+
+from celltap.incubator.cells import TABLE_BITS
+from celltap.incubator.engine import CellSpec, Engine
+from celltap.incubator.metrics import IncubatorMetrics
+from celltap.incubator.outputs import parse_mac
+from celltap.incubator.xdp.program import KernelConfig, PartitionProgram
+
+log = logging.getLogger("celltap.incubator")
+
+# kernel counter -> dropped_frames_total reason (the Python path's labels)
+_DROPS = {"drop_non_ip_policy": "non_ip_policy", "drop_no_cell": "no_cell"}
+
+
+class XdpUnavailable(RuntimeError):
+    """The XDP path cannot run here; the message says why (one line)."""
+
+
+def iface_of(output: str) -> tuple[str, bytes | None]:
+    """(interface, MAC to write or None) of an `iface:IF[@mac]` output; XdpUnavailable otherwise."""
+    if not output.startswith("iface:"):
+        raise XdpUnavailable(f"output {output!r} is not an interface (XDP redirects to interfaces only)")
+    name, _, mac = output[6:].partition("@")
+    return name, (parse_mac(mac) if mac else None)
+
+
+def kernel_config(cfg: Mapping) -> KernelConfig:
+    """The kernel's settings from the incubator config."""
+    fl, fr = cfg["flows"], cfg["fragments"]
+    return KernelConfig(
+        seed=cfg["hash_seed"],
+        idle_timeout_s=fl["idle_timeout_s"],
+        close_linger_s=fl["close_linger_s"],
+        frag_timeout_s=fr["timeout_s"],
+        non_ip=cfg["non_ip"],
+        decapsulate=cfg["decapsulate"],
+        max_flows=fl["max_flows"],
+        max_datagrams=fr["max_datagrams"],
+    )
+
+
+class XdpPath:
+    """The kernel half of one XDP incubator interface, driven by the Python engine's membership."""
+
+    def __init__(self, ifname: str, kcfg: KernelConfig, engine: Engine, metrics: IncubatorMetrics) -> None:
+        if engine.sep.partition != "xxh64":
+            raise XdpUnavailable(
+                "the XDP path computes the xxh64 partition only (partition: dicap is cBPF's)"
+            )
+        try:
+            self.ifindex = socket.if_nametoindex(ifname)
+        except OSError as exc:
+            raise XdpUnavailable(f"interface {ifname}: {exc.strerror}") from exc
+        self.ifname = ifname
+        self.engine = engine
+        self.metrics = metrics
+        self.prog = PartitionProgram(kcfg, ("xdp_incubator",), TABLE_BITS)
+        try:
+            self.prog.obj.attach_xdp("xdp_incubator", self.ifindex)
+        except OSError:
+            self.prog.close()
+            raise
+        self._last: dict[str, int] = {}
+        self._last_out: dict[int, tuple[int, int]] = {}
+
+    def check_cells(self, cells: Mapping[str, CellSpec]) -> None:
+        """Raise XdpUnavailable unless every cell output is an interface here."""
+        for spec in cells.values():
+            name, _mac = iface_of(spec.output)
+            try:
+                socket.if_nametoindex(name)
+            except OSError as exc:
+                raise XdpUnavailable(f"cell {spec.id}: interface {name}: {exc.strerror}") from exc
+
+    def apply(self) -> None:
+        """Write the engine's current membership (slots, table) into the kernel."""
+        sep = self.engine.sep
+        ifindex: dict[int, int] = {}
+        macs: dict[int, bytes | None] = {}
+        for cid, spec in self.engine.specs.items():
+            slot = sep.cells.slot_of[cid]
+            name, mac = iface_of(spec.output)
+            ifindex[slot] = socket.if_nametoindex(name)
+            macs[slot] = mac
+        self.prog.set_cells(sep.cells, ifindex, macs)
+
+    def resolve_fragments(self) -> None:
+        """Release held fragments whose first fragment went through the kernel."""
+        frags = self.engine.sep.frags
+        if not frags.waiting:
+            return
+        for key in list(frags.waiting):
+            slot = self.prog.datagram_slot(key)
+            if slot is None or slot not in self.engine.outputs:
+                continue
+            rel = frags.first_fragment(key, slot, self.engine.sep.now_ns)
+            if rel is not None:
+                self.engine.send_released(rel)
+
+    def sync_metrics(self) -> dict[str, int]:
+        """Turn the kernel counters into metric increments; returns the summed counters."""
+        now = self.prog.counters()
+        d = {k: v - self._last.get(k, 0) for k, v in now.items()}
+        self._last = now
+        m = self.metrics
+        if d["rx"]:
+            m.received_frames.labels(self.ifname).inc(d["rx"])
+            m.received_bytes.labels(self.ifname).inc(d["rx_bytes"])
+        if d["redirected"]:
+            m.forwarded_frames.inc(d["redirected"])
+        for k, reason in _DROPS.items():
+            if d[k]:
+                m.dropped_frames.labels(reason).inc(d[k])
+        for k, v in d.items():
+            if k.startswith("up_") and v:
+                m.xdp_passed_frames.labels(k[3:]).inc(v)
+        if d["new_pin"]:
+            m.flows_new.inc(d["new_pin"])
+        if d["rehomed_pin"]:
+            m.rehomed_flows.inc(d["rehomed_pin"])
+        sep = self.engine.sep
+        out = self.prog.cell_out(sorted(sep.cells.slot_of.values()))
+        for slot, (frames, nbytes) in out.items():
+            f0, b0 = self._last_out.get(slot, (0, 0))
+            if frames > f0:
+                cid = sep.cells.ids[slot]
+                m.out_frames.labels(cid).inc(frames - f0)
+                m.out_bytes.labels(cid).inc(nbytes - b0)
+        self._last_out = out
+        return now
+
+    def close(self) -> None:
+        """Detach the program and free its maps."""
+        self.prog.close()
