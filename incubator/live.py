@@ -172,6 +172,27 @@ class Incubator:
         weights = {cid: s.weight for cid, s in members.items()}
         return cell_filter(weights, d["cell"], self.cfg["hash_seed"], d["buckets_log2"], d["ports"])
 
+    def _dicap_ebpf(self, ifname: str) -> Any:
+        """DiCAP with the incubator's own partition: the eBPF socket filter, or one clear error."""
+        try:
+            from celltap.incubator.xdp.build import BuildError
+            from celltap.incubator.xdp.datapath import XdpPath, XdpUnavailable, dicap_open, kernel_config
+            from celltap.incubator.xdp.libbpf import BpfError
+
+            try:
+                path = XdpPath(ifname, kernel_config(self.cfg), self.engine, self.metrics, "dicap_filter")
+            except (XdpUnavailable, BuildError, BpfError) as exc:
+                raise CaptureUnavailable(
+                    f"dicap mode: the eBPF socket filter cannot load ({exc}); "
+                    "set partition: dicap to use the classic BPF filter"
+                ) from exc
+        except ImportError as exc:
+            raise CaptureUnavailable(f"dicap mode: cannot load the eBPF support: {exc}") from exc
+        own = self.cfg["dicap"]["output"]
+        self.engine.open_fn = dicap_open(own or "")
+        self.engine.count_received = False
+        return path
+
     def _open_captures(self) -> None:
         cfg = self.cfg
         kind, arg = parse_capture(cfg["capture"])
@@ -186,6 +207,13 @@ class Incubator:
             _, a_if = parse_capture(cfg["capture"])
             _, b_if = parse_capture(cfg["peer"])
             self.captures = [(a_if, a, Bridge(b_if, self.metrics)), (b_if, b, Bridge(a_if, self.metrics))]
+        elif self.mode == "dicap" and cfg["partition"] == "xxh64":
+            self.xdp = self._dicap_ebpf(arg)
+            try:
+                self.captures = [(arg, _open_afpacket(cfg["capture"], cfg, self.xdp.prog_fd()), None)]
+            except BaseException:
+                self.xdp.close()
+                raise
         elif self.mode == "dicap":
             self.captures = [(arg, _open_afpacket(cfg["capture"], cfg, self._dicap_filter({})), None)]
         else:
@@ -193,7 +221,19 @@ class Incubator:
 
     def _apply_cells(self) -> None:
         cells = self.cells.current()
-        if self.mode == "dicap":
+        if self.mode == "dicap" and self.xdp is not None:
+            from celltap.incubator.xdp.datapath import OTHER_CELL_SPEC
+
+            own = self.dicap_cell
+            out = self.cfg["dicap"]["output"] or (cells[own].output if own in cells else None)
+            self.engine.set_cells(
+                {
+                    cid: CellSpec(cid, out if cid == own and out else OTHER_CELL_SPEC, s.weight)
+                    for cid, s in cells.items()
+                }
+            )
+            self.xdp.apply(own)
+        elif self.mode == "dicap":
             cap = self.captures[0][1]
             cap.attach_filter(self._dicap_filter(cells))
             own = self.dicap_cell

@@ -29,18 +29,44 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from celltap.incubator.cells import TABLE_BITS
 from celltap.incubator.engine import CellSpec, Engine
 from celltap.incubator.metrics import IncubatorMetrics
-from celltap.incubator.outputs import parse_mac
-from celltap.incubator.xdp.program import KernelConfig, PartitionProgram
+from celltap.incubator.outputs import Output, open_output, parse_mac
+from celltap.incubator.xdp.program import SLOT_NONE, KernelConfig, PartitionProgram
+
+from celltap.pcap.batch import FrameBatch
 
 log = logging.getLogger("celltap.incubator")
 
+OTHER_CELL_DROP = "dicap_other_cell"  # DiCAP: another cell's frame (not this cell's to keep)
+OTHER_CELL_SPEC = "dicap-other-cell:"
+
 # kernel counter -> dropped_frames_total reason (the Python path's labels)
-_DROPS = {"drop_non_ip_policy": "non_ip_policy", "drop_no_cell": "no_cell"}
+_DROPS = {
+    "drop_non_ip_policy": "non_ip_policy",
+    "drop_no_cell": "no_cell",
+    "other_cell": OTHER_CELL_DROP,
+}
+
+
+class OtherCellOutput(Output):
+    """DiCAP: where another cell's frames go in this cell's engine -- nowhere, counted."""
+
+    def send(self, batch: FrameBatch) -> tuple[int, int, dict[str, int]]:
+        """Send nothing; count every frame as another cell's."""
+        return 0, 0, {OTHER_CELL_DROP: len(batch)}
+
+
+def dicap_open(own_output: str) -> Callable[[str], Output]:
+    """Output factory of a DiCAP cell's engine: its own output, or OtherCellOutput."""
+
+    def open_fn(spec: str) -> Output:
+        return OtherCellOutput() if spec == OTHER_CELL_SPEC else open_output(spec)
+
+    return open_fn
 
 
 class XdpUnavailable(RuntimeError):
@@ -71,9 +97,17 @@ def kernel_config(cfg: Mapping) -> KernelConfig:
 
 
 class XdpPath:
-    """The kernel half of one XDP incubator interface, driven by the Python engine's membership."""
+    """The kernel half of one XDP incubator interface (or of a DiCAP cell's socket filter), driven by
+    the Python engine's membership."""
 
-    def __init__(self, ifname: str, kcfg: KernelConfig, engine: Engine, metrics: IncubatorMetrics) -> None:
+    def __init__(
+        self,
+        ifname: str,
+        kcfg: KernelConfig,
+        engine: Engine,
+        metrics: IncubatorMetrics,
+        program: str = "xdp_incubator",
+    ) -> None:
         if engine.sep.partition != "xxh64":
             raise XdpUnavailable(
                 "the XDP path computes the xxh64 partition only (partition: dicap is cBPF's)"
@@ -85,14 +119,20 @@ class XdpPath:
         self.ifname = ifname
         self.engine = engine
         self.metrics = metrics
-        self.prog = PartitionProgram(kcfg, ("xdp_incubator",), TABLE_BITS)
-        try:
-            self.prog.obj.attach_xdp("xdp_incubator", self.ifindex)
-        except OSError:
-            self.prog.close()
-            raise
+        self.program = program
         self._last: dict[str, int] = {}
         self._last_out: dict[int, tuple[int, int]] = {}
+        self.prog = PartitionProgram(kcfg, (program,), TABLE_BITS)
+        if program == "xdp_incubator":
+            try:
+                self.prog.obj.attach_xdp(program, self.ifindex)
+            except OSError:
+                self.prog.close()
+                raise
+
+    def prog_fd(self) -> int:
+        """The program's fd (a DiCAP cell attaches it to its socket with SO_ATTACH_BPF)."""
+        return self.prog.obj.prog_fd(self.program)
 
     def check_cells(self, cells: Mapping[str, CellSpec]) -> None:
         """Raise XdpUnavailable unless every cell output is an interface here."""
@@ -103,9 +143,13 @@ class XdpPath:
             except OSError as exc:
                 raise XdpUnavailable(f"cell {spec.id}: interface {name}: {exc.strerror}") from exc
 
-    def apply(self) -> None:
-        """Write the engine's current membership (slots, table) into the kernel."""
+    def apply(self, my_cell: str | None = None) -> None:
+        """Write the engine's current membership (slots, table; DiCAP: our own slot) into the kernel."""
         sep = self.engine.sep
+        if self.program != "xdp_incubator":
+            my_slot = sep.cells.slot_of.get(my_cell, SLOT_NONE) if my_cell in sep.cells.alive else SLOT_NONE
+            self.prog.set_cells(sep.cells, my_slot=my_slot)
+            return
         ifindex: dict[int, int] = {}
         macs: dict[int, bytes | None] = {}
         for cid, spec in self.engine.specs.items():

@@ -176,3 +176,54 @@ def test_xdp_split_equals_offline_numpy_split(xdp_ns, tmp_path):
     received, accounted = conservation(m)
     assert received == len(sent) == accounted, m
     assert sum_metric(m, "celltap_incubator_out_frames_total") == sum(len(v) for v in want.values())
+
+
+def test_dicap_cells_with_ebpf_filters_keep_exactly_the_incubators_choice(tmp_path):
+    """Three `mode: dicap` processes see the whole mirror; each keeps (eBPF filter + Python for
+    what the filter passes up) exactly the frames the central incubator's offline split gives it."""
+    from tests.incubator.test_dicap import traffic
+
+    require_root()
+    for tool in ("ethtool", "clang"):
+        require_tool(tool)
+    sent = traffic(tmp_path, small=1500)
+    pcap = str(tmp_path / "all.pcap")
+    from celltap.pcap.writer import PcapWriter
+
+    with PcapWriter(pcap) as w:
+        for f in sent:
+            w.write(0, f)
+    want, _summary = offline_split(pcap, tmp_path / "split", len(CELLS))
+    with NetNS("dcp") as ns:
+        quiet(ns)
+        ns.veth("m0", "m1")
+        links(ns, ["m0", "m1"])
+        procs = {}
+        try:
+            for i, c in enumerate(CELLS):
+                d = tmp_path / c
+                d.mkdir()
+                cfg = {
+                    "mode": "dicap",
+                    "capture": "afpacket:m1",
+                    "cells": [{"id": x, "output": f"iface:{x}-unused"} for x in CELLS],
+                    "dicap": {"cell": c, "output": f"pcap:{d / 'mine.pcap'}"},
+                    "metrics_port": 9472 + i,
+                }
+                procs[c] = IncubatorProcess(ns, cfg, str(d))
+            for p in procs.values():
+                p.wait_ready(len(CELLS))
+            replay(ns, pcap, "m0", pps=10000)
+            metrics = {c: p.wait_received(len(sent)) for c, p in procs.items()}
+        finally:
+            rcs = {c: p.stop() for c, p in procs.items()}
+    assert set(rcs.values()) == {0}, rcs
+    for c in CELLS:
+        got = frames_of(str(tmp_path / c / "mine.pcap"))
+        assert collections.Counter(got) == collections.Counter(want[c]), (c, len(got), len(want[c]))
+        m = metrics[c]
+        received, accounted = conservation(m)
+        assert received == len(sent) == accounted, m
+        # the kernel itself turned away most of the other cells' frames
+        kernel_other = m.get('celltap_incubator_dropped_frames_total{reason="dicap_other_cell"}', 0)
+        assert kernel_other > len(sent) / 3, m
