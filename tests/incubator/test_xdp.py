@@ -227,3 +227,121 @@ def test_dicap_cells_with_ebpf_filters_keep_exactly_the_incubators_choice(tmp_pa
         # the kernel itself turned away most of the other cells' frames
         kernel_other = m.get('celltap_incubator_dropped_frames_total{reason="dicap_other_cell"}', 0)
         assert kernel_other > len(sent) / 3, m
+
+
+def test_xdp_adding_a_cell_during_traffic_moves_no_live_flow(tmp_path):
+    """Cells come from a registry; a fourth joins between the openings and the rest of 400 TCP
+    connections: every frame of those stays on its first cell (kernel pins), while new connections
+    follow the 4-cell table -- checked against DESIGN.md's rule recomputed with the xxhash package."""
+    import time
+    import uuid
+
+    from celltap.incubator.cells import WEIGHT_SCALE
+
+    from celltap.pcap.writer import PcapWriter
+    from celltap.registry import Membership, open_registry
+    from celltap.ring import Ring
+    from tests.incubator.oracle import expected_owner
+    from tests.incubator.test_membership import Conn
+
+    require_root()
+    require_tool("clang")
+    cells4 = ("c0", "c1", "c2", "c3")
+    url, cluster = f"file://{tmp_path}/reg", f"x{uuid.uuid4().hex[:8]}"
+    reg = open_registry(url)
+    members = Membership(reg, cluster, ttl=30.0, retry_initial=0.05)
+    old = [Conn(i) for i in range(400)]
+    new = [Conn(i) for i in range(1000, 1400)]
+
+    def write(name: str, frames: list[bytes]) -> str:
+        path = str(tmp_path / name)
+        with PcapWriter(path) as w:
+            for f in frames:
+                w.write(0, f)
+        return path
+
+    phase1 = write("p1.pcap", [f for c in old for f in c.opening()])
+    phase2 = write(
+        "p2.pcap",
+        [f for c in old for f in c.data() + c.closing()] + [f for c in new for f in c.opening() + c.data()],
+    )
+    with NetNS("xmb") as ns:
+        quiet(ns)
+        ns.veth("tap", "tap-in")
+        for c in cells4:
+            ns.veth(c, f"{c}-rx")
+        links(ns, ["tap", "tap-in", *cells4, *(f"{c}-rx" for c in cells4)])
+        keep = attach_pass(ns, [f"{c}-rx" for c in cells4])
+        dumps = {c: Tcpdump(ns, f"{c}-rx", str(tmp_path / f"{c}.pcap")) for c in cells4}
+        for c in cells4[:3]:
+            members.register("cells", c, {"input": f"iface:{c}", "weight": 1})
+        cfg = {
+            "mode": "mirror",
+            "capture": "xdp:tap-in",
+            "registry": {"url": url, "cluster": cluster},
+            "metrics_port": 9476,
+        }
+        inc = IncubatorProcess(ns, cfg, str(tmp_path))
+        try:
+            inc.wait_ready(3)
+            replay(ns, phase1, "tap", pps=5000)
+            inc.wait_received(3 * len(old))
+            members.register("cells", "c3", {"input": "iface:c3", "weight": 1})
+            inc.wait_ready(4)
+            time.sleep(0.3)
+            replay(ns, phase2, "tap", pps=5000)
+            m = inc.wait_received(3 * len(old) + 5 * len(old) + 5 * len(new))
+        finally:
+            rc = inc.stop()
+            files = {c: d.stop() for c, d in dumps.items()}
+            keep.close()
+            members.close()
+    assert rc == 0
+    where = {f: c for c, p in files.items() for f in frames_of(p)}
+    ring3 = Ring({c: WEIGHT_SCALE for c in cells4[:3]})
+    ring4 = Ring({c: WEIGHT_SCALE for c in cells4})
+
+    def owner(ring: Ring, c: Conn) -> str:
+        return expected_owner(ring, 4, 6, ".".join(map(str, c.c)), c.sport, ".".join(map(str, c.s)), c.dport)
+
+    moved_by_table = 0
+    for c in old:
+        want = owner(ring3, c)
+        c.seq, c.ack = 1000, 5000
+        for f in c.opening() + c.data() + c.closing():
+            assert where.get(f) == want, (m, where.get(f), want)
+        moved_by_table += owner(ring4, c) != want
+    assert moved_by_table > 40  # without pins these would have moved to c3
+    for c in new:
+        c.seq, c.ack = 1000, 5000
+        for f in c.opening() + c.data():
+            assert where.get(f) == owner(ring4, c)
+    assert sum_metric(m, "celltap_incubator_xdp_passed_frames_total") == 0, m
+
+
+def test_xdp_falls_back_to_the_python_incubator_with_one_log_line(xdp_ns, tmp_path):
+    """A cell output XDP cannot redirect to (a pcap file) keeps the Python path, and says why once."""
+    ns = xdp_ns
+    traffic = str(tmp_path / "in.pcap")
+    subprocess.run([*CELLTAP, "loadgen", "pcap", "mixed", traffic, "--count", "20"], check=True)
+    sent = frames_of(traffic)
+    want, _ = offline_split(traffic, tmp_path / "split", 2)
+    cfg = {
+        "mode": "mirror",
+        "capture": "xdp:tap-in",
+        "cells": [{"id": f"cell-{i}", "output": f"pcap:{tmp_path}/out-{i}.pcap"} for i in range(2)],
+        "metrics_port": 9477,
+    }
+    inc = IncubatorProcess(ns, cfg, str(tmp_path))
+    try:
+        inc.wait_ready(2)
+        replay(ns, traffic, "tap")
+        inc.wait_received(len(sent))
+    finally:
+        assert inc.stop() == 0
+    log = open(inc.log.name, encoding="utf-8", errors="replace").read()
+    lines = [ln for ln in log.splitlines() if "the Python incubator separates instead" in ln]
+    assert len(lines) == 1 and "is not an interface" in lines[0], log
+    for i in range(2):
+        got = frames_of(f"{tmp_path}/out-{i}.pcap")
+        assert collections.Counter(got) == collections.Counter(want[f"cell-{i}"])
