@@ -72,6 +72,7 @@ def lib() -> ctypes.CDLL:
         "bpf_map_delete_elem": (ci, [ci, vp]),
         "bpf_map_get_next_key": (ci, [ci, vp, vp]),
         "libbpf_num_possible_cpus": (ci, []),
+        "bpf_prog_test_run_opts": (ci, [ci, vp]),
         "libbpf_set_print": (vp, [_PRINT_FN]),
     }
     for fn, (res, argtypes) in sigs.items():
@@ -136,6 +137,41 @@ class Map:
             first = False
             yield nxt.raw
             ctypes.memmove(cur, nxt, key_size)
+
+
+class _TestRunOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+def test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> tuple[int, bytes, int]:
+    """BPF_PROG_TEST_RUN: (program's return value, frame after the program, ns per run)."""
+    data_in = ctypes.create_string_buffer(frame, len(frame))
+    data_out = ctypes.create_string_buffer(len(frame) + 256)
+    o = _TestRunOpts()
+    o.sz = ctypes.sizeof(_TestRunOpts)
+    o.data_in = ctypes.addressof(data_in)
+    o.data_size_in = len(frame)
+    o.data_out = ctypes.addressof(data_out)
+    o.data_size_out = len(data_out)
+    o.repeat = repeat
+    _check(lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(o)), "BPF_PROG_TEST_RUN")
+    return o.retval, data_out.raw[: o.data_size_out], o.duration
 
 
 class BpfObject:
