@@ -59,6 +59,8 @@ class Engine:
         self.rehomed = 0
         # False behind the XDP path: the kernel already counted these frames as received.
         self.count_received = True
+        # Behind the XDP path: programs the kernel with each membership before it is announced.
+        self.after_set_cells: Callable[[], None] | None = None
 
     def set_cells(self, cells: Mapping[str, CellSpec]) -> None:
         """Apply a membership snapshot: open outputs of new cells, re-home flows of gone ones."""
@@ -93,6 +95,8 @@ class Engine:
             self.metrics.rehomed_flows.inc(rehomed)
         if joined or left:
             log.info("cells joined %s left %s; %d flows re-homed", joined, left, rehomed)
+        if self.after_set_cells is not None:
+            self.after_set_cells()
         self.metrics.cells.set(len(self.sep.cells))
 
     def _drop(self, reason: str, n: int) -> None:

@@ -131,8 +131,9 @@ class Incubator:
         """Attach the XDP program after the AF_PACKET socket it passes frames to is open."""
         _kind, ifname = parse_capture(self.cfg["capture"])
         why = None
-        if self.mode != "mirror":
-            why = f"mode {self.mode} is not served by the XDP path yet"
+        peer = parse_capture(self.cfg["peer"])[1] if self.mode == "inline" else None
+        if self.mode not in ("mirror", "inline"):
+            why = f"mode {self.mode} is not served by the XDP path"
         else:
             try:
                 from celltap.incubator.xdp.build import BuildError
@@ -140,7 +141,7 @@ class Incubator:
                 from celltap.incubator.xdp.libbpf import BpfError
 
                 try:
-                    xdp = XdpPath(ifname, kernel_config(self.cfg), self.engine, self.metrics)
+                    xdp = XdpPath(ifname, kernel_config(self.cfg), self.engine, self.metrics, peer=peer)
                     try:
                         xdp.check_cells(self.cells.current())
                     except XdpUnavailable:
@@ -148,6 +149,7 @@ class Incubator:
                         raise
                     self.xdp = xdp
                     self.engine.count_received = False
+                    self.engine.after_set_cells = xdp.apply
                 except (XdpUnavailable, BuildError, BpfError) as exc:
                     why = str(exc)
             except ImportError as exc:
@@ -163,6 +165,7 @@ class Incubator:
         xdp.sync_metrics()
         xdp.close()
         self.engine.count_received = True
+        self.engine.after_set_cells = None
         log.warning("xdp:%s: %s; the Python incubator separates from now on", xdp.ifname, why)
 
     def _dicap_filter(self, members: dict[str, CellSpec]) -> bytes:
@@ -191,6 +194,7 @@ class Incubator:
         own = self.cfg["dicap"]["output"]
         self.engine.open_fn = dicap_open(own or "")
         self.engine.count_received = False
+        self.engine.after_set_cells = lambda: path.apply(self.dicap_cell)
         return path
 
     def _open_captures(self) -> None:
@@ -232,7 +236,6 @@ class Incubator:
                     for cid, s in cells.items()
                 }
             )
-            self.xdp.apply(own)
         elif self.mode == "dicap":
             cap = self.captures[0][1]
             cap.attach_filter(self._dicap_filter(cells))
@@ -247,9 +250,7 @@ class Incubator:
                     self.xdp.check_cells(cells)
                 except XdpUnavailable as exc:
                     self._drop_xdp(str(exc))
-            self.engine.set_cells(cells)
-            if self.xdp is not None:
-                self.xdp.apply()
+            self.engine.set_cells(cells)  # XDP: programs the kernel too (engine.after_set_cells)
 
     def run(self) -> int:
         """The data path loop."""

@@ -49,6 +49,8 @@ enum {
 	C_UP_NO_OUTPUT,     /* the cell's devmap entry is missing */
 	C_DROP_NON_IP_POLICY,
 	C_DROP_NO_CELL,
+	C_BRIDGED_TO_A,     /* inline: frames the kernel sent on to side A's peer */
+	C_BRIDGED_TO_B,
 	C_N
 };
 
@@ -65,6 +67,8 @@ struct config {
 	__u32 my_slot;      /* socket filter: this cell's slot */
 	__u16 vxlan_port;
 	__u16 geneve_port;
+	__u32 side_a;       /* inline: the two bridged interfaces (0: mirror mode) */
+	__u32 side_b;
 	__u32 pad;
 };
 
@@ -72,6 +76,13 @@ struct cell {
 	__u8 mac[6];
 	__u8 rewrite_mac;
 	__u8 alive;
+	__u32 ifindex;
+};
+
+/* inline: what the ingress program tells the egress (devmap) program, in XDP metadata */
+struct bcast_meta {
+	__u32 slot;         /* SLOT_NONE: the frame only crosses the bridge */
+	__u32 peer;         /* ifindex of the other side */
 };
 
 struct pin {
@@ -131,6 +142,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } cell_devs SEC(".maps");
+
+/* inline: both sides and every cell, each with xdp_egress; frames are broadcast and each copy
+ * kept only where its metadata says (the peer, and the frame's cell) */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, MAX_CELLS + 2);
+	__type(key, __u32);
+	__type(value, struct bpf_devmap_val);
+} bcast SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -605,6 +625,42 @@ static __always_inline struct scratch *scratch_buf(void)
 	return bpf_map_lookup_elem(&scratch, &zero);
 }
 
+static __always_inline void count_out(__u32 slot, __u32 flen)
+{
+	count(C_REDIRECTED, 1);
+	struct out_count *o = bpf_map_lookup_elem(&cell_out, &slot);
+	if (o) {
+		o->frames += 1;
+		o->bytes += flen;
+	}
+}
+
+/* inline: broadcast to the peer and the cells; xdp_egress keeps the copies that are wanted */
+static __always_inline int inline_out(struct xdp_md *ctx, const struct config *cfg, __u32 slot, __u32 flen)
+{
+	__u32 in = ctx->ingress_ifindex;
+	__u32 peer = in == cfg->side_a ? cfg->side_b : cfg->side_a;
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct bcast_meta)) < 0) {
+		count(C_UP_NO_OUTPUT, 1);
+		return XDP_PASS;
+	}
+	void *data = (void *)(long)ctx->data;
+	struct bcast_meta *m = (void *)(long)ctx->data_meta;
+	if ((void *)(m + 1) > data)
+		return XDP_PASS;
+	m->slot = slot;
+	m->peer = peer;
+	int ret = bpf_redirect_map(&bcast, 0, BPF_F_BROADCAST | BPF_F_EXCLUDE_INGRESS);
+	if (ret != XDP_REDIRECT) {
+		count(C_UP_NO_OUTPUT, 1);
+		return XDP_PASS;
+	}
+	count(in == cfg->side_a ? C_BRIDGED_TO_B : C_BRIDGED_TO_A, 1);
+	if (slot != SLOT_NONE)
+		count_out(slot, flen);
+	return XDP_REDIRECT;
+}
+
 SEC("xdp")
 int xdp_incubator(struct xdp_md *ctx)
 {
@@ -622,10 +678,13 @@ int xdp_incubator(struct xdp_md *ctx)
 		count(C_UP_UNDECODABLE, 1);
 		return XDP_PASS;
 	}
-	__u32 slot = 0;
+	__u32 slot = 0, zero = 0;
 	int d = decide(s->buf, flen, 0, &slot);
 	if (d == D_UP)
-		return XDP_PASS;
+		return XDP_PASS;  /* inline: the Python path bridges it too */
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (cfg && cfg->side_a)
+		return inline_out(ctx, cfg, d == D_SLOT ? slot : SLOT_NONE, flen);
 	if (d == D_DROP)
 		return XDP_DROP;
 	struct cell *c = bpf_map_lookup_elem(&cells, &slot);
@@ -639,13 +698,32 @@ int xdp_incubator(struct xdp_md *ctx)
 		count(C_UP_NO_OUTPUT, 1);
 		return XDP_PASS;
 	}
-	count(C_REDIRECTED, 1);
-	struct out_count *o = bpf_map_lookup_elem(&cell_out, &slot);
-	if (o) {
-		o->frames += 1;
-		o->bytes += flen;
-	}
+	count_out(slot, flen);
 	return XDP_REDIRECT;
+}
+
+/* inline, per broadcast copy: keep it on the peer and on the frame's cell (MAC rewritten there) */
+SEC("xdp/devmap")
+int xdp_egress(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	struct bcast_meta *m = (void *)(long)ctx->data_meta;
+	if ((void *)(m + 1) > data)
+		return XDP_DROP;
+	__u32 eg = ctx->egress_ifindex, slot = m->slot;
+	if (eg == m->peer)
+		return XDP_PASS;
+	if (slot == SLOT_NONE)
+		return XDP_DROP;
+	struct cell *c = bpf_map_lookup_elem(&cells, &slot);
+	if (!c || c->ifindex != eg)
+		return XDP_DROP;
+	if (c->rewrite_mac) {
+		if (data + 6 > data_end)
+			return XDP_DROP;
+		__builtin_memcpy(data, c->mac, 6);
+	}
+	return XDP_PASS;
 }
 
 /* DiCAP: keep this cell's frames and every frame the kernel cannot decide (Python decides those). */

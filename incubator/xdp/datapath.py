@@ -107,6 +107,7 @@ class XdpPath:
         engine: Engine,
         metrics: IncubatorMetrics,
         program: str = "xdp_incubator",
+        peer: str | None = None,
     ) -> None:
         if engine.sep.partition != "xxh64":
             raise XdpUnavailable(
@@ -122,10 +123,19 @@ class XdpPath:
         self.program = program
         self._last: dict[str, int] = {}
         self._last_out: dict[int, tuple[int, int]] = {}
-        self.prog = PartitionProgram(kcfg, (program,), TABLE_BITS)
+        self.peer = peer
+        sides = None
+        if peer is not None:
+            try:
+                sides = (self.ifindex, socket.if_nametoindex(peer))
+            except OSError as exc:
+                raise XdpUnavailable(f"interface {peer}: {exc.strerror}") from exc
+        programs = (program, "xdp_egress") if sides else (program,)
+        self.prog = PartitionProgram(kcfg, programs, TABLE_BITS, sides)
         if program == "xdp_incubator":
             try:
-                self.prog.obj.attach_xdp(program, self.ifindex)
+                for ifi in sides or (self.ifindex,):
+                    self.prog.obj.attach_xdp(program, ifi)
             except OSError:
                 self.prog.close()
                 raise
@@ -189,6 +199,10 @@ class XdpPath:
         for k, v in d.items():
             if k.startswith("up_") and v:
                 m.xdp_passed_frames.labels(k[3:]).inc(v)
+        if self.peer is not None:
+            for k, to in (("bridged_to_a", self.ifname), ("bridged_to_b", self.peer)):
+                if d[k]:
+                    m.bridged_frames.labels(to).inc(d[k])
         if d["new_pin"]:
             m.flows_new.inc(d["new_pin"])
         if d["rehomed_pin"]:

@@ -197,7 +197,7 @@ class BpfObject:
                     raise BpfError(22, f"{path}: no map {name}")
                 _check(L.bpf_map__set_max_entries(m, n), f"set_max_entries {name}")
             if programs is not None:
-                for name in ("xdp_incubator", "dicap_filter", "xdp_pass"):
+                for name in ("xdp_incubator", "xdp_egress", "dicap_filter", "xdp_pass"):
                     p = L.bpf_object__find_program_by_name(obj, name.encode())
                     if p:
                         L.bpf_program__set_autoload(p, name in programs)

@@ -41,9 +41,11 @@ COUNTERS = (
     "up_no_output",
     "drop_non_ip_policy",
     "drop_no_cell",
+    "bridged_to_a",
+    "bridged_to_b",
 )
-_CONFIG = struct.Struct("<QQQQIIIIIIHHI")
-_CELL = struct.Struct("<6sBB")
+_CONFIG = struct.Struct("<QQQQIIIIIIHHIII")
+_CELL = struct.Struct("<6sBBI")
 _DGRAM_KEY = struct.Struct("<BBHI16s16s")
 _DGRAM_VAL = struct.Struct("<IIQ")
 
@@ -68,8 +70,15 @@ class KernelConfig:
 class PartitionProgram:
     """A loaded celltap_partition object, with the maps the control plane writes and reads."""
 
-    def __init__(self, kcfg: KernelConfig, programs: tuple[str, ...], table_bits: int) -> None:
+    def __init__(
+        self,
+        kcfg: KernelConfig,
+        programs: tuple[str, ...],
+        table_bits: int,
+        sides: tuple[int, int] | None = None,
+    ) -> None:
         self.kcfg = kcfg
+        self.sides = sides  # inline: ifindexes of the two bridged interfaces
         self.table_bits = table_bits
         self.obj = BpfObject(
             str(build_object()),
@@ -89,8 +98,18 @@ class PartitionProgram:
         self.out_map = self.obj.map("cell_out")
         self.pins_map = self.obj.map("pins")
         self._devs = self.obj.map("cell_devs") if "xdp_incubator" in programs else None
+        self._bcast = self.obj.map("bcast") if sides else None
         self._alive: set[int] = set()
+        self._ifindex: dict[int, int] = {}
+        if sides:
+            for ifi in sides:
+                self._bcast_add(ifi)
         self.write_config(SLOT_NONE, SLOT_NONE)
+
+    def _bcast_add(self, ifindex: int) -> None:
+        assert self._bcast is not None
+        egress = self.obj.prog_fd("xdp_egress")
+        self._bcast.update(struct.pack("<I", ifindex), struct.pack("<Ii", ifindex, egress))
 
     def write_config(self, cell0_slot: int, my_slot: int) -> None:
         """The config map (cell 0 for non-IP frames, and the socket filter's own slot)."""
@@ -108,6 +127,8 @@ class PartitionProgram:
             my_slot & SLOT_NONE,
             k.vxlan_port,
             k.geneve_port,
+            self.sides[0] if self.sides else 0,
+            self.sides[1] if self.sides else 0,
             0,
         )
         self.config_map.update(struct.pack("<I", 0), value)
@@ -126,15 +147,24 @@ class PartitionProgram:
         """
         alive = set(cells.alive_slots())
         for slot in sorted(alive - self._alive):
+            ifi = ifindex[slot] if ifindex is not None else 0
             if self._devs is not None and ifindex is not None:
-                self._devs.update(struct.pack("<I", slot), struct.pack("<I", ifindex[slot]))
+                self._devs.update(struct.pack("<I", slot), struct.pack("<I", ifi))
+            if self._bcast is not None and ifi:
+                self._bcast_add(ifi)
+            self._ifindex[slot] = ifi
             mac = (macs or {}).get(slot)
-            self.cells_map.update(struct.pack("<I", slot), _CELL.pack(mac or b"\0" * 6, int(bool(mac)), 1))
+            self.cells_map.update(
+                struct.pack("<I", slot), _CELL.pack(mac or b"\0" * 6, int(bool(mac)), 1, ifi)
+            )
         self.write_table(cells.table)
         for slot in sorted(self._alive - alive):
-            self.cells_map.update(struct.pack("<I", slot), _CELL.pack(b"\0" * 6, 0, 0))
+            self.cells_map.update(struct.pack("<I", slot), _CELL.pack(b"\0" * 6, 0, 0, 0))
             if self._devs is not None:
                 self._devs.delete(struct.pack("<I", slot))
+            ifi = self._ifindex.pop(slot, 0)
+            if self._bcast is not None and ifi and (not self.sides or ifi not in self.sides):
+                self._bcast.delete(struct.pack("<I", ifi))
         self._alive = alive
         self.write_config(cells.first_slot() if alive else SLOT_NONE, my_slot)
 
