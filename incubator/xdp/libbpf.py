@@ -73,6 +73,7 @@ def lib() -> ctypes.CDLL:
         "bpf_map_get_next_key": (ci, [ci, vp, vp]),
         "libbpf_num_possible_cpus": (ci, []),
         "bpf_prog_test_run_opts": (ci, [ci, vp]),
+        "bpf_obj_get_info_by_fd": (ci, [ci, vp, vp]),
         "libbpf_set_print": (vp, [_PRINT_FN]),
     }
     for fn, (res, argtypes) in sigs.items():
@@ -197,7 +198,7 @@ class BpfObject:
                     raise BpfError(22, f"{path}: no map {name}")
                 _check(L.bpf_map__set_max_entries(m, n), f"set_max_entries {name}")
             if programs is not None:
-                for name in ("xdp_incubator", "xdp_egress", "dicap_filter", "xdp_pass"):
+                for name in ("xdp_incubator", "xdp_egress", "dicap_filter", "xdp_pass", "xdp_sink"):
                     p = L.bpf_object__find_program_by_name(obj, name.encode())
                     if p:
                         L.bpf_program__set_autoload(p, name in programs)
@@ -222,6 +223,13 @@ class BpfObject:
     def prog_fd(self, name: str) -> int:
         """The fd of a loaded program (SO_ATTACH_BPF takes it)."""
         return _check(lib().bpf_program__fd(self._prog(name)), f"program fd {name}")
+
+    def prog_id(self, name: str) -> int:
+        """The kernel's id of a loaded program (what `bpftool prog show id N` takes)."""
+        info = ctypes.create_string_buffer(256)
+        size = ctypes.c_uint32(256)
+        _check(lib().bpf_obj_get_info_by_fd(self.prog_fd(name), info, ctypes.byref(size)), "prog info")
+        return int.from_bytes(info.raw[4:8], "little")  # struct bpf_prog_info: type, id, ...
 
     def attach_xdp(self, name: str, ifindex: int) -> None:
         """Attach a program to an interface through a BPF link (detached when we close or die)."""
