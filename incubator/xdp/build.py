@@ -48,13 +48,19 @@ def build_object(clang: str | None = None) -> Path:
     out = cache_dir() / f"celltap_partition-{digest}.o"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     cmd = [clang, "-O2", "-g", "-Wall", "-target", "bpf", *_include_dirs(), "-c", str(SOURCE), "-o", str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as exc:
+        raise BuildError(f"cannot build {SOURCE.name} into {out.parent}: {exc}") from exc
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         first = (proc.stderr.strip().splitlines() or ["no output"])[0]
         raise BuildError(f"clang could not build {SOURCE.name}: {first}")
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise BuildError(f"cannot store {out}: {exc}") from exc
     return out
