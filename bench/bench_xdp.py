@@ -11,7 +11,9 @@ Figures, each for both paths at the same offered rates:
   trafgen CPUs);
 * the whole machine's CPU seconds per million offered frames, from /proc/stat (user, system,
   softirq, irq, steal; every process and the kernel, so other helpers' load on this shared
-  machine counts too: the idle run before the measurements is reported as the floor);
+  machine counts too: the idle run before the measurements is reported as the floor), its
+  softirq part (where the XDP program and AF_PACKET delivery run), and the incubator process's
+  own CPU seconds per million frames (/proc/PID/stat: not inflated by other load);
 * for the XDP program, ns per frame from the kernel's BPF statistics
   (`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt of `bpftool prog show`), which adds the
   cost of the statistics themselves (two clock reads per run).
@@ -164,9 +166,17 @@ def tx_stats(bed: Bed) -> tuple[int, int]:
     return int(st["packets"]), int(st["dropped"])
 
 
-def offer(bed: Bed, conf: str, frames: int, rate: int | None, cpus: int) -> dict:
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (the incubator: its own cost, whatever else runs)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def offer(bed: Bed, conf: str, frames: int, rate: int | None, cpus: int, pid: int) -> dict:
     """Send `frames` with trafgen at `rate` pps (None: as fast as it can); measure what arrived."""
     before = bed.delivered()
+    p0 = proc_cpu_s(pid)
     tx0 = tx_stats(bed)
     j0, t0 = cpu_jiffies(), time.perf_counter()
     cmd = ["trafgen", "--dev", "tg0", "--conf", conf, "--num", str(frames), "--cpus", str(cpus), "-q", "-C"]
@@ -184,6 +194,7 @@ def offer(bed: Bed, conf: str, frames: int, rate: int | None, cpus: int) -> dict
         stable = stable + 1 if now == last else 0
         last = now
     j1 = cpu_jiffies()
+    p1 = proc_cpu_s(pid)
     hz = os.sysconf("SC_CLK_TCK")
     got = last - before
     busy = (j1[0] - j0[0]) / hz
@@ -199,6 +210,7 @@ def offer(bed: Bed, conf: str, frames: int, rate: int | None, cpus: int) -> dict
         "cpu_s_per_mframe": round(busy / frames * 1e6, 3),
         "softirq_s_per_mframe": round((j1[1] - j0[1]) / hz / frames * 1e6, 3),
         "busy_cpus": round(busy / wall, 2),
+        "incubator_process_cpu_s_per_mframe": round((p1 - p0) / frames * 1e6, 3),
     }
 
 
@@ -266,7 +278,7 @@ def measure(seconds: float) -> dict:
                 for rate in (250_000, 500_000, 1_000_000, None):
                     for cpus in (1, 2) if rate is None else (1,):
                         n = int((rate or 1_200_000) * seconds)
-                        runs.append(offer(bed, conf, n, rate, cpus))
+                        runs.append(offer(bed, conf, n, rate, cpus, proc.pid))
                         print(path, runs[-1], file=sys.stderr)
                 if path == "xdp":
                     s1 = bpf_stats(bed)

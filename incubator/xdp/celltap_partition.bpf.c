@@ -22,6 +22,7 @@
 #include <linux/bpf.h>
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 
 #define HDR_MAX 256      /* bytes of a frame the parser may read */
 #define BUF_SIZE 512     /* scratch buffer: HDR_MAX plus room for masked reads */
@@ -69,6 +70,8 @@ struct config {
 	__u16 geneve_port;
 	__u32 side_a;       /* inline: the two bridged interfaces (0: mirror mode) */
 	__u32 side_b;
+	__u32 capture;      /* the interface xdp_incubator runs on (mirror) */
+	__u32 devmap_id;    /* id of cell_devs: whose redirect errors are ours */
 	__u32 pad;
 };
 
@@ -151,6 +154,32 @@ struct {
 	__type(key, __u32);
 	__type(value, struct bpf_devmap_val);
 } bcast SEC(".maps");
+
+/* Frames a redirect target failed to transmit (from the xdp_devmap_xmit tracepoint), and the
+ * copies xdp_egress dropped on purpose (inline broadcast), by target ifindex; the control plane
+ * creates the keys of its targets, so other programs' redirects on this host are not counted. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_CELLS + 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} xmit_drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_CELLS + 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} egress_filtered SEC(".maps");
+
+/* Redirects to a cell the kernel refused after the program returned (the target cannot take
+ * XDP frames, frame over its MTU, ...), by slot (the xdp_redirect_err tracepoint). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_CELLS);
+	__type(key, __u32);
+	__type(value, __u64);
+} redirect_err SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -733,11 +762,13 @@ int xdp_egress(struct xdp_md *ctx)
 	__u32 eg = ctx->egress_ifindex, slot = m->slot;
 	if (eg == m->peer)
 		return XDP_PASS;
-	if (slot == SLOT_NONE)
+	struct cell *c = slot == SLOT_NONE ? 0 : bpf_map_lookup_elem(&cells, &slot);
+	if (!c || c->ifindex != eg) {
+		__u64 *n = bpf_map_lookup_elem(&egress_filtered, &eg);
+		if (n)
+			__sync_fetch_and_add(n, 1);
 		return XDP_DROP;
-	struct cell *c = bpf_map_lookup_elem(&cells, &slot);
-	if (!c || c->ifindex != eg)
-		return XDP_DROP;
+	}
 	if (c->rewrite_mac) {
 		if (data + 6 > data_end)
 			return XDP_DROP;
@@ -775,6 +806,49 @@ int dicap_filter(struct __sk_buff *skb)
 		return skb->len;
 	}
 	count(C_OTHER_CELL, 1);
+	return 0;
+}
+
+/* Only the field we read; libbpf relocates its offset from the running kernel's BTF (CO-RE). */
+struct net_device {
+	int ifindex;
+} __attribute__((preserve_access_index));
+
+/* xdp_devmap_xmit(from_dev, to_dev, sent, drops, err): count what our targets failed to send. */
+SEC("raw_tp/xdp_devmap_xmit")
+int count_xmit_drops(struct bpf_raw_tracepoint_args *ctx)
+{
+	int drops = (int)ctx->args[3];
+	if (drops <= 0)
+		return 0;
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return 0;
+	struct net_device *from = (void *)ctx->args[0], *to = (void *)ctx->args[1];
+	__u32 fi = BPF_CORE_READ(from, ifindex);
+	if (fi != cfg->capture && fi != cfg->side_a && fi != cfg->side_b)
+		return 0;
+	__u32 ti = BPF_CORE_READ(to, ifindex);
+	__u64 *n = bpf_map_lookup_elem(&xmit_drops, &ti);
+	if (n)
+		__sync_fetch_and_add(n, drops);
+	return 0;
+}
+
+/* xdp_redirect_err(dev, prog, tgt, err, map_type, map_id, index): a redirect through cell_devs
+ * that failed; index is the slot. */
+SEC("raw_tp/xdp_redirect_err")
+int count_redirect_err(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || !cfg->devmap_id || (__u32)ctx->args[5] != cfg->devmap_id)
+		return 0;
+	__u32 slot = (__u32)ctx->args[6];
+	__u64 *n = bpf_map_lookup_elem(&redirect_err, &slot);
+	if (n)
+		__sync_fetch_and_add(n, 1);
 	return 0;
 }
 

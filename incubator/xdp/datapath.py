@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from celltap.incubator.cells import TABLE_BITS
 from celltap.incubator.engine import CellSpec, Engine
@@ -41,6 +42,8 @@ from celltap.pcap.batch import FrameBatch
 
 log = logging.getLogger("celltap.incubator")
 
+XMIT_DROP = "output_xdp_xmit"  # a redirect target failed to transmit (queue full, link down ...)
+REDIRECT_DROP = "output_xdp_redirect"  # the kernel refused a redirect (target cannot take XDP frames, MTU)
 OTHER_CELL_DROP = "dicap_other_cell"  # DiCAP: another cell's frame (not this cell's to keep)
 OTHER_CELL_SPEC = "dicap-other-cell:"
 
@@ -122,7 +125,7 @@ class XdpPath:
         self.metrics = metrics
         self.program = program
         self._last: dict[str, int] = {}
-        self._last_out: dict[int, tuple[int, int]] = {}
+        self._reported: dict[str, int] = {}  # totals already turned into counter increments
         self.peer = peer
         sides = None
         if peer is not None:
@@ -130,8 +133,12 @@ class XdpPath:
                 sides = (self.ifindex, socket.if_nametoindex(peer))
             except OSError as exc:
                 raise XdpUnavailable(f"interface {peer}: {exc.strerror}") from exc
-        programs = (program, "xdp_egress") if sides else (program,)
-        self.prog = PartitionProgram(kcfg, programs, TABLE_BITS, sides)
+        programs: tuple[str, ...] = (program,)
+        if program == "xdp_incubator":
+            programs += ("count_xmit_drops", "count_redirect_err")
+        if sides:
+            programs += ("xdp_egress",)
+        self.prog = PartitionProgram(kcfg, programs, TABLE_BITS, sides, self.ifindex)
         if program == "xdp_incubator":
             try:
                 for ifi in sides or (self.ifindex,):
@@ -182,6 +189,14 @@ class XdpPath:
             if rel is not None:
                 self.engine.send_released(rel)
 
+    def _inc_to(self, key: str, total: int, counter: Any) -> None:
+        """Raise `counter` to a running total (a transmit failure counted later than its redirect
+        may make a total step back for a moment: counters never go down, they wait)."""
+        done = self._reported.get(key, 0)
+        if total > done:
+            counter.inc(total - done)
+            self._reported[key] = total
+
     def sync_metrics(self) -> dict[str, int]:
         """Turn the kernel counters into metric increments; returns the summed counters."""
         now = self.prog.counters()
@@ -191,31 +206,37 @@ class XdpPath:
         if d["rx"]:
             m.received_frames.labels(self.ifname).inc(d["rx"])
             m.received_bytes.labels(self.ifname).inc(d["rx_bytes"])
-        if d["redirected"]:
-            m.forwarded_frames.inc(d["redirected"])
+        sep = self.engine.sep
+        failed: dict[int, int] = {}
+        for slot, ifi in self.prog.targets().items():
+            xmit, refused = self.prog.xmit_drops(ifi), self.prog.redirect_errors(slot)
+            failed[slot] = xmit + refused
+            self._inc_to(f"xmit{slot}", xmit, m.dropped_frames.labels(XMIT_DROP))
+            self._inc_to(f"refused{slot}", refused, m.dropped_frames.labels(REDIRECT_DROP))
+        self._inc_to("forwarded", now["redirected"] - sum(failed.values()), m.forwarded_frames)
         for k, reason in _DROPS.items():
             if d[k]:
                 m.dropped_frames.labels(reason).inc(d[k])
         for k, v in d.items():
             if k.startswith("up_") and v:
                 m.xdp_passed_frames.labels(k[3:]).inc(v)
-        if self.peer is not None:
-            for k, to in (("bridged_to_a", self.ifname), ("bridged_to_b", self.peer)):
-                if d[k]:
-                    m.bridged_frames.labels(to).inc(d[k])
+        if self.peer is not None and self.prog.sides:
+            for k, to, ifi in (
+                ("bridged_to_a", self.ifname, self.prog.sides[0]),
+                ("bridged_to_b", self.peer, self.prog.sides[1]),
+            ):
+                lost = self.prog.xmit_drops(ifi)
+                self._inc_to(f"bridge_fail_{to}", lost, m.bridge_dropped_frames.labels(to, XMIT_DROP))
+                self._inc_to(f"bridged_{to}", now[k] - lost, m.bridged_frames.labels(to))
         if d["new_pin"]:
             m.flows_new.inc(d["new_pin"])
         if d["rehomed_pin"]:
             m.rehomed_flows.inc(d["rehomed_pin"])
-        sep = self.engine.sep
         out = self.prog.cell_out(sorted(sep.cells.slot_of.values()))
         for slot, (frames, nbytes) in out.items():
-            f0, b0 = self._last_out.get(slot, (0, 0))
-            if frames > f0:
-                cid = sep.cells.ids[slot]
-                m.out_frames.labels(cid).inc(frames - f0)
-                m.out_bytes.labels(cid).inc(nbytes - b0)
-        self._last_out = out
+            cid = sep.cells.ids[slot]
+            self._inc_to(f"out{slot}", frames - failed.get(slot, 0), m.out_frames.labels(cid))
+            self._inc_to(f"outb{slot}", nbytes, m.out_bytes.labels(cid))
         return now
 
     def close(self) -> None:

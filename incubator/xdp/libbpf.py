@@ -28,6 +28,17 @@ SO_ATTACH_BPF = 50
 SO_DETACH_BPF = 27
 
 
+PROGRAMS = (
+    "xdp_incubator",
+    "xdp_egress",
+    "count_xmit_drops",
+    "count_redirect_err",
+    "dicap_filter",
+    "xdp_pass",
+    "xdp_sink",
+)
+
+
 class BpfError(OSError):
     """A libbpf call failed; the message carries libbpf's own last lines."""
 
@@ -66,6 +77,7 @@ def lib() -> ctypes.CDLL:
         "bpf_program__fd": (ci, [vp]),
         "bpf_program__set_autoload": (ci, [vp, ctypes.c_bool]),
         "bpf_program__attach_xdp": (vp, [vp, ci]),
+        "bpf_program__attach": (vp, [vp]),
         "bpf_link__destroy": (ci, [vp]),
         "bpf_map_update_elem": (ci, [ci, vp, vp, ctypes.c_uint64]),
         "bpf_map_lookup_elem": (ci, [ci, vp, vp]),
@@ -110,6 +122,13 @@ class Map:
     def __init__(self, name: str, fd: int) -> None:
         self.name = name
         self.fd = fd
+
+    def id(self) -> int:
+        """The kernel's id of this map (unique on the host)."""
+        info = ctypes.create_string_buffer(128)
+        size = ctypes.c_uint32(128)
+        _check(lib().bpf_obj_get_info_by_fd(self.fd, info, ctypes.byref(size)), f"map info {self.name}")
+        return int.from_bytes(info.raw[4:8], "little")  # struct bpf_map_info: type, id, ...
 
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         """Insert or replace one element."""
@@ -198,7 +217,14 @@ class BpfObject:
                     raise BpfError(22, f"{path}: no map {name}")
                 _check(L.bpf_map__set_max_entries(m, n), f"set_max_entries {name}")
             if programs is not None:
-                for name in ("xdp_incubator", "xdp_egress", "dicap_filter", "xdp_pass", "xdp_sink"):
+                for name in (
+                    "xdp_incubator",
+                    "xdp_egress",
+                    "count_xmit_drops",
+                    "dicap_filter",
+                    "xdp_pass",
+                    "xdp_sink",
+                ):
                     p = L.bpf_object__find_program_by_name(obj, name.encode())
                     if p:
                         L.bpf_program__set_autoload(p, name in programs)
@@ -237,6 +263,14 @@ class BpfObject:
         if not link:
             err = ctypes.get_errno() or 22
             raise BpfError(err, f"attach XDP to ifindex {ifindex}: {os.strerror(err)}; {last_messages(3)}")
+        self._links.append(link)
+
+    def attach(self, name: str) -> None:
+        """Attach a program where its section says (a tracepoint), through a BPF link."""
+        link = lib().bpf_program__attach(self._prog(name))
+        if not link:
+            err = ctypes.get_errno() or 22
+            raise BpfError(err, f"attach {name}: {os.strerror(err)}; {last_messages(3)}")
         self._links.append(link)
 
     def close(self) -> None:

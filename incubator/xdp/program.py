@@ -44,7 +44,7 @@ COUNTERS = (
     "bridged_to_a",
     "bridged_to_b",
 )
-_CONFIG = struct.Struct("<QQQQIIIIIIHHIII")
+_CONFIG = struct.Struct("<QQQQIIIIIIHHIIIII")
 _CELL = struct.Struct("<6sBBI")
 _DGRAM_KEY = struct.Struct("<BBHI16s16s")
 _DGRAM_VAL = struct.Struct("<IIQ")
@@ -76,8 +76,10 @@ class PartitionProgram:
         programs: tuple[str, ...],
         table_bits: int,
         sides: tuple[int, int] | None = None,
+        capture: int = 0,
     ) -> None:
         self.kcfg = kcfg
+        self.capture = capture  # ifindex xdp_incubator runs on (mirror): whose redirects we count
         self.sides = sides  # inline: ifindexes of the two bridged interfaces
         self.table_bits = table_bits
         self.obj = BpfObject(
@@ -98,13 +100,45 @@ class PartitionProgram:
         self.out_map = self.obj.map("cell_out")
         self.pins_map = self.obj.map("pins")
         self._devs = self.obj.map("cell_devs") if "xdp_incubator" in programs else None
+        self.xmit_drops_map = self.obj.map("xmit_drops")
+        self.egress_filtered_map = self.obj.map("egress_filtered")
+        self.redirect_err_map = self.obj.map("redirect_err")
+        for tp in ("count_xmit_drops", "count_redirect_err"):
+            if tp in programs:
+                self.obj.attach(tp)
         self._bcast = self.obj.map("bcast") if sides else None
         self._alive: set[int] = set()
         self._ifindex: dict[int, int] = {}
+        self._seen_ifindex: dict[int, int] = {}  # kept after a cell leaves: its counters stay readable
         if sides:
             for ifi in sides:
                 self._bcast_add(ifi)
+                self._watch_xmit(ifi)
         self.write_config(SLOT_NONE, SLOT_NONE)
+
+    def _watch_xmit(self, ifindex: int) -> None:
+        """Count the transmit failures (and inline's filtered copies) of one redirect target."""
+        for m in (self.xmit_drops_map, self.egress_filtered_map):
+            if m.lookup(struct.pack("<I", ifindex), 8) is None:
+                m.update(struct.pack("<I", ifindex), struct.pack("<Q", 0))
+
+    def xmit_drops(self, ifindex: int) -> int:
+        """Frames redirected to `ifindex` that it failed to transmit (inline: not counting the
+        copies xdp_egress dropped on purpose)."""
+        k = struct.pack("<I", ifindex)
+        raw = self.xmit_drops_map.lookup(k, 8)
+        filt = self.egress_filtered_map.lookup(k, 8)
+        total = struct.unpack("<Q", raw)[0] if raw else 0
+        return total - (struct.unpack("<Q", filt)[0] if filt else 0)
+
+    def targets(self) -> dict[int, int]:
+        """Slot -> ifindex of every cell the kernel has redirected to (left cells included)."""
+        return {slot: ifi for slot, ifi in self._seen_ifindex.items() if ifi}
+
+    def redirect_errors(self, slot: int) -> int:
+        """Redirects to `slot` the kernel refused after the program returned."""
+        raw = self.redirect_err_map.lookup(struct.pack("<I", slot), 8)
+        return struct.unpack("<Q", raw)[0] if raw else 0
 
     def _bcast_add(self, ifindex: int) -> None:
         assert self._bcast is not None
@@ -129,6 +163,8 @@ class PartitionProgram:
             k.geneve_port,
             self.sides[0] if self.sides else 0,
             self.sides[1] if self.sides else 0,
+            self.capture,
+            self._devs.id() if self._devs is not None else 0,
             0,
         )
         self.config_map.update(struct.pack("<I", 0), value)
@@ -152,7 +188,10 @@ class PartitionProgram:
                 self._devs.update(struct.pack("<I", slot), struct.pack("<I", ifi))
             if self._bcast is not None and ifi:
                 self._bcast_add(ifi)
+            if ifi:
+                self._watch_xmit(ifi)
             self._ifindex[slot] = ifi
+            self._seen_ifindex[slot] = ifi
             mac = (macs or {}).get(slot)
             self.cells_map.update(
                 struct.pack("<I", slot), _CELL.pack(mac or b"\0" * 6, int(bool(mac)), 1, ifi)
