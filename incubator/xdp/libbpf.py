@@ -80,6 +80,7 @@ def lib() -> ctypes.CDLL:
         "bpf_program__attach": (vp, [vp]),
         "bpf_link__destroy": (ci, [vp]),
         "bpf_map_update_elem": (ci, [ci, vp, vp, ctypes.c_uint64]),
+        "bpf_map_update_batch": (ci, [ci, vp, vp, ctypes.POINTER(ctypes.c_uint32), vp]),
         "bpf_map_lookup_elem": (ci, [ci, vp, vp]),
         "bpf_map_delete_elem": (ci, [ci, vp]),
         "bpf_map_get_next_key": (ci, [ci, vp, vp]),
@@ -133,6 +134,14 @@ class Map:
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         """Insert or replace one element."""
         _check(lib().bpf_map_update_elem(self.fd, key, value, flags), f"update {self.name}")
+
+    def update_batch(self, keys: bytes, values: bytes, count: int) -> None:
+        """Insert or replace `count` elements in one call (packed keys and values)."""
+        n = ctypes.c_uint32(count)
+        ret = lib().bpf_map_update_batch(self.fd, keys, values, ctypes.byref(n), None)
+        _check(ret, f"update {self.name}")
+        if n.value != count:
+            raise BpfError(5, f"update {self.name}: {n.value} of {count} elements written")
 
     def lookup(self, key: bytes, value_size: int) -> bytes | None:
         """The element's value bytes, or None when absent."""

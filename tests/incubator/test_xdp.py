@@ -303,7 +303,7 @@ def test_xdp_adding_a_cell_during_traffic_moves_no_live_flow(tmp_path):
             replay(ns, phase1, "tap", pps=5000)
             inc.wait_received(3 * len(old))
             members.register("cells", "c3", {"input": "iface:c3", "weight": 1})
-            inc.wait_ready(4)
+            inc.wait_ready(4, timeout=60)  # a registry poll away; slow only on a loaded machine
             time.sleep(0.3)
             replay(ns, phase2, "tap", pps=5000)
             m = inc.wait_received(3 * len(old) + 5 * len(old) + 5 * len(new))
@@ -503,7 +503,7 @@ def test_dicap_ebpf_cells_keep_live_flows_when_a_cell_joins(tmp_path):
                 p.wait_received(3 * len(old))
             members.register("cells", "c3", {"input": "iface:c3-unused", "weight": 1})
             for p in procs.values():
-                p.wait_ready(4)
+                p.wait_ready(4, timeout=60)
             time.sleep(0.3)
             replay(ns, phase2, "m0", pps=5000)
             total = 3 * len(old) + 5 * len(old) + 5 * len(new)
