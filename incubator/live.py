@@ -27,6 +27,7 @@ from celltap.decode import DecodeOptions
 from celltap.pcap.batch import FrameBatch
 
 log = logging.getLogger("celltap.incubator")
+RESOLVE_EVERY_S = 0.02  # XDP: how often held fragments look for their first fragment in the kernel
 
 
 def _open_afpacket(spec: str, cfg: Config, bpf: bytes | None = None) -> Any:
@@ -261,7 +262,7 @@ class Incubator:
         poller = select.poll()
         for _name, cap, _br in self.captures:
             poller.register(cap.fileno(), select.POLLIN | select.POLLERR)
-        last_stats = time.monotonic()
+        last_stats = last_resolve = time.monotonic()
         try:
             while not self.stop.is_set():
                 if self.cells.changed.is_set():
@@ -285,7 +286,10 @@ class Incubator:
                     finally:
                         cap.release()
                 if self.xdp is not None and self.engine.sep.frags.waiting:
-                    self.xdp.resolve_fragments()
+                    now = time.monotonic()
+                    if now - last_resolve >= RESOLVE_EVERY_S:  # one map lookup per held datagram
+                        self.xdp.resolve_fragments()
+                        last_resolve = now
                 if idle:
                     poller.poll(timeout)
                 now = time.monotonic()
