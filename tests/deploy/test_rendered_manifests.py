@@ -81,7 +81,8 @@ def test_incubator_daemonset(rendered: dict[str, list[dict[str, Any]]], name: st
     spec = pod_spec(ds)
     assert spec["hostNetwork"] is True
     assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"  # the registry Service must resolve
-    assert spec["nodeSelector"] == values["incubator"]["nodeSelector"]
+    key, value = values["incubator"]["tapNodeLabel"].split("=")
+    assert spec["nodeSelector"] == {**values["incubator"]["nodeSelector"], key: value}
     (c,) = spec["containers"]
     caps = c["securityContext"]["capabilities"]
     assert caps == {"drop": ["ALL"], "add": ["NET_RAW", "NET_ADMIN"]}
@@ -194,21 +195,23 @@ VARIANTS = {
         "  prometheusRule:\n    enabled: false\n  dashboards:\n    enabled: false\n"
     ),
     "no-pdbs-no-ipfix": (
-        "cells:\n  podDisruptionBudget: null\n  ipfix:\n    enabled: false\n"
-        "collector:\n  podDisruptionBudget: null\nnodes:\n  podDisruptionBudget: null\n"
+        "cells:\n  podDisruptionBudget:\n    enabled: false\n  ipfix:\n    enabled: false\n"
+        "collector:\n  podDisruptionBudget:\n    enabled: false\n"
+        "nodes:\n  podDisruptionBudget:\n    enabled: false\n"
     ),
+    "incubator-on-every-node": 'incubator:\n  tapNodeLabel: ""\n',
 }
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_variants_render_valid_objects(renderer: Path, tmp_path: Path, variant: str) -> None:
-    from tests.deploy.chart import documents, go_render
+def test_variants_render_valid_objects(tmp_path: Path, variant: str) -> None:
+    from tests.deploy.chart import documents, helm_template
     from tests.deploy.test_values_schema import errors
 
     values = tmp_path / "values.yaml"
     values.write_text(VARIANTS[variant])
     assert errors(merged_values([values])) == []
-    docs = documents(go_render(renderer, [values]))
+    docs = documents(helm_template([values]))
     problems = {f"{d['kind']}/{d['metadata']['name']}": k8s_errors(d, KUBE_VERSIONS[0]) for d in docs}
     assert {k: v for k, v in problems.items() if v} == {}
     kinds = {d["kind"] for d in docs}
@@ -221,6 +224,8 @@ def test_variants_render_valid_objects(renderer: Path, tmp_path: Path, variant: 
             "--ipfix"
             not in find(docs, "StatefulSet", "-cell")["spec"]["template"]["spec"]["containers"][0]["args"]
         )
+    if variant == "incubator-on-every-node":
+        assert "nodeSelector" not in find(docs, "DaemonSet", "-incubator")["spec"]["template"]["spec"]
     if variant == "inline-incubator":
         assert "peer: afpacket:eth2" in find(docs, "ConfigMap", "-config")["data"]["incubator.yaml"]
     if variant == "etcd-without-persistence":
