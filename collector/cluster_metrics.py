@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+# Why the router drops records: its ingress (no_nodes, buffer_full), a node's rejection, a send error.
+ROUTER_DROP_REASONS = ("no_nodes", "buffer_full", "rejected", "error")
+
 
 class ClusterMetrics:
     """celltap_collector_cluster_* metrics."""

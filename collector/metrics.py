@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from celltap.collector.stats import IngestStats
+from celltap.collector.stats import MESSAGE_DROP_REASONS, SET_DROP_REASONS, IngestStats
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
@@ -52,6 +52,13 @@ class CollectorMetrics:
         self.worker_restarts = Counter(
             "celltap_collector_worker_restarts_total", "UDP worker processes restarted after they died", **kw
         )
+        # Every known drop reason exists from the start, at 0.
+        for reason in MESSAGE_DROP_REASONS:
+            self.dropped_messages.labels(reason)
+        for reason in SET_DROP_REASONS:
+            self.dropped_sets.labels(reason)
+        for reason in dict.fromkeys(MESSAGE_DROP_REASONS + SET_DROP_REASONS):
+            self.dropped_bytes.labels(reason)
 
     def apply(self, deltas: dict[str, dict]) -> None:
         """Add a drained IngestStats delta to the Prometheus counters."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from celltap.collector.apps.base import App
-from celltap.collector.node_metrics import NODE_METRICS
+from celltap.collector.node_metrics import NODE_METRICS, NODE_REJECT_REASONS
 from celltap.proto import celltap_pb2 as pb
 
 from celltap.ipfix.errors import MalformedError
@@ -108,6 +108,8 @@ class NodeState:
 
     def __init__(self, node_id: str, apps: list[App]) -> None:
         self.node_id = node_id
+        for reason in NODE_REJECT_REASONS:  # exported at 0 from the start
+            NODE_METRICS.rejected.labels(node_id, reason)
         self.live = AppSet(apps)
         # Shadows and departures are per (node id, incarnation): a node that restarts under the
         # same id is a new node, and its replicas must not land in its predecessor's state.

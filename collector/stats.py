@@ -13,6 +13,10 @@ BUFFER_FULL = "buffer_full"
 TOO_MANY_TEMPLATES = "too_many_templates"
 TOO_MANY_DOMAINS = "too_many_domains"
 RESERVED_SET = "reserved_set_id"
+# The reasons each drop counter can carry: exported at 0 from the start, so that a dashboard shows 0
+# (not "No data") for a healthy collector.
+MESSAGE_DROP_REASONS = (MALFORMED, NOT_ALLOWED, BUFFER_FULL, TOO_MANY_DOMAINS)
+SET_DROP_REASONS = (NO_TEMPLATE, MALFORMED, TOO_MANY_TEMPLATES, RESERVED_SET)
 
 
 @dataclass
