@@ -34,6 +34,7 @@ DASHBOARDS = sorted((CHART / "files/dashboards").glob("*.json"))
 
 def declared() -> dict[str, tuple[str, ...]]:
     """Drop counter -> the reasons its component declares."""
+    from celltap.cell.metrics import DEFRAG_DROP_REASONS, INPUT_DROP_REASONS, PACKET_DROP_REASONS
     from celltap.collector.cluster_metrics import ROUTER_DROP_REASONS
     from celltap.collector.node_metrics import NODE_REJECT_REASONS
     from celltap.collector.stats import MESSAGE_DROP_REASONS, SET_DROP_REASONS
@@ -41,6 +42,9 @@ def declared() -> dict[str, tuple[str, ...]]:
     from celltap.incubator.separator import DROP_REASONS
 
     return {
+        "celltap_cell_dropped_packets_total": PACKET_DROP_REASONS,
+        "celltap_cell_defrag_dropped_fragments_total": DEFRAG_DROP_REASONS,
+        "celltap_cell_input_dropped_frames_total": INPUT_DROP_REASONS,
         "celltap_incubator_dropped_frames_total": (*DROP_REASONS, *ENGINE_DROP_REASONS),
         "celltap_collector_dropped_messages_total": MESSAGE_DROP_REASONS,
         "celltap_collector_dropped_sets_total": SET_DROP_REASONS,
@@ -49,14 +53,12 @@ def declared() -> dict[str, tuple[str, ...]]:
     }
 
 
-# Drop counters the dashboards plot whose label sets cannot exist before traffic names them: the
-# incubator's per-cell output errors (cell ids come from the registry), and the cells' and analyzers'
-# counters (their reasons are not declared yet: docs/deploy.md lists this as not done).
+# Drop counters the dashboards plot whose label sets do not all exist before traffic names them: the
+# incubator's per-cell output errors (cell ids come from the registry), the cells' per-interface
+# drops, the cell's IPFIX send errors (no reason label; present at 0 when IPFIX export is on) and
+# the analyzers' counters (their reasons are not declared yet: docs/deploy.md lists this as not done).
 NOT_AT_START = {
     "celltap_incubator_output_errors_total",
-    "celltap_cell_dropped_packets_total",
-    "celltap_cell_input_dropped_frames_total",
-    "celltap_cell_defrag_dropped_fragments_total",
     "celltap_cell_interface_dropped_events_total",
     "celltap_cell_ipfix_send_errors_total",
     "celltap_analyzer_dropped_events_total",
@@ -117,6 +119,17 @@ def test_reasons_the_code_counts_are_declared() -> None:
     fixed |= {names[n] for n in literals(inc / "fragments.py", r"_drop_waiting\(key, ([A-Z_]+)")}
     decode = {r.label for r in Reason} - {Reason.OK.label, Reason.NON_IP.label}
     assert fixed | decode <= set(d["celltap_incubator_dropped_frames_total"])
+    cell = REPO / "cell"
+    packets = set().union(*(literals(f, r'(?<![a-z])_drop\((?:stats, )?"(\w+)"') for f in cell.glob("*.py")))
+    packets |= set().union(*(literals(f, r'count_drop\("(\w+)"') for f in cell.glob("*.py")))
+    packets -= literals(cell / "defrag.py", r'_drop\("(\w+)"')
+    assert packets and packets <= set(d["celltap_cell_dropped_packets_total"]), packets
+    defrag = literals(cell / "defrag.py", r'_drop\("(\w+)"') | literals(
+        cell / "defrag.py", r'_discard\(.*, "(\w+)"\)'
+    )
+    assert defrag <= set(d["celltap_cell_defrag_dropped_fragments_total"]), defrag
+    inputs = literals(cell / "inputs.py", r'drops\["(\w+)"\]')
+    assert inputs <= set(d["celltap_cell_input_dropped_frames_total"]), inputs
 
 
 def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -200,6 +213,28 @@ def test_collector_and_node_export_their_drop_reasons_at_zero(
     want = "celltap_collector_cluster_dropped_records_total"
     page = scrape_when_up(f"http://127.0.0.1:{metrics}/metrics", col, want)
     check_page(page, [n for n in declared() if n.startswith("celltap_collector_")])
+
+
+def test_cell_exports_its_drop_reasons_at_zero(procs: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    metrics = free_port()
+    args = [
+        "cell",
+        "--config",
+        str(REPO / "docker/config/sftap.yaml"),
+        "--cell-id",
+        "0",
+        "--home",
+        str(tmp_path / "home"),
+        "--metrics-port",
+        str(metrics),
+        "--input",
+        f"vxlan://127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+    ]
+    cell = start(args, procs)
+    page = scrape_when_up(
+        f"http://127.0.0.1:{metrics}/metrics", cell, "celltap_cell_input_dropped_frames_total"
+    )
+    check_page(page, [n for n in declared() if n.startswith("celltap_cell_")])
 
 
 def netns_scraper(ns: str, port: int) -> Callable[[], dict[str, Any]]:
