@@ -8,6 +8,8 @@ import signal
 import sys
 from urllib.parse import urlsplit
 
+from celltap.user_errors import add_metrics_addr_argument
+
 log = logging.getLogger("celltap.cell")
 
 
@@ -35,7 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cell-id", type=int, default=None, help="cell id (IPFIX observation domain)")
     parser.add_argument("--ipfix", metavar="udp://HOST:PORT", help="export one IPFIX biflow record per flow")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
+    add_metrics_addr_argument(parser)
     parser.add_argument("--home", help="interface directory (overrides global.home)")
+    parser.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help="loopback7/pcap input sockets 0660 with this group (global.socket_group; default 0600)",
+    )
     parser.add_argument("--reader-buffer", type=int, default=None, help="bytes buffered per reader")
     parser.add_argument(
         "--stall-timeout",
@@ -73,6 +81,14 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.home:
         cfg.glob.home = args.home
+    if args.socket_group:
+        from celltap.cell.sftap_config import parse_group
+
+        try:
+            cfg.glob.socket_group = parse_group(args.socket_group, "--socket-group")
+        except ConfigError as exc:
+            print(f"celltap cell: {exc}", file=sys.stderr)
+            return 2
     cell_id = args.cell_id if args.cell_id is not None else cfg.glob.cell_id
     if args.metrics_port is not None:
         # Imported before the sockets appear, so that /metrics answers soon after they do.
@@ -95,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
         if args.metrics_port is not None:
             registry = CollectorRegistry()
             registry.register(CellCollector(cell))
-            serve_metrics(args.metrics_port, registry=registry)
+            serve_metrics(args.metrics_port, args.metrics_addr or "", registry=registry)
         waits = cell.expand_waits([w.strip() for w in args.wait_readers.split(",") if w.strip()])
         read = args.read
         live = []
@@ -164,8 +180,11 @@ def _register(args: argparse.Namespace, cell_id: int, live: list[str]) -> object
         raise ValueError("--registry needs --advertise (or an --input to advertise)")
     value: dict[str, object] = {"input": advertise, "weight": args.weight}
     if args.metrics_port is not None:
-        host = urlsplit(advertise).hostname if "://" in advertise else None
-        host = host if host and host not in ("0.0.0.0", "::") else "127.0.0.1"
+        # A wildcard /metrics answers on the advertised host; a specific address only there.
+        host = args.metrics_addr or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):
+            host = urlsplit(advertise).hostname if "://" in advertise else None
+            host = host if host and host not in ("0.0.0.0", "::") else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         value["metrics"] = f"http://{host}:{args.metrics_port}/metrics"
     membership = Membership(open_registry(args.registry), args.cluster, ttl=args.lease_ttl)

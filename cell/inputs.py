@@ -91,7 +91,7 @@ class VxlanSource(DatagramSource):
     def __init__(self, url: str, vni: int | None = None) -> None:
         super().__init__()
         u = urlparse(url)
-        host = u.hostname or "0.0.0.0"
+        host = u.hostname or "127.0.0.1"  # `vxlan://:4789`: this host only; name 0.0.0.0 to take more
         port = u.port or 4789
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)

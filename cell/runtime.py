@@ -52,6 +52,7 @@ class Cell:
             pcap=pc.ifname if pc else None,
             on_pcap=self._on_pcap,
             on_input_close=self._on_input_close,
+            socket_group=cfg.glob.socket_group,
         )
         self.exporter = FlowExporter(ipfix, cell_id) if ipfix else None
         self.sources: list[DatagramSource] = []

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-# Why the router drops records: its ingress (no_nodes, buffer_full), a node's rejection, a send error.
-ROUTER_DROP_REASONS = ("no_nodes", "buffer_full", "rejected", "error")
+# Why the router drops records: its ingress (no_nodes, buffer_full), a node's rejection, a send error,
+# a full journal.
+ROUTER_DROP_REASONS = ("no_nodes", "buffer_full", "rejected", "error", "journal")
 
 
 class ClusterMetrics:
@@ -50,6 +51,16 @@ class ClusterMetrics:
         )
         self.ring_members = Gauge(
             "celltap_collector_cluster_ring_members", "analysis nodes in the ring", ["collector"]
+        )
+        self.journal_bytes = Gauge(
+            "celltap_collector_cluster_journal_bytes",
+            "bytes of routed messages kept on disk until acknowledged (routing.journal)",
+            ["collector"],
+        )
+        self.replayed = Counter(
+            "celltap_collector_cluster_replayed_records_total",
+            "records an earlier run journaled, re-delivered at start (nodes drop what they hold)",
+            ["collector"],
         )
 
 

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from celltap.pcap import CaptureFormatError
-from celltap.user_errors import explain
+from celltap.user_errors import add_metrics_addr_argument, explain
 
 log = logging.getLogger("celltap.incubator")
 
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--non-ip", default="cell0", choices=("bridge", "cell0", "all"), help="where frames without IP go"
     )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    add_metrics_addr_argument(parser)
     parser.add_argument("--json", action="store_true", help="offline split: print the summary as JSON")
 
 
@@ -59,6 +60,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.metrics_port is not None:
         cfg.raw["metrics_port"] = args.metrics_port
+    if args.metrics_addr is not None:
+        cfg.raw["metrics_addr"] = args.metrics_addr
     try:
         return run_live(cfg)
     except ConfigError as exc:
@@ -78,7 +81,7 @@ def _offline(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         from celltap.user_errors import serve_metrics
 
-        serve_metrics(args.metrics_port)
+        serve_metrics(args.metrics_port, args.metrics_addr or "")
     try:
         from prometheus_client import REGISTRY
 

@@ -13,7 +13,7 @@ from celltap.cell.sdk.client import run_socket
 from celltap.cell.sdk.output import JsonLinesWriter
 from celltap.cell.sdk.session import FORMATS
 
-from celltap.user_errors import UserError, wait_for_path
+from celltap.user_errors import UserError, add_metrics_addr_argument, wait_for_path
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="serve Prometheus /metrics on this port (with --balance: the supervisor; child i uses PORT+1+i)",
     )
+    add_metrics_addr_argument(parser)
     parser.add_argument(
         "--socket-wait",
         type=float,
@@ -70,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         from celltap.user_errors import serve_metrics
 
-        serve_metrics(args.metrics_port)
+        serve_metrics(args.metrics_port, args.metrics_addr or "")
     if args.balance:
         if not args.socket_prefix:
             log.error("analyzer: --balance needs --socket-prefix")
@@ -83,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
                 args.out,
                 None if args.metrics_port is None else args.metrics_port + 1 + i,
                 args.exit_on_eof,
+                args.metrics_addr,
             )
             for i in range(args.balance)
         ]

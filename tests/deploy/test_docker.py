@@ -20,6 +20,18 @@ import yaml
 from tests.conftest import require_tool
 from tests.deploy.chart import CHART, REPO
 
+
+def load_module(path: Path) -> Any:
+    """A script copied into the image (not installed), as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 DOCKER = REPO / "docker"
 # docker-compose 1.29 (Debian) ships the Compose Specification schema it validates with.
 COMPOSE_SPEC = Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json")
@@ -184,7 +196,7 @@ def test_compose_runs_components_as_the_chart_does() -> None:
             assert svc["cap_drop"] == ["ALL"] and svc["read_only"] is True, name
 
 
-def test_compose_configs_are_accepted_by_the_components() -> None:
+def test_compose_configs_are_accepted_by_the_components(tmp_path: Path) -> None:
     from celltap.cell.sftap_config import parse_config as parse_sftap
     from celltap.collector.node_config import config_from_dict as node_config
     from celltap.incubator.config import parse_config as parse_incubator
@@ -193,8 +205,16 @@ def test_compose_configs_are_accepted_by_the_components() -> None:
 
     cfg = DOCKER / "config"
     parse_incubator(yaml.safe_load((cfg / "incubator.yaml").read_text()))
-    collector_config((cfg / "collector.yaml").read_text())
-    node_config(yaml.safe_load((cfg / "node.yaml").read_text()))
+    collector = collector_config((cfg / "collector.yaml").read_text())
+    # The certificates the `certs` service writes (docker/gen_certs.py), where the configs expect them.
+    certs = tmp_path / "celltap-tls"
+    load_module(DOCKER / "gen_certs.py").main(["--out", str(certs), "--node-names", "node-0"])
+    node = yaml.safe_load((cfg / "node.yaml").read_text())
+    for section in (node["tls"], collector.tls):
+        for key, path in section.items():
+            section[key] = path.replace("/etc/celltap-tls", str(certs))
+            assert Path(section[key]).is_file(), (key, path)
+    node_config(node)
     parse_sftap(yaml.safe_load((cfg / "sftap.yaml").read_text()))
     # The compose cells use the chart's default abstractor configuration, not a drifting copy.
     chart_default = yaml.safe_load(
@@ -214,6 +234,10 @@ def test_compose_commands_parse_with_the_real_cli() -> None:
         if svc.get("entrypoint") == ["python", "/opt/celltap/deploy/cell_registrar.py"]:
             args = load_registrar().parse_args(svc["command"])
             registered[args.id] = args
+            continue
+        if svc.get("entrypoint") == ["python", "/opt/celltap/deploy/gen_certs.py"]:
+            certs = load_module(DOCKER / "gen_certs.py").parse_args(svc["command"])
+            assert "node-0" in certs.node_names.split(",")  # the name the collector dials
             continue
         ns = parse_celltap(svc["command"])
         assert ns.command == svc["command"][0], name
