@@ -283,3 +283,17 @@ def test_grafana_provisions_the_chart_dashboards() -> None:
     assert (DOCKER / "../helm/celltap/files/dashboards").resolve() == (CHART / "files/dashboards").resolve()
     datasource = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def test_runtime_copies_are_not_ignored() -> None:
+    # Docker's and buildah's context honours Dockerfile.dockerignore: a file the runtime stage copies
+    # from docker/ (which the ignore file excludes as a whole) must be let back in by name.
+    (_, runtime) = stages(DOCKER / "Dockerfile")
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
+    assert "docker/*" in ignore
+    for kind, args in runtime:
+        if kind == "COPY" and not args.startswith("--from"):
+            *sources, _target = shlex.split(args)
+            for src in sources:
+                if src.startswith("docker/"):
+                    assert f"!{src}" in ignore, f"{src} is copied but Dockerfile.dockerignore leaves it out"
