@@ -22,6 +22,8 @@ PACKET_DROP_REASONS = (
 )  # fmt: skip
 DEFRAG_DROP_REASONS = ("bad_header", "too_big", "bad_length", "timeout", "inconsistent", "memory")
 INPUT_DROP_REASONS = ("vxlan_short", "vxlan_no_vni_flag", "vxlan_other_vni")
+# Per interface (every interface the configuration serves), why events did not reach a reader.
+INTERFACE_DROP_REASONS = ("no_reader", "reader_slow", "reader_stuck", "reader_closed")
 
 
 def with_zeros(items: dict, reasons: tuple[str, ...]) -> dict:
@@ -134,17 +136,18 @@ class CellCollector(Collector):
             {s.name: s.total_bytes for s in a.sinks.values()},
         )
         srv = c.server
+        interface_zeros = {(name, r): 0 for name in list(srv.readers) for r in INTERFACE_DROP_REASONS}
         yield counter(
             "celltap_cell_interface_dropped_events",
             "Events not delivered to a reader",
             ["interface", "reason"],
-            {k: v[0] for k, v in srv.drops.items()},
+            {**interface_zeros, **{k: v[0] for k, v in srv.drops.items()}},
         )
         yield counter(
             "celltap_cell_interface_dropped_bytes",
             "Bytes not delivered to a reader",
             ["interface", "reason"],
-            {k: v[1] for k, v in srv.drops.items()},
+            {**interface_zeros, **{k: v[1] for k, v in srv.drops.items()}},
         )
         yield counter(
             "celltap_cell_loopback_dropped_events",

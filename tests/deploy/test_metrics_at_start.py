@@ -34,7 +34,12 @@ DASHBOARDS = sorted((CHART / "files/dashboards").glob("*.json"))
 
 def declared() -> dict[str, tuple[str, ...]]:
     """Drop counter -> the reasons its component declares."""
-    from celltap.cell.metrics import DEFRAG_DROP_REASONS, INPUT_DROP_REASONS, PACKET_DROP_REASONS
+    from celltap.cell.metrics import (
+        DEFRAG_DROP_REASONS,
+        INPUT_DROP_REASONS,
+        INTERFACE_DROP_REASONS,
+        PACKET_DROP_REASONS,
+    )
     from celltap.collector.cluster_metrics import ROUTER_DROP_REASONS
     from celltap.collector.node_metrics import NODE_REJECT_REASONS
     from celltap.collector.stats import MESSAGE_DROP_REASONS, SET_DROP_REASONS
@@ -45,6 +50,7 @@ def declared() -> dict[str, tuple[str, ...]]:
         "celltap_cell_dropped_packets_total": PACKET_DROP_REASONS,
         "celltap_cell_defrag_dropped_fragments_total": DEFRAG_DROP_REASONS,
         "celltap_cell_input_dropped_frames_total": INPUT_DROP_REASONS,
+        "celltap_cell_interface_dropped_events_total": INTERFACE_DROP_REASONS,
         "celltap_incubator_dropped_frames_total": (*DROP_REASONS, *ENGINE_DROP_REASONS),
         "celltap_collector_dropped_messages_total": MESSAGE_DROP_REASONS,
         "celltap_collector_dropped_sets_total": SET_DROP_REASONS,
@@ -54,12 +60,11 @@ def declared() -> dict[str, tuple[str, ...]]:
 
 
 # Drop counters the dashboards plot whose label sets do not all exist before traffic names them: the
-# incubator's per-cell output errors (cell ids come from the registry), the cells' per-interface
-# drops, the cell's IPFIX send errors (no reason label; present at 0 when IPFIX export is on) and
-# the analyzers' counters (their reasons are not declared yet: docs/deploy.md lists this as not done).
+# incubator's per-cell output errors (cell ids come from the registry), the cell's IPFIX send errors
+# (no reason label; present at 0 when IPFIX export is on) and the analyzers' counters (their reasons
+# are not declared yet: docs/deploy.md lists this as not done).
 NOT_AT_START = {
     "celltap_incubator_output_errors_total",
-    "celltap_cell_interface_dropped_events_total",
     "celltap_cell_ipfix_send_errors_total",
     "celltap_analyzer_dropped_events_total",
     "celltap_analyzer_parse_errors_total",
@@ -128,6 +133,10 @@ def test_reasons_the_code_counts_are_declared() -> None:
         cell / "defrag.py", r'_discard\(.*, "(\w+)"\)'
     )
     assert defrag <= set(d["celltap_cell_defrag_dropped_fragments_total"]), defrag
+    served = literals(cell / "interfaces.py", r'_count_drop\([^,]+, "(\w+)"') | literals(
+        cell / "interfaces.py", r'"(reader_\w+)"'
+    )
+    assert served and served <= set(d["celltap_cell_interface_dropped_events_total"]), served
     inputs = literals(cell / "inputs.py", r'drops\["(\w+)"\]')
     assert inputs <= set(d["celltap_cell_input_dropped_frames_total"]), inputs
 
