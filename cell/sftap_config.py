@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from celltap.cell.rule_regex import RegexError, RulePattern
+from celltap.cell.store.config import StoreConfig, StoreConfigError, parse_store
 
 from celltap.config import ConfigError as SharedConfigError
 from celltap.config import read_yaml
@@ -36,12 +37,15 @@ _GLOBAL_KEYS = (
     "ooo_limit",
     "ooo_memory",
     "reader_buffer",
+    "loopback_max_len",
     "max_flows",
     "defrag_timeout",
     "defrag_memory",
     "gc_scan",
     "cell_id",
     "decapsulate",
+    "dedup",
+    "dedup_window",
     "socket_group",
 )
 _RULE_KEYS = ("up", "down", "proto", "if", "format", "body", "nice", "balance", "port", "utf8")
@@ -106,12 +110,15 @@ class GlobalConfig:
     ooo_limit: int = 1 << 20
     ooo_memory: int = 256 << 20  # all flows' out-of-order bytes: past it, holes are skipped at once
     reader_buffer: int = 64 << 20
+    loopback_max_len: int = 1 << 20  # a loopback DATA event announcing more is skipped and counted
     max_flows: int = 4_000_000
     defrag_timeout: float = 30.0
     defrag_memory: int = 64 << 20
     gc_scan: int = 16384
     cell_id: int = 0
     decapsulate: bool = True  # GRE / ERSPAN / VXLAN / IP in IP: the inner flow (no: the tunnel's own flow)
+    dedup: bool = False  # drop duplicate frames (cell/dedup.py), counted as dropped `duplicate`
+    dedup_window: float = 0.01  # seconds between two copies of one packet
     socket_group: int | None = None  # gid of the loopback7/pcap input sockets (0660); None: 0600, owner only
 
 
@@ -122,6 +129,7 @@ class CellConfig:
     glob: GlobalConfig = field(default_factory=GlobalConfig)
     rules: list[Rule] = field(default_factory=list)  # classification rules (TCP and UDP)
     special: dict[str, Rule] = field(default_factory=dict)
+    store: StoreConfig | None = None  # celltap's `store:` section (the packet store; opt-in)
 
     def rules_for(self, proto: str) -> list[Rule]:
         """Rules of one protocol in evaluation order: nice, then regex before port, then file order."""
@@ -220,7 +228,9 @@ def _parse_global(section: Any) -> GlobalConfig:
             g.udp_timeout = _number(value, where)
         elif key == "defrag_timeout":
             g.defrag_timeout = _number(value, where)
-        elif key in ("midstream", "decapsulate"):
+        elif key == "dedup_window":
+            g.dedup_window = _number(value, where)
+        elif key in ("midstream", "decapsulate", "dedup"):
             setattr(g, key, _yes_no(value, where))
         elif key in ("lru", "cache"):
             _yes_no(value, where)
@@ -304,6 +314,12 @@ def parse_config(doc: Any) -> CellConfig:
     names: dict[tuple[str, str], tuple[int, str, bool]] = {}
     for order, (name, section) in enumerate(doc.items()):
         if name == "global":
+            continue
+        if name == "store":
+            try:
+                cfg.store = parse_store(section)
+            except StoreConfigError as exc:
+                raise ConfigError(str(exc)) from None
             continue
         name = str(name)
         rule = _parse_rule(name, section, order)

@@ -178,7 +178,8 @@ def _run_files(analysis, paths: list[str]) -> None:
                 break
     except CaptureFormatError as exc:
         analysis.finish()  # what was read before the damage is still analyzed and logged
-        raise UserError(f"bad capture file: {exc}") from None
+        where = f" {exc.path}" if exc.path else ""
+        raise UserError(f"bad capture file{where}: {exc}") from None
     analysis.finish()
 
 
@@ -216,6 +217,7 @@ def _run_live(analysis, ifname: str) -> None:
                 last_tick = time.monotonic()
                 analysis.tick(time.time_ns())
         # frames the kernel still holds are analyzed before the end
+        src.settle()
         while (batch := src.read_batch()) is not None:
             analysis.process(batch, time.time_ns())
     finally:
