@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 # (not "No data") for a healthy cell.  Every status but OK drops a frame (decode_<reason>).
 PACKET_DROP_REASONS = (
     "flow_table_full", "tcp_no_syn", "tcp_seq_out_of_window", "tcp_rst_out_of_window", "unsupported_l4",
-    "fragment_truncated", "payload_truncated", "pcap_socket_bad_stream",
+    "fragment_truncated", "payload_truncated", "pcap_socket_bad_stream", "duplicate",
     *(f"decode_{r.label}" for r in Reason if r is not Reason.OK),
 )  # fmt: skip
 DEFRAG_DROP_REASONS = ("bad_header", "too_big", "bad_length", "timeout", "inconsistent", "memory")
