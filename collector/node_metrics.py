@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 # Why a node does not apply records it received.
-NODE_REJECT_REASONS = ("malformed",)
+NODE_REJECT_REASONS = ("malformed", "count_overclaim", "app_error")
 
 
 class NodeMetrics:
