@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from celltap.cell import events as ev
+from celltap.cell.event_times import ts_texts
 from celltap.cell.flow_table import END_DETECTED, LINGER_NS, Flow
 from celltap.cell.tcp_reassembly import ACK
 from celltap.cell.tcp_state import CLOSED, ESTABLISHED, H_ACK, H_DATA, H_SENT, SYN_BOTH
@@ -170,7 +171,7 @@ def take_whole_connections(
     classify = ab.classifier.classify_tcp
     rule_sinks = ab.rule_sinks
     text_prefix = ev.text_prefix
-    text_whole_flow = ev.text_whole_flow
+    text_whole_flow_at = ev.text_whole_flow_at
     schedule = ab.table.schedule
     normal = ev.REASON_NORMAL
     at_data = 0
@@ -184,6 +185,8 @@ def take_whole_connections(
     hist_pos[:, 2:] = np.where(events < NO_EVENT, order[np.minimum(ev_at, order.shape[0] - 1)], NO_EVENT)
     hist_l, hbits_l = whole_histories(event_codes(hist_pos), swapped0)
     syns = (isn1.astype(np.uint64) | isn2.astype(np.uint64) << np.uint64(32)).tolist()
+    # the text events' times (start, DATA, close), formatted for the whole batch at once
+    times = ts_texts(np.concatenate((r_ts[off], data_ts, close_ts)))
     for k, (
         o0,
         n0,
@@ -204,6 +207,9 @@ def take_whole_connections(
         s0,
         last,
         seen,
+        t_start,
+        t_data,
+        t_end,
     ) in enumerate(
         zip(
             off.tolist(),
@@ -225,6 +231,9 @@ def take_whole_connections(
             swapped0.tolist(),
             close_ts.tolist(),
             seen_ts.tolist(),
+            times[:m],
+            times[m : 2 * m],
+            times[2 * m :],
             strict=True,
         )
     ):
@@ -272,8 +281,8 @@ def take_whole_connections(
                 sink = flow.sink = sinks[h % len(sinks)] if len(sinks) > 1 else sinks[0]
                 if sink.fmt == "text":
                     prefix = text_prefix(l3v, 6, flow.addr1, flow.port1, flow.addr2, flow.port2, 0)
-                    sink.parts += text_whole_flow(
-                        prefix, ts0, who, m1 if who == 1 else m2, data, dts, last, normal, sink.body
+                    sink.parts += text_whole_flow_at(
+                        prefix, t_start, who, m1 if who == 1 else m2, data, t_data, t_end, normal, sink.body
                     )
                     sink.events += 3 if data else 2
                 else:
