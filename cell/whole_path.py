@@ -104,7 +104,7 @@ def take_whole_connections(
     hashes, swap, l4, abs_off, plen = cols["hashes"], cols["swap"], cols["l4"], cols["abs_off"], cols["plen"]
     hs = hashes[order]
     sw = swap[order]
-    seq = db.tcp_seq[idx][order]
+    seq = db.tcp_seq[idx[order]]
     flags = cols["flags"][order]
     starts, ends, closes, events = whole_connections(hs, sw, l4[order], flags, seq, plen[order])
     if not starts.size:
@@ -121,7 +121,9 @@ def take_whole_connections(
     off = np.concatenate(([0], np.cumsum(size)[:-1]))  # each flow's first entry in `rows`
     rows = np.repeat(starts - off, size) + np.arange(int(size.sum()))  # positions in `order`
     r_sw = sw[rows]
-    octs = db.ip_len[idx][order][rows].astype(np.int64)
+    pos = order[rows]  # the whole flows' packets, flow by flow, as positions in `idx`
+    at_db = idx[pos]  # and in `db`
+    octs = db.ip_len[at_db].astype(np.int64)
     pk2 = np.add.reduceat(r_sw.astype(np.int64), off)
     oc2 = np.add.reduceat(np.where(r_sw, octs, 0), off)
     oc1 = np.add.reduceat(octs, off) - oc2
@@ -142,8 +144,9 @@ def take_whole_connections(
             fi = by_h[at[mine]]
             a_pos = aside[mine]
             m_sw = swap[a_pos].astype(np.int64)
-            m_oct = db.ip_len[idx][a_pos].astype(np.int64)
-            a_ts = db.batch.ts_ns[idx][a_pos].astype(np.int64)
+            a_db = idx[a_pos]
+            m_oct = db.ip_len[a_db].astype(np.int64)
+            a_ts = db.batch.ts_ns[a_db].astype(np.int64)
             pk2 = pk2 + np.bincount(fi, weights=m_sw, minlength=m).astype(np.int64)
             pk1 = pk1 + np.bincount(fi, weights=1 - m_sw, minlength=m).astype(np.int64)
             oc2 = oc2 + np.bincount(fi, weights=m_oct * m_sw, minlength=m).astype(np.int64)
@@ -156,7 +159,8 @@ def take_whole_connections(
             has_ack = (cols["flags"][a_pos[first]] & ACK) != 0
             hist_pos[fi[first][has_ack], a_side[first][has_ack]] = a_pos[first][has_ack]
             aside = aside[~mine]
-    r_pl = plen[order][rows].astype(np.int64)
+    r_pl = plen[pos].astype(np.int64)
+    r_abs = abs_off[pos]
     sent2 = np.add.reduceat(np.where(r_sw, r_pl, 0), off)
     sent1 = np.add.reduceat(r_pl, off) - sent2
     # One talker and less than the classification window: the per-packet path would hold all
@@ -166,18 +170,19 @@ def take_whole_connections(
     window = min(ab.classify_bytes, ev.MAX_EVENT_DATA + 1)
     one = ((sent1 == 0) | (sent2 == 0)) & (sent1 + sent2 < window)
     r_one = np.repeat(one, size) & (r_pl > 0)
-    blob = ab.whole_scratch.gather_bytes(db.batch.buf, abs_off[order][rows][r_one], r_pl[r_one])
+    blob = ab.whole_scratch.gather_bytes(db.batch.buf, r_abs[r_one], r_pl[r_one])
     data_end = np.cumsum(np.where(one, sent1 + sent2, 0))
     # the time of a one-talker flow's DATA event: its last segment's
-    r_ts = db.batch.ts_ns[idx][order][rows]
+    r_ts = db.batch.ts_ns[at_db]
     last_data = np.maximum.reduceat(np.where(r_pl > 0, np.arange(rows.shape[0]), -1), off)
     data_ts = np.where(last_data >= 0, r_ts[np.maximum(last_data, 0)], 0)
     talker = np.where(sent2 > 0, 2, 1)
     first = order[starts]  # the SYN's row in the idx-space arrays
-    src, dst = db.src[idx][first], db.dst[idx][first]
+    src, dst = cols["src"][first], cols["dst"][first]
     width = src.shape[1]
     src_b, dst_b = src.tobytes(), dst.tobytes()
-    vlans = (db.vlan[idx][first].tolist(), db.vlan_inner[idx][first].tolist()) if db.vlan.any() else None
+    first_db = idx[first]
+    vlans = (db.vlan[first_db].tolist(), db.vlan_inner[first_db].tolist()) if db.vlan.any() else None
     r_seq = seq[rows]
     isn_a = r_seq[off].astype(np.int64)  # the SYN's sender
     isn_b = r_seq[off + 1].astype(np.int64)  # the SYN-ACK's sender
@@ -187,7 +192,7 @@ def take_whole_connections(
     nxt1 = (isn1 + 1 + sent1) & 0xFFFFFFFF
     nxt2 = (isn2 + 1 + sent2) & 0xFFFFFFFF
     sw_l = r_sw.tolist()
-    po_l = abs_off[order][rows].tolist()
+    po_l = r_abs.tolist()
     pl_l = r_pl.tolist()
     ts_l = r_ts.tolist()
     raw = memoryview(db.batch.buf)
@@ -241,9 +246,9 @@ def take_whole_connections(
             off.tolist(),
             size.tolist(),
             hs[starts].tolist(),
-            db.l3[idx][first].tolist(),
-            db.sport[idx][first].tolist(),
-            db.dport[idx][first].tolist(),
+            cols["l3"][first].tolist(),
+            cols["sport"][first].tolist(),
+            cols["dport"][first].tolist(),
             pk1.tolist(),
             pk2.tolist(),
             oc1.tolist(),
