@@ -71,6 +71,10 @@ def test_collector_config_and_args(rendered: dict[str, list[dict[str, Any]]], na
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert parse_celltap(expand(c["args"], pod_env(c, pod))).command == "collector"
     assert cfg.route_to_nodes == values["collector"]["routeToNodes"]
+    # State that must outlive a restarted container lives on the pod's emptyDir.
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert cfg.state_dir and "emptyDir" in vols[mounts[cfg.state_dir]]
     probe_port = c["readinessProbe"]["httpGet"]["port"]
     assert probe_port == cfg.metrics_port
 

@@ -122,9 +122,12 @@ def test_rendered_pipeline_on_one_host(
     col_spec = find(docs, "Deployment", "-collector")["spec"]["template"]["spec"]
     mount_tls_secret(docs, col_spec, collector_cfg, tmp_path / "collector-tls")
     ipfix_port, collector_metrics = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+    # The pod's state emptyDir (sequence numbers, routing journal) is a directory of this test.
+    assert collector_cfg["routing"]["journal"] == collector_cfg["state_dir"] + "/journal"
     collector_cfg.update(
         listen=[f"udp://127.0.0.1:{ipfix_port}"], workers=1, registry=etcd_server.url, cluster=cluster,
-        metrics_port=collector_metrics, metrics_addr="127.0.0.1",
+        metrics_port=collector_metrics, metrics_addr="127.0.0.1", state_dir=str(tmp_path / "collector-state"),
+        routing={**collector_cfg["routing"], "journal": str(tmp_path / "collector-state/journal")},
     )  # fmt: skip
     (tmp_path / "collector.yaml").write_text(yaml.safe_dump(collector_cfg))
     col = find(docs, "Deployment", "-collector")["spec"]["template"]["spec"]["containers"][0]
