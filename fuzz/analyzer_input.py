@@ -8,11 +8,11 @@ a finding. The records must also be what the JSON-lines writer can encode (plain
 from __future__ import annotations
 
 import orjson
-from celltap.cell.sdk.flows import FlowAnalyzer, with_uid
 from celltap.cell.sdk.events import FlowId
+from celltap.cell.sdk.flows import FlowAnalyzer, with_uid
 
-from fuzz.stream_input import END_REASONS, decode_turns, encode_turns
 from fuzz.seed_streams import scenario_conversations
+from fuzz.stream_input import END_REASONS, decode_turns, encode_turns
 
 CLIENT = ("10.0.0.1", 40000)
 SERVER = "10.0.0.2"

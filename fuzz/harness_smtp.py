@@ -23,4 +23,4 @@ def seeds() -> list[bytes]:
         (False, b"220 2.0.0 Ready to start TLS\r\n"),
         (True, b"\x16\x03\x01\x00\x05hello"),
     ]
-    return scenario_seeds("smtp", 6) + [encode_turns(starttls)]
+    return [*scenario_seeds("smtp", 6), encode_turns(starttls)]

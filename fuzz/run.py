@@ -45,7 +45,7 @@ def harness_names() -> list[str]:
     return sorted(p.stem.removeprefix("harness_") for p in FUZZ_DIR.glob("harness_*.py"))
 
 
-def load_harness(name: str):  # noqa: ANN201 - a module
+def load_harness(name: str):
     """Import fuzz.harness_NAME (from this checkout)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
@@ -232,7 +232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--corpus", help="corpus directory to keep and grow (default: a temporary one)")
     p.add_argument("--crash-dir", help="where crashers go, per harness (default tests/fuzz/crashers)")
     p.add_argument("--max-len", type=int, default=0, help="largest input libFuzzer makes (default: its own)")
-    p.add_argument("--timeout", type=int, default=10, help="seconds one input may take before it is a finding")
+    p.add_argument("--timeout", type=int, default=10, help="seconds one input may take (longer: a finding)")
     args = p.parse_args(argv)
     if args.name not in harness_names():
         p.error(f"no harness fuzz/harness_{args.name}.py (have: {', '.join(harness_names())})")

@@ -70,7 +70,7 @@ def scenario_conversations(name: str, flows: int = 4, seed: int = 1) -> list[tup
             key = frozenset((a, b))
             if key not in convs:
                 convs[key] = (proto, a, [])
-            proto0, client, turns = convs[key]
+            _proto0, client, turns = convs[key]
             if body:
                 turns.append((a == client, bytes(body)))
         out += [(proto, turns) for proto, _c, turns in convs.values() if turns]
