@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -46,10 +47,20 @@ def harness_names() -> list[str]:
 
 
 def load_harness(name: str):
-    """Import fuzz.harness_NAME (from this checkout)."""
+    """Import fuzz.harness_NAME (from this checkout), or a harness file given by its path."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    if name.endswith(".py"):  # a harness outside fuzz/ (the runner's own tests use one)
+        spec = importlib.util.spec_from_file_location(Path(name).stem, name)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
     return importlib.import_module(f"fuzz.harness_{name}")
+
+
+def short_name(name: str) -> str:
+    """The harness's name for reports and the crashers folder (a path's harness_NAME.py -> NAME)."""
+    return Path(name).stem.removeprefix("harness_") if name.endswith(".py") else name
 
 
 def signature(exc: BaseException) -> str:
@@ -155,9 +166,10 @@ def _keep(name: str, art: Path, crash_dir: Path, known: set[str], result: Result
 
 def fuzz(name: str, args: argparse.Namespace) -> Result:
     """Run harness `name` for the budget in `args`, restarting the worker after each crash."""
-    result = Result(name)
-    crash_dir = Path(args.crash_dir) / name if args.crash_dir else CRASHERS / name
-    tmp = Path(tempfile.mkdtemp(prefix=f"fuzz-{name}-"))
+    result = Result(short_name(name))
+    crash_dir = CRASHERS if not args.crash_dir else Path(args.crash_dir)
+    crash_dir = crash_dir / result.harness
+    tmp = Path(tempfile.mkdtemp(prefix=f"fuzz-{result.harness}-"))
     corpus = Path(args.corpus) if args.corpus else tmp / "corpus"
     try:
         write_seeds(name, corpus)
@@ -225,7 +237,7 @@ def _worker(name: str, libfuzzer_args: list[str]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The runner's command line."""
     p = argparse.ArgumentParser(prog="fuzz/run.py", description="run a fuzz harness under atheris")
-    p.add_argument("name", help=f"harness name (fuzz/harness_NAME.py): {', '.join(harness_names())}")
+    p.add_argument("name", help=f"harness (fuzz/harness_NAME.py, or a path): {', '.join(harness_names())}")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--runs", type=int, default=0, help="number of inputs to execute")
     budget.add_argument("--seconds", type=float, default=0, help="time budget in seconds")
@@ -234,7 +246,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-len", type=int, default=0, help="largest input libFuzzer makes (default: its own)")
     p.add_argument("--timeout", type=int, default=10, help="seconds one input may take (longer: a finding)")
     args = p.parse_args(argv)
-    if args.name not in harness_names():
+    if not args.name.endswith(".py") and args.name not in harness_names():
         p.error(f"no harness fuzz/harness_{args.name}.py (have: {', '.join(harness_names())})")
     if not args.runs and not args.seconds:
         args.runs = 10_000
@@ -250,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         _worker(argv[1], argv[3:] if argv[2:3] == ["--"] else argv[2:])
         return 0
     if argv[:1] == ["--replay"]:
+        import logging
+
+        logging.disable(logging.CRITICAL)
         sig = replay_signature(argv[1], Path(argv[2]).read_bytes())
         print(sig or "passes")
         return 0

@@ -32,7 +32,7 @@ def with_uid(flow: FlowId, start: float) -> FlowId:
         return flow
     try:
         uid = flow_uid(flow.l3, flow.l4, flow.ip1, flow.port1, flow.ip2, flow.port2, round(start * 1e6))
-    except (ValueError, KeyError):  # not an IP address: no uid can be derived
+    except (ValueError, KeyError, OverflowError):  # not an IP address or port: no uid can be derived
         return flow
     return replace(flow, uid=uid, start=start)
 

@@ -35,7 +35,7 @@ def _fields(text: bytes) -> dict[bytes, bytes]:
 def _parse_flow(prefix: bytes) -> FlowId:
     fields = _fields(prefix)
     try:
-        return FlowId(
+        flow = FlowId(
             ip1=fields[b"ip1"].decode(),
             ip2=fields[b"ip2"].decode(),
             port1=int(fields.get(b"port1", b"0")),  # ICMP headers have no ports
@@ -46,6 +46,9 @@ def _parse_flow(prefix: bytes) -> FlowId:
         )
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         raise WireError(f"bad flow fields in header {prefix[:200]!r}: {exc}") from None
+    if not (0 <= flow.port1 <= 0xFFFF and 0 <= flow.port2 <= 0xFFFF and 0 <= flow.hop <= 0xFF):
+        raise WireError(f"port or hop out of range in header {prefix[:200]!r}")
+    return flow
 
 
 class TextDecoder:
