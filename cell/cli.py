@@ -8,6 +8,8 @@ import signal
 import sys
 from urllib.parse import urlsplit
 
+from celltap.cli_types import PORT, SECONDS, bounded
+
 log = logging.getLogger("celltap.cell")
 
 
@@ -31,15 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="comma-separated interfaces (e.g. tcp/http,udp/dns) that must have a reader first",
     )
-    parser.add_argument("--wait-timeout", type=float, default=60.0, help="seconds to wait for those readers")
-    parser.add_argument("--cell-id", type=int, default=None, help="cell id (IPFIX observation domain)")
+    parser.add_argument(
+        "--wait-timeout", type=SECONDS, default=60.0, help="seconds to wait for those readers"
+    )
+    parser.add_argument(
+        "--cell-id", type=bounded(int, 0, 2**32 - 1), default=None, help="cell id (IPFIX observation domain)"
+    )
     parser.add_argument("--ipfix", metavar="udp://HOST:PORT", help="export one IPFIX biflow record per flow")
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
+    parser.add_argument("--metrics-port", type=PORT, default=None, help="serve Prometheus /metrics here")
     parser.add_argument("--home", help="interface directory (overrides global.home)")
-    parser.add_argument("--reader-buffer", type=int, default=None, help="bytes buffered per reader")
+    parser.add_argument(
+        "--reader-buffer", type=bounded(int, 4096, 2**40), default=None, help="bytes buffered per reader"
+    )
     parser.add_argument(
         "--stall-timeout",
-        type=float,
+        type=SECONDS,
         default=10.0,
         help="offline: seconds to wait for a full reader before dropping its events",
     )
@@ -49,11 +57,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reg.add_argument(
         "--advertise", metavar="SPEC", help="the input incubators send to, e.g. vxlan://10.1.2.3:4789"
     )
-    reg.add_argument("--weight", type=int, default=1, help="ring weight of this cell (default 1)")
-    reg.add_argument("--lease-ttl", type=float, default=10.0, help="registry lease seconds (default 10)")
+    reg.add_argument(
+        "--weight", type=bounded(int, 1, 1000), default=1, help="ring weight of this cell (default 1)"
+    )
+    reg.add_argument(
+        "--lease-ttl",
+        type=bounded(float, 0.1, 86400),
+        default=10.0,
+        help="registry lease seconds (default 10)",
+    )
     parser.add_argument(
         "--drain-timeout",
-        type=float,
+        type=SECONDS,
         default=30.0,
         help="offline: seconds to wait at the end for readers to take their bytes",
     )

@@ -7,8 +7,10 @@ from typing import Any
 
 import yaml
 
+from celltap.user_errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration problem, worded as the one line the user sees (it names file and key)."""
 
 
