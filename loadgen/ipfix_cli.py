@@ -107,7 +107,10 @@ def run(
         if t >= next_templates:
             for k, (snd, p) in enumerate(zip(senders, pools, strict=True)):
                 p.sequence = seqs[k]
-                snd(p.stamp_templates())
+                try:
+                    snd(p.stamp_templates())
+                except OSError:  # e.g. ECONNREFUSED: nothing listens yet; counted, sending goes on
+                    errors += 1
                 seqs[k] = p.sequence
             next_templates = t + template_refresh
         if rate > 0:
@@ -176,7 +179,10 @@ def _run_pools(
         if t >= next_templates:
             for k, (s, p) in enumerate(zip(socks, pools, strict=True)):
                 p.sequence = seqs[k]
-                s.send(p.stamp_templates())
+                try:
+                    s.send(p.stamp_templates())
+                except OSError:  # e.g. ECONNREFUSED after an ICMP port unreachable: counted
+                    errors += 1
                 seqs[k] = p.sequence
             next_templates = t + template_refresh
         if rate > 0:

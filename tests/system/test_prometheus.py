@@ -72,8 +72,6 @@ MUST_FIRE = {
 }
 
 
-
-
 def panel_targets() -> list[tuple[str, str, str]]:
     """(dashboard, panel title, expr) of every panel target."""
     out = []
