@@ -1,6 +1,6 @@
 """Run one fuzz harness under atheris (libFuzzer), coverage-guided, and keep what it finds.
 
-    python fuzz/run.py NAME [--runs N | --seconds S] [--corpus DIR] [--crash-dir DIR] [--max-len N]
+    python fuzz/run.py NAME [--runs N] [--seconds S] [--corpus DIR] [--crash-dir DIR] [--max-len N]
 
 Theory of operation: the runner (this process) writes the harness's seeds into a corpus directory
 and starts a worker process (`--worker NAME`) that imports `fuzz/harness_NAME.py` inside
@@ -177,16 +177,17 @@ def fuzz(name: str, args: argparse.Namespace) -> Result:
         deadline = time.monotonic() + args.seconds if args.seconds else None
         duplicates = 0
         while result.workers < MAX_RESTARTS and duplicates < MAX_DUPLICATES:
+            budget = []
             if deadline is not None:
                 left = int(deadline - time.monotonic())
                 if left < 1:
                     break
-                budget = [f"-max_total_time={left}"]
-            else:
+                budget.append(f"-max_total_time={left}")
+            if args.runs:
                 left = args.runs - result.runs
                 if left < 1:
                     break
-                budget = [f"-runs={left}"]
+                budget.append(f"-runs={left}")
             artifacts = tmp / f"artifacts{result.workers}"
             artifacts.mkdir()
             log = tmp / f"worker{result.workers}.log"
@@ -238,9 +239,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The runner's command line."""
     p = argparse.ArgumentParser(prog="fuzz/run.py", description="run a fuzz harness under atheris")
     p.add_argument("name", help=f"harness (fuzz/harness_NAME.py, or a path): {', '.join(harness_names())}")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--runs", type=int, default=0, help="number of inputs to execute")
-    budget.add_argument("--seconds", type=float, default=0, help="time budget in seconds")
+    p.add_argument("--runs", type=int, default=0, help="number of inputs to execute")
+    p.add_argument(
+        "--seconds", type=float, default=0, help="time budget in seconds (with --runs: first wins)"
+    )
     p.add_argument("--corpus", help="corpus directory to keep and grow (default: a temporary one)")
     p.add_argument("--crash-dir", help="where crashers go, per harness (default tests/fuzz/crashers)")
     p.add_argument("--max-len", type=int, default=0, help="largest input libFuzzer makes (default: its own)")
