@@ -48,7 +48,10 @@ RANGES: dict[str, Any] = {
         },
         "cells": {
             "type": ["object", "null"],
-            "properties": {"count": _range(1, 64), "reader_buffer": _range(4096, 1 << 40)},
+            "properties": {
+                "count": _range(1, 64),
+                "reader_buffer": {"type": ["integer", "null"], "minimum": 4096, "maximum": 1 << 40},
+            },
         },
         "collector": {
             "type": ["object", "null"],
