@@ -8,7 +8,25 @@ import signal
 import sys
 from urllib.parse import urlsplit
 
-from celltap.cli_types import PORT, SECONDS, bounded
+from celltap.cli_types import PORT, SECONDS, bounded, endpoint_url
+
+_VXLAN = endpoint_url("vxlan", default_port=4789, query=("vni",))
+
+
+def input_spec(text: str) -> str:
+    """argparse type of --input / --advertise: vxlan://ADDR:PORT[?vni=N], iface:IFACE[@MAC], pcap:FILE."""
+    if text.startswith(("iface:", "pcap:")) and len(text.partition(":")[2]) > 0:
+        return text
+    if not text.startswith("vxlan://"):
+        raise argparse.ArgumentTypeError(
+            f"expected vxlan://ADDR:PORT, iface:IFACE or pcap:FILE, got {text!r}"
+        )
+    _VXLAN(text)
+    vni = text.partition("?vni=")[2]
+    if vni and not (vni.isdigit() and int(vni) < 1 << 24):
+        raise argparse.ArgumentTypeError(f"vni must be an integer in 0..16777215, got {vni!r}")
+    return text
+
 
 log = logging.getLogger("celltap.cell")
 
@@ -22,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     src.add_argument(
         "--input",
+        type=input_spec,
         action="append",
         default=[],
         metavar="SPEC",
@@ -39,7 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cell-id", type=bounded(int, 0, 2**32 - 1), default=None, help="cell id (IPFIX observation domain)"
     )
-    parser.add_argument("--ipfix", metavar="udp://HOST:PORT", help="export one IPFIX biflow record per flow")
+    parser.add_argument(
+        "--ipfix",
+        type=endpoint_url("udp"),
+        metavar="udp://HOST:PORT",
+        help="export one IPFIX biflow record per flow",
+    )
     parser.add_argument("--metrics-port", type=PORT, default=None, help="serve Prometheus /metrics here")
     parser.add_argument("--home", help="interface directory (overrides global.home)")
     parser.add_argument(
@@ -55,7 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reg.add_argument("--registry", metavar="URL", help="etcd://host:2379[,...] or file:///path")
     reg.add_argument("--cluster", default="default", help="cluster name (default 'default')")
     reg.add_argument(
-        "--advertise", metavar="SPEC", help="the input incubators send to, e.g. vxlan://10.1.2.3:4789"
+        "--advertise",
+        type=input_spec,
+        metavar="SPEC",
+        help="the input incubators send to, e.g. vxlan://10.1.2.3:4789",
     )
     reg.add_argument(
         "--weight", type=bounded(int, 1, 1000), default=1, help="ring weight of this cell (default 1)"

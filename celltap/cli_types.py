@@ -8,8 +8,10 @@ one of these (a test fails on a bare `type=int`).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
 
 
 class Bounded:
@@ -57,6 +59,37 @@ PORT = bounded(int, 0, 65535)  # 0: let the kernel choose
 SEED = bounded(int, 0, 2**64 - 1)
 SECONDS = bounded(float, 0, 10**7)  # about 115 days: longer is a typo, not a plan
 COUNT = bounded(int, 0, 2**40)
+
+
+def endpoint_url(*schemes: str, default_port: int | None = None, query: tuple[str, ...] = ()) -> Callable:
+    """An argparse type for SCHEME://HOST:PORT (a port in range, a host, only the named ?options)."""
+
+    def parse(text: str) -> str:
+        u = urlsplit(text)
+        want = " or ".join(f"{s}://HOST:PORT" for s in schemes)
+        if u.scheme not in schemes or not u.hostname:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        try:
+            port = u.port if u.port is not None else default_port
+        except ValueError:
+            port = None
+        if port is None:
+            raise argparse.ArgumentTypeError(f"expected {want} with a port in 0..65535, got {text!r}")
+        unknown = set(parse_qs(u.query)) - set(query)
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown option(s) {', '.join(sorted(unknown))} in {text!r}")
+        return text
+
+    parse.__name__ = "URL"
+    return parse
+
+
+def ipv4_address(text: str) -> str:
+    """An argparse type for a dotted IPv4 address."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IPv4 address, got {text!r}") from None
 
 
 class OneLineParser(argparse.ArgumentParser):

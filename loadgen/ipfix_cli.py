@@ -13,7 +13,7 @@ import numpy as np
 from celltap.loadgen.ipfix_gen import MessagePool, build_pool
 from celltap.loadgen.ipfix_sendmmsg import PoolSender
 
-from celltap.cli_types import SECONDS, SEED, bounded
+from celltap.cli_types import SECONDS, SEED, bounded, ipv4_address
 from celltap.ipfix.message import IPFIX_VERSION
 from celltap.mmsg import sendmmsg_available
 from celltap.user_errors import parse_host_port
@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--source-base",
+        type=ipv4_address,
         default="127.0.0.10",
         help="source address of router 0; others count up (default 127.0.0.10)",
     )

@@ -33,6 +33,7 @@ from celltap.cli import SUBCOMMANDS, build_parser
 from celltap.cli_types import Bounded
 from celltap.config_schema import out_of_range, problems
 from celltap.launcher.spec import RANGES as SPEC_RANGES
+from tests.system.cli_batch import MARK
 
 CELLTAP = [sys.executable, "-m", "celltap.cli"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,7 +219,8 @@ def test_every_out_of_range_config_value_is_one_line_naming_the_key(tmp_path: Pa
         )
         assert p.returncode == 0, p.stderr
         failures = []
-        for (_, argv, key, f), out in zip(mine, json.loads(p.stdout), strict=True):
+        line = next(ln for ln in p.stdout.splitlines() if ln.startswith(MARK))
+        for (_, argv, key, f), out in zip(mine, json.loads(line[len(MARK) :]), strict=True):
             done = subprocess.CompletedProcess(argv, out["code"], "", out["stderr"])
             if out["code"] == "accepted":
                 failures.append(f"{kind} {key}: accepted ({f.read_text()!r})")
@@ -275,6 +277,12 @@ def test_schemas_are_json_schema_and_the_walker_agrees_with_jsonschema(name: str
         (["collector", "--listen", "udp://127.0.0.1:0", "--workers", "0"], ["--workers"]),
         (["analyzer", "http", "--socket", "s", "--metrics-port", "99999"], ["--metrics-port"]),
         (["loadgen", "ipfix", "127.0.0.1:9", "--exporters", "0"], ["--exporters"]),
+        (["loadgen", "ipfix", "127.0.0.1:9", "--source-base", "abc"], ["--source-base"]),
+        (["cell", "--config", "x.yaml", "--input", "vxlan://127.0.0.1:99999"], ["--input", "port"]),
+        (["cell", "--config", "x.yaml", "--input", "vxlan://127.0.0.1:0?vni=x"], ["--input", "vni"]),
+        (["cell", "--config", "x.yaml", "--ipfix", "udp://127.0.0.1:99999"], ["--ipfix", "port"]),
+        (["cell", "--config", "x.yaml", "--advertise", "x"], ["--advertise"]),
+        (["status", "--registry", "etcd://"], ["etcd endpoint"]),
     ],
 )
 def test_probe_flags(argv: list[str], words: list[str], tmp_path: Path) -> None:
