@@ -30,17 +30,22 @@ class StrictTable(FlowTable):
 
 
 def test_one_input(data: bytes) -> None:
-    """Mode byte: bit 0 binary format, bits 1-3 which analyzer, bit 4 a `body: no` interface."""
+    """Mode byte: bit 0 binary format, bits 1-3 which analyzer, bit 4 a `body: no` interface, bit 5
+    the socket front end's L7 loopback encoder (handed-on streams become loopback events)."""
     if len(data) < 3:
         return
     mode, split = data[0], data[1]
     fmt = "binary" if mode & 1 else "text"
     name = NAMES[((mode >> 1) & 7) % len(NAMES)]
     analyzer = ANALYZERS[name]()
-    session = Session(analyzer, fmt, body=not mode & 16, table=StrictTable(analyzer))
+    loopback = "text" if mode & 32 else None
+    session = Session(
+        analyzer, fmt, body=not mode & 16, table=StrictTable(analyzer), loopback_format=loopback
+    )
     stream = data[2:]
     cut = split * len(stream) // 256  # feed in two pieces: the decoders must carry state across reads
     records = session.feed(stream[:cut]) + session.feed(stream[cut:]) + session.disconnected()
+    session.take_loopback()
     for record in records:
         orjson.dumps(record)
 
