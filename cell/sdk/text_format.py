@@ -127,7 +127,7 @@ class TextDecoder:
                 key = bytes(buf[pos:cut])
                 flow = flows.get(key)
                 if flow is not None and buf[cut + 7 : cut + 17] == b"DATA,from=":
-                    parts = bytes(buf[cut + 12 : nl]).rstrip(b"\r").split(b",")
+                    parts = bytes(buf[cut + 7 : nl]).rstrip(b"\r").split(b",")
                     if (
                         len(parts) == 5
                         and parts[1] in _SENDERS
