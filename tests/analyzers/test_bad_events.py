@@ -185,3 +185,64 @@ def test_analyzer_exception_costs_only_its_flow() -> None:
         {"port": 40002, "end": "NORMAL"},
     ]
     assert session.dropped_totals == {"analyzer_exception": 1, "flow_failed": 1}
+
+
+def _facts(events) -> list[tuple]:
+    return [(e.event, e.flow, e.sender, e.data, e.match, e.reason, e.time) for e in events]
+
+
+def test_text_reader_fast_and_general_paths_agree() -> None:
+    """The cell's field order takes the fast path; any other order the general parser: same events."""
+    from celltap.cell.sdk.text_format import TextDecoder
+
+    stream = good_flow("text", 40001, 1_700_000_000.0) * 2
+    reordered = stream.replace(b",from=1,match=none,", b",match=none,from=1,").replace(
+        b",from=2,match=none,", b",match=none,from=2,"
+    )
+    assert reordered != stream
+    fast, general = TextDecoder(), TextDecoder()
+    assert _facts(fast.feed(stream)) == _facts(general.feed(reordered))
+    assert len(_facts(fast.feed(b""))) == 0 and not fast.dropped and not general.dropped
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (
+            b"ip1=10.9.0.1,ip2=10.9.0.2,port1=99999,port2=80,hop=0,l3=ipv4,l4=tcp,event=DATA,from=1,"
+            b"match=up,len=3,time=1.0\nGET",
+            "bad_header",
+        ),
+        (
+            b"ip1=10.9.0.1,ip2=10.9.0.2,port1=1,port2=80,hop=0,l3=ipv4,l4=tcp,event=DATA,from=1,"
+            b"match=up,len=3,time=nan\nGET",
+            "bad_header",
+        ),
+        (
+            b"ip1=10.9.0.1,ip2=10.9.0.2,port1=1,port2=80,hop=0,l3=ipv4,l4=tcp,event=EXPLODED,time=1\n",
+            "bad_header",
+        ),
+        (
+            b"ip1=10.9.0.1,ip2=10.9.0.2,port1=1,port2=80,hop=0,l3=ipv4,l4=tcp,event=DATA,from=7,"
+            b"match=up,len=3,time=1.0\nGET",
+            "bad_from",
+        ),
+        (b"x" * 5000 + b"\n", "header_too_long"),
+        (b"no header at all\n", "bad_header"),
+    ],
+)
+def test_text_reader_skips_a_bad_event_and_finds_the_next(bad: bytes, reason: str) -> None:
+    from celltap.cell.sdk.text_format import TextDecoder
+
+    dec = TextDecoder()
+    events = []
+    stream = bad + good_flow("text", 40002, 1_700_000_002.0)
+    for i in range(0, len(stream), 7):  # any split
+        events += dec.feed(stream[i : i + 7])
+    assert [(e.event, e.flow.port1) for e in events] == [
+        ("CREATED", 40002),
+        ("DATA", 40002),
+        ("DATA", 40002),
+        ("DESTROYED", 40002),
+    ]
+    assert dict(dec.dropped) == {reason: 1}
