@@ -7,8 +7,10 @@ from typing import Any
 
 import yaml
 from celltap.incubator.dicap import DEFAULT_BUCKETS_LOG2, MAX_BUCKETS_LOG2
+from celltap.incubator.outputs import OutputSpecError, check_output
 from celltap.incubator.separator import NONIP_POLICIES, PARTITIONS
 
+from celltap.config import yaml_problem
 from celltap.config_schema import check
 from celltap.user_errors import UserError
 
@@ -161,6 +163,10 @@ def parse_config(data: Any) -> Config:
             for req in ("id", "output"):
                 if c[req] is None:
                     raise ConfigError(f"config key 'cells[{i}].{req}' is required")
+            try:
+                check_output(c["output"])
+            except OutputSpecError as exc:
+                raise ConfigError(f"config: cells[{i}].output: {exc}") from None
             checked.append(c)
         cfg["cells"] = checked
     if cfg["mode"] == "dicap":
@@ -204,5 +210,5 @@ def load_config(path: str) -> Config:
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"config file {path}: {yaml_problem(exc)}") from None
     return parse_config(data)

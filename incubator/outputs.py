@@ -244,6 +244,34 @@ class VxlanOutput(Output):
         self.sock.close()
 
 
+def check_output(spec: str) -> None:
+    """Check an output's form without opening it (OutputSpecError naming what is wrong)."""
+    if spec.startswith("pcap:"):
+        if not spec[5:]:
+            raise OutputSpecError(f"output {spec!r}: pcap needs a file name")
+    elif spec.startswith("iface:"):
+        name, _, mac = spec[6:].partition("@")
+        if not name:
+            raise OutputSpecError(f"output {spec!r}: iface needs an interface name")
+        if mac:
+            try:
+                parse_mac(mac)
+            except ValueError as exc:
+                raise OutputSpecError(f"output {spec!r}: {exc}") from None
+    elif spec.startswith("vxlan://"):
+        u = urlsplit(spec)
+        q = parse_qs(u.query)
+        try:
+            port = u.port
+            vni = int(q.get("vni", ["0"])[0])
+        except ValueError as exc:
+            raise OutputSpecError(f"output {spec!r}: {exc}") from None
+        if not u.hostname or set(q) - {"vni"} or not 0 <= vni < 1 << 24 or port == 0:
+            raise OutputSpecError(f"output {spec!r}: expected vxlan://HOST[:PORT][?vni=0..16777215]")
+    else:
+        raise OutputSpecError(f"unknown output {spec!r} (expected iface:, vxlan:// or pcap:)")
+
+
 def open_output(spec: str) -> Output:
     """Open `iface:IF[@mac]`, `vxlan://HOST:PORT[?vni=N]` or `pcap:FILE`."""
     if spec.startswith("pcap:"):

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from celltap.collector.config import RANGES as COLLECTOR_RANGES
+from celltap.config import yaml_problem
 from celltap.config_schema import check
 from celltap.defaults import default_file
 
@@ -192,6 +193,13 @@ def spec_from_dict(data: Any, base: Path | None = None) -> ClusterSpec:
     if not isinstance(apps, dict):
         raise SpecError("nodes.apps: expected a mapping of app name to {kind, key}")
     s.apps = {str(k): dict(v or {}) for k, v in apps.items()}
+    from celltap.collector.apps.base import AppConfigError, make_app
+
+    for name, app in s.apps.items():  # checked here, not first by a node the launcher started
+        try:
+            make_app(name, app)
+        except AppConfigError as exc:
+            raise SpecError(f"nodes.{exc}") from None
     if s.collectors and not s.nodes:
         raise SpecError("nodes.count: a collector needs at least one analysis node")
     s.run_dir = None if data.get("run_dir") is None else str(data["run_dir"])
@@ -206,5 +214,5 @@ def load_spec(path: str | Path) -> ClusterSpec:
     except OSError as exc:
         raise SpecError(f"{p}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"{p}: not valid YAML: {exc}") from None
+        raise SpecError(f"{p}: {yaml_problem(exc)}") from None
     return spec_from_dict(data, p.resolve().parent)

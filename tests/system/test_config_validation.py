@@ -15,6 +15,7 @@ import argparse
 import copy
 import itertools
 import json
+import struct
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -310,6 +311,17 @@ def test_probe_flags(argv: list[str], words: list[str], tmp_path: Path) -> None:
         ),
         ("cell", {"global": {"hop_limit": 100000}}, ["global.hop_limit"]),
         ("up", {"lease_ttl": -1}, ["lease_ttl"]),
+        ("up", {"nodes": {"apps": {"x": {"kind": "nosuch"}}}}, ["nodes.apps.x.kind"]),
+        (
+            "incubator",
+            {"capture": "pcap:x", "cells": [{"id": "a", "output": "bogus:o"}]},
+            ["cells[0].output"],
+        ),
+        (
+            "incubator",
+            {"capture": "pcap:x", "cells": [{"id": "a", "output": "vxlan://127.0.0.1:99999"}]},
+            ["cells[0].output", "out of range"],
+        ),
     ],
 )
 def test_probe_configs(command: str, doc: dict, words: list[str], tmp_path: Path) -> None:
@@ -325,6 +337,22 @@ def test_probe_configs(command: str, doc: dict, words: list[str], tmp_path: Path
         cwd=tmp_path,
     )
     assert_one_line(p, *words)
+
+
+@pytest.mark.parametrize("command", ["cell", "incubator", "collector", "node", "up", "demo", "analyze"])
+def test_a_yaml_syntax_error_is_one_line_with_its_place(command: str, tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("a: [1, 2\nb: 3\n")
+    (tmp_path / "x.pcap").write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))  # empty
+    extra = {"cell": ["--read", "x.pcap"], "analyze": ["--read", "x.pcap"]}.get(command, [])
+    p = subprocess.run(
+        [*CELLTAP, command, "--config", str(f), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert_one_line(p, "not valid YAML", "line 2")
 
 
 def test_loadgen_ipfix_keeps_sending_to_a_closed_port() -> None:
