@@ -72,6 +72,8 @@ MUST_FIRE = {
 }
 
 
+
+
 def panel_targets() -> list[tuple[str, str, str]]:
     """(dashboard, panel title, expr) of every panel target."""
     out = []
