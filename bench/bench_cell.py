@@ -82,7 +82,9 @@ def _drain(path: Path, stop: threading.Event, total: list[int], cpus: set[int]) 
         total[0] += len(d)
 
 
-def run_pinned(argv: list[str], cpu: int, stderr_path: Path | None = None) -> tuple[float, float]:
+def run_pinned(
+    argv: list[str], cpu: int, stderr_path: Path | None = None, tree: str | None = None
+) -> tuple[float, float]:
     """Run a command pinned to `cpu`; (wall seconds from exec to exit, its user+system CPU seconds).
 
     The CPU seconds come from wait4's rusage of that one process: on a machine loaded by other jobs
@@ -95,7 +97,8 @@ def run_pinned(argv: list[str], cpu: int, stderr_path: Path | None = None) -> tu
             argv,
             stdout=subprocess.DEVNULL,
             stderr=err,
-            cwd=ROOT,
+            cwd=tree or ROOT,  # `python -m` imports celltap from its working directory first
+            env=dict(os.environ, PYTHONPATH=tree) if tree else None,
             preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
         )
         _, status, usage = os.wait4(p.pid, 0)
@@ -133,7 +136,9 @@ def tcpflow_seconds(pcap: str, cpu: int, runs: int) -> tuple[float, float]:
     return best_wall, best_cpu
 
 
-def cell_run(cfg: Path, pcap: str, home: Path, cpu: int, tmp: str) -> tuple[float, float, float, float, int]:
+def cell_run(
+    cfg: Path, pcap: str, home: Path, cpu: int, tmp: str, tree: str | None = None
+) -> tuple[float, float, float, float, int]:
     """One `celltap cell --read` run pinned to `cpu`, a reader draining from another core.
 
     Returns (CPU and wall seconds of the offline run as the cell logs them, i.e. in-process after
@@ -147,7 +152,7 @@ def cell_run(cfg: Path, pcap: str, home: Path, cpu: int, tmp: str) -> tuple[floa
     t.start()
     args = ["-v", "cell", "--config", str(cfg), "--read", pcap, "--wait-readers", "tcp/default"]
     log = Path(tmp) / "cell-stderr.log"
-    whole_wall, whole_cpu = run_pinned([sys.executable, "-m", "celltap.cli", *args], cpu, log)
+    whole_wall, whole_cpu = run_pinned([sys.executable, "-m", "celltap.cli", *args], cpu, log, tree)
     stop.set()
     t.join(10)
     text = log.read_text(errors="replace")
@@ -203,6 +208,24 @@ def bench_cps(connections: int, tmp: str, cpu: int, runs: int = 3) -> list[Resul
         extra={"cell_whole_wall_s": whole_wall, "tcpflow_wall_s": tf_wall},
     )
     return [in_process, whole]
+
+
+def bench_cps_before_after(connections: int, tmp: str, cpu: int, runs: int, before: str) -> dict[str, float]:
+    """In-process CPS (CPU seconds) of another checkout, of this tree, and of this tree with `dedup: yes`,
+    runs interleaved so that all three see the same machine load; best of `runs` each."""
+    pcap = os.path.join(tmp, "cps.pcap")
+    make_cps(pcap, connections)
+    home = Path(tmp) / "home"
+    plain = Path(tmp) / "cell.yaml"
+    plain.write_text(CONFIG.format(home=home))
+    dedup = Path(tmp) / "cell-dedup.yaml"
+    dedup.write_text(CONFIG.format(home=home).replace("  timeout: 30\n", "  timeout: 30\n  dedup: yes\n"))
+    best = {"before": float("inf"), "after": float("inf"), "after_dedup": float("inf")}
+    trials = (("before", plain, before), ("after", plain, None), ("after_dedup", dedup, None))
+    for _ in range(runs):
+        for name, cfg, tree in trials:
+            best[name] = min(best[name], cell_run(cfg, pcap, home, cpu, tmp, tree)[0])
+    return {f"cps_{k}": connections / v for k, v in best.items()}
 
 
 def one_flow_capture(nbytes: int, seg: int = 1448) -> list[FrameBatch]:
@@ -340,6 +363,60 @@ def bench_memory(flows: int) -> Result:
     )
 
 
+_INPUTS = """
+import json, os, socket, sys, time
+sys.path.insert(0, sys.argv[1])
+from celltap.pcap.batch import FrameBatch
+from celltap.incubator.outputs import VxlanOutput
+from celltap.cell.inputs import VxlanSource
+try:  # a tree from before capture times has no Geneve
+    from celltap.incubator.outputs import GeneveOutput
+    from celltap.cell.inputs import GeneveSource
+except ImportError:
+    GeneveOutput = None
+os.sched_setaffinity(0, {int(sys.argv[2])})
+frames = [bytes(12) + b"\\x08\\x00" + bytes([i % 251]) * 50 for i in range(1024)]
+batch = FrameBatch.from_frames(frames, [1_700_000_000_000_000_000 + i for i in range(1024)])
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]; s.close(); return p
+def rate(out_cls, src_cls, scheme, rounds=200):
+    port = free_port()
+    src = src_cls(f"{scheme}://127.0.0.1:{port}")
+    out = out_cls("127.0.0.1", port, 0)
+    best = 0.0
+    for _ in range(3):
+        spent = 0.0
+        for _ in range(rounds):
+            out.send(batch)
+            got = 0
+            t = time.perf_counter()
+            while got < 1024:
+                b = src.read_batch()
+                got += 0 if b is None else len(b)
+            spent += time.perf_counter() - t
+        best = max(best, rounds * 1024 / spent)
+    src.close(); out.close()
+    return best
+res = {"receive_vxlan_fps": rate(VxlanOutput, VxlanSource, "vxlan")}
+if GeneveOutput is not None:
+    res["receive_geneve_fps"] = rate(GeneveOutput, GeneveSource, "geneve")
+print(json.dumps(res))
+"""
+
+
+def bench_inputs(root: str | None = None, cpu: int = 1) -> dict[str, float]:
+    """Frames/s the cell's tunnel inputs read (read_batch only; 64-byte frames, 1024 per burst, loopback);
+    `root`: the source tree to measure (another checkout gives a before/after in one run)."""
+    import json
+
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", _INPUTS, root, str(cpu)], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-2000:])
+    return json.loads(p.stdout)
+
+
 def main(argv: list[str] | None = None) -> list[Result]:
     """Run the cell benchmarks and print them."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -348,11 +425,27 @@ def main(argv: list[str] | None = None) -> list[Result]:
     ap.add_argument("--flows", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3, help="runs of the cell and of tcpflow (best of)")
     ap.add_argument("--cps-only", action="store_true", help="only the CPS figures")
+    ap.add_argument("--inputs-only", action="store_true", help="only the live tunnel inputs' receive rates")
+    ap.add_argument(
+        "--before", metavar="TREE", help="with --inputs-only or --cps-only: also measure another checkout"
+    )
     args = ap.parse_args(argv if argv is not None else [])
+    if args.inputs_only:
+        res = {f"before_{k}": v for k, v in bench_inputs(args.before).items()} if args.before else {}
+        res.update(bench_inputs())
+        for k, v in res.items():
+            print(f"{k}: {v:,.0f} frames/s")
+        return []
     cpu = pin_to_one_core()
     others = set(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1))) - {cpu}
     if others:
         os.sched_setaffinity(0, others)  # the draining reader runs beside the cell's core, not on it
+    if args.cps_only and args.before:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = bench_cps_before_after(args.connections, tmp, cpu, args.runs, args.before)
+        for k, v in res.items():
+            print(f"{k}: {v:,.0f} conn/s (in-process CPU seconds, best of {args.runs})")
+        return []
     with tempfile.TemporaryDirectory() as tmp:
         results = bench_cps(args.connections, tmp, cpu, args.runs)
         if not args.cps_only:

@@ -243,6 +243,10 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 from celltap.pcap.batch import FrameBatch
 from celltap.incubator.outputs import IfaceOutput, VxlanOutput
+try:  # a tree from before capture times (bench_sends(root=...)) has neither
+    from celltap.incubator.outputs import GeneveOutput
+except ImportError:
+    GeneveOutput = None
 os.sched_setaffinity(0, {int(sys.argv[2])})
 frames = [bytes(12) + b"\\x08\\x00" + bytes([i % 251]) * 50 for i in range(1024)]
 batch = FrameBatch.from_frames(frames, list(range(1024)))
@@ -263,12 +267,18 @@ for batched in (True, False):
     res["send_iface_" + tag + "_fps"] = rate(IfaceOutput("s0", batched=batched), 200)
     vx = VxlanOutput("127.0.0.1", rx.getsockname()[1], 7, batched=batched)
     res["send_vxlan_" + tag + "_fps"] = rate(vx, 200)
+    if GeneveOutput is not None:
+        stamped = IfaceOutput("s0", batched=batched, timestamps=True)
+        res["send_iface_arista_" + tag + "_fps"] = rate(stamped, 200)
+        gn = GeneveOutput("127.0.0.1", rx.getsockname()[1], 7, batched=batched)
+        res["send_geneve_" + tag + "_fps"] = rate(gn, 200)
 print(json.dumps(res))
 """
 
 
-def bench_sends(cpu: int = 1) -> dict[str, float]:
-    """Frames/s of one cell output with sendmmsg batches of 1024 vs one send per frame (root)."""
+def bench_sends(cpu: int = 1, root: str | None = None) -> dict[str, float]:
+    """Frames/s of one cell output with sendmmsg batches of 1024 vs one send per frame (root); `root`:
+    the source tree to measure (default this one; another checkout gives a before/after in one run)."""
     import json
     import uuid
 
@@ -278,14 +288,16 @@ def bench_sends(cpu: int = 1) -> dict[str, float]:
         _sh("ip", "-n", ns, "link", "add", "s0", "type", "veth", "peer", "name", "s1")
         for ifname in ("lo", "s0", "s1"):
             _sh("ip", "-n", ns, "link", "set", ifname, "up")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         p = _ns_run(ns, sys.executable, "-c", _SENDS, root, str(cpu))
         if p.returncode != 0:
             raise RuntimeError(p.stderr[-2000:])
         res = json.loads(p.stdout)
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    for kind in ("iface", "vxlan"):
+    for kind in ("iface", "vxlan", "iface_arista", "geneve"):
+        if f"send_{kind}_batched_fps" not in res:
+            continue
         res[f"send_{kind}_batched_over_per_frame"] = (
             res[f"send_{kind}_batched_fps"] / res[f"send_{kind}_per_frame_fps"]
         )
@@ -304,10 +316,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="also measure live replay through a veth and the outputs' send rates (root)",
     )
     p.add_argument("--live-frames", type=int, default=200_000, help="frames per live trial")
+    p.add_argument("--sends-only", action="store_true", help="only the outputs' send rates (root)")
+    p.add_argument(
+        "--before", metavar="TREE", help="with --sends-only: also measure another checkout, in the same run"
+    )
     if argv is None:
         # From bench/run.py: the live figure too where we can make veths (root).
         argv = ["--live"] if os.geteuid() == 0 else []
     a = p.parse_args(argv)
+    if a.sends_only:
+        results = {}
+        if a.before:
+            results.update({f"before_{k}": v for k, v in bench_sends(root=a.before).items()})
+        results.update(bench_sends())
+        for k, v in results.items():
+            print(f"{k}: {v:,.3f}")
+        return results
     with tempfile.TemporaryDirectory(prefix="celltap-bench-inc-") as tmp:
         cap = os.path.join(tmp, "in.pcap")
         make_capture(cap, a.frames, a.flows)

@@ -28,6 +28,7 @@ import xxhash
 from celltap.cell import events as ev
 from celltap.cell.ack_batching import SLOW_FLAGS, route_first_acks, settle_acks
 from celltap.cell.classifier import Classifier
+from celltap.cell.dedup import Deduplicator, select_decoded
 from celltap.cell.defrag import Defragmenter
 from celltap.cell.flow_table import END_DETECTED, END_FORCED, END_IDLE, LINGER_NS, Flow, FlowTable
 from celltap.cell.packet_path import feed_packets, zero_window_marks
@@ -123,6 +124,8 @@ class Abstractor:
         self.flows_destroyed: dict[str, int] = {}
         self.unrouted_bytes = 0  # flow data with no interface to go to (no rule, no default)
         self.now_ns = 0
+        # duplicate removal (global `dedup: yes`): off by default, then nothing below changes
+        self.dedup = Deduplicator(round(g.dedup_window * 1e9)) if g.dedup else None
 
     # ------------------------------------------------------------------ counters
     def _drop(self, reason: str, n: int = 1) -> None:
@@ -302,8 +305,23 @@ class Abstractor:
     def process_frames(self, batch: FrameBatch, now_ns: int | None = None) -> None:
         """Decode and process one batch of captured frames."""
         if len(batch):
-            self.process_decoded(decode_batch(batch, self.decode_options))
+            db = decode_batch(batch, self.decode_options)
+            if self.dedup is not None:
+                db = self._drop_duplicates(db)
+            self.process_decoded(db)
         self.collect(now_ns if now_ns is not None else self.now_ns)
+
+    def _drop_duplicates(self, db: DecodedBatch) -> DecodedBatch:
+        """Count and take out the batch's duplicate frames (cell/dedup.py); they count as received."""
+        assert self.dedup is not None
+        dup = self.dedup.duplicates(db)
+        k = int(np.count_nonzero(dup))
+        if k == 0:
+            return db
+        self._drop("duplicate", k)
+        self.packets += k
+        self.octets += int(db.batch.wirelens[dup].sum())
+        return select_decoded(db, ~dup)
 
     def process_decoded(self, db: DecodedBatch, weights: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Process decoded frames; `weights` = (packets, wire octets) per frame for reassembled datagrams."""

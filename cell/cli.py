@@ -9,19 +9,24 @@ import sys
 from urllib.parse import urlsplit
 
 from celltap.cli_types import PORT, SECONDS, bounded, endpoint_url
+from celltap.user_errors import add_metrics_addr_argument
 
-_VXLAN = endpoint_url("vxlan", default_port=4789, query=("vni",))
+_TUNNELS = {
+    "vxlan://": endpoint_url("vxlan", default_port=4789, query=("vni",)),
+    "geneve://": endpoint_url("geneve", default_port=6081, query=("vni",)),
+}
 
 
 def input_spec(text: str) -> str:
-    """argparse type of --input / --advertise: vxlan://ADDR:PORT[?vni=N], iface:IFACE[@MAC], pcap:FILE."""
+    """argparse type of --input / --advertise: vxlan:// or geneve://ADDR:PORT[?vni=N], iface:, pcap:."""
     if text.startswith(("iface:", "pcap:")) and len(text.partition(":")[2]) > 0:
         return text
-    if not text.startswith("vxlan://"):
+    scheme = next((s for s in _TUNNELS if text.startswith(s)), None)
+    if scheme is None:
         raise argparse.ArgumentTypeError(
-            f"expected vxlan://ADDR:PORT, iface:IFACE or pcap:FILE, got {text!r}"
+            f"expected vxlan://ADDR:PORT, geneve://ADDR:PORT, iface:IFACE or pcap:FILE, got {text!r}"
         )
-    _VXLAN(text)
+    _TUNNELS[scheme](text)
     vni = text.partition("?vni=")[2]
     if vni and not (vni.isdigit() and int(vni) < 1 << 24):
         raise argparse.ArgumentTypeError(f"vni must be an integer in 0..16777215, got {vni!r}")
@@ -44,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help="live input: vxlan://ADDR:PORT[?vni=N], iface:IFACE or pcap:FILE (repeatable)",
+        help="live input, repeatable: vxlan://ADDR:PORT[?vni=N], geneve://ADDR:PORT[?vni=N], "
+        "iface:IFACE or pcap:FILE",
     )
     parser.add_argument(
         "--wait-readers",
@@ -65,7 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="export one IPFIX biflow record per flow",
     )
     parser.add_argument("--metrics-port", type=PORT, default=None, help="serve Prometheus /metrics here")
+    add_metrics_addr_argument(parser)
     parser.add_argument("--home", help="interface directory (overrides global.home)")
+    parser.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help="loopback7/pcap input sockets 0660 with this group (global.socket_group; default 0600)",
+    )
     parser.add_argument(
         "--reader-buffer", type=bounded(int, 4096, 2**40), default=None, help="bytes buffered per reader"
     )
@@ -115,6 +127,14 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.home:
         cfg.glob.home = args.home
+    if args.socket_group:
+        from celltap.cell.sftap_config import parse_group
+
+        try:
+            cfg.glob.socket_group = parse_group(args.socket_group, "--socket-group")
+        except ConfigError as exc:
+            print(f"celltap cell: {exc}", file=sys.stderr)
+            return 2
     cell_id = args.cell_id if args.cell_id is not None else cfg.glob.cell_id
     if args.metrics_port is not None:
         # Imported before the sockets appear, so that /metrics answers soon after they do.
@@ -137,7 +157,7 @@ def main(args: argparse.Namespace) -> int:
         if args.metrics_port is not None:
             registry = CollectorRegistry()
             registry.register(CellCollector(cell))
-            serve_metrics(args.metrics_port, registry=registry)
+            serve_metrics(args.metrics_port, args.metrics_addr or "", registry=registry)
         waits = cell.expand_waits([w.strip() for w in args.wait_readers.split(",") if w.strip()])
         read = args.read
         live = []
@@ -206,8 +226,11 @@ def _register(args: argparse.Namespace, cell_id: int, live: list[str]) -> object
         raise ValueError("--registry needs --advertise (or an --input to advertise)")
     value: dict[str, object] = {"input": advertise, "weight": args.weight}
     if args.metrics_port is not None:
-        host = urlsplit(advertise).hostname if "://" in advertise else None
-        host = host if host and host not in ("0.0.0.0", "::") else "127.0.0.1"
+        # A wildcard /metrics answers on the advertised host; a specific address only there.
+        host = args.metrics_addr or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):
+            host = urlsplit(advertise).hostname if "://" in advertise else None
+            host = host if host and host not in ("0.0.0.0", "::") else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         value["metrics"] = f"http://{host}:{args.metrics_port}/metrics"
     membership = Membership(open_registry(args.registry), args.cluster, ttl=args.lease_ttl)

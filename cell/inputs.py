@@ -1,11 +1,24 @@
-"""Frame sources of the cell: pcap file, VXLAN over UDP (RFC 7348), AF_PACKET interface, pcap stream.
+"""Frame sources of the cell: pcap file, VXLAN (RFC 7348) or Geneve (RFC 8926) over UDP, an AF_PACKET
+interface, a pcap stream.
 
-Each live source is a non-blocking socket with `read_batch()` returning a FrameBatch of everything
-that is waiting (up to a cap), so one wakeup decodes many frames at once.
+Each live source has `read_batch()` returning a FrameBatch of everything that is waiting (up to a cap),
+so one wakeup decodes many frames at once, and every frame keeps its own capture time in
+`FrameBatch.ts_ns` (int64 nanoseconds since the Unix epoch, UTC):
+
+* `iface:IF` reads a TPACKET_V3 ring (celltap.incubator.capture.afpacket): the time of each frame is
+  the kernel's tp_sec/tp_nsec of its tpacket3_hdr.  The frames are copied out of the ring in one
+  vectorised pass and the blocks handed back at once.
+* `vxlan://` and `geneve://` take datagrams with recvmmsg(2) and SO_TIMESTAMPNS (cell/stamped_recv.py):
+  headers are checked and inner frames cut out for the whole call with numpy.  A Geneve datagram's
+  frame gets the capture time of celltap's time option (celltap/capture_time.py) when it has one;
+  VXLAN, and Geneve without the option, keep the kernel receive time (a third-party mirror).
+* On every live input, a frame that carries an Arista timestamp header (an incubator's
+  `iface:...?ts=arista` output, or an Arista switch) loses the header and takes its time.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import time
@@ -13,19 +26,29 @@ from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import numpy as np
+from celltap.cell.stamped_recv import StampedReceiver
 
-from celltap.pcap import open_capture
+from celltap.capture_time import (
+    GENEVE_BASE,
+    GENEVE_DEFAULT_PORT,
+    GENEVE_PROTO_TEB,
+    geneve_time_options,
+    strip_arista,
+)
+from celltap.pcap import open_capture, scatter_rows
 from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
 
 VXLAN_HEADER = 8
-ETH_P_ALL = 0x0003
+VXLAN_DEFAULT_PORT = 4789
+ETH_MIN = 14
+# A carried capture time later than this after the frame's receive time is not believed (clock skew
+# between hosts is milliseconds; a bogus future time would move the cell's clock and time out every
+# flow): the frame keeps its receive time and is counted as time="future".  Earlier times are
+# legitimate (an incubator replaying a capture file sends the file's times).
+FUTURE_LIMIT_NS = 60 * 1_000_000_000
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
-
-SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; socket.SO_TIMESTAMPNS is missing from older Pythons
-_TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux
-_ANC_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 def pcap_batches(path: str) -> Iterator[FrameBatch]:
@@ -34,101 +57,257 @@ def pcap_batches(path: str) -> Iterator[FrameBatch]:
         yield from cap
 
 
-class DatagramSource:
-    """Shared receive loop of the socket sources."""
+def _count(drops: dict[str, int], reason: str, mask: np.ndarray) -> None:
+    k = int(np.count_nonzero(mask))
+    if k:
+        drops[reason] = drops.get(reason, 0) + k
+
+
+class LiveSource:
+    """What the cell needs of a live input: a socket to poll, batches, drop counts by reason."""
 
     sock: socket.socket
     max_frames = 4096
-    bufsize = 65536
 
     def __init__(self) -> None:
         self.drops: dict[str, int] = {}
+        # frames by where their time came from: "sender" (a Geneve option or Arista header) or "receive"
+        self.stamps = {"sender": 0, "receive": 0, "future": 0}
 
     def fileno(self) -> int:
         """The socket's file descriptor (for selectors)."""
         return self.sock.fileno()
 
-    def _frame(self, data: bytes) -> bytes | None:
-        return data
-
-    def stamp_frames(self) -> None:
-        """Ask the kernel for each frame's receive time (SCM_TIMESTAMPNS), as libpcap does."""
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-
     def read_batch(self) -> FrameBatch | None:
-        """Everything waiting on the socket (at most max_frames), or None; each frame keeps the kernel's
-        receive time (the read time only when the kernel gave none)."""
-        frames: list[bytes] = []
-        times: list[int] = []
-        recvmsg = self.sock.recvmsg
-        for _ in range(self.max_frames):
-            try:
-                data, anc, _flags, _addr = recvmsg(self.bufsize, _ANC_SPACE)
-            except (BlockingIOError, InterruptedError):
-                break
-            f = self._frame(data)
-            if f is not None:
-                frames.append(f)
-                ts = 0
-                for level, kind, payload in anc:
-                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
-                        sec, nsec = _TIMESPEC.unpack_from(payload)
-                        ts = sec * 1_000_000_000 + nsec
-                times.append(ts)
-        if not frames:
-            return None
-        now = time.time_ns()
-        return FrameBatch.from_frames(frames, [t or now for t in times], LINKTYPE_ETHERNET)
+        """Everything waiting (at most about max_frames), or None."""
+        raise NotImplementedError
+
+    def settle(self) -> None:
+        """Before a last read: let the kernel hand over what it still holds (nothing to do here)."""
+
+    def _finish(self, batch: FrameBatch, recv_ns: np.ndarray, carried: np.ndarray) -> FrameBatch:
+        """Take Arista timestamp headers out; keep carried times that are plausible; count sources.
+
+        `batch.ts_ns` holds the carried time where `carried`, else the receive time `recv_ns`."""
+        batch, stamped = strip_arista(batch)
+        if stamped:
+            carried = carried | (batch.ts_ns != recv_ns)
+        future = carried & (batch.ts_ns > recv_ns + FUTURE_LIMIT_NS)
+        k = int(np.count_nonzero(future))
+        if k:
+            batch.ts_ns = np.where(future, recv_ns, batch.ts_ns)
+            carried = carried & ~future
+        sender = int(np.count_nonzero(carried))
+        self.stamps["sender"] += sender
+        self.stamps["future"] += k
+        self.stamps["receive"] += len(batch) - sender - k
+        return batch
 
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
 
 
-class VxlanSource(DatagramSource):
-    """RFC 7348 receiver: UDP datagrams with an 8-byte VXLAN header around an Ethernet frame."""
+class TunnelSource(LiveSource):
+    """UDP datagrams around Ethernet frames, received with recvmmsg and kernel receive times."""
 
-    def __init__(self, url: str, vni: int | None = None) -> None:
+    def __init__(self, url: str, default_port: int, vni: int | None = None) -> None:
         super().__init__()
         u = urlparse(url)
-        host = u.hostname or "0.0.0.0"
-        port = u.port or 4789
+        host = u.hostname or "127.0.0.1"  # `vxlan://:4789`: this host only; name 0.0.0.0 to take more
+        port = u.port or default_port
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         self.sock.bind((host, port))
         self.sock.setblocking(False)
-        self.stamp_frames()
+        self.rx = StampedReceiver(self.sock)
         self.vni = vni
         self.address = self.sock.getsockname()
 
-    def _frame(self, data: bytes) -> bytes | None:
-        if len(data) < VXLAN_HEADER + 14:
-            self.drops["vxlan_short"] = self.drops.get("vxlan_short", 0) + 1
+    def _inner(self, rows: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(kept mask, inner frame offset in its row, carried capture time or 0) of n datagrams."""
+        raise NotImplementedError
+
+    def read_batch(self) -> FrameBatch | None:
+        parts: list[FrameBatch] = []
+        recvs: list[np.ndarray] = []
+        sent: list[np.ndarray] = []
+        total = 0
+        rx = self.rx
+        while total < self.max_frames:
+            try:
+                n = rx.recv()
+            except OSError as exc:  # the socket's error, not the traffic's: counted, the cell goes on
+                reason = f"receive_{errno.errorcode.get(exc.errno or 0, 'oserror').lower()}"
+                self.drops[reason] = self.drops.get(reason, 0) + 1
+                break
+            if n == 0:
+                break
+            total += n
+            lens = rx.lengths(n)
+            trunc = rx.truncated(n)
+            _count(self.drops, "truncated", trunc)
+            keep, start, sent_ts = self._inner(rx.rows[:n], lens)
+            keep &= ~trunc
+            idx = np.flatnonzero(keep)
+            if idx.size == 0:
+                continue
+            caplen = lens[idx] - start[idx]
+            offs = np.zeros(idx.size, np.int64)
+            np.cumsum(caplen[:-1], out=offs[1:])
+            buf = np.empty(int(caplen.sum()), np.uint8)
+            scatter_rows(buf, offs, rx.rows.reshape(-1), idx * rx.slot_size + start[idx], caplen)
+            recv_ts = rx.times(n)[idx]
+            recv_ts = np.where(recv_ts > 0, recv_ts, time.time_ns())
+            has = sent_ts[idx] > 0
+            ts = np.where(has, sent_ts[idx], recv_ts)
+            parts.append(FrameBatch(buf, offs, caplen, caplen.copy(), ts, LINKTYPE_ETHERNET))
+            recvs.append(recv_ts)
+            sent.append(has)
+        if not parts:
             return None
-        flags, vni_word = struct.unpack_from(">B3xI", data)
-        if not flags & 0x08:
-            self.drops["vxlan_no_vni_flag"] = self.drops.get("vxlan_no_vni_flag", 0) + 1
-            return None
-        if self.vni is not None and vni_word >> 8 != self.vni:
-            self.drops["vxlan_other_vni"] = self.drops.get("vxlan_other_vni", 0) + 1
-            return None
-        return data[VXLAN_HEADER:]
+        batch = parts[0] if len(parts) == 1 else _concat(parts)
+        return self._finish(batch, np.concatenate(recvs), np.concatenate(sent))
 
 
-class InterfaceSource(DatagramSource):
-    """AF_PACKET receiver on one interface: every frame in both directions, like libpcap."""
+def _concat(parts: list[FrameBatch]) -> FrameBatch:
+    """One batch of several compact ones (each buffer holds exactly its frames, in order)."""
+    bufs = [p.buf for p in parts]
+    shift = np.cumsum([0] + [b.size for b in bufs[:-1]])
+    offs = np.concatenate([p.offsets + s for p, s in zip(parts, shift, strict=True)])
+    return FrameBatch(
+        np.concatenate(bufs),
+        offs,
+        np.concatenate([p.caplens for p in parts]),
+        np.concatenate([p.wirelens for p in parts]),
+        np.concatenate([p.ts_ns for p in parts]),
+        LINKTYPE_ETHERNET,
+    )
 
-    def __init__(self, ifname: str) -> None:
+
+def _u16(rows: np.ndarray, at: int) -> np.ndarray:
+    return rows[:, at].astype(np.int64) << 8 | rows[:, at + 1]
+
+
+def _vni_of(rows: np.ndarray) -> np.ndarray:
+    return rows[:, 4].astype(np.int64) << 16 | rows[:, 5].astype(np.int64) << 8 | rows[:, 6]
+
+
+def vxlan_inner(
+    rows: np.ndarray, lens: np.ndarray, vni: int | None, drops: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kept mask, inner frame offset, carried time = 0) of n VXLAN datagrams (rows[i, :lens[i]]);
+    what is not kept is counted in `drops` by reason."""
+    n = lens.shape[0]
+    short = lens < VXLAN_HEADER + ETH_MIN
+    _count(drops, "vxlan_short", short)
+    keep = ~short
+    no_flag = keep & ((rows[:, 0] & 0x08) == 0)
+    _count(drops, "vxlan_no_vni_flag", no_flag)
+    keep &= ~no_flag
+    if vni is not None:
+        other = keep & (_vni_of(rows) != vni)
+        _count(drops, "vxlan_other_vni", other)
+        keep &= ~other
+    return keep, np.full(n, VXLAN_HEADER, np.int64), np.zeros(n, np.int64)
+
+
+def geneve_inner(
+    rows: np.ndarray, lens: np.ndarray, vni: int | None, drops: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kept mask, inner frame offset, carried capture time or 0) of n Geneve datagrams
+    (rows[i, :lens[i]]); what is not kept is counted in `drops` by reason."""
+    n = lens.shape[0]
+    start = GENEVE_BASE + 4 * (rows[:, 0] & 0x3F).astype(np.int64)
+    checks = (
+        ("geneve_short", lens < start + ETH_MIN),
+        ("geneve_bad_version", (rows[:, 0] >> 6) != 0),
+        ("geneve_not_ethernet", _u16(rows, 2) != GENEVE_PROTO_TEB),
+        # RFC 8926 3.4: a receiver that does not process a critical option must drop the packet
+        ("geneve_critical_option", (rows[:, 1] & 0x40) != 0),
+    )
+    keep = np.ones(n, bool)
+    for reason, bad in checks:
+        hit = keep & bad
+        _count(drops, reason, hit)
+        keep &= ~hit
+    if vni is not None:
+        other = keep & (_vni_of(rows) != vni)
+        _count(drops, "geneve_other_vni", other)
+        keep &= ~other
+    ts = np.zeros(n, np.int64)
+    has_opts = keep & (start > GENEVE_BASE)
+    if has_opts.any():
+        i = np.flatnonzero(has_opts)
+        ts[i] = geneve_time_options(rows, i, np.full(i.size, GENEVE_BASE), start[i])
+    return keep, start, ts
+
+
+class VxlanSource(TunnelSource):
+    """RFC 7348 receiver: an 8-byte VXLAN header around an Ethernet frame; frames keep their receive time."""
+
+    def __init__(self, url: str, vni: int | None = None) -> None:
+        super().__init__(url, VXLAN_DEFAULT_PORT, vni)
+
+    def _inner(self, rows: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return vxlan_inner(rows, lens, self.vni, self.drops)
+
+
+class GeneveSource(TunnelSource):
+    """RFC 8926 receiver: Geneve around Ethernet frames; celltap's time option gives the capture time."""
+
+    def __init__(self, url: str, vni: int | None = None) -> None:
+        super().__init__(url, GENEVE_DEFAULT_PORT, vni)
+
+    def _inner(self, rows: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return geneve_inner(rows, lens, self.vni, self.drops)
+
+
+class InterfaceSource(LiveSource):
+    """AF_PACKET TPACKET_V3 ring on one interface: every frame in both directions, like libpcap, each
+    with the kernel's capture time."""
+
+    def __init__(self, ifname: str, blocks: int = 32) -> None:
         super().__init__()
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        self.sock.bind((ifname, 0))
+        from celltap.incubator.capture.afpacket import AfPacketCapture
+
+        self.retire_ms = 10
+        self.ring = AfPacketCapture(ifname, block_nr=blocks, retire_ms=self.retire_ms, ignore_outgoing=False)
+        self.sock = self.ring.sock
         # promiscuous while the socket lives: a mirror port's frames are addressed to other hosts
         mreq = struct.pack("iHH8s", socket.if_nametoindex(ifname), PACKET_MR_PROMISC, 0, b"")
         self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-        self.sock.setblocking(False)
-        self.stamp_frames()
+
+    def read_batch(self) -> FrameBatch | None:
+        batch = self.ring.read_batch(max_blocks=8, max_frames=self.max_frames)
+        if batch is None:
+            return None
+        try:
+            n = len(batch)
+            caplen = batch.caplens.astype(np.int64)
+            offs = np.zeros(n, np.int64)
+            if n > 1:
+                np.cumsum(caplen[:-1], out=offs[1:])
+            buf = np.empty(int(caplen.sum()), np.uint8)
+            scatter_rows(buf, offs, batch.buf, batch.offsets, caplen)
+            own = FrameBatch(buf, offs, caplen, batch.wirelens.copy(), batch.ts_ns.copy(), LINKTYPE_ETHERNET)
+        finally:
+            self.ring.release()  # the frames are copied out: the blocks go back to the kernel now
+        if not n:
+            return None
+        return self._finish(own, own.ts_ns.copy(), np.zeros(n, bool))
+
+    def settle(self) -> None:
+        """The ring's open block is handed over when its retire timer fires: wait for it once."""
+        time.sleep(2 * self.retire_ms / 1000)
+
+    def close(self) -> None:
+        self.ring.close()
+
+
+# The name earlier code imported: every live source of the cell.
+DatagramSource = LiveSource
 
 
 class PcapStreamParser:

@@ -1,6 +1,10 @@
 """UNIX-socket interfaces (the I/O edge): SF-TAP's socket layout, one bounded buffer per reader.
 
-`<home>` is created 0750 with `tcp/`, `udp/`, `icmp/`; sockets are 0660. Every connected reader of an
+`<home>` is created 0750 with `tcp/`, `udp/`, `icmp/`; output sockets are 0660. The input sockets
+(`loopback7`, `pcap`) take frames and streams into the cell, so whoever connects can feed it or end
+it: they are 0600 (the cell's user only), or 0660 with `socket_group` when one is configured (and
+`<home>` 0751, so that group can reach them); they are bound under umask 0177, so they never exist
+with a wider mode, even for an instant. Every connected reader of an
 interface gets all of its events. Each reader has a bounded send buffer: when a batch's events for an
 interface do not fit, that batch is dropped for that reader only (whole events, so framing survives),
 counted per interface and reason. Live inputs never wait for readers. With `pace=True` (offline runs)
@@ -50,8 +54,10 @@ class InterfaceServer:
         pcap: str | None = None,
         on_pcap: Callable[[socket.socket, bytes], None] | None = None,
         on_input_close: Callable[[socket.socket], None] | None = None,
+        socket_group: int | None = None,
     ) -> None:
         self.home = Path(home)
+        self.socket_group = socket_group
         self.buffer_cap = buffer_cap
         self.sel = selectors.DefaultSelector()
         self.readers: dict[str, list[Reader]] = {name: [] for name in sink_names}
@@ -67,7 +73,8 @@ class InterfaceServer:
         old = os.umask(0o007)
         try:
             self.home.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.home, 0o750)
+            # With socket_group, its members must reach <home>/loopback7: search (not list) for others.
+            os.chmod(self.home, 0o750 if socket_group is None else 0o751)
             for sub in ("tcp", "udp", "icmp"):
                 (self.home / sub).mkdir(exist_ok=True)
                 os.chmod(self.home / sub, 0o750)
@@ -86,8 +93,25 @@ class InterfaceServer:
             if stat.S_ISSOCK(path.lstat().st_mode):
                 path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(str(path))
-        os.chmod(path, 0o660)
+        if kind == "out":
+            sock.bind(str(path))
+            os.chmod(path, 0o660)
+        else:
+            old = os.umask(0o177)  # an input socket is never connectable by others, not even briefly
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old)
+            if self.socket_group is not None:
+                try:
+                    os.chown(path, -1, self.socket_group)
+                except PermissionError:
+                    sock.close()
+                    raise ValueError(
+                        f"socket_group {self.socket_group}: cannot give {path} to that group "
+                        "(the cell's user must be a member of it)"
+                    ) from None
+                os.chmod(path, 0o660)
         sock.listen(128)
         sock.setblocking(False)
         self.listeners[name] = sock

@@ -144,6 +144,12 @@ class CellCollector(Collector):
         yield counter(
             "celltap_cell_input_dropped_frames", "Frames dropped by an input", ["reason"], c.input_drops()
         )
+        yield counter(
+            "celltap_cell_input_frames",
+            "Live frames by the source of their time: sender (carried), receive, future (carried, rejected)",
+            ["time"],
+            {(k,): v for k, v in c.input_stamps().items()},
+        )
         if c.exporter is not None:
             e = c.exporter
             yield counter("celltap_cell_ipfix_records", "IPFIX flow records exported", [], {(): e.records})

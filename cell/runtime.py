@@ -8,10 +8,18 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from urllib.parse import parse_qs
 
 from celltap.cell.abstractor import Abstractor
 from celltap.cell.flow_export import FlowExporter
-from celltap.cell.inputs import DatagramSource, InterfaceSource, PcapStreamParser, VxlanSource, pcap_batches
+from celltap.cell.inputs import (
+    GeneveSource,
+    InterfaceSource,
+    LiveSource,
+    PcapStreamParser,
+    VxlanSource,
+    pcap_batches,
+)
 from celltap.cell.interfaces import InterfaceServer
 from celltap.cell.sdk.binary_format import BinaryDecoder
 from celltap.cell.sdk.text_format import TextDecoder
@@ -52,9 +60,10 @@ class Cell:
             pcap=pc.ifname if pc else None,
             on_pcap=self._on_pcap,
             on_input_close=self._on_input_close,
+            socket_group=cfg.glob.socket_group,
         )
         self.exporter = FlowExporter(ipfix, cell_id) if ipfix else None
-        self.sources: list[DatagramSource] = []
+        self.sources: list[LiveSource] = []
         self._lb_state: dict[socket.socket, tuple[TextDecoder | BinaryDecoder, dict]] = {}
         self._pcap_state: dict[socket.socket, PcapStreamParser] = {}
         self._clock_pkt = 0  # no packet yet: nothing can time out
@@ -146,21 +155,35 @@ class Cell:
         )
 
     def add_input(self, spec: str) -> None:
-        """Open a live input: `vxlan://ADDR:PORT[?vni=N]` or `iface:IFACE`."""
-        if spec.startswith("vxlan://"):
-            vni = None
-            if "?vni=" in spec:
-                spec, _, v = spec.partition("?vni=")
-                vni = int(v)
-            src: DatagramSource = VxlanSource(spec, vni)
+        """Open a live input: `vxlan://ADDR:PORT[?vni=N]`, `geneve://ADDR:PORT[?vni=N]` or `iface:IFACE`."""
+        src: LiveSource
+        if spec.startswith(("vxlan://", "geneve://")):
+            base, _, query = spec.partition("?")
+            q = parse_qs(query)
+            unknown = set(q) - {"vni"}
+            if unknown:
+                raise ValueError(f"--input {spec!r}: unknown parameter {sorted(unknown)[0]!r}")
+            vni = int(q["vni"][0]) if "vni" in q else None
+            src = VxlanSource(base, vni) if spec.startswith("vxlan://") else GeneveSource(base, vni)
         elif spec.startswith("iface:"):
             src = InterfaceSource(spec[len("iface:") :])
         else:
-            raise ValueError(f"--input: expected vxlan://ADDR:PORT or iface:IFACE, got {spec!r}")
+            raise ValueError(
+                f"--input: expected vxlan://ADDR:PORT, geneve://ADDR:PORT or iface:IFACE, got {spec!r}"
+            )
         self.sources.append(src)
         self.server.sel.register(src.sock, 1, ("cb", lambda s=src: self._source_ready(s)))
 
-    def _source_ready(self, src: DatagramSource) -> None:
+    def input_stamps(self) -> dict[str, int]:
+        """Live frames by where their time came from: `sender` (carried), `receive` (kernel receive), or
+        `future` (a carried time more than a minute past the receive time: the receive time is used)."""
+        out = {"sender": 0, "receive": 0, "future": 0}
+        for s in self.sources:
+            for k, v in s.stamps.items():
+                out[k] += v
+        return out
+
+    def _source_ready(self, src: LiveSource) -> None:
         batch = src.read_batch()
         if batch is not None:
             self.process(batch, time.time_ns())

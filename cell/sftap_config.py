@@ -44,6 +44,9 @@ _GLOBAL_KEYS = (
     "gc_scan",
     "cell_id",
     "decapsulate",
+    "dedup",
+    "dedup_window",
+    "socket_group",
 )
 _RULE_KEYS = ("up", "down", "proto", "if", "format", "body", "nice", "balance", "port", "utf8")
 
@@ -150,6 +153,9 @@ class GlobalConfig:
     gc_scan: int = 16384
     cell_id: int = 0
     decapsulate: bool = True  # GRE / ERSPAN / VXLAN / IP in IP: the inner flow (no: the tunnel's own flow)
+    dedup: bool = False  # drop duplicate frames (cell/dedup.py), counted as dropped `duplicate`
+    dedup_window: float = 0.01  # seconds between two copies of one packet
+    socket_group: int | None = None  # gid of the loopback7/pcap input sockets (0660); None: 0600, owner only
 
 
 @dataclass
@@ -225,6 +231,20 @@ def _regex(text: str, where: str, utf8: bool) -> RulePattern:
         raise ConfigError(f"{where}: RE2 cannot compile {text!r}: {exc}") from None
 
 
+def parse_group(value: Any, where: str) -> int:
+    """A group name or numeric gid that exists on this host, as a gid (ConfigError naming `where`)."""
+    import grp
+
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a group name or gid, got {value!r}")
+    try:
+        if isinstance(value, int) or str(value).isdigit():
+            return grp.getgrgid(int(value)).gr_gid
+        return grp.getgrnam(str(value)).gr_gid
+    except (KeyError, OverflowError):
+        raise ConfigError(f"{where}: no group {value!r} on this host") from None
+
+
 def _parse_global(section: Any) -> GlobalConfig:
     g = GlobalConfig()
     if section is None:
@@ -243,7 +263,9 @@ def _parse_global(section: Any) -> GlobalConfig:
             g.udp_timeout = _number(value, where)
         elif key == "defrag_timeout":
             g.defrag_timeout = _number(value, where)
-        elif key in ("midstream", "decapsulate"):
+        elif key == "dedup_window":
+            g.dedup_window = _number(value, where)
+        elif key in ("midstream", "decapsulate", "dedup"):
             setattr(g, key, _yes_no(value, where))
         elif key in ("lru", "cache"):
             _yes_no(value, where)
@@ -253,6 +275,8 @@ def _parse_global(section: Any) -> GlobalConfig:
             g.hop_limit = _int(value, where, 0)
         elif key == "cell_id":
             g.cell_id = _int(value, where, 0)
+        elif key == "socket_group":
+            g.socket_group = parse_group(value, where)
         else:
             setattr(g, key, _int(value, where, 1))
     ranged = {

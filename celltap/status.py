@@ -41,9 +41,20 @@ def _drop_samples(samples: Any) -> dict[str, float]:
     return out
 
 
-def component_metrics(members: dict[str, dict[str, dict[str, Any]]], interval: float) -> dict[str, Any]:
-    """Per member with a metrics endpoint: input rate over `interval` seconds and its drop counters."""
+def component_metrics(
+    members: dict[str, dict[str, dict[str, Any]]], interval: float, tls: Any = None
+) -> dict[str, Any]:
+    """Per member with a metrics endpoint: input rate over `interval` seconds and its drop counters.
+
+    https:// endpoints (TLS analysis nodes) are verified against `tls.ca` (system roots without one).
+    """
+    import ssl
+
     from celltap.launcher.scrape import scrape
+
+    context = ssl.create_default_context(cafile=tls.ca if tls is not None else None)
+    if tls is not None and tls.mutual:
+        context.load_cert_chain(tls.cert, tls.key)
 
     urls = {(kind, mid): metrics_url(v) for kind, ms in members.items() for mid, v in ms.items()}
 
@@ -52,7 +63,7 @@ def component_metrics(members: dict[str, dict[str, dict[str, Any]]], interval: f
         for key, url in urls.items():
             if url:
                 try:
-                    got[key] = scrape(url, timeout=5)
+                    got[key] = scrape(url, timeout=5, context=context if url.startswith("https:") else None)
                 except OSError as exc:
                     got[key] = exc
         return got
@@ -170,7 +181,7 @@ def main(args: argparse.Namespace) -> int:
                 k: round((st["counts"][k] - before.get(k, 0)) / elapsed, 1)
                 for k in ("records_primary", "records_replica", "duplicate_records", "rejected_records")
             }
-    components = component_metrics(members, args.interval)
+    components = component_metrics(members, args.interval, tls)
     report = {
         "registry": args.registry, "cluster": args.cluster, "members": members, "nodes": second,
         "components": components,

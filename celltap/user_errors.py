@@ -36,18 +36,36 @@ def explain(exc: OSError, subject: str = "") -> str:
     return f"{what}: {reason}" if what else reason
 
 
+METRICS_ADDR = "127.0.0.1"  # every /metrics endpoint's default: this host only (docs/security.md)
+
+
 def serve_metrics(port: int, addr: str = "", registry: object = None) -> None:
-    """Start the Prometheus /metrics endpoint, or raise UserError naming the port."""
+    """Start the Prometheus /metrics endpoint on `addr` (127.0.0.1 unless given), or raise UserError."""
     from prometheus_client import REGISTRY, start_http_server
 
+    addr = addr or METRICS_ADDR
     try:
-        start_http_server(port, addr or "0.0.0.0", registry=registry if registry is not None else REGISTRY)
+        start_http_server(port, addr, registry=registry if registry is not None else REGISTRY)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise UserError(f"--metrics-port {port}: port {port} is already in use") from None
-        raise UserError(f"--metrics-port {port}: {exc.strerror or exc}") from None
+            raise UserError(f"--metrics-port {port}: port {port} is already in use on {addr}") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise UserError(f"--metrics-addr {addr}: address not available on this host") from None
+        raise UserError(f"--metrics-port {port} on {addr}: {exc.strerror or exc}") from None
     except OverflowError:
         raise UserError(f"--metrics-port {port}: not a port number (0-65535)") from None
+    except UnicodeError:
+        raise UserError(f"--metrics-addr {addr!r}: not an address") from None
+
+
+def add_metrics_addr_argument(parser: object) -> None:
+    """The `--metrics-addr ADDR` option every long-running command shares."""
+    parser.add_argument(  # type: ignore[attr-defined]
+        "--metrics-addr",
+        default=None,
+        metavar="ADDR",
+        help=f"address /metrics listens on (default {METRICS_ADDR}; 0.0.0.0 or :: for every interface)",
+    )
 
 
 def parse_host_port(text: str, option: str, default_host: str = "") -> tuple[str, int]:

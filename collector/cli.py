@@ -12,7 +12,7 @@ import time
 from celltap.collector.config import CollectorConfig, ConfigError, load_config, parse_listen
 
 from celltap.cli_types import PORT, SECONDS, bounded
-from celltap.user_errors import explain
+from celltap.user_errors import add_metrics_addr_argument, explain
 
 log = logging.getLogger("celltap.collector")
 
@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=PORT, action="append", help="with --read-pcap: only traffic to this destination port"
     )
     parser.add_argument("--metrics-port", type=PORT, help="serve /metrics here (0: off)")
+    add_metrics_addr_argument(parser)
     parser.add_argument(
         "--count", type=bounded(int, 1, 2**40), help="stop after this many records (live inspect)"
     )
@@ -106,6 +107,8 @@ def main(args: argparse.Namespace) -> int:
             cfg.metrics_port = args.metrics_port
         elif not args.config:
             cfg.metrics_port = 0
+        if args.metrics_addr is not None:
+            cfg.metrics_addr = args.metrics_addr
     except ConfigError as exc:
         print(f"celltap collector: {exc}", file=sys.stderr)
         return 2
@@ -189,9 +192,11 @@ def _routing_hook(cfg: CollectorConfig, started: list) -> object | None:
     cid = cfg.collector_id or f"{socket.gethostname()}-{os.getpid()}"
     try:
         tls = TLSConfig.from_mapping(cfg.tls or None)
+        registry_tls = tls if cfg.registry_tls is None else TLSConfig.from_mapping(cfg.registry_tls or None)
         return cluster_hook_factory(
-            cfg.registry or "", cfg.cluster, cid, cfg.routing, tls, started, _registry_value(cfg)
-        )
+            cfg.registry or "", cfg.cluster, cid, cfg.routing, tls, started, _registry_value(cfg),
+            registry_tls=registry_tls,
+        )  # fmt: skip
     except ValueError as exc:
         print(f"celltap collector: {exc}", file=sys.stderr)
         return None

@@ -7,6 +7,13 @@ byte per record), and its backup for those keys gets a replica.  Messages stay p
 primary and its replicas acknowledge; the pending total is bounded, and when it is full the
 router refuses batches at its ingress and counts them.  When membership changes, what a departed
 node had not safely handed over is re-routed with the same identity, so nodes drop duplicates.
+
+Re-routing goes first to the departed primary's *backups* (the nodes that got, or are getting, the
+replica under that identity), not to the keys' new owners: a node that left and came back as a new
+incarnation owns its keys again, and sending it a batch its backup also holds as a replica would
+apply it twice.  Only (record, key) pairs whose backup left too go to the current owners, under a
+fresh identity (nobody alive holds them).  Every message names the incarnation of the node it is
+for; a node refuses (fences) one meant for an earlier incarnation of itself.
 """
 
 from __future__ import annotations
@@ -17,14 +24,16 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 from celltap.collector.cluster_grpc import make_channel
 from celltap.collector.cluster_metrics import CLUSTER_METRICS
+from celltap.collector.journal import Journal
 from celltap.collector.routing import MAX_KEYS, Part, Router, key_hashes
 from celltap.proto import celltap_pb2 as pb
 from celltap.proto import celltap_pb2_grpc as pb_grpc
@@ -36,6 +45,8 @@ from celltap.registry.tls import TLSConfig
 from celltap.ring import Ring
 
 log = logging.getLogger("celltap.collector.cluster")
+
+RESTED = 1 << 63  # sequence bit of a message re-routed to new owners because primary and backup left
 
 
 @dataclass
@@ -50,6 +61,8 @@ class RouterConfig:
     window: int = 8  # messages in flight per node stream
     replication: bool = True  # also send each record to its backup (exact totals across failures)
     tls: TLSConfig | None = None
+    journal: str | None = None  # directory: routed messages kept until acknowledged (collector/journal.py)
+    journal_fsync: bool = False  # also survive a machine crash, at one fsync per routed message
 
 
 @dataclass(eq=False)
@@ -73,6 +86,8 @@ class Outgoing:
     primary_acked: bool = False
     replicas_acked: set[str] = field(default_factory=set)
     generation: int = 0
+    wire_id: str = ""  # the collector run that first routed it (kept when a journal replays it)
+    segment: int | None = None  # journal segment holding it
 
     @property
     def complete(self) -> bool:
@@ -99,6 +114,7 @@ class _Accumulator:
     arrays: list[np.ndarray] = field(default_factory=list)
     count: int = 0
     since: float = 0.0
+    first: int = 0  # ingest generation of its first batch (see ClusterRouter.after_routed)
 
 
 class NodeSender:
@@ -195,19 +211,33 @@ class ClusterRouter:
         self.keys: tuple[str, ...] = ()
         self.senders: dict[str, NodeSender] = {}
         self.pending: dict[int, Outgoing] = {}  # id(outgoing) -> outgoing
-        self.deliveries: dict[int, tuple[Outgoing, str, int]] = {}  # delivery -> (out, node, generation)
+        # delivery -> (out, node, generation, the node's incarnation when sent)
+        self.deliveries: dict[int, tuple[Outgoing, str, int, str]] = {}
         self.pending_records = 0
         self.accumulated = 0
         self._acc: dict[tuple, _Accumulator] = {}
         self._acc_lock = threading.Lock()
+        self._generation = 0  # batches accepted so far (under _acc_lock)
+        self._routing: dict[int, int] = {}  # first generation -> accumulators popped, being routed
+        self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
         self._seq = itertools.count(1)
         self._delivery = itertools.count(1)
         self.idle = threading.Condition(self.lock)
         self.counts: dict[str, int] = {
             "records_in": 0, "dropped_buffer_full": 0, "dropped_no_nodes": 0, "rejected": 0,
             "sent_primary": 0, "sent_replica": 0, "acked": 0, "resent": 0, "replica_lost": 0,
-            "ring_changes": 0,
+            "ring_changes": 0, "fenced": 0,
         }  # fmt: skip
+        self.journal: Journal | None = None
+        self._replay: list[tuple[int, pb.JournalEntry]] = []
+        self.recovered_checkpoint: Any = None  # the ingest state the journal last recorded
+        self._replay_armed = False  # set by replay_journal() once the membership view is complete
+        if config.journal:
+            self.journal = Journal(Path(config.journal) / config.collector_id, fsync=config.journal_fsync)
+            self._replay, self.recovered_checkpoint = self.journal.recover()
+            if self._replay:
+                log.warning("journal holds %d messages of an earlier run; re-delivering them once nodes "
+                            "are known", len(self._replay))  # fmt: skip
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="cluster-flush", daemon=True)
         self._flusher.start()
@@ -241,30 +271,82 @@ class ClusterRouter:
         key = (batch.exporter, batch.domain, t.template_id, t.record_bytes())
         ready = None
         with self._acc_lock:
+            self._generation += 1
             acc = self._acc.get(key)
             if acc is None:
-                acc = self._acc[key] = _Accumulator(batch.exporter, batch.domain, t, since=time.monotonic())
+                acc = self._acc[key] = _Accumulator(
+                    batch.exporter, batch.domain, t, since=time.monotonic(), first=self._generation
+                )
             acc.arrays.append(batch.records)
             acc.count += n
             if acc.count >= self.config.batch_records:
-                ready = self._acc.pop(key)
+                ready = self._take(key)
         if ready is not None:
             self._route(ready)
         return True
 
+    def after_routed(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once every batch accepted so far has been routed (and journaled).
+
+        The ingest saves its exporters' sequence numbers this way: a saved number then never covers
+        a record that a crash could still lose inside the router's coalescing buffers, so after a
+        restart every record is either re-delivered from the journal or inside a counted gap.
+        Runs the callback at once when nothing is buffered, else in the thread that routes last.
+        """
+        with self._acc_lock:
+            if not self._acc and not self._routing:
+                ready = True
+            else:
+                ready = False
+                self._waiters.append((self._generation, callback))
+        if ready:
+            callback()
+
+    def _take(self, key: tuple) -> _Accumulator:
+        """Pop one accumulator for routing (under _acc_lock); `_route` marks it done."""
+        acc = self._acc.pop(key)
+        self._routing[acc.first] = self._routing.get(acc.first, 0) + 1
+        return acc
+
+    def _routed(self, acc: _Accumulator) -> None:
+        """An accumulator is routed: run the waiters no buffered or in-flight batch holds back."""
+        with self._acc_lock:
+            left = self._routing[acc.first] - 1
+            if left:
+                self._routing[acc.first] = left
+            else:
+                del self._routing[acc.first]
+            if not self._waiters:
+                return
+            oldest = min([a.first for a in self._acc.values()] + list(self._routing), default=None)
+            due = []
+            while self._waiters and (oldest is None or self._waiters[0][0] < oldest):
+                due.append(self._waiters.popleft()[1])
+        for callback in due:
+            try:
+                callback()
+            except Exception:  # a failing waiter must not stop routing
+                log.exception("after_routed callback failed")
+
     def flush(self) -> None:
         """Route every partially filled batch now."""
         with self._acc_lock:
-            accs, self._acc = list(self._acc.values()), {}
+            accs = [self._take(k) for k in list(self._acc)]
         for acc in accs:
             self._route(acc)
 
     def _flush_loop(self) -> None:
+        next_collect = 0.0
         while not self._stop.wait(self.config.flush_interval / 2):
             now = time.monotonic()
+            if self.journal is not None and now >= next_collect:
+                next_collect = now + 0.5
+                with self.lock:  # no segment is deleted between a re-route's release and retain
+                    self.journal.collect()
+                CLUSTER_METRICS.journal_bytes.labels(self.cid).set(self.journal.size())
             with self._acc_lock:
                 due = [k for k, a in self._acc.items() if now - a.since >= self.config.flush_interval]
-                accs = [self._acc.pop(k) for k in due]
+                accs = [self._take(k) for k in due]
             for acc in accs:
                 try:
                     self._route(acc)
@@ -283,6 +365,8 @@ class ClusterRouter:
                 self.accumulated -= acc.count
                 self.counts["dropped_error"] = self.counts.get("dropped_error", 0) + acc.count
             CLUSTER_METRICS.dropped.labels(self.cid, "error").inc(acc.count)
+        finally:
+            self._routed(acc)
 
     def _route_unchecked(self, acc: _Accumulator) -> None:
         records = acc.arrays[0] if len(acc.arrays) == 1 else np.concatenate(acc.arrays)
@@ -299,6 +383,7 @@ class ClusterRouter:
         for part in router.primaries(hashes) if router.ring.ids else []:
             sub = [h[part.index] for h in hashes]
             out = Outgoing(
+                wire_id=self.wire_id,
                 seq=next(self._seq), origin=part.node, exporter=acc.exporter, domain=acc.domain,
                 template=template, template_bytes=tbytes, keys=keys, records=records[part.index],
                 wire=None if wire is None else wire[part.index], hashes=sub, mask=part.mask,
@@ -315,20 +400,42 @@ class ClusterRouter:
                 CLUSTER_METRICS.dropped.labels(self.cid, "no_nodes").inc(acc.count)
                 return
             for out in outs:
+                if self.journal is not None:
+                    self._journal(out)
                 self._add_pending(out)
                 if router is not self.router:
                     self._repair(out)  # membership changed while we hashed
                 else:
                     self._dispatch(out)
 
+    def _journal(self, out: Outgoing) -> None:
+        """Append one message, as its primary gets it, to the journal (under self.lock)."""
+        assert self.journal is not None
+        out.primary_incarnation = str(self.members.get(out.primary, {}).get("incarnation", ""))
+        batch = pb.RecordBatchMsg(
+            collector=out.wire_id, sequence=out.seq, origin=out.origin, exporter=out.exporter,
+            domain=out.domain, template=out.template_bytes, records=out.packed(None), count=len(out.mask),
+            keys=list(out.keys), key_mask=out.mask.tobytes(), incarnation=out.primary_incarnation,
+        )  # fmt: skip
+        replicas = [
+            pb.JournalReplica(node=n, index=p.index.astype("<u4").tobytes(), mask=p.mask.tobytes())
+            for n, p in out.replicas.items()
+        ]
+        entry = pb.JournalEntry(batch=batch, primary=out.primary, replicas=replicas)
+        out.segment = self.journal.append(entry)
+
     def _add_pending(self, out: Outgoing) -> None:
         out.primary_incarnation = str(self.members.get(out.primary, {}).get("incarnation", ""))
+        if out.segment is not None and self.journal is not None:
+            self.journal.retain(out.segment)
         self.pending[id(out)] = out
         self.pending_records += len(out.records)
         CLUSTER_METRICS.pending.labels(self.cid).set(self.pending_records)
 
     def _drop_pending(self, out: Outgoing) -> None:
         if self.pending.pop(id(out), None) is not None:
+            if out.segment is not None and self.journal is not None:
+                self.journal.release(out.segment)
             self.pending_records -= len(out.records)
             CLUSTER_METRICS.pending.labels(self.cid).set(self.pending_records)
             if not self.pending:
@@ -339,7 +446,8 @@ class ClusterRouter:
         if sender is None:
             return  # not a member (any more): _repair handles it at the membership change
         delivery = next(self._delivery)
-        self.deliveries[delivery] = (out, node, out.generation)
+        incarnation = str(self.members.get(node, {}).get("incarnation", ""))
+        self.deliveries[delivery] = (out, node, out.generation, incarnation)
         role = "primary" if node == out.primary else "replica"
         n = len(out.records) if role == "primary" else len(out.replicas[node].index)
         self.counts[f"sent_{role}"] += n
@@ -359,19 +467,19 @@ class ClusterRouter:
             if entry is None or entry[0].generation != entry[2]:
                 self.deliveries.pop(delivery, None)
                 return None
-            out, node, _ = entry
+            out, node, _, incarnation = entry
             part = out.replicas.get(node) if node != out.primary else None
             if node != out.primary and part is None:
                 return None
         index = None if part is None else part.index
         mask = out.mask if part is None else part.mask
         return pb.RecordBatchMsg(
-            collector=self.wire_id, sequence=out.seq, origin=out.origin,
+            collector=out.wire_id, sequence=out.seq, origin=out.origin,
             replica_of=out.primary if part is not None else "",
             replica_incarnation=out.primary_incarnation if part is not None else "",
             exporter=out.exporter, domain=out.domain,
             template=out.template_bytes, records=out.packed(index), count=len(mask), keys=list(out.keys),
-            key_mask=mask.tobytes(), delivery=delivery,
+            key_mask=mask.tobytes(), delivery=delivery, incarnation=incarnation,
         )  # fmt: skip
 
     def _on_ack(self, node: str, ack: pb.Ack) -> None:
@@ -379,11 +487,17 @@ class ClusterRouter:
             entry = self.deliveries.pop(ack.delivery, None)
             if entry is None:
                 return
-            out, target, generation = entry
+            out, target, generation, _ = entry
             if generation != out.generation or id(out) not in self.pending:
                 return
             role = "primary" if target == out.primary else "replica"
             n = len(out.records) if role == "primary" else len(out.replicas[target].index)
+            if ack.fenced:
+                # Sent to an incarnation of the node that has since been replaced: not applied.
+                # The registry shows the new incarnation shortly, and the membership change
+                # re-routes this message (_repair), so it stays pending.
+                self.counts["fenced"] += n
+                return
             if ack.error:
                 # The node could not decode what we sent: a bug, not a transient; count, do not retry.
                 self.counts["rejected"] += n
@@ -455,6 +569,8 @@ class ClusterRouter:
             log.info("ring now %s (left: %s)", sorted(new), gone or "-")
             for out in list(self.pending.values()):
                 self._repair(out, set(gone))
+            if self._replay and self._replay_armed and ring.ids:
+                self._replay_journal()
 
     def _repair(self, out: Outgoing, gone: set[str] | None = None) -> None:
         """Bring one pending message in line with the current membership."""
@@ -485,21 +601,121 @@ class ClusterRouter:
             self._add_pending(out)  # re-routed at the next membership change
             return
         self.counts["resent"] += len(out.records)
-        for part in self.router.primaries(out.hashes, out.mask):
-            CLUSTER_METRICS.resent.labels(self.cid, part.node).inc(len(part.index))
-            sub = [h[part.index] for h in out.hashes]
-            new = Outgoing(
-                seq=out.seq, origin=out.origin, exporter=out.exporter, domain=out.domain,
-                template=out.template,
-                template_bytes=out.template_bytes, keys=out.keys, records=out.records[part.index],
-                wire=None if out.wire is None else out.wire[part.index], hashes=sub, mask=part.mask,
-                primary=part.node,
-            )  # fmt: skip
-            if self.config.replication:
-                whole = Part(part.node, np.arange(len(part.index)), part.mask)
-                new.replicas = {p.node: p for p in self.router.backups(part.node, sub, whole)}
-            self._add_pending(new)
-            self._dispatch(new)
+        adopted, rest = self._adoptions(out)
+        for node, (index, mask) in adopted.items():
+            self._resend(out, node, index, mask, out.seq)
+        if rest.any():
+            # Pairs whose backup left too: nobody alive holds them, so a new identity is safe and
+            # cannot collide with what an adopting backup got under the old one.  It is derived
+            # from the old one (top bit set) so that a journal replay of the same message derives
+            # the same identity again; deeper re-routes take a fresh one.
+            sel = np.flatnonzero(rest)
+            hashes = [h[sel] for h in out.hashes]
+            seq = out.seq | RESTED if not out.seq & RESTED else next(self._seq) | RESTED
+            for part in self.router.primaries(hashes, rest[sel]):
+                self._resend(out, part.node, sel[part.index], part.mask, seq)
+
+    def _adoptions(self, out: Outgoing) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """Per surviving backup of a departed primary, the (indices, masks) it takes over as primary;
+        and the per-record mask of (record, key) pairs no surviving backup covers."""
+        rest = out.mask.copy()
+        adopted = {}
+        for node, part in out.replicas.items():
+            if node in self.members:
+                adopted[node] = (part.index, part.mask)
+                rest[part.index] &= ~part.mask
+        return adopted, rest
+
+    def _resend(self, out: Outgoing, node: str, index: np.ndarray, mask: np.ndarray, seq: int) -> None:
+        """Route records `index` of a departed primary's message to `node` as its new primary."""
+        CLUSTER_METRICS.resent.labels(self.cid, node).inc(len(index))
+        sub = [h[index] for h in out.hashes]
+        new = Outgoing(
+            wire_id=out.wire_id, segment=out.segment, seq=seq, origin=out.origin, exporter=out.exporter,
+            domain=out.domain, template=out.template,
+            template_bytes=out.template_bytes, keys=out.keys, records=out.records[index],
+            wire=None if out.wire is None else out.wire[index], hashes=sub, mask=mask, primary=node,
+        )  # fmt: skip
+        if self.config.replication:
+            whole = Part(node, np.arange(len(index)), mask)
+            new.replicas = {p.node: p for p in self.router.backups(node, sub, whole)}
+        self._add_pending(new)
+        self._dispatch(new)
+
+    def replay_journal(self) -> None:
+        """Re-deliver the journal of an earlier run now, or at the first membership with nodes.
+
+        Call once the registry view is synced: replaying over a partial ring would re-route
+        messages away from owners that are in fact present.
+        """
+        with self.lock:
+            self._replay_armed = True
+            if self._replay and self.router.ring.ids:
+                self._replay_journal()
+
+    def _replay_journal(self) -> None:
+        """Re-deliver what an earlier run journaled (under self.lock, with a non-empty ring).
+
+        Each message goes back to its primary if that node is still the same incarnation (it, and
+        the backups, drop what they hold already); otherwise it is re-routed like any message of a
+        departed primary: to its backups, under its identity.
+        """
+        assert self.journal is not None
+        entries, self._replay = self._replay, []
+        replayed = 0
+        for seg, entry in entries:
+            try:
+                out = self._outgoing_from_journal(entry, seg)
+            except Exception as exc:  # a damaged entry costs that entry, counted
+                n = entry.batch.count
+                log.error("journal entry %s/%d cannot be re-delivered (%s): %d records lost",
+                          entry.batch.collector, entry.batch.sequence, exc, n)  # fmt: skip
+                self.counts["dropped_journal"] = self.counts.get("dropped_journal", 0) + n
+                CLUSTER_METRICS.dropped.labels(self.cid, "journal").inc(n)
+                self.journal.release(seg)
+                continue
+            same = str(self.members.get(out.primary, {}).get("incarnation", "")) == entry.batch.incarnation
+            self._add_pending(out)
+            self.journal.release(seg)  # the pending message holds the segment now
+            replayed += len(out.records)
+            # Same primary: send to it and to the replicas still present (the rest are dropped
+            # as any departed backup is); otherwise re-route as for a departed primary.
+            self._repair(out, None if same else {out.primary})
+        self.counts["replayed"] = self.counts.get("replayed", 0) + replayed
+        CLUSTER_METRICS.replayed.labels(self.cid).inc(replayed)
+        log.warning("re-delivered %d records from the journal", replayed)
+
+    def _outgoing_from_journal(self, entry: pb.JournalEntry, segment: int) -> Outgoing:
+        b = entry.batch
+        batch = RecordBatch.from_wire(b.exporter, b.domain, b.template, b.records)
+        records, template = batch.records, batch.template
+        keys = tuple(b.keys)
+        hashes = [key_hashes(records, k, b.exporter, self.config.seed) for k in keys]
+        wire = None
+        if template.record_length is not None:
+            cols = {name: records[name] for name in records.dtype.names or ()}
+            wire = pack_fixed(template, cols, len(records))
+        out = Outgoing(
+            wire_id=b.collector, segment=segment, seq=b.sequence, origin=b.origin, exporter=b.exporter,
+            domain=b.domain, template=template, template_bytes=bytes(b.template), keys=keys, records=records,
+            wire=wire, hashes=hashes, mask=np.frombuffer(b.key_mask, dtype=np.uint8).copy(),
+            primary=entry.primary,
+        )  # fmt: skip
+        for r in entry.replicas:
+            index = np.frombuffer(r.index, dtype="<u4").astype(np.int64)
+            out.replicas[r.node] = Part(r.node, index, np.frombuffer(r.mask, dtype=np.uint8).copy())
+        return out
+
+    def checkpoint(self, state: Any) -> None:
+        """Route everything accumulated, then journal `state` (the caller's view as of all of it).
+
+        The ingest calls this from its own thread between datagrams, so `state` (its per-exporter
+        sequence numbers) covers exactly the records journaled before it.
+        """
+        self.flush()
+        if self.journal is not None:
+            with self.lock:
+                self.journal.checkpoint(state)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -533,4 +749,9 @@ class ClusterRouter:
             left = self.pending_records
         if left:
             log.error("closing with %d records unacknowledged", left)
+        if self.journal is not None:
+            with self.lock:
+                self.journal.close()
+                if not self.pending and not self._replay:
+                    self.journal.discard()  # everything acknowledged: nothing to re-deliver
         return done

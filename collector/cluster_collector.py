@@ -4,8 +4,10 @@
 `route_to_nodes` is not false); each UDP worker gets its own router, registered as collector
 `<id>-w<index>`, since sequence numbers are per router.  Two optional sections of the YAML:
 
-    routing: {batch_records: 8192, max_pending_records: 2000000, window: 8, replication: true, seed: 0}
+    routing: {batch_records: 8192, max_pending_records: 2000000, window: 8, replication: true, seed: 0,
+              journal: /var/lib/celltap/journal}   # journal: re-deliver after a crash (collector/journal.py)
     tls: {ca: ..., cert: ..., key: ...}      # gRPC to nodes and etcd
+    registry_tls: {}                          # etcd's own TLS when it differs ({}: plain etcd://)
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from celltap.registry.tls import TLSConfig
 
 log = logging.getLogger("celltap.collector.cluster")
 
-ROUTING_KEYS = {"batch_records", "max_pending_records", "window", "replication", "seed", "flush_interval"}
+ROUTING_KEYS = {
+    "batch_records", "max_pending_records", "window", "replication", "seed", "flush_interval", "journal",
+    "journal_fsync",
+}  # fmt: skip
 
 
 def router_config(
@@ -39,6 +44,11 @@ def router_config(
         )
     cfg = RouterConfig(collector_id=collector_id, tls=tls)
     for key, value in section.items():
+        if key == "journal":
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"routing.journal: must be a directory path, got {value!r}")
+            cfg.journal = value
+            continue
         try:
             setattr(cfg, key, type(getattr(cfg, key))(value))
         except (TypeError, ValueError):
@@ -46,14 +56,22 @@ def router_config(
     return cfg
 
 
+_SAME = object()  # registry_tls not given: etcd uses the gRPC TLS settings
+
+
 def start_router(
-    registry_url: str, cluster: str, config: RouterConfig, extra: Mapping[str, Any] | None = None
+    registry_url: str,
+    cluster: str,
+    config: RouterConfig,
+    extra: Mapping[str, Any] | None = None,
+    registry_tls: Any = _SAME,
 ) -> tuple[ClusterRouter, Callable[[], None]]:
     """A router fed by the registry's node membership, registered as a collector; returns (router, close)."""
     from celltap.registry import Membership, open_registry
 
     router = ClusterRouter(config)
-    membership = Membership(open_registry(registry_url, tls=config.tls), cluster)
+    etcd_tls = config.tls if registry_tls is _SAME else registry_tls
+    membership = Membership(open_registry(registry_url, tls=etcd_tls), cluster)
     sync_lock = threading.Lock()
     holder: list[Any] = []
 
@@ -66,6 +84,7 @@ def start_router(
     holder.append(membership.watch("nodes", sync))
     holder[0].wait_synced(timeout=5)
     sync()
+    router.replay_journal()  # after the first complete view: an earlier run's unacknowledged messages
     value = {"pid": os.getpid(), "host": socket.gethostname(), **(extra or {})}
     membership.register("collectors", config.collector_id, value)
 
@@ -108,6 +127,7 @@ def cluster_hook_factory(
     tls: TLSConfig | None = None,
     started: list[RoutingSink] | None = None,
     extra: Mapping[str, Any] | None = None,
+    registry_tls: Any = _SAME,
 ) -> Callable[[int], RoutingSink]:
     """The collector's HookFactory: each worker gets its own ClusterRouter (started inside the worker)."""
     router_config(collector_id, routing, tls)  # validate now, in the parent
@@ -116,7 +136,8 @@ def cluster_hook_factory(
         cid = worker_collector_id(collector_id, index)
         # Only worker 0 names the collector's metrics endpoint, so `celltap status` counts it once.
         value = extra if index == 0 else None
-        sink = RoutingSink(*start_router(registry_url, cluster, router_config(cid, routing, tls), value))
+        config = router_config(cid, routing, tls)
+        sink = RoutingSink(*start_router(registry_url, cluster, config, value, registry_tls))
         if started is not None:
             started.append(sink)
         return sink

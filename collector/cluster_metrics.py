@@ -48,6 +48,16 @@ class ClusterMetrics:
         self.ring_members = Gauge(
             "celltap_collector_cluster_ring_members", "analysis nodes in the ring", ["collector"]
         )
+        self.journal_bytes = Gauge(
+            "celltap_collector_cluster_journal_bytes",
+            "bytes of routed messages kept on disk until acknowledged (routing.journal)",
+            ["collector"],
+        )
+        self.replayed = Counter(
+            "celltap_collector_cluster_replayed_records_total",
+            "records an earlier run journaled, re-delivered at start (nodes drop what they hold)",
+            ["collector"],
+        )
 
 
 CLUSTER_METRICS = ClusterMetrics()

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from celltap.collector.apps.base import merge_partials
 from celltap.collector.cluster_grpc import make_channel
+from celltap.collector.query_auth import caller_metadata
 from celltap.proto import celltap_pb2 as pb
 from celltap.proto import celltap_pb2_grpc as pb_grpc
 
@@ -17,14 +18,21 @@ from celltap.registry.tls import TLSConfig
 
 
 def node_partial(
-    address: str, app: str, params: Mapping[str, Any], tls: TLSConfig | None, timeout: float
+    address: str,
+    app: str,
+    params: Mapping[str, Any],
+    tls: TLSConfig | None,
+    timeout: float,
+    caller: str | None = None,
 ) -> dict[str, Any]:
-    """One node's {"describe", "partial"} for `app` (raises RuntimeError on failure)."""
+    """One node's {"describe", "partial"} for `app`, asked for `caller` (RuntimeError on failure)."""
     with make_channel(address, tls) as channel:
         stub = pb_grpc.AnalysisNodeStub(channel)
         try:
             reply = stub.Query(
-                pb.QueryRequest(app=app, params_json=json.dumps(dict(params))), timeout=timeout
+                pb.QueryRequest(app=app, params_json=json.dumps(dict(params))),
+                timeout=timeout,
+                metadata=caller_metadata(caller),
             )
         except grpc.RpcError as exc:
             raise RuntimeError(f"{address}: {exc.code().name} {exc.details()}") from None
@@ -46,8 +54,11 @@ def scatter_gather(
     params: Mapping[str, Any] | None = None,
     tls: TLSConfig | None = None,
     timeout: float = 10.0,
+    caller: str | None = None,
 ) -> dict[str, Any]:
     """Ask every node {id: registry value with "grpc"} for `app`, merge, answer.
+
+    `caller` (a certificate subject) travels in the `celltap-caller` metadata (collector/query_auth.py).
 
     The answer carries "nodes" (who answered) and "errors" {node: message}; "complete" is False
     when a node did not answer, since its share is then missing.
@@ -58,7 +69,7 @@ def scatter_gather(
     answered: list[str] = []
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
         futures = {
-            nid: pool.submit(node_partial, str(v.get("grpc")), app, params, tls, timeout)
+            nid: pool.submit(node_partial, str(v.get("grpc")), app, params, tls, timeout, caller)
             for nid, v in nodes.items()
         }
         for nid, fut in sorted(futures.items()):

@@ -52,7 +52,8 @@ def parse_listen(text: str, key: str = "listen") -> ListenAddress:
 class CollectorConfig:
     """What `celltap collector --config F` reads."""
 
-    listen: list[ListenAddress] = field(default_factory=lambda: [ListenAddress("udp", "0.0.0.0", 4739)])
+    # This host only unless configured: remote routers need `listen: udp://0.0.0.0:4739` (docs/security.md)
+    listen: list[ListenAddress] = field(default_factory=lambda: [ListenAddress("udp", "127.0.0.1", 4739)])
     workers: int = 2
     receive_buffer: int = 32 * 1024 * 1024
     allow: list[str] = field(default_factory=list)
@@ -69,6 +70,8 @@ class CollectorConfig:
     route_to_nodes: bool = True  # with a registry: route records over the ring to the analysis nodes
     routing: dict[str, Any] = field(default_factory=dict)  # ClusterRouter settings (RouterConfig)
     tls: dict[str, Any] = field(default_factory=dict)  # TLSConfig for gRPC to the nodes and for etcd
+    # etcd's own TLS when it differs from gRPC's: None follows `tls`; {} (or null): plain etcd://
+    registry_tls: dict[str, Any] | None = None
 
 
 def _int(key: str, v: Any, lo: int, hi: int | None = None) -> int:
@@ -184,6 +187,7 @@ _SCHEMA = {
     "route_to_nodes": _bool,
     "routing": lambda k, v: _mapping(k, v),
     "tls": lambda k, v: _mapping(k, v),
+    "registry_tls": lambda k, v: _mapping(k, v),
 }
 
 

@@ -8,7 +8,7 @@ import socket
 import threading
 import uuid
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +19,14 @@ from celltap.collector.cluster_query import scatter_gather
 from celltap.collector.node_config import NodeConfig
 from celltap.collector.node_metrics import NODE_METRICS
 from celltap.collector.node_state import NodeState
+from celltap.collector.query_auth import (
+    OPEN_PATHS,
+    TLSHTTPServer,
+    forwarding_tls,
+    grpc_peer,
+    server_context,
+    subject_text,
+)
 from celltap.proto import celltap_pb2 as pb
 from celltap.proto import celltap_pb2_grpc as pb_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -43,6 +51,14 @@ class NodeServicer(pb_grpc.AnalysisNodeServicer):
     def Query(self, request, context):
         """This node's partial state of one app."""
         NODE_METRICS.queries.labels(self.state.node_id, "grpc").inc()
+        peer, claimed = grpc_peer(context)
+        if claimed is not None and peer is None:
+            # Only a peer that proved its own identity may speak for someone else.
+            log.warning("query %s: ignoring unverifiable %s claim %r from %s", request.app,
+                        "celltap-caller", claimed, context.peer())  # fmt: skip
+            claimed = None
+        log.info("query %s from %s%s", request.app, peer or f"anonymous {context.peer()}",
+                 f" for {claimed}" if claimed else "")  # fmt: skip
         try:
             body = self.state.partial(request.app)
         except KeyError:
@@ -59,24 +75,27 @@ class AnalysisNode:
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.state = NodeState(config.id, config.build_apps())
         self.incarnation = uuid.uuid4().hex[:12]
+        self.state = NodeState(config.id, config.build_apps(), self.incarnation)
         self.members: dict[str, dict[str, Any]] = {}
         self._registry_users: dict[str, str] = {}
         self._node_set: Any = None
         self._members_lock = threading.Lock()
         self.grpc_server: grpc.Server | None = None
-        self.http_server: ThreadingHTTPServer | None = None
+        self.http_server: TLSHTTPServer | None = None
         self.membership: Membership | None = None
         self._stop = threading.Event()
 
     def value(self) -> dict[str, Any]:
         """What this node registers under /celltap/<cluster>/nodes/<id>."""
         c = self.config
-        return {
+        value = {
             "grpc": c.grpc_address, "http": c.http, "weight": c.weight, "incarnation": self.incarnation,
             "apps": [a.describe() for a in self.state.live.apps],
         }  # fmt: skip
+        if c.http and c.tls is not None:
+            value["metrics"] = f"https://{c.http}/metrics"  # `celltap status` scrapes it with its CA
+        return value
 
     def start(self) -> None:
         """Serve gRPC and HTTP, then register and watch the cluster's nodes."""
@@ -100,12 +119,13 @@ class AnalysisNode:
         if c.http:
             host, _, port = c.http.rpartition(":")
             try:
-                self.http_server = ThreadingHTTPServer((host, int(port)), _handler(self))
+                context = server_context(c.tls) if c.tls is not None else None
+                self.http_server = TLSHTTPServer((host, int(port)), _handler(self), context)
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot serve the query API on {c.http}: {exc.strerror}") from None
             self.http_server.daemon_threads = True
             threading.Thread(target=self.http_server.serve_forever, name="node-http", daemon=True).start()
-        registry = open_registry(c.registry, tls=c.tls)
+        registry = open_registry(c.registry, tls=c.etcd_tls)
         self.membership = Membership(registry, c.cluster, ttl=c.lease_ttl)
         if any(isinstance(a, UserAccountingApp) for a in self.state.live.apps):
             # Read the user mapping before joining, so no record is accounted before it is known.
@@ -113,9 +133,10 @@ class AnalysisNode:
             users.wait_synced(timeout=5)
         self._node_set = self.membership.watch("nodes", self._on_members)
         self.registration = self.membership.register("nodes", c.id, self.value())
+        self.registration.before_reregister = self._new_incarnation
         self._node_set.wait_synced(timeout=5)
         self._on_members()
-        threading.Thread(target=self._watch_registration, name="node-lease", daemon=True).start()
+        threading.Thread(target=self._refresh_gauges, name="node-gauges", daemon=True).start()
 
     def _on_members(self, _changed: object = None) -> None:
         # Always apply the set's current view under one lock: a snapshot handed to a callback
@@ -151,21 +172,21 @@ class AnalysisNode:
             if isinstance(a, UserAccountingApp):
                 a.users.set_dynamic(mapping)
 
-    def _watch_registration(self) -> None:
-        seen = 1
-        ticks = 0
-        while not self._stop.wait(0.2):
-            ticks += 1
-            if ticks % 5 == 0:
-                self.state.status()  # refreshes the state-size gauges
-            times = self.registration.times_registered
-            if times > seen:
-                # We were out of the cluster long enough for the lease to expire: the others
-                # promoted our shadows, so our live state would now be counted twice.
-                seen = times
-                self.incarnation = uuid.uuid4().hex[:12]
-                self.state.reset()
-                self.registration.update(self.value())
+    def _new_incarnation(self) -> dict[str, Any]:
+        """Before re-registering after a lost lease: reset, and come back as a new incarnation.
+
+        We were out of the cluster long enough for the lease to expire: the others promoted our
+        shadows, so our live state would be counted twice.  Resetting *before* the registry shows
+        us again means no collector ever routes to the old incarnation after it left; batches still
+        addressed to it are fenced by NodeState.
+        """
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.state.reset(self.incarnation)
+        return self.value()
+
+    def _refresh_gauges(self) -> None:
+        while not self._stop.wait(1.0):
+            self.state.status()  # refreshes the state-size gauges
 
     def cluster_nodes(self) -> dict[str, dict[str, Any]]:
         """The nodes this node currently knows (itself included)."""
@@ -174,12 +195,17 @@ class AnalysisNode:
         nodes.setdefault(self.config.id, self.value())
         return nodes
 
-    def query(self, app: str, params: dict[str, Any], local: bool = False) -> dict[str, Any]:
-        """A cluster-wide answer (or this node's own share when `local`)."""
+    def query(
+        self, app: str, params: dict[str, Any], local: bool = False, caller: str | None = None
+    ) -> dict[str, Any]:
+        """A cluster-wide answer (or this node's own share when `local`), asked with `caller`'s identity.
+
+        `caller` is the verified certificate subject of whoever asked; None asks anonymously.
+        """
         nodes = self.cluster_nodes()
         if local:
             nodes = {self.config.id: nodes[self.config.id]}
-        return scatter_gather(nodes, app, params, self.config.tls)
+        return scatter_gather(nodes, app, params, forwarding_tls(self.config.tls, caller), caller=caller)
 
     def stop(self) -> None:
         """Withdraw from the registry, stop serving."""
@@ -194,6 +220,8 @@ class AnalysisNode:
 
 def _handler(node: AnalysisNode) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = 60  # seconds a connection may sit idle: a silent client does not hold a thread forever
+
         def log_message(self, fmt: str, *args: Any) -> None:
             log.debug("http: " + fmt, *args)
 
@@ -207,10 +235,19 @@ def _handler(node: AnalysisNode) -> type[BaseHTTPRequestHandler]:
         def _json(self, code: int, obj: Any) -> None:
             self._send(code, json.dumps(obj, indent=1).encode() + b"\n")
 
+        def _caller(self) -> str | None:
+            getpeercert = getattr(self.connection, "getpeercert", None)
+            return subject_text(getpeercert()) if getpeercert is not None else None
+
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             params = {k: v[-1] for k, v in parse_qs(url.query).items()}
             parts = [p for p in url.path.split("/") if p]
+            caller = self._caller()
+            tls = node.config.tls
+            if tls is not None and tls.ca and caller is None and (parts or [""])[0] not in OPEN_PATHS:
+                self._json(403, {"error": "client certificate required (signed by the cluster's CA)"})
+                return
             if parts == ["metrics"]:
                 self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
             elif parts == ["status"]:
@@ -224,7 +261,7 @@ def _handler(node: AnalysisNode) -> type[BaseHTTPRequestHandler]:
                     self._json(404, {"error": f"no app {parts[1]!r}"})
                     return
                 try:
-                    self._json(200, node.query(parts[1], params, local))
+                    self._json(200, node.query(parts[1], params, local, caller))
                 except ValueError as exc:
                     self._json(400, {"error": str(exc)})
             else:

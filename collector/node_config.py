@@ -55,6 +55,14 @@ class NodeConfig:
     grpc_workers: int = 64  # each collector stream holds one for its lifetime
     apps: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_APPS))
     tls: TLSConfig | None = None
+    # etcd's own TLS when it differs from gRPC's (`registry_tls: {}`: plain etcd://); unset: `tls`
+    registry_tls: TLSConfig | None = None
+    registry_tls_set: bool = field(default=False, repr=False)
+
+    @property
+    def etcd_tls(self) -> TLSConfig | None:
+        """The TLS the registry client uses."""
+        return self.registry_tls if self.registry_tls_set else self.tls
 
     @property
     def grpc_address(self) -> str:
@@ -80,7 +88,7 @@ def config_from_dict(data: Any, source: str = "node config") -> NodeConfig:
         raise NodeConfigError(f"{source}: the top level must be a mapping")
     if not data.get("id"):
         raise NodeConfigError(f"{source}: id: required (this node's unique name)")
-    known = {f for f in NodeConfig.__dataclass_fields__}
+    known = {f for f in NodeConfig.__dataclass_fields__} - {"registry_tls_set"}
     unknown = set(data) - known
     if unknown:
         raise NodeConfigError(
@@ -118,6 +126,9 @@ def config_from_dict(data: Any, source: str = "node config") -> NodeConfig:
         cfg.apps = {str(k): dict(v or {}) for k, v in apps.items()}
     try:
         cfg.tls = TLSConfig.from_mapping(data.get("tls"))
+        if "registry_tls" in data:
+            cfg.registry_tls = TLSConfig.from_mapping(data["registry_tls"] or None)
+            cfg.registry_tls_set = True
         cfg.build_apps()  # validates every app section now, not at the first batch
     except (AppConfigError, RegistryConfigError) as exc:
         raise NodeConfigError(f"{source}: {exc}") from None

@@ -20,6 +20,11 @@ class NodeMetrics:
         self.rejected = Counter(
             "celltap_node_rejected_records_total", "records not applied, by reason", ["node", "reason"]
         )
+        self.fenced = Counter(
+            "celltap_node_fenced_records_total",
+            "records addressed to an earlier incarnation of this node, refused unapplied (re-routed)",
+            ["node"],
+        )
         self.membership_changes = Counter(
             "celltap_node_membership_changes_total", "node membership changes seen", ["node"]
         )

@@ -9,6 +9,12 @@ applied to a shadow instance of each app kept per primary.  When the primary lea
 its shadow state is absorbed into the live state: the survivors then hold everything the dead node
 had acknowledged, exactly once.  A batch is identified by (collector, origin node, sequence); a
 re-sent batch keeps that identity, and a node drops what it already applied, live or in a shadow.
+
+A node that was away long enough for its lease to expire (paused, partitioned) comes back as a
+new *incarnation* with empty state: the others promoted its shadows meanwhile, so what it held
+lives on there.  Batches the collector addressed to the earlier incarnation (still queued in its
+sockets when it resumes) carry that incarnation and are *fenced*: refused unapplied, so nothing
+the collector has since re-routed elsewhere is applied twice.
 """
 
 from __future__ import annotations
@@ -106,8 +112,9 @@ class AppSet:
 class NodeState:
     """Live apps, shadows per primary node, membership view; thread-safe."""
 
-    def __init__(self, node_id: str, apps: list[App]) -> None:
+    def __init__(self, node_id: str, apps: list[App], incarnation: str = "") -> None:
         self.node_id = node_id
+        self.incarnation = incarnation
         self.live = AppSet(apps)
         # Shadows and departures are per (node id, incarnation): a node that restarts under the
         # same id is a new node, and its replicas must not land in its predecessor's state.
@@ -118,7 +125,8 @@ class NodeState:
         self.counts: dict[str, int] = {
             "batches_primary": 0, "batches_replica": 0, "records_primary": 0, "records_replica": 0,
             "duplicate_batches": 0, "duplicate_records": 0, "rejected_batches": 0, "rejected_records": 0,
-            "promotions": 0, "membership_changes": 0,
+            "promotions": 0, "membership_changes": 0, "fenced_batches": 0, "fenced_records": 0,
+            "resets": 0,
         }  # fmt: skip
 
     def _empty_set(self) -> AppSet:
@@ -149,6 +157,13 @@ class NodeState:
             return ack
         keys = list(msg.keys)
         with self.lock:
+            if msg.incarnation and msg.incarnation != self.incarnation:
+                # Routed to an earlier life of this node; the collector re-routes it elsewhere.
+                self.counts["fenced_batches"] += 1
+                self.counts["fenced_records"] += msg.count
+                NODE_METRICS.fenced.labels(self.node_id).inc(msg.count)
+                ack.fenced = True
+                return ack
             target = self._target(msg.replica_of, msg.replica_incarnation)
             if self._is_duplicate(ident, msg.replica_of, target):
                 self.counts["duplicate_batches"] += 1
@@ -206,12 +221,20 @@ class NodeState:
             log.warning("node %s left; absorbed the shadow state held for it", m)
         return promoted
 
-    def reset(self) -> None:
-        """Drop all state: our lease was lost, so the others already absorbed our shadows."""
+    def reset(self, incarnation: str) -> None:
+        """Drop all state and become `incarnation`: our lease was lost, so the others absorbed our shadows.
+
+        Batches addressed to the previous incarnation are fenced from now on (see the module doc).
+        """
         with self.lock:
             self.live = self._empty_set()
             self.shadows.clear()
-            log.warning("node %s lost its registration; state reset (its backups took it over)", self.node_id)
+            self.incarnation = incarnation
+            self.counts["resets"] += 1
+            log.warning(
+                "node %s lost its registration; state reset, now incarnation %s (its backups took it over)",
+                self.node_id, incarnation,
+            )  # fmt: skip
 
     def app(self, name: str) -> App | None:
         """The live app called `name`."""

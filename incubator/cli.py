@@ -11,7 +11,7 @@ from celltap.incubator.dicap import MAX_BUCKETS_LOG2
 
 from celltap.cli_types import PORT, SEED, bounded
 from celltap.pcap import CaptureFormatError
-from celltap.user_errors import explain
+from celltap.user_errors import add_metrics_addr_argument, explain
 
 log = logging.getLogger("celltap.incubator")
 
@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--non-ip", default="cell0", choices=("bridge", "cell0", "all"), help="where frames without IP go"
     )
     parser.add_argument("--metrics-port", type=PORT, help="serve Prometheus /metrics on this port")
+    add_metrics_addr_argument(parser)
     parser.add_argument("--json", action="store_true", help="offline split: print the summary as JSON")
 
 
@@ -66,6 +67,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.metrics_port is not None:
         cfg.raw["metrics_port"] = args.metrics_port
+    if args.metrics_addr is not None:
+        cfg.raw["metrics_addr"] = args.metrics_addr
     try:
         return run_live(cfg)
     except ConfigError as exc:
@@ -85,7 +88,7 @@ def _offline(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         from celltap.user_errors import serve_metrics
 
-        serve_metrics(args.metrics_port)
+        serve_metrics(args.metrics_port, args.metrics_addr or "")
     try:
         from prometheus_client import REGISTRY
 

@@ -39,6 +39,7 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     "decapsulate": (bool, True),  # GRE / ERSPAN / VXLAN / IP-in-IP frames go by their inner flow
     "partition": (str, None),  # xxh64 (default) | dicap; dicap mode always uses dicap
     "metrics_port": (int, None),
+    "metrics_addr": (str, "127.0.0.1"),  # 0.0.0.0 / :: to be scraped from other hosts
     "fragments": (
         {"timeout_s": (float, 30.0), "max_bytes": (int, 16 << 20), "max_datagrams": (int, 65536)},
         {},

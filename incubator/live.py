@@ -223,7 +223,7 @@ def run_live(cfg: Config) -> int:
     if cfg["metrics_port"] is not None:
         from celltap.user_errors import serve_metrics
 
-        serve_metrics(cfg["metrics_port"])
+        serve_metrics(cfg["metrics_port"], cfg["metrics_addr"])
     try:
         inc = Incubator(cfg)
     except CaptureUnavailable as exc:

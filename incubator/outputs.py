@@ -1,5 +1,8 @@
-"""Per-cell outputs: raw frames on a NIC, VXLAN (RFC 7348) over UDP, or a pcap file.
+"""Per-cell outputs: raw frames on a NIC, VXLAN (RFC 7348) or Geneve (RFC 8926) over UDP, a pcap file.
 
+Every output carries the frames' capture times where its format has room (celltap/capture_time.py):
+a Geneve option, an Arista timestamp header on a NIC (`?ts=arista`), the pcap record header
+(nanoseconds); plain VXLAN has none, so its frames get their receive time at the cell.
 Each output takes a FrameBatch and returns (frames sent, bytes sent, {drop reason: frames}).
 Send errors are counted, never raised: a slow or vanished cell must not stop the incubator.
 The socket outputs send a whole batch per sendmmsg(2) call, their iovecs pointing straight into
@@ -19,6 +22,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from celltap.capture_time import (
+    ARISTA_HEADER,
+    GENEVE_DEFAULT_PORT,
+    arista_headers,
+    geneve_headers,
+)
 from celltap.mmsg import MessageBatch, sendmmsg_available
 from celltap.pcap import pack_pcap_records
 from celltap.pcap.batch import FrameBatch, gather_frames
@@ -137,17 +146,27 @@ class _Batched:
 
 
 class IfaceOutput(Output):
-    """Raw frames on an interface (SF-TAP's NIC per cell); `@dstmac` rewrites the destination MAC."""
+    """Raw frames on an interface (SF-TAP's NIC per cell); `@dstmac` rewrites the destination MAC.
 
-    def __init__(self, ifname: str, dst_mac: bytes | None = None, batched: bool = True) -> None:
-        self.spec = f"iface:{ifname}"
+    With `timestamps=True` (`iface:IF?ts=arista`) every frame of 14 bytes or more carries its capture
+    time in an Arista timestamp header after the MAC addresses (celltap/capture_time.py); celltap
+    cells take it out again.  Off by default: the frames stay exactly as captured (SF-TAP's cells and
+    other tools read them), and the cell then stamps its own receive time.
+    """
+
+    def __init__(
+        self, ifname: str, dst_mac: bytes | None = None, batched: bool = True, timestamps: bool = False
+    ) -> None:
+        self.spec = f"iface:{ifname}" + ("?ts=arista" if timestamps else "")
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # proto 0: never receives
         self.sock.bind((ifname, 0))
         self.dst_mac = dst_mac
+        self.timestamps = timestamps
         # With a MAC rewrite each frame is two iovecs: the new MAC, then the frame from byte 6.
         self._mac = np.frombuffer(dst_mac, np.uint8).copy() if dst_mac is not None else None
         use = batched and sendmmsg_available()
-        self._batched = _Batched(self.sock, 1 if dst_mac is None else 2) if use else None
+        parts = 4 if timestamps else (1 if dst_mac is None else 2)
+        self._batched = _Batched(self.sock, parts) if use else None
 
     def send(self, batch: FrameBatch) -> SendResult:
         if len(batch) == 0:
@@ -157,7 +176,9 @@ class IfaceOutput(Output):
         addr, _keep = self._batched.frame_addresses(batch)  # _keep: the buffer the iovecs point into
         caplens = batch.caplens.astype(np.uintp)
         iov = self._batched.msgs.iovecs(len(batch))
-        if self._mac is None:
+        if self.timestamps:
+            _keep_hdr = self._stamped_iovecs(iov, addr, caplens, batch.ts_ns)  # alive while sent
+        elif self._mac is None:
             iov[:, 0, 0] = addr
             iov[:, 0, 1] = caplens
         else:
@@ -169,6 +190,23 @@ class IfaceOutput(Output):
             iov[:, 1, 1] = caplens - cut
         return self._batched.send(batch)
 
+    def _stamped_iovecs(
+        self, iov: np.ndarray, addr: np.ndarray, caplens: np.ndarray, ts_ns: np.ndarray
+    ) -> np.ndarray:
+        """Four iovecs per frame: MAC (new or own), source MAC, timestamp header, the rest."""
+        hdr = arista_headers(ts_ns)
+        room = caplens >= 14  # a header needs a whole Ethernet header around it
+        cut = np.where(caplens >= 6, 6, 0).astype(np.uintp)  # shorter frames go out unchanged
+        iov[:, 0, 0] = addr if self._mac is None else self._mac.ctypes.data
+        iov[:, 0, 1] = cut
+        iov[:, 1, 0] = addr + cut
+        iov[:, 1, 1] = np.where(room, 6, caplens - cut).astype(np.uintp)
+        iov[:, 2, 0] = hdr.ctypes.data + ARISTA_HEADER * np.arange(len(hdr), dtype=np.uintp)
+        iov[:, 2, 1] = np.where(room, ARISTA_HEADER, 0).astype(np.uintp)
+        iov[:, 3, 0] = addr + 12
+        iov[:, 3, 1] = np.where(room, caplens - 12, 0).astype(np.uintp)
+        return hdr
+
     def _send_each(self, batch: FrameBatch) -> SendResult:
         body, ends = _frames(batch)
         if self.dst_mac is not None:
@@ -178,7 +216,28 @@ class IfaceOutput(Output):
             rows = starts[long_enough][:, None] + np.arange(6)
             arr[rows] = np.frombuffer(self.dst_mac, np.uint8)
             body = memoryview(arr)
+        if self.timestamps:
+            return self._send_each_stamped(body, ends, batch)
         return _send_each(self.sock.send, body, ends)
+
+    def _send_each_stamped(self, body: memoryview, ends: list[int], batch: FrameBatch) -> SendResult:
+        """The per-frame fallback with timestamp headers (libc without sendmmsg)."""
+        hdr = arista_headers(batch.ts_ns)
+        sent = nbytes = 0
+        drops: dict[str, int] = {}
+        start = 0
+        for i, end in enumerate(ends):
+            frame = body[start:end]
+            parts = [frame[:12], hdr[i].tobytes(), frame[12:]] if end - start >= 14 else [frame]
+            try:
+                self.sock.sendmsg(parts)
+                sent += 1
+                nbytes += end - start
+            except OSError as exc:
+                reason = errno_reason(exc)
+                drops[reason] = drops.get(reason, 0) + 1
+            start = end
+        return sent, nbytes, drops
 
     def close(self) -> None:
         self.sock.close()
@@ -244,36 +303,124 @@ class VxlanOutput(Output):
         self.sock.close()
 
 
+class GeneveOutput(Output):
+    """Frames in Geneve (RFC 8926) over UDP to HOST:PORT, each with its capture time in an option.
+
+    The 20-byte header of every datagram (celltap/capture_time.py: VNI, the time option) is one row
+    of a numpy array built for the whole batch; the iovecs point at the row and at the frame.
+    """
+
+    def __init__(
+        self, host: str, port: int = GENEVE_DEFAULT_PORT, vni: int = 0, batched: bool = True
+    ) -> None:
+        if not 0 <= vni < (1 << 24):
+            raise OutputSpecError(f"Geneve VNI must be 0..16777215, got {vni}")
+        self.spec = f"geneve://{host}:{port}?vni={vni}"
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        self.sock = socket.socket(info[0], socket.SOCK_DGRAM)
+        self.sock.connect(info[4])
+        self.vni = vni
+        use = batched and sendmmsg_available()
+        self._batched = _Batched(self.sock, 2) if use else None
+
+    def send(self, batch: FrameBatch) -> SendResult:
+        if len(batch) == 0:
+            return 0, 0, {}
+        hdr = geneve_headers(batch.ts_ns, self.vni)
+        if self._batched is None:
+            body, ends = _frames(batch)
+            return _send_each_with(self.sock.sendmsg, body, ends, hdr)
+        addr, _keep = self._batched.frame_addresses(batch)  # _keep: the buffer the iovecs point into
+        iov = self._batched.msgs.iovecs(len(batch))
+        iov[:, 0, 0] = hdr.ctypes.data + hdr.shape[1] * np.arange(len(hdr), dtype=np.uintp)
+        iov[:, 0, 1] = hdr.shape[1]
+        iov[:, 1, 0] = addr
+        iov[:, 1, 1] = batch.caplens.astype(np.uintp)
+        return self._batched.send(batch)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _send_each_with(sendmsg: object, body: memoryview, ends: list[int], headers: np.ndarray) -> SendResult:
+    """Per-frame fallback with a header row of its own before each frame."""
+    sent = nbytes = 0
+    drops: dict[str, int] = {}
+    start = 0
+    for i, end in enumerate(ends):
+        try:
+            sendmsg([headers[i].tobytes(), body[start:end]])  # type: ignore[operator]
+            sent += 1
+            nbytes += end - start
+        except OSError as exc:
+            reason = errno_reason(exc)
+            drops[reason] = drops.get(reason, 0) + 1
+        start = end
+    return sent, nbytes, drops
+
+
+def _udp_target(spec: str, default_port: int, allowed: set[str]) -> tuple[str, int, dict[str, list[str]]]:
+    u = urlsplit(spec)
+    if not u.hostname:
+        raise OutputSpecError(f"output {spec!r}: needs a host")
+    q = parse_qs(u.query)
+    unknown = set(q) - allowed
+    if unknown:
+        raise OutputSpecError(f"output {spec!r}: unknown parameter {sorted(unknown)[0]!r}")
+    try:
+        port = u.port or default_port
+    except ValueError as exc:
+        raise OutputSpecError(f"output {spec!r}: {exc}") from exc
+    return u.hostname, port, q
+
+
+def _vni(spec: str, q: dict[str, list[str]]) -> int:
+    try:
+        return int(q.get("vni", ["0"])[0])
+    except ValueError as exc:
+        raise OutputSpecError(f"output {spec!r}: {exc}") from exc
+
+
+def _iface_timestamps(spec: str, query: str) -> bool:
+    q = parse_qs(query)
+    unknown = set(q) - {"ts"}
+    if unknown:
+        raise OutputSpecError(f"output {spec!r}: unknown parameter {sorted(unknown)[0]!r}")
+    ts = q.get("ts", ["none"])[0]
+    if ts not in ("arista", "none"):
+        raise OutputSpecError(f"output {spec!r}: ts must be arista or none, got {ts!r}")
+    return ts == "arista"
+
+
 def check_output(spec: str) -> None:
-    """Check an output's form without opening it (OutputSpecError naming what is wrong)."""
+    """Check an output's form without opening it (OutputSpecError naming what is wrong): the config
+    check, so that a static cell with a bad output is one error line, not a cell left out at run time."""
     if spec.startswith("pcap:"):
         if not spec[5:]:
             raise OutputSpecError(f"output {spec!r}: pcap needs a file name")
     elif spec.startswith("iface:"):
-        name, _, mac = spec[6:].partition("@")
+        rest, _, query = spec[6:].partition("?")
+        name, _, mac = rest.partition("@")
         if not name:
             raise OutputSpecError(f"output {spec!r}: iface needs an interface name")
-        if mac:
-            try:
-                parse_mac(mac)
-            except ValueError as exc:
-                raise OutputSpecError(f"output {spec!r}: {exc}") from None
-    elif spec.startswith("vxlan://"):
-        u = urlsplit(spec)
-        q = parse_qs(u.query)
         try:
-            port = u.port
-            vni = int(q.get("vni", ["0"])[0])
+            if mac:
+                parse_mac(mac)
         except ValueError as exc:
             raise OutputSpecError(f"output {spec!r}: {exc}") from None
-        if not u.hostname or set(q) - {"vni"} or not 0 <= vni < 1 << 24 or port == 0:
-            raise OutputSpecError(f"output {spec!r}: expected vxlan://HOST[:PORT][?vni=0..16777215]")
+        _iface_timestamps(spec, query)
+    elif spec.startswith(("vxlan://", "geneve://")):
+        default = VXLAN_DEFAULT_PORT if spec.startswith("vxlan") else GENEVE_DEFAULT_PORT
+        _host, port, q = _udp_target(spec, default, {"vni"})
+        if not 0 < port <= 0xFFFF or not 0 <= _vni(spec, q) < 1 << 24:
+            raise OutputSpecError(f"output {spec!r}: port must be 1..65535 and vni 0..16777215")
     else:
-        raise OutputSpecError(f"unknown output {spec!r} (expected iface:, vxlan:// or pcap:)")
+        raise OutputSpecError(f"unknown output {spec!r} (expected iface:, vxlan://, geneve:// or pcap:)")
 
 
 def open_output(spec: str) -> Output:
-    """Open `iface:IF[@mac]`, `vxlan://HOST:PORT[?vni=N]` or `pcap:FILE`."""
+    """Open `iface:IF[@mac][?ts=arista]`, `vxlan://HOST:PORT[?vni=N]`, `geneve://HOST:PORT[?vni=N]`
+    or `pcap:FILE` (nanosecond records)."""
     if spec.startswith("pcap:"):
         path = spec[5:]
         if not path:
@@ -281,24 +428,17 @@ def open_output(spec: str) -> Output:
         d = os.path.dirname(path)
         if d:
             os.makedirs(d, exist_ok=True)
-        return PcapOutput(path)
+        return PcapOutput(path, nanosecond=True)
     if spec.startswith("iface:"):
-        name, _, mac = spec[6:].partition("@")
+        rest, _, query = spec[6:].partition("?")
+        name, _, mac = rest.partition("@")
         if not name:
             raise OutputSpecError(f"output {spec!r}: iface needs an interface name")
-        return IfaceOutput(name, parse_mac(mac) if mac else None)
+        return IfaceOutput(name, parse_mac(mac) if mac else None, timestamps=_iface_timestamps(spec, query))
     if spec.startswith("vxlan://"):
-        u = urlsplit(spec)
-        if not u.hostname:
-            raise OutputSpecError(f"output {spec!r}: vxlan needs a host")
-        q = parse_qs(u.query)
-        unknown = set(q) - {"vni"}
-        if unknown:
-            raise OutputSpecError(f"output {spec!r}: unknown parameter {sorted(unknown)[0]!r}")
-        try:
-            vni = int(q.get("vni", ["0"])[0])
-            port = u.port or VXLAN_DEFAULT_PORT
-        except ValueError as exc:
-            raise OutputSpecError(f"output {spec!r}: {exc}") from exc
-        return VxlanOutput(u.hostname, port, vni)
-    raise OutputSpecError(f"unknown output {spec!r} (expected iface:, vxlan:// or pcap:)")
+        host, port, q = _udp_target(spec, VXLAN_DEFAULT_PORT, {"vni"})
+        return VxlanOutput(host, port, _vni(spec, q))
+    if spec.startswith("geneve://"):
+        host, port, q = _udp_target(spec, GENEVE_DEFAULT_PORT, {"vni"})
+        return GeneveOutput(host, port, _vni(spec, q))
+    raise OutputSpecError(f"unknown output {spec!r} (expected iface:, vxlan://, geneve:// or pcap:)")

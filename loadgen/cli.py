@@ -1,5 +1,5 @@
 """`celltap loadgen`: write scenario pcaps, list scenarios, replay a capture onto an interface,
-and (when `loadgen.ipfix_cli` exists) generate IPFIX."""
+and generate IPFIX / NetFlow."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import time
 
 from celltap.cli_types import PORT, SEED, bounded
+from celltap.user_errors import add_metrics_addr_argument
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-port", type=PORT, default=0, help="serve Prometheus /metrics on this port (0: off)"
     )
+    add_metrics_addr_argument(p)
     p.set_defaults(_loadgen_run=_run_replay)
 
-    try:
-        ipfix = importlib.import_module("celltap.loadgen.ipfix_cli")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("celltap.loadgen.ipfix_cli",):
-            raise
-    else:
-        p = sub.add_parser("ipfix", help="IPFIX / NetFlow generator")
-        ipfix.add_arguments(p)
-        p.set_defaults(_loadgen_run=ipfix.main)
+    ipfix = importlib.import_module("celltap.loadgen.ipfix_cli")
+    p = sub.add_parser("ipfix", help="IPFIX / NetFlow generator")
+    ipfix.add_arguments(p)
+    p.set_defaults(_loadgen_run=ipfix.main)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -151,7 +148,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from celltap.user_errors import serve_metrics
 
-        serve_metrics(args.metrics_port)
+        serve_metrics(args.metrics_port, args.metrics_addr or "")
     stop = threading.Event()
     # SIGTERM (and Ctrl-C) end the replay at the next batch; the counts so far are still reported.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -110,7 +110,7 @@ def run(
                 p.sequence = seqs[k]
                 try:
                     snd(p.stamp_templates())
-                except OSError:  # e.g. ECONNREFUSED: nothing listens yet; counted, sending goes on
+                except OSError:  # e.g. ECONNREFUSED while the collector restarts: resent next refresh
                     errors += 1
                 seqs[k] = p.sequence
             next_templates = t + template_refresh
@@ -182,7 +182,7 @@ def _run_pools(
                 p.sequence = seqs[k]
                 try:
                     s.send(p.stamp_templates())
-                except OSError:  # e.g. ECONNREFUSED after an ICMP port unreachable: counted
+                except OSError:  # e.g. ECONNREFUSED while the collector restarts: resent next refresh
                     errors += 1
                 seqs[k] = p.sequence
             next_templates = t + template_refresh

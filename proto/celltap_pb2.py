@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcelltap.proto\x12\ncelltap.v1\"\xfc\x01\n\x0eRecordBatchMsg\x12\x11\n\tcollector\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06origin\x18\x03 \x01(\t\x12\x12\n\nreplica_of\x18\x04 \x01(\t\x12\x10\n\x08\x65xporter\x18\x05 \x01(\t\x12\x0e\n\x06\x64omain\x18\x06 \x01(\r\x12\x10\n\x08template\x18\x07 \x01(\x0c\x12\x0f\n\x07records\x18\x08 \x01(\x0c\x12\r\n\x05\x63ount\x18\t \x01(\r\x12\x0c\n\x04keys\x18\n \x03(\t\x12\x10\n\x08key_mask\x18\x0b \x01(\x0c\x12\x10\n\x08\x64\x65livery\x18\x0c \x01(\x04\x12\x1b\n\x13replica_incarnation\x18\r \x01(\t\"^\n\x03\x41\x63k\x12\x11\n\tcollector\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65livery\x18\x05 \x01(\x04\"0\n\x0cQueryRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\"L\n\nQueryReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x14\n\x0cpartial_json\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\x0f\n\rStatusRequest\"0\n\x0bStatusReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x13\n\x0bstatus_json\x18\x02 \x01(\t2\xc0\x01\n\x0c\x41nalysisNode\x12\x37\n\x04Push\x12\x1a.celltap.v1.RecordBatchMsg\x1a\x0f.celltap.v1.Ack(\x01\x30\x01\x12\x39\n\x05Query\x12\x18.celltap.v1.QueryRequest\x1a\x16.celltap.v1.QueryReply\x12<\n\x06Status\x12\x19.celltap.v1.StatusRequest\x1a\x17.celltap.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcelltap.proto\x12\ncelltap.v1\"\x91\x02\n\x0eRecordBatchMsg\x12\x11\n\tcollector\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06origin\x18\x03 \x01(\t\x12\x12\n\nreplica_of\x18\x04 \x01(\t\x12\x10\n\x08\x65xporter\x18\x05 \x01(\t\x12\x0e\n\x06\x64omain\x18\x06 \x01(\r\x12\x10\n\x08template\x18\x07 \x01(\x0c\x12\x0f\n\x07records\x18\x08 \x01(\x0c\x12\r\n\x05\x63ount\x18\t \x01(\r\x12\x0c\n\x04keys\x18\n \x03(\t\x12\x10\n\x08key_mask\x18\x0b \x01(\x0c\x12\x10\n\x08\x64\x65livery\x18\x0c \x01(\x04\x12\x1b\n\x13replica_incarnation\x18\r \x01(\t\x12\x13\n\x0bincarnation\x18\x0e \x01(\t\"n\n\x03\x41\x63k\x12\x11\n\tcollector\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65livery\x18\x05 \x01(\x04\x12\x0e\n\x06\x66\x65nced\x18\x06 \x01(\x08\"x\n\x0cJournalEntry\x12)\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1a.celltap.v1.RecordBatchMsg\x12\x0f\n\x07primary\x18\x02 \x01(\t\x12,\n\x08replicas\x18\x03 \x03(\x0b\x32\x1a.celltap.v1.JournalReplica\";\n\x0eJournalReplica\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x0c\x12\x0c\n\x04mask\x18\x03 \x01(\x0c\"0\n\x0cQueryRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\"L\n\nQueryReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x14\n\x0cpartial_json\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\x0f\n\rStatusRequest\"0\n\x0bStatusReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x13\n\x0bstatus_json\x18\x02 \x01(\t2\xc0\x01\n\x0c\x41nalysisNode\x12\x37\n\x04Push\x12\x1a.celltap.v1.RecordBatchMsg\x1a\x0f.celltap.v1.Ack(\x01\x30\x01\x12\x39\n\x05Query\x12\x18.celltap.v1.QueryRequest\x1a\x16.celltap.v1.QueryReply\x12<\n\x06Status\x12\x19.celltap.v1.StatusRequest\x1a\x17.celltap.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,17 +32,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'celltap_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECORDBATCHMSG']._serialized_start=30
-  _globals['_RECORDBATCHMSG']._serialized_end=282
-  _globals['_ACK']._serialized_start=284
-  _globals['_ACK']._serialized_end=378
-  _globals['_QUERYREQUEST']._serialized_start=380
-  _globals['_QUERYREQUEST']._serialized_end=428
-  _globals['_QUERYREPLY']._serialized_start=430
-  _globals['_QUERYREPLY']._serialized_end=506
-  _globals['_STATUSREQUEST']._serialized_start=508
-  _globals['_STATUSREQUEST']._serialized_end=523
-  _globals['_STATUSREPLY']._serialized_start=525
-  _globals['_STATUSREPLY']._serialized_end=573
-  _globals['_ANALYSISNODE']._serialized_start=576
-  _globals['_ANALYSISNODE']._serialized_end=768
+  _globals['_RECORDBATCHMSG']._serialized_end=303
+  _globals['_ACK']._serialized_start=305
+  _globals['_ACK']._serialized_end=415
+  _globals['_JOURNALENTRY']._serialized_start=417
+  _globals['_JOURNALENTRY']._serialized_end=537
+  _globals['_JOURNALREPLICA']._serialized_start=539
+  _globals['_JOURNALREPLICA']._serialized_end=598
+  _globals['_QUERYREQUEST']._serialized_start=600
+  _globals['_QUERYREQUEST']._serialized_end=648
+  _globals['_QUERYREPLY']._serialized_start=650
+  _globals['_QUERYREPLY']._serialized_end=726
+  _globals['_STATUSREQUEST']._serialized_start=728
+  _globals['_STATUSREQUEST']._serialized_end=743
+  _globals['_STATUSREPLY']._serialized_start=745
+  _globals['_STATUSREPLY']._serialized_end=793
+  _globals['_ANALYSISNODE']._serialized_start=796
+  _globals['_ANALYSISNODE']._serialized_end=988
 # @@protoc_insertion_point(module_scope)

@@ -222,6 +222,7 @@ def _run_live(analysis, ifname: str) -> None:
                 last_tick = time.monotonic()
                 analysis.tick(time.time_ns())
         # frames the kernel still holds are analyzed before the end
+        src.settle()
         while (batch := src.read_batch()) is not None:
             analysis.process(batch, time.time_ns())
     finally:

@@ -14,7 +14,7 @@ from celltap.cell.sdk.output import JsonLinesWriter
 from celltap.cell.sdk.session import FORMATS
 
 from celltap.cli_types import PORT, SECONDS, bounded
-from celltap.user_errors import UserError, wait_for_path
+from celltap.user_errors import UserError, add_metrics_addr_argument, wait_for_path
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=PORT,
         help="serve Prometheus /metrics on this port (with --balance: the supervisor; child i uses PORT+1+i)",
     )
+    add_metrics_addr_argument(parser)
     parser.add_argument(
         "--socket-wait",
         type=SECONDS,
@@ -74,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         from celltap.user_errors import serve_metrics
 
-        serve_metrics(args.metrics_port)
+        serve_metrics(args.metrics_port, args.metrics_addr or "")
     if args.balance:
         if not args.socket_prefix:
             log.error("analyzer: --balance needs --socket-prefix")
@@ -87,6 +88,7 @@ def main(args: argparse.Namespace) -> int:
                 args.out,
                 None if args.metrics_port is None else args.metrics_port + 1 + i,
                 args.exit_on_eof,
+                args.metrics_addr,
             )
             for i in range(args.balance)
         ]

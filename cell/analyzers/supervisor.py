@@ -21,7 +21,13 @@ RESTARTS = Counter("celltap_analyzer_restarts_total", "Analyzer child processes 
 
 
 def child_command(
-    name: str, socket_path: str, fmt: str, out: str | None, metrics_port: int | None, exit_on_eof: bool
+    name: str,
+    socket_path: str,
+    fmt: str,
+    out: str | None,
+    metrics_port: int | None,
+    exit_on_eof: bool,
+    metrics_addr: str | None = None,
 ) -> list[str]:
     """Command line of one balanced child."""
     cmd = [sys.executable, "-m", "celltap.cli", "analyzer", name, "--socket", socket_path, "--format", fmt]
@@ -29,6 +35,8 @@ def child_command(
         cmd += ["--out", out]
     if metrics_port is not None:
         cmd += ["--metrics-port", str(metrics_port)]
+        if metrics_addr:
+            cmd += ["--metrics-addr", metrics_addr]
     if exit_on_eof:
         cmd.append("--exit-on-eof")
     return cmd

@@ -180,7 +180,8 @@ class LocalCluster:
                 "cluster": s.cluster,
                 "metrics_port": mport,
                 "metrics_addr": "127.0.0.1",
-                "routing": s.routing,
+                # A journal beside the config: a restarted collector re-delivers what it had routed.
+                "routing": {"journal": str(self.conf_dir / "journal"), **s.routing},
             }
             path = self._write(f"{name}.yaml", cfg)
             # A registry in its config makes the collector route to the analysis nodes.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -44,10 +45,10 @@ def parse(text: str) -> Samples:
     return s
 
 
-def scrape(url: str, timeout: float = 5.0) -> Samples:
-    """GET and parse a /metrics page; raises OSError if it cannot be fetched."""
+def scrape(url: str, timeout: float = 5.0, context: ssl.SSLContext | None = None) -> Samples:
+    """GET and parse a /metrics page (https:// verified with `context`); OSError if it cannot be fetched."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             return parse(resp.read().decode("utf-8", "replace"))
     except urllib.error.URLError as exc:
         raise OSError(f"{url}: {exc.reason}") from exc

@@ -93,10 +93,15 @@ class Registration:
         self.times_registered = 0
         self._lock = threading.Lock()
         self._on_lost: Callable[[], None] = lambda: None
+        # Called before each re-registration (never the first): returns the value to register
+        # instead, e.g. a node that comes back as a new incarnation with empty state.
+        self.before_reregister: Callable[[], dict[str, Any]] | None = None
 
     def try_register(self) -> None:
         """Grant a lease, put the value, start keep-alive. Raises RegistryError on failure."""
         with self._lock:
+            if self.times_registered and self.before_reregister is not None:
+                self.value = {**self.before_reregister(), "id": self.value.get("id")}
             lease = self.registry.lease(self.ttl)
             try:
                 self.registry.put(self.key, self.value, lease=lease)

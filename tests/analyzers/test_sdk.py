@@ -58,7 +58,7 @@ def test_text_and_binary_carry_the_same_events() -> None:
 
 def test_decodes_the_cells_own_encoders() -> None:
     """The cell (cell/events.py) is written independently: its bytes must decode to the same facts."""
-    events_mod = pytest.importorskip("celltap.cell.events", reason="the cell's encoders are not built yet")
+    from celltap.cell import events as events_mod
     a1, a2 = ipaddress.IPv6Address("2001:db8::1").packed, ipaddress.IPv6Address("2001:db8::2").packed
     ts = 1_700_000_000_123_456_000
     params = inspect.signature(events_mod.WireId).parameters

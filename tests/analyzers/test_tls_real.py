@@ -12,7 +12,6 @@ reassembly into interface events.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 import subprocess
@@ -63,8 +62,6 @@ def records(request: pytest.FixtureRequest, capture, tmp_path_factory: pytest.Te
     tmp = tmp_path_factory.mktemp(f"tlsrec-{request.param}")
     if request.param == "tshark":
         return run_analyzer("tls", pcap_to_events(pcap, "text", "tcp"), tmp, "text")
-    if importlib.util.find_spec("celltap.cell.cli") is None:
-        pytest.skip("celltap cell is not built yet (cell/cli.py missing)")
     mp = pytest.MonkeyPatch()
     mp.setitem(cell_path.RULES, "tls", [("TCP", "443,4433,143,110,25,21", None, None)])
     try:

@@ -122,7 +122,8 @@ class Cluster:
         cfg = {
             "collector_id": cid, "listen": [f"udp://127.0.0.1:{port}"], "workers": 1,
             "registry": self.registry, "cluster": self.name, "metrics_port": mport,
-            "metrics_addr": "127.0.0.1", "routing": routing or {},
+            "metrics_addr": "127.0.0.1",
+            "routing": {"journal": str(self.tmp / "journal"), **(routing or {})},
         }  # fmt: skip
         path = self.tmp / f"{cid}.yaml"
         path.write_text(yaml.safe_dump(cfg))
@@ -130,6 +131,27 @@ class Cluster:
         self.collectors[cid] = Proc(cid, [*CELLTAP, "collector", "--config", str(path)], self.tmp)
         self.collector_udp[cid] = port
         self.collector_metrics[cid] = f"http://127.0.0.1:{mport}/metrics"
+
+    def restart_collector(self, cid: str) -> None:
+        """Start collector `cid` again with its config (same ports, same state directory)."""
+        path = self.tmp / f"{cid}.yaml"
+        argv = [*CELLTAP, "collector", "--config", str(path)]
+        self.collectors[cid] = Proc(f"{cid}.{time.monotonic_ns()}", argv, self.tmp)
+
+    def wait_settled(self, cid: str, timeout: float = 30, quiet: float = 1.5) -> None:
+        """Until the collector holds nothing unacknowledged and took no record for `quiet` seconds."""
+        url = self.collector_metrics[cid]
+        last: list[float] = [-1.0, time.monotonic()]
+
+        def settled() -> bool:
+            seen = metric(url, "celltap_collector_cluster_records_in_total")
+            now = time.monotonic()
+            if seen != last[0]:
+                last[:] = [seen, now]
+                return False
+            return now - last[1] >= quiet and metric(url, "celltap_collector_cluster_pending_records") == 0
+
+        wait_for(settled, timeout, f"collector {cid} to settle: {self.collectors[cid].tail(800)}")
 
     def status(self, node_id: str) -> dict:
         return http_json(f"http://{self.node_http[node_id]}/status")

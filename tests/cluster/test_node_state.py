@@ -126,3 +126,26 @@ def test_replica_for_a_restarted_primary_is_not_taken_for_its_predecessor() -> N
     assert _total(b) == 0  # a@2 is alive and holds them
     b.set_members({"b": MEMBERS["b"]})  # a@2 leaves too: now they are b's
     assert _total(b) == int(recs["octetDeltaCount"].sum())
+
+
+def test_batches_for_an_earlier_incarnation_are_fenced_after_a_reset() -> None:
+    # A paused node's sockets still hold batches routed to its previous life; after its lease
+    # expired and it came back as a new incarnation, they must not be applied (the collector
+    # re-routed them to the node's backups, which applied them already).
+    recs = make_records(np.random.default_rng(9), 200)
+    n = NodeState("n", [make_app("volume", {"kind": "volume", "key": "src"})], incarnation="i0")
+    first = _msg(recs, 1, origin="n")
+    first.incarnation = "i0"
+    assert not n.handle(first).fenced and _total(n) == int(recs["octetDeltaCount"].sum())
+    n.reset("i1")
+    assert _total(n) == 0
+    stale = _msg(recs, 2, origin="n")
+    stale.incarnation = "i0"
+    ack = n.handle(stale)
+    assert ack.fenced and not ack.duplicate and _total(n) == 0
+    assert n.counts["fenced_records"] == len(recs)
+    fresh = _msg(recs, 3, origin="n")
+    fresh.incarnation = "i1"
+    assert not n.handle(fresh).fenced and _total(n) == int(recs["octetDeltaCount"].sum())
+    unchecked = _msg(recs, 4, origin="n")  # from a collector that names no incarnation
+    assert not n.handle(unchecked).fenced

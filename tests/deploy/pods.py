@@ -137,3 +137,18 @@ def run_init_container(
     script = init["command"][2].replace("/etc/celltap", str(etc)).replace("/run/celltap", str(run))
     subprocess.run([*init["command"][:2], script], env=pod_env(init, pod_name), check=True, timeout=10)
     return yaml.safe_load((run / key).read_text())
+
+
+def mount_tls_secret(
+    docs: list[dict[str, Any]], spec: dict[str, Any], config: dict[str, Any], root: Path
+) -> None:
+    """Write the TLS Secret a pod mounts (volume `tls`) under `root`, and point `config["tls"]` there."""
+    import base64
+
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "tls"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "tls"]
+    secret = find(docs, "Secret", volume["secret"]["secretName"])
+    root.mkdir(parents=True, exist_ok=True)
+    for key, value in secret["data"].items():
+        (root / key).write_bytes(base64.b64decode(value))
+    config["tls"] = {k: v.replace(mount["mountPath"], str(root)) for k, v in config["tls"].items()}

@@ -18,6 +18,7 @@ from tests.deploy.pods import (
     expand,
     incubator_takes_static_cells,
     load_registrar,
+    mount_tls_secret,
     parse_celltap,
     pod_env,
     run_init_container,
@@ -118,7 +119,10 @@ def test_node_config_and_args(rendered: dict[str, list[dict[str, Any]]], name: s
     values = merged_values(VALUE_SETS[name])
     sts, pod = workload(docs, "StatefulSet", "-node")
     spec = sts["spec"]["template"]["spec"]
-    cfg = config_from_dict(run_init_container(docs, spec, "node.yaml", pod, tmp_path))
+    data = run_init_container(docs, spec, "node.yaml", pod, tmp_path)
+    if "tls" in data:  # the files the pod mounts from its TLS Secret, written where this test can read them
+        mount_tls_secret(docs, spec, data, tmp_path / "tls")
+    cfg = config_from_dict(data)
     assert cfg.id == pod
     headless = find(docs, "Service", "-node-headless")["metadata"]["name"]
     assert cfg.grpc_address == f"{pod}.{headless}.{NAMESPACE}.svc:{values['nodes']['grpcPort']}"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,18 @@ import yaml
 
 from tests.conftest import require_tool
 from tests.deploy.chart import CHART, REPO
+
+
+def load_module(path: Path) -> Any:
+    """A script copied into the image (not installed), as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 DOCKER = REPO / "docker"
 # docker-compose 1.29 (Debian) ships the Compose Specification schema it validates with.
@@ -106,12 +118,16 @@ def copied_sources(tmp_path: Path) -> Path:
 
 def test_image_copies_every_package_the_project_installs(tmp_path: Path) -> None:
     ctx = copied_sources(tmp_path)
-    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
-        "include"
-    ]
-    for pattern in include:
-        top = pattern.rstrip("*")
-        assert (ctx / top).is_dir(), f"pyproject installs {pattern} but the image does not copy {top}/"
+    # setup.py installs celltap/ plus the component folders it names (as celltap.<folder>).
+    tree = ast.parse((REPO / "setup.py").read_text())
+    components = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPONENTS"
+    )
+    for top in ("celltap", *components):
+        assert (ctx / top).is_dir(), f"setup.py installs {top}/ but the image does not copy it"
+    assert (ctx / "setup.py").is_file()
     assert (ctx / "scripts/setup.sh").is_file() and (ctx / "pyproject.toml").is_file()
 
 
@@ -175,7 +191,7 @@ def test_compose_runs_components_as_the_chart_does() -> None:
             assert svc["cap_drop"] == ["ALL"] and svc["read_only"] is True, name
 
 
-def test_compose_configs_are_accepted_by_the_components() -> None:
+def test_compose_configs_are_accepted_by_the_components(tmp_path: Path) -> None:
     from celltap.cell.sftap_config import parse_config as parse_sftap
     from celltap.collector.node_config import config_from_dict as node_config
     from celltap.incubator.config import parse_config as parse_incubator
@@ -184,8 +200,16 @@ def test_compose_configs_are_accepted_by_the_components() -> None:
 
     cfg = DOCKER / "config"
     parse_incubator(yaml.safe_load((cfg / "incubator.yaml").read_text()))
-    collector_config((cfg / "collector.yaml").read_text())
-    node_config(yaml.safe_load((cfg / "node.yaml").read_text()))
+    collector = collector_config((cfg / "collector.yaml").read_text())
+    # The certificates the `certs` service writes (docker/gen_certs.py), where the configs expect them.
+    certs = tmp_path / "celltap-tls"
+    load_module(DOCKER / "gen_certs.py").main(["--out", str(certs), "--node-names", "node-0"])
+    node = yaml.safe_load((cfg / "node.yaml").read_text())
+    for section in (node["tls"], collector.tls):
+        for key, path in section.items():
+            section[key] = path.replace("/etc/celltap-tls", str(certs))
+            assert Path(section[key]).is_file(), (key, path)
+    node_config(node)
     parse_sftap(yaml.safe_load((cfg / "sftap.yaml").read_text()))
     # The compose cells use the chart's default abstractor configuration, not a drifting copy.
     chart_default = yaml.safe_load(
@@ -205,6 +229,10 @@ def test_compose_commands_parse_with_the_real_cli() -> None:
         if svc.get("entrypoint") == ["python", "/opt/celltap/deploy/cell_registrar.py"]:
             args = load_registrar().parse_args(svc["command"])
             registered[args.id] = args
+            continue
+        if svc.get("entrypoint") == ["python", "/opt/celltap/deploy/gen_certs.py"]:
+            certs = load_module(DOCKER / "gen_certs.py").parse_args(svc["command"])
+            assert "node-0" in certs.node_names.split(",")  # the name the collector dials
             continue
         ns = parse_celltap(svc["command"])
         assert ns.command == svc["command"][0], name

@@ -20,6 +20,8 @@ def keyed(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
             else {}
         )
         ann.pop("checksum/config", None)
+        if d["kind"] == "Secret" and d["metadata"]["labels"].get("app.kubernetes.io/component") == "tls":
+            d.pop("data")  # a fresh CA and keys at every render (genCA): compared in tests/security
         out[(d["kind"], d["metadata"]["name"])] = d
     return out
 

@@ -8,10 +8,12 @@ loadgen capture instead of a mirror port.  tshark is the oracle for what the cap
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -24,15 +26,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import require_tool
 from tests.deploy.chart import REPO, find
-from tests.deploy.pods import config_data, expand, pod_env, run_init_container
+from tests.deploy.pods import config_data, expand, mount_tls_secret, pod_env, run_init_container
 from tests.deploy.processes import CELLTAP, free_port, free_port_block, wait_for
 from tests.fixtures_etcd import etcd_server  # noqa: F401  (fixture)
 
 
-def scrape(port: int, name: str) -> float:
-    """Sum of one metric's samples (all labels) on a local /metrics endpoint; 0 when unreachable."""
+def scrape(port: int, name: str, context: ssl.SSLContext | None = None) -> float:
+    """Sum of one metric's samples (all labels) on a local /metrics endpoint (https with `context`);
+    0 when unreachable."""
+    url = f"{'https' if context else 'http'}://127.0.0.1:{port}/metrics"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
             text = resp.read().decode()
     except OSError:
         return 0.0
@@ -94,6 +98,13 @@ def test_rendered_pipeline_on_one_host(
     grpc, node_http = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     node_cfg.update(listen=f"127.0.0.1:{grpc}", advertise=f"127.0.0.1:{grpc}", http=f"127.0.0.1:{node_http}",
                     registry=etcd_server.url, cluster=cluster)  # fmt: skip
+    # The chart's generated TLS Secrets, as the pods mount them: mutual TLS collector -> node, HTTPS queries.
+    mount_tls_secret(docs, nodes["spec"]["template"]["spec"], node_cfg, tmp_path / "node-tls")
+    https = ssl.create_default_context(cafile=node_cfg["tls"]["ca"])
+    client = find(docs, "Secret", "-client-tls")["data"]
+    for key in ("tls.crt", "tls.key"):
+        (tmp_path / f"client-{key}").write_bytes(base64.b64decode(client[key]))
+    https.load_cert_chain(tmp_path / "client-tls.crt", tmp_path / "client-tls.key")
     (tmp_path / "node/run/node.yaml").write_text(yaml.safe_dump(node_cfg))
     node_args = nodes["spec"]["template"]["spec"]["containers"][0]["args"]
     node_args = [
@@ -103,6 +114,8 @@ def test_rendered_pipeline_on_one_host(
 
     # Collector: the rendered config and command (the routing collector), on loopback ports.
     collector_cfg = yaml.safe_load(config_data(docs, "collector.yaml"))
+    col_spec = find(docs, "Deployment", "-collector")["spec"]["template"]["spec"]
+    mount_tls_secret(docs, col_spec, collector_cfg, tmp_path / "collector-tls")
     ipfix_port, collector_metrics = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
     collector_cfg.update(
         listen=[f"udp://127.0.0.1:{ipfix_port}"], workers=1, registry=etcd_server.url, cluster=cluster,
@@ -182,7 +195,8 @@ def test_rendered_pipeline_on_one_host(
     inc_cfg["metrics_port"] = free_port(socket.SOCK_STREAM)
     (tmp_path / "incubator.yaml").write_text(yaml.safe_dump(inc_cfg))
     ds = find(docs, "DaemonSet", "-incubator")
-    inc_args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+    inc = ds["spec"]["template"]["spec"]["containers"][0]
+    inc_args = expand(inc["args"], {**pod_env(inc, "x"), "POD_IP": "127.0.0.1"})
     inc_args = [
         str(tmp_path / "incubator.yaml") if a == "/run/celltap/incubator.yaml" else a for a in inc_args
     ]
@@ -222,11 +236,13 @@ def test_rendered_pipeline_on_one_host(
 
     # ... and the collector routed them to the analysis node, which answers queries over them.
     def node_records() -> float:
-        return scrape(node_http, "celltap_node_records_received_total")
+        return scrape(node_http, "celltap_node_records_received_total", https)
 
     wait_for(lambda: node_records() >= conversations, 20, "the records at the analysis node")
     assert node_records() == conversations
-    with urllib.request.urlopen(f"http://127.0.0.1:{node_http}/query/app_mix", timeout=5) as resp:
+    with urllib.request.urlopen(
+        f"https://127.0.0.1:{node_http}/query/app_mix", timeout=5, context=https
+    ) as resp:
         mix = json.load(resp)
     # The cells' classifier label ("http", the SF-TAP rule) travelled in IPFIX to the node.
     assert mix["complete"] is True

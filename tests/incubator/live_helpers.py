@@ -32,7 +32,13 @@ class Tcpdump:
     """tcpdump writing one interface's frames to a pcap file (an independent receiver)."""
 
     def __init__(
-        self, ns: NetNS, ifname: str, path: str, direction_in: bool = True, count: int | None = None
+        self,
+        ns: NetNS,
+        ifname: str,
+        path: str,
+        direction_in: bool = True,
+        count: int | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.path = path
         self.count = count
@@ -43,6 +49,7 @@ class Tcpdump:
             args += ["-c", str(count)]
         if direction_in:
             args += ["-Q", "in"]
+        args += list(extra)
         self.proc = ns.exec(*args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 10
         line = b""

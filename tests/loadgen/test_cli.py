@@ -52,12 +52,9 @@ def test_bad_scenario_and_flows_are_clear_errors(tmp_path: Path) -> None:
     assert r.returncode == 2 and b"does not take --flows" in r.stderr
 
 
-def test_ipfix_subcommand_dispatches_when_present() -> None:
-    import importlib.util
-
+def test_ipfix_subcommand_is_listed() -> None:
     r = celltap("--help")
-    has = importlib.util.find_spec("celltap.loadgen.ipfix_cli") is not None
-    assert (b"ipfix" in r.stdout) == has
+    assert b"ipfix" in r.stdout
 
 
 def test_small_100k_frames_in_seconds(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 Reads a JSON list of argv lists on stdin; for each, calls `celltap.cli.main(argv)` as the entry point
 would, with stderr captured, logging re-pointed at it, and an alarm so that a command whose bad value
 was accepted (and which therefore starts serving) is stopped and reported instead of hanging. Prints a
-JSON list of {"code", "stderr"} on a line starting with MARK (an exception escaping main is reported as the traceback a user would
-see). One interpreter start for a hundred cases instead of a hundred.
+JSON list of {"code", "stderr"} on a line starting with MARK (an exception escaping main is reported
+as the traceback a user would see). One interpreter start for a hundred cases instead of a hundred.
 """
 
 from __future__ import annotations

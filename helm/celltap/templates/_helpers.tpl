@@ -86,22 +86,61 @@ udp://{{ include "celltap.fullname" . }}-collector.{{ .Release.Namespace }}.svc:
       {{- include "celltap.selectorLabels" . | nindent 6 }}
 {{- end -}}
 
-{{/* Probes on the Prometheus endpoint every component serves; call with the port number. */}}
+{{/* Probes on the Prometheus endpoint every component serves; call with the port number, or with
+     (dict "port" N "scheme" "HTTPS") for an endpoint served over TLS (the analysis nodes with tls). */}}
 {{- define "celltap.metricsProbes" -}}
+{{- $port := . -}}
+{{- $scheme := "HTTP" -}}
+{{- if kindIs "map" . -}}
+{{- $port = .port -}}
+{{- $scheme = .scheme -}}
+{{- end -}}
 readinessProbe:
   httpGet:
     path: /metrics
-    port: {{ int . }}
+    port: {{ int $port }}
+    {{- if eq $scheme "HTTPS" }}
+    scheme: HTTPS
+    {{- end }}
   periodSeconds: 10
   timeoutSeconds: 5
 livenessProbe:
   httpGet:
     path: /metrics
-    port: {{ int . }}
+    port: {{ int $port }}
+    {{- if eq $scheme "HTTPS" }}
+    scheme: HTTPS
+    {{- end }}
   initialDelaySeconds: 15
   periodSeconds: 20
   timeoutSeconds: 5
   failureThreshold: 3
+{{- end -}}
+
+{{/* TLS (values tls): the Secret with ca.crt, tls.crt and tls.key that one role mounts;
+     call with (dict "ctx" $ "role" "node" | "collector" | "client"). */}}
+{{- define "celltap.tlsSecret" -}}
+{{- if eq .ctx.Values.tls.source "existing" -}}
+{{- index .ctx.Values.tls.existingSecrets .role -}}
+{{- else -}}
+{{- include "celltap.fullname" .ctx }}-{{ .role }}-tls
+{{- end -}}
+{{- end -}}
+
+{{/* Where the TLS Secret is mounted, and the config section that points there. */}}
+{{- define "celltap.tlsDir" -}}/etc/celltap-tls{{- end -}}
+{{- define "celltap.tlsConfig" -}}
+{{- $d := include "celltap.tlsDir" . -}}
+{{- toJson (dict "ca" (printf "%s/ca.crt" $d) "cert" (printf "%s/tls.crt" $d) "key" (printf "%s/tls.key" $d)) -}}
+{{- end -}}
+
+{{/* The names in the analysis nodes' certificate: every pod of the headless Service and the query
+     Service, as collectors, nodes and people dial them. */}}
+{{- define "celltap.nodeDnsNames" -}}
+{{- $full := include "celltap.fullname" . -}}
+{{- $ns := .Release.Namespace -}}
+{{- $headless := include "celltap.nodeHeadless" . -}}
+{{- toJson (list (printf "*.%s.%s.svc" $headless $ns) (printf "*.%s.%s.svc.cluster.local" $headless $ns) (printf "%s-query" $full) (printf "%s-query.%s.svc" $full $ns) (printf "%s-query.%s.svc.cluster.local" $full $ns) "localhost") -}}
 {{- end -}}
 
 {{- define "celltap.podEnv" -}}
