@@ -12,8 +12,8 @@ from celltap.cli_types import PORT, SECONDS, bounded, endpoint_url
 from celltap.user_errors import add_metrics_addr_argument
 
 _TUNNELS = {
-    "vxlan://": endpoint_url("vxlan", default_port=4789, query=("vni",)),
-    "geneve://": endpoint_url("geneve", default_port=6081, query=("vni",)),
+    "vxlan://": endpoint_url("vxlan", default_port=4789, query=("vni",), need_host=False),
+    "geneve://": endpoint_url("geneve", default_port=6081, query=("vni",), need_host=False),
 }
 
 

@@ -61,13 +61,16 @@ SECONDS = bounded(float, 0, 10**7)  # about 115 days: longer is a typo, not a pl
 COUNT = bounded(int, 0, 2**40)
 
 
-def endpoint_url(*schemes: str, default_port: int | None = None, query: tuple[str, ...] = ()) -> Callable:
-    """An argparse type for SCHEME://HOST:PORT (a port in range, a host, only the named ?options)."""
+def endpoint_url(
+    *schemes: str, default_port: int | None = None, query: tuple[str, ...] = (), need_host: bool = True
+) -> Callable:
+    """An argparse type for SCHEME://HOST:PORT (a port in range, a host unless the listener has a
+    default address, only the named ?options)."""
 
     def parse(text: str) -> str:
         u = urlsplit(text)
         want = " or ".join(f"{s}://HOST:PORT" for s in schemes)
-        if u.scheme not in schemes or not u.hostname:
+        if u.scheme not in schemes or (need_host and not u.hostname):
             raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
         try:
             port = u.port if u.port is not None else default_port
