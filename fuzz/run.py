@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
-import importlib.util
 import json
 import os
 import re
@@ -51,10 +50,10 @@ def load_harness(name: str):
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     if name.endswith(".py"):  # a harness outside fuzz/ (the runner's own tests use one)
-        spec = importlib.util.spec_from_file_location(Path(name).stem, name)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
+        folder = str(Path(name).resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        return importlib.import_module(Path(name).stem)  # imported, so instrument_imports sees it
     return importlib.import_module(f"fuzz.harness_{name}")
 
 
@@ -229,7 +228,8 @@ def _worker(name: str, libfuzzer_args: list[str]) -> None:
     import atheris
 
     logging.disable(logging.CRITICAL)  # analyzers log what they count; the fuzzer's output is the report
-    with atheris.instrument_imports(include=["celltap", "fuzz"]):
+    include = ["celltap", "fuzz", *([Path(name).stem] if name.endswith(".py") else [])]
+    with atheris.instrument_imports(include=include):
         mod = load_harness(name)
     atheris.Setup([sys.argv[0], *libfuzzer_args], mod.test_one_input)
     atheris.Fuzz()
