@@ -21,6 +21,7 @@ flow leaves the table.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +34,7 @@ from celltap.cell.defrag import Defragmenter
 from celltap.cell.flow_table import END_DETECTED, END_FORCED, END_IDLE, LINGER_NS, Flow, FlowTable
 from celltap.cell.packet_path import feed_packets, zero_window_marks
 from celltap.cell.sftap_config import CellConfig, Rule
-from celltap.cell.tcp_reassembly import TcpStats, skip_gaps
+from celltap.cell.tcp_reassembly import TcpStats, release, skip_gaps
 from celltap.cell.tcp_state import likely_server_ports
 from celltap.cell.whole_path import take_whole_connections
 
@@ -45,6 +46,16 @@ log = logging.getLogger("celltap.cell")
 
 
 _PROTO_DIR = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmp"}
+# Real memory of one chunk held for classification besides its bytes: the (sender, data, ts) tuple
+# (64 B), the bytes object's header (33 B), the ts int (32 B), the list slot (8 B, plus over-allocation),
+# and a margin that covers the two head copies' object headers (33 B each) from the first chunk on.
+CHUNK_MEMORY = 176
+
+
+def _held_memory(flow: Flow) -> int:
+    """Real memory a flow holds for classification: its chunks and its two head copies (their bytes;
+    a head's object header is inside CHUNK_MEMORY's margin)."""
+    return flow.held + len(flow.pending or ()) * CHUNK_MEMORY + len(flow.head1) + len(flow.head2)
 
 
 @dataclass
@@ -90,6 +101,7 @@ class Abstractor:
         self.classify_hold = max(g.classify_hold, g.classify_bytes)
         self.classify_memory = g.classify_memory
         self.held_total = 0  # stream bytes held back for classification, all flows
+        self.held_mem = 0  # real memory of what is held back (what classify_memory caps)
         self.classified_early = {"hold": 0, "memory": 0}  # classified before both sides spoke
         self.ooo_memory = g.ooo_memory
         self.ooo_limit = g.ooo_limit
@@ -126,6 +138,7 @@ class Abstractor:
         self.now_ns = 0
         # duplicate removal (global `dedup: yes`): off by default, then nothing below changes
         self.dedup = Deduplicator(round(g.dedup_window * 1e9)) if g.dedup else None
+        self.on_decoded: Callable[[DecodedBatch], None] | None = None  # e.g. the packet store's submit
 
     # ------------------------------------------------------------------ counters
     def _drop(self, reason: str, n: int = 1) -> None:
@@ -177,6 +190,7 @@ class Abstractor:
         flow.rule = rule
         flow.match1, flow.match2 = m1, m2
         flow.created = True
+        self.held_mem -= _held_memory(flow)
         pending = flow.pending
         flow.pending = None
         flow.head1 = flow.head2 = b""
@@ -217,13 +231,19 @@ class Abstractor:
             return
         pending.append((sender, data, ts_ns))
         limit = self.classify_bytes
+        grew = len(data) + CHUNK_MEMORY
         if sender == 1:
             if len(flow.head1) < limit:
+                grew -= len(flow.head1)
                 flow.head1 = (flow.head1 + data)[:limit]
+                grew += len(flow.head1)
         elif len(flow.head2) < limit:
+            grew -= len(flow.head2)
             flow.head2 = (flow.head2 + data)[:limit]
+            grew += len(flow.head2)
         flow.held += len(data)
         self.held_total += len(data)
+        self.held_mem += grew
         if flow.head1 and flow.head2:
             self._classify_tcp(flow, sender)  # SF-TAP's trigger: both sides have spoken
         elif flow.held >= self.classify_hold:
@@ -232,7 +252,7 @@ class Abstractor:
             # holds no more than classify_hold bytes...
             self.classified_early["hold"] += 1
             self._classify_tcp(flow, sender)
-        elif self.held_total > self.classify_memory:
+        elif self.held_mem > self.classify_memory:
             # ...and all flows together no more than classify_memory (many silent servers)
             self.classified_early["memory"] += 1
             self._classify_tcp(flow, sender)
@@ -288,9 +308,7 @@ class Abstractor:
         flow.ended = True
         flow.ipfix_end = ipfix_end
         self.table.schedule(flow, ts_ns + LINGER_NS)
-        self.tcp_stats.ooo_bytes -= flow.ooo_bytes
-        flow.ooo_bytes = 0
-        flow.ooo1 = flow.ooo2 = None
+        release(flow, self.tcp_stats)
         key = ev.REASON_NAMES[reason]
         self.flows_destroyed[key] = self.flows_destroyed.get(key, 0) + 1
         flow.wire = None
@@ -308,6 +326,8 @@ class Abstractor:
             db = decode_batch(batch, self.decode_options)
             if self.dedup is not None:
                 db = self._drop_duplicates(db)
+            if self.on_decoded is not None:
+                self.on_decoded(db)  # the packet store: what the cell analyzes, duplicates removed
             self.process_decoded(db)
         self.collect(now_ns if now_ns is not None else self.now_ns)
 
@@ -545,7 +565,11 @@ class Abstractor:
         data: bytes,
         ts_ns: int,
     ) -> bool:
-        """One event read from the L7 loopback (hop already raised); False when dropped by the hop limit."""
+        """One event read from the L7 loopback (hop already raised); False when dropped (counted)."""
+        alen = 4 if l3 == 4 else 16
+        if not (0 <= p1 <= 0xFFFF and 0 <= p2 <= 0xFFFF and 0 <= hop <= 0xFF and len(a1) == len(a2) == alen):
+            self.count_loopback_drop("bad_event")  # the input edge validates; this guards other callers
+            return False
         if hop > self.hop_limit:
             self.count_loopback_drop("hop_limit")
             return False

@@ -87,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="offline: seconds to wait for a full reader before dropping its events",
     )
+    st = parser.add_argument_group("packet store (overrides the config's `store:` section)")
+    st.add_argument("--store", metavar="DIR", help="keep the frames in rotating pcap files with a flow index")
+    st.add_argument("--store-file-bytes", type=int, metavar="N", help="rotate at this file size")
+    st.add_argument("--store-max-bytes", type=int, metavar="N", help="retention: bytes on disk")
+    st.add_argument("--store-max-age", type=float, metavar="S", help="retention: seconds (0: none)")
+    st.add_argument("--store-listen", metavar="HOST:PORT", help="serve retrieval over HTTP (needs a token)")
+    st.add_argument("--store-token-file", metavar="F", help="bearer token the store endpoint requires")
     reg = parser.add_argument_group("registration (live cells): tell incubators where to send")
     reg.add_argument("--registry", metavar="URL", help="etcd://host:2379[,...] or file:///path")
     reg.add_argument("--cluster", default="default", help="cluster name (default 'default')")
@@ -118,6 +125,7 @@ def main(args: argparse.Namespace) -> int:
     from celltap.cell.runtime import Cell
     from celltap.cell.sftap_config import ConfigError, load_config
 
+    from celltap.pcap import CaptureFormatError
     from celltap.user_errors import UserError, explain
 
     try:
@@ -135,6 +143,11 @@ def main(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"celltap cell: {exc}", file=sys.stderr)
             return 2
+    try:
+        _store_overrides(args, cfg)
+    except ValueError as exc:
+        print(f"celltap cell: config error: {exc}", file=sys.stderr)
+        return 2
     cell_id = args.cell_id if args.cell_id is not None else cfg.glob.cell_id
     if args.metrics_port is not None:
         # Imported before the sockets appear, so that /metrics answers soon after they do.
@@ -157,6 +170,10 @@ def main(args: argparse.Namespace) -> int:
         if args.metrics_port is not None:
             registry = CollectorRegistry()
             registry.register(CellCollector(cell))
+            if cell.store is not None:
+                from celltap.cell.store.metrics import StoreCollector
+
+                registry.register(StoreCollector(cell))
             serve_metrics(args.metrics_port, args.metrics_addr or "", registry=registry)
         waits = cell.expand_waits([w.strip() for w in args.wait_readers.split(",") if w.strip()])
         read = args.read
@@ -175,7 +192,7 @@ def main(args: argparse.Namespace) -> int:
             return 1
         # Register only once the inputs are bound and the readers are there: from then on the
         # incubators may send, and nothing they send is lost to a cell that is not ready.
-        membership = _register(args, cell_id, live) if not read else None
+        membership = _register(args, cell_id, live, cell) if not read else None
         if read:
             cell.run_offline(read, args.stall_timeout, args.drain_timeout)
             _warn_unread(cell)
@@ -191,6 +208,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     except OSError as exc:
         print(f"celltap cell: {explain(exc)}", file=sys.stderr)
+        return 2
+    except CaptureFormatError as exc:
+        print(f"celltap cell: {exc.path or 'capture'}: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
         print(f"celltap cell: {exc}", file=sys.stderr)
@@ -215,7 +235,41 @@ def _warn_unread(cell: object) -> None:
         )
 
 
-def _register(args: argparse.Namespace, cell_id: int, live: list[str]) -> object | None:
+def _store_overrides(args: argparse.Namespace, cfg: object) -> None:
+    """Apply the --store* flags to the configuration's `store` section (creating it with --store)."""
+    from celltap.cell.store.config import StoreConfig, check_store
+
+    sc = cfg.store  # type: ignore[attr-defined]
+    if args.store:
+        sc = cfg.store = StoreConfig(dir=args.store) if sc is None else sc  # type: ignore[attr-defined]
+        sc.dir = args.store
+    flags = ("file_bytes", "max_bytes", "max_age", "listen", "token_file")
+    given = {k: getattr(args, f"store_{k}") for k in flags if getattr(args, f"store_{k}") is not None}
+    if not given:
+        return
+    if sc is None:
+        raise ValueError("--store-*: no packet store configured (add --store DIR or a store: section)")
+    for k, v in given.items():
+        setattr(sc, k, v)
+    check_store(sc)
+
+
+def _store_url(cell: object, host: str) -> str | None:
+    """The store endpoint's URL for the registry (the config's `advertise`, else host:bound port)."""
+    server = getattr(cell, "store_server", None)
+    if server is None:
+        return None
+    sc = cell.cfg.store  # type: ignore[attr-defined]
+    if sc.advertise:
+        return sc.advertise
+    listen_host = sc.listen.rpartition(":")[0].strip("[]")
+    if listen_host not in ("", "0.0.0.0", "::"):
+        host = listen_host
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if sc.tls else 'http'}://{host}:{server.port}"
+
+
+def _register(args: argparse.Namespace, cell_id: int, live: list[str], cell: object = None) -> object | None:
     """Register /celltap/<cluster>/cells/<id> with a kept-alive lease when --registry is given."""
     if not args.registry:
         return None
@@ -233,6 +287,10 @@ def _register(args: argparse.Namespace, cell_id: int, live: list[str]) -> object
             host = host if host and host not in ("0.0.0.0", "::") else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         value["metrics"] = f"http://{host}:{args.metrics_port}/metrics"
+    adv_host = urlsplit(advertise).hostname if "://" in advertise else None
+    store = _store_url(cell, adv_host if adv_host and adv_host not in ("0.0.0.0", "::") else "127.0.0.1")
+    if store:
+        value["store"] = store
     membership = Membership(open_registry(args.registry), args.cluster, ttl=args.lease_ttl)
     membership.register("cells", str(cell_id), value)
     return membership

@@ -4,7 +4,11 @@ Overlap policy ("first wins", BSD's "first"): bytes of a datagram that are alrea
 replaced; a later fragment contributes only the bytes nobody covered yet. Identical retransmitted
 fragments are therefore harmless; overlapping ones are counted (`overlap`) but not dropped.
 A datagram that is not complete within `timeout` seconds of its first fragment is dropped
-(`timeout`); when the bytes held exceed `memory_cap`, the oldest datagrams are dropped (`memory`).
+(`timeout`); when the memory held exceeds `memory_cap`, the oldest datagrams are dropped (`memory`).
+Memory is counted as allocated, not as payload: a pending datagram costs PENDING_BASE plus its
+header plus its byte runs (cell/run_buffer.py: one bytearray per contiguous run, sized to what
+arrived, never a 64 KiB buffer per datagram), so a flood of tiny first fragments is bounded by the
+cap in real bytes. Fragments are stored as runs, so one datagram's n fragments cost O(n log n).
 Drops are counted per fragment in `self.drops[reason]`.
 """
 
@@ -13,50 +17,28 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from sys import getsizeof
+
+from celltap.cell.run_buffer import RunBuffer
 
 MAX_DATAGRAM = 65535
+# Real memory of one pending datagram besides its header and byte runs: the _Pending object, its key
+# tuple with the address / id bytes objects, the OrderedDict entry (measured with tracemalloc;
+# tests/cell/test_memory_bounds.py checks the accounting never underestimates what tracemalloc sees).
+PENDING_BASE = 512
 _V6_EXT = (0, 43, 60, 135, 139, 140)  # walkable extension headers before a fragment header
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     first_ns: int
     header: bytes = b""  # rebuilt unfragmentable header (set by the offset-0 fragment)
-    buf: bytearray = field(default_factory=lambda: bytearray(MAX_DATAGRAM))
-    covered: list[list[int]] = field(default_factory=list)  # sorted disjoint [start, end) intervals
+    runs: RunBuffer = field(default_factory=RunBuffer)  # the payload bytes received so far
     total: int = -1  # payload length, known once the last fragment arrived
     frags: int = 0
     wire_bytes: int = 0
-    held: int = 0
-
-
-def _cover(covered: list[list[int]], start: int, end: int) -> list[tuple[int, int]]:
-    """Add [start, end) to the interval list; return the sub-ranges that were new."""
-    new: list[tuple[int, int]] = []
-    pos = start
-    for lo, hi in covered:
-        if hi <= pos:
-            continue
-        if lo >= end:
-            break
-        if lo > pos:
-            new.append((pos, lo))
-        pos = max(pos, hi)
-        if pos >= end:
-            break
-    if pos < end:
-        new.append((pos, end))
-    for lo, hi in new:
-        covered.append([lo, hi])
-    covered.sort()
-    merged: list[list[int]] = []
-    for iv in covered:
-        if merged and iv[0] <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], iv[1])
-        else:
-            merged.append(iv)
-    covered[:] = merged
-    return new
+    held: int = 0  # payload bytes
+    mem: int = 0  # real memory of this datagram's state (PENDING_BASE + header + runs)
 
 
 def v6_fragment_header(packet: bytes) -> tuple[int, int] | None:
@@ -84,7 +66,8 @@ class Defragmenter:
         self.timeout_ns = int(timeout_s * 1e9)
         self.memory_cap = memory_cap
         self.pending: OrderedDict[tuple, _Pending] = OrderedDict()
-        self.held = 0
+        self.held = 0  # payload bytes held, all datagrams
+        self.mem = 0  # real memory held, all datagrams (what memory_cap caps)
         self.drops: dict[str, int] = {}
         self.overlaps = 0
         self.completed = 0
@@ -95,6 +78,7 @@ class Defragmenter:
     def _discard(self, key: tuple, reason: str) -> None:
         p = self.pending.pop(key)
         self.held -= p.held
+        self.mem -= p.mem
         self._drop(reason, p.frags)
 
     def expire(self, now_ns: int) -> None:
@@ -152,36 +136,44 @@ class Defragmenter:
         p = self.pending.get(key)
         if p is None:
             p = self.pending[key] = _Pending(ts_ns)
+            p.mem = PENDING_BASE + p.runs.mem
+            self.mem += p.mem
         p.frags += 1
         p.wire_bytes += wire_len
         if off == 0 and not p.header:
             p.header = header
+            p.mem += getsizeof(header)
+            self.mem += getsizeof(header)
         if not more:
             if p.total >= 0 and p.total != end:
                 self._discard(key, "inconsistent")
                 return None
             p.total = end
-        new = _cover(p.covered, off, end)
-        got = sum(hi - lo for lo, hi in new)
+        runs = p.runs
+        m0 = runs.mem
+        got = runs.add(off, data)
         if got != end - off:
             self.overlaps += 1
-        for lo, hi in new:
-            p.buf[lo:hi] = data[lo - off : hi - off]
+        grew = runs.mem - m0
+        p.mem += grew
+        self.mem += grew
         p.held += got
         self.held += got
-        if p.total >= 0 and p.header and len(p.covered) == 1 and p.covered[0] == [0, p.total]:
-            del self.pending[key]
-            self.held -= p.held
-            self.completed += 1
-            return self._rebuild(p), p.frags, p.wire_bytes
-        while self.held > self.memory_cap and self.pending:
+        if p.total >= 0 and p.header:
+            whole = runs.single()
+            if whole is not None and whole[0] == 0 and len(whole[1]) == p.total:
+                del self.pending[key]
+                self.held -= p.held
+                self.mem -= p.mem
+                self.completed += 1
+                return self._rebuild(p, whole[1]), p.frags, p.wire_bytes
+        while self.mem > self.memory_cap and self.pending:
             self._discard(next(iter(self.pending)), "memory")
         return None
 
     @staticmethod
-    def _rebuild(p: _Pending) -> bytes:
+    def _rebuild(p: _Pending, body: bytearray) -> bytes:
         hdr = bytearray(p.header)
-        body = bytes(p.buf[: p.total])
         if hdr[0] >> 4 == 4:
             struct.pack_into(">HH", hdr, 2, len(hdr) + p.total, 0)
             struct.pack_into(">H", hdr, 6, 0)

@@ -8,9 +8,13 @@ an idle one expires), at most `budget` flows per call, so one call is bounded ho
 from __future__ import annotations
 
 import heapq
+from typing import TYPE_CHECKING
 
 from celltap.cell.events import WireId
 from celltap.cell.tcp_state import conn_state
+
+if TYPE_CHECKING:
+    from celltap.cell.tcp_reassembly import OooBuffer
 
 LINGER_NS = 2_000_000_000  # closed TCP flows absorb trailing ACKs / FIN retransmissions this long
 
@@ -117,8 +121,8 @@ class Flow:
         self.nxt1 = self.nxt2 = -1
         self.fin1 = self.fin2 = -1
         self.closed1 = self.closed2 = False
-        self.ooo1: dict[int, bytes] | None = None
-        self.ooo2: dict[int, bytes] | None = None
+        self.ooo1: OooBuffer | None = None  # out-of-order bytes per direction (None: nothing buffered)
+        self.ooo2: OooBuffer | None = None
         self.ooo_bytes = 0
         self.wire: WireId | None = None
         # Zeek-style connection history (cell/tcp_state.py)

@@ -92,6 +92,15 @@ class CellCollector(Collector):
         g.add_metric([cid, "defrag"], a.defrag.held)
         g.add_metric([cid, "classify"], a.held_total)
         yield g
+        g = GaugeMetricFamily(
+            "celltap_cell_reassembly_memory_bytes",
+            "Real memory (allocations) of those buffers: what ooo_memory, defrag_memory, classify_memory cap",
+            labels=["cell", "buffer"],
+        )
+        g.add_metric([cid, "tcp"], ts.ooo_mem)
+        g.add_metric([cid, "defrag"], a.defrag.mem)
+        g.add_metric([cid, "classify"], a.held_mem)
+        yield g
         yield counter(
             "celltap_cell_tcp_buffer_cap_skips",
             "Holes skipped because an out-of-order cap was reached (ooo_limit: flow, ooo_memory: memory)",

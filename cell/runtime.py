@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-import ipaddress
+import json
 import logging
 import socket
 import time
@@ -21,16 +21,26 @@ from celltap.cell.inputs import (
     pcap_batches,
 )
 from celltap.cell.interfaces import InterfaceServer
-from celltap.cell.sdk.binary_format import BinaryDecoder
-from celltap.cell.sdk.text_format import TextDecoder
+from celltap.cell.loopback_input import LoopbackParser
 from celltap.cell.sftap_config import CellConfig
+from celltap.cell.store.serve import StoreServer, read_token
+from celltap.cell.store.writer import PacketStore
 
 from celltap.pcap.batch import FrameBatch
 
 log = logging.getLogger("celltap.cell")
 
-_L3 = {"ipv4": 4, "ipv6": 6}
-_L4 = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+
+def _vm_hwm() -> str:
+    """This process's peak resident set (VmHWM of /proc/self/status), e.g. '123456 kB'."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 class Cell:
@@ -63,8 +73,13 @@ class Cell:
             socket_group=cfg.glob.socket_group,
         )
         self.exporter = FlowExporter(ipfix, cell_id) if ipfix else None
+        self.store: PacketStore | None = None
+        self.store_server: StoreServer | None = None
+        if cfg.store is not None:
+            self._open_store(cell_id)
         self.sources: list[LiveSource] = []
-        self._lb_state: dict[socket.socket, tuple[TextDecoder | BinaryDecoder, dict]] = {}
+        self._lb_state: dict[socket.socket, LoopbackParser] = {}
+        self._lb_open: dict[socket.socket, dict[tuple, bool]] = {}  # streams each writer left open
         self._pcap_state: dict[socket.socket, PcapStreamParser] = {}
         self._clock_pkt = 0  # no packet yet: nothing can time out
         self._clock_wall = time.time_ns()
@@ -86,12 +101,14 @@ class Cell:
                 parts, events = sink.take()
                 self.server.deliver(sink.name, parts, events)
         ended = a.take_ended()
+        if ended and self.store is not None:
+            self.store.note_ended(ended)
         if ended and self.exporter is not None:
             self.exporter.export(ended, time.time())
 
     def process(self, batch: FrameBatch, now_ns: int | None = None) -> None:
         """One batch of frames through the core, then out to the readers."""
-        self.abstractor.process_frames(batch, now_ns)
+        self.abstractor.process_frames(batch, now_ns)  # the store, if any, gets each decoded batch
         self._clock_pkt = self.abstractor.now_ns
         self._clock_wall = time.time_ns()
         self.flush()
@@ -135,16 +152,21 @@ class Cell:
         """Read a capture to its end, end every flow, flush everything."""
         self.server.pace = True
         self.server.stall_timeout = stall_timeout
+        if self.store is not None:
+            self.store.block = True  # offline: complete and repeatable, as for the readers
         t0 = time.perf_counter()
         c0 = time.process_time()
-        for batch in pcap_batches(path):
-            if self.stop:
-                break
-            self.process(batch)
-            self.server.poll(0)
-        self.abstractor.finish()
-        self.flush()
-        self.server.drain(drain_timeout)
+        try:
+            for batch in pcap_batches(path):
+                if self.stop:
+                    break
+                self.process(batch)
+                self.server.poll(0)
+        finally:
+            # a corrupt capture still ends (and exports) the flows read before the damage
+            self.abstractor.finish()
+            self.flush()
+            self.server.drain(drain_timeout)
         a = self.abstractor
         log.info(
             "offline run: %d packets, %d flows in %.3f s (cpu %.3f s)",
@@ -153,6 +175,20 @@ class Cell:
             time.perf_counter() - t0,
             time.process_time() - c0,
         )
+        log.info("offline run drops: %s", json.dumps(self.drop_summary(), sort_keys=True))
+        log.info("offline run peak RSS: %s", _vm_hwm())
+
+    def drop_summary(self) -> dict[str, dict[str, int]]:
+        """What was dropped, skipped or cut short, by stage and reason (the drop metrics' values)."""
+        a = self.abstractor
+        out = {
+            "packets": a.drops,
+            "defrag": a.defrag.drops,
+            "loopback": a.loopback_drops,
+            "tcp_cap_skips": a.tcp_stats.cap_skips,
+            "classified_early": a.classified_early,
+        }
+        return {k: {r: n for r, n in v.items() if n} for k, v in out.items()}
 
     def add_input(self, spec: str) -> None:
         """Open a live input: `vxlan://ADDR:PORT[?vni=N]`, `geneve://ADDR:PORT[?vni=N]` or `iface:IFACE`."""
@@ -206,40 +242,46 @@ class Cell:
         self.server.close()
         if self.exporter is not None:
             self.exporter.close()
+        if self.store_server is not None:
+            self.store_server.close()
+        if self.store is not None:
+            self.store.close()
+
+    def _open_store(self, cell_id: int) -> None:
+        """The packet store (cell/store): its writer thread and, with `listen`, its HTTP endpoint."""
+        sc = self.cfg.store
+        assert sc is not None
+        token = read_token(sc.token_file) if sc.listen and sc.token_file else None
+        self.store = PacketStore(sc, cell_id)
+        self.abstractor.on_decoded = self.store.submit
+        if sc.listen:
+            try:
+                self.store_server = StoreServer(sc.listen, sc.dir, token, self.store.open_index, sc.tls)
+            except OSError:
+                self.store.close()
+                raise
 
     # ------------------------------------------------------------------ L7 loopback and pcap injection
     def _on_loopback(self, sock: socket.socket, data: bytes) -> None:
-        state = self._lb_state.get(sock)
-        if state is None:
-            dec = TextDecoder() if self.loopback_format == "text" else BinaryDecoder()
-            state = self._lb_state[sock] = (dec, {})
-        dec, open_flows = state
-        try:
-            events = dec.feed(data)
-        except ValueError as exc:
-            log.warning("L7 loopback: bad input, closing the connection: %s", exc)
-            self.server.sel.unregister(sock)
-            self._on_input_close(sock)
-            sock.close()
-            return
+        parser = self._lb_state.get(sock)
+        if parser is None:
+            parser = LoopbackParser(self.loopback_format, self.cfg.glob.loopback_max_len)
+            self._lb_state[sock] = parser
+            self._lb_open[sock] = {}
+        open_flows = self._lb_open[sock]
+        events = parser.feed(data)
         a = self.abstractor
+        if parser.drops:
+            # bad events cost only themselves: counted by reason, the connection goes on
+            for reason, n in parser.drops.items():
+                a.count_loopback_drop(reason, n)
+            parser.drops.clear()
         for e in events:
-            f = e.flow
-            l3 = _L3.get(f.l3)
-            l4 = _L4.get(f.l4)
-            if l3 is None or l4 is None:
-                a.count_loopback_drop("bad_event")
-                continue
-            a1 = ipaddress.ip_address(f.ip1).packed
-            a2 = ipaddress.ip_address(f.ip2).packed
-            hop = f.hop + 1
-            ident = (l3, l4, a1, f.port1, a2, f.port2, hop)
+            ident = (e.l3, e.l4, e.a1, e.p1, e.a2, e.p2, e.hop)
             self.loopback_events += 1
-            # the writer's own time: CREATED carries the connection's start, so the stream keeps its uid.
-            # Both formats carry microseconds; float seconds * 1e9 would be off by up to ~200 ns and
-            # could cross a microsecond boundary (another uid).
-            ts = round(e.time * 1e6) * 1000 if e.time > 0 else self.clock()
-            if a.inject(e.event, l3, l4, a1, f.port1, a2, f.port2, hop, e.sender or 1, e.data, ts):
+            # the writer's own time: CREATED carries the connection's start, so the stream keeps its uid
+            ts = e.time_ns or self.clock()
+            if a.inject(e.event, e.l3, e.l4, e.a1, e.p1, e.a2, e.p2, e.hop, e.sender or 1, e.data, ts):
                 if e.event == "DESTROYED":
                     open_flows.pop(ident, None)
                 else:
@@ -255,10 +297,11 @@ class Cell:
             self.process(batch)
 
     def _on_input_close(self, sock: socket.socket) -> None:
-        state = self._lb_state.pop(sock, None)
-        if state is not None:
+        self._lb_state.pop(sock, None)
+        open_flows = self._lb_open.pop(sock, None)
+        if open_flows is not None:
             # as SF-TAP: streams a loopback writer leaves open end when it disconnects
-            for ident in list(state[1]):
+            for ident in list(open_flows):
                 l3, l4, a1, p1, a2, p2, hop = ident
                 self.abstractor.inject(
                     "DESTROYED", l3, l4, a1, p1, a2, p2, hop, 0, b"", self.abstractor.now_ns

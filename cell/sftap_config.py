@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from celltap.cell.rule_regex import RegexError, RulePattern
+from celltap.cell.store.config import StoreConfig, StoreConfigError, parse_store
 
 from celltap.config import ConfigError as SharedConfigError
 from celltap.config import read_yaml
@@ -38,6 +39,7 @@ _GLOBAL_KEYS = (
     "ooo_limit",
     "ooo_memory",
     "reader_buffer",
+    "loopback_max_len",
     "max_flows",
     "defrag_timeout",
     "defrag_memory",
@@ -147,6 +149,7 @@ class GlobalConfig:
     ooo_limit: int = 1 << 20
     ooo_memory: int = 256 << 20  # all flows' out-of-order bytes: past it, holes are skipped at once
     reader_buffer: int = 64 << 20
+    loopback_max_len: int = 1 << 20  # a loopback DATA event announcing more is skipped and counted
     max_flows: int = 4_000_000
     defrag_timeout: float = 30.0
     defrag_memory: int = 64 << 20
@@ -165,6 +168,7 @@ class CellConfig:
     glob: GlobalConfig = field(default_factory=GlobalConfig)
     rules: list[Rule] = field(default_factory=list)  # classification rules (TCP and UDP)
     special: dict[str, Rule] = field(default_factory=dict)
+    store: StoreConfig | None = None  # celltap's `store:` section (the packet store; opt-in)
 
     def rules_for(self, proto: str) -> list[Rule]:
         """Rules of one protocol in evaluation order: nice, then regex before port, then file order."""
@@ -356,6 +360,12 @@ def parse_config(doc: Any) -> CellConfig:
     names: dict[tuple[str, str], tuple[int, str, bool]] = {}
     for order, (name, section) in enumerate(doc.items()):
         if name == "global":
+            continue
+        if name == "store":
+            try:
+                cfg.store = parse_store(section)
+            except StoreConfigError as exc:
+                raise ConfigError(str(exc)) from None
             continue
         name = str(name)
         rule = _parse_rule(name, section, order)

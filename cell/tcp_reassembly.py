@@ -1,13 +1,17 @@
 """TCP stream reassembly on a Flow, sans-IO: segments in, in-order bytes out through a callback.
 
 Per direction: the next expected sequence number (32-bit, compared modulo 2**32 so sequence wrap
-is transparent), an out-of-order buffer keyed by sequence number with a per-flow byte cap, and the
-FIN's sequence number. Overlap policy: bytes already delivered are never replaced (a retransmission
-or overlapping segment contributes only bytes past the delivered edge); among buffered segments,
-the first one stored at a sequence number is kept unless a later one is longer.
-When the out-of-order cap is hit, or at the end of a flow, the stream skips the hole to the next
-buffered byte (counted in `gap_bytes` and the flow's `missed_bytes`): analyzers see a short stream,
-never a stalled one.
+is transparent), an out-of-order buffer (`OooBuffer`: byte runs keyed by position with a min-heap of
+their starts; n segments cost O(n log n), never a rescan of the buffer per segment), and the
+FIN's sequence number. Overlap policy "first wins": bytes already delivered are never replaced (a
+retransmission or overlapping segment contributes only bytes past the delivered edge); a segment
+at a position already buffered keeps the buffered bytes (only its tail past them is added), and
+buffered runs that overlap are delivered lowest start first, each cut at the edge. A direction
+whose buffer empties drops it, so the packet path's in-order fast path applies again.
+Caps are real memory (allocation sizes), not payload: `ooo_limit` per flow,
+`ooo_memory` for all flows. When one is hit, or at the end of a flow, the stream skips the hole to
+the next buffered byte (counted in `gap_bytes` and the flow's `missed_bytes`, the skip by cap in
+`cap_skips`): analyzers see a short stream, never a stalled one.
 
 Windows (what a receiver would not accept is not stream state here either):
 * A segment (or bare FIN) more than `seq_window` (1 GiB, the largest window TCP can advertise:
@@ -30,7 +34,8 @@ Windows (what a receiver would not accept is not stream state here either):
 from __future__ import annotations
 
 from collections.abc import Callable
-from sys import intern  # histories repeat: one string object per distinct history
+from heapq import heappop, heappush
+from sys import getsizeof, intern  # intern: histories repeat, one string object per distinct history
 
 from celltap.cell.events import REASON_NORMAL, REASON_RESET
 from celltap.cell.flow_table import Flow
@@ -58,6 +63,10 @@ SEQ_WINDOW = 1 << 30
 RST_WINDOW = 1 << 20
 
 Deliver = Callable[[Flow, int, bytes, int], None]
+# Real memory of one buffered run besides its bytearray: its start and end ints (32 B each), its
+# entries in `runs` and `ends` (dict slots, ~2x over-allocated: ~100 B) and its heap slot (8 B).
+RUN_SLOT = 176
+OOO_BASE = 3 * 64 + 120  # the buffer object, two empty dicts and a list (never fewer bytes than these)
 
 
 class TcpStats:
@@ -68,6 +77,7 @@ class TcpStats:
         "drops",
         "gap_bytes",
         "ooo_bytes",
+        "ooo_mem",
         "overlap_bytes",
         "resyncs",
         "retrans_bytes",
@@ -85,6 +95,7 @@ class TcpStats:
         self.retrans_bytes = 0
         self.overlap_bytes = 0
         self.ooo_bytes = 0  # bytes currently buffered out of order, all flows
+        self.ooo_mem = 0  # real memory those buffers take (what ooo_limit / ooo_memory cap)
         self.gap_bytes = 0
         self.cap_skips = {"flow": 0, "memory": 0}  # holes skipped because a buffer cap was reached
 
@@ -95,32 +106,169 @@ def _rel(a: int, b: int) -> int:
     return d - 0x100000000 if d & 0x80000000 else d
 
 
-def _drain(
-    flow: Flow, d: int, nxt: int, ooo: dict[int, bytes], ts_ns: int, deliver: Deliver, stats: TcpStats
-) -> int:
-    """Deliver buffered segments that now touch the in-order edge; return the new edge."""
-    while ooo:
-        data = ooo.pop(nxt, None)
-        if data is None:
-            # a buffered segment may start before the edge (overlap): find any that reaches past it
-            for s in list(ooo):
-                if _rel(s, nxt) <= 0:
-                    data = ooo.pop(s)
-                    flow.ooo_bytes -= len(data)
-                    stats.ooo_bytes -= len(data)
-                    cut = _rel(nxt, s)
-                    stats.overlap_bytes += min(cut, len(data))
-                    if cut < len(data):
-                        data = data[cut:]
-                        break
-                    data = None
-            if data is None:
-                return nxt
+class OooBuffer:
+    """One direction's out-of-order bytes as runs keyed by unwrapped position; first-wins per start.
+
+    Sequence numbers wrap at 2**32; positions do not: `sync(nxt)` moves the anchor to the current
+    next expected sequence number (nxt moves forward by at most one segment plus what this buffer
+    delivered between two calls, far below 2**31), so every buffered byte keeps one position.
+
+    Runs: `runs` maps a start position to a bytearray, `ends` maps a run's end to its start (a
+    segment that continues a run extends it in place; of overlapping runs that end alike, the first
+    keeps the entry), `heap` holds the starts (a min-heap: the
+    consumer always wants the lowest). Adding a segment is O(log n) (one heappush at most), taking
+    the lowest run O(log n): n segments cost O(n log n) whatever their order, and skipping holes
+    costs nothing per hole. A segment at an already buffered start keeps the buffered bytes and only
+    contributes its tail past them ("first wins"); runs that overlap from different starts are cut
+    when delivered (the lower start's bytes go first), as the in-order edge cuts retransmissions.
+    `mem` is real memory (allocation sizes: the bytearrays' capacity plus RUN_SLOT per run).
+    """
+
+    __slots__ = ("ends", "heap", "high", "mem", "payload", "ref_pos", "ref_seq", "runs")
+
+    def __init__(self, nxt: int) -> None:
+        self.ref_seq = nxt
+        self.ref_pos = 0
+        self.runs: dict[int, bytearray] = {}
+        self.ends: dict[int, int] = {}
+        self.heap: list[int] = []
+        self.high = 0  # highest end position ever buffered
+        self.mem = OOO_BASE
+        self.payload = 0
+
+    def __len__(self) -> int:
+        return len(self.heap)
+
+    def sync(self, nxt: int) -> int:
+        """Anchor at sequence number `nxt`; return its position."""
+        self.ref_pos += _rel(nxt, self.ref_seq)
+        self.ref_seq = nxt
+        return self.ref_pos
+
+    def seq(self, pos: int) -> int:
+        """The sequence number at a position."""
+        return (self.ref_seq + pos - self.ref_pos) & M32
+
+    def add(self, seq: int, data: bytes) -> int:
+        """Buffer a segment at sequence number `seq` (within 2**31 of the anchor, which the caller's
+        window check guarantees); return how many of its bytes were new."""
+        n = len(data)
+        off = (seq - self.ref_seq) & M32
+        start = self.ref_pos + (off - 0x100000000 if off & 0x80000000 else off)
+        end = start + n
+        runs, ends = self.runs, self.ends
+        run = runs.get(start)
+        if run is not None:
+            have = len(run)
+            if have >= n:
+                return 0
+            if ends.get(start + have) == start:
+                del ends[start + have]
+            before = getsizeof(run)
+            run += data[have:]
+            self.mem += getsizeof(run) - before
+            ends.setdefault(end, start)
+            n -= have
         else:
-            flow.ooo_bytes -= len(data)
-            stats.ooo_bytes -= len(data)
-        deliver(flow, d, data, ts_ns)
-        nxt = (nxt + len(data)) & M32
+            at = ends.pop(start, None)
+            if at is not None:
+                run = runs[at]  # continues a run: extend it in place
+                before = getsizeof(run)
+                run += data
+                self.mem += getsizeof(run) - before
+                ends.setdefault(end, at)
+            else:
+                run = runs[start] = bytearray(data)
+                ends.setdefault(end, start)  # (two overlapping runs may end alike: the first keeps it)
+                heappush(self.heap, start)
+                self.mem += getsizeof(run) + RUN_SLOT
+        if end > self.high:
+            self.high = end
+        self.payload += n
+        return n
+
+
+def ooo_memory_of(flow: Flow) -> int:
+    """Real memory held by a flow's out-of-order buffers (both directions)."""
+    m = 0
+    if flow.ooo1 is not None:
+        m += flow.ooo1.mem
+    if flow.ooo2 is not None:
+        m += flow.ooo2.mem
+    return m
+
+
+def release(flow: Flow, stats: TcpStats) -> None:
+    """Forget a flow's out-of-order buffers (the flow ended) and their accounting."""
+    stats.ooo_bytes -= flow.ooo_bytes
+    stats.ooo_mem -= ooo_memory_of(flow)
+    flow.ooo_bytes = 0
+    flow.ooo1 = flow.ooo2 = None
+
+
+def _set_ooo(flow: Flow, d: int, ooo: OooBuffer | None) -> None:
+    if d == 1:
+        flow.ooo1 = ooo
+    else:
+        flow.ooo2 = ooo
+
+
+def _drain(
+    flow: Flow,
+    d: int,
+    nxt: int,
+    ooo: OooBuffer,
+    ts_ns: int,
+    deliver: Deliver,
+    stats: TcpStats,
+    skip: bool = False,
+) -> int:
+    """Deliver buffered runs that now touch the in-order edge; return the new edge (sequence number).
+
+    A run may start before the edge (in-order data or a lower run overlapped it): only its part past
+    the edge goes. With `skip`, holes are jumped too (counted) until the buffer is empty.
+    """
+    edge = ooo.sync(nxt)
+    heap, runs, ends = ooo.heap, ooo.runs, ooo.ends
+    freed = payload = overlap = 0
+    while heap:
+        start = heap[0]
+        if start > edge:
+            if not skip:
+                break
+            gap = start - edge
+            stats.gap_bytes += gap
+            flow.missed_bytes += gap
+            scaled(flow, d, G_COUNT, "g")
+            edge = start
+        heappop(heap)
+        run = runs.pop(start)
+        size = len(run)
+        if ends.get(start + size) == start:
+            del ends[start + size]
+        freed += getsizeof(run) + RUN_SLOT
+        payload += size
+        cut = edge - start
+        if cut:
+            overlap += cut if cut < size else size
+        if cut < size:
+            deliver(flow, d, bytes(run[cut:]) if cut else bytes(run), ts_ns)
+            edge = start + size
+    if overlap:
+        stats.overlap_bytes += overlap
+    if payload:
+        ooo.payload -= payload
+        ooo.mem -= freed
+        flow.ooo_bytes -= payload
+        stats.ooo_bytes -= payload
+        stats.ooo_mem -= freed
+    nxt = ooo.seq(edge)
+    if not heap:
+        stats.ooo_mem -= ooo.mem
+        if d == 1:
+            flow.ooo1 = None
+        else:
+            flow.ooo2 = None
     return nxt
 
 
@@ -129,16 +277,7 @@ def skip_gaps(flow: Flow, d: int, ts_ns: int, deliver: Deliver, stats: TcpStats)
     ooo = flow.ooo1 if d == 1 else flow.ooo2
     if not ooo:
         return
-    nxt = flow.nxt1 if d == 1 else flow.nxt2
-    while ooo:
-        first = min(ooo, key=lambda s: _rel(s, nxt))
-        gap = _rel(first, nxt)
-        if gap > 0:
-            stats.gap_bytes += gap
-            flow.missed_bytes += gap
-            scaled(flow, d, G_COUNT, "g")
-            nxt = first
-        nxt = _drain(flow, d, nxt, ooo, ts_ns, deliver, stats)
+    nxt = _drain(flow, d, flow.nxt1 if d == 1 else flow.nxt2, ooo, ts_ns, deliver, stats, skip=True)
     if d == 1:
         flow.nxt1 = nxt
     else:
@@ -152,13 +291,12 @@ def _drop(stats: TcpStats, reason: str) -> None:
 def _high(flow: Flow, d: int, nxt: int) -> int:
     """The end of the highest sequence seen from endpoint d (the next expected byte or past buffered data)."""
     ooo = flow.ooo1 if d == 1 else flow.ooo2
-    high = nxt
     if ooo:
-        for s, data in ooo.items():
-            end = (s + len(data)) & M32
-            if _rel(end, high) > 0:
-                high = end
-    return high
+        ooo.sync(nxt)
+        end = ooo.seq(ooo.high)
+        if _rel(end, nxt) > 0:
+            return end
+    return nxt
 
 
 def rst_acceptable(flow: Flow, d: int, seq: int, ack: int, window: int) -> bool:
@@ -261,23 +399,24 @@ def segment(
         else:
             ooo = flow.ooo1 if d == 1 else flow.ooo2
             if ooo is None:
-                ooo = {}
-                if d == 1:
-                    flow.ooo1 = ooo
+                ooo = OooBuffer(nxt)
+                _set_ooo(flow, d, ooo)
+                stats.ooo_mem += ooo.mem
+            m0 = ooo.mem
+            got = ooo.add(seq, payload)
+            flow.ooo_bytes += got
+            stats.ooo_bytes += got
+            stats.ooo_mem += ooo.mem - m0
+            if got != n:
+                if got:
+                    stats.overlap_bytes += n - got
                 else:
-                    flow.ooo2 = ooo
-            old = ooo.get(seq)
-            if old is None or len(old) < n:
-                grow = n - (len(old) if old else 0)
-                ooo[seq] = payload
-                flow.ooo_bytes += grow
-                stats.ooo_bytes += grow
-            else:
-                stats.retrans_segments += 1
-                stats.retrans_bytes += n
-                scaled(flow, d, T_COUNT, "t")
-            over_flow = flow.ooo_bytes > ooo_limit
-            if over_flow or stats.ooo_bytes > ooo_memory:
+                    stats.retrans_segments += 1
+                    stats.retrans_bytes += n
+                    scaled(flow, d, T_COUNT, "t")
+            other = flow.ooo2 if d == 1 else flow.ooo1
+            over_flow = (ooo.mem + other.mem if other is not None else ooo.mem) > ooo_limit
+            if over_flow or stats.ooo_mem > ooo_memory:
                 # over a cap (this flow's, or all flows' together) nothing is dropped: the hole is
                 # skipped (counted in gap_bytes) and what this flow buffered is delivered
                 stats.cap_skips["flow" if over_flow else "memory"] += 1

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("celltap.up", "long-running local cluster from a cluster YAML"),
     "incubator": ("celltap.incubator.cli", "flow-hashing cell balancer (live or offline split)"),
     "cell": ("celltap.cell.cli", "SF-TAP-compatible flow abstractor with IPFIX export"),
+    "pcap": ("celltap.cell.store.cli", "one flow's packets from cells' packet stores (by uid or 5-tuple)"),
     "analyzer": ("celltap.cell.analyzers.cli", "application analyzers reading a cell interface"),
     "collector": ("celltap.collector.cli", "IPFIX / NetFlow collector and inspector"),
     "node": ("celltap.collector.node_cli", "analysis node hosting analysis apps"),

@@ -118,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
         print("celltap collector: give --config, --listen or --read-pcap", file=sys.stderr)
         return 2
     from celltap.collector.json_output import JsonLinesSink
-    from celltap.collector.service import CollectorService
+    from celltap.collector.service import CollectorService, check_state_dir
 
     from celltap.user_errors import explain
 
@@ -137,6 +137,11 @@ def main(args: argparse.Namespace) -> int:
         hook = _routing_hook(cfg, routers)
         if hook is None:
             return 2
+    try:
+        check_state_dir(cfg)
+    except OSError as exc:
+        print(f"celltap collector: state_dir: {explain(exc, cfg.state_dir)}", file=sys.stderr)
+        return 2
     service = CollectorService(cfg, hook)
     signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
     try:

@@ -111,6 +111,10 @@ class RoutingSink:
         """Flush, wait for acknowledgements, unregister."""
         self._close()
 
+    def after_routed(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once what was fed so far is routed and journaled (see ClusterRouter)."""
+        self.router.after_routed(callback)
+
 
 def worker_collector_id(collector_id: str, index: int) -> str:
     """Id of one worker's router: the collector id for worker 0, '-tcp' for TCP, '-w<i>' otherwise."""

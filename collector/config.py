@@ -60,6 +60,13 @@ class CollectorConfig:
     template_expiry: float = 1800.0
     max_templates_per_domain: int = 1024
     max_domains: int = 16384
+    # Real-memory bounds of each UDP worker's state (templates + domains): with the default 2 workers
+    # about 2 x 256 MiB at most, which leaves room in a 4 GiB pod for buffers and batches.
+    max_state_bytes: int = 256 << 20
+    max_exporter_bytes: int = 32 << 20  # one exporter address's share of a worker's state
+    max_domains_per_exporter: int = 1024
+    domain_expiry: float = 3600.0  # domains silent this long are forgotten (templates and sequence)
+    state_dir: str | None = None  # sequence numbers and templates kept across restarts (see docs)
     registry: str | None = None
     cluster: str = "default"
     metrics_port: int = 9464
@@ -155,6 +162,10 @@ RANGES: dict[str, Any] = {
         "metrics_port": _range(0, 65535),
         "batch_datagrams": _range(1, 65536),
         "drain_seconds": _range(0, 3600, "number"),
+        "max_state_bytes": _range(1 << 20, 1 << 40),
+        "max_exporter_bytes": _range(64 << 10, 1 << 40),
+        "max_domains_per_exporter": _range(1, 1 << 24),
+        "domain_expiry": _range(1, 10**7, "number"),
         "routing": {
             "type": ["object", "null"],
             "properties": {
@@ -177,6 +188,11 @@ _SCHEMA = {
     "template_expiry": lambda k, v: _num(k, v, 1),
     "max_templates_per_domain": lambda k, v: _int(k, v, 1),
     "max_domains": lambda k, v: _int(k, v, 1),
+    "max_state_bytes": lambda k, v: _int(k, v, 1 << 20),
+    "max_exporter_bytes": lambda k, v: _int(k, v, 64 << 10),
+    "max_domains_per_exporter": lambda k, v: _int(k, v, 1),
+    "domain_expiry": lambda k, v: _num(k, v, 1),
+    "state_dir": lambda k, v: None if v is None else _str(k, v),
     "registry": _registry,
     "cluster": _str,
     "metrics_port": lambda k, v: _int(k, v, 0, 65535),
@@ -204,6 +220,10 @@ def config_from_dict(data: Any, source: str = "config") -> CollectorConfig:
         if check is None:
             raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(sorted(_SCHEMA))})")
         setattr(cfg, key, check(key, value))
+    if cfg.max_exporter_bytes > cfg.max_state_bytes:
+        raise ConfigError(
+            f"max_exporter_bytes: {cfg.max_exporter_bytes} is more than max_state_bytes {cfg.max_state_bytes}"
+        )
     return cfg
 
 

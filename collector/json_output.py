@@ -27,15 +27,37 @@ def _converter(f: FieldSpec) -> Callable[[object], object]:
         return lambda v: int(v) == 1  # type: ignore[call-overload]
     if dt.startswith(("float",)):
         return float  # type: ignore[return-value]
-    if dt in ("dateTimeMicroseconds", "dateTimeNanoseconds"):
+    if dt in ("dateTimeMicroseconds", "dateTimeNanoseconds") and f.length == 8:
         # NTP timestamp (RFC 7011 section 6.1.9): print as seconds with a fraction, like tshark.
         return lambda v: (int(v) >> 32) - 2208988800 + (int(v) & 0xFFFFFFFF) / 2**32  # type: ignore
-    return lambda v: bytes(v).hex() if isinstance(v, bytes | np.void) else int(v)  # type: ignore[call-overload]
+    return _raw
+
+
+def _raw(v: object) -> object:
+    """An integer column as int; anything else (bytes, an element sent at a length its type does not
+    have) as hex."""
+    if isinstance(v, bytes | np.void):
+        return bytes(v).hex()
+    if isinstance(v, str):
+        return v
+    return int(v)  # type: ignore[call-overload]
+
+
+def _safe(conv: Callable[[object], object]) -> Callable[[object], object]:
+    """A converter that cannot fail on what an exporter sent: a value it cannot read prints as hex."""
+
+    def run(v: object) -> object:
+        try:
+            return conv(v)
+        except (ValueError, TypeError, OverflowError, UnicodeError):
+            return bytes(v).hex() if isinstance(v, bytes | np.void) else repr(v)
+
+    return run
 
 
 def batch_to_dicts(batch: RecordBatch) -> Iterable[dict]:
     """One dict per record: exporter, domain, template, then each field by IANA name."""
-    convs = [(f.name, _converter(f)) for f in batch.fields]
+    convs = [(f.name, _safe(_converter(f))) for f in batch.fields]
     head = {
         "exporter": batch.exporter,
         "observationDomainId": batch.domain,

@@ -33,6 +33,7 @@ from celltap.proto import celltap_pb2 as pb
 
 from celltap.ipfix.errors import MalformedError
 from celltap.ipfix.records import RecordBatch
+from celltap.ipfix.template import template_from_set_bytes
 
 log = logging.getLogger("celltap.node")
 
@@ -78,6 +79,19 @@ class SeenSet:
 
     def __len__(self) -> int:
         return sum(len(s) for s, _ in self._sets.values())
+
+
+def plausible_records(msg: pb.RecordBatchMsg) -> int:
+    """How many records a rejected batch can really have held: its claimed count, bounded by what its
+    bytes allow (each record takes at least one byte, a fixed-length one exactly its length)."""
+    claimed = int(msg.count)
+    size = len(msg.records)
+    try:
+        t = template_from_set_bytes(msg.template)
+        per = t.record_length or max(1, t.min_record_length)
+    except Exception:
+        per = 1
+    return min(claimed, size // per)
 
 
 @dataclass
@@ -126,7 +140,7 @@ class NodeState:
             "batches_primary": 0, "batches_replica": 0, "records_primary": 0, "records_replica": 0,
             "duplicate_batches": 0, "duplicate_records": 0, "rejected_batches": 0, "rejected_records": 0,
             "promotions": 0, "membership_changes": 0, "fenced_batches": 0, "fenced_records": 0,
-            "resets": 0,
+            "resets": 0, "overclaimed_records": 0,
         }  # fmt: skip
 
     def _empty_set(self) -> AppSet:
@@ -147,9 +161,15 @@ class NodeState:
             if mask is not None and len(mask) != msg.count:
                 raise MalformedError("mask_length", f"key mask of {len(mask)} bytes for {msg.count} records")
         except Exception as exc:  # whatever a bad batch raises, it must not end the stream
-            NODE_METRICS.rejected.labels(self.node_id, "malformed").inc(msg.count)
+            # The sender's count is a claim: count only what the message could really hold, and the
+            # difference (a sender that claims more than it sent) separately.
+            n = plausible_records(msg)
+            NODE_METRICS.rejected.labels(self.node_id, "malformed").inc(n)
+            if msg.count > n:
+                NODE_METRICS.rejected.labels(self.node_id, "count_overclaim").inc(msg.count - n)
+                self.counts["overclaimed_records"] += msg.count - n
             self.counts["rejected_batches"] += 1
-            self.counts["rejected_records"] += msg.count
+            self.counts["rejected_records"] += n
             log.warning(
                 "rejected batch %s/%d from collector %s: %s", msg.origin, msg.sequence, msg.collector, exc
             )
@@ -171,7 +191,16 @@ class NodeState:
                 NODE_METRICS.duplicates.labels(self.node_id).inc(msg.count)
                 ack.duplicate = True
                 return ack
-            target.apply(batch.records, msg.exporter, keys, mask)
+            try:
+                target.apply(batch.records, msg.exporter, keys, mask)
+            except Exception as exc:  # an app that cannot take this batch must not end the stream
+                NODE_METRICS.rejected.labels(self.node_id, "app_error").inc(msg.count)
+                self.counts["rejected_batches"] += 1
+                self.counts["rejected_records"] += msg.count
+                log.exception("batch %s/%d from collector %s: an app failed on it", msg.origin, msg.sequence,
+                              msg.collector)  # fmt: skip
+                ack.error = f"app_error: {exc!r}"
+                return ack
             target.seen.add(ident)
         self.counts[f"batches_{role}"] += 1
         self.counts[f"records_{role}"] += msg.count

@@ -15,7 +15,7 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warn(self, reason: str, message: str) -> None:
+    def warn(self, reason: str, message: str, exc_info: BaseException | None = None) -> None:
         """Log `message` unless `reason` was logged within the interval (then count it)."""
         now = time.monotonic()
         last = self._last.get(reason)
@@ -26,4 +26,4 @@ class RateLimitedLog:
             self._last.clear()  # reasons are a small fixed set; this only guards against misuse
         n = self._suppressed.pop(reason, 0)
         self._last[reason] = now
-        self._log.warning("%s%s", message, f" ({n} similar suppressed)" if n else "")
+        self._log.warning("%s%s", message, f" ({n} similar suppressed)" if n else "", exc_info=exc_info)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import queue
 import shutil
 import signal
@@ -18,9 +19,16 @@ from celltap.collector.config import CollectorConfig, ListenAddress
 from celltap.collector.ingest import IngestConfig, Ingestor
 from celltap.collector.malloc_tuning import keep_batches_on_heap
 from celltap.collector.metrics import CollectorMetrics
+from celltap.collector.seq_state import SequenceState
 from celltap.collector.stats import IngestStats
 from celltap.collector.tcp_server import TcpServer
-from celltap.collector.template_store import InMemoryTemplateStore, KVTemplateStore, TemplateStore
+from celltap.collector.template_store import (
+    InMemoryTemplateStore,
+    KVTemplateStore,
+    SnapshotTemplateStore,
+    TemplateStore,
+    WriteBehindStore,
+)
 from celltap.collector.udp_server import UdpWorker, open_udp_socket
 
 from celltap.ipfix.records import RecordBatch
@@ -38,36 +46,112 @@ def discard(batches: list[RecordBatch]) -> None:
     """The sink when nothing is configured to take records (they are still counted as decoded)."""
 
 
-def make_store(config: CollectorConfig, local_url: str | None = None) -> TemplateStore:
-    """The template store: the cluster registry when configured, else a directory the workers of this
-    host share (`local_url`), else this process's memory."""
-    url = config.registry or local_url
-    if not url:
-        return InMemoryTemplateStore()
-    from celltap.registry import open_registry  # imported here: workers open their own connection
+def make_store(config: CollectorConfig, local_dir: str | None = None, worker: int = 0) -> TemplateStore:
+    """The template store: the cluster registry when configured, else snapshot files in a directory the
+    workers of this host share (`local_dir`), else this process's memory.  Writes are asynchronous."""
+    if config.registry:
+        from celltap.registry import open_registry  # imported here: workers open their own connection
 
-    try:
-        return KVTemplateStore(open_registry(url), config.cluster)
-    except Exception as exc:  # a registry that cannot be reached must not stop decoding
-        log.error("template store %s unavailable (%s): templates stay in this process", url, exc)
-        return InMemoryTemplateStore()
+        try:
+            return WriteBehindStore(KVTemplateStore(open_registry(config.registry), config.cluster))
+        except Exception as exc:  # a registry that cannot be reached must not stop decoding
+            log.error(
+                "template store %s unavailable (%s): templates stay in this process", config.registry, exc
+            )
+            return InMemoryTemplateStore()
+    if local_dir:
+        try:
+            return WriteBehindStore(SnapshotTemplateStore(local_dir, worker))
+        except OSError as exc:
+            log.error("template directory %s unusable (%s): templates stay in this process", local_dir, exc)
+    return InMemoryTemplateStore()
 
 
-def make_ingestor(
-    config: CollectorConfig, store: TemplateStore | None = None, local_url: str | None = None
-) -> Ingestor:
-    """An Ingestor with the config's limits, allow-list and template store."""
-    ic = IngestConfig(
+def ingest_config(config: CollectorConfig) -> IngestConfig:
+    """The ingestion core's limits from the collector config."""
+    return IngestConfig(
         template_expiry=config.template_expiry,
         max_templates_per_domain=config.max_templates_per_domain,
         max_domains=config.max_domains,
+        max_state_bytes=config.max_state_bytes,
+        max_exporter_bytes=config.max_exporter_bytes,
+        max_domains_per_exporter=config.max_domains_per_exporter,
+        domain_expiry=config.domain_expiry,
     )
+
+
+def make_ingestor(
+    config: CollectorConfig,
+    store: TemplateStore | None = None,
+    local_dir: str | None = None,
+    worker: int | None = None,
+) -> Ingestor:
+    """An Ingestor with the config's limits, allow-list and template store; a UDP worker (`worker` set)
+    with a `state_dir` also keeps its sequence state there across restarts."""
+    seq = None
+    if worker is not None and config.state_dir:
+        seq = SequenceState(config.state_dir, worker, config.max_domains, config.domain_expiry)
+        try:
+            seq.load()
+        except OSError as exc:  # checked at start (check_state_dir); if it went bad since, go on without
+            log.error("state_dir %s unusable (%s): sequence state is not kept", config.state_dir, exc)
+            seq = None
     return Ingestor(
-        ic,
-        store if store is not None else make_store(config, local_url),
+        ingest_config(config),
+        store if store is not None else make_store(config, local_dir, max(worker or 0, 0)),
         IngestStats(),
         AllowList(config.allow),
+        seq_state=seq,
     )
+
+
+def check_state_dir(config: CollectorConfig) -> None:
+    """Create state_dir if needed and check that it is writable (OSError naming it otherwise)."""
+    if not config.state_dir:
+        return
+    os.makedirs(os.path.join(config.state_dir, "templates"), exist_ok=True)
+    probe = os.path.join(config.state_dir, f".probe-{os.getpid()}")
+    with open(probe, "wb") as fh:
+        fh.write(b"ok")
+    os.unlink(probe)
+
+
+def _template_dir(config: CollectorConfig, local_dir: str | None) -> str | None:
+    if config.state_dir:
+        return os.path.join(config.state_dir, "templates")
+    return local_dir
+
+
+def remove_stale_run_dirs(base: str | None = None) -> int:
+    """Remove per-run template directories whose collector process is gone (killed, never cleaned)."""
+    base = base or tempfile.gettempdir()
+    n = 0
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(RUN_DIR_PREFIX):
+            continue
+        pid = name[len(RUN_DIR_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+RUN_DIR_PREFIX = "celltap-collector-run-"
 
 
 def _udp_worker_main(
@@ -79,20 +163,42 @@ def _udp_worker_main(
     stop: threading.Event,
     ready: threading.Event,
     local_url: str | None = None,
+    parent_pid: int = 0,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _stop_with_parent(parent_pid)
     keep_batches_on_heap()
     sock = open_udp_socket(addr, config.receive_buffer)
-    ingestor = make_ingestor(config, local_url=local_url)
+    ingestor = make_ingestor(config, local_dir=_template_dir(config, local_url), worker=index)
     sink = hook(index) if hook is not None else discard
     worker = UdpWorker(sock, ingestor, sink, config.batch_datagrams, on_stats=stats_q.put)
     ready.set()
     try:
+        # An exception here ends this process; the parent restarts it and counts the restart.
         worker.run(stop.is_set, config.drain_seconds)
     finally:
         sock.close()
         close_sink(sink)
+        ingestor.close()
+        stats_q.put(ingestor.stats.drain())  # what closing counted (template writes given up)
+        if parent_pid and os.getppid() != parent_pid:
+            stats_q.cancel_join_thread()  # no one reads the stats any more: do not wait to hand them on
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """Have the kernel send this worker SIGTERM when the collector that forked it dies (even by
+    SIGKILL): an orphaned worker would keep its SO_REUSEPORT socket and take a share of the datagrams
+    meant for the restarted collector, decoding them for no one."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent_pid and os.getppid() != parent_pid:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def close_sink(sink: object) -> None:
@@ -131,15 +237,17 @@ class CollectorService:
         self._tcp_sinks: list[object] = []
         self._proc_args: list[tuple] = []
         self.restarts = 0
+        self._udp_threads: list[threading.Thread] = []
         # Worker processes of one host share templates through a directory when there is no cluster
         # registry: a restarted worker, or one the kernel's SO_REUSEPORT hash now sends an exporter to,
-        # decodes at once instead of waiting for the exporter's next template refresh.
-        self._local_dir = (
-            tempfile.mkdtemp(prefix="celltap-collector-templates-")
-            if self.processes and not config.registry
-            else None
-        )
-        self.local_url = f"file://{self._local_dir}" if self._local_dir else None
+        # decodes at once instead of waiting for the exporter's next template refresh.  It is the
+        # state_dir when configured (kept across runs), else a directory of this run (one snapshot file
+        # per worker), removed at stop, or by the next run if this one was killed.
+        self._local_dir = None
+        if self.processes and not config.registry and not config.state_dir:
+            remove_stale_run_dirs()
+            self._local_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
+        self.local_url = self._local_dir
 
     def _apply(self, deltas: dict) -> None:
         with self._totals_lock:
@@ -152,6 +260,8 @@ class CollectorService:
         while not self._stats_done.is_set():
             if time.monotonic() >= next_check:
                 self._restart_dead_workers()
+                if self.metrics is not None and not self._stop.is_set():
+                    self.metrics.workers.set(self.workers_alive())
                 next_check = time.monotonic() + 1.0
             try:
                 self._apply(self._stats_q.get(timeout=0.2))
@@ -171,9 +281,19 @@ class CollectorService:
             args[6].clear()  # its ready event
             self._procs[i] = self._ctx.Process(target=_udp_worker_main, args=args, name=p.name, daemon=True)
             self._procs[i].start()
+            self._count_restart()
+
+    def _count_restart(self) -> None:
+        with self._totals_lock:
             self.restarts += 1
-            if self.metrics is not None:
-                self.metrics.worker_restarts.inc()
+        if self.metrics is not None:
+            self.metrics.worker_restarts.inc()
+
+    def workers_alive(self) -> int:
+        """UDP workers (processes or threads) running now."""
+        if self._procs:
+            return sum(1 for p in self._procs if p.is_alive())
+        return sum(1 for t in self._udp_threads if t.is_alive())
 
     def start(self) -> None:
         """Bind everything and start receiving; returns once every socket is bound."""
@@ -215,7 +335,7 @@ class CollectorService:
                 readies.append(ready)
                 args = (index, addr, cfg, self.hook, self._stats_q, self._stop, ready)
                 if self.processes:
-                    pargs = (*args, self.local_url)
+                    pargs = (*args, self.local_url, os.getpid())
                     self._proc_args.append(pargs)
                     self._procs.append(
                         self._ctx.Process(
@@ -223,7 +343,9 @@ class CollectorService:
                         )
                     )
                 else:
-                    self._threads.append(threading.Thread(target=self._udp_thread, args=args, daemon=True))
+                    t = threading.Thread(target=self._udp_thread, args=args, name=f"udp-{index}", daemon=True)
+                    self._threads.append(t)
+                    self._udp_threads.append(t)
                 index += 1
         for p in self._procs:
             p.start()
@@ -249,15 +371,30 @@ class CollectorService:
     ) -> None:
         keep_batches_on_heap()
         sock = open_udp_socket(addr, config.receive_buffer)
-        ingestor = make_ingestor(config)
+        ingestor = make_ingestor(config, local_dir=_template_dir(config, None), worker=index)
         sink = hook(index) if hook is not None else discard
         worker = UdpWorker(sock, ingestor, sink, config.batch_datagrams, on_stats=self._apply)
         ready.set()
+        backoff = 0.05
         try:
-            worker.run(stop.is_set, config.drain_seconds)
+            while True:
+                try:
+                    worker.run(stop.is_set, config.drain_seconds)
+                    break
+                except Exception:
+                    # Supervision of a thread worker: the socket and the decoder's state are kept (what
+                    # is queued in the socket is still read); the loop starts again, counted.
+                    log.exception("UDP worker udp-%d failed; restarting it", index)
+                    ingestor.reset_pending()
+                    self._count_restart()
+                    if stop.wait(backoff):
+                        break
+                    backoff = min(2.0, backoff * 2)
         finally:
             sock.close()
             close_sink(sink)
+            ingestor.close()
+            self._apply(ingestor.stats.drain())
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop receiving, collect the last stats, join workers."""
@@ -271,6 +408,8 @@ class CollectorService:
                 p.terminate()
         for sink in self._tcp_sinks:
             close_sink(sink)
+        for srv in self.tcp_servers:
+            srv.ingestor.close()
         self._stats_done.set()
         self._stats_thread.join(max(0.1, deadline - time.monotonic()))
         while True:  # what the workers reported while stopping

@@ -102,6 +102,8 @@ def feed_slots(
             if back:
                 stats.sequence_reordered[(exporter, dom_id)] += back
         dom.next_seq = int((s[-1] + c[-1]) % U32)
+        dom.last = now
+        ing._touched.add((exporter, dom_id))
         stats.messages[exporter] += len(idx)
         stats.records[exporter] += int(c.sum())
         stats.bytes[exporter] += int(lens[idx].sum())

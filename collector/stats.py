@@ -13,6 +13,11 @@ BUFFER_FULL = "buffer_full"
 TOO_MANY_TEMPLATES = "too_many_templates"
 TOO_MANY_DOMAINS = "too_many_domains"
 RESERVED_SET = "reserved_set_id"
+EXPORTER_LIMIT = "exporter_limit"  # one exporter address reached its domain count or memory share
+MEMORY_LIMIT = "memory_limit"  # the process's state budget (templates + domains) is spent
+INTERNAL_ERROR = "internal_error"  # the decoder raised something unexpected (a bug): that unit is lost
+STOPPED = "stopped"  # still queued in the socket when a stop's drain time ran out
+SINK_ERROR = "sink_error"  # the consumer of decoded records raised: that batch is lost
 
 
 @dataclass
@@ -29,6 +34,9 @@ class IngestStats:
     dropped_messages: defaultdict = field(default_factory=lambda: defaultdict(int))  # reason
     dropped_sets: defaultdict = field(default_factory=lambda: defaultdict(int))  # reason
     dropped_bytes: defaultdict = field(default_factory=lambda: defaultdict(int))  # reason
+    dropped_records: defaultdict = field(default_factory=lambda: defaultdict(int))  # reason (decoded, lost)
+    domain_events: defaultdict = field(default_factory=lambda: defaultdict(int))  # (exporter, event)
+    store_dropped: defaultdict = field(default_factory=lambda: defaultdict(int))  # reason
 
     COUNTERS = (
         "messages",
@@ -41,6 +49,9 @@ class IngestStats:
         "dropped_messages",
         "dropped_sets",
         "dropped_bytes",
+        "dropped_records",
+        "domain_events",
+        "store_dropped",
     )
 
     def drain(self) -> dict[str, dict]:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from celltap.collector.config import ListenAddress
 from celltap.collector.ingest import Ingestor
-from celltap.collector.stats import MALFORMED, NOT_ALLOWED
+from celltap.collector.stats import MALFORMED, NOT_ALLOWED, SINK_ERROR
 
 from celltap.ipfix.errors import MalformedError
 from celltap.ipfix.message import StreamFramer
@@ -42,6 +42,7 @@ class TcpServer:
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.listener, selectors.EVENT_READ, None)
         self.conns: dict[socket.socket, tuple[str, StreamFramer]] = {}
+        self.restarts = 0
 
     def _close(self, conn: socket.socket) -> None:
         exporter, _ = self.conns.pop(conn)
@@ -89,12 +90,22 @@ class TcpServer:
             if msgs:
                 batches = self.ingestor.feed([(exporter, m) for m in msgs], time.time(), expires=False)
                 if batches:
-                    self.sink(batches)
+                    try:
+                        self.sink(batches)
+                    except Exception as exc:
+                        lost = sum(len(b) for b in batches)
+                        self.ingestor.stats.dropped_records[SINK_ERROR] += lost
+                        log.error("record sink failed, %d records lost (sink_error): %r", lost, exc)
 
     def run(self, should_stop: Callable[[], bool], on_tick: Callable[[], None] | None = None) -> None:
         """Serve until should_stop() is true."""
         while not should_stop():
-            self.poll_once(0.2)
+            try:
+                self.poll_once(0.2)
+            except Exception:  # a bug must not end the TCP listener: log it, count it, go on
+                self.restarts += 1
+                log.exception("TCP server loop failed; continuing")
+                time.sleep(0.05)
             if on_tick is not None:
                 on_tick()
         for conn in list(self.conns):

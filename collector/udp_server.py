@@ -14,7 +14,7 @@ from celltap.collector.ingest import Ingestor
 from celltap.collector.recvmmsg import BatchReceiver
 from celltap.collector.recvmmsg import available as recvmmsg_available
 from celltap.collector.slot_batch import feed_slots
-from celltap.collector.stats import BUFFER_FULL
+from celltap.collector.stats import BUFFER_FULL, INTERNAL_ERROR, SINK_ERROR, STOPPED
 
 from celltap.ipfix.records import RecordBatch
 
@@ -56,6 +56,33 @@ def kernel_drops(sock: socket.socket) -> int | None:
         except OSError:
             continue
     return None
+
+
+def ingest_received(
+    ingestor: Ingestor, rx: BatchReceiver, n: int, now: float, vectorised: bool = True
+) -> list:
+    """Decode the n datagrams of rx's last recv(): the vectorised slot path when the whole batch
+    qualifies, else the general path.  Never raises: a failure of the slot path costs its datagrams,
+    counted as internal_error (the general path counts its own failures per message)."""
+    if vectorised:
+        got = rx.rows(n)
+        if got is not None:
+            rows, lens, addrs, names = got
+            try:
+                batches = feed_slots(ingestor, rows, lens, addrs, names, now)
+            except Exception as exc:
+                ingestor.stats.dropped_messages[INTERNAL_ERROR] += n
+                ingestor.stats.dropped_bytes[INTERNAL_ERROR] += int(lens.sum())
+                ingestor.last_internal_error = exc
+                log.error("vectorised decode failed, %d datagrams dropped (internal_error): %r", n, exc)
+                return []
+            if batches is not None:
+                return batches
+    msgs = rx.pairs(n)
+    try:
+        return ingestor.feed(msgs, now)
+    finally:
+        del msgs  # views of the receive buffer: the next call overwrites it
 
 
 class UdpWorker:
@@ -111,9 +138,7 @@ class UdpWorker:
             msgs.append((addr[0], mv[off : off + n]))
             off += n
         if msgs:
-            batches = self.ingestor.feed(msgs, time.time())
-            if batches:
-                self.sink(batches)
+            self.deliver(self.ingestor.feed(msgs, time.time()))
             self.datagrams += len(msgs)
         count = len(msgs)
         del mv, msgs  # no view of the buffer may outlive the batch: the next read overwrites it
@@ -129,21 +154,32 @@ class UdpWorker:
             return 0
         if not n:
             return 0
-        now = time.time()
-        batches = None
-        if self.vectorised:
-            got = rx.rows(n)
-            if got is not None:
-                rows, lens, addrs, names = got
-                batches = feed_slots(self.ingestor, rows, lens, addrs, names, now)
-        if batches is None:
-            msgs = rx.pairs(n)
-            batches = self.ingestor.feed(msgs, now)
-            del msgs  # views of the receive buffer: the next call overwrites it
-        if batches:
-            self.sink(batches)
+        self.deliver(ingest_received(self.ingestor, rx, n, time.time(), self.vectorised))
         self.datagrams += n
         return n
+
+    def deliver(self, batches: list[RecordBatch]) -> None:
+        """Hand decoded batches to the sink (a failing sink costs those batches, counted), then save the
+        sequence state: a record is delivered or, after a restart, inside a counted gap."""
+        delivered = False
+        if batches:
+            try:
+                self.sink(batches)
+                delivered = True
+            except Exception as exc:
+                lost = sum(len(b) for b in batches)
+                self.ingestor.stats.dropped_records[SINK_ERROR] += lost
+                log.error("record sink failed, %d records lost (counted as sink_error): %r", lost, exc)
+        items = self.ingestor.checkpoint_items()
+        if not items:
+            return
+        after_routed = getattr(self.sink, "after_routed", None)
+        if delivered and callable(after_routed):
+            # The cluster router buffers records before it journals them: save the sequence numbers
+            # only once it has, so a crash in between leaves those records inside a counted gap.
+            after_routed(lambda: self.ingestor.save_checkpoint(items))
+        else:
+            self.ingestor.save_checkpoint(items)
 
     def report(self) -> None:
         """Add kernel drops since the last report and hand the stats deltas on."""
@@ -152,6 +188,7 @@ class UdpWorker:
             self.ingestor.stats.dropped_messages[BUFFER_FULL] += drops - self._drops_seen
             self._drops_seen = drops
         self.ingestor.expire(time.time())
+        self.ingestor.count_store_drops()
         if self.on_stats is not None:
             self.on_stats(self.ingestor.stats.drain())
 
@@ -167,4 +204,24 @@ class UdpWorker:
         end = time.monotonic() + drain_seconds
         while time.monotonic() < end and self.poll_once(0):
             pass
+        self.discard_queued()
         self.report()
+
+    def discard_queued(self, limit: int = 1_000_000) -> int:
+        """Count, without decoding, what is still queued once the drain time is over: those datagrams
+        are lost with this socket, and a stop must not lose anything uncounted."""
+        n = nbytes = 0
+        while n < limit:
+            try:
+                got = self.sock.recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue
+            n += 1
+            nbytes += len(got)
+        if n:
+            self.ingestor.stats.dropped_messages[STOPPED] += n
+            self.ingestor.stats.dropped_bytes[STOPPED] += nbytes
+            log.warning("stopping: %d datagrams still queued after the drain time were dropped (counted)", n)
+        return n

@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=2.0, help="seconds between health checks")
     p.add_argument("--failures", type=int, default=3, help="failed checks in a row before withdrawing")
     p.add_argument("--ttl", type=float, default=10.0, help="lease seconds")
+    p.add_argument("--store", help="the cell's packet store endpoint (http://POD_IP:PORT), if it has one")
     return p.parse_args(argv)
 
 
@@ -63,7 +64,10 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
     except RegistryError as exc:
         log.error("registry %s: %s", args.registry, exc)
         return 2
-    membership.register("cells", args.id, {"input": args.input, "weight": args.weight})
+    value: dict[str, object] = {"input": args.input, "weight": args.weight}
+    if args.store:
+        value["store"] = args.store
+    membership.register("cells", args.id, value)
     log.info("cell %s registered as %s", args.id, args.input)
     failures = 0
     try:

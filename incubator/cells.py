@@ -5,6 +5,13 @@ pointing at the right output while the ring is rebuilt around joins and leaves. 
 scales every registry weight by `WEIGHT_SCALE`: the shared ring gives 64 points per weight unit,
 whose shares vary by about +-12 %; 64 units (4096 points per cell) bring the spread of cell
 shares to a few percent (measured in tests/incubator/test_cells.py).
+
+The partition table: a flow's cell is `table[hash >> (64 - TABLE_BITS)]`, where bucket b belongs
+to the ring owner of its first hash value, b << (64 - TABLE_BITS).  The numpy path, the XDP
+program and the DiCAP socket filter all read this one table (the kernel ones from a BPF array the
+control plane writes), so they agree bit for bit.  It keeps the ring's properties: a joining cell
+takes exactly the buckets whose first hash it now owns on the ring (about 1/(N+1) of them), and a
+leaving cell's buckets go to their new ring owners; no other bucket moves.
 """
 
 from __future__ import annotations
@@ -16,6 +23,13 @@ import numpy as np
 from celltap.ring import Ring
 
 WEIGHT_SCALE = 64
+TABLE_BITS = 16  # 65536 buckets: quantising the ring moves shares by well under 1 %
+
+
+def partition_table(ring: Ring, bits: int = TABLE_BITS) -> np.ndarray:
+    """Ring member index owning each of the 2**bits buckets (the owner of its first hash value)."""
+    starts = np.arange(1 << bits, dtype=np.uint64) << np.uint64(64 - bits)
+    return ring.owner_index(starts).astype(np.int32)
 
 
 class CellSet:
@@ -30,7 +44,9 @@ class CellSet:
         self.slot_of: dict[str, int] = {}
         self.alive: dict[str, int] = {}
         self.ring = Ring({}, seed)
-        self._ring_to_slot = np.zeros(0, np.int32)
+        self.table_bits = TABLE_BITS
+        self._shift = np.uint64(64 - TABLE_BITS)
+        self.table = np.full(1 << TABLE_BITS, -1, np.int32)  # bucket -> slot (-1: no cell alive)
         if members:
             self.update(members)
 
@@ -47,17 +63,19 @@ class CellSet:
         self.alive = dict(members)
         if changed:
             self.ring = Ring({k: v * self.weight_scale for k, v in members.items()}, self.seed)
-            self._ring_to_slot = np.asarray([self.slot_of[c] for c in self.ring.ids], dtype=np.int32)
+            if members:
+                ring_to_slot = np.asarray([self.slot_of[c] for c in self.ring.ids], dtype=np.int32)
+                self.table = ring_to_slot[partition_table(self.ring, self.table_bits)]
+            else:
+                self.table = np.full(1 << self.table_bits, -1, np.int32)
         return joined, left
 
     def __len__(self) -> int:
         return len(self.alive)
 
     def owner_slots(self, hashes: np.ndarray) -> np.ndarray:
-        """Slot of the ring owner of each hash (-1 for all when no cell is alive)."""
-        if not self.alive:
-            return np.full(hashes.shape[0], -1, dtype=np.int32)
-        return self._ring_to_slot[self.ring.owner_index(hashes)]
+        """Slot owning each flow hash through the partition table (-1 when no cell is alive)."""
+        return self.table[hashes.astype(np.uint64, copy=False) >> self._shift]
 
     def first_slot(self) -> int:
         """Slot of the first live cell in id order ("cell 0"), -1 when none."""

@@ -37,7 +37,7 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     "non_ip": (str, "cell0"),
     "hash_seed": (int, 0),
     "decapsulate": (bool, True),  # GRE / ERSPAN / VXLAN / IP-in-IP frames go by their inner flow
-    "partition": (str, None),  # xxh64 (default) | dicap; dicap mode always uses dicap
+    "partition": (str, None),  # xxh64 (default; dicap mode: eBPF filter) | dicap (cBPF filter)
     "metrics_port": (int, None),
     "metrics_addr": (str, "127.0.0.1"),  # 0.0.0.0 / :: to be scraped from other hosts
     "fragments": (
@@ -186,14 +186,8 @@ def _check_partition(cfg: dict[str, Any]) -> None:
     part = cfg["partition"]
     if part is not None and part not in PARTITIONS:
         raise ConfigError(f"config key 'partition' must be one of {', '.join(PARTITIONS)}, got {part!r}")
-    if cfg["mode"] == "dicap":
-        if part == "xxh64":
-            raise ConfigError(
-                "config key 'partition' cannot be xxh64 in dicap mode "
-                "(the kernel filter computes the dicap partition only)"
-            )
-        cfg["partition"] = "dicap"
-    elif part is None:
+    if part is None:
+        # dicap mode too: its eBPF socket filter computes the incubator's own partition
         cfg["partition"] = "xxh64"
     b = cfg["dicap"]["buckets_log2"]
     if not 1 <= b <= MAX_BUCKETS_LOG2:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from celltap.incubator.fragments import Released
 from celltap.incubator.metrics import IncubatorMetrics
 from celltap.incubator.outputs import Output, open_output
 from celltap.incubator.separator import ALL, Routing, Separator
@@ -56,6 +57,10 @@ class Engine:
         self.dropped: dict[str, int] = {}
         self.out_frames: dict[str, int] = {}
         self.rehomed = 0
+        # False behind the XDP path: the kernel already counted these frames as received.
+        self.count_received = True
+        # Behind the XDP path: programs the kernel with each membership before it is announced.
+        self.after_set_cells: Callable[[], None] | None = None
 
     def set_cells(self, cells: Mapping[str, CellSpec]) -> None:
         """Apply a membership snapshot: open outputs of new cells, re-home flows of gone ones."""
@@ -90,6 +95,8 @@ class Engine:
             self.metrics.rehomed_flows.inc(rehomed)
         if joined or left:
             log.info("cells joined %s left %s; %d flows re-homed", joined, left, rehomed)
+        if self.after_set_cells is not None:
+            self.after_set_cells()
         self.metrics.cells.set(len(self.sep.cells))
 
     def _drop(self, reason: str, n: int) -> None:
@@ -113,8 +120,9 @@ class Engine:
         """Separate one batch to the cells."""
         n = len(batch)
         self.received += n
-        self.metrics.received_frames.labels(interface).inc(n)
-        self.metrics.received_bytes.labels(interface).inc(batch.nbytes)
+        if self.count_received:
+            self.metrics.received_frames.labels(interface).inc(n)
+            self.metrics.received_bytes.labels(interface).inc(batch.nbytes)
         r = self.sep.route(batch)
         slots = r.slots
         live = sorted(self.outputs)
@@ -134,18 +142,23 @@ class Engine:
         if every.size:
             self._send_all(batch.select(every))
         for rel in r.released:
-            sub = FrameBatch.from_frames(
-                [f for _t, f in rel.frames], [t for t, _f in rel.frames], batch.linktype
-            )
-            sent, drops = self._send(rel.slot, sub)
-            self.forwarded += sent
-            for reason, k in drops.items():
-                self._drop(reason, k)
+            self.send_released(rel, batch.linktype)
         for reason, k in r.drops.items():
             self._drop(reason, k)
         self.forwarded_metric_sync()
         self._gauges(r)
         return r
+
+    def send_released(self, rel: Released, linktype: int | None = None) -> None:
+        """Send fragments the tracker released to their datagram's cell."""
+        sub = FrameBatch.from_frames(
+            [f for _t, f in rel.frames], [t for t, _f in rel.frames], linktype or self.linktype
+        )
+        sent, drops = self._send(rel.slot, sub)
+        self.forwarded += sent
+        self.forwarded_metric_sync()
+        for reason, k in drops.items():
+            self._drop(reason, k)
 
     def _send_all(self, sub: FrameBatch) -> None:
         best = 0

@@ -27,12 +27,15 @@ from celltap.decode import DecodeOptions
 from celltap.pcap.batch import FrameBatch
 
 log = logging.getLogger("celltap.incubator")
+RESOLVE_EVERY_S = 0.02  # XDP: how often held fragments look for their first fragment in the kernel
 
 
 def _open_afpacket(spec: str, cfg: Config, bpf: bytes | None = None) -> Any:
     from celltap.incubator.capture.afpacket import AfPacketCapture
 
     kind, arg = parse_capture(spec)
+    if kind == "xdp":  # the Python half of the XDP path, or its fallback: an AF_PACKET ring
+        kind = "afpacket"
     if kind == "netmap":
         reason = netmap_available()
         if reason is not None:
@@ -120,7 +123,51 @@ class Incubator:
         self.captures: list[tuple[str, Any, Bridge | None]] = []
         self.pcap: PcapSource | None = None
         self.dicap_cell: str | None = cfg["dicap"]["cell"] if self.mode == "dicap" else None
+        self.xdp: Any = None  # XdpPath while the kernel separates
         self._open_captures()
+        if parse_capture(cfg["capture"])[0] == "xdp":
+            self._open_xdp()
+
+    def _open_xdp(self) -> None:
+        """Attach the XDP program after the AF_PACKET socket it passes frames to is open."""
+        _kind, ifname = parse_capture(self.cfg["capture"])
+        why = None
+        peer = parse_capture(self.cfg["peer"])[1] if self.mode == "inline" else None
+        if self.mode not in ("mirror", "inline"):
+            why = f"mode {self.mode} is not served by the XDP path"
+        else:
+            try:
+                from celltap.incubator.xdp.build import BuildError
+                from celltap.incubator.xdp.datapath import XdpPath, XdpUnavailable, kernel_config
+                from celltap.incubator.xdp.libbpf import BpfError
+
+                try:
+                    xdp = XdpPath(ifname, kernel_config(self.cfg), self.engine, self.metrics, peer=peer)
+                    try:
+                        xdp.check_cells(self.cells.current())
+                    except XdpUnavailable:
+                        xdp.close()
+                        raise
+                    self.xdp = xdp
+                    self.engine.count_received = False
+                    self.engine.after_set_cells = xdp.apply
+                except (XdpUnavailable, BuildError, BpfError) as exc:
+                    why = str(exc)
+            except ImportError as exc:
+                why = f"cannot load the XDP support: {exc}"
+        if why is not None:
+            log.warning(
+                "xdp:%s: %s; the Python incubator separates instead (afpacket:%s)", ifname, why, ifname
+            )
+
+    def _drop_xdp(self, why: str) -> None:
+        """Fall back to the Python path at run time (the AF_PACKET socket then sees every frame)."""
+        xdp, self.xdp = self.xdp, None
+        xdp.sync_metrics()
+        xdp.close()
+        self.engine.count_received = True
+        self.engine.after_set_cells = None
+        log.warning("xdp:%s: %s; the Python incubator separates from now on", xdp.ifname, why)
 
     def _dicap_filter(self, members: dict[str, CellSpec]) -> bytes:
         from celltap.incubator.dicap import cell_filter
@@ -128,6 +175,28 @@ class Incubator:
         d = self.cfg["dicap"]
         weights = {cid: s.weight for cid, s in members.items()}
         return cell_filter(weights, d["cell"], self.cfg["hash_seed"], d["buckets_log2"], d["ports"])
+
+    def _dicap_ebpf(self, ifname: str) -> Any:
+        """DiCAP with the incubator's own partition: the eBPF socket filter, or one clear error."""
+        try:
+            from celltap.incubator.xdp.build import BuildError
+            from celltap.incubator.xdp.datapath import XdpPath, XdpUnavailable, dicap_open, kernel_config
+            from celltap.incubator.xdp.libbpf import BpfError
+
+            try:
+                path = XdpPath(ifname, kernel_config(self.cfg), self.engine, self.metrics, "dicap_filter")
+            except (XdpUnavailable, BuildError, BpfError) as exc:
+                raise CaptureUnavailable(
+                    f"dicap mode: the eBPF socket filter cannot load ({exc}); "
+                    "set partition: dicap to use the classic BPF filter"
+                ) from exc
+        except ImportError as exc:
+            raise CaptureUnavailable(f"dicap mode: cannot load the eBPF support: {exc}") from exc
+        own = self.cfg["dicap"]["output"]
+        self.engine.open_fn = dicap_open(own or "")
+        self.engine.count_received = False
+        self.engine.after_set_cells = lambda: path.apply(self.dicap_cell)
+        return path
 
     def _open_captures(self) -> None:
         cfg = self.cfg
@@ -143,6 +212,13 @@ class Incubator:
             _, a_if = parse_capture(cfg["capture"])
             _, b_if = parse_capture(cfg["peer"])
             self.captures = [(a_if, a, Bridge(b_if, self.metrics)), (b_if, b, Bridge(a_if, self.metrics))]
+        elif self.mode == "dicap" and cfg["partition"] == "xxh64":
+            self.xdp = self._dicap_ebpf(arg)
+            try:
+                self.captures = [(arg, _open_afpacket(cfg["capture"], cfg, self.xdp.prog_fd()), None)]
+            except BaseException:
+                self.xdp.close()
+                raise
         elif self.mode == "dicap":
             self.captures = [(arg, _open_afpacket(cfg["capture"], cfg, self._dicap_filter({})), None)]
         else:
@@ -150,14 +226,32 @@ class Incubator:
 
     def _apply_cells(self) -> None:
         cells = self.cells.current()
-        if self.mode == "dicap":
+        if self.mode == "dicap" and self.xdp is not None:
+            from celltap.incubator.xdp.datapath import OTHER_CELL_SPEC
+
+            own = self.dicap_cell
+            out = self.cfg["dicap"]["output"] or (cells[own].output if own in cells else None)
+            self.engine.set_cells(
+                {
+                    cid: CellSpec(cid, out if cid == own and out else OTHER_CELL_SPEC, s.weight)
+                    for cid, s in cells.items()
+                }
+            )
+        elif self.mode == "dicap":
             cap = self.captures[0][1]
             cap.attach_filter(self._dicap_filter(cells))
             own = self.dicap_cell
             out = self.cfg["dicap"]["output"] or (cells[own].output if own in cells else None)
             self.engine.set_cells({own: CellSpec(own, out)} if own and out else {})
         else:
-            self.engine.set_cells(cells)
+            if self.xdp is not None:
+                from celltap.incubator.xdp.datapath import XdpUnavailable
+
+                try:
+                    self.xdp.check_cells(cells)
+                except XdpUnavailable as exc:
+                    self._drop_xdp(str(exc))
+            self.engine.set_cells(cells)  # XDP: programs the kernel too (engine.after_set_cells)
 
     def run(self) -> int:
         """The data path loop."""
@@ -168,7 +262,7 @@ class Incubator:
         poller = select.poll()
         for _name, cap, _br in self.captures:
             poller.register(cap.fileno(), select.POLLIN | select.POLLERR)
-        last_stats = time.monotonic()
+        last_stats = last_resolve = time.monotonic()
         try:
             while not self.stop.is_set():
                 if self.cells.changed.is_set():
@@ -191,6 +285,11 @@ class Incubator:
                         self.engine.process(batch, name)
                     finally:
                         cap.release()
+                if self.xdp is not None and self.engine.sep.frags.waiting:
+                    now = time.monotonic()
+                    if now - last_resolve >= RESOLVE_EVERY_S:  # one map lookup per held datagram
+                        self.xdp.resolve_fragments()
+                        last_resolve = now
                 if idle:
                     poller.poll(timeout)
                 now = time.monotonic()
@@ -199,6 +298,10 @@ class Incubator:
                     last_stats = now
         finally:
             self._kernel_stats()
+            if self.xdp is not None:
+                self.xdp.resolve_fragments()
+                self.xdp.close()
+                self.xdp = None
             self.engine.finish()
             for _name, cap, bridge in self.captures:
                 cap.close()
@@ -210,6 +313,8 @@ class Incubator:
         return 0
 
     def _kernel_stats(self) -> None:
+        if self.xdp is not None:
+            self.xdp.sync_metrics()
         for name, cap, _br in self.captures:
             st = cap.stats()
             if st.drops:

@@ -64,6 +64,12 @@ class IncubatorMetrics:
         self.rehomed_flows = Counter(
             p + "rehomed_flows_total", "Flows re-homed because their cell left", registry=reg
         )
+        self.xdp_passed_frames = Counter(
+            p + "xdp_passed_frames_total",
+            "Frames the XDP program handed to the Python path, by reason",
+            ["reason"],
+            registry=reg,
+        )
         self.cells = Gauge(p + "cells", "Live cells", registry=reg)
         self.imbalance = Gauge(
             p + "imbalance_ratio", "Frames of the busiest cell over the mean of all live cells", registry=reg

@@ -96,7 +96,7 @@ def run(
     seqs = [0] * exporters
     if records is None and use_sendmmsg and sendmmsg_available():
         return _run_pools(socks, pools, rate, duration, template_refresh, seq_off, seq_step)
-    messages = octets = packets = errors = 0
+    messages = octets = packets = errors = template_errors = 0
     start = time.monotonic()
     next_templates = start
     j = 0
@@ -111,7 +111,7 @@ def run(
                 try:
                     snd(p.stamp_templates())
                 except OSError:  # e.g. ECONNREFUSED while the collector restarts: resent next refresh
-                    errors += 1
+                    template_errors += 1
                 seqs[k] = p.sequence
             next_templates = t + template_refresh
         if rate > 0:
@@ -146,6 +146,7 @@ def run(
         "packets": packets,
         "messages": messages,
         "send_errors": errors,
+        "template_send_errors": template_errors,
     }
     elapsed = time.monotonic() - start
     for s in socks:
@@ -170,7 +171,7 @@ def _run_pools(
     cum_oct = [np.cumsum([0, *p.octets]) for p in pools]
     cum_pkt = [np.cumsum([0, *p.packets]) for p in pools]
     seqs = [0] * len(pools)
-    messages = octets = packets = errors = 0
+    messages = octets = packets = errors = template_errors = 0
     start = time.monotonic()
     next_templates = start
     while True:
@@ -183,7 +184,7 @@ def _run_pools(
                 try:
                     s.send(p.stamp_templates())
                 except OSError:  # e.g. ECONNREFUSED while the collector restarts: resent next refresh
-                    errors += 1
+                    template_errors += 1
                 seqs[k] = p.sequence
             next_templates = t + template_refresh
         if rate > 0:
@@ -208,6 +209,7 @@ def _run_pools(
         "packets": packets,
         "messages": messages,
         "send_errors": errors,
+        "template_send_errors": template_errors,
         "seconds": round(elapsed, 3),
         "records_per_second": round(messages * per_msg / elapsed) if elapsed else 0,
     }

@@ -184,7 +184,8 @@ def _run_files(analysis, paths: list[str]) -> None:
                 break
     except CaptureFormatError as exc:
         analysis.finish()  # what was read before the damage is still analyzed and logged
-        raise UserError(f"bad capture file: {exc}") from None
+        where = f" {exc.path}" if exc.path else ""
+        raise UserError(f"bad capture file{where}: {exc}") from None
     analysis.finish()
 
 

@@ -112,9 +112,31 @@ class Registry:
         """The element for (enterprise, id); unknown ones get a stable placeholder name, octetArray type."""
         ie = self._by_key.get((enterprise, element_id))
         if ie is None:
-            name = f"ie{element_id}" if enterprise == 0 else f"ie{enterprise}_{element_id}"
+            if enterprise == V9_VENDOR_PEN:
+                name = f"ie{element_id | 0x8000}"  # NetFlow v9's vendor range, named by its v9 type
+            elif enterprise == 0:
+                name = f"ie{element_id}"
+            else:
+                name = f"ie{enterprise}_{element_id}"
             ie = InformationElement(element_id, enterprise, name, "octetArray")
         return ie
+
+    def is_shared(self, ie: InformationElement) -> bool:
+        """True for an element object the registry holds (not one made for an unknown id)."""
+        return self._by_key.get((ie.enterprise, ie.element_id)) is ie or ie.name.endswith("_octets")
+
+    def as_octets(self, ie: InformationElement) -> InformationElement:
+        """The element relabelled `<name>_octets` of type octetArray (one shared object per element)."""
+        cache = self.__dict__.setdefault("_octets", {})
+        key = (ie.enterprise, ie.element_id)
+        hit = cache.get(key)
+        if hit is None:
+            if len(cache) >= 65536:
+                cache.clear()  # unknown elements are unbounded in number; known ones are a few hundred
+            hit = cache[key] = InformationElement(
+                ie.element_id, ie.enterprise, f"{ie.name}_octets", "octetArray"
+            )
+        return hit
 
     def by_name(self, name: str) -> InformationElement:
         """The element with this IANA name (KeyError if unknown)."""
@@ -122,6 +144,13 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+
+# NetFlow v9 field types from 32768 up are vendor-defined (Cisco NSEL uses 40000+); IPFIX spends that
+# bit on "enterprise number follows".  To carry such a field in an IPFIX template set (the form the
+# collector stores templates in and sends to the nodes) it becomes element (type & 0x7FFF) of this
+# enterprise number, which IANA never assigns (it is the largest 32-bit value).
+V9_VENDOR_PEN = 0xFFFFFFFF
 
 
 def load_registry(path: Path | str = REGISTRY_CSV) -> Registry:

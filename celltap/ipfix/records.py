@@ -16,15 +16,21 @@ from celltap.ipfix.template import (
     template_set_bytes,
 )
 
+# NetFlow v5 records decode with a template of id 0 (v5 has none on the wire); a template set may only
+# carry ids from 256 up, so the wire form to the analysis nodes gives it this one.
+V5_WIRE_TEMPLATE_ID = 256
+
 
 def normalized_template(template: Template) -> Template:
-    """The same fields at full width (reduced-size fields widened), so scaled counters always fit."""
+    """The same fields at full width (reduced-size fields widened), so scaled counters always fit; a
+    template id below 256 (NetFlow v5's) becomes V5_WIRE_TEMPLATE_ID, so the set is valid IPFIX."""
+    tid = template.template_id if template.template_id >= 256 else V5_WIRE_TEMPLATE_ID
     fields = []
     for f in template.fields:
         full = f.ie.default_length
         length = f.length if f.variable or full is None or f.length > full else full
         fields.append(FieldSpec(f.ie, length, f.name, f.scope))
-    return Template(template.template_id, tuple(fields), template.scope_count)
+    return Template(tid, tuple(fields), template.scope_count)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from celltap.ipfix.errors import MalformedError
-from celltap.ipfix.iana import FIXED_SIZES, InformationElement, Registry, default_registry
+from celltap.ipfix.iana import FIXED_SIZES, V9_VENDOR_PEN, InformationElement, Registry, default_registry
 
 VARLEN = 65535
 SET_TEMPLATE = 2
@@ -160,26 +160,58 @@ class Template:
         if self.is_options:
             n = self.scope_count
             scope = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields[:n])
-            opts = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields[n:])
+            opts = b"".join(struct.pack("!HH", _v9_type(f.ie), f.length) for f in self.fields[n:])
             return struct.pack("!HHH", self.template_id, len(scope), len(opts)) + scope + opts
-        body = b"".join(struct.pack("!HH", f.ie.element_id, f.length) for f in self.fields)
+        body = b"".join(struct.pack("!HH", _v9_type(f.ie), f.length) for f in self.fields)
         return struct.pack("!HH", self.template_id, len(self.fields)) + body
 
 
+def unique_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_2`, `base_3`... whichever is not yet in `taken` (which it joins).
+
+    Column names must be unique for numpy; a template may repeat an element, and a hostile one may
+    also name a field like the suffixed form of another (A, A, A_2), so a plain counter is not enough.
+    """
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
 def make_fields(
-    specs: list[tuple[int, int, int]], registry: Registry | None = None, scope_count: int = 0
+    specs: list[tuple[int, int, int]],
+    registry: Registry | None = None,
+    scope_count: int = 0,
+    taken: set[str] | None = None,
 ) -> tuple[FieldSpec, ...]:
     """FieldSpecs from (element id, length, enterprise) triples, with unique column names."""
     reg = registry or default_registry()
-    seen: dict[str, int] = {}
+    taken = set() if taken is None else taken
     out = []
     for i, (eid, length, pen) in enumerate(specs):
         ie = reg.get(eid, pen)
-        n = seen.get(ie.name, 0) + 1
-        seen[ie.name] = n
-        name = ie.name if n == 1 else f"{ie.name}_{n}"
-        out.append(FieldSpec(ie, length, name, scope=i < scope_count))
+        if not length_fits(ie, length):
+            # Sent at a length its type cannot have (a counter of 16 bytes or of variable length): keep
+            # the bytes, but not under the element's name, which every consumer reads as a number.
+            ie = reg.as_octets(ie)
+        out.append(FieldSpec(ie, length, unique_name(ie.name, taken), scope=i < scope_count))
     return tuple(out)
+
+
+def length_fits(ie: InformationElement, length: int) -> bool:
+    """Whether an element of this type can be encoded in `length` bytes (reduced-size included)."""
+    dt = ie.data_type
+    if dt in _INT_TYPES:
+        return 1 <= length <= 8
+    if dt in ("float32", "float64"):
+        return length in (4, 8)
+    if dt == "ipv6Address":
+        return length == 16
+    if dt == "macAddress":
+        return length == 6
+    return True
 
 
 def template_from_names(
@@ -253,6 +285,25 @@ def parse_template_set(
     return out
 
 
+def v9_spec(field_type: int, length: int) -> tuple[int, int, int]:
+    """(element id, length, enterprise) of a v9 field: vendor types (>= 32768) map to V9_VENDOR_PEN."""
+    if field_type & 0x8000:
+        return field_type & 0x7FFF, length, V9_VENDOR_PEN
+    return field_type, length, 0
+
+
+def _v9_type(ie: InformationElement) -> int:
+    return ie.element_id | 0x8000 if ie.enterprise == V9_VENDOR_PEN else ie.element_id
+
+
+def _check_v9_lengths(tid: int, specs: list[tuple[int, int, int]]) -> None:
+    """A v9 field of 0 bytes carries nothing (RFC 7011 forbids it in IPFIX), and a template of only such
+    fields would make records of 0 bytes, which no data set can be divided into: reject it."""
+    for eid, length, _ in specs:
+        if length == 0:
+            raise MalformedError("bad_template", f"v9 template {tid} field {eid} has length {length}")
+
+
 def parse_v9_template_set(
     buf: bytes | memoryview, start: int, end: int, set_id: int, registry: Registry | None = None
 ) -> list[Template]:
@@ -268,8 +319,9 @@ def parse_v9_template_set(
                 raise MalformedError("bad_template", f"v9 template {tid} with {count} fields")
             if end - pos < 4 * count:
                 raise MalformedError("truncated_template", f"v9 template {tid} runs past its flowset")
-            specs = [(*struct.unpack_from("!HH", buf, pos + 4 * i), 0) for i in range(count)]
+            specs = [v9_spec(*struct.unpack_from("!HH", buf, pos + 4 * i)) for i in range(count)]
             pos += 4 * count
+            _check_v9_lengths(tid, specs)
             out.append(Template(tid, make_fields(specs, reg), 0))
         return out
     while end - pos >= 6:
@@ -280,15 +332,21 @@ def parse_v9_template_set(
         if end - pos < scope_len + opt_len:
             raise MalformedError("truncated_template", f"v9 options template {tid}")
         n_scope, n_opt = scope_len // 4, opt_len // 4
+        if n_scope + n_opt > MAX_FIELDS:
+            raise MalformedError(
+                "bad_template", f"v9 options template {tid} declares {n_scope + n_opt} fields"
+            )
         raw = [struct.unpack_from("!HH", buf, pos + 4 * i) for i in range(n_scope + n_opt)]
         pos += scope_len + opt_len
+        _check_v9_lengths(tid, [(t, ln, 0) for t, ln in raw])
         fields = []
+        taken: set[str] = set()
         for t, ln in raw[:n_scope]:
             # v9 scope types are not IANA ids: give them their own names and an integer/bytes type.
             kind = "unsigned32" if ln in (1, 2, 4, 8) else "octetArray"
             ie = InformationElement(t, -1, V9_SCOPE_NAMES.get(t, f"scope{t}"), kind)
-            fields.append(FieldSpec(ie, ln, ie.name, scope=True))
-        fields.extend(make_fields([(t, ln, 0) for t, ln in raw[n_scope:]], reg))
+            fields.append(FieldSpec(ie, ln, unique_name(ie.name, taken), scope=True))
+        fields.extend(make_fields([v9_spec(t, ln) for t, ln in raw[n_scope:]], reg, taken=taken))
         out.append(Template(tid, tuple(fields), n_scope))
         if end - pos < 4:
             break  # the rest is padding

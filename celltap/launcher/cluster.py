@@ -182,6 +182,8 @@ class LocalCluster:
                 "metrics_addr": "127.0.0.1",
                 # A journal beside the config: a restarted collector re-delivers what it had routed.
                 "routing": {"journal": str(self.conf_dir / "journal"), **s.routing},
+                # Sequence numbers and templates beside it: a restart counts what it missed.
+                "state_dir": str(self.conf_dir / f"{name}-state"),
             }
             path = self._write(f"{name}.yaml", cfg)
             # A registry in its config makes the collector route to the analysis nodes.
@@ -237,6 +239,8 @@ class LocalCluster:
                 ]
             if s.reader_buffer:
                 argv += ["--reader-buffer", str(s.reader_buffer)]
+            if s.store is not None:
+                argv += self._store_args(i)
             child = self.sup.start(name, argv)
             self.components.append(
                 Component(
@@ -256,6 +260,19 @@ class LocalCluster:
                 self.check,
             )
             wait_until(lambda c=c: scrape(c.metrics) is not None, 60, f"{c.name}'s /metrics", self.check)
+
+    def _store_args(self, i: int) -> list[str]:
+        """A cell's packet store: its directory under the run, a local endpoint, the run's token."""
+        token = self.run_dir / "store-token"
+        if not token.exists():
+            fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(os.urandom(16).hex() + "\n")
+        argv = ["--store", str(self.run_dir / f"store-{i}"), "--store-listen", f"127.0.0.1:{free_port()}",
+                "--store-token-file", str(token)]  # fmt: skip
+        for key, value in sorted((self.spec.store or {}).items()):
+            argv += [f"--store-{key.replace('_', '-')}", str(value)]
+        return argv
 
     def _start_analyzers(self) -> None:
         for cell in self.of_kind("cell"):

@@ -91,6 +91,7 @@ class ClusterSpec:
     sftap: Path = field(default_factory=lambda: default_file("sftap.yaml"))
     reader_buffer: int | None = None
     analyzers: list[AnalyzerSpec] = field(default_factory=list)
+    store: dict[str, int] | None = None  # packet store per cell (file_bytes, max_bytes, max_age); None: off
     collectors: int = 1
     routing: dict[str, Any] = field(default_factory=dict)
     nodes: int = 2
@@ -161,7 +162,7 @@ def spec_from_dict(data: Any, base: Path | None = None) -> ClusterSpec:
     replay = _section(data, "replay", {"loops", "pps"})
     s.replay_loops = _int("replay.loops", replay.get("loops", 1), 0)
     s.replay_pps = float(_int("replay.pps", replay.get("pps", 0), 0))
-    cells = _section(data, "cells", {"count", "sftap", "reader_buffer", "analyzers"})
+    cells = _section(data, "cells", {"count", "sftap", "reader_buffer", "analyzers", "store"})
     s.cells = _int("cells.count", cells.get("count", s.cells), 1)
     if "sftap" in cells:
         name = Path(str(cells["sftap"]))
@@ -173,6 +174,11 @@ def spec_from_dict(data: Any, base: Path | None = None) -> ClusterSpec:
         s.sftap = found
     if cells.get("reader_buffer") is not None:
         s.reader_buffer = _int("cells.reader_buffer", cells["reader_buffer"], 4096)
+    if "store" in cells:
+        store = cells["store"] if cells["store"] is not None else {}
+        if not isinstance(store, dict) or set(store) - {"file_bytes", "max_bytes", "max_age"}:
+            raise SpecError(f"cells.store: expected a map of file_bytes, max_bytes, max_age, got {store!r}")
+        s.store = {k: _int(f"cells.store.{k}", v, 0) for k, v in store.items()}
     for i, a in enumerate(cells.get("analyzers") or []):
         if not isinstance(a, dict) or set(a) != {"analyzer", "socket"}:
             raise SpecError(f"cells.analyzers[{i}]: expected {{analyzer: NAME, socket: PROTO/IF}}, got {a!r}")

@@ -21,6 +21,15 @@ RUN_TO_SPECULATE = 16  # equal strides in a row before guessing that a run goes 
 MAX_RUN_TO_SPECULATE = 4096  # after guesses that failed early, wait for longer runs
 
 
+class RecordError(ValueError):
+    """A record claims an impossible length; `offsets` are the complete records before it, `at` its offset."""
+
+    def __init__(self, message: str, offsets: np.ndarray, at: int) -> None:
+        super().__init__(message)
+        self.offsets = offsets
+        self.at = at
+
+
 def gather_u32(buf: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
     """Read an unaligned 32-bit unsigned integer at each position of `pos`."""
     b0 = buf[pos].astype(np.uint32)
@@ -45,7 +54,8 @@ def walk_records(
 
     A record at p is `base + u32(p + len_off)` bytes long.  The walk stops at the first record that
     does not fit in `end` (its bytes arrive with the next chunk).  A stride below the header size or
-    above `max_stride` raises ValueError: the file is corrupt and resynchronising would be a guess.
+    above `max_stride` raises RecordError (a ValueError carrying the records found before it): the
+    file is corrupt and resynchronising would be a guess.
     """
     u32 = struct.Struct(">I" if big_endian else "<I").unpack_from
     mv = memoryview(buf)
@@ -60,7 +70,10 @@ def walk_records(
     while pos + header <= end:
         stride = base + u32(mv, pos + len_off)[0]
         if stride < header or stride > max_stride:
-            raise ValueError(f"record at byte {pos} claims {stride} bytes")
+            if scalar:
+                pieces.append(np.asarray(scalar, dtype=np.int64))
+            found = np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
+            raise RecordError(f"record at byte {pos} claims {stride} bytes", found, pos)
         if pos + stride > end:
             break
         if stride != last:

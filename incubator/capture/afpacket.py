@@ -24,6 +24,7 @@ PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_FANOUT = 18
 PACKET_IGNORE_OUTGOING = 23
+SO_ATTACH_BPF = 50
 TPACKET_V3 = 2
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
@@ -78,7 +79,7 @@ class AfPacketCapture:
         retire_ms: int = 10,
         fanout_group: int | None = None,
         ignore_outgoing: bool = True,
-        bpf: bytes | None = None,
+        bpf: bytes | int | None = None,
     ) -> None:
         self.ifname = ifname
         # Protocol 0 until bind: an ETH_P_ALL socket would queue frames of every interface
@@ -116,9 +117,13 @@ class AfPacketCapture:
         self.poller = select.poll()
         self.poller.register(self.sock.fileno(), select.POLLIN | select.POLLERR)
 
-    def attach_filter(self, program: bytes) -> None:
-        """Attach a classic BPF program (`program` = packed sock_filter array)."""
+    def attach_filter(self, program: bytes | int) -> None:
+        """Attach a classic BPF program (packed sock_filter array) or an eBPF one (its fd)."""
         import ctypes
+
+        if isinstance(program, int):
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, struct.pack("i", program))
+            return
 
         n = len(program) // 8
         self._bpf_buf = ctypes.create_string_buffer(program, len(program))

@@ -47,8 +47,8 @@ def netmap_available() -> str | None:
 
 
 def parse_capture(spec: str) -> tuple[str, str]:
-    """('afpacket' | 'netmap' | 'pcap', argument) of a capture spec."""
+    """('afpacket' | 'netmap' | 'xdp' | 'pcap', argument) of a capture spec."""
     kind, sep, arg = spec.partition(":")
-    if not sep or kind not in ("afpacket", "netmap", "pcap") or not arg:
-        raise ValueError(f"capture {spec!r}: expected afpacket:IFACE, netmap:IFACE or pcap:FILE")
+    if not sep or kind not in ("afpacket", "netmap", "xdp", "pcap") or not arg:
+        raise ValueError(f"capture {spec!r}: expected afpacket:IFACE, netmap:IFACE, xdp:IFACE or pcap:FILE")
     return kind, arg

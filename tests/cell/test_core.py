@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import random
+from sys import getsizeof
 
-from celltap.cell.abstractor import Abstractor
+from celltap.cell.abstractor import CHUNK_MEMORY, Abstractor
 from celltap.cell.sftap_config import parse_config
+from celltap.cell.tcp_reassembly import OOO_BASE, RUN_SLOT
 from celltap.loadgen.packets import ACK, PSH, SYN
 from celltap.loadgen.scenario import EPOCH_NS
 
@@ -198,11 +200,14 @@ def _holes(n: int) -> list[tuple[int, bytes]]:
 
 def test_all_flows_out_of_order_bytes_are_capped_by_ooo_memory():
     """Each flow under its own cap, together over ooo_memory: the flow that crosses it skips its hole."""
-    a = _cell({"ooo_limit": 1 << 20, "ooo_memory": 5000})
+    # ooo_memory caps real memory: a flow's buffer is its 2000-byte run (a bytearray) plus bookkeeping
+    per_flow = getsizeof(bytearray(2000)) + RUN_SLOT + OOO_BASE
+    a = _cell({"ooo_limit": 1 << 20, "ooo_memory": 2 * per_flow + per_flow // 2})
     a.process_frames(_batch(_holes(3)))
     st = a.tcp_stats
     assert st.cap_skips == {"flow": 0, "memory": 1}
     assert st.ooo_bytes == 4000 and st.gap_bytes == 1000  # two flows still wait, one went on
+    assert st.ooo_mem == 2 * per_flow
     delivered = parse_text(b"".join(a.sinks["tcp/default"].parts))
     assert [len(e.data) for e in delivered if e.event == "DATA"] == []  # held for classification
     a.finish()
@@ -220,11 +225,15 @@ def test_all_flows_held_bytes_are_capped_by_classify_memory():
         c.put(c.frame(False, 900, 101, SYN | ACK))
         c.put(c.frame(True, 101, 901, ACK | PSH, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"q" * 1400))
         frames += c.frames
-    a = _cell({"classify_memory": 3500}, http=HTTP_RULE)
+    # classify_memory caps real memory: per flow the 1427 bytes held, the head copy the classifier
+    # reads (counted as another 1427), and the chunk's bookkeeping (CHUNK_MEMORY)
+    per_flow = 2 * 1427 + CHUNK_MEMORY
+    a = _cell({"classify_memory": 2 * per_flow + 100}, http=HTTP_RULE)
     a.process_frames(_batch(frames))
     assert a.classified_early == {"hold": 0, "memory": 2}  # the 3rd and the 4th flow crossed it
     assert a.held_total == 2 * 1427  # the first two still wait for their server
+    assert a.held_mem == 2 * per_flow
     a.finish()
-    assert a.held_total == 0
+    assert a.held_total == 0 and a.held_mem == 0
     evs = parse_text(b"".join(a.sinks["tcp/default"].parts))
     assert sum(e.event == "CREATED" for e in evs) == 4

@@ -124,6 +124,7 @@ class Cluster:
             "registry": self.registry, "cluster": self.name, "metrics_port": mport,
             "metrics_addr": "127.0.0.1",
             "routing": {"journal": str(self.tmp / "journal"), **(routing or {})},
+            "state_dir": str(self.tmp / f"{cid}-state"),  # sequence numbers across restarts
         }  # fmt: skip
         path = self.tmp / f"{cid}.yaml"
         path.write_text(yaml.safe_dump(cfg))

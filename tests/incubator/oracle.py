@@ -8,6 +8,7 @@ import subprocess
 from dataclasses import dataclass
 
 import xxhash
+from celltap.incubator.cells import TABLE_BITS
 
 from celltap.ring import Ring
 
@@ -147,5 +148,11 @@ def key_bytes(l3: int, proto: int, src: str, sport: int, dst: str, dport: int) -
 def expected_owner(
     ring: Ring, l3: int, proto: int, src: str, sport: int, dst: str, dport: int, seed: int = 0
 ) -> str:
-    """Ring owner of a flow, hashing with the xxhash package."""
-    return ring.owner_of(xxhash.xxh64_intdigest(key_bytes(l3, proto, src, sport, dst, dport), seed))
+    """Cell of a flow by DESIGN.md's partition table, hashing with the xxhash package.
+
+    The flow's bucket is the top TABLE_BITS of its hash; the bucket belongs to the ring owner of its
+    first hash value (the bucket number shifted back up).
+    """
+    h = xxhash.xxh64_intdigest(key_bytes(l3, proto, src, sport, dst, dport), seed)
+    shift = 64 - TABLE_BITS
+    return ring.owner_of((h >> shift) << shift)

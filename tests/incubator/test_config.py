@@ -39,7 +39,6 @@ def run_cli(tmp_path, cfg: dict) -> subprocess.CompletedProcess:
         ({"dicap": {"buckets_log2": 0}}, "dicap.buckets_log2"),
         ({"dicap": {"ports": "yes"}}, "dicap.ports"),
         ({"dicap": {"port": True}}, "dicap.port"),
-        ({"mode": "dicap", "partition": "xxh64", "dicap": {"cell": "a"}}, "partition"),
     ],
 )
 def test_bad_key_is_one_clear_error(tmp_path, patch, key):
@@ -56,7 +55,8 @@ def test_defaults_are_filled():
     assert cfg["partition"] == "xxh64"
     assert cfg["dicap"] == {"cell": None, "output": None, "buckets_log2": 14, "ports": True}
     assert parse_config({**BASE, "partition": "dicap"})["partition"] == "dicap"
-    assert parse_config({**BASE, "mode": "dicap", "dicap": {"cell": "a"}})["partition"] == "dicap"
+    # dicap mode computes the incubator's own partition (eBPF filter) unless told otherwise
+    assert parse_config({**BASE, "mode": "dicap", "dicap": {"cell": "a"}})["partition"] == "xxh64"
     assert cfg["fragments"]["timeout_s"] == 30.0
     assert cfg["registry"] is None
     with pytest.raises(ConfigError, match="capture"):

@@ -139,6 +139,7 @@ def test_dicap_mode_cell_keeps_exactly_its_share(mirror_ns, tmp_path):
         "mode": "dicap",
         "capture": "afpacket:tap-in",
         "cells": [{"id": c, "output": f"iface:{c}"} for c in CELLS],
+        "partition": "dicap",
         "dicap": {"cell": "c1", "output": f"pcap:{mine}"},
         "metrics_port": 9468,
     }

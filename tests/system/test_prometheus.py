@@ -153,6 +153,7 @@ def test_dashboards_and_alerts_on_a_running_cluster(tmp_path: Path) -> None:
         "cells": {
             "count": 2,
             "reader_buffer": 65536,
+            "store": {"file_bytes": 1048576, "max_bytes": 8388608},  # the packet store row's metrics
             "analyzers": [
                 {"analyzer": "http", "socket": "tcp/http"},
                 {"analyzer": "tls", "socket": "tcp/tls"},

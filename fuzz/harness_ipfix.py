@@ -1,0 +1,21 @@
+"""Fuzz harness: IPFIX (RFC 7011) datagrams through the collector's decoding, both the per-datagram
+path and the recvmmsg batch path (see fuzz/collector_ingest.py for what counts as a finding)."""
+
+from __future__ import annotations
+
+try:
+    from fuzz import collector_ingest as common
+except ImportError:  # run from inside fuzz/
+    import collector_ingest as common  # type: ignore[no-redef]
+
+VERSION = 10
+
+
+def test_one_input(data: bytes) -> None:
+    """Decode the datagrams in `data`; raises only for a finding."""
+    common.run_one(data, VERSION)
+
+
+def seeds() -> list[bytes]:
+    """Messages from our encoder and loadgen's router pool."""
+    return common.ipfix_seeds(VERSION)
