@@ -89,9 +89,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     st = parser.add_argument_group("packet store (overrides the config's `store:` section)")
     st.add_argument("--store", metavar="DIR", help="keep the frames in rotating pcap files with a flow index")
-    st.add_argument("--store-file-bytes", type=int, metavar="N", help="rotate at this file size")
-    st.add_argument("--store-max-bytes", type=int, metavar="N", help="retention: bytes on disk")
-    st.add_argument("--store-max-age", type=float, metavar="S", help="retention: seconds (0: none)")
+    # ranges as the store section's (cell/store/config.py: 64 KiB minimum, 32-bit index offsets)
+    st.add_argument(
+        "--store-file-bytes",
+        type=bounded(int, 65536, (1 << 32) - 1),
+        metavar="N",
+        help="rotate at this file size",
+    )
+    st.add_argument(
+        "--store-max-bytes", type=bounded(int, 65536, 1 << 50), metavar="N", help="retention: bytes on disk"
+    )
+    st.add_argument(
+        "--store-max-age", type=bounded(float, 0, 10**9), metavar="S", help="retention: seconds (0: none)"
+    )
     st.add_argument("--store-listen", metavar="HOST:PORT", help="serve retrieval over HTTP (needs a token)")
     st.add_argument("--store-token-file", metavar="F", help="bearer token the store endpoint requires")
     reg = parser.add_argument_group("registration (live cells): tell incubators where to send")
