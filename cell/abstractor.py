@@ -36,7 +36,7 @@ from celltap.cell.packet_path import feed_packets, zero_window_marks
 from celltap.cell.sftap_config import CellConfig, Rule
 from celltap.cell.tcp_reassembly import TcpStats, release, skip_gaps
 from celltap.cell.tcp_state import likely_server_ports
-from celltap.cell.whole_path import take_whole_connections
+from celltap.cell.whole_path import ByteScratch, take_whole_connections
 
 from celltap.decode import DecodedBatch, DecodeOptions, Reason, decode_batch
 from celltap.flowkey import canonical_key, canonical_swap, flow_hashes
@@ -113,6 +113,7 @@ class Abstractor:
         self.gc_budget = g.gc_scan
         self.batch_acks = True
         self.use_whole_connections = True  # the per-flow path for connections complete in one batch
+        self.whole_scratch = ByteScratch()  # its one-talker payload gathers (cell/whole_path.py)
         self.whole_flows = 0  # connections that took it
         self.sinks: dict[str, Sink] = {}
         self.rule_sinks: dict[str, list[Sink]] = {}

@@ -137,31 +137,37 @@ def text_whole_flow(
 
     `data` fits one DATA event (at most MAX_EVENT_DATA bytes).
     """
-    s = start_ns // 1000
-    e = end_ns // 1000
-    n = len(data)
-    if not n:
-        t_start = s // 1_000_000 + s % 1_000_000 * 0.000001
-        t_end = e // 1_000_000 + e % 1_000_000 * 0.000001
+    t_data = _ts_text(data_ts_ns) if data else b""
+    return text_whole_flow_at(
+        prefix, _ts_text(start_ns), sender, match, data, t_data, _ts_text(end_ns), reason, body
+    )
+
+
+def text_whole_flow_at(
+    prefix: bytes,
+    t_start: bytes,
+    sender: int,
+    match: int,
+    data: bytes,
+    t_data: bytes,
+    t_end: bytes,
+    reason: int,
+    body: bool,
+) -> list[bytes]:
+    """`text_whole_flow` with its three times already as text (`_ts_text`, cell/event_times.py)."""
+    if not data:
         r = _REASON_B[reason]
-        return [
-            b"%sCREATED,time=%.17g\n%sDESTROYED,reason=%s,time=%.17g\n" % (prefix, t_start, prefix, r, t_end)
-        ]
-    d = data_ts_ns // 1000
-    head = b"%sCREATED,time=%.17g\n%sDATA,from=%d,match=%s,len=%d,time=%.17g\n" % (
+        return [b"%sCREATED,time=%s\n%sDESTROYED,reason=%s,time=%s\n" % (prefix, t_start, prefix, r, t_end)]
+    head = b"%sCREATED,time=%s\n%sDATA,from=%d,match=%s,len=%d,time=%s\n" % (
         prefix,
-        s // 1_000_000 + s % 1_000_000 * 0.000001,
+        t_start,
         prefix,
         sender,
         MATCH_NAMES[match],
-        n,
-        d // 1_000_000 + d % 1_000_000 * 0.000001,
+        len(data),
+        t_data,
     )
-    tail = b"%sDESTROYED,reason=%s,time=%.17g\n" % (
-        prefix,
-        _REASON_B[reason],
-        e // 1_000_000 + e % 1_000_000 * 0.000001,
-    )
+    tail = b"%sDESTROYED,reason=%s,time=%s\n" % (prefix, _REASON_B[reason], t_end)
     return [head, data, tail] if body else [head, tail]
 
 

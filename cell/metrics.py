@@ -8,8 +8,27 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from celltap.decode.reasons import Reason
+
 if TYPE_CHECKING:
     from celltap.cell.runtime import Cell
+
+# The reasons of the cell's drop counters, exported at 0 from the start so that a dashboard shows 0
+# (not "No data") for a healthy cell.  Every status but OK drops a frame (decode_<reason>).
+PACKET_DROP_REASONS = (
+    "flow_table_full", "tcp_no_syn", "tcp_seq_out_of_window", "tcp_rst_out_of_window", "unsupported_l4",
+    "fragment_truncated", "payload_truncated", "pcap_socket_bad_stream", "duplicate",
+    *(f"decode_{r.label}" for r in Reason if r is not Reason.OK),
+)  # fmt: skip
+DEFRAG_DROP_REASONS = ("bad_header", "too_big", "bad_length", "timeout", "inconsistent", "memory")
+INPUT_DROP_REASONS = ("vxlan_short", "vxlan_no_vni_flag", "vxlan_other_vni")
+# Per interface (every interface the configuration serves), why events did not reach a reader.
+INTERFACE_DROP_REASONS = ("no_reader", "reader_slow", "reader_stuck", "reader_closed")
+
+
+def with_zeros(items: dict, reasons: tuple[str, ...]) -> dict:
+    """The counts, with every known reason present (0 when never counted)."""
+    return {**dict.fromkeys(reasons, 0), **items}
 
 
 class CellCollector(Collector):
@@ -44,13 +63,13 @@ class CellCollector(Collector):
             "celltap_cell_dropped_packets",
             "Packets not turned into flow data, by reason",
             ["reason"],
-            a.drops,
+            with_zeros(a.drops, PACKET_DROP_REASONS),
         )
         yield counter(
             "celltap_cell_defrag_dropped_fragments",
             "IP fragments dropped by the defragmenter",
             ["reason"],
-            a.defrag.drops,
+            with_zeros(a.defrag.drops, DEFRAG_DROP_REASONS),
         )
         yield counter(
             "celltap_cell_defrag_datagrams", "IP datagrams reassembled", [], {(): a.defrag.completed}
@@ -126,17 +145,18 @@ class CellCollector(Collector):
             {s.name: s.total_bytes for s in a.sinks.values()},
         )
         srv = c.server
+        interface_zeros = {(name, r): 0 for name in list(srv.readers) for r in INTERFACE_DROP_REASONS}
         yield counter(
             "celltap_cell_interface_dropped_events",
             "Events not delivered to a reader",
             ["interface", "reason"],
-            {k: v[0] for k, v in srv.drops.items()},
+            {**interface_zeros, **{k: v[0] for k, v in srv.drops.items()}},
         )
         yield counter(
             "celltap_cell_interface_dropped_bytes",
             "Bytes not delivered to a reader",
             ["interface", "reason"],
-            {k: v[1] for k, v in srv.drops.items()},
+            {**interface_zeros, **{k: v[1] for k, v in srv.drops.items()}},
         )
         yield counter(
             "celltap_cell_loopback_dropped_events",
@@ -151,7 +171,10 @@ class CellCollector(Collector):
             {(): c.loopback_events},
         )
         yield counter(
-            "celltap_cell_input_dropped_frames", "Frames dropped by an input", ["reason"], c.input_drops()
+            "celltap_cell_input_dropped_frames",
+            "Frames dropped by an input",
+            ["reason"],
+            with_zeros(c.input_drops(), INPUT_DROP_REASONS),
         )
         yield counter(
             "celltap_cell_input_frames",

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from celltap.cell import events as ev
+from celltap.cell.event_times import ts_texts
 from celltap.cell.flow_table import END_DETECTED, LINGER_NS, Flow
 from celltap.cell.tcp_reassembly import ACK
 from celltap.cell.tcp_state import CLOSED, ESTABLISHED, H_ACK, H_DATA, H_SENT, SYN_BOTH
 from celltap.cell.whole_connections import NO_EVENT, event_codes, whole_connections
 
 from celltap.decode import DecodedBatch
-from celltap.pcap.batch import gather_frames
+from celltap.pcap.batch import scatter_rows
 
 if TYPE_CHECKING:
     from celltap.cell.abstractor import Abstractor, Sink
@@ -29,6 +30,32 @@ if TYPE_CHECKING:
 # both endpoints CLOSED, each having been ESTABLISHED before (cell/tcp_state.py's packing)
 CLOSED_AFTER_ESTABLISHED = CLOSED | CLOSED << 4 | ESTABLISHED << 8 | ESTABLISHED << 12
 _EVENT_LETTERS = "AaDdFf"  # side 0 (the SYN's sender, the originator) upper case
+
+
+class ByteScratch:
+    """A reusable byte buffer for gathers whose result is copied out at once.
+
+    A fresh multi-megabyte numpy array per batch costs a page fault per 4 KiB page each time (the
+    allocator hands large blocks back to the kernel when they are freed): for the cps workload's
+    one-talker payloads that was ten times the copy itself. The buffer grows to the largest gather
+    seen and is reused.
+    """
+
+    def __init__(self) -> None:
+        self.buf = np.empty(0, np.uint8)
+
+    def gather_bytes(self, src: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> bytes:
+        """src[offsets[i]:offsets[i]+lengths[i]] for every i, concatenated."""
+        lengths = lengths.astype(np.int64, copy=False)
+        total = int(lengths.sum())
+        if total == 0:
+            return b""
+        if self.buf.shape[0] < total:
+            self.buf = np.empty(max(total, 2 * self.buf.shape[0]), np.uint8)
+        starts = np.zeros(lengths.shape[0], np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        scatter_rows(self.buf, starts, src, offsets, lengths)
+        return self.buf[:total].tobytes()
 
 
 def whole_histories(codes: np.ndarray, swapped0: np.ndarray) -> tuple[list[str], list[int]]:
@@ -77,7 +104,7 @@ def take_whole_connections(
     hashes, swap, l4, abs_off, plen = cols["hashes"], cols["swap"], cols["l4"], cols["abs_off"], cols["plen"]
     hs = hashes[order]
     sw = swap[order]
-    seq = db.tcp_seq[idx][order]
+    seq = db.tcp_seq[idx[order]]
     flags = cols["flags"][order]
     starts, ends, closes, events = whole_connections(hs, sw, l4[order], flags, seq, plen[order])
     if not starts.size:
@@ -94,7 +121,9 @@ def take_whole_connections(
     off = np.concatenate(([0], np.cumsum(size)[:-1]))  # each flow's first entry in `rows`
     rows = np.repeat(starts - off, size) + np.arange(int(size.sum()))  # positions in `order`
     r_sw = sw[rows]
-    octs = db.ip_len[idx][order][rows].astype(np.int64)
+    pos = order[rows]  # the whole flows' packets, flow by flow, as positions in `idx`
+    at_db = idx[pos]  # and in `db`
+    octs = db.ip_len[at_db].astype(np.int64)
     pk2 = np.add.reduceat(r_sw.astype(np.int64), off)
     oc2 = np.add.reduceat(np.where(r_sw, octs, 0), off)
     oc1 = np.add.reduceat(octs, off) - oc2
@@ -115,8 +144,9 @@ def take_whole_connections(
             fi = by_h[at[mine]]
             a_pos = aside[mine]
             m_sw = swap[a_pos].astype(np.int64)
-            m_oct = db.ip_len[idx][a_pos].astype(np.int64)
-            a_ts = db.batch.ts_ns[idx][a_pos].astype(np.int64)
+            a_db = idx[a_pos]
+            m_oct = db.ip_len[a_db].astype(np.int64)
+            a_ts = db.batch.ts_ns[a_db].astype(np.int64)
             pk2 = pk2 + np.bincount(fi, weights=m_sw, minlength=m).astype(np.int64)
             pk1 = pk1 + np.bincount(fi, weights=1 - m_sw, minlength=m).astype(np.int64)
             oc2 = oc2 + np.bincount(fi, weights=m_oct * m_sw, minlength=m).astype(np.int64)
@@ -129,7 +159,8 @@ def take_whole_connections(
             has_ack = (cols["flags"][a_pos[first]] & ACK) != 0
             hist_pos[fi[first][has_ack], a_side[first][has_ack]] = a_pos[first][has_ack]
             aside = aside[~mine]
-    r_pl = plen[order][rows].astype(np.int64)
+    r_pl = plen[pos].astype(np.int64)
+    r_abs = abs_off[pos]
     sent2 = np.add.reduceat(np.where(r_sw, r_pl, 0), off)
     sent1 = np.add.reduceat(r_pl, off) - sent2
     # One talker and less than the classification window: the per-packet path would hold all
@@ -139,18 +170,19 @@ def take_whole_connections(
     window = min(ab.classify_bytes, ev.MAX_EVENT_DATA + 1)
     one = ((sent1 == 0) | (sent2 == 0)) & (sent1 + sent2 < window)
     r_one = np.repeat(one, size) & (r_pl > 0)
-    blob = gather_frames(db.batch.buf, abs_off[order][rows][r_one], r_pl[r_one]).tobytes()
+    blob = ab.whole_scratch.gather_bytes(db.batch.buf, r_abs[r_one], r_pl[r_one])
     data_end = np.cumsum(np.where(one, sent1 + sent2, 0))
     # the time of a one-talker flow's DATA event: its last segment's
-    r_ts = db.batch.ts_ns[idx][order][rows]
+    r_ts = db.batch.ts_ns[at_db]
     last_data = np.maximum.reduceat(np.where(r_pl > 0, np.arange(rows.shape[0]), -1), off)
     data_ts = np.where(last_data >= 0, r_ts[np.maximum(last_data, 0)], 0)
     talker = np.where(sent2 > 0, 2, 1)
     first = order[starts]  # the SYN's row in the idx-space arrays
-    src, dst = db.src[idx][first], db.dst[idx][first]
+    src, dst = cols["src"][first], cols["dst"][first]
     width = src.shape[1]
     src_b, dst_b = src.tobytes(), dst.tobytes()
-    vlans = (db.vlan[idx][first].tolist(), db.vlan_inner[idx][first].tolist()) if db.vlan.any() else None
+    first_db = idx[first]
+    vlans = (db.vlan[first_db].tolist(), db.vlan_inner[first_db].tolist()) if db.vlan.any() else None
     r_seq = seq[rows]
     isn_a = r_seq[off].astype(np.int64)  # the SYN's sender
     isn_b = r_seq[off + 1].astype(np.int64)  # the SYN-ACK's sender
@@ -160,7 +192,7 @@ def take_whole_connections(
     nxt1 = (isn1 + 1 + sent1) & 0xFFFFFFFF
     nxt2 = (isn2 + 1 + sent2) & 0xFFFFFFFF
     sw_l = r_sw.tolist()
-    po_l = abs_off[order][rows].tolist()
+    po_l = r_abs.tolist()
     pl_l = r_pl.tolist()
     ts_l = r_ts.tolist()
     raw = memoryview(db.batch.buf)
@@ -170,7 +202,7 @@ def take_whole_connections(
     classify = ab.classifier.classify_tcp
     rule_sinks = ab.rule_sinks
     text_prefix = ev.text_prefix
-    text_whole_flow = ev.text_whole_flow
+    text_whole_flow_at = ev.text_whole_flow_at
     schedule = ab.table.schedule
     normal = ev.REASON_NORMAL
     at_data = 0
@@ -184,6 +216,8 @@ def take_whole_connections(
     hist_pos[:, 2:] = np.where(events < NO_EVENT, order[np.minimum(ev_at, order.shape[0] - 1)], NO_EVENT)
     hist_l, hbits_l = whole_histories(event_codes(hist_pos), swapped0)
     syns = (isn1.astype(np.uint64) | isn2.astype(np.uint64) << np.uint64(32)).tolist()
+    # the text events' times (start, DATA, close), formatted for the whole batch at once
+    times = ts_texts(np.concatenate((r_ts[off], data_ts, close_ts)))
     for k, (
         o0,
         n0,
@@ -204,14 +238,17 @@ def take_whole_connections(
         s0,
         last,
         seen,
+        t_start,
+        t_data,
+        t_end,
     ) in enumerate(
         zip(
             off.tolist(),
             size.tolist(),
             hs[starts].tolist(),
-            db.l3[idx][first].tolist(),
-            db.sport[idx][first].tolist(),
-            db.dport[idx][first].tolist(),
+            cols["l3"][first].tolist(),
+            cols["sport"][first].tolist(),
+            cols["dport"][first].tolist(),
             pk1.tolist(),
             pk2.tolist(),
             oc1.tolist(),
@@ -225,6 +262,9 @@ def take_whole_connections(
             swapped0.tolist(),
             close_ts.tolist(),
             seen_ts.tolist(),
+            times[:m],
+            times[m : 2 * m],
+            times[2 * m :],
             strict=True,
         )
     ):
@@ -272,8 +312,8 @@ def take_whole_connections(
                 sink = flow.sink = sinks[h % len(sinks)] if len(sinks) > 1 else sinks[0]
                 if sink.fmt == "text":
                     prefix = text_prefix(l3v, 6, flow.addr1, flow.port1, flow.addr2, flow.port2, 0)
-                    sink.parts += text_whole_flow(
-                        prefix, ts0, who, m1 if who == 1 else m2, data, dts, last, normal, sink.body
+                    sink.parts += text_whole_flow_at(
+                        prefix, t_start, who, m1 if who == 1 else m2, data, t_data, t_end, normal, sink.body
                     )
                     sink.events += 3 if data else 2
                 else:

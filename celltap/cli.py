@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # Each subcommand lives in the module of the plane that owns it.  A module exposes
@@ -57,9 +58,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_created_series() -> None:
+    """Export no `*_created` series (one per labelled counter, only noise on dashboards) unless the
+    environment asks for them: PROMETHEUS_DISABLE_CREATED_SERIES=false."""
+    if os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "true").lower() in ("true", "1", "t"):
+        from prometheus_client import disable_created_metrics
+
+        disable_created_metrics()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the celltap command line."""
     words = sys.argv[1:] if argv is None else argv
+    quiet_created_series()
     # Every process of a cluster starts through here: import only the plane it runs.
     command = next((w for w in words if not w.startswith("-")), None)
     parser = build_parser(command if command in SUBCOMMANDS else None)

@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 import numpy as np
 from celltap.collector.cluster_grpc import make_channel
-from celltap.collector.cluster_metrics import CLUSTER_METRICS
+from celltap.collector.cluster_metrics import CLUSTER_METRICS, ROUTER_DROP_REASONS
 from celltap.collector.journal import Journal
 from celltap.collector.routing import MAX_KEYS, Part, Router, key_hashes
 from celltap.proto import celltap_pb2 as pb
@@ -202,6 +202,8 @@ class ClusterRouter:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.cid = config.collector_id
+        for reason in ROUTER_DROP_REASONS:  # exported at 0 from the start
+            CLUSTER_METRICS.dropped.labels(self.cid, reason)
         # Sequence numbers restart with the process; a fresh wire identity keeps a restarted
         # collector's batches from looking like duplicates of its previous life.
         self.wire_id = f"{config.collector_id}@{uuid.uuid4().hex[:8]}"

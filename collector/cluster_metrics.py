@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+# Why the router drops records: its ingress (no_nodes, buffer_full), a node's rejection, a send error,
+# a full journal.
+ROUTER_DROP_REASONS = ("no_nodes", "buffer_full", "rejected", "error", "journal")
+
 
 class ClusterMetrics:
     """celltap_collector_cluster_* metrics."""

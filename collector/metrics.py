@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from celltap.collector.stats import IngestStats
+from celltap.collector.stats import (
+    MESSAGE_DROP_REASONS,
+    RECORD_DROP_REASONS,
+    SET_DROP_REASONS,
+    IngestStats,
+)
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 # Counters whose first label is the exporter address.  Addresses can be spoofed, so the number of
@@ -91,6 +96,15 @@ class CollectorMetrics:
             "UDP workers (processes or threads) restarted after they died",
             **kw,
         )
+        # Every known drop reason exists from the start, at 0.
+        for reason in MESSAGE_DROP_REASONS:
+            self.dropped_messages.labels(reason)
+        for reason in SET_DROP_REASONS:
+            self.dropped_sets.labels(reason)
+        for reason in dict.fromkeys(MESSAGE_DROP_REASONS + SET_DROP_REASONS):
+            self.dropped_bytes.labels(reason)
+        for reason in RECORD_DROP_REASONS:
+            self.dropped_records.labels(reason)
 
     def apply(self, deltas: dict[str, dict]) -> None:
         """Add a drained IngestStats delta to the Prometheus counters."""

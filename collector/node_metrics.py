@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
+# Why a node does not apply records it received.
+NODE_REJECT_REASONS = ("malformed", "count_overclaim", "app_error")
+
 
 class NodeMetrics:
     """celltap_node_* metrics."""

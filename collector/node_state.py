@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from celltap.collector.apps.base import App
-from celltap.collector.node_metrics import NODE_METRICS
+from celltap.collector.node_metrics import NODE_METRICS, NODE_REJECT_REASONS
 from celltap.proto import celltap_pb2 as pb
 
 from celltap.ipfix.errors import MalformedError
@@ -129,6 +129,8 @@ class NodeState:
     def __init__(self, node_id: str, apps: list[App], incarnation: str = "") -> None:
         self.node_id = node_id
         self.incarnation = incarnation
+        for reason in NODE_REJECT_REASONS:  # exported at 0 from the start
+            NODE_METRICS.rejected.labels(node_id, reason)
         self.live = AppSet(apps)
         # Shadows and departures are per (node id, incarnation): a node that restarts under the
         # same id is a new node, and its replicas must not land in its predecessor's state.

@@ -18,6 +18,16 @@ MEMORY_LIMIT = "memory_limit"  # the process's state budget (templates + domains
 INTERNAL_ERROR = "internal_error"  # the decoder raised something unexpected (a bug): that unit is lost
 STOPPED = "stopped"  # still queued in the socket when a stop's drain time ran out
 SINK_ERROR = "sink_error"  # the consumer of decoded records raised: that batch is lost
+# The reasons each drop counter can carry: exported at 0 from the start, so that a dashboard shows 0
+# (not "No data") for a healthy collector.
+MESSAGE_DROP_REASONS = (
+    MALFORMED, NOT_ALLOWED, BUFFER_FULL, TOO_MANY_DOMAINS, EXPORTER_LIMIT, MEMORY_LIMIT, INTERNAL_ERROR,
+    STOPPED,
+)  # fmt: skip
+SET_DROP_REASONS = (
+    NO_TEMPLATE, MALFORMED, TOO_MANY_TEMPLATES, RESERVED_SET, EXPORTER_LIMIT, MEMORY_LIMIT, INTERNAL_ERROR,
+)  # fmt: skip
+RECORD_DROP_REASONS = (SINK_ERROR,)
 
 
 @dataclass

@@ -14,13 +14,15 @@ import numpy as np
 from celltap.incubator.fragments import Released
 from celltap.incubator.metrics import IncubatorMetrics
 from celltap.incubator.outputs import Output, open_output
-from celltap.incubator.separator import ALL, Routing, Separator
+from celltap.incubator.separator import ALL, DROP_REASONS, Routing, Separator
 
 from celltap.pcap.batch import FrameBatch
 
 log = logging.getLogger("celltap.incubator")
 
 FEW_CELLS = 16
+# Drop reasons of the engine itself and of the live capture; a failed send adds its errno's name.
+ENGINE_DROP_REASONS = ("no_output", "output_all_cells_failed", "capture_ring_full")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Engine:
     ) -> None:
         self.sep = separator
         self.metrics = metrics
+        for reason in (*DROP_REASONS, *ENGINE_DROP_REASONS):  # exported at 0 from the start
+            metrics.dropped_frames.labels(reason)
         self.open_fn = open_fn
         self.linktype = linktype
         self.outputs: dict[int, Output] = {}

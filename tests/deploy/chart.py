@@ -1,26 +1,34 @@
-"""Build the Go chart renderer and render the celltap chart (with it, or with helm when installed)."""
+"""Render the celltap chart with the real `helm` (pinned by scripts/install_helm.sh).
+
+`helm template` renders the manifests.  Two things helm has no plain command for without a cluster,
+the computed (deep-merged) values and NOTES.txt, are rendered by helm too: from a copy of the chart
+with two probe templates added (`{{ toYaml .Values }}`, and NOTES.txt rendered by `tpl`), so that the values
+the tests compare against are Helm's own merge, not ours.
+"""
 
 from __future__ import annotations
 
-import os
+import atexit
+import functools
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "celltap"
 EXAMPLES = REPO / "helm" / "examples"
-RENDERER_SRC = REPO / "helm" / "tools" / "render"
-# Debian's Go library tree: golang-github-masterminds-sprig-dev and golang-k8s-sigs-yaml-dev.
-DEBIAN_GOPATH = Path("/usr/share/gocode")
 RELEASE = "celltap"
 NAMESPACE = "traffic"
+PROBE_VALUES = "templates/zz-probe-values.yaml"
+PROBE_NOTES = "templates/zz-probe-notes.yaml"
 
-# The values sets the chart must render: chart defaults and the two documented layouts.
+# The values sets the chart must render: chart defaults and the documented layouts.
 VALUE_SETS: dict[str, list[Path]] = {
     "default": [],
     "one-rack": [EXAMPLES / "one-rack.yaml"],
@@ -28,89 +36,62 @@ VALUE_SETS: dict[str, list[Path]] = {
 }
 
 
-def build_renderer(out_dir: Path) -> Path:
-    """Compile helm/tools/render against Debian's sprig and sigs.k8s.io/yaml (GOPATH mode, no network)."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("go is not installed (Debian golang-go); scripts/setup.sh --system installs it")
-    if not (DEBIAN_GOPATH / "src/github.com/Masterminds/sprig").is_dir():
-        pytest.skip("sprig is not installed (Debian golang-github-masterminds-sprig-dev)")
-    if not (DEBIAN_GOPATH / "src/sigs.k8s.io/yaml").is_dir():
-        pytest.skip("sigs.k8s.io/yaml is not installed (Debian golang-k8s-sigs-yaml-dev)")
-    cache = os.environ.get("GOCACHE") or str(Path.home() / ".cache" / "go-build")
-    env = {
-        **os.environ,
-        "GO111MODULE": "off",
-        "GOPATH": str(DEBIAN_GOPATH),
-        "GOFLAGS": "",
-        "GOCACHE": cache,
-        "GOPROXY": "off",
-    }
-    binary = out_dir / "render"
-    proc = subprocess.run(
-        [go, "build", "-o", str(binary), "."],
-        cwd=RENDERER_SRC,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, f"go build of the renderer failed:\n{proc.stderr}"
-    return binary
+def helm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run helm (skip when it is not installed) and return the finished process."""
+    exe = require_tool("helm")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def render(tool: list[str], chart: Path, value_files: list[Path], *extra: str) -> str:
-    """Run a renderer (the Go one or `helm template`) and return its stdout."""
-    args = [*tool]
-    for f in value_files:
-        args += ["-f", str(f)]
-    args += [*extra]
-    proc = subprocess.run([*args, str(chart)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stderr}"
+def value_args(value_files: list[Path]) -> list[str]:
+    """`-f FILE` for each values file."""
+    return [a for f in value_files for a in ("-f", str(f))]
+
+
+def helm_template(value_files: list[Path], chart: Path = CHART, *extra: str) -> str:
+    """`helm template` under the test release name and namespace; its stdout (failure fails the test)."""
+    proc = helm("template", RELEASE, str(chart), "--namespace", NAMESPACE, *value_args(value_files), *extra)
+    assert proc.returncode == 0, f"helm template {value_files} failed:\n{proc.stderr}"
     return proc.stdout
 
 
-def go_render(renderer: Path, value_files: list[Path], chart: Path = CHART, notes: bool = False) -> str:
-    """Render with the Go renderer under the test release name and namespace."""
-    extra = ["--name", RELEASE, "--namespace", NAMESPACE] + (["--notes"] if notes else [])
-    return render([str(renderer)], chart, value_files, *extra)
+@functools.cache
+def probe_chart() -> Path:
+    """A copy of the chart with the probe templates (values and NOTES.txt) added."""
+    root = Path(tempfile.mkdtemp(prefix="celltap-chart-probe-"))
+    atexit.register(shutil.rmtree, root, True)
+    chart = root / "celltap"
+    shutil.copytree(CHART, chart)
+    (chart / PROBE_VALUES).write_text("{{ toYaml .Values }}\n")
+    # Templates must render YAML: NOTES.txt goes in as a string, rendered by `tpl` with the chart's context.
+    (chart / "probe").mkdir()
+    shutil.copy(CHART / "templates/NOTES.txt", chart / "probe/NOTES.txt")
+    (chart / PROBE_NOTES).write_text('notes: {{ tpl (.Files.Get "probe/NOTES.txt") . | toJson }}\n')
+    return chart
 
 
-def helm_render(value_files: list[Path], chart: Path = CHART) -> str:
-    """Render with the real `helm template` (only where helm is installed)."""
-    helm = shutil.which("helm")
-    if helm is None:
-        pytest.skip(
-            "helm is not on PATH (it cannot be installed on these machines); the Go renderer stands in"
-        )
-    # --kube-version: the chart needs 1.28+ and older helm defaults to an older Kubernetes.
-    return render(
-        [helm, "template", RELEASE, "--namespace", NAMESPACE, "--kube-version", "1.30.0"], chart, value_files
-    )
+def _show_only(template: str, value_files: list[Path]) -> str:
+    text = helm_template(value_files, probe_chart(), "--show-only", template)
+    return "\n".join(line for line in text.splitlines() if not line.startswith(("---", "# Source:")))
+
+
+@functools.cache
+def _computed_values(value_files: tuple[Path, ...]) -> str:
+    return _show_only(PROBE_VALUES, list(value_files))
+
+
+def merged_values(value_files: list[Path]) -> dict[str, Any]:
+    """The values Helm computes from the chart defaults and the files (its deep merge; null deletes)."""
+    return yaml.safe_load(_computed_values(tuple(value_files)))
+
+
+def helm_notes(value_files: list[Path]) -> str:
+    """NOTES.txt as Helm renders it for these values."""
+    return yaml.safe_load(_show_only(PROBE_NOTES, value_files))["notes"]
 
 
 def documents(text: str) -> list[dict[str, Any]]:
     """The non-empty YAML documents of a rendered stream."""
     return [d for d in yaml.safe_load_all(text) if d]
-
-
-def merged_values(value_files: list[Path]) -> dict[str, Any]:
-    """Chart defaults deep-merged with the files, as Helm merges them (null deletes a key)."""
-
-    def merge(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
-        for key, value in src.items():
-            if value is None:
-                dst.pop(key, None)
-            elif isinstance(value, dict) and isinstance(dst.get(key), dict):
-                merge(dst[key], value)
-            else:
-                dst[key] = value
-        return dst
-
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    for f in value_files:
-        merge(values, yaml.safe_load(f.read_text()) or {})
-    return values
 
 
 def find(docs: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[str, Any]:

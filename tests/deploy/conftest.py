@@ -1,27 +1,20 @@
-"""Fixtures: the Go renderer built once, and the chart rendered once per values set."""
+"""Fixtures: the chart rendered once per values set by `helm template`."""
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deploy.chart import VALUE_SETS, build_renderer, documents, go_render
+from tests.deploy.chart import VALUE_SETS, documents, helm_template
 
 
 @pytest.fixture(scope="session")
-def renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The compiled helm/tools/render binary."""
-    return build_renderer(tmp_path_factory.mktemp("render"))
-
-
-@pytest.fixture(scope="session")
-def rendered(renderer: Path) -> dict[str, list[dict[str, Any]]]:
-    """Values-set name -> the rendered manifests (parsed)."""
-    return {name: documents(go_render(renderer, files)) for name, files in VALUE_SETS.items()}
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    """Values-set name -> the manifests `helm template` renders (parsed)."""
+    return {name: documents(helm_template(files)) for name, files in VALUE_SETS.items()}
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.chart import NAMESPACE, VALUE_SETS, documents, find, go_render, merged_values
+from tests.deploy.chart import NAMESPACE, VALUE_SETS, documents, find, helm_template, merged_values
 from tests.deploy.pods import (
     NODE_NAME,
     POD_IP,
@@ -153,10 +153,10 @@ def test_registrar_sidecar_registers_what_the_incubator_reads(
     assert inc["registry"]["output_key"] == "input"  # the key the registrar writes the address under
 
 
-def test_cell_self_registration_args(renderer: Path, tmp_path: Path) -> None:
+def test_cell_self_registration_args(tmp_path: Path) -> None:
     values = tmp_path / "self.yaml"
     values.write_text("cells:\n  registration: cell\n  replicas: 3\n")
-    docs = documents(go_render(renderer, [values]))
+    docs = documents(helm_template([values]))
     from celltap.incubator.config import parse_config
 
     inc = parse_config(yaml.safe_load(config_data(docs, "incubator.yaml")))
@@ -172,10 +172,10 @@ def test_cell_self_registration_args(renderer: Path, tmp_path: Path) -> None:
     assert ns.cell_id == 2
 
 
-def test_static_discovery_lists_every_cell(renderer: Path, tmp_path: Path) -> None:
+def test_static_discovery_lists_every_cell(tmp_path: Path) -> None:
     values = tmp_path / "static.yaml"
     values.write_text("cells:\n  discovery: static\n  replicas: 5\n")
-    docs = documents(go_render(renderer, [values]))
+    docs = documents(helm_template([values]))
     data = yaml.safe_load(config_data(docs, "incubator.yaml"))
     headless = find(docs, "Service", "-cell-headless")["metadata"]["name"]
     sts = find(docs, "StatefulSet", "-cell")["metadata"]["name"]

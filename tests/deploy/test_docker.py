@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,19 +117,23 @@ def copied_sources(tmp_path: Path) -> Path:
     return dest
 
 
-def test_image_copies_every_package_the_project_installs(tmp_path: Path) -> None:
-    ctx = copied_sources(tmp_path)
-    # setup.py installs celltap/ plus the component folders it names (as celltap.<folder>).
+def installed_folders() -> list[str]:
+    """The top-level folders setup.py installs: celltap/ and its COMPONENTS (read from setup.py)."""
     tree = ast.parse((REPO / "setup.py").read_text())
-    components = next(
+    (components,) = [
         ast.literal_eval(node.value)
         for node in tree.body
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPONENTS"
-    )
-    for top in ("celltap", *components):
-        assert (ctx / top).is_dir(), f"setup.py installs {top}/ but the image does not copy it"
-    assert (ctx / "setup.py").is_file()
-    assert (ctx / "scripts/setup.sh").is_file() and (ctx / "pyproject.toml").is_file()
+        if isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == ["COMPONENTS"]
+    ]
+    return ["celltap", *components]
+
+
+def test_image_copies_every_package_the_project_installs(tmp_path: Path) -> None:
+    ctx = copied_sources(tmp_path)
+    for top in installed_folders():
+        assert (ctx / top / "__init__.py").is_file(), f"setup.py installs {top}/; the image lacks it"
+    for f in ("scripts/setup.sh", "pyproject.toml", "setup.py"):
+        assert (ctx / f).is_file(), f"the build stage needs {f}"
 
 
 def test_copied_sources_provide_every_subcommand(tmp_path: Path) -> None:
@@ -139,7 +144,7 @@ def test_copied_sources_provide_every_subcommand(tmp_path: Path) -> None:
         "sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction));"
         "print(json.dumps([c.__file__, sorted(sub.choices)]))"
     )
-    python = REPO / ".venv/bin/python"
+    python = sys.executable
     env = {**os.environ, "PYTHONPATH": str(ctx), "PYTHONDONTWRITEBYTECODE": "1"}
     out = subprocess.run([python, "-c", probe], cwd=ctx, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -278,3 +283,17 @@ def test_grafana_provisions_the_chart_dashboards() -> None:
     assert (DOCKER / "../helm/celltap/files/dashboards").resolve() == (CHART / "files/dashboards").resolve()
     datasource = yaml.safe_load((DOCKER / "grafana/provisioning/datasources/prometheus.yaml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def test_runtime_copies_are_not_ignored() -> None:
+    # Docker's and buildah's context honours Dockerfile.dockerignore: a file the runtime stage copies
+    # from docker/ (which the ignore file excludes as a whole) must be let back in by name.
+    (_, runtime) = stages(DOCKER / "Dockerfile")
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
+    assert "docker/*" in ignore
+    for kind, args in runtime:
+        if kind == "COPY" and not args.startswith("--from"):
+            *sources, _target = shlex.split(args)
+            for src in sources:
+                if src.startswith("docker/"):
+                    assert f"!{src}" in ignore, f"{src} is copied but Dockerfile.dockerignore leaves it out"

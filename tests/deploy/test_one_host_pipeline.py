@@ -1,4 +1,5 @@
-"""The chart's rendered configs and commands, run together on one host:
+"""The chart's configs and commands as helm renders them for the one-rack example, run together on
+one host:
 incubator -> cells -> collector -> analysis node.
 
 A real etcd, an analysis node from the per-pod node config, the routing collector, two real cells
@@ -28,6 +29,7 @@ from tests.conftest import require_tool
 from tests.deploy.chart import REPO, find
 from tests.deploy.pods import config_data, expand, mount_tls_secret, pod_env, run_init_container
 from tests.deploy.processes import CELLTAP, free_port, free_port_block, wait_for
+from tests.deploy.test_rendered_manifests import KUBE_VERSIONS, problems
 from tests.fixtures_etcd import etcd_server  # noqa: F401  (fixture)
 
 
@@ -77,7 +79,10 @@ def test_rendered_pipeline_on_one_host(
     procs: list[subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
-    docs = rendered["default"]
+    # The one-rack example as `helm template` renders it, valid for the Kubernetes API (strict).
+    docs = rendered["one-rack"]
+    assert problems(docs, KUBE_VERSIONS[0]) == {}
+    assert find(docs, "StatefulSet", "-cell")["spec"]["replicas"] == 2
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cluster = f"deploy-{uuid.uuid4().hex[:8]}"
     pcap = tmp_path / "http.pcap"
