@@ -8,7 +8,30 @@ import signal
 import sys
 from urllib.parse import urlsplit
 
+from celltap.cli_types import PORT, SECONDS, bounded, endpoint_url
 from celltap.user_errors import add_metrics_addr_argument
+
+_TUNNELS = {
+    "vxlan://": endpoint_url("vxlan", default_port=4789, query=("vni",), need_host=False),
+    "geneve://": endpoint_url("geneve", default_port=6081, query=("vni",), need_host=False),
+}
+
+
+def input_spec(text: str) -> str:
+    """argparse type of --input / --advertise: vxlan:// or geneve://ADDR:PORT[?vni=N], iface:, pcap:."""
+    if text.startswith(("iface:", "pcap:")) and len(text.partition(":")[2]) > 0:
+        return text
+    scheme = next((s for s in _TUNNELS if text.startswith(s)), None)
+    if scheme is None:
+        raise argparse.ArgumentTypeError(
+            f"expected vxlan://ADDR:PORT, geneve://ADDR:PORT, iface:IFACE or pcap:FILE, got {text!r}"
+        )
+    _TUNNELS[scheme](text)
+    vni = text.partition("?vni=")[2]
+    if vni and not (vni.isdigit() and int(vni) < 1 << 24):
+        raise argparse.ArgumentTypeError(f"vni must be an integer in 0..16777215, got {vni!r}")
+    return text
+
 
 log = logging.getLogger("celltap.cell")
 
@@ -22,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     src.add_argument(
         "--input",
+        type=input_spec,
         action="append",
         default=[],
         metavar="SPEC",
@@ -34,10 +58,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="comma-separated interfaces (e.g. tcp/http,udp/dns) that must have a reader first",
     )
-    parser.add_argument("--wait-timeout", type=float, default=60.0, help="seconds to wait for those readers")
-    parser.add_argument("--cell-id", type=int, default=None, help="cell id (IPFIX observation domain)")
-    parser.add_argument("--ipfix", metavar="udp://HOST:PORT", help="export one IPFIX biflow record per flow")
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here")
+    parser.add_argument(
+        "--wait-timeout", type=SECONDS, default=60.0, help="seconds to wait for those readers"
+    )
+    parser.add_argument(
+        "--cell-id", type=bounded(int, 0, 2**32 - 1), default=None, help="cell id (IPFIX observation domain)"
+    )
+    parser.add_argument(
+        "--ipfix",
+        type=endpoint_url("udp"),
+        metavar="udp://HOST:PORT",
+        help="export one IPFIX biflow record per flow",
+    )
+    parser.add_argument("--metrics-port", type=PORT, default=None, help="serve Prometheus /metrics here")
     add_metrics_addr_argument(parser)
     parser.add_argument("--home", help="interface directory (overrides global.home)")
     parser.add_argument(
@@ -45,31 +78,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="GROUP",
         help="loopback7/pcap input sockets 0660 with this group (global.socket_group; default 0600)",
     )
-    parser.add_argument("--reader-buffer", type=int, default=None, help="bytes buffered per reader")
+    parser.add_argument(
+        "--reader-buffer", type=bounded(int, 4096, 2**40), default=None, help="bytes buffered per reader"
+    )
     parser.add_argument(
         "--stall-timeout",
-        type=float,
+        type=SECONDS,
         default=10.0,
         help="offline: seconds to wait for a full reader before dropping its events",
     )
     st = parser.add_argument_group("packet store (overrides the config's `store:` section)")
     st.add_argument("--store", metavar="DIR", help="keep the frames in rotating pcap files with a flow index")
-    st.add_argument("--store-file-bytes", type=int, metavar="N", help="rotate at this file size")
-    st.add_argument("--store-max-bytes", type=int, metavar="N", help="retention: bytes on disk")
-    st.add_argument("--store-max-age", type=float, metavar="S", help="retention: seconds (0: none)")
+    # ranges as the store section's (cell/store/config.py: 64 KiB minimum, 32-bit index offsets)
+    st.add_argument(
+        "--store-file-bytes",
+        type=bounded(int, 65536, (1 << 32) - 1),
+        metavar="N",
+        help="rotate at this file size",
+    )
+    st.add_argument(
+        "--store-max-bytes", type=bounded(int, 65536, 1 << 50), metavar="N", help="retention: bytes on disk"
+    )
+    st.add_argument(
+        "--store-max-age", type=bounded(float, 0, 10**9), metavar="S", help="retention: seconds (0: none)"
+    )
     st.add_argument("--store-listen", metavar="HOST:PORT", help="serve retrieval over HTTP (needs a token)")
     st.add_argument("--store-token-file", metavar="F", help="bearer token the store endpoint requires")
     reg = parser.add_argument_group("registration (live cells): tell incubators where to send")
     reg.add_argument("--registry", metavar="URL", help="etcd://host:2379[,...] or file:///path")
     reg.add_argument("--cluster", default="default", help="cluster name (default 'default')")
     reg.add_argument(
-        "--advertise", metavar="SPEC", help="the input incubators send to, e.g. vxlan://10.1.2.3:4789"
+        "--advertise",
+        type=input_spec,
+        metavar="SPEC",
+        help="the input incubators send to, e.g. vxlan://10.1.2.3:4789",
     )
-    reg.add_argument("--weight", type=int, default=1, help="ring weight of this cell (default 1)")
-    reg.add_argument("--lease-ttl", type=float, default=10.0, help="registry lease seconds (default 10)")
+    reg.add_argument(
+        "--weight", type=bounded(int, 1, 1000), default=1, help="ring weight of this cell (default 1)"
+    )
+    reg.add_argument(
+        "--lease-ttl",
+        type=bounded(float, 0.1, 86400),
+        default=10.0,
+        help="registry lease seconds (default 10)",
+    )
     parser.add_argument(
         "--drain-timeout",
-        type=float,
+        type=SECONDS,
         default=30.0,
         help="offline: seconds to wait at the end for readers to take their bytes",
     )

@@ -16,6 +16,8 @@ from celltap.cell.store.config import StoreConfig, StoreConfigError, parse_store
 
 from celltap.config import ConfigError as SharedConfigError
 from celltap.config import read_yaml
+from celltap.config_schema import check
+from celltap.user_errors import UserError
 
 SPECIAL_RULES = ("loopback7", "pcap", "tcp_default", "udp_default", "icmp", "icmpv6")
 PROTOS = {"TCP": "tcp", "UDP": "udp", "ICMP": "icmp", "ICMPV6": "icmpv6"}
@@ -51,7 +53,44 @@ _GLOBAL_KEYS = (
 _RULE_KEYS = ("up", "down", "proto", "if", "format", "body", "nice", "balance", "port", "utf8")
 
 
-class ConfigError(ValueError):
+def _range(lo: float, hi: float, kind: str = "integer") -> dict[str, Any]:
+    return {"type": kind, "minimum": lo, "maximum": hi}
+
+
+def _seconds() -> dict[str, Any]:
+    return {"type": "number", "exclusiveMinimum": 0, "maximum": 10**7}
+
+
+# Ranges of the values once read (yes/no and numbers in strings are SF-TAP's and converted first):
+# JSON Schema documents checked by celltap.config_schema; the tests walk them with out-of-range values.
+GLOBAL_RANGES: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "timeout": _seconds(),
+        "udp_timeout": _seconds(),
+        "defrag_timeout": _seconds(),
+        "hop_limit": _range(0, 255),  # the events' hop field is one byte
+        "cell_id": _range(0, 2**32 - 1),  # the IPFIX observation domain
+        "tcp_threads": _range(1, 1024),
+        "regex_threads": _range(1, 1024),
+        "classify_bytes": _range(1, 1 << 24),
+        "classify_hold": _range(1, 1 << 30),
+        "classify_memory": _range(1, 1 << 40),
+        "ooo_limit": _range(1, 1 << 30),
+        "ooo_memory": _range(1, 1 << 40),
+        "reader_buffer": _range(4096, 1 << 40),
+        "max_flows": _range(1, 1 << 32),
+        "defrag_memory": _range(1, 1 << 40),
+        "gc_scan": _range(1, 1 << 24),
+    },
+}
+RULE_RANGES: dict[str, Any] = {
+    "type": "object",
+    "properties": {"nice": _range(-(2**31), 2**31 - 1), "balance": _range(1, 1024)},
+}
+
+
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message names the offending key."""
 
 
@@ -244,6 +283,12 @@ def _parse_global(section: Any) -> GlobalConfig:
             g.socket_group = parse_group(value, where)
         else:
             setattr(g, key, _int(value, where, 1))
+    ranged = {
+        k: getattr(g, k) if hasattr(g, k) else _int(v, f"global.{k}")
+        for k, v in section.items()
+        if k in GLOBAL_RANGES["properties"]
+    }
+    check(ranged, GLOBAL_RANGES, "", ConfigError, "global")
     return g
 
 
@@ -285,6 +330,7 @@ def _parse_rule(name: str, section: Any, order: int) -> Rule:
             rule.ports = parse_ports(value, where)
         elif key == "utf8":
             rule.utf8 = _yes_no(value, where)
+    check({"nice": rule.nice, "balance": rule.balance}, RULE_RANGES, "", ConfigError, name)
     # compiled once every key is read: `utf8` may come after the patterns
     if "up" in section:
         rule.up = _regex(rule.up_text, f"{name}.up", rule.utf8)

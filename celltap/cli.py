@@ -32,7 +32,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """Build the top-level parser; with `only`, import just that subcommand's module (fast start)."""
-    parser = argparse.ArgumentParser(prog="celltap", description="celltap: scale-out traffic analysis")
+    from celltap.cli_types import OneLineParser  # a bad flag is one line naming it, not a usage block
+
+    parser = OneLineParser(prog="celltap", description="celltap: scale-out traffic analysis")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():

@@ -7,8 +7,10 @@ from typing import Any
 
 import yaml
 
+from celltap.user_errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration problem, worded as the one line the user sees (it names file and key)."""
 
 
@@ -23,4 +25,13 @@ def read_yaml(path: str | Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: {yaml_problem(exc)}") from None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML parse error as one line: where (line, column) and what (PyYAML's own text spans lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    return " ".join(f"not valid YAML{where}: {what}{f' ({context})' if context else ''}".split())

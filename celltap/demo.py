@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from celltap.cli_types import SEED, bounded
 from celltap.defaults import default_file
 from celltap.launcher.children import CELLTAP, ChildFailed
 from celltap.launcher.cluster import LocalCluster
@@ -33,11 +34,14 @@ log = logging.getLogger("celltap.demo")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `celltap demo`."""
     parser.add_argument(
-        "--flows", type=int, default=1500, help="flows of loadgen's mixed scenario (default 1500)"
+        "--flows",
+        type=bounded(int, 1, 10**8),
+        default=1500,
+        help="flows of loadgen's mixed scenario (default 1500)",
     )
-    parser.add_argument("--seed", type=int, default=1, help="traffic generator seed (default 1)")
-    parser.add_argument("--cells", type=int, default=None, help="cells (default 3)")
-    parser.add_argument("--nodes", type=int, default=None, help="analysis nodes (default 2)")
+    parser.add_argument("--seed", type=SEED, default=1, help="traffic generator seed (default 1)")
+    parser.add_argument("--cells", type=bounded(int, 1, 64), default=None, help="cells (default 3)")
+    parser.add_argument("--nodes", type=bounded(int, 1, 64), default=None, help="analysis nodes (default 2)")
     parser.add_argument("--config", help="cluster YAML instead of the embedded demo-cluster.yaml")
     parser.add_argument("--run-dir", help="run directory (default: a new /tmp/celltap-demo-XXXX)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")

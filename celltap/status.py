@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from celltap.cli_types import bounded
+
 DEFAULT_REGISTRY = "file:///tmp/celltap-registry"
 
 # The counter that says how much work each kind of component takes in, for its rate.
@@ -101,7 +103,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", help="CA bundle for gRPC / etcd TLS")
     parser.add_argument("--tls-cert", help="client certificate (mutual TLS)")
     parser.add_argument("--tls-key", help="client key (mutual TLS)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each node")
+    parser.add_argument(
+        "--timeout", type=bounded(float, 0.1, 3600), default=10.0, help="seconds to wait for each node"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -135,7 +139,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `celltap status`."""
     _common(parser)
     parser.add_argument(
-        "--interval", type=float, default=1.0, help="seconds between two samples for rates (0: no rates)"
+        "--interval",
+        type=bounded(float, 0, 3600),
+        default=1.0,
+        help="seconds between two samples for rates (0: no rates)",
     )
 
 
@@ -219,7 +226,7 @@ def add_top_arguments(parser: argparse.ArgumentParser) -> None:
         help="bytes | packets (both directions of each flow) | orig_bytes, orig_packets (sent by the flows' "
         "originators) | resp_bytes, resp_packets (sent back by the responders) | records, flows (some apps)",
     )
-    parser.add_argument("--n", type=int, default=10, help="rows to show (0: all)")
+    parser.add_argument("--n", type=bounded(int, 0, 10**6), default=10, help="rows to show (0: all)")
     parser.add_argument("--param", action="append", default=[], metavar="K=V", help="extra app parameter")
     _common(parser)
 

@@ -11,6 +11,7 @@ import time
 
 from celltap.collector.config import CollectorConfig, ConfigError, load_config, parse_listen
 
+from celltap.cli_types import PORT, SECONDS, bounded
 from celltap.user_errors import add_metrics_addr_argument, explain
 
 log = logging.getLogger("celltap.collector")
@@ -27,15 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="udp://ADDR:PORT or tcp://ADDR:PORT (repeatable); overrides the config's",
     )
     parser.add_argument("--json", action="store_true", help="print decoded records as JSON lines")
-    parser.add_argument("--workers", type=int, help="UDP worker processes per UDP address")
+    parser.add_argument("--workers", type=bounded(int, 1, 64), help="UDP worker processes per UDP address")
     parser.add_argument("--allow", action="append", metavar="NET", help="accept only these exporters")
     parser.add_argument(
-        "--port", type=int, action="append", help="with --read-pcap: only traffic to this destination port"
+        "--port", type=PORT, action="append", help="with --read-pcap: only traffic to this destination port"
     )
-    parser.add_argument("--metrics-port", type=int, help="serve /metrics here (0: off)")
+    parser.add_argument("--metrics-port", type=PORT, help="serve /metrics here (0: off)")
     add_metrics_addr_argument(parser)
-    parser.add_argument("--count", type=int, help="stop after this many records (live inspect)")
-    parser.add_argument("--duration", type=float, help="stop after this many seconds")
+    parser.add_argument(
+        "--count", type=bounded(int, 1, 2**40), help="stop after this many records (live inspect)"
+    )
+    parser.add_argument("--duration", type=SECONDS, help="stop after this many seconds")
 
 
 def _summary(stats: object, out: object) -> None:

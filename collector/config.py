@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celltap.config import ConfigError, read_yaml
+from celltap.config_schema import check as check_ranges
 
 __all__ = [
     "CollectorConfig",
@@ -131,6 +132,54 @@ def _allow(key: str, v: Any) -> list[str]:
     return [str(x) for x in v]
 
 
+def _registry(key: str, v: Any) -> str | None:
+    if v is None:
+        return None
+    from celltap.registry.errors import RegistryConfigError
+    from celltap.registry.url import check_url
+
+    try:
+        check_url(_str(key, v))
+    except RegistryConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return v
+
+
+def _range(lo: float, hi: float, kind: str = "integer") -> dict[str, Any]:
+    return {"type": kind, "minimum": lo, "maximum": hi}
+
+
+# Ranges of the numbers, checked first (celltap.config_schema; the tests walk it with values just
+# outside each range). The `routing:` section's keys are RouterConfig's (collector/cluster.py).
+RANGES: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "workers": _range(1, 64),
+        "receive_buffer": _range(4096, 2**31 - 1),
+        "template_expiry": _range(1, 10**7, "number"),
+        "max_templates_per_domain": _range(1, 1 << 20),
+        "max_domains": _range(1, 1 << 24),
+        "metrics_port": _range(0, 65535),
+        "batch_datagrams": _range(1, 65536),
+        "drain_seconds": _range(0, 3600, "number"),
+        "max_state_bytes": _range(1 << 20, 1 << 40),
+        "max_exporter_bytes": _range(64 << 10, 1 << 40),
+        "max_domains_per_exporter": _range(1, 1 << 24),
+        "domain_expiry": _range(1, 10**7, "number"),
+        "routing": {
+            "type": ["object", "null"],
+            "properties": {
+                "batch_records": _range(1, 1 << 24),
+                "flush_interval": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+                "max_pending_records": _range(1, 1 << 36),
+                "window": _range(1, 1024),
+                "seed": _range(0, 2**64 - 1),
+                "replication": {"type": "boolean"},
+            },
+        },
+    },
+}
+
 _SCHEMA = {
     "listen": _listen,
     "workers": lambda k, v: _int(k, v, 1, 64),
@@ -144,7 +193,7 @@ _SCHEMA = {
     "max_domains_per_exporter": lambda k, v: _int(k, v, 1),
     "domain_expiry": lambda k, v: _num(k, v, 1),
     "state_dir": lambda k, v: None if v is None else _str(k, v),
-    "registry": lambda k, v: None if v is None else _str(k, v),
+    "registry": _registry,
     "cluster": _str,
     "metrics_port": lambda k, v: _int(k, v, 0, 65535),
     "metrics_addr": _str,
@@ -164,6 +213,7 @@ def config_from_dict(data: Any, source: str = "config") -> CollectorConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    check_ranges(data, RANGES, source)
     cfg = CollectorConfig()
     for key, value in data.items():
         check = _SCHEMA.get(key)

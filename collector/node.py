@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import uuid
 from concurrent import futures
@@ -31,6 +32,7 @@ from celltap.proto import celltap_pb2_grpc as pb_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from celltap.registry import Membership, open_registry
+from celltap.user_errors import explain
 
 log = logging.getLogger("celltap.node")
 
@@ -102,7 +104,16 @@ class AnalysisNode:
             futures.ThreadPoolExecutor(max_workers=c.grpc_workers), options=CHANNEL_OPTIONS
         )
         pb_grpc.add_AnalysisNodeServicer_to_server(NodeServicer(self.state), self.grpc_server)
-        if add_port(self.grpc_server, c.listen, c.tls) == 0:
+        # Asked of the kernel first: gRPC's own bind failure is a RuntimeError and a C-core log line
+        # that do not say why (an address not on this host, a port in use).
+        problem = _bind_problem(c.listen)
+        if problem:
+            raise OSError(f"cannot listen for gRPC on {c.listen}: {problem}")
+        try:
+            bound = add_port(self.grpc_server, c.listen, c.tls)
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
             raise OSError(f"cannot listen for gRPC on {c.listen}")
         self.grpc_server.start()
         if c.http:
@@ -257,3 +268,17 @@ def _handler(node: AnalysisNode) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"error": "GET /query/<app>?by=&n=&local=1, /status, /nodes or /metrics"})
 
     return Handler
+
+
+def _bind_problem(address: str) -> str:
+    """Why `host:port` cannot be bound ("" when it can), asked of the kernel with a probe socket."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, int(port)))
+    except (OSError, ValueError) as exc:
+        return explain(exc, address) if isinstance(exc, OSError) else str(exc)
+    return ""

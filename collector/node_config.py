@@ -9,8 +9,10 @@ from typing import Any
 from celltap.collector.apps.base import App, AppConfigError, make_app
 
 from celltap.config import ConfigError, read_yaml
+from celltap.config_schema import check
 from celltap.registry.errors import RegistryConfigError
 from celltap.registry.tls import TLSConfig
+from celltap.registry.url import check_url
 
 DEFAULT_APPS: dict[str, dict[str, Any]] = {
     "volume": {"kind": "volume", "key": "src"},
@@ -25,6 +27,17 @@ DEFAULT_APPS: dict[str, dict[str, Any]] = {
 
 class NodeConfigError(ValueError):
     """A bad node config; the message names the key."""
+
+
+# Ranges of the numbers (celltap.config_schema; the tests walk it with values just outside each).
+RANGES: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "weight": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "lease_ttl": {"type": "number", "minimum": 1, "maximum": 86400},  # etcd leases count whole seconds
+        "grpc_workers": {"type": "integer", "minimum": 1, "maximum": 4096},
+    },
+}
 
 
 @dataclass
@@ -81,6 +94,7 @@ def config_from_dict(data: Any, source: str = "node config") -> NodeConfig:
         raise NodeConfigError(
             f"{source}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"
         )
+    check(data, RANGES, source, NodeConfigError)
     cfg = NodeConfig(id=str(data["id"]))
     if "/" in cfg.id:
         raise NodeConfigError(f"{source}: id: must not contain '/'")
@@ -90,6 +104,10 @@ def config_from_dict(data: Any, source: str = "node config") -> NodeConfig:
     for key in ("registry", "cluster"):
         if key in data:
             setattr(cfg, key, str(data[key]))
+    try:
+        check_url(cfg.registry)
+    except RegistryConfigError as exc:
+        raise NodeConfigError(f"{source}: registry: {exc}") from None
     try:
         if "weight" in data:
             cfg.weight = int(data["weight"])

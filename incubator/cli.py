@@ -7,6 +7,9 @@ import json
 import logging
 import sys
 
+from celltap.incubator.dicap import MAX_BUCKETS_LOG2
+
+from celltap.cli_types import PORT, SEED, bounded
 from celltap.pcap import CaptureFormatError
 from celltap.user_errors import add_metrics_addr_argument, explain
 
@@ -17,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `celltap incubator`."""
     parser.add_argument("--config", help="YAML config (live mirror / inline / dicap mode)")
     parser.add_argument("--read", metavar="PCAP", help="offline split: capture to split ('-' for stdin)")
-    parser.add_argument("--cells", type=int, help="offline split: number of cells")
+    parser.add_argument("--cells", type=bounded(int, 1, 4096), help="offline split: number of cells")
     parser.add_argument("--write-dir", metavar="DIR", help="offline split: writes DIR/cell-<i>.pcap")
-    parser.add_argument("--seed", type=int, default=0, help="flow hash seed (cluster-wide)")
+    parser.add_argument("--seed", type=SEED, default=0, help="flow hash seed (cluster-wide)")
     parser.add_argument(
         "--partition",
         default="xxh64",
@@ -27,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="offline split: cell choice (xxh64 flow hash, or the DiCAP cells' kernel-filter partition)",
     )
     parser.add_argument(
-        "--dicap-buckets-log2", type=int, default=14, metavar="B", help="dicap partition: 2^B buckets (1..14)"
+        "--dicap-buckets-log2",
+        type=bounded(int, 1, MAX_BUCKETS_LOG2),
+        default=14,
+        metavar="B",
+        help="dicap partition: 2^B buckets (1..14)",
     )
     parser.add_argument(
         "--dicap-ports",
@@ -38,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--non-ip", default="cell0", choices=("bridge", "cell0", "all"), help="where frames without IP go"
     )
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    parser.add_argument("--metrics-port", type=PORT, help="serve Prometheus /metrics on this port")
     add_metrics_addr_argument(parser)
     parser.add_argument("--json", action="store_true", help="offline split: print the summary as JSON")
 

@@ -7,12 +7,18 @@ from typing import Any
 
 import yaml
 from celltap.incubator.dicap import DEFAULT_BUCKETS_LOG2, MAX_BUCKETS_LOG2
+from celltap.incubator.outputs import OutputSpecError, check_output
 from celltap.incubator.separator import NONIP_POLICIES, PARTITIONS
 
+from celltap.config import yaml_problem
+from celltap.config_schema import check
+from celltap.user_errors import UserError
+
 MODES = ("mirror", "inline", "dicap")
+U64 = 2**64 - 1
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem, phrased as one line naming the key."""
 
 
@@ -57,6 +63,48 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
 }
 
 
+def _range(lo: float, hi: float, kind: str = "integer") -> dict[str, Any]:
+    return {"type": kind, "minimum": lo, "maximum": hi}
+
+
+# Ranges of the values (types and unknown keys are SCHEMA's job, below): a JSON Schema document that
+# celltap.config_schema checks before anything is built; the tests walk it with out-of-range values.
+RANGES: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "fanout_group": _range(0, 0xFFFF),
+        "hash_seed": _range(0, U64),
+        "metrics_port": _range(0, 65535),
+        "cells": {"type": "array", "items": {"type": "object", "properties": {"weight": _range(1, 1000)}}},
+        "fragments": {
+            "type": "object",
+            "properties": {
+                "timeout_s": _range(0.001, 3600, "number"),
+                "max_bytes": _range(65536, 2**40),
+                "max_datagrams": _range(1, 2**32),
+            },
+        },
+        "flows": {
+            "type": "object",
+            "properties": {
+                "idle_timeout_s": _range(0.001, 86400, "number"),
+                "close_linger_s": _range(0, 3600, "number"),
+                "max_flows": _range(1, 2**32),
+            },
+        },
+        "batch": {
+            "type": "object",
+            "properties": {
+                "frames": _range(1, 1 << 20),
+                "timeout_ms": _range(0, 60_000),
+                "ring_mb": _range(1, 65536),
+            },
+        },
+        "dicap": {"type": "object", "properties": {"buckets_log2": _range(1, MAX_BUCKETS_LOG2)}},
+    },
+}
+
+
 def _check(data: Any, schema: dict[str, tuple[Any, Any]], where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config {where or 'file'}: expected a mapping, got {type(data).__name__}")
@@ -96,6 +144,7 @@ def parse_config(data: Any) -> Config:
     if data is None:
         data = {}
     cfg = _check(data, SCHEMA, "")
+    check(data, RANGES, "config", ConfigError)
     if cfg["mode"] not in MODES:
         raise ConfigError(f"config key 'mode' must be one of {', '.join(MODES)}, got {cfg['mode']!r}")
     if cfg["non_ip"] not in NONIP_POLICIES:
@@ -115,6 +164,10 @@ def parse_config(data: Any) -> Config:
             for req in ("id", "output"):
                 if c[req] is None:
                     raise ConfigError(f"config key 'cells[{i}].{req}' is required")
+            try:
+                check_output(c["output"])
+            except OutputSpecError as exc:
+                raise ConfigError(f"config: cells[{i}].output: {exc}") from None
             checked.append(c)
         cfg["cells"] = checked
     if cfg["mode"] == "dicap":
@@ -152,5 +205,5 @@ def load_config(path: str) -> Config:
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"config file {path}: {yaml_problem(exc)}") from None
     return parse_config(data)

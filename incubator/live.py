@@ -335,7 +335,11 @@ def run_live(cfg: Config) -> int:
         log.error("%s", exc)
         print(f"celltap incubator: {exc}")
         return 1
-    except (OSError, ValueError) as exc:
+    except OSError as exc:  # name what failed (the capture interface, a file), not just the errno
+        from celltap.user_errors import explain
+
+        raise ConfigError(f"cannot start: {explain(exc, exc.filename or cfg['capture'])}") from None
+    except ValueError as exc:
         raise ConfigError(f"cannot start: {exc}") from exc
 
     def _stop(_sig: int, _frame: object) -> None:

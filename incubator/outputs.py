@@ -392,6 +392,32 @@ def _iface_timestamps(spec: str, query: str) -> bool:
     return ts == "arista"
 
 
+def check_output(spec: str) -> None:
+    """Check an output's form without opening it (OutputSpecError naming what is wrong): the config
+    check, so that a static cell with a bad output is one error line, not a cell left out at run time."""
+    if spec.startswith("pcap:"):
+        if not spec[5:]:
+            raise OutputSpecError(f"output {spec!r}: pcap needs a file name")
+    elif spec.startswith("iface:"):
+        rest, _, query = spec[6:].partition("?")
+        name, _, mac = rest.partition("@")
+        if not name:
+            raise OutputSpecError(f"output {spec!r}: iface needs an interface name")
+        try:
+            if mac:
+                parse_mac(mac)
+        except ValueError as exc:
+            raise OutputSpecError(f"output {spec!r}: {exc}") from None
+        _iface_timestamps(spec, query)
+    elif spec.startswith(("vxlan://", "geneve://")):
+        default = VXLAN_DEFAULT_PORT if spec.startswith("vxlan") else GENEVE_DEFAULT_PORT
+        _host, port, q = _udp_target(spec, default, {"vni"})
+        if not 0 < port <= 0xFFFF or not 0 <= _vni(spec, q) < 1 << 24:
+            raise OutputSpecError(f"output {spec!r}: port must be 1..65535 and vni 0..16777215")
+    else:
+        raise OutputSpecError(f"unknown output {spec!r} (expected iface:, vxlan://, geneve:// or pcap:)")
+
+
 def open_output(spec: str) -> Output:
     """Open `iface:IF[@mac][?ts=arista]`, `vxlan://HOST:PORT[?vni=N]`, `geneve://HOST:PORT[?vni=N]`
     or `pcap:FILE` (nanosecond records)."""

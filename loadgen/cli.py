@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 
+from celltap.cli_types import PORT, SEED, bounded
 from celltap.user_errors import add_metrics_addr_argument
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("scenario")
     p.add_argument("out", help="output file, or - for stdout")
-    p.add_argument("--count", type=int, default=None, help="scenario size (meaning per scenario: see list)")
-    p.add_argument("--seed", type=int, default=1, help="RNG seed: same seed, same bytes (default 1)")
+    p.add_argument(
+        "--count",
+        type=bounded(int, 1, 10**9),
+        default=None,
+        help="scenario size (meaning per scenario: see list)",
+    )
+    p.add_argument("--seed", type=SEED, default=1, help="RNG seed: same seed, same bytes (default 1)")
     p.add_argument("--pcapng", action="store_true", help="write pcapng instead of pcap")
     p.add_argument("--nanosecond", action="store_true", help="nanosecond timestamps")
-    p.add_argument("--flows", type=int, default=None, help="flows (only for scenarios that take it: small)")
+    p.add_argument(
+        "--flows",
+        type=bounded(int, 1, 10**9),
+        default=None,
+        help="flows (only for scenarios that take it: small)",
+    )
     p.set_defaults(_loadgen_run=_run_pcap)
 
     p = sub.add_parser("list", help="list scenarios")
@@ -45,13 +56,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("pcap")
     p.add_argument("iface")
     rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--pps", type=float, default=None, help="frames per second (default: capture timing)")
+    rate.add_argument(
+        "--pps",
+        type=bounded(float, 0.001, 10**9),
+        default=None,
+        help="frames per second (default: capture timing)",
+    )
     rate.add_argument("--topspeed", action="store_true", help="as fast as the socket takes them")
-    p.add_argument("--loop", type=int, default=1, help="replay the file K times")
-    p.add_argument("--batch", type=int, default=None, help="frames between pacing checks")
+    p.add_argument("--loop", type=bounded(int, 1, 10**9), default=1, help="replay the file K times")
+    p.add_argument(
+        "--batch", type=bounded(int, 1, 1 << 20), default=None, help="frames between pacing checks"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument(
-        "--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (0: off)"
+        "--metrics-port", type=PORT, default=0, help="serve Prometheus /metrics on this port (0: off)"
     )
     add_metrics_addr_argument(p)
     p.set_defaults(_loadgen_run=_run_replay)

@@ -13,6 +13,7 @@ import numpy as np
 from celltap.loadgen.ipfix_gen import MessagePool, build_pool
 from celltap.loadgen.ipfix_sendmmsg import PoolSender
 
+from celltap.cli_types import SECONDS, SEED, bounded, ipv4_address
 from celltap.ipfix.message import IPFIX_VERSION
 from celltap.mmsg import sendmmsg_available
 from celltap.user_errors import parse_host_port
@@ -24,26 +25,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "target", metavar="HOST:PORT", help="collector address (loopback or a test namespace)"
     )
     parser.add_argument(
-        "--rate", type=float, default=10000.0, help="records per second in total (0: flat out)"
+        "--rate",
+        type=bounded(float, 0, 10**9),
+        default=10000.0,
+        help="records per second in total (0: flat out)",
     )
     parser.add_argument(
         "--exporters",
-        type=int,
+        type=bounded(int, 1, 240),
         default=1,
         help="routers to emulate; router k sends from 127.0.0.(10+k) on loopback",
     )
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds to send")
-    parser.add_argument("--records", type=int, help="stop after this many records instead")
+    parser.add_argument("--duration", type=SECONDS, default=5.0, help="seconds to send")
+    parser.add_argument("--records", type=bounded(int, 1, 2**40), help="stop after this many records instead")
     parser.add_argument("--version", type=int, choices=(9, 10), default=10, help="NetFlow v9 or IPFIX")
     parser.add_argument(
-        "--template-refresh", type=float, default=1.0, help="seconds between template messages (UDP)"
+        "--template-refresh",
+        type=bounded(float, 0.01, 3600),
+        default=1.0,
+        help="seconds between template messages (UDP)",
     )
     parser.add_argument(
         "--source-base",
+        type=ipv4_address,
         default="127.0.0.10",
         help="source address of router 0; others count up (default 127.0.0.10)",
     )
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=SEED, default=1)
 
 
 def _sources(base: str, k: int) -> list[str]:

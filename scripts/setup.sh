@@ -54,5 +54,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     exit 1
   fi
   .venv/bin/python -c 'import celltap, numpy, xxhash, grpc, yaml, prometheus_client' 
+  if [ "$dev" = 1 ]; then
+    .venv/bin/python -c 'import atheris, jsonschema, pytest'  # the fuzz tests and config walk need them
+  fi
   touch "$stamp"
 fi

@@ -17,6 +17,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from celltap.cli_types import COUNT, SECONDS
+
 PROG = "celltap analyze"
 
 
@@ -53,10 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rotate-size", type=_size, default=0, metavar="BYTES", help="rotate logs at this size"
     )
     parser.add_argument(
-        "--rotate-interval", type=float, default=0.0, metavar="SECONDS", help="rotate logs this often (live)"
+        "--rotate-interval",
+        type=SECONDS,
+        default=0.0,
+        metavar="SECONDS",
+        help="rotate logs this often (live)",
     )
     parser.add_argument(
-        "--weird-limit", type=int, default=1000, help="weird.log records per weird name per run"
+        "--weird-limit", type=COUNT, default=1000, help="weird.log records per weird name per run"
     )
     parser.add_argument("--quiet", action="store_true", help="no summary on stderr")
 

@@ -13,6 +13,7 @@ from celltap.cell.sdk.client import run_socket
 from celltap.cell.sdk.output import JsonLinesWriter
 from celltap.cell.sdk.session import FORMATS
 
+from celltap.cli_types import PORT, SECONDS, bounded
 from celltap.user_errors import UserError, add_metrics_addr_argument, wait_for_path
 
 log = logging.getLogger(__name__)
@@ -28,19 +29,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--socket-prefix", help="balanced interfaces: PREFIX0 .. PREFIX{N-1} (with --balance)"
     )
     parser.add_argument(
-        "--balance", type=int, default=0, help="start N child analyzers, restart any that dies"
+        "--balance",
+        type=bounded(int, 0, 256),
+        default=0,
+        help="start N child analyzers, restart any that dies",
     )
     parser.add_argument("--format", choices=FORMATS, default="text", help="interface format (default text)")
     parser.add_argument("--out", help="append JSON lines to FILE (default stdout)")
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=PORT,
         help="serve Prometheus /metrics on this port (with --balance: the supervisor; child i uses PORT+1+i)",
     )
     add_metrics_addr_argument(parser)
     parser.add_argument(
         "--socket-wait",
-        type=float,
+        type=SECONDS,
         default=SOCKET_WAIT,
         metavar="SECONDS",
         help="how long a missing interface socket is waited for before saying so (default 10)",

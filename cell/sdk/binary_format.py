@@ -19,15 +19,21 @@ Layout, following SF-TAP's `fabs_appif_header` (flow-abstractor, x86-64, packed,
     59 match       uint8  0 up, 1 down, 2 none
     60 reason      uint8  0 NORMAL, 1 RESET, 2 TIMEOUT, 3 COMPROMISED (SF-TAP's unused[0])
     61 padding[3]
+
+Framing is by `len` alone, so a header whose fields are bad (an unknown event or l3 code, `from` not
+0 or 1 on DATA) costs only its own event: it is counted in `dropped` by reason and its body skipped.
+Nothing the peer sends raises.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from collections import Counter
 
 from celltap.cell.sdk.events import CREATED, DATA, DESTROYED, MAX_CACHED_FLOWS, Event, FlowId, WireError
 
+MAX_TIME = 1e11  # seconds since the epoch: larger or negative times are a bad header
 HEADER = struct.Struct("<16s16sqqHHBBHBBBBB3x")
 HEADER_SIZE = HEADER.size
 assert HEADER_SIZE == 64
@@ -68,6 +74,7 @@ class BinaryDecoder:
         self.body = body
         self._buf = bytearray()
         self._flows: dict[bytes, FlowId] = {}
+        self.dropped: Counter[str] = Counter()  # bad headers by reason, drained by the owner
 
     def forget(self, key: bytes) -> None:
         """Drop the cached identity of a finished flow."""
@@ -89,21 +96,31 @@ class BinaryDecoder:
             if n - pos - HEADER_SIZE < size:
                 break
             head = bytes(buf[pos : pos + HEADER_SIZE])
+            start = pos + HEADER_SIZE
+            pos = start + size
+            kind = _EVENTS.get(ev)
+            if kind is None:
+                self.dropped["unknown_event"] += 1
+                continue
+            if kind is DATA and frm > 1:
+                self.dropped["bad_from"] += 1
+                continue
             key = head[0:32] + head[48:52] + head[56:59]
             flow = flows.get(key)
             if flow is None:
+                try:
+                    flow = _flow_from_header(head)
+                except WireError:
+                    self.dropped["bad_l3"] += 1
+                    continue
                 if len(flows) >= MAX_CACHED_FLOWS:
                     flows.clear()  # UDP flows never end: bound the cache, re-parsing is cheap
-                flow = flows[key] = _flow_from_header(head)
-            kind = _EVENTS.get(ev)
-            if kind is None:
-                raise WireError(f"unknown event code {ev} in binary header")
+                flows[key] = flow
             t = sec + usec * 1e-6
-            start = pos + HEADER_SIZE
-            pos = start + size
+            if not 0.0 <= t < MAX_TIME:
+                self.dropped["bad_time"] += 1
+                continue
             if kind is DATA:
-                if frm > 1:
-                    raise WireError(f"bad from={frm} in binary header")
                 out.append(
                     Event(
                         DATA,

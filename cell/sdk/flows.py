@@ -1,8 +1,15 @@
 """Sans-IO dispatch of interface events to an analyzer: per-flow, per-direction byte streams for TCP,
-one call per datagram for UDP."""
+one call per datagram for UDP.
+
+An exception escaping an analyzer's handler is a bug, but it must cost only what it was handling:
+the FlowTable counts it (`dropped["analyzer_exception"]`), logs the first few with their traceback,
+and ignores the rest of that TCP flow (its later events are counted as `flow_failed`); a datagram
+that raised is lost alone. The process and every other flow go on.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
@@ -12,7 +19,10 @@ from celltap.cell.sdk.events import CREATED, DATA, DESTROYED, Event, FlowId
 
 from celltap.flowid import flow_uid
 
+log = logging.getLogger(__name__)
+
 MAX_STREAMS = 100_000
+LOGGED_EXCEPTIONS = 10  # tracebacks logged per flow table; later exceptions are only counted
 UDP_TIMEOUT = 30.0  # the cell's default udp_timeout: a datagram flow idle this long ends (a new uid)
 
 
@@ -22,7 +32,7 @@ def with_uid(flow: FlowId, start: float) -> FlowId:
         return flow
     try:
         uid = flow_uid(flow.l3, flow.l4, flow.ip1, flow.port1, flow.ip2, flow.port2, round(start * 1e6))
-    except (ValueError, KeyError):  # not an IP address: no uid can be derived
+    except (ValueError, KeyError, OverflowError):  # not an IP address or port: no uid can be derived
         return flow
     return replace(flow, uid=uid, start=start)
 
@@ -92,6 +102,7 @@ class FlowTable:
         # starts a connection, as in the cell; key -> (identity with uid, time of the last datagram)
         self.datagram_flows: dict[bytes, tuple[FlowId, float]] = {}
         self.dropped: Counter[str] = Counter()  # events dropped by reason, drained by the front end
+        self.exceptions = 0  # analyzer exceptions so far (the first few are logged)
 
     def handle(self, events: list[Event]) -> list[bytes]:
         """Dispatch a batch of events; return the keys of flows that ended (decoders may forget them)."""
@@ -100,28 +111,46 @@ class FlowTable:
         ended: list[bytes] = []
         for ev in events:
             kind = ev.event
-            if kind is DATA:
-                if ev.flow.l4 != "tcp":
-                    analyzer.datagram(self._datagram_flow(ev), ev.sender, ev.data, ev.time)
-                    continue
-                try:
-                    handler = streams[ev.key]
-                except KeyError:
-                    # DATA without CREATED: we connected (or reconnected) mid-flow; analyze what we get.
-                    handler = self._open(ev)
-                if handler is not None:
-                    handler.data(ev.sender, ev.data, ev.time)
-            elif kind is CREATED:
-                old = streams.pop(ev.key, None)
-                if old is not None:
-                    old.end("REPLACED", ev.time)
-                self._open(ev)
-            elif kind is DESTROYED:
-                handler = streams.pop(ev.key, None)
-                if handler is not None:
-                    handler.end(ev.reason or "NORMAL", ev.time)
-                ended.append(ev.key)
+            try:
+                if kind is DATA:
+                    if ev.flow.l4 != "tcp":
+                        analyzer.datagram(self._datagram_flow(ev), ev.sender, ev.data, ev.time)
+                        continue
+                    try:
+                        handler = streams[ev.key]
+                    except KeyError:
+                        # DATA without CREATED: we connected (or reconnected) mid-flow; analyze what we get.
+                        handler = self._open(ev)
+                    if handler is not None:
+                        handler.data(ev.sender, ev.data, ev.time)
+                elif kind is CREATED:
+                    old = streams.pop(ev.key, None)
+                    if old is not None:
+                        old.end("REPLACED", ev.time)
+                    self._open(ev)
+                elif kind is DESTROYED:
+                    handler = streams.pop(ev.key, None)
+                    ended.append(ev.key)
+                    if handler is not None:
+                        handler.end(ev.reason or "NORMAL", ev.time)
+            except Exception as exc:  # an analyzer bug costs this event and its flow, never the process
+                self._failed(ev, exc)
         return ended
+
+    def _failed(self, ev: Event, exc: Exception) -> None:
+        """Count an analyzer exception; a TCP flow that raised is ignored from now on."""
+        self.dropped["analyzer_exception"] += 1
+        self.exceptions += 1
+        if self.exceptions <= LOGGED_EXCEPTIONS:
+            log.warning(
+                "%s: analyzer raised on a %s event of %s (the flow is dropped and counted)",
+                self.analyzer.name,
+                ev.event,
+                ev.flow,
+                exc_info=exc,
+            )
+        if ev.flow.l4 == "tcp" and ev.event is not DESTROYED:
+            self.streams[ev.key] = _FailedFlow(self.dropped)
 
     def _datagram_flow(self, ev: Event) -> FlowId:
         if ev.flow.uid:
@@ -156,7 +185,29 @@ class FlowTable:
     def end_all(self, reason: str, time: float) -> None:
         """End every live flow (the cell went away or input ended) and let the analyzer flush."""
         streams, self.streams = self.streams, {}
-        for handler in streams.values():
+        for key, handler in streams.items():
             if handler is not None:
-                handler.end(reason, time)
-        self.analyzer.close(time)
+                try:
+                    handler.end(reason, time)
+                except Exception as exc:  # see handle(): costs this flow only
+                    self._failed(Event(DESTROYED, key, FlowId("", "", 0, 0, 0, "", ""), time), exc)
+        try:
+            self.analyzer.close(time)
+        except Exception as exc:
+            self._failed(Event(DESTROYED, b"", FlowId("", "", 0, 0, 0, "", ""), time), exc)
+
+
+class _FailedFlow:
+    """The handler of a flow whose analyzer raised: its later bytes are counted, not analyzed."""
+
+    __slots__ = ("dropped",)
+
+    def __init__(self, dropped: Counter[str]) -> None:
+        self.dropped = dropped
+
+    def data(self, sender: int, data: bytes, time: float) -> None:
+        """Count the event as dropped."""
+        self.dropped["flow_failed"] += 1
+
+    def end(self, reason: str, time: float) -> None:
+        """Nothing to flush."""

@@ -53,15 +53,25 @@ class Session:
         self.loopback = LoopbackEncoder(loopback_format) if loopback_format else None
 
     def feed(self, data: bytes) -> list[dict]:
-        """Consume interface bytes; return the records they completed."""
+        """Consume interface bytes; return the records they completed.
+
+        A bad event costs only itself: the decoder skips it and counts it (dropped events by reason).
+        """
         self.stats.bytes += len(data)
+        decoder = self.decoder
         try:
-            events = self.decoder.feed(data)
-        except WireError as exc:
-            # Framing is lost: nothing after this point can be trusted until the cell reconnects us.
+            events = decoder.feed(data)
+        except WireError as exc:  # a third-party decoder may still give up on framing
             log.error("%s: interface stream is not in %s format: %s", self.analyzer.name, self.fmt, exc)
             WIRE_ERRORS.labels(self.analyzer.name).inc()
             raise
+        bad = getattr(decoder, "dropped", None)
+        if bad:
+            for reason in bad:
+                if reason not in self.dropped_totals:
+                    log.warning("%s: skipping bad interface events (%s)", self.analyzer.name, reason)
+            self.table.dropped.update(bad)
+            bad.clear()
         return self.handle_events(events)
 
     def handle_events(self, events: list[Event]) -> list[dict]:

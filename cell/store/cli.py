@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 from celltap.cell.store.query import NS_MAX, Query, QueryError, merge, parse_flow, query_dir
 from celltap.cell.store.serve import pcap_bytes, read_token
 
+from celltap.cli_types import bounded
 from celltap.flowid import flow_id_from_uid
 from celltap.pcap.batch import FrameBatch
 from celltap.pcap.reader import CaptureFormatError, read_all
@@ -55,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", metavar="F", help="CA that signed the cells' store certificates (https)")
     parser.add_argument("--tls-cert", metavar="F", help="client certificate (stores that require one)")
     parser.add_argument("--tls-key", metavar="F", help="key of --tls-cert")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each cell")
+    parser.add_argument(
+        "--timeout", type=bounded(float, 0.1, 3600), default=60.0, help="seconds to wait for each cell"
+    )
 
 
 def parse_time(text: str | None, default: int) -> int:

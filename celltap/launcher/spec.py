@@ -8,6 +8,9 @@ from typing import Any
 
 import yaml
 
+from celltap.collector.config import RANGES as COLLECTOR_RANGES
+from celltap.config import yaml_problem
+from celltap.config_schema import check
 from celltap.defaults import default_file
 
 ANALYZERS = ("http", "dns", "tls", "smtp", "sip")
@@ -27,6 +30,37 @@ TOP_KEYS = {
 
 class SpecError(ValueError):
     """A bad cluster YAML; the message names the key."""
+
+
+def _range(lo: float, hi: float, kind: str = "integer") -> dict[str, Any]:
+    return {"type": kind, "minimum": lo, "maximum": hi}
+
+
+# Ranges of the numbers, checked first (celltap.config_schema; the tests walk it with values just
+# outside each range). The collector's `routing:` section is the collector config's (RANGES there).
+RANGES: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "lease_ttl": _range(1, 86400, "number"),
+        "hash_seed": _range(0, 2**64 - 1),
+        "replay": {
+            "type": ["object", "null"],
+            "properties": {"loops": _range(0, 10**6), "pps": _range(0, 10**8)},
+        },
+        "cells": {
+            "type": ["object", "null"],
+            "properties": {
+                "count": _range(1, 64),
+                "reader_buffer": {"type": ["integer", "null"], "minimum": 4096, "maximum": 1 << 40},
+            },
+        },
+        "collector": {
+            "type": ["object", "null"],
+            "properties": {"count": _range(0, 16), "routing": COLLECTOR_RANGES["properties"]["routing"]},
+        },
+        "nodes": {"type": ["object", "null"], "properties": {"count": _range(0, 64)}},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -97,11 +131,19 @@ def spec_from_dict(data: Any, base: Path | None = None) -> ClusterSpec:
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise SpecError(f"{sorted(unknown)[0]}: unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+    check(data, RANGES, "", SpecError)
     s = ClusterSpec()
     s.cluster = str(data.get("cluster", s.cluster))
     s.registry = str(data.get("registry", s.registry))
     if not s.registry.startswith(("file://", "etcd://", "etcds://")):
         raise SpecError(f"registry: expected file:///DIR or etcd://HOST:PORT, got {s.registry!r}")
+    from celltap.registry.errors import RegistryConfigError
+    from celltap.registry.url import check_url
+
+    try:
+        check_url(s.registry.replace("{run}", "/run"))
+    except RegistryConfigError as exc:
+        raise SpecError(f"registry: {exc}") from None
     try:
         s.lease_ttl = float(data.get("lease_ttl", s.lease_ttl))
     except (TypeError, ValueError):
@@ -157,6 +199,13 @@ def spec_from_dict(data: Any, base: Path | None = None) -> ClusterSpec:
     if not isinstance(apps, dict):
         raise SpecError("nodes.apps: expected a mapping of app name to {kind, key}")
     s.apps = {str(k): dict(v or {}) for k, v in apps.items()}
+    from celltap.collector.apps.base import AppConfigError, make_app
+
+    for name, app in s.apps.items():  # checked here, not first by a node the launcher started
+        try:
+            make_app(name, app)
+        except AppConfigError as exc:
+            raise SpecError(f"nodes.{exc}") from None
     if s.collectors and not s.nodes:
         raise SpecError("nodes.count: a collector needs at least one analysis node")
     s.run_dir = None if data.get("run_dir") is None else str(data["run_dir"])
@@ -171,5 +220,5 @@ def load_spec(path: str | Path) -> ClusterSpec:
     except OSError as exc:
         raise SpecError(f"{p}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"{p}: not valid YAML: {exc}") from None
+        raise SpecError(f"{p}: {yaml_problem(exc)}") from None
     return spec_from_dict(data, p.resolve().parent)

@@ -48,8 +48,45 @@ def parse_endpoints(netloc: str, default_port: int = 2379) -> list[tuple[str, in
     return out
 
 
+def _positive(query: dict[str, list[str]], name: str, url: str) -> float | None:
+    text = _single(query, name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise RegistryConfigError(f"registry url {url!r}: {name} must be seconds in (0, 3600], got {text!r}")
+    return value
+
+
+def check_url(url: str) -> None:
+    """Check a registry URL without opening it (RegistryConfigError naming what is wrong)."""
+    parts = urlsplit(str(url))
+    query = parse_qs(parts.query)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise RegistryConfigError(f"registry url {url!r}: file URLs take an absolute path (file:///path)")
+        if not parts.path:
+            raise RegistryConfigError(f"registry url {url!r}: missing directory path")
+        unknown = set(query) - {"poll"}
+        if unknown:
+            raise RegistryConfigError(f"registry url {url!r}: unknown option(s) {', '.join(sorted(unknown))}")
+        _positive(query, "poll", url)
+    elif parts.scheme in ("etcd", "etcds"):
+        unknown = set(query) - _ETCD_QUERY
+        if unknown:
+            raise RegistryConfigError(f"registry url {url!r}: unknown option(s) {', '.join(sorted(unknown))}")
+        parse_endpoints(parts.netloc.rpartition("@")[2])
+        _positive(query, "timeout", url)
+    else:
+        raise RegistryConfigError(f"registry url {url!r}: scheme must be file://, etcd:// or etcds://")
+
+
 def open_registry(url: str, tls: TLSConfig | None = None) -> Registry:
     """Open a registry from its URL; `tls` (from the config's tls section) overrides URL TLS options."""
+    check_url(url)
     parts = urlsplit(url)
     query = parse_qs(parts.query)
     if parts.scheme == "file":
