@@ -644,6 +644,11 @@ class ClusterRouter:
         self._add_pending(new)
         self._dispatch(new)
 
+    def has_replay(self) -> bool:
+        """True while messages of an earlier run wait to be re-delivered."""
+        with self.lock:
+            return bool(self._replay)
+
     def replay_journal(self) -> None:
         """Re-deliver the journal of an earlier run now, or at the first membership with nodes.
 

@@ -82,9 +82,21 @@ def start_router(
                 router.set_members(holder[0].members())
 
     holder.append(membership.watch("nodes", sync))
-    holder[0].wait_synced(timeout=5)
+    synced = holder[0].wait_synced(timeout=5)
     sync()
-    router.replay_journal()  # after the first complete view: an earlier run's unacknowledged messages
+
+    def replay_when_synced() -> None:
+        # An earlier run's unacknowledged messages go out only over the complete view: the initial
+        # listing arrives key by key, and a message whose primary is merely not listed *yet* would be
+        # re-routed to its backups while the primary, alive, holds it too.
+        holder[0].wait_synced()
+        sync()
+        router.replay_journal()
+
+    if synced:
+        router.replay_journal()
+    elif router.has_replay():
+        threading.Thread(target=replay_when_synced, name="journal-replay", daemon=True).start()
     value = {"pid": os.getpid(), "host": socket.gethostname(), **(extra or {})}
     membership.register("collectors", config.collector_id, value)
 
