@@ -63,7 +63,7 @@ def parse_flow(text: str) -> bytes:
     proto_s, a, b = parts
     proto = _PROTOS.get(proto_s.lower())
     if proto is None:
-        if not proto_s.isdigit() or not 0 <= int(proto_s) <= 255:
+        if not (proto_s.isascii() and proto_s.isdigit()) or not 0 <= int(proto_s) <= 255:
             raise QueryError(
                 f"--flow: unknown protocol {proto_s!r} (tcp, udp, icmp, icmpv6, sctp or a number)"
             )
@@ -80,7 +80,7 @@ def _endpoint(text: str) -> tuple[bytes, int]:
     if not sep:
         host, port = text, "0"
     host = host.strip("[]")
-    if not port.isdigit() or int(port) > 65535:
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:  # int() rejects '²'.isdigit()
         raise QueryError(f"--flow: bad port in {text!r}")
     for family in (socket.AF_INET, socket.AF_INET6):
         try:

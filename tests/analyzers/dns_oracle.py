@@ -40,6 +40,8 @@ def tshark_messages(pcap: str) -> list[dict]:
         v6 = "ip" not in layers
         src = ip["ipv6.src" if v6 else "ip.src"]
         dst = ip["ipv6.dst" if v6 else "ip.dst"]
+        if "icmp" in layers or "icmpv6" in layers:
+            continue  # a DNS message quoted in an ICMP error (a reply to a closed port): not on a flow
         proto = "tcp" if "tcp" in layers else "udp"
         l4 = layers[proto]
         sport, dport = int(l4[f"{proto}.srcport"]), int(l4[f"{proto}.dstport"])

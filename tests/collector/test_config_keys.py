@@ -22,7 +22,7 @@ from tests.ipfix.oracles import CELLTAP, REPO
     ],
 )
 def test_bad_values_name_their_key(key, value):
-    with pytest.raises(ConfigError, match=f"^{key}: "):
+    with pytest.raises(ConfigError, match=rf"(^|: ){key}: "):
         config_from_dict({key: value})
 
 
@@ -50,9 +50,8 @@ def test_cli_prints_one_line(tmp_path):
     r = subprocess.run([*CELLTAP, "collector", "--config", str(conf)], capture_output=True, text=True,
                        timeout=60, cwd=str(REPO))  # fmt: skip
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [
-        "celltap collector: max_state_bytes: must be an integer >= 1048576, got 'lots'"
-    ]
+    want = f"celltap collector: {conf}: max_state_bytes: must be an integer, got 'lots'"
+    assert r.stderr.strip().splitlines() == [want]
 
 
 def test_unusable_state_dir_is_one_line(tmp_path):

@@ -93,6 +93,12 @@ def mtls_pair(tmp_path: Path, pki: PKI) -> Iterator[tuple[list[Node], int, str]]
     router, close = start_router(registry, CLUSTER, router_config("c-sec", {}, client))
     try:
         wait_for(lambda: sorted(router.members) == ["s1", "s2"], 20, "both nodes in the router's ring")
+        # Each node's own view too (the file registry is polled): a query scatters over that view.
+        cert = ("--cacert", pki.ca, "--cert", pki.client_cert, "--key", pki.client_key)
+        for n in nodes:
+            url = f"https://{n.http}/nodes"
+            wait_for(lambda url=url: sorted(body_status(curl(url, *cert))[0]) == ["s1", "s2"], 20,
+                     f"{n.id} to see both nodes")  # fmt: skip
         recs = make_records(np.random.default_rng(7), 3000)
         router.on_batch(make_batch(recs))
         assert router.wait_idle(20)
