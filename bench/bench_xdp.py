@@ -34,6 +34,11 @@ import tempfile
 import time
 import uuid
 
+# Run as a script (`python bench/bench_xdp.py`) as well as a module: the bed imports tests.incubator.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
 CELLS = ("c0", "c1", "c2", "c3")
 TRAFGEN_CONF = """{
   eth(da=02:00:00:00:00:02, sa=02:00:00:00:00:01, type=0x0800),
