@@ -14,6 +14,11 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.keepalive_time_ms", 10_000),
+    # A node that comes back (restart, pause) must be reached within a second, not after gRPC's
+    # default reconnect backoff (up to 120 s), which the global subchannel pool would carry over
+    # into the router's next channel to the same address.
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 

@@ -18,7 +18,7 @@ from celltap.proto import celltap_pb2_grpc as pb_grpc
 from tests.cluster.procs import free_port, wait_for
 from tests.cluster.records import make_batch, make_records
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(150)
 
 
 def test_full_buffer_drops_at_ingress_and_counts_then_delivers_the_rest(tmp_path) -> None:
@@ -36,7 +36,9 @@ def test_full_buffer_drops_at_ingress_and_counts_then_delivers_the_rest(tmp_path
     replacement = None
     try:
         assert node.grpc_server is not None
-        node.grpc_server.stop(grace=None).wait(5)  # the node is registered but unreachable
+        # The node is registered but unreachable (gRPC binds with SO_REUSEPORT: the old listener
+        # must be gone before the replacement binds, or it could still take connections).
+        assert node.grpc_server.stop(grace=None).wait(30)
         rng = np.random.default_rng(1)
         accepted_bytes = 0
         refused = 0
@@ -56,7 +58,7 @@ def test_full_buffer_drops_at_ingress_and_counts_then_delivers_the_rest(tmp_path
         pb_grpc.add_AnalysisNodeServicer_to_server(NodeServicer(node.state), replacement)
         add_port(replacement, listen)
         replacement.start()
-        assert router.wait_idle(20)
+        assert router.wait_idle(60), (router.stats(), _senders(router), router.members)
         wait_for(lambda: node.state.app("volume").answer({"n": 1})["total"]["bytes"] == accepted_bytes, 5,
                  "the node to hold every accepted record")  # fmt: skip
         assert node.state.status()["counts"]["records_primary"] == 5000
@@ -65,3 +67,8 @@ def test_full_buffer_drops_at_ingress_and_counts_then_delivers_the_rest(tmp_path
         node.stop()
         if replacement is not None:
             replacement.stop(None)
+
+
+def _senders(router) -> dict:
+    """Each sender's (connected, queued, in flight), for a failure message."""
+    return {n: (s.connected, len(s.queue), len(s.inflight)) for n, s in router.senders.items()}
