@@ -1,4 +1,12 @@
-"""Cluster-wide queries: every node's partial state over gRPC (scatter), merged here (gather)."""
+"""Cluster-wide queries: every node's partial state over gRPC (scatter), merged here (gather).
+
+A node's share is only right once it has seen every membership change the asker's view contains:
+a node that has not yet seen another leave (or come back as a new incarnation) still keeps what it
+holds for the departed one in a shadow, outside its answer (collector/node_state.py).  Registry
+watches lag after an etcd restart or a pause, by seconds.  So each node answers with its own
+incarnation and its view of the others, and the gatherer marks the answer incomplete, naming the
+node, when that view names a member the asker does not see, or another incarnation of it.
+"""
 
 from __future__ import annotations
 
@@ -55,13 +63,15 @@ def scatter_gather(
     tls: TLSConfig | None = None,
     timeout: float = 10.0,
     caller: str | None = None,
+    check_views: bool = True,
 ) -> dict[str, Any]:
     """Ask every node {id: registry value with "grpc"} for `app`, merge, answer.
 
     `caller` (a certificate subject) travels in the `celltap-caller` metadata (collector/query_auth.py).
 
     The answer carries "nodes" (who answered) and "errors" {node: message}; "complete" is False
-    when a node did not answer, since its share is then missing.
+    when a node did not answer, since its share is then missing, or (with `check_views`, which needs
+    `nodes` to be the whole membership) when a node's membership view is behind the asker's.
     """
     params = dict(params or {})
     errors: dict[str, str] = {}
@@ -74,13 +84,42 @@ def scatter_gather(
         }
         for nid, fut in sorted(futures.items()):
             try:
-                partials.append(fut.result())
-                answered.append(nid)
+                reply = fut.result()
             except Exception as exc:
                 errors[nid] = str(exc)
+                continue
+            partials.append(reply)
+            answered.append(nid)
+            behind = view_behind(nodes, nid, reply) if check_views else None
+            if behind:
+                errors[nid] = behind
     if not partials:
         return {"app": app, "complete": False, "nodes": [], "errors": errors or {"*": "no analysis nodes"}}
     merged = merge_partials(partials[0]["describe"], [p["partial"] for p in partials])
     answer = merged.answer(params)
     answer.update({"complete": not errors, "nodes": answered, "errors": errors})
     return answer
+
+
+def view_behind(nodes: Mapping[str, Mapping[str, Any]], nid: str, reply: Mapping[str, Any]) -> str | None:
+    """Why node `nid`'s answer may miss records, judged by its view against the asker's `nodes`
+    (None when it has seen every departure and re-incarnation the asker has)."""
+    mine = str(nodes.get(nid, {}).get("incarnation", ""))
+    theirs = str(reply.get("incarnation", ""))
+    if mine and theirs and mine != theirs:
+        return f"{nid} is now incarnation {theirs}, not {mine}: the asker's view is behind"
+    view = reply.get("view")
+    if not isinstance(view, Mapping):
+        return None  # a node of a version that does not say
+    stale = []
+    for member, incarnation in sorted(view.items()):
+        if member == nid:
+            continue
+        current = nodes.get(member)
+        if current is None:
+            stale.append(f"{member} (left)")
+        elif incarnation and current.get("incarnation") and str(current["incarnation"]) != str(incarnation):
+            stale.append(f"{member}@{incarnation} (now {current['incarnation']})")
+    if stale:
+        return f"{nid} has not yet seen a membership change: {', '.join(stale)}; its share may miss records"
+    return None

@@ -205,7 +205,8 @@ class AnalysisNode:
         nodes = self.cluster_nodes()
         if local:
             nodes = {self.config.id: nodes[self.config.id]}
-        return scatter_gather(nodes, app, params, forwarding_tls(self.config.tls, caller), caller=caller)
+        return scatter_gather(nodes, app, params, forwarding_tls(self.config.tls, caller), caller=caller,
+                              check_views=not local)  # fmt: skip
 
     def stop(self) -> None:
         """Withdraw from the registry, stop serving."""

@@ -275,12 +275,16 @@ class NodeState:
         return None
 
     def partial(self, name: str) -> dict[str, Any]:
-        """{"describe", "partial"} of the live app `name` (KeyError if unknown)."""
+        """{"describe", "partial"} of the live app `name` (KeyError if unknown), with this node's
+        incarnation and membership view {id: incarnation} as of that state (see cluster_query)."""
         with self.lock:
             a = self.app(name)
             if a is None:
                 raise KeyError(name)
-            return {"describe": a.describe(), "partial": a.partial()}
+            return {
+                "describe": a.describe(), "partial": a.partial(), "incarnation": self.incarnation,
+                "view": dict(self.members),
+            }  # fmt: skip
 
     def status(self) -> dict[str, Any]:
         """Counters, membership and state sizes."""
