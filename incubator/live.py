@@ -20,7 +20,7 @@ from celltap.incubator.engine import CellSpec, Engine
 from celltap.incubator.flowtable import FlowTable
 from celltap.incubator.fragments import FragmentTracker
 from celltap.incubator.metrics import IncubatorMetrics
-from celltap.incubator.outputs import IfaceOutput
+from celltap.incubator.outputs import SEND_ERROR_REASONS, IfaceOutput
 from celltap.incubator.separator import Separator
 
 from celltap.decode import DecodeOptions
@@ -66,6 +66,9 @@ class Bridge:
         self.metrics = metrics
         self.sent = 0
         self.dropped: dict[str, int] = {}
+        metrics.bridged_frames.labels(ifname)  # both at 0 from the start
+        for reason in SEND_ERROR_REASONS:
+            metrics.bridge_dropped_frames.labels(ifname, reason)
 
     def forward(self, batch: FrameBatch) -> None:
         """Send every frame of the batch out of this side."""

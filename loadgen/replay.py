@@ -30,6 +30,11 @@ RETRIES = PromCounter("celltap_loadgen_replay_retries_total", "Send attempts ret
 
 MAX_RETRIES = 2000
 FATAL = {errno.ENETDOWN, errno.ENODEV, errno.ENXIO}
+# Known reasons, exported at 0 from the start (a dashboard shows 0, not No data): ENOBUFS retried (and
+# given up after MAX_RETRIES), a frame beyond the interface's MTU, the fatal ones. A rarer errno
+# appears at its first occurrence.
+RETRY_REASONS = ("enobufs",)
+SEND_ERROR_REASONS = ("enobufs", "emsgsize", "enetdown", "enodev", "enxio")
 
 
 @dataclass
@@ -171,6 +176,10 @@ def replay(
         # Pace about once per millisecond: small enough for smooth rates, large enough to be cheap.
         batch_size = max(1, min(1024, int(pps / 1000))) if pps else 256 if topspeed else 1
     stats = ReplayStats()
+    for reason in SEND_ERROR_REASONS:
+        SEND_ERRORS.labels(reason)
+    for reason in RETRY_REASONS:
+        RETRIES.labels(reason)
     sock = open_socket(iface)
     pacer = _Pacer(pps, topspeed)
     start = time.perf_counter()

@@ -10,6 +10,8 @@ import threading
 from celltap.cell.analyzers.registry import ANALYZERS
 from celltap.cell.analyzers.supervisor import child_command, supervise
 from celltap.cell.sdk.client import run_socket
+from celltap.cell.sdk.loopback import declare_loopback_reasons
+from celltap.cell.sdk.metrics import declare_reasons
 from celltap.cell.sdk.output import JsonLinesWriter
 from celltap.cell.sdk.session import FORMATS
 
@@ -56,9 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _wait_for_socket(path: str, exit_on_eof: bool, seconds: float) -> None:
-    """Give a missing interface socket a short wait; then fail (offline) or say what it waits for."""
-    if wait_for_path(path, seconds):
+def _wait_for_socket(path: str, exit_on_eof: bool, seconds: float, stop: threading.Event) -> None:
+    """Give a missing interface socket a short wait; then fail (offline) or say what it waits for.
+
+    A SIGTERM during the wait ends it at once (the caller's loop then sees `stop`)."""
+    if wait_for_path(path, seconds, stop) or stop.is_set():
         return
     if exit_on_eof:
         raise UserError(
@@ -96,7 +100,10 @@ def main(args: argparse.Namespace) -> int:
     if not args.socket:
         log.error("analyzer: --socket PATH is required (or --socket-prefix with --balance)")
         return 2
-    _wait_for_socket(args.socket, args.exit_on_eof, args.socket_wait)
+    # the drop and error counters show 0 from the start, also while the interface socket is awaited
+    declare_reasons(args.name, ANALYZERS[args.name].error_reasons)
+    declare_loopback_reasons(args.name)
+    _wait_for_socket(args.socket, args.exit_on_eof, args.socket_wait, stop)
     analyzer = ANALYZERS[args.name]()
     writer = JsonLinesWriter(args.out)
     try:
