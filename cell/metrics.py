@@ -26,8 +26,8 @@ INPUT_DROP_REASONS = ("vxlan_short", "vxlan_no_vni_flag", "vxlan_other_vni")
 INTERFACE_DROP_REASONS = ("no_reader", "reader_slow", "reader_stuck", "reader_closed")
 # L7 loopback events not re-injected: the core's (abstractor) and the loopback parser's reasons.
 LOOPBACK_DROP_REASONS = (
-    "bad_event", "hop_limit", "header_too_long", "bad_header", "bad_len", "len_too_big", "bad_time",
-    "bad_l3l4", "bad_hop",
+    "bad_event", "hop_limit", "header_too_long", "bad_header", "bad_address", "bad_port", "bad_hop",
+    "bad_l3l4", "bad_len", "len_too_big", "bad_time",
 )  # fmt: skip
 
 

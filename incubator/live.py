@@ -54,6 +54,7 @@ def _open_afpacket(spec: str, cfg: Config, bpf: bytes | None = None) -> Any:
         retire_ms=b["timeout_ms"],
         fanout_group=cfg["fanout_group"],
         bpf=bpf,
+        promiscuous=True,  # a mirror port's (and a bridge side's) frames are addressed to other hosts
     )
 
 

@@ -178,9 +178,8 @@ def test_reasons_the_code_counts_are_declared() -> None:
     assert served and served <= set(d["celltap_cell_interface_dropped_events_total"]), served
     inputs = literals(cell / "inputs.py", r'drops\["(\w+)"\]')
     assert inputs <= set(d["celltap_cell_input_dropped_frames_total"]), inputs
-    loopback = literals(cell / "abstractor.py", r'count_loopback_drop\("(\w+)"') | literals(
-        cell / "loopback_input.py", r'_drop\("(\w+)"'
-    )
+    loopback = literals(cell / "abstractor.py", r'count_loopback_drop\("(\w+)"')
+    loopback |= literals(cell / "loopback_input.py", r'(?:_drop|BadEvent)\("(\w+)"')
     assert loopback and loopback == set(d["celltap_cell_loopback_dropped_events_total"]), loopback
     store = literals(cell / "store/writer.py", r'_count_drop\("(\w+)"')
     assert store and store <= set(d["celltap_cell_store_dropped_frames_total"]), store
