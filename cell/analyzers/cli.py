@@ -8,7 +8,7 @@ import signal
 import threading
 
 from celltap.cell.analyzers.registry import ANALYZERS
-from celltap.cell.analyzers.supervisor import child_command, supervise
+from celltap.cell.analyzers.supervisor import RESTARTS, child_command, supervise
 from celltap.cell.sdk.client import run_socket
 from celltap.cell.sdk.loopback import declare_loopback_reasons
 from celltap.cell.sdk.metrics import declare_reasons
@@ -76,6 +76,12 @@ def main(args: argparse.Namespace) -> int:
     """Run the analyzer (or the balance supervisor) until SIGTERM, or EOF with --exit-on-eof."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # the drop and error counters show 0 from the first scrape (also while the socket is awaited)
+    if args.balance:
+        RESTARTS.labels(args.name)
+    else:
+        declare_reasons(args.name, ANALYZERS[args.name].error_reasons)
+        declare_loopback_reasons(args.name)
     if args.metrics_port is not None:
         from celltap.user_errors import serve_metrics
 
@@ -100,9 +106,6 @@ def main(args: argparse.Namespace) -> int:
     if not args.socket:
         log.error("analyzer: --socket PATH is required (or --socket-prefix with --balance)")
         return 2
-    # the drop and error counters show 0 from the start, also while the interface socket is awaited
-    declare_reasons(args.name, ANALYZERS[args.name].error_reasons)
-    declare_loopback_reasons(args.name)
     _wait_for_socket(args.socket, args.exit_on_eof, args.socket_wait, stop)
     analyzer = ANALYZERS[args.name]()
     writer = JsonLinesWriter(args.out)

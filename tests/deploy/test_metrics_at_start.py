@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import require_root
 from tests.deploy.chart import CHART, REPO
-from tests.deploy.processes import CELLTAP, free_port, wait_for
+from tests.deploy.processes import CELLTAP, free_port, free_port_block, wait_for
 from tests.fixtures_etcd import etcd_server  # noqa: F401  (fixture)
 
 DASHBOARDS = sorted((CHART / "files/dashboards").glob("*.json"))
@@ -351,6 +351,8 @@ def test_collector_and_node_export_their_drop_reasons_at_zero(
     node = start(["node", "--config", str(tmp_path / "node.yaml")], procs)
     page = scrape_when_up(f"http://127.0.0.1:{http}/metrics", node, "celltap_node_rejected_records_total")
     check_page(page, ["celltap_node_rejected_records_total"])
+    # records a node does not apply without a reason label: one series at 0 each
+    check_page(page, {"celltap_node_duplicate_records_total": (), "celltap_node_fenced_records_total": ()})
 
     metrics = free_port()
     col_cfg = {
@@ -366,6 +368,7 @@ def test_collector_and_node_export_their_drop_reasons_at_zero(
     want = "celltap_collector_cluster_dropped_records_total"
     page = scrape_when_up(f"http://127.0.0.1:{metrics}/metrics", col, want)
     check_page(page, [n for n in declared() if n.startswith("celltap_collector_")])
+    check_page(page, {"celltap_collector_cluster_replica_lost_records_total": ()})
 
 
 def test_cell_exports_its_drop_reasons_at_zero(procs: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
@@ -405,6 +408,18 @@ def test_analyzer_exports_its_drop_and_error_reasons_at_zero(
     proc = start([*args, "--metrics-addr", "127.0.0.1"], procs)
     page = scrape_when_up(f"http://127.0.0.1:{metrics}/metrics", proc, None)
     check_page(page, analyzer_declared(name), analyzer=name)
+
+
+def test_balanced_analyzers_supervisor_and_children_export_theirs_at_zero(
+    procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    base = free_port_block(2)  # the supervisor's port, then its one child's
+    args = ["analyzer", "dns", "--balance", "1", "--socket-prefix", str(tmp_path / "dns")]
+    proc = start([*args, "--metrics-port", str(base), "--metrics-addr", "127.0.0.1"], procs)
+    page = scrape_when_up(f"http://127.0.0.1:{base}/metrics", proc, None)
+    check_page(page, {"celltap_analyzer_restarts_total": ()}, analyzer="dns")
+    page = scrape_when_up(f"http://127.0.0.1:{base + 1}/metrics", proc, None)
+    check_page(page, analyzer_declared("dns"), analyzer="dns")
 
 
 def netns_scraper(ns: str, port: int) -> Callable[[], dict[str, Any]]:
@@ -466,9 +481,10 @@ def test_incubator_exports_its_drop_reasons_at_zero(
                 page = scrape_ns()
             except OSError:
                 return False
-            return "celltap_incubator_dropped_frames_total" in page
+            # its one cell set up (the gauge is set once the cells' outputs are open)
+            return page.get("celltap_incubator_cells", {}).get((), 0) == 1
 
-        wait_for(ready, 30, "the incubator's metrics")
+        wait_for(ready, 30, "the incubator's metrics with its cell set up")
         check_page(page, ["celltap_incubator_dropped_frames_total"])
         check_page(page, output_errors_declared(), cell="0")
     finally:
