@@ -29,7 +29,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import require_root
+from tests.conftest import require_root, require_tool
 from tests.deploy.chart import CHART, REPO
 from tests.deploy.processes import CELLTAP, free_port, free_port_block, wait_for
 from tests.fixtures_etcd import etcd_server  # noqa: F401  (fixture)
@@ -448,22 +448,28 @@ def netns_scraper(ns: str, port: int) -> Callable[[], dict[str, Any]]:
     return scrape_ns
 
 
-@pytest.mark.netns
-def test_incubator_exports_its_drop_reasons_at_zero(
-    procs: list[subprocess.Popen[bytes]], tmp_path: Path
-) -> None:
+def incubator_page(
+    procs: list[subprocess.Popen[bytes]], tmp_path: Path, cfg: dict, veths: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The first /metrics page of a real incubator (in a fresh netns with lo and the given veth
+    pairs, `name` and `name-p`, up) once its cells are set up. No traffic crosses the veths (IPv6,
+    whose link-local chatter would, is off); the scrapes cross lo, which is captured by no test."""
     require_root()
     ns = f"ctz{os.getpid() % 10000}{random.randrange(100)}"
     subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=30)
-        cfg = {
-            "mode": "mirror",
-            "capture": "afpacket:lo",
-            "metrics_port": 9470,
-            "cells": [{"id": "0", "output": "vxlan://127.0.0.1:4789"}],
-        }
-        (tmp_path / "incubator.yaml").write_text(yaml.safe_dump(cfg))
+        for key in ("all", "default"):
+            sysctl = ["sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"]
+            subprocess.run(["ip", "netns", "exec", ns, *sysctl], check=True, timeout=30)
+        for v in veths:
+            subprocess.run(
+                ["ip", "-n", ns, "link", "add", "name", v, "type", "veth", "peer", "name", f"{v}-p"],
+                check=True,
+            )
+            for end in (v, f"{v}-p"):
+                subprocess.run(["ip", "-n", ns, "link", "set", "dev", end, "up"], check=True)
+        (tmp_path / "incubator.yaml").write_text(yaml.safe_dump({"metrics_port": 9470, **cfg}))
         inc = start(
             ["incubator", "--config", str(tmp_path / "incubator.yaml")],
             procs,
@@ -481,15 +487,70 @@ def test_incubator_exports_its_drop_reasons_at_zero(
                 page = scrape_ns()
             except OSError:
                 return False
-            # its one cell set up (the gauge is set once the cells' outputs are open)
-            return page.get("celltap_incubator_cells", {}).get((), 0) == 1
+            # its cells set up (the gauge is set once the cells' outputs are open)
+            return page.get("celltap_incubator_cells", {}).get((), 0) == len(cfg["cells"])
 
-        wait_for(ready, 30, "the incubator's metrics with its cell set up")
-        check_page(page, ["celltap_incubator_dropped_frames_total"])
-        check_page(page, output_errors_declared(), cell="0")
+        wait_for(ready, 30, "the incubator's metrics with its cells set up")
+        return page
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
                 p.wait(10)
         subprocess.run(["ip", "netns", "del", ns], timeout=30)
+
+
+@pytest.mark.netns
+def test_incubator_exports_its_drop_reasons_at_zero(
+    procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    cfg = {
+        "mode": "mirror",
+        "capture": "afpacket:ta",
+        "cells": [{"id": "0", "output": "vxlan://127.0.0.1:4789"}],
+    }
+    page = incubator_page(procs, tmp_path, cfg, ("ta",))
+    check_page(page, ["celltap_incubator_dropped_frames_total"])
+    check_page(page, output_errors_declared(), cell="0")
+
+
+@pytest.mark.netns
+def test_inline_incubator_exports_its_bridge_drops_at_zero(
+    procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    from celltap.incubator.outputs import SEND_ERROR_REASONS
+
+    cfg = {
+        "mode": "inline",
+        "capture": "afpacket:ta",
+        "peer": "afpacket:tb",
+        "cells": [{"id": "0", "output": "vxlan://127.0.0.1:4789"}],
+    }
+    page = incubator_page(procs, tmp_path, cfg, ("ta", "tb"))
+    for side in ("ta", "tb"):  # each bridge side is labelled by the interface it sends on
+        check_page(page, {"celltap_incubator_bridged_frames_total": ()}, to=side)
+        check_page(page, {"celltap_incubator_bridge_dropped_frames_total": SEND_ERROR_REASONS}, to=side)
+
+
+@pytest.mark.netns
+def test_xdp_incubator_exports_its_kernel_path_reasons_at_zero(
+    procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    from celltap.incubator.xdp.datapath import REDIRECT_DROP, XMIT_DROP
+    from celltap.incubator.xdp.program import COUNTERS
+
+    require_tool("clang")  # the XDP program is built at start
+    cfg = {
+        "mode": "inline",
+        "capture": "xdp:ta",
+        "peer": "xdp:tb",
+        "cells": [{"id": "0", "output": "iface:tc0"}],
+    }
+    page = incubator_page(procs, tmp_path, cfg, ("ta", "tb", "tc0"))
+    passed = tuple(n[3:] for n in COUNTERS if n.startswith("up_"))
+    assert passed, "no up_* counter: the pattern is stale"
+    check_page(page, {"celltap_incubator_xdp_passed_frames_total": passed})
+    check_page(page, {"celltap_incubator_dropped_frames_total": (XMIT_DROP, REDIRECT_DROP)})
+    for side in ("ta", "tb"):
+        check_page(page, {"celltap_incubator_bridge_dropped_frames_total": (XMIT_DROP,)}, to=side)
+    check_page(page, output_errors_declared(), cell="0")
