@@ -9,6 +9,12 @@ REGISTRY_ERRORS = Counter(
     "Registry operations that failed, by operation (put, get, lease, keepalive, watch, register, ...)",
     ["op"],
 )
+# Every operation REGISTRY_ERRORS is counted under: each exists at 0 once a registry client is made
+# (dashboards show 0, not "No data"; tests/deploy/test_metrics_at_start.py checks the list).
+REGISTRY_OPS = (
+    "put", "get", "get_prefix", "delete", "lease", "lease_ttl", "keepalive", "revoke", "watch",
+    "watch_callback", "register", "member_value", "member_callback", "bad_file",
+)  # fmt: skip
 REGISTRY_CONNECTED = Gauge(
     "celltap_registry_connected",
     "1 while the last registry operation succeeded, 0 after it failed",

@@ -55,6 +55,8 @@ def declared() -> dict[str, tuple[str, ...]]:
     from celltap.incubator.outputs import SEND_ERROR_REASONS
     from celltap.incubator.separator import DROP_REASONS
 
+    from celltap.registry.metrics import REGISTRY_OPS
+
     return {
         "celltap_cell_dropped_packets_total": PACKET_DROP_REASONS,
         "celltap_cell_defrag_dropped_fragments_total": DEFRAG_DROP_REASONS,
@@ -69,7 +71,12 @@ def declared() -> dict[str, tuple[str, ...]]:
         "celltap_collector_template_store_dropped_total": TEMPLATE_STORE_DROP_REASONS,
         "celltap_collector_cluster_dropped_records_total": ROUTER_DROP_REASONS,
         "celltap_node_rejected_records_total": NODE_REJECT_REASONS,
+        "celltap_registry_errors_total": REGISTRY_OPS,  # (labelled `op`: REASON_LABEL)
     }
+
+
+# The label a counter's reasons are the values of, where it is not `reason`.
+REASON_LABEL = {"celltap_registry_errors_total": "op"}
 
 
 def analyzer_declared(name: str) -> dict[str, tuple[str, ...]]:
@@ -183,6 +190,14 @@ def test_reasons_the_code_counts_are_declared() -> None:
     assert loopback and loopback == set(d["celltap_cell_loopback_dropped_events_total"]), loopback
     store = literals(cell / "store/writer.py", r'_count_drop\("(\w+)"')
     assert store and store <= set(d["celltap_cell_store_dropped_frames_total"]), store
+    registry = set().union(
+        *(
+            literals(f, r'(?:_call|_guard|failed)\(\s*"(\w+)"|op="(\w+)"')
+            for f in (REPO / "celltap/registry").glob("*.py")
+        )
+    )
+    registry = {g for pair in registry for g in (pair if isinstance(pair, tuple) else (pair,)) if g}
+    assert len(registry) >= 10 and registry <= set(d["celltap_registry_errors_total"]), registry
     templates = literals(col / "template_store.py", r'drops\["(\w+)"\]')
     assert templates and templates == set(d["celltap_collector_template_store_dropped_total"]), templates
 
@@ -299,7 +314,8 @@ def check_page(page: Page, counters: list[str] | dict[str, tuple[str, ...]], **w
         if not reasons:
             assert list(series.values()) == [0], f"{name}{where}: not one series at 0 at start: {series}"
             continue
-        zeros = {dict(labels).get("reason") for labels, value in series.items() if value == 0}
+        key = REASON_LABEL.get(name, "reason")
+        zeros = {dict(labels).get(key) for labels, value in series.items() if value == 0}
         missing = set(reasons) - zeros
         assert not missing, f"{name}{where}: reasons not at 0 at start: {sorted(missing)}"
 
@@ -350,7 +366,7 @@ def test_collector_and_node_export_their_drop_reasons_at_zero(
     (tmp_path / "node.yaml").write_text(yaml.safe_dump(node_cfg))
     node = start(["node", "--config", str(tmp_path / "node.yaml")], procs)
     page = scrape_when_up(f"http://127.0.0.1:{http}/metrics", node, "celltap_node_rejected_records_total")
-    check_page(page, ["celltap_node_rejected_records_total"])
+    check_page(page, ["celltap_node_rejected_records_total", "celltap_registry_errors_total"])
     # records a node does not apply without a reason label: one series at 0 each
     check_page(page, {"celltap_node_duplicate_records_total": (), "celltap_node_fenced_records_total": ()})
 
