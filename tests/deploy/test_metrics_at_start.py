@@ -13,6 +13,7 @@ starts with: each analyzer's own, each configured cell's output errors, a config
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import random
@@ -21,7 +22,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -464,12 +465,10 @@ def netns_scraper(ns: str, port: int) -> Callable[[], dict[str, Any]]:
     return scrape_ns
 
 
-def incubator_page(
-    procs: list[subprocess.Popen[bytes]], tmp_path: Path, cfg: dict, veths: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """The first /metrics page of a real incubator (in a fresh netns with lo and the given veth
-    pairs, `name` and `name-p`, up) once its cells are set up. No traffic crosses the veths (IPv6,
-    whose link-local chatter would, is off); the scrapes cross lo, which is captured by no test."""
+@contextlib.contextmanager
+def quiet_netns(procs: list[subprocess.Popen[bytes]], veths: tuple[str, ...] = ()) -> Iterator[str]:
+    """A fresh netns with lo and the given veth pairs (`name`, `name-p`) up and IPv6 off (so no
+    link-local chatter crosses the veths); the processes started in it are stopped on exit."""
     require_root()
     ns = f"ctz{os.getpid() % 10000}{random.randrange(100)}"
     subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
@@ -485,35 +484,85 @@ def incubator_page(
             )
             for end in (v, f"{v}-p"):
                 subprocess.run(["ip", "-n", ns, "link", "set", "dev", end, "up"], check=True)
-        (tmp_path / "incubator.yaml").write_text(yaml.safe_dump({"metrics_port": 9470, **cfg}))
-        inc = start(
-            ["incubator", "--config", str(tmp_path / "incubator.yaml")],
-            procs,
-            prefix=["ip", "netns", "exec", ns],
-        )
-        scrape_ns = netns_scraper(ns, 9470)
-        page: dict[str, Any] = {}
-
-        def ready() -> bool:
-            nonlocal page
-            assert inc.poll() is None, (
-                f"incubator exited {inc.returncode}: {inc.stderr.read() if inc.stderr else ''}"
-            )
-            try:
-                page = scrape_ns()
-            except OSError:
-                return False
-            # its cells set up (the gauge is set once the cells' outputs are open)
-            return page.get("celltap_incubator_cells", {}).get((), 0) == len(cfg["cells"])
-
-        wait_for(ready, 30, "the incubator's metrics with its cells set up")
-        return page
+        yield ns
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
                 p.wait(10)
         subprocess.run(["ip", "netns", "del", ns], timeout=30)
+
+
+def page_in_netns(
+    ns: str, port: int, proc: subprocess.Popen[bytes], ready: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    """The first /metrics page (127.0.0.1:port inside the netns) for which `ready` holds."""
+    scrape_ns = netns_scraper(ns, port)
+    page: dict[str, Any] = {}
+
+    def check() -> bool:
+        nonlocal page
+        assert proc.poll() is None, f"exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
+        try:
+            page = scrape_ns()
+        except OSError:
+            return False
+        return ready(page)
+
+    wait_for(check, 30, what)
+    return page
+
+
+def incubator_page(
+    procs: list[subprocess.Popen[bytes]], tmp_path: Path, cfg: dict, veths: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The first /metrics page of a real incubator (in a quiet netns with the given veths) once its
+    cells are set up; the scrapes cross lo, which no test captures."""
+    with quiet_netns(procs, veths) as ns:
+        (tmp_path / "incubator.yaml").write_text(yaml.safe_dump({"metrics_port": 9470, **cfg}))
+        inc = start(
+            ["incubator", "--config", str(tmp_path / "incubator.yaml")], procs, ["ip", "netns", "exec", ns]
+        )
+        # its cells set up (the gauge is set once the cells' outputs are open)
+        cells = len(cfg["cells"])
+        return page_in_netns(
+            ns,
+            9470,
+            inc,
+            lambda page: page.get("celltap_incubator_cells", {}).get((), 0) == cells,
+            "the incubator's metrics with its cells set up",
+        )
+
+
+@pytest.mark.netns
+def test_loadgen_replay_exports_its_error_reasons_at_zero(
+    procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    from celltap.loadgen.replay import RETRY_REASONS, SEND_ERROR_REASONS
+
+    from celltap.pcap.writer import PcapWriter
+
+    with PcapWriter(str(tmp_path / "one.pcap")) as w:  # one broadcast ARP request, crafted
+        w.write(
+            0,
+            bytes.fromhex("ffffffffffff020000000001 0806 0001080006040001 020000000001 0a000001")
+            + bytes(6)
+            + bytes.fromhex("0a000002")
+            + bytes(18),
+        )
+    with quiet_netns(procs, ("ta",)) as ns:
+        args = ["loadgen", "replay", str(tmp_path / "one.pcap"), "ta", "--pps", "2", "--loop", "100000"]
+        proc = start([*args, "--metrics-port", "9472"], procs, ["ip", "netns", "exec", ns])
+        page = page_in_netns(
+            ns, 9472, proc, lambda page: "celltap_loadgen_replay_frames_total" in page, "loadgen"
+        )
+    check_page(
+        page,
+        {
+            "celltap_loadgen_replay_send_errors_total": SEND_ERROR_REASONS,
+            "celltap_loadgen_replay_retries_total": RETRY_REASONS,
+        },
+    )
 
 
 @pytest.mark.netns
