@@ -6,7 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from celltap.registry.metrics import REGISTRY_CONNECTED, REGISTRY_ERRORS, REGISTRY_OPS
+from celltap.registry.metrics import REGISTRY_CONNECTED, REGISTRY_ERRORS
 
 log = logging.getLogger("celltap.registry")
 
@@ -20,8 +20,6 @@ class ConnectionHealth:
         self._connected = True
         self._listeners: list[Callable[[], None]] = []
         REGISTRY_CONNECTED.set(1)
-        for op in REGISTRY_OPS:  # at 0 from the start
-            REGISTRY_ERRORS.labels(op=op)
 
     @property
     def connected(self) -> bool:
