@@ -35,6 +35,10 @@ FATAL = {errno.ENETDOWN, errno.ENODEV, errno.ENXIO}
 # appears at its first occurrence.
 RETRY_REASONS = ("enobufs",)
 SEND_ERROR_REASONS = ("enobufs", "emsgsize", "enetdown", "enodev", "enxio")
+for _reason in SEND_ERROR_REASONS:  # from this module's import, before /metrics is served
+    SEND_ERRORS.labels(_reason)
+for _reason in RETRY_REASONS:
+    RETRIES.labels(_reason)
 
 
 @dataclass
@@ -176,10 +180,6 @@ def replay(
         # Pace about once per millisecond: small enough for smooth rates, large enough to be cheap.
         batch_size = max(1, min(1024, int(pps / 1000))) if pps else 256 if topspeed else 1
     stats = ReplayStats()
-    for reason in SEND_ERROR_REASONS:
-        SEND_ERRORS.labels(reason)
-    for reason in RETRY_REASONS:
-        RETRIES.labels(reason)
     sock = open_socket(iface)
     pacer = _Pacer(pps, topspeed)
     start = time.perf_counter()
