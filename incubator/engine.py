@@ -92,7 +92,10 @@ class Engine:
         joined, left, rehomed = self.sep.set_cells({cid: s.weight for cid, s in usable.items()})
         for cid, out in opened.items():
             self.outputs[self.sep.cells.slot_of[cid]] = out
-            for reason in OUTPUT_ERROR_REASONS:  # each cell's output errors exist from its output's start
+            # each cell's series exist at 0 from its output's start (dashboards show 0, not No data)
+            self.metrics.out_frames.labels(cid)
+            self.metrics.out_bytes.labels(cid)
+            for reason in OUTPUT_ERROR_REASONS:
                 self.metrics.output_errors.labels(cid, reason)
         for cid in left:
             out = self.outputs.pop(self.sep.cells.slot_of[cid], None)

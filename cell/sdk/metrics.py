@@ -3,7 +3,7 @@
 Every reason an analyzer can count exists from its start at 0 (`declare_reasons`), so a dashboard
 shows 0, not "No data", before the first bad event: the SDK's own reasons of dropped events
 (`DROPPED_EVENT_REASONS`: the interface decoders' and the flow table's) and the analyzer's declared
-parse-error reasons (`FlowAnalyzer.error_reasons`).
+parse-error reasons (`FlowAnalyzer.error_reasons`); its throughput series as well.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from celltap.cell.sdk.events import CREATED, DATA, DESTROYED
 from prometheus_client import Counter as PromCounter
+
+EVENT_KINDS = (CREATED, DATA, DESTROYED)
 
 EVENTS_READ = PromCounter(
     "celltap_analyzer_events_read_total", "Interface events read", ["analyzer", "event"]
@@ -37,8 +40,12 @@ WIRE_ERRORS = PromCounter(
 
 
 def declare_reasons(analyzer: str, error_reasons: Iterable[str]) -> None:
-    """Create every known reason's series of an analyzer's drop and error counters at 0."""
-    WIRE_ERRORS.labels(analyzer)
+    """Create every known reason's series of an analyzer's drop and error counters at 0 (and its
+    throughput series, which dashboards plot too)."""
+    for counter in (WIRE_ERRORS, RECONNECTS, BYTES_READ, RECORDS_WRITTEN):
+        counter.labels(analyzer)
+    for event in EVENT_KINDS:
+        EVENTS_READ.labels(analyzer, event)
     for reason in DROPPED_EVENT_REASONS:
         DROPPED_EVENTS.labels(analyzer, reason)
     for reason in error_reasons:

@@ -77,7 +77,7 @@ def declared() -> dict[str, tuple[str, ...]]:
 
 
 # The label a counter's reasons are the values of, where it is not `reason`.
-REASON_LABEL = {"celltap_registry_errors_total": "op"}
+REASON_LABEL = {"celltap_registry_errors_total": "op", "celltap_analyzer_events_read_total": "event"}
 
 
 def analyzer_declared(name: str) -> dict[str, tuple[str, ...]]:
@@ -91,14 +91,23 @@ def analyzer_declared(name: str) -> dict[str, tuple[str, ...]]:
         "celltap_analyzer_parse_errors_total": ANALYZERS[name].error_reasons,
         "celltap_analyzer_loopback_dropped_events_total": LOOPBACK_DROP_REASONS,
         "celltap_analyzer_wire_errors_total": (),  # no reason label: the analyzer's one series at 0
+        # its throughput, which dashboards plot too
+        "celltap_analyzer_reconnects_total": (),
+        "celltap_analyzer_bytes_read_total": (),
+        "celltap_analyzer_records_written_total": (),
+        "celltap_analyzer_events_read_total": ("CREATED", "DATA", "DESTROYED"),  # (labelled `event`)
     }
 
 
-def output_errors_declared() -> dict[str, tuple[str, ...]]:
-    """The incubator's per-cell output errors -> the reasons declared."""
+def per_cell_declared() -> dict[str, tuple[str, ...]]:
+    """The incubator's per-cell counters -> the reasons declared (output errors) or () (one series)."""
     from celltap.incubator.engine import OUTPUT_ERROR_REASONS
 
-    return {"celltap_incubator_output_errors_total": OUTPUT_ERROR_REASONS}
+    return {
+        "celltap_incubator_output_errors_total": OUTPUT_ERROR_REASONS,
+        "celltap_incubator_out_frames_total": (),
+        "celltap_incubator_out_bytes_total": (),
+    }
 
 
 # Drop counters the dashboards plot whose series are per entity, checked below for the entities the
@@ -576,7 +585,7 @@ def test_incubator_exports_its_drop_reasons_at_zero(
     }
     page = incubator_page(procs, tmp_path, cfg, ("ta",))
     check_page(page, ["celltap_incubator_dropped_frames_total"])
-    check_page(page, output_errors_declared(), cell="0")
+    check_page(page, per_cell_declared(), cell="0")
 
 
 @pytest.mark.netns
@@ -618,4 +627,4 @@ def test_xdp_incubator_exports_its_kernel_path_reasons_at_zero(
     check_page(page, {"celltap_incubator_dropped_frames_total": (XMIT_DROP, REDIRECT_DROP)})
     for side in ("ta", "tb"):
         check_page(page, {"celltap_incubator_bridge_dropped_frames_total": (XMIT_DROP,)}, to=side)
-    check_page(page, output_errors_declared(), cell="0")
+    check_page(page, per_cell_declared(), cell="0")
