@@ -1,13 +1,18 @@
 """Dashboards show 0, not "No data", on a healthy cluster: each component, scraped right after it
-starts, already exports every known reason of its drop and error counters at 0, and no `*_created`
-series.
+starts (before any traffic; loadgen while it replays without error), already exports every known
+reason of its drop and error counters at 0, and no `*_created` series.
 
-The known reasons are the tuples the components declare (collector/stats.py, cluster_metrics.py,
-node_metrics.py, incubator/separator.py, engine.py and outputs.py, cell/metrics.py, the analyzer SDK's
-metrics.py and each analyzer's `error_reasons`); a scan of the components' source checks that every
-reason the code counts with a fixed name is declared (for the analyzers: exactly the names their code
-counts), so the tuples cannot fall behind. Per-entity series are checked for the entities a process
-starts with: each analyzer's own, each configured cell's output errors, a configured store's drops.
+The processes are really started and scraped over HTTP: a collector and an analysis node (with
+etcd), a cell (with a packet store and IPFIX export), each of the five analyzers and a balance
+supervisor, a mirror, an inline and an XDP incubator, and loadgen's replay (the netns ones in a
+quiet namespace of their own). The known reasons are the tuples the components declare
+(collector/stats.py, cluster_metrics.py, node_metrics.py, incubator/separator.py, engine.py and
+outputs.py, cell/metrics.py, the analyzer SDK's metrics.py and loopback.py, each analyzer's
+`error_reasons`, celltap/registry/metrics.py, loadgen/replay.py); a scan of the source checks that
+every reason the code counts under a fixed name is declared (for the analyzers, by an AST scan:
+exactly the names their code counts), so the tuples cannot fall behind. Per-entity series are
+checked for the entities a process starts with: each analyzer's own, each configured cell's, each
+bridge side's, a configured store's.
 """
 
 from __future__ import annotations
