@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -58,6 +59,25 @@ def start_incubator(ns: NetNS, tmp: Path, caps: str, port: int, metrics: int) ->
     return ns.exec(*cmd, "incubator", "--config", str(tmp / "incubator.yaml"), stderr=subprocess.PIPE)
 
 
+def wait_cells(ns: NetNS, port: int, n: int, timeout: float = 20) -> None:
+    """Until the incubator's /metrics (inside the namespace) says n cells are set up."""
+
+    def cells() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            m = re.search(r"^celltap_incubator_cells (\S+)$", r.read().decode(), re.MULTILINE)
+        return float(m.group(1)) if m else 0.0
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if ns.call(cells) == n:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"the incubator did not set up {n} cells in {timeout} s")
+
+
 def effective_caps(pid: int) -> int:
     """CapEff of a process."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -85,7 +105,7 @@ def test_incubator_captures_a_mirror_port_with_net_raw_alone(tmp_path: Path) -> 
             assert inc.poll() is None, inc.stderr.read().decode() if inc.stderr else ""
             assert effective_caps(inc.pid) == 1 << CAP_NET_RAW
             assert promiscuity(ns, "m1") == 1
-            time.sleep(0.5)  # the cell's output is set up with the capture (same start-up step)
+            wait_cells(ns, 9471, 1)  # its cell's output open: no frame may find it missing
             tx = ns.call(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0))
             tx.bind(("m0", 0))
             for f in sent:
