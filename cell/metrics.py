@@ -24,6 +24,11 @@ DEFRAG_DROP_REASONS = ("bad_header", "too_big", "bad_length", "timeout", "incons
 INPUT_DROP_REASONS = ("vxlan_short", "vxlan_no_vni_flag", "vxlan_other_vni")
 # Per interface (every interface the configuration serves), why events did not reach a reader.
 INTERFACE_DROP_REASONS = ("no_reader", "reader_slow", "reader_stuck", "reader_closed")
+# L7 loopback events not re-injected: the core's (abstractor) and the loopback parser's reasons.
+LOOPBACK_DROP_REASONS = (
+    "bad_event", "hop_limit", "header_too_long", "bad_header", "bad_address", "bad_port", "bad_hop",
+    "bad_l3l4", "bad_len", "len_too_big", "bad_time",
+)  # fmt: skip
 
 
 def with_zeros(items: dict, reasons: tuple[str, ...]) -> dict:
@@ -162,7 +167,7 @@ class CellCollector(Collector):
             "celltap_cell_loopback_dropped_events",
             "L7 loopback events not re-injected (hop limit, bad events)",
             ["reason"],
-            a.loopback_drops,
+            with_zeros(a.loopback_drops, LOOPBACK_DROP_REASONS),
         )
         yield counter(
             "celltap_cell_loopback_events",

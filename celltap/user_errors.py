@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
 PORT_IN_USE = "port {port} is already in use"
 
@@ -83,13 +84,16 @@ def parse_host_port(text: str, option: str, default_host: str = "") -> tuple[str
     return host, value
 
 
-def wait_for_path(path: str, seconds: float) -> bool:
-    """True once `path` exists, False after `seconds` without it."""
+def wait_for_path(path: str, seconds: float, stop: threading.Event | None = None) -> bool:
+    """True once `path` exists, False after `seconds` without it (or as soon as `stop` is set)."""
     import time
 
     deadline = time.monotonic() + seconds
     while not os.path.exists(path):
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
             return False
-        time.sleep(0.05)
+        if stop is not None:
+            stop.wait(0.05)
+        else:
+            time.sleep(0.05)
     return True

@@ -205,6 +205,7 @@ class ClusterRouter:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.cid = config.collector_id
+        CLUSTER_METRICS.replicas_lost.labels(self.cid)  # a loss too: at 0 from the start
         for reason in ROUTER_DROP_REASONS:  # exported at 0 from the start
             CLUSTER_METRICS.dropped.labels(self.cid, reason)
         # Sequence numbers restart with the process; a fresh wire identity keeps a restarted

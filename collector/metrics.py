@@ -6,6 +6,7 @@ from celltap.collector.stats import (
     MESSAGE_DROP_REASONS,
     RECORD_DROP_REASONS,
     SET_DROP_REASONS,
+    STORE_DROP_REASONS,
     IngestStats,
 )
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -105,6 +106,8 @@ class CollectorMetrics:
             self.dropped_bytes.labels(reason)
         for reason in RECORD_DROP_REASONS:
             self.dropped_records.labels(reason)
+        for reason in STORE_DROP_REASONS:
+            self.store_dropped.labels(reason)
 
     def apply(self, deltas: dict[str, dict]) -> None:
         """Add a drained IngestStats delta to the Prometheus counters."""

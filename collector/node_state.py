@@ -129,6 +129,9 @@ class NodeState:
     def __init__(self, node_id: str, apps: list[App], incarnation: str = "") -> None:
         self.node_id = node_id
         self.incarnation = incarnation
+        # records not applied, with or without a reason: every series at 0 from the start
+        NODE_METRICS.duplicates.labels(node_id)
+        NODE_METRICS.fenced.labels(node_id)
         for reason in NODE_REJECT_REASONS:  # exported at 0 from the start
             NODE_METRICS.rejected.labels(node_id, reason)
         self.live = AppSet(apps)

@@ -28,6 +28,8 @@ SET_DROP_REASONS = (
     NO_TEMPLATE, MALFORMED, TOO_MANY_TEMPLATES, RESERVED_SET, EXPORTER_LIMIT, MEMORY_LIMIT, INTERNAL_ERROR,
 )  # fmt: skip
 RECORD_DROP_REASONS = (SINK_ERROR,)
+# Template writes to the store given up (collector/template_store.py counts them under these names).
+STORE_DROP_REASONS = ("queue_full", "stop_timeout")
 
 
 @dataclass

@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
+from celltap.collector.stats import STORE_DROP_REASONS
+
 log = logging.getLogger(__name__)
 
 
@@ -152,7 +154,7 @@ class WriteBehindStore:
         self._closed = False
         self.written = 0
         self.dropped = 0  # queue_full + stop_timeout
-        self.drops: dict[str, int] = {"queue_full": 0, "stop_timeout": 0}
+        self.drops: dict[str, int] = dict.fromkeys(STORE_DROP_REASONS, 0)
         self._inflight = 0  # writes of the batch the thread is handing to the backend, not yet done
         self._thread = threading.Thread(target=self._run, name="template-store", daemon=True)
         self._thread.start()

@@ -2,7 +2,8 @@
 
 The analyzer is called directly (stream()/data()/end()/datagram()/close()), not through the SDK's
 FlowTable, whose guard would turn an analyzer exception into a counted drop: here every exception is
-a finding. The records must also be what the JSON-lines writer can encode (plain JSON values).
+a finding. The records must also be what the JSON-lines writer can encode (plain JSON values), and
+every parse error counted must be one the analyzer declares (`error_reasons`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def run_analyzer(analyzer: FlowAnalyzer, data: bytes, port: int, datagrams: bool
         if not isinstance(record, dict):
             raise TypeError(f"record is not a dict: {record!r}")
         orjson.dumps(record)  # the writer's encoding: raises on values JSON cannot carry
+    undeclared = set(analyzer.errors) - set(analyzer.error_reasons)
+    if undeclared:  # its counter series would not exist at 0 from the start (FlowAnalyzer.error_reasons)
+        raise AssertionError(f"{analyzer.name}: parse errors counted but not declared: {sorted(undeclared)}")
     for handed in analyzer.handed_on:
         if not isinstance(handed[2], bytes):
             raise TypeError(f"handed-on data is not bytes: {handed!r}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from celltap.incubator.fragments import Released
 from celltap.incubator.metrics import IncubatorMetrics
-from celltap.incubator.outputs import Output, open_output
+from celltap.incubator.outputs import SEND_ERROR_REASONS, Output, open_output
 from celltap.incubator.separator import ALL, DROP_REASONS, Routing, Separator
 
 from celltap.pcap.batch import FrameBatch
@@ -21,8 +21,11 @@ from celltap.pcap.batch import FrameBatch
 log = logging.getLogger("celltap.incubator")
 
 FEW_CELLS = 16
-# Drop reasons of the engine itself and of the live capture; a failed send adds its errno's name.
+# Drop reasons of the engine itself and of the live capture; a failed send adds its errno's name (those
+# an output is known to meet are declared, outputs.SEND_ERROR_REASONS).
 ENGINE_DROP_REASONS = ("no_output", "output_all_cells_failed", "capture_ring_full")
+# Why a cell's copy of an all-cell frame failed: no output, or its send's errno.
+OUTPUT_ERROR_REASONS = ("no_output", *SEND_ERROR_REASONS)
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class Engine:
     ) -> None:
         self.sep = separator
         self.metrics = metrics
-        for reason in (*DROP_REASONS, *ENGINE_DROP_REASONS):  # exported at 0 from the start
+        for reason in (*DROP_REASONS, *ENGINE_DROP_REASONS, *SEND_ERROR_REASONS):  # at 0 from the start
             metrics.dropped_frames.labels(reason)
         self.open_fn = open_fn
         self.linktype = linktype
@@ -89,6 +92,11 @@ class Engine:
         joined, left, rehomed = self.sep.set_cells({cid: s.weight for cid, s in usable.items()})
         for cid, out in opened.items():
             self.outputs[self.sep.cells.slot_of[cid]] = out
+            # each cell's series exist at 0 from its output's start (dashboards show 0, not No data)
+            self.metrics.out_frames.labels(cid)
+            self.metrics.out_bytes.labels(cid)
+            for reason in OUTPUT_ERROR_REASONS:
+                self.metrics.output_errors.labels(cid, reason)
         for cid in left:
             out = self.outputs.pop(self.sep.cells.slot_of[cid], None)
             if out is not None:

@@ -20,7 +20,7 @@ from celltap.incubator.engine import CellSpec, Engine
 from celltap.incubator.flowtable import FlowTable
 from celltap.incubator.fragments import FragmentTracker
 from celltap.incubator.metrics import IncubatorMetrics
-from celltap.incubator.outputs import IfaceOutput
+from celltap.incubator.outputs import SEND_ERROR_REASONS, IfaceOutput
 from celltap.incubator.separator import Separator
 
 from celltap.decode import DecodeOptions
@@ -54,6 +54,7 @@ def _open_afpacket(spec: str, cfg: Config, bpf: bytes | None = None) -> Any:
         retire_ms=b["timeout_ms"],
         fanout_group=cfg["fanout_group"],
         bpf=bpf,
+        promiscuous=True,  # a mirror port's (and a bridge side's) frames are addressed to other hosts
     )
 
 
@@ -66,6 +67,9 @@ class Bridge:
         self.metrics = metrics
         self.sent = 0
         self.dropped: dict[str, int] = {}
+        metrics.bridged_frames.labels(ifname)  # both at 0 from the start
+        for reason in SEND_ERROR_REASONS:
+            metrics.bridge_dropped_frames.labels(ifname, reason)
 
     def forward(self, batch: FrameBatch) -> None:
         """Send every frame of the batch out of this side."""

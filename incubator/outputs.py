@@ -45,6 +45,16 @@ class OutputSpecError(ValueError):
     """An output URL that cannot be understood."""
 
 
+# The send errors a cell output is known to meet, as labels: a frame beyond the output's MTU, a full
+# device or socket queue, a connected UDP socket told by ICMP that the cell is not listening, the output
+# NIC down or gone, no route to the cell. Their series exist from the start, at 0; a rarer errno still
+# appears at its first occurrence.
+SEND_ERROR_REASONS = tuple(
+    f"output_{name.lower()}"
+    for name in ("EMSGSIZE", "ENOBUFS", "ECONNREFUSED", "ENETDOWN", "ENXIO", "ENETUNREACH", "EHOSTUNREACH")
+)
+
+
 def errno_reason(exc: OSError) -> str:
     """Metric label for a send error."""
     return errno_label(exc.errno or 0)

@@ -30,6 +30,15 @@ RETRIES = PromCounter("celltap_loadgen_replay_retries_total", "Send attempts ret
 
 MAX_RETRIES = 2000
 FATAL = {errno.ENETDOWN, errno.ENODEV, errno.ENXIO}
+# Known reasons, exported at 0 from the start (a dashboard shows 0, not No data): ENOBUFS retried (and
+# given up after MAX_RETRIES), a frame beyond the interface's MTU, the fatal ones. A rarer errno
+# appears at its first occurrence.
+RETRY_REASONS = ("enobufs",)
+SEND_ERROR_REASONS = ("enobufs", "emsgsize", "enetdown", "enodev", "enxio")
+for _reason in SEND_ERROR_REASONS:  # from this module's import, before /metrics is served
+    SEND_ERRORS.labels(_reason)
+for _reason in RETRY_REASONS:
+    RETRIES.labels(_reason)
 
 
 @dataclass

@@ -8,8 +8,10 @@ import signal
 import threading
 
 from celltap.cell.analyzers.registry import ANALYZERS
-from celltap.cell.analyzers.supervisor import child_command, supervise
+from celltap.cell.analyzers.supervisor import RESTARTS, child_command, supervise
 from celltap.cell.sdk.client import run_socket
+from celltap.cell.sdk.loopback import declare_loopback_reasons
+from celltap.cell.sdk.metrics import declare_reasons
 from celltap.cell.sdk.output import JsonLinesWriter
 from celltap.cell.sdk.session import FORMATS
 
@@ -56,9 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _wait_for_socket(path: str, exit_on_eof: bool, seconds: float) -> None:
-    """Give a missing interface socket a short wait; then fail (offline) or say what it waits for."""
-    if wait_for_path(path, seconds):
+def _wait_for_socket(path: str, exit_on_eof: bool, seconds: float, stop: threading.Event) -> None:
+    """Give a missing interface socket a short wait; then fail (offline) or say what it waits for.
+
+    A SIGTERM during the wait ends it at once (the caller's loop then sees `stop`)."""
+    if wait_for_path(path, seconds, stop) or stop.is_set():
         return
     if exit_on_eof:
         raise UserError(
@@ -72,6 +76,12 @@ def main(args: argparse.Namespace) -> int:
     """Run the analyzer (or the balance supervisor) until SIGTERM, or EOF with --exit-on-eof."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # the drop and error counters show 0 from the first scrape (also while the socket is awaited)
+    if args.balance:
+        RESTARTS.labels(args.name)
+    else:
+        declare_reasons(args.name, ANALYZERS[args.name].error_reasons)
+        declare_loopback_reasons(args.name)
     if args.metrics_port is not None:
         from celltap.user_errors import serve_metrics
 
@@ -96,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.socket:
         log.error("analyzer: --socket PATH is required (or --socket-prefix with --balance)")
         return 2
-    _wait_for_socket(args.socket, args.exit_on_eof, args.socket_wait)
+    _wait_for_socket(args.socket, args.exit_on_eof, args.socket_wait, stop)
     analyzer = ANALYZERS[args.name]()
     writer = JsonLinesWriter(args.out)
     try:

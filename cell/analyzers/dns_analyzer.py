@@ -152,6 +152,23 @@ class DnsAnalyzer(FlowAnalyzer):
     """DNS over UDP (one datagram, one message) and TCP; query/response pairs as Zeek's dns.log."""
 
     name = "dns"
+    # every parse-error reason this analyzer counts (tests/deploy/test_metrics_at_start.py checks the list)
+    error_reasons = (
+        "truncated_tcp_message",
+        "short_message",
+        "bad_edns_option",
+        "truncated_question",
+        "truncated_rr",
+        "multiple_opt_rrs",
+        "bad_rdata",
+        "truncated_name",
+        "compression_loop",
+        "bad_pointer",
+        "bad_label_type",
+        "name_too_long",
+        "pending_flow_full",
+        "pending_full",
+    )
 
     def __init__(self) -> None:
         super().__init__()

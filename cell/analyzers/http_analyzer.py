@@ -767,6 +767,34 @@ class HttpAnalyzer(FlowAnalyzer):
     """Analyzer factory for HTTP flows (TCP only)."""
 
     name = "http"
+    # every parse-error reason this analyzer counts (tests/deploy/test_metrics_at_start.py checks the list)
+    error_reasons = (
+        "HTTP_analyzer_internal_error",
+        "CONNECT_data_before_reply",
+        "HTTP_chunk_data_longer_than_size",
+        "unknown_HTTP_method",
+        "HTTP_excessive_pipelining",
+        "bad_request_line",
+        "not_HTTP_client",
+        "HTTP_both_CL_and_TE",
+        "HTTP_bad_content_length",
+        "HTTP_transfer_coding_not_decoded",
+        "bad_status_line",
+        "HTTP_too_many_interim_responses",
+        "response_without_request",
+        "HTTP_inflate_limit",
+        "HTTP_inflate_failed",
+        "incomplete_message",
+        "truncated_request",
+        "truncated_response",
+        "header_too_long",
+        "HTTP_bad_chunk_size",
+        "HTTP_bad_transfer_encoding",
+        "bad_header_line",
+        "missing_HTTP_uri",
+        "HTTP09_method_not_GET",
+        "blank_in_HTTP_uri",
+    )
 
     def stream(self, flow: FlowId, time: float) -> HttpFlow:
         """Start parsing a new TCP flow."""

@@ -150,6 +150,25 @@ class SipAnalyzer(FlowAnalyzer):
     """SIP over UDP and TCP: transactions as Zeek's sip.log, bounded per flow and overall."""
 
     name = "sip"
+    # every parse-error reason this analyzer counts (tests/deploy/test_metrics_at_start.py checks the list)
+    error_reasons = (
+        "message_too_long",
+        "bad_start_line",
+        "bad_header_line",
+        "bad_content_length",
+        "missing_call_id_or_cseq",
+        "bad_cseq",
+        "truncated_body",
+        "junk_before_start_line",
+        "junk_too_long",
+        "head_too_long",
+        "missing_content_length",
+        "truncated_message",
+        "flow_table_full",
+        "request_retransmitted",
+        "response_retransmitted",
+        "open_transactions_full",
+    )
 
     def __init__(self) -> None:
         super().__init__()

@@ -684,6 +684,26 @@ class SmtpAnalyzer(FlowAnalyzer):
     """Analyzer factory for SMTP flows."""
 
     name = "smtp"
+    # every parse-error reason this analyzer counts (tests/deploy/test_metrics_at_start.py checks the list)
+    error_reasons = (
+        "line_too_long",
+        "client_did_not_wait",
+        "bad_bdat_command",
+        "too_many_pending_commands",
+        "unmatched_reply",
+        "smtp_too_many_rcptto_addresses",
+        "smtp_too_many_to_addresses",
+        "smtp_too_many_cc_addresses",
+        "smtp_max_path_length_exceeded",
+        "header_too_long",
+        "part_header_too_long",
+        "mime_too_deep",
+        "too_many_mime_entities",
+        "reply_line_too_long",
+        "bad_reply_line",
+        "truncated_message",
+        "hand_on_not_drained",
+    )
 
     def __init__(self) -> None:
         super().__init__()

@@ -44,6 +44,7 @@ def child_command(
 
 def supervise(commands: list[list[str]], name: str, stop: threading.Event, exit_on_eof: bool = False) -> int:
     """Run the commands, restart any that exits abnormally, stop them all when `stop` is set."""
+    RESTARTS.labels(name)  # at 0 from the start: dashboards show 0, not No data
     procs: list[subprocess.Popen | None] = [subprocess.Popen(c) for c in commands]
     started = [time.monotonic()] * len(commands)
     finished = [False] * len(commands)

@@ -478,6 +478,23 @@ class TlsAnalyzer(FlowAnalyzer):
     """Analyzer factory for TLS flows."""
 
     name = "tls"
+    # every parse-error reason this analyzer counts (tests/deploy/test_metrics_at_start.py checks the list)
+    error_reasons = (
+        "not_tls",
+        "bad_sslv2_record",
+        "record_too_long",
+        "handshake_too_long",
+        "truncated_record",
+        "bad_handshake",
+        "bad_client_hello",
+        "bad_sslv2_client_hello",
+        "bad_server_hello",
+        "bad_extension",
+        "bad_extensions",
+        "bad_certificate_message",
+        "x509_parse_error",
+        "tls_encrypted_renegotiation",
+    )
 
     def stream(self, flow: FlowId, time: float) -> TlsFlow:
         """Start parsing a new TCP flow."""

@@ -51,6 +51,8 @@ class FlowAnalyzer:
     """Base of every analyzer: collects records and error counts; the front end drains them per batch."""
 
     name = "base"
+    # every reason `error` is called with: their counter series exist from the start, at 0
+    error_reasons: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.records: list[dict] = []

@@ -9,7 +9,8 @@ when the original flow ends (its DESTROYED event) or the interface goes away. Th
 written: the cell raises it by one. The bytes go to `<home>/loopback7` through `LoopbackWriter`
 (blocking front end), which connects lazily and counts what it could not deliver
 (`celltap_analyzer_loopback_dropped_events_total{reason}`: `no_loopback` when the cell has no
-`loopback7` rule or socket, `loopback_closed` when the connection broke).
+`loopback7` rule or socket, `loopback_closed` when the connection broke; both exist at 0 from the
+writer's creation, `declare_loopback_reasons`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ LOOPBACK_DROPPED = PromCounter(
     "Handed-on events not delivered to the L7 loopback, by reason",
     ["analyzer", "reason"],
 )
+LOOPBACK_DROP_REASONS = ("no_loopback", "loopback_closed")
 MAX_BINARY_CHUNK = 0xFFFF  # the binary header's len is 16 bits
 MAX_OPEN = 100_000
 
@@ -96,6 +98,12 @@ class LoopbackEncoder:
         return data, n
 
 
+def declare_loopback_reasons(analyzer: str) -> None:
+    """Create the loopback drop counter's series of every reason at 0 (dashboards show 0, not No data)."""
+    for reason in LOOPBACK_DROP_REASONS:
+        LOOPBACK_DROPPED.labels(analyzer, reason)
+
+
 class LoopbackWriter:
     """Blocking writer to `<home>/loopback7`: connects on first use, reconnects after a failure."""
 
@@ -104,6 +112,7 @@ class LoopbackWriter:
         self.analyzer = analyzer
         self.sock: socket.socket | None = None
         self.warned = False
+        declare_loopback_reasons(analyzer)
 
     def send(self, data: bytes, events: int) -> None:
         """Write encoded events; count them as dropped (by reason) if the loopback is not there."""

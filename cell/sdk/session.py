@@ -42,7 +42,7 @@ class Session:
         self.fmt = fmt
         self.decoder = make_decoder(fmt, body)
         self.table = table if table is not None else FlowTable(analyzer)
-        self.stats = BatchStats(analyzer.name)
+        self.stats = BatchStats(analyzer.name, analyzer.error_reasons)
         self.last_time = 0.0
         # run totals of parse errors and dropped events (the per-batch counts go to Prometheus)
         self.error_totals: Counter[str] = Counter()

@@ -187,6 +187,7 @@ class EtcdRegistry(Registry):
         scheme = "etcds" if tls is not None else "etcd"
         self.url = f"{scheme}://" + ",".join(f"{h}:{p}" for h, p in self.endpoints)
         self.health = ConnectionHealth(self.url)
+        REGISTRY_WATCH_RESYNCS.labels(backend="etcd")  # at 0 from the start
         self._lock = threading.RLock()
         self._client: Any = None
         self._index = 0

@@ -132,6 +132,7 @@ class FileRegistry(Registry):
         self.url = "file://" + self.root
         self.poll_interval = poll_interval
         self.health = ConnectionHealth(self.url)
+        REGISTRY_WATCH_RESYNCS.labels(backend="file")  # at 0 from the start
         self._kv = os.path.join(self.root, "kv")
         self._leases = os.path.join(self.root, "leases")
         self._watches: list[FileWatch] = []

@@ -9,6 +9,13 @@ REGISTRY_ERRORS = Counter(
     "Registry operations that failed, by operation (put, get, lease, keepalive, watch, register, ...)",
     ["op"],
 )
+# Every operation REGISTRY_ERRORS is counted under: each exists at 0 from this module's import, so
+# before a process serves /metrics (dashboards show 0, not "No data"; tests/deploy/
+# test_metrics_at_start.py checks the list against the code).
+REGISTRY_OPS = (
+    "put", "get", "get_prefix", "delete", "lease", "lease_ttl", "keepalive", "revoke", "watch",
+    "watch_callback", "register", "member_value", "member_callback", "bad_file",
+)  # fmt: skip
 REGISTRY_CONNECTED = Gauge(
     "celltap_registry_connected",
     "1 while the last registry operation succeeded, 0 after it failed",
@@ -23,3 +30,5 @@ REGISTRY_WATCH_RESYNCS = Counter(
     "Times a prefix watch re-read its prefix after the registry came back",
     ["backend"],
 )
+for _op in REGISTRY_OPS:
+    REGISTRY_ERRORS.labels(op=_op)

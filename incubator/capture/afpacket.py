@@ -3,6 +3,10 @@
 The ring is mapped once as one numpy array; a batch is just offsets and lengths into it, so no
 frame is copied on the way in.  The caller processes the batch, then `release()` hands the
 blocks back to the kernel.  Several incubator processes can share one NIC with PACKET_FANOUT.
+With `promiscuous`, the socket holds a PACKET_MR_PROMISC membership while it lives (a mirror port's
+frames are addressed to other hosts): the kernel counts it with the interface's other promiscuous
+users and drops it when the socket closes, and it needs no capability beyond NET_RAW (unlike
+setting IFF_PROMISC, which takes NET_ADMIN).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_FANOUT = 18
 PACKET_IGNORE_OUTGOING = 23
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
 SO_ATTACH_BPF = 50
 TPACKET_V3 = 2
 TP_STATUS_KERNEL = 0
@@ -80,6 +86,7 @@ class AfPacketCapture:
         fanout_group: int | None = None,
         ignore_outgoing: bool = True,
         bpf: bytes | int | None = None,
+        promiscuous: bool = False,
     ) -> None:
         self.ifname = ifname
         # Protocol 0 until bind: an ETH_P_ALL socket would queue frames of every interface
@@ -102,6 +109,9 @@ class AfPacketCapture:
                 self.sock.fileno(), block_size * block_nr, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
             )
             self.sock.bind((ifname, ETH_P_ALL))  # host order: Python applies htons
+            if promiscuous:
+                mreq = struct.pack("iHH8s", socket.if_nametoindex(ifname), PACKET_MR_PROMISC, 0, b"")
+                self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
             if fanout_group is not None:
                 self.sock.setsockopt(
                     SOL_PACKET, PACKET_FANOUT, (fanout_group & 0xFFFF) | (PACKET_FANOUT_HASH << 16)

@@ -36,7 +36,7 @@ from celltap.incubator.cells import TABLE_BITS
 from celltap.incubator.engine import CellSpec, Engine
 from celltap.incubator.metrics import IncubatorMetrics
 from celltap.incubator.outputs import Output, open_output, parse_mac
-from celltap.incubator.xdp.program import SLOT_NONE, KernelConfig, PartitionProgram
+from celltap.incubator.xdp.program import COUNTERS, SLOT_NONE, KernelConfig, PartitionProgram
 
 from celltap.pcap.batch import FrameBatch
 
@@ -146,6 +146,20 @@ class XdpPath:
             except OSError:
                 self.prog.close()
                 raise
+        self._declare_reasons()
+
+    def _declare_reasons(self) -> None:
+        """The kernel path's reasons exist at 0 from the start (dashboards show 0, not No data)."""
+        m = self.metrics
+        for name in COUNTERS:
+            if name.startswith("up_"):
+                m.xdp_passed_frames.labels(name[3:])
+        for reason in (XMIT_DROP, REDIRECT_DROP) if self.program == "xdp_incubator" else (OTHER_CELL_DROP,):
+            m.dropped_frames.labels(reason)
+        if self.peer is not None:
+            for to in (self.ifname, self.peer):
+                m.bridged_frames.labels(to)
+                m.bridge_dropped_frames.labels(to, XMIT_DROP)
 
     def prog_fd(self) -> int:
         """The program's fd (a DiCAP cell attaches it to its socket with SO_ATTACH_BPF)."""

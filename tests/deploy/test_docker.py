@@ -189,7 +189,7 @@ def test_compose_runs_components_as_the_chart_does() -> None:
         if svc.get("image", "").startswith("celltap/"):
             caps = set(svc.get("cap_add", []))
             if name == "incubator":
-                assert svc["user"].startswith("0") and caps == {"NET_RAW", "NET_ADMIN"}
+                assert svc["user"].startswith("0") and caps == {"NET_RAW"}
                 assert svc["network_mode"] == "host"
             else:
                 assert svc["user"] == "10001:10001" and not caps, name
