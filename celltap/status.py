@@ -244,7 +244,7 @@ def _direction(by: str) -> str:
 
 def top_main(args: argparse.Namespace) -> int:
     """Ask every node for its share of APP, merge, print the answer."""
-    from celltap.collector.cluster_query import scatter_gather
+    from celltap.collector.cluster_query import settled_scatter_gather
     from celltap.registry.errors import RegistryError
 
     tls = _tls(args)
@@ -264,7 +264,18 @@ def top_main(args: argparse.Namespace) -> int:
             return 2
         params[k] = v
     try:
-        answer = scatter_gather(nodes, args.app, params, tls, args.timeout)
+        latest = {"nodes": nodes, "rounds": 0}  # the first round uses the membership read above
+
+        def members() -> dict:
+            if latest["rounds"]:
+                try:
+                    latest["nodes"] = _members(args, tls)["nodes"]
+                except RegistryError:
+                    pass  # asked again over the last membership read
+            latest["rounds"] += 1
+            return latest["nodes"]
+
+        answer = settled_scatter_gather(members, args.app, params, tls=tls, timeout=args.timeout)
     except ValueError as exc:
         print(f"celltap top: {exc}", file=sys.stderr)
         return 2

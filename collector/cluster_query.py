@@ -11,7 +11,8 @@ node, when that view names a member the asker does not see, or another incarnati
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -77,6 +78,7 @@ def scatter_gather(
     errors: dict[str, str] = {}
     partials: list[dict[str, Any]] = []
     answered: list[str] = []
+    lagging: list[str] = []  # answered, but with a membership view that differs from `nodes`
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
         futures = {
             nid: pool.submit(node_partial, str(v.get("grpc")), app, params, tls, timeout, caller)
@@ -93,12 +95,33 @@ def scatter_gather(
             behind = view_behind(nodes, nid, reply) if check_views else None
             if behind:
                 errors[nid] = behind
+                lagging.append(nid)
     if not partials:
         return {"app": app, "complete": False, "nodes": [], "errors": errors or {"*": "no analysis nodes"}}
     merged = merge_partials(partials[0]["describe"], [p["partial"] for p in partials])
     answer = merged.answer(params)
     answer.update({"complete": not errors, "nodes": answered, "errors": errors})
+    if lagging:
+        answer["views_differ"] = lagging  # those errors pass once the views converge
     return answer
+
+
+def settled_scatter_gather(
+    get_nodes: Callable[[], Mapping[str, Mapping[str, Any]]],
+    app: str,
+    params: Mapping[str, Any] | None = None,
+    settle: float = 5.0,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """scatter_gather over `get_nodes()`, asked again over a fresh membership while views differ
+    (they converge within seconds of a change), for at most `settle` seconds."""
+    deadline = time.monotonic() + settle
+    while True:
+        answer = scatter_gather(get_nodes(), app, params, **kwargs)
+        lagging = answer.get("views_differ") or []
+        if not lagging or set(answer["errors"]) != set(lagging) or time.monotonic() >= deadline:
+            return answer
+        time.sleep(0.2)
 
 
 def view_behind(nodes: Mapping[str, Mapping[str, Any]], nid: str, reply: Mapping[str, Any]) -> str | None:

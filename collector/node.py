@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 from celltap.collector.apps.users import UserAccountingApp, parse_user_map
 from celltap.collector.cluster_grpc import CHANNEL_OPTIONS, add_port
-from celltap.collector.cluster_query import scatter_gather
+from celltap.collector.cluster_query import scatter_gather, settled_scatter_gather
 from celltap.collector.node_config import NodeConfig
 from celltap.collector.node_metrics import NODE_METRICS
 from celltap.collector.node_state import NodeState
@@ -202,11 +202,11 @@ class AnalysisNode:
 
         `caller` is the verified certificate subject of whoever asked; None asks anonymously.
         """
-        nodes = self.cluster_nodes()
+        tls = forwarding_tls(self.config.tls, caller)
         if local:
-            nodes = {self.config.id: nodes[self.config.id]}
-        return scatter_gather(nodes, app, params, forwarding_tls(self.config.tls, caller), caller=caller,
-                              check_views=not local)  # fmt: skip
+            nodes = {self.config.id: self.cluster_nodes()[self.config.id]}
+            return scatter_gather(nodes, app, params, tls, caller=caller, check_views=False)
+        return settled_scatter_gather(self.cluster_nodes, app, params, tls=tls, caller=caller)
 
     def stop(self) -> None:
         """Withdraw from the registry, stop serving."""
