@@ -32,6 +32,7 @@ from celltap.cell.classifier import Classifier
 from celltap.cell.dedup import Deduplicator, select_decoded
 from celltap.cell.defrag import Defragmenter
 from celltap.cell.flow_table import END_DETECTED, END_FORCED, END_IDLE, LINGER_NS, Flow, FlowTable
+from celltap.cell.memory_budget import derived_max_flows
 from celltap.cell.packet_path import feed_packets, zero_window_marks
 from celltap.cell.sftap_config import CellConfig, Rule
 from celltap.cell.tcp_reassembly import TcpStats, release, skip_gaps
@@ -109,7 +110,8 @@ class Abstractor:
         self.decode_options = DecodeOptions(decapsulate=g.decapsulate)
         self.server_ports = likely_server_ports([p for r in cfg.rules for p in r.ports])
         self.hop_limit = g.hop_limit
-        self.max_flows = g.max_flows
+        # unset: what the memory budget leaves after the buffers (cell/memory_budget.py)
+        self.max_flows = g.max_flows if g.max_flows is not None else derived_max_flows(cfg)
         self.gc_budget = g.gc_scan
         self.batch_acks = True
         self.use_whole_connections = True  # the per-flow path for connections complete in one batch
