@@ -398,10 +398,15 @@ def parse_config(doc: Any) -> CellConfig:
     return cfg
 
 
-def load_config(path: str | Path) -> CellConfig:
-    """Read and validate an SF-TAP YAML configuration file."""
+def load_config(path: str | Path, global_overrides: dict[str, Any] | None = None) -> CellConfig:
+    """Read and validate an SF-TAP YAML configuration file; `global_overrides` replace `global` keys
+    before validation (a command-line option then counts exactly as the key would)."""
     try:
         doc = read_yaml(path)
     except SharedConfigError as exc:
         raise ConfigError(str(exc)) from None
+    if global_overrides and (doc is None or isinstance(doc, dict)):
+        doc = dict(doc or {})
+        glob = doc.get("global")
+        doc["global"] = {**(glob if isinstance(glob, dict) else {}), **global_overrides}
     return parse_config(doc)
