@@ -53,6 +53,12 @@ _PROTO_DIR = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmp"}
 CHUNK_MEMORY = 176
 
 
+def hold_floor(classify_bytes: int) -> int:
+    """The least classify_hold (real memory) that lets a flow hold one chunk of classify_bytes, so the
+    `up` regex sees a whole window before a silent peer forces the flow on."""
+    return 2 * classify_bytes + CHUNK_MEMORY
+
+
 def _held_memory(flow: Flow) -> int:
     """Real memory a flow holds for classification: its chunks and its two head copies (their bytes;
     a head's object header is inside CHUNK_MEMORY's margin)."""
@@ -99,7 +105,8 @@ class Abstractor:
         self.drops: dict[str, int] = {}  # packets not turned into flow data, by reason
         self.tcp_stats = TcpStats(self.drops)  # the reassembler counts its drops here too
         self.classify_bytes = g.classify_bytes
-        self.classify_hold = max(g.classify_hold, g.classify_bytes)
+        # real memory per flow, never below one direction's classify_bytes with its head copy and chunk
+        self.classify_hold = max(g.classify_hold, hold_floor(g.classify_bytes))
         self.classify_memory = g.classify_memory
         self.held_total = 0  # stream bytes held back for classification, all flows
         self.held_mem = 0  # real memory of what is held back (what classify_memory caps)
@@ -249,10 +256,11 @@ class Abstractor:
         self.held_mem += grew
         if flow.head1 and flow.head2:
             self._classify_tcp(flow, sender)  # SF-TAP's trigger: both sides have spoken
-        elif flow.held >= self.classify_hold:
+        elif _held_memory(flow) >= self.classify_hold:
             # One side keeps talking while the other is silent (a large upload before the answer).
             # A `down` regex needs the silent side's first bytes, so the flow waits for them, but
-            # holds no more than classify_hold bytes...
+            # holds no more than classify_hold bytes of real memory (tiny segments cost their
+            # bookkeeping, as in classify_memory)...
             self.classified_early["hold"] += 1
             self._classify_tcp(flow, sender)
         elif self.held_mem > self.classify_memory:
