@@ -84,7 +84,7 @@ class RouterConfig:
     flush_interval: float = 0.02  # seconds a partial batch may wait
     max_pending_records: int = 2_000_000  # bound on records held until acknowledged
     # ...and on their real memory (pending_memory: a wide template's records cost more each)
-    max_pending_bytes: int = 512 << 20
+    max_pending_bytes: int = 128 << 20
     window: int = 8  # messages in flight per node stream
     replication: bool = True  # also send each record to its backup (exact totals across failures)
     tls: TLSConfig | None = None

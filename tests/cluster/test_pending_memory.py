@@ -99,13 +99,13 @@ def test_wide_records_are_capped_by_max_pending_bytes(unreachable_node):
 
 def test_the_default_record_cap_alone_did_not_fit_the_collector_pod():
     """Why the byte cap: at the default max_pending_records, rows of that template would need far more
-    than the chart's collector memory limit (2 GiB); max_pending_bytes keeps them to 512 MiB."""
+    than the chart's collector memory limit (2 GiB); max_pending_bytes keeps them to 128 MiB."""
     t = wide_template(100)
     rows = np.zeros(1000, dtype=t.out_dtype)
     per_record = pending_memory(rows, 1) / 1000
     cfg = RouterConfig(collector_id="x")
     assert cfg.max_pending_records * per_record > 2 * GiB
-    assert cfg.max_pending_bytes <= 512 * MiB
+    assert cfg.max_pending_bytes <= 128 * MiB
 
 
 @pytest.mark.parametrize(
