@@ -301,8 +301,8 @@ def test_flood_of_held_back_bytes_stays_under_classify_memory_crafted(tmp_path):
 
 
 def test_flood_of_tiny_segments_stays_under_the_per_flow_hold_crafted(tmp_path):
-    """100 clients send 2,000 1-byte segments each to silent servers: 200 KB of payload, but ~35 MB of
-    real memory held back uncapped (each chunk's bookkeeping). classify_hold counts real memory, so at
+    """100 clients send 2,000 1-byte segments each to silent servers: 200 KB of payload, but tens of MB
+    of real memory held back uncapped (each chunk's bookkeeping). classify_hold counts real memory, so at
     16 KiB per flow the peak RSS stays within baseline + 100 x 16 KiB + allowance; every flow is
     classified early by its hold, none by the global cap (classify_memory 1 GiB in every run)."""
     flows, hold = 100, 16 << 10
