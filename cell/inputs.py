@@ -68,7 +68,9 @@ class LiveSource:
 
     sock: socket.socket
     max_frames = 4096
-    max_batch_bytes = 16 << 20  # frame bytes of one batch (cell/memory_budget.py counts it in INPUT_MEMORY)
+    # frame bytes of one batch, checked after each recvmmsg call (cell/memory_budget.py, INPUT_MEMORY):
+    # with 64 KB datagrams 16 MiB let the cell's RSS grow ~127 MiB, 4 MiB ~64 MiB (rows included)
+    max_batch_bytes = 4 << 20
 
     def __init__(self) -> None:
         self.drops: dict[str, int] = {}

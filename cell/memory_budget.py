@@ -35,10 +35,12 @@ HEADROOM = 0.10  # of the budget, never planned for: allocator fragmentation, wh
 FLOW_MEMORY = 2048  # bytes of RSS per live flow, bound (measured ~1,510 in the costliest state)
 PROCESS = 160 * MiB  # the process with no traffic held: measured ~100 MiB peak on a flood
 READER_KERNEL = 2 * MiB  # a reader socket's SO_SNDBUF (1 MiB, doubled by the kernel), charged to the pod
-# One live input: a VXLAN/Geneve receiver's recvmmsg rows (256 x 64 KiB) and socket buffer (8 MiB,
-# doubled), a batch being read (at most TunnelSource.max_batch_bytes, 16 MiB, plus one last recvmmsg)
-# and its decoded copies in flight; an AF_PACKET ring (32 MiB) with its copy is less.
-INPUT_MEMORY = 96 * MiB
+# One live input: a VXLAN/Geneve receiver's socket buffer (8 MiB, doubled by the kernel) and, in the
+# process, its recvmmsg rows (256 x 64 KiB), a batch being read (LiveSource.max_batch_bytes, 4 MiB,
+# plus one last recvmmsg) and its decoded copies and events in flight: measured ~64 MiB of RSS under
+# a flood of 64 KB datagrams (tests/cell/test_memory_budget.py); an AF_PACKET ring (32 MiB) is less.
+INPUT_KERNEL = 16 * MiB
+INPUT_MEMORY = INPUT_KERNEL + 96 * MiB
 INPUT_WRITER = 2 * MiB  # a loopback7 / pcap writer: one 1 MiB read plus the record in progress
 STORE_FRAME = 128  # store index bytes in memory per frame of the open file (columns, then their concat)
 STORE_MIN_RECORD = 36  # the smallest pcap record: 16-byte header + a 20-byte IP packet

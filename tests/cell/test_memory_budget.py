@@ -135,3 +135,50 @@ def test_a_budget_too_small_for_the_buffers_is_one_error_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "global.memory_budget" in lines[0], proc.stderr
+
+
+# ---------------------------------------------------------------------- a live input at full tilt
+def test_a_live_vxlan_input_stays_within_its_planned_buffers_crafted(tmp_path):
+    """Three seconds of 64 KB VXLAN datagrams (each a UDP datagram of one flow; crafted) sent as fast
+    as a socket sends them: the live cell's peak RSS grows by no more than INPUT_MEMORY less the
+    kernel's socket buffer (the rows, a batch, its decoded copies and events)."""
+    import re
+    import socket
+    import struct
+    import time
+
+    from celltap.cell.memory_budget import INPUT_KERNEL, INPUT_MEMORY
+
+    from bench.crafted_floods import ipv4
+    from tests.cell.runner import LiveCell, wait_for
+    from tests.cluster.procs import free_port
+
+    home = tmp_path / "home"
+    cfg = tmp_path / "cell.yaml"
+    cfg.write_text(f"global:\n  home: {home}\nudp_default:\n  if: udp\n  proto: UDP\n")
+    port = free_port()
+    cell = LiveCell(cfg, home, ["--input", f"vxlan://127.0.0.1:{port}"])
+
+    def hwm() -> int:
+        text = Path(f"/proc/{cell.proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) * 1024
+
+    udp = struct.pack(">HHHH", 4000, 5000, 8 + 64_000, 0) + bytes(64_000)
+    inner = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ipv4(b"\x0a\0\0\1", b"\x0a\0\0\2", 17, udp)
+    datagram = b"\x08\0\0\0\0\0\0\0" + inner  # VXLAN, VNI 0
+    try:
+        wait_for(lambda: cell.metrics().get('celltap_cell_flows_live{cell="0"}') is not None, what="metrics")
+        time.sleep(0.5)
+        idle = hwm()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 3:
+                for _ in range(64):
+                    s.sendto(datagram, ("127.0.0.1", port))
+        time.sleep(2)
+        grown = hwm() - idle
+        got = cell.metrics()['celltap_cell_input_frames_total{cell="0",time="receive"}']
+    finally:
+        cell.stop()
+    assert got > 1000, "too few datagrams reached the cell to load its input"
+    assert grown <= INPUT_MEMORY - INPUT_KERNEL, f"RSS grew {grown / MiB:.0f} MiB, {got:.0f} frames"
