@@ -174,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
 
         from celltap.user_errors import serve_metrics
     try:
-        cell = Cell(cfg, cell_id, args.ipfix, args.reader_buffer)
+        cell = Cell(cfg, cell_id, args.ipfix, args.reader_buffer, inputs=max(1, len(args.input)))
     except (ValueError, OSError) as exc:
         print(f"celltap cell: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ state (classified, IPv6, both directions' stream state) measured ~1,510 bytes of
 
 Assumptions (the budget cannot know them from the config): one reader per interface socket (each
 further reader adds `reader_buffer` + READER_KERNEL), one writer on each of loopback7 and pcap when
-they are configured, one live input (each further `--input` adds INPUT_MEMORY unplanned).
+they are configured. The live inputs are those the cell is started with (`--input`, at least one).
 """
 
 from __future__ import annotations

@@ -48,7 +48,12 @@ class Cell:
     """One flow abstractor process's state; `run_offline` / `run_live` drive it."""
 
     def __init__(
-        self, cfg: CellConfig, cell_id: int = 0, ipfix: str | None = None, reader_buffer: int | None = None
+        self,
+        cfg: CellConfig,
+        cell_id: int = 0,
+        ipfix: str | None = None,
+        reader_buffer: int | None = None,
+        inputs: int = 1,
     ) -> None:
         self.cfg = cfg
         self.cell_id = cell_id
@@ -58,7 +63,7 @@ class Cell:
         gc.set_threshold(200_000, 50, 1000)
         if reader_buffer:
             cfg.glob.reader_buffer = reader_buffer  # --reader-buffer: counted in the budget like the key
-        self.budget = plan(cfg)
+        self.budget = plan(cfg, inputs)  # the live inputs it will read (their buffers are planned)
         if cfg.glob.max_flows is None:
             cfg.glob.max_flows = self.budget.max_flows
         log.info("%s", self.budget.describe())
