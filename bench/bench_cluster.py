@@ -7,6 +7,11 @@ buffer is more than half full, as a TCP exporter would be slowed down, so nothin
 run then checks that the cluster-wide totals equal what was fed (zero loss).
 
     python bench/bench_cluster.py [--records N] [--nodes 1,2,3] [--replication on|off|both]
+                                  [--journal on|off|both]
+
+`--journal both` runs each configuration with the routing journal (collector/journal.py, in a
+directory on the same disk as /tmp, no fsync: the collector's default) and without it, so the
+journal's cost shows as the router's CPU seconds side by side.
 """
 
 from __future__ import annotations
@@ -119,7 +124,9 @@ def start_nodes(n: int, registry: str, cluster: str, tmp: Path, apps: dict) -> l
     return procs
 
 
-def run_one(n_nodes: int, total: int, batches: list[RecordBatch], replication: bool, apps: dict) -> dict:
+def run_one(
+    n_nodes: int, total: int, batches: list[RecordBatch], replication: bool, apps: dict, journal: bool = False
+) -> dict:
     """Feed `total` records through a router to n_nodes nodes; records/s and the zero-loss check."""
     tmp = Path(tempfile.mkdtemp(prefix="celltap-bench-"))
     registry, cluster = f"file://{tmp}/registry", "bench"
@@ -132,6 +139,7 @@ def run_one(n_nodes: int, total: int, batches: list[RecordBatch], replication: b
                 "window": 16,
                 "max_pending_records": 2_000_000,
                 "replication": replication,
+                **({"journal": str(tmp / "journal")} if journal else {}),
             },
             None,
         )
@@ -166,7 +174,8 @@ def run_one(n_nodes: int, total: int, batches: list[RecordBatch], replication: b
             and stats["dropped_buffer_full"] == 0 and stats["dropped_no_nodes"] == 0
         )  # fmt: skip
         return {
-            "nodes": n_nodes, "replication": replication, "apps": sorted(apps), "records": fed,
+            "nodes": n_nodes, "replication": replication, "journal": journal, "apps": sorted(apps),
+            "records": fed,
             "seconds": round(elapsed, 3),
             "records_per_s": round(fed / elapsed), "zero_loss": bool(lossless),
             "cluster_records": answer["total"]["records"], "sent_replica": stats["sent_replica"],
@@ -204,23 +213,37 @@ def main(argv: list[str] | None = None) -> dict:
         default="volume",
         help="one exact volume app, or every built-in app (keys src, dst and flow)",
     )
+    p.add_argument(
+        "--journal",
+        choices=("on", "off", "both"),
+        default="off",
+        help="route with the routing journal (re-delivery after a collector crash)",
+    )
     args = p.parse_args(argv if argv is not None else [])
     batches = make_batches(16, args.batch, args.sources)
     apps = LIGHT_APPS if args.apps == "volume" else {**DEFAULT_APPS, "volume": LIGHT_APPS["volume"]}
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.replication]
     results = []
+    journals = {"on": [True], "off": [False], "both": [False, True]}[args.journal]
     for replication in modes:
         for n in [int(x) for x in args.nodes.split(",")]:
-            r = run_one(n, args.records, batches, replication, apps)
-            results.append(r)
-            print(
-                f"nodes={r['nodes']} replication={'on ' if replication else 'off'} records={r['records']} "
-                f"seconds={r['seconds']} records/s={r['records_per_s']:,} zero_loss={r['zero_loss']} "
-                f"router_cpu={r['router_cpu_s']}s node_cpu={r['node_cpu_s']} "
-                f"one-core-each={r['records_per_s_one_core_each']:,}/s",
-                flush=True,
-            )
+            for journal in journals:
+                r = run_one(n, args.records, batches, replication, apps, journal)
+                results.append(r)
+                _print(r)
     return {"bench": "cluster", "cpus": os.cpu_count(), "results": results}
+
+
+def _print(r: dict) -> None:
+    """One line per configuration."""
+    print(
+        f"nodes={r['nodes']} replication={'on ' if r['replication'] else 'off'} "
+        f"journal={'on ' if r['journal'] else 'off'} records={r['records']} "
+        f"seconds={r['seconds']} records/s={r['records_per_s']:,} zero_loss={r['zero_loss']} "
+        f"router_cpu={r['router_cpu_s']}s node_cpu={r['node_cpu_s']} "
+        f"one-core-each={r['records_per_s_one_core_each']:,}/s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

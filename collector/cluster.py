@@ -143,7 +143,10 @@ class _Accumulator:
     count: int = 0
     memory: int = 0  # pending_memory() of the arrays
     since: float = 0.0
-    first: int = 0  # ingest generation of its first batch (see ClusterRouter.after_routed)
+
+
+Domain = tuple[str, int]  # (exporter, observation domain)
+SequenceItem = tuple[str, int, int, str, float]  # exporter, domain, next sequence number, unit, seen
 
 
 class NodeSender:
@@ -247,11 +250,13 @@ class ClusterRouter:
         self.pending_records = 0
         self.accumulated = 0
         self.pending_bytes = 0  # real memory of pending and accumulated records (max_pending_bytes)
-        self._acc: dict[tuple, _Accumulator] = {}
+        # Records wait per (exporter, domain), one accumulator per template, and a domain's
+        # accumulators are routed together (see _route_domain).
+        self._acc: dict[Domain, dict[tuple, _Accumulator]] = {}
         self._acc_lock = threading.Lock()
-        self._generation = 0  # batches accepted so far (under _acc_lock)
-        self._routing: dict[int, int] = {}  # first generation -> accumulators popped, being routed
-        self._waiters: deque[tuple[int, Callable[[], None]]] = deque()
+        self._route_lock = threading.RLock()  # one group routed at a time, in the order taken
+        self._seq_due: dict[Domain, SequenceItem] = {}  # sequence state waiting for its records' routing
+        self._save_sequences: Callable[[list[SequenceItem]], None] | None = None
         self._seq = itertools.count(1)
         self._delivery = itertools.count(1)
         self.idle = threading.Condition(self.lock)
@@ -262,11 +267,12 @@ class ClusterRouter:
         }  # fmt: skip
         self.journal: Journal | None = None
         self._replay: list[tuple[int, pb.JournalEntry]] = []
-        self.recovered_checkpoint: Any = None  # the ingest state the journal last recorded
+        self.recovered_sequences: dict[Domain, tuple[int, str, float]] = {}  # as the journal recorded them
         self._replay_armed = False  # set by replay_journal() once the membership view is complete
         if config.journal:
             self.journal = Journal(Path(config.journal) / config.collector_id, fsync=config.journal_fsync)
-            self._replay, self.recovered_checkpoint = self.journal.recover()
+            self._replay, sequences = self.journal.recover()
+            self.recovered_sequences = _sequences_from_journal(sequences)
             if self._replay:
                 log.warning("journal holds %d messages of an earlier run; re-delivering them once nodes "
                             "are known", len(self._replay))  # fmt: skip
@@ -278,14 +284,58 @@ class ClusterRouter:
 
     def __call__(self, batches: list[RecordBatch]) -> None:
         """The collector's sink signature: a list of batches."""
-        for b in batches:
-            self.on_batch(b)
+        self.route_with_sequence(batches, [])
 
     def on_batch(self, batch: RecordBatch) -> bool:
         """Accept a batch for routing; False if it was dropped at ingress (and counted)."""
+        accepted, ready = self._accept(batch)
+        if ready is not None:
+            self._route_domain(ready)
+        return accepted
+
+    def bind_sequences(
+        self,
+        save: Callable[[list[SequenceItem]], None],
+        restore: Callable[[dict[Domain, tuple[int, str, float]]], None],
+    ) -> None:
+        """Take over saving the ingest's sequence state (see route_with_sequence) and hand it what
+        the journal recorded of it (`restore` keeps the newer of that and its own saved state)."""
+        self._save_sequences = save
+        if self.recovered_sequences:
+            restore(dict(self.recovered_sequences))
+
+    def route_with_sequence(self, batches: list[RecordBatch], items: list[SequenceItem]) -> None:
+        """Route decoded batches; `items` are their exporters' sequence state after them.
+
+        A domain's sequence entry is saved (journaled with the records, then through the bound
+        saver) only once every record it covers is journaled: after a crash, each record is either
+        re-delivered from the journal or inside the gap the restarted collector counts as lost,
+        never both and never neither.
+        """
+        ready: set[Domain] = set()
+        for b in batches:
+            ready.add(self._accept(b)[1])  # type: ignore[arg-type]
+        ready.discard(None)  # type: ignore[arg-type]
+        with self._route_lock:
+            if items:
+                now: list[SequenceItem] = []
+                with self._acc_lock:
+                    for item in items:
+                        dom = (item[0], item[1])
+                        if dom in self._acc:
+                            self._seq_due[dom] = item
+                        else:
+                            now.append(item)  # nothing waits (and no group is in flight: we hold the lock)
+                if now and self._save_sequences is not None:
+                    self._save_sequences(now)
+            for dom in ready:
+                self._route_domain(dom)
+
+    def _accept(self, batch: RecordBatch) -> tuple[bool, Domain | None]:
+        """Add a batch to its accumulator: (accepted, its domain if that is now due for routing)."""
         n = len(batch.records)
         if n == 0:
-            return True
+            return True, None
         CLUSTER_METRICS.records_in.labels(self.cid).inc(n)
         memory = pending_memory(batch.records, max(1, len(self.keys)))
         with self.lock:
@@ -301,77 +351,28 @@ class ClusterRouter:
             if reason is not None:
                 self.counts[f"dropped_{reason}"] += n
                 CLUSTER_METRICS.dropped.labels(self.cid, reason).inc(n)
-                return False
+                return False, None
             self.accumulated += n
             self.pending_bytes += memory
         t = batch.template
-        key = (batch.exporter, batch.domain, t.template_id, t.record_bytes())
-        ready = None
+        dom = (batch.exporter, batch.domain)
+        key = (t.template_id, t.record_bytes())
         with self._acc_lock:
-            self._generation += 1
-            acc = self._acc.get(key)
+            accs = self._acc.setdefault(dom, {})
+            acc = accs.get(key)
             if acc is None:
-                acc = self._acc[key] = _Accumulator(
-                    batch.exporter, batch.domain, t, since=time.monotonic(), first=self._generation
-                )
+                acc = accs[key] = _Accumulator(batch.exporter, batch.domain, t, since=time.monotonic())
             acc.arrays.append(batch.records)
             acc.count += n
             acc.memory += memory
-            if acc.count >= self.config.batch_records:
-                ready = self._take(key)
-        if ready is not None:
-            self._route(ready)
-        return True
-
-    def after_routed(self, callback: Callable[[], None]) -> None:
-        """Call `callback` once every batch accepted so far has been routed (and journaled).
-
-        The ingest saves its exporters' sequence numbers this way: a saved number then never covers
-        a record that a crash could still lose inside the router's coalescing buffers, so after a
-        restart every record is either re-delivered from the journal or inside a counted gap.
-        Runs the callback at once when nothing is buffered, else in the thread that routes last.
-        """
-        with self._acc_lock:
-            if not self._acc and not self._routing:
-                ready = True
-            else:
-                ready = False
-                self._waiters.append((self._generation, callback))
-        if ready:
-            callback()
-
-    def _take(self, key: tuple) -> _Accumulator:
-        """Pop one accumulator for routing (under _acc_lock); `_route` marks it done."""
-        acc = self._acc.pop(key)
-        self._routing[acc.first] = self._routing.get(acc.first, 0) + 1
-        return acc
-
-    def _routed(self, acc: _Accumulator) -> None:
-        """An accumulator is routed: run the waiters no buffered or in-flight batch holds back."""
-        with self._acc_lock:
-            left = self._routing[acc.first] - 1
-            if left:
-                self._routing[acc.first] = left
-            else:
-                del self._routing[acc.first]
-            if not self._waiters:
-                return
-            oldest = min([a.first for a in self._acc.values()] + list(self._routing), default=None)
-            due = []
-            while self._waiters and (oldest is None or self._waiters[0][0] < oldest):
-                due.append(self._waiters.popleft()[1])
-        for callback in due:
-            try:
-                callback()
-            except Exception:  # a failing waiter must not stop routing
-                log.exception("after_routed callback failed")
+            return True, dom if acc.count >= self.config.batch_records else None
 
     def flush(self) -> None:
         """Route every partially filled batch now."""
         with self._acc_lock:
-            accs = [self._take(k) for k in list(self._acc)]
-        for acc in accs:
-            self._route(acc)
+            doms = list(self._acc)
+        for dom in doms:
+            self._route_domain(dom)
 
     def _flush_loop(self) -> None:
         next_collect = 0.0
@@ -383,35 +384,47 @@ class ClusterRouter:
                     self.journal.collect()
                 CLUSTER_METRICS.journal_bytes.labels(self.cid).set(self.journal.size())
             with self._acc_lock:
-                due = [k for k, a in self._acc.items() if now - a.since >= self.config.flush_interval]
-                accs = [self._take(k) for k in due]
-            for acc in accs:
+                due = [
+                    dom for dom, accs in self._acc.items()
+                    if any(now - a.since >= self.config.flush_interval for a in accs.values())
+                ]  # fmt: skip
+            for dom in due:
                 try:
-                    self._route(acc)
-                except Exception:  # _route counts its own failures; this only guards the thread
+                    self._route_domain(dom)
+                except Exception:  # _route_domain counts its own failures; this only guards the thread
                     log.exception("routing a batch failed")
 
     # ---- routing -------------------------------------------------------------------------
 
-    def _route(self, acc: _Accumulator) -> None:
-        try:
-            self._route_unchecked(acc)
-        except Exception:
-            # A batch we cannot route must not wedge the buffer accounting: count it and go on.
-            log.exception("could not route %d records from %s; dropped", acc.count, acc.exporter)
-            with self.lock:
-                self.accumulated -= acc.count
-                self.pending_bytes -= acc.memory
-                self.counts["dropped_error"] = self.counts.get("dropped_error", 0) + acc.count
-            CLUSTER_METRICS.dropped.labels(self.cid, "error").inc(acc.count)
-        finally:
-            self._routed(acc)
+    def _route_domain(self, dom: Domain) -> None:
+        """Route everything a domain has waiting, as one group, with its due sequence state.
 
-    def _route_unchecked(self, acc: _Accumulator) -> None:
+        Groups are taken and routed under one lock, so they reach the journal in the order their
+        records arrived: a sequence entry journaled with a group never covers records of a group
+        taken before it and not yet written.
+        """
+        with self._route_lock:
+            with self._acc_lock:
+                accs = list(self._acc.pop(dom, {}).values())
+                item = self._seq_due.pop(dom, None)
+            if not accs and item is None:
+                return
+            count = sum(a.count for a in accs)
+            try:
+                self._route_group(accs, item)
+            except Exception:
+                # A batch we cannot route must not wedge the buffer accounting: count it and go on.
+                log.exception("could not route %d records from %s; dropped", count, dom[0])
+                with self.lock:
+                    self.accumulated -= count
+                    self.pending_bytes -= sum(a.memory for a in accs)
+                    self.counts["dropped_error"] = self.counts.get("dropped_error", 0) + count
+                CLUSTER_METRICS.dropped.labels(self.cid, "error").inc(count)
+
+    def _outgoing(self, acc: _Accumulator, router: Router, keys: tuple[str, ...]) -> list[Outgoing]:
+        """One message per primary owner of an accumulator's records (hashing, no lock held)."""
         records = acc.arrays[0] if len(acc.arrays) == 1 else np.concatenate(acc.arrays)
         template = normalized_template(acc.template)
-        with self.lock:
-            router, keys = self.router, self.keys
         hashes = [key_hashes(records, k, acc.exporter, self.config.seed) for k in keys]
         wire = None
         if template.record_length is not None:
@@ -432,41 +445,61 @@ class ClusterRouter:
                 whole = Part(part.node, np.arange(len(part.index)), part.mask)
                 out.replicas = {p.node: p for p in router.backups(part.node, sub, whole)}
             outs.append(out)
-        left = acc.memory  # its charge moves to the messages, in shares of their records
+        left = acc.memory  # the accumulator's charge moves to its messages, in shares of their records
         for i, out in enumerate(outs):
             out.memory = left if i == len(outs) - 1 else acc.memory * len(out.records) // acc.count
             left -= out.memory
+        return outs
+
+    def _route_group(self, accs: list[_Accumulator], item: SequenceItem | None) -> None:
+        """Hash, journal (one record for the whole group and its sequence entry), then send."""
         with self.lock:
-            self.accumulated -= acc.count
-            self.pending_bytes -= acc.memory
-            if not outs:  # the ring emptied meanwhile
+            router, keys = self.router, self.keys
+        outs = [out for acc in accs for out in self._outgoing(acc, router, keys)]
+        with self.lock:
+            for acc in accs:
+                self.accumulated -= acc.count
+                self.pending_bytes -= acc.memory  # charged again per message in _add_pending
+                if router.ring.ids:
+                    continue
+                # The ring emptied meanwhile: nobody to route to.
                 self.counts["dropped_no_nodes"] += acc.count
                 CLUSTER_METRICS.dropped.labels(self.cid, "no_nodes").inc(acc.count)
-                return
+            if self.journal is not None:
+                self._journal(outs, item)
+            if item is not None and self._save_sequences is not None:
+                self._save_sequences([item])
             for out in outs:
-                if self.journal is not None:
-                    self._journal(out)
                 self._add_pending(out)
                 if router is not self.router:
                     self._repair(out)  # membership changed while we hashed
                 else:
                     self._dispatch(out)
 
-    def _journal(self, out: Outgoing) -> None:
-        """Append one message, as its primary gets it, to the journal (under self.lock)."""
+    def _journal(self, outs: list[Outgoing], item: SequenceItem | None) -> None:
+        """Append the messages of one group, as their primaries get them, and the sequence entry they
+        bring up to date, as one journal record (under self.lock)."""
         assert self.journal is not None
-        out.primary_incarnation = str(self.members.get(out.primary, {}).get("incarnation", ""))
-        batch = pb.RecordBatchMsg(
-            collector=out.wire_id, sequence=out.seq, origin=out.origin, exporter=out.exporter,
-            domain=out.domain, template=out.template_bytes, records=out.packed(None), count=len(out.mask),
-            keys=list(out.keys), key_mask=out.mask.tobytes(), incarnation=out.primary_incarnation,
-        )  # fmt: skip
-        replicas = [
-            pb.JournalReplica(node=n, index=p.index.astype("<u4").tobytes(), mask=p.mask.tobytes())
-            for n, p in out.replicas.items()
-        ]
-        entry = pb.JournalEntry(batch=batch, primary=out.primary, replicas=replicas)
-        out.segment = self.journal.append(entry)
+        entries = []
+        for out in outs:
+            out.primary_incarnation = str(self.members.get(out.primary, {}).get("incarnation", ""))
+            batch = pb.RecordBatchMsg(
+                collector=out.wire_id, sequence=out.seq, origin=out.origin, exporter=out.exporter,
+                domain=out.domain, template=out.template_bytes, records=out.packed(None),
+                count=len(out.mask), keys=list(out.keys), key_mask=out.mask.tobytes(),
+                incarnation=out.primary_incarnation,
+            )  # fmt: skip
+            replicas = [
+                pb.JournalReplica(node=n, index=p.index.astype("<u4").tobytes(), mask=p.mask.tobytes())
+                for n, p in out.replicas.items()
+            ]
+            entries.append(pb.JournalEntry(batch=batch, primary=out.primary, replicas=replicas))
+        sequences = {f"{item[0]}|{item[1]}": list(item[2:])} if item is not None else None
+        if not entries and not sequences:
+            return
+        segment = self.journal.append_group(entries, sequences)
+        for out in outs:
+            out.segment = segment
 
     def _add_pending(self, out: Outgoing) -> None:
         out.primary_incarnation = str(self.members.get(out.primary, {}).get("incarnation", ""))
@@ -759,17 +792,6 @@ class ClusterRouter:
             out.replicas[r.node] = Part(r.node, index, np.frombuffer(r.mask, dtype=np.uint8).copy())
         return out
 
-    def checkpoint(self, state: Any) -> None:
-        """Route everything accumulated, then journal `state` (the caller's view as of all of it).
-
-        The ingest calls this from its own thread between datagrams, so `state` (its per-exporter
-        sequence numbers) covers exactly the records journaled before it.
-        """
-        self.flush()
-        if self.journal is not None:
-            with self.lock:
-                self.journal.checkpoint(state)
-
     # ---- lifecycle -----------------------------------------------------------------------
 
     def wait_idle(self, timeout: float) -> bool:
@@ -809,3 +831,17 @@ class ClusterRouter:
                 if not self.pending and not self._replay:
                     self.journal.discard()  # everything acknowledged: nothing to re-deliver
         return done
+
+
+def _sequences_from_journal(state: dict[str, list]) -> dict[Domain, tuple[int, str, float]]:
+    """The journal's sequence entries ({"exporter|domain": [next, unit, seen]}) by domain; a damaged
+    entry is skipped (the mmap'd state still has it)."""
+    out: dict[Domain, tuple[int, str, float]] = {}
+    for key, value in state.items():
+        try:
+            exporter, _, domain = key.rpartition("|")
+            nxt, unit, seen = value
+            out[(exporter, int(domain))] = (int(nxt), str(unit), float(seen))
+        except (TypeError, ValueError):
+            log.warning("journal: damaged sequence entry %r ignored", key)
+    return out

@@ -123,9 +123,13 @@ class RoutingSink:
         """Flush, wait for acknowledgements, unregister."""
         self._close()
 
-    def after_routed(self, callback: Callable[[], None]) -> None:
-        """Call `callback` once what was fed so far is routed and journaled (see ClusterRouter)."""
-        self.router.after_routed(callback)
+    def route_with_sequence(self, batches: list[RecordBatch], items: list) -> None:
+        """Route batches; save their exporters' sequence state once they are journaled (ClusterRouter)."""
+        self.router.route_with_sequence(batches, items)
+
+    def bind_sequences(self, save: Callable[[list], None], restore: Callable[[dict], None]) -> None:
+        """Let the router save the worker's sequence state, and restore what its journal recorded."""
+        self.router.bind_sequences(save, restore)
 
 
 def worker_collector_id(collector_id: str, index: int) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -370,13 +371,26 @@ class Ingestor:
     # ------------------------------------------------------------------ sequence state across restarts
     def _restore_sequences(self, state: SequenceState) -> None:
         """Take the sequence numbers a previous run saved, so what was lost while down is counted."""
-        for (exporter, domain), (next_seq, unit, seen) in state.loaded().items():
+        self.restore_sequences(state.loaded())
+
+    def restore_sequences(self, entries: dict[tuple[str, int], tuple[int, str, float]]) -> None:
+        """Take saved sequence numbers {(exporter, domain): (next, unit, seen)}; where a domain has one
+        already (another copy of the state), the later of the two in sequence-number order wins."""
+        for (exporter, domain), (next_seq, unit, seen) in entries.items():
+            if time.time() - seen > self.config.domain_expiry:
+                continue  # it would have expired: the domain starts fresh
+            known = self._domains.get((exporter, domain))
+            if known is not None and known.next_seq is not None and known.unit == unit:
+                if (next_seq - known.next_seq) % U32 >= U32 // 2:
+                    continue  # ours is later
             d, _ = self._domain(exporter, domain, seen)
             if d is None:
                 continue  # beyond the limits: that domain starts fresh, as without saved state
+            if known is None:
+                self.stats.domain_events[(exporter, "restored")] += 1
             d.next_seq = next_seq
             d.unit = unit
-            self.stats.domain_events[(exporter, "restored")] += 1
+            self._touched.add((exporter, domain))
 
     def checkpoint(self) -> None:
         """Save the sequence state of the domains that moved (call after their records were delivered)."""

@@ -8,12 +8,21 @@ there under the message's original identity (collector run, origin, sequence): n
 it already acknowledge a duplicate, the others apply it.  Either every owner applies a batch, or
 the miss is repaired by re-delivery.
 
+The messages of one routed batch are written together, as one *group* record, with the exporters'
+sequence numbers that the batch brings up to date: a process killed at any instant leaves either
+the whole group (every owner's message, and sequence state that covers exactly them) or none of it
+(a torn record is ignored, and the exporters' saved sequence numbers still point before the batch,
+so its records fall inside the gap that the restarted collector counts as lost).  Writing the
+messages one by one would let a kill leave some owners' messages journaled and the others not.
+
 On disk: segment files `NNNNNNNN.journal`, each a sequence of records `<u32 length><u8 kind>` +
-payload: kind 1 a `JournalEntry` protobuf (proto/celltap.proto), kind 2 a checkpoint (JSON, the
-caller's state as of everything journaled before it; the latest one is also written at the start
-of every new segment so it survives the deletion of older ones).  Writes go to the page cache in
-one `os.write` per record: a killed process loses nothing written; a crashed machine loses what
-was not written back unless `fsync` is set.  A segment is deleted once it is no longer the one
+payload: kind 1 a `JournalEntry` protobuf (proto/celltap.proto); kind 2 a checkpoint, the merged
+sequence state (JSON `{"exporter|domain": [next_seq, unit, seen]}`) as of everything journaled
+before it, written at the start of every new segment so that it survives the deletion of older
+ones; kind 3 a group, `<u32 n>` then n times `<u32 length>` + a `JournalEntry`, then the JSON of the
+sequence entries it updates (possibly empty).  Writes go to the page cache in one `os.write` per
+record: a killed process loses nothing written; a crashed machine loses what was not written back
+unless `fsync` is set.  A segment is deleted once it is no longer the one
 being written and every message in it has been acknowledged by all its owners (reference counts
 kept by the router).  A torn record at the end of a segment (a crash mid-write) ends that segment's
 replay and is counted.
@@ -29,14 +38,14 @@ import os
 import struct
 import threading
 from pathlib import Path
-from typing import Any
 
 from celltap.proto import celltap_pb2 as pb
 
 log = logging.getLogger("celltap.collector.journal")
 
 HEADER = struct.Struct("<IB")
-ENTRY, CHECKPOINT = 1, 2
+COUNT = struct.Struct("<I")
+ENTRY, CHECKPOINT, GROUP = 1, 2, 3
 MAX_RECORD = 1 << 30  # a length beyond this is a torn or foreign file, not a record
 SUFFIX = ".journal"
 
@@ -54,6 +63,7 @@ class Journal:
         self.torn = 0  # records cut short at a segment's end, found at recovery
         self._lock = threading.Lock()
         self._checkpoint: bytes | None = None
+        self.sequences: dict[str, list] = {}  # merged sequence state ("exporter|domain" -> entry)
         existing = self._segments()
         self.current = (existing[-1] + 1) if existing else 1
         self._fd = -1
@@ -72,13 +82,12 @@ class Journal:
 
     # ---- recovery ------------------------------------------------------------------------
 
-    def recover(self) -> tuple[list[tuple[int, pb.JournalEntry]], Any]:
-        """(segment, entry) for every entry left by an earlier run, and the latest checkpoint (or None).
+    def recover(self) -> tuple[list[tuple[int, pb.JournalEntry]], dict[str, list]]:
+        """(segment, entry) for every entry left by an earlier run, and the sequence state it recorded.
 
         Each returned entry holds one reference on its segment until the router releases it.
         """
         entries: list[tuple[int, pb.JournalEntry]] = []
-        checkpoint = None
         for seg in self._segments():
             if seg >= self.current:
                 continue
@@ -86,21 +95,55 @@ class Journal:
             self.sizes[seg] = len(data)
             self.refs.setdefault(seg, 0)
             for kind, payload in self._records(data, seg):
+                try:
+                    found, delta = self._decode(kind, payload)
+                except Exception:  # protobuf's DecodeError, bad JSON, short group: a damaged record
+                    self.torn += 1
+                    continue
                 if kind == CHECKPOINT:
-                    checkpoint = payload
-                elif kind == ENTRY:
-                    entry = pb.JournalEntry()
-                    try:
-                        entry.ParseFromString(payload)
-                    except Exception:  # protobuf's DecodeError and friends: a damaged entry
-                        self.torn += 1
-                        continue
+                    self.sequences = delta
+                else:
+                    self.sequences.update(delta)
+                for entry in found:
                     entries.append((seg, entry))
                     self.refs[seg] += 1
-        if checkpoint is not None:
-            self._checkpoint = checkpoint
-            checkpoint = json.loads(checkpoint)
-        return entries, checkpoint
+        if self.sequences:
+            self._checkpoint = self._state_bytes()
+        return entries, dict(self.sequences)
+
+    @staticmethod
+    def _decode(kind: int, payload: bytes) -> tuple[list[pb.JournalEntry], dict[str, list]]:
+        """The entries and sequence entries of one record (ValueError and friends when damaged)."""
+        if kind == CHECKPOINT:
+            state = json.loads(payload)
+            if not isinstance(state, dict):
+                raise ValueError("checkpoint is not an object")
+            return [], state
+        if kind == ENTRY:
+            entry = pb.JournalEntry()
+            entry.ParseFromString(payload)
+            return [entry], {}
+        if kind != GROUP:
+            return [], {}  # a kind this version does not know: skipped
+        (n,) = COUNT.unpack_from(payload, 0)
+        off = COUNT.size
+        found = []
+        for _ in range(n):
+            (length,) = COUNT.unpack_from(payload, off)
+            off += COUNT.size
+            if off + length > len(payload):
+                raise ValueError("group entry runs past the record")
+            entry = pb.JournalEntry()
+            entry.ParseFromString(payload[off : off + length])
+            found.append(entry)
+            off += length
+        delta = json.loads(payload[off:]) if off < len(payload) else {}
+        if not isinstance(delta, dict):
+            raise ValueError("group sequence state is not an object")
+        return found, delta
+
+    def _state_bytes(self) -> bytes:
+        return json.dumps(self.sequences, separators=(",", ":")).encode()
 
     def _records(self, data: bytes, seg: int):
         off = 0
@@ -124,14 +167,17 @@ class Journal:
     # ---- writing -------------------------------------------------------------------------
 
     def _write(self, kind: int, payload: bytes) -> int:
-        if self._fd < 0 or self.sizes.get(self.current, 0) >= self.segment_bytes:
-            self._roll()
+        self._roll_if_due()
         record = HEADER.pack(len(payload), kind) + payload
         os.write(self._fd, record)
         if self.fsync:
             os.fsync(self._fd)
         self.sizes[self.current] += len(record)
         return self.current
+
+    def _roll_if_due(self) -> None:
+        if self._fd < 0 or self.sizes.get(self.current, 0) >= self.segment_bytes:
+            self._roll()
 
     def _roll(self) -> None:
         if self._fd >= 0:
@@ -140,7 +186,9 @@ class Journal:
         self._fd = os.open(self._path(self.current), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.sizes[self.current] = 0
         self.refs.setdefault(self.current, 0)
-        if self._checkpoint is not None:
+        if self.sequences:
+            if self._checkpoint is None:
+                self._checkpoint = self._state_bytes()
             self._write(CHECKPOINT, self._checkpoint)
 
     def append(self, entry: pb.JournalEntry) -> int:
@@ -149,12 +197,24 @@ class Journal:
         with self._lock:
             return self._write(ENTRY, payload)
 
-    def checkpoint(self, state: Any) -> None:
-        """Record the caller's state as of everything appended so far (JSON-serialisable)."""
-        payload = json.dumps(state, separators=(",", ":")).encode()
+    def append_group(self, entries: list[pb.JournalEntry], sequences: dict[str, list] | None = None) -> int:
+        """Write the messages of one routed batch and the sequence entries it brings up to date, as one
+        record (all of it survives a kill, or none); returns its segment."""
+        parts = [COUNT.pack(len(entries))]
+        for entry in entries:
+            raw = entry.SerializeToString()
+            parts += [COUNT.pack(len(raw)), raw]
+        if sequences:
+            parts.append(json.dumps(sequences, separators=(",", ":")).encode())
+        payload = b"".join(parts)
         with self._lock:
-            self._checkpoint = payload
-            self._write(CHECKPOINT, payload)
+            # A new segment starts with the state as of before this group, never with the group's own
+            # entries: those must come back only with the group's messages.
+            self._roll_if_due()
+            if sequences:
+                self.sequences.update(sequences)
+                self._checkpoint = None  # rebuilt at the next roll, which writes it first
+            return self._write(GROUP, payload)
 
     def retain(self, segment: int) -> None:
         """One more message depends on `segment`."""

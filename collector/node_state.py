@@ -293,7 +293,8 @@ class NodeState:
                 NODE_METRICS.state_entries.labels(self.node_id, a.name, "live").set(sizes[a.name])
             NODE_METRICS.state_entries.labels(self.node_id, "*", "shadow").set(sum(shadow_sizes.values()))
             return {
-                "node": self.node_id, "counts": dict(self.counts), "members": sorted(self.members),
+                "node": self.node_id, "incarnation": self.incarnation, "counts": dict(self.counts),
+                "members": sorted(self.members), "member_incarnations": dict(self.members),
                 "departed": sorted(f"{m}@{inc}" for m, inc in self.departed),
                 "apps": [a.describe() for a in self.live.apps],
                 "state_sizes": sizes, "shadow_sizes": shadow_sizes,

@@ -110,6 +110,11 @@ class UdpWorker:
         self.datagrams = 0
         self.rx: BatchReceiver | None = None
         self.vectorised = vectorised
+        # A sink that saves the sequence state itself (see deliver) is bound to this ingest's state.
+        bind = getattr(sink, "bind_sequences", None)
+        self._routes_sequences = callable(bind) and ingestor.seq_state is not None
+        if self._routes_sequences:
+            bind(ingestor.save_checkpoint, ingestor.restore_sequences)  # type: ignore[misc]
         if use_recvmmsg and recvmmsg_available():
             self.rx = BatchReceiver(sock, slots=batch_datagrams)
         # The recvfrom_into fallback reads into one buffer; recvmmsg has its own slots.
@@ -160,26 +165,33 @@ class UdpWorker:
 
     def deliver(self, batches: list[RecordBatch]) -> None:
         """Hand decoded batches to the sink (a failing sink costs those batches, counted), then save the
-        sequence state: a record is delivered or, after a restart, inside a counted gap."""
-        delivered = False
+        sequence state: a record is delivered or, after a restart, inside a counted gap.
+
+        A sink that buffers records (the cluster router) takes the sequence state with the batches
+        and saves it itself once the records it covers are journaled."""
+        if self._routes_sequences:
+            self._deliver_routed(batches)
+            return
         if batches:
             try:
                 self.sink(batches)
-                delivered = True
             except Exception as exc:
                 lost = sum(len(b) for b in batches)
                 self.ingestor.stats.dropped_records[SINK_ERROR] += lost
                 log.error("record sink failed, %d records lost (counted as sink_error): %r", lost, exc)
         items = self.ingestor.checkpoint_items()
-        if not items:
-            return
-        after_routed = getattr(self.sink, "after_routed", None)
-        if delivered and callable(after_routed):
-            # The cluster router buffers records before it journals them: save the sequence numbers
-            # only once it has, so a crash in between leaves those records inside a counted gap.
-            after_routed(lambda: self.ingestor.save_checkpoint(items))
-        else:
+        if items:
             self.ingestor.save_checkpoint(items)
+
+    def _deliver_routed(self, batches: list[RecordBatch]) -> None:
+        items = self.ingestor.checkpoint_items()
+        try:
+            self.sink.route_with_sequence(batches, items)  # type: ignore[attr-defined]
+        except Exception as exc:
+            lost = sum(len(b) for b in batches)
+            self.ingestor.stats.dropped_records[SINK_ERROR] += lost
+            log.error("record sink failed, %d records lost (counted as sink_error): %r", lost, exc)
+            self.ingestor.save_checkpoint(items)  # those records are counted: the state may move on
 
     def report(self) -> None:
         """Add kernel drops since the last report and hand the stats deltas on."""

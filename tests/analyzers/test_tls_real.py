@@ -11,6 +11,7 @@ reassembly into interface events.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -320,6 +321,12 @@ def _openssl_stdnames() -> dict[str, str]:
 
 def _openssl_x509(der: bytes) -> dict:
     """Zeek's x509 fields of one certificate as the openssl CLI reads it (RFC 2253 names)."""
+    return dict(_openssl_x509_once(der))
+
+
+@functools.cache
+def _openssl_x509_once(der: bytes) -> dict:
+    # The servers hand out the same few certificates on every connection: read each one once.
 
     def run(*args: str) -> str:
         return subprocess.run(

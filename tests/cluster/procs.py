@@ -158,10 +158,22 @@ class Cluster:
         return http_json(f"http://{self.node_http[node_id]}/status")
 
     def wait_members(self, expect: set[str], among: list[str] | None = None, timeout: float = 20) -> None:
-        """Until every listed node sees exactly `expect` as members."""
-        for nid in among or sorted(expect):
-            wait_for(lambda nid=nid: set(self.status(nid)["members"]) == expect, timeout,
-                     f"{nid} to see members {sorted(expect)}: {self.nodes[nid].tail(800)}")  # fmt: skip
+        """Until every listed node sees exactly `expect` as members, each in its current incarnation
+        (a node that came back as a new incarnation keeps its id: a view naming the old one is stale,
+        and its holder has not yet absorbed what it kept for the old one)."""
+        nodes = among or sorted(expect)
+
+        def agreed() -> bool:
+            statuses = {nid: self.status(nid) for nid in nodes}
+            current = {nid: st.get("incarnation", "") for nid, st in statuses.items()}
+            for st in statuses.values():
+                view = st.get("member_incarnations", {m: "" for m in st["members"]})
+                if set(view) != expect or any(view[n] != current[n] for n in current if n in view):
+                    return False
+            return True
+
+        wait_for(agreed, timeout, f"{nodes} to see members {sorted(expect)} in their current incarnations: "
+                 + " | ".join(self.nodes[n].tail(400) for n in nodes))  # fmt: skip
 
     def wait_collector(self, cid: str, members: int, timeout: float = 20) -> None:
         url = self.collector_metrics[cid]

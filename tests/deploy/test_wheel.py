@@ -18,6 +18,24 @@ import pytest
 from tests.deploy.test_docker import copied_sources, installed_folders
 
 GENERIC_NAMES = ("cell", "collector", "incubator", "loadgen", "proto")
+# Run in the fresh venv: prints each requirement of celltap and proto-plus that the importable
+# distributions do not meet (nothing when all are met).
+REQUIREMENTS_MET = """
+from importlib.metadata import PackageNotFoundError, distribution, version
+from packaging.requirements import Requirement
+for name in ("celltap", "proto-plus"):
+    for text in distribution(name).requires or []:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        try:
+            found = version(req.name)
+        except PackageNotFoundError:
+            print(name, "needs", text, "(missing)")
+            continue
+        if not req.specifier.contains(found, prereleases=True):
+            print(name, "needs", text, "found", found)
+"""
 
 
 def run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -52,7 +70,17 @@ def test_wheel_installs_beside_proto_plus(wheel: Path, tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin/python"
-    run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel), "proto-plus"])
+    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+    run([*pip, str(wheel), "proto-plus"])
+    # Both packages land in the fresh venv; their dependencies (numpy, grpcio, protobuf...) come from
+    # the test venv, on a path after the fresh venv's own site-packages (installing them again took
+    # half a minute), and every requirement of both must be met by the versions found there.
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = run([str(py), "-c", purelib]).stdout.strip()
+    deps = run([sys.executable, "-c", purelib]).stdout.strip()
+    (Path(site) / "zz_test_venv_deps.pth").write_text(deps + "\n")
+    unmet = run([str(py), "-c", REQUIREMENTS_MET], cwd=tmp_path).stdout.strip()
+    assert unmet == "", unmet
     probe = (
         "import proto, celltap.proto.celltap_pb2 as pb, celltap.cell, celltap.collector, celltap.incubator;"
         "import sysconfig; print(proto.__file__); print(pb.__file__); print(sysconfig.get_paths()['purelib'])"

@@ -172,9 +172,10 @@ def test_partition_properties():
 
 
 def test_filters_fit_the_kernel_instruction_limit_for_any_membership():
-    """The bitmap search stays under BPF_MAXINSNS for every bucket count and membership size."""
-    for b in (1, 4, 5, 6, 10, MAX_BUCKETS_LOG2):
-        for n in (1, 2, 3, 5, 16, 64):
+    """The bitmap search stays under BPF_MAXINSNS from the smallest to the largest bucket count and
+    membership (the program grows with both; the largest pair is its worst case)."""
+    for b in (1, 6, MAX_BUCKETS_LOG2):
+        for n in (1, 5, 64):
             members = {f"c{i}": 1 + i % 3 for i in range(n)}
             for cell in list(members)[:3]:
                 for ports in (True, False):

@@ -360,6 +360,6 @@ def test_process_started_while_registry_down_registers_when_it_appears(private_s
     assert view.members() == {}
     s.up()
     assert wait_until(lambda: registration.registered.is_set(), timeout=10)
-    assert wait_until(lambda: view.members() == {"inc1": {"id": "inc1", "mode": "mirror"}}, timeout=5)
+    assert wait_until(lambda: view.members() == {"inc1": {"id": "inc1", "mode": "mirror"}}, timeout=15)
     assert view.wait_synced(0)
     m.close()
