@@ -15,7 +15,7 @@ Explicit settings are kept; when they add up to more than the budget, the cell s
 
 The per-unit figures are bounds above measurements, and tests/cell/test_memory_budget.py re-measures
 them on the real cell process (peak RSS) and fails if one is exceeded: a live flow in its costliest
-state (classified, IPv6, both directions' stream state) measured ~1,510 bytes of RSS (FLOW_MEMORY
+state (classified, IPv6, both directions' stream state) measured 1,250-1,670 bytes of RSS (FLOW_MEMORY
 2,048 leaves room for the flow dict's growth steps), the process ~100 MiB.
 
 Assumptions (the budget cannot know them from the config): one reader per interface socket (each
@@ -32,8 +32,8 @@ from celltap.cell.sftap_config import CAP_SHARES, DEFAULT_MEMORY_BUDGET, CellCon
 MiB = 1 << 20
 DEFAULT_BUDGET = DEFAULT_MEMORY_BUDGET
 HEADROOM = 0.10  # of the budget, never planned for: allocator fragmentation, what no model covers
-FLOW_MEMORY = 2048  # bytes of RSS per live flow, bound (measured ~1,510 in the costliest state)
-PROCESS = 160 * MiB  # the process with no traffic held: measured ~100 MiB peak on a flood
+FLOW_MEMORY = 2048  # bytes of RSS per live flow, bound (measured 1,250-1,670 in the costliest state)
+PROCESS = 160 * MiB  # the process with no traffic held: measured ~80-100 MiB peak on a flood
 READER_KERNEL = 2 * MiB  # a reader socket's SO_SNDBUF (1 MiB, doubled by the kernel), charged to the pod
 # One live input: a VXLAN/Geneve receiver's socket buffer (8 MiB, doubled by the kernel) and, in the
 # process, its recvmmsg rows (256 x 64 KiB), a batch being read (LiveSource.max_batch_bytes, 4 MiB,

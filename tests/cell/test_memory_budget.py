@@ -1,6 +1,6 @@
 """Issue #15 item 3: the cell's defaults fit a 4 GiB pod (cell/memory_budget.py), proved on the real process.
 
-The flood (crafted, bench/crafted_floods.talking_flows) is 12,000 IPv6 HTTP connections that open,
+The flood (crafted, bench/crafted_floods.talking_flows) is 16,000 IPv6 HTTP connections that open,
 exchange a request and a response and stay open: every flow ends in the costliest state a live flow
 has outside the capped buffers. The real `celltap cell` runs it with the Helm chart's default
 configuration three times: max_flows 1 (the baseline: the same packets, decoded and refused),
@@ -24,7 +24,7 @@ from tests.cell.test_memory_bounds import ALLOWANCE, MiB, _peak_rss
 
 REPO = Path(__file__).resolve().parents[2]
 GiB = 1 << 30
-FLOWS = 12_000
+FLOWS = 16_000
 PACKETS_PER_FLOW = 5  # talking_flows: SYN, SYN-ACK, ACK, request, response
 CAPPED = 3_000
 
