@@ -96,6 +96,41 @@ def silent_server(flows: int, chunks: int, chunk: int = 1) -> list[tuple[int, by
     return out
 
 
+def ipv6(src: bytes, dst: bytes, nh: int, payload: bytes) -> bytes:
+    """An IPv6 header (no extension headers) and its payload."""
+    return struct.pack(">IHBB16s16s", 6 << 28, len(payload), nh, 64, src, dst) + payload
+
+
+SERVER6 = b"\x20\x01\x0d\xb8" + bytes(11) + b"\x50"
+REQUEST = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+def talking_flows(n: int) -> list[tuple[int, bytes]]:
+    """`n` IPv6 HTTP connections that open, exchange one request and one response, and stay open.
+
+    Every flow is distinct (client 2001:db8::<index>) and ends in the costliest state a live flow
+    has outside the capped buffers: classified, its event header made, both directions' stream and
+    history state, IPv6 addresses. Five packets per flow, nothing ever held or out of order.
+    """
+    out: list[tuple[int, bytes]] = []
+    t = EPOCH_NS
+    s = SERVER6
+    for i in range(n):
+        c = b"\x20\x01\x0d\xb8" + bytes(8) + i.to_bytes(4, "big")
+        p = 1024 + i % 60000
+        q = len(REQUEST)
+        out += [
+            (t, ipv6(c, s, 6, tcp(p, 80, 1000, 0, SYN))),
+            (t + 1000, ipv6(s, c, 6, tcp(80, p, 5000, 1001, SYN | ACK))),
+            (t + 2000, ipv6(c, s, 6, tcp(p, 80, 1001, 5001, ACK))),
+            (t + 3000, ipv6(c, s, 6, tcp(p, 80, 1001, 5001, ACK | PSH, REQUEST))),
+            (t + 4000, ipv6(s, c, 6, tcp(80, p, 5001, 1001 + q, ACK | PSH, RESPONSE))),
+        ]
+        t += 5000
+    return out
+
+
 def single_flow_udp(n: int, size: int = 8) -> list[tuple[int, bytes]]:
     """`n` whole UDP datagrams of `size` bytes in one flow: a baseline of the same frame count and size."""
     out = []

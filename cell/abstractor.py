@@ -32,6 +32,7 @@ from celltap.cell.classifier import Classifier
 from celltap.cell.dedup import Deduplicator, select_decoded
 from celltap.cell.defrag import Defragmenter
 from celltap.cell.flow_table import END_DETECTED, END_FORCED, END_IDLE, LINGER_NS, Flow, FlowTable
+from celltap.cell.memory_budget import derived_max_flows
 from celltap.cell.packet_path import feed_packets, zero_window_marks
 from celltap.cell.sftap_config import CellConfig, Rule
 from celltap.cell.tcp_reassembly import TcpStats, release, skip_gaps
@@ -50,6 +51,12 @@ _PROTO_DIR = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmp"}
 # (64 B), the bytes object's header (33 B), the ts int (32 B), the list slot (8 B, plus over-allocation),
 # and a margin that covers the two head copies' object headers (33 B each) from the first chunk on.
 CHUNK_MEMORY = 176
+
+
+def hold_floor(classify_bytes: int) -> int:
+    """The least classify_hold (real memory) that lets a flow hold one chunk of classify_bytes, so the
+    `up` regex sees a whole window before a silent peer forces the flow on."""
+    return 2 * classify_bytes + CHUNK_MEMORY
 
 
 def _held_memory(flow: Flow) -> int:
@@ -98,7 +105,8 @@ class Abstractor:
         self.drops: dict[str, int] = {}  # packets not turned into flow data, by reason
         self.tcp_stats = TcpStats(self.drops)  # the reassembler counts its drops here too
         self.classify_bytes = g.classify_bytes
-        self.classify_hold = max(g.classify_hold, g.classify_bytes)
+        # real memory per flow, never below one direction's classify_bytes with its head copy and chunk
+        self.classify_hold = max(g.classify_hold, hold_floor(g.classify_bytes))
         self.classify_memory = g.classify_memory
         self.held_total = 0  # stream bytes held back for classification, all flows
         self.held_mem = 0  # real memory of what is held back (what classify_memory caps)
@@ -109,7 +117,8 @@ class Abstractor:
         self.decode_options = DecodeOptions(decapsulate=g.decapsulate)
         self.server_ports = likely_server_ports([p for r in cfg.rules for p in r.ports])
         self.hop_limit = g.hop_limit
-        self.max_flows = g.max_flows
+        # unset: what the memory budget leaves after the buffers (cell/memory_budget.py)
+        self.max_flows = g.max_flows if g.max_flows is not None else derived_max_flows(cfg)
         self.gc_budget = g.gc_scan
         self.batch_acks = True
         self.use_whole_connections = True  # the per-flow path for connections complete in one batch
@@ -247,10 +256,11 @@ class Abstractor:
         self.held_mem += grew
         if flow.head1 and flow.head2:
             self._classify_tcp(flow, sender)  # SF-TAP's trigger: both sides have spoken
-        elif flow.held >= self.classify_hold:
+        elif _held_memory(flow) >= self.classify_hold:
             # One side keeps talking while the other is silent (a large upload before the answer).
             # A `down` regex needs the silent side's first bytes, so the flow waits for them, but
-            # holds no more than classify_hold bytes...
+            # holds no more than classify_hold bytes of real memory (tiny segments cost their
+            # bookkeeping, as in classify_memory)...
             self.classified_early["hold"] += 1
             self._classify_tcp(flow, sender)
         elif self.held_mem > self.classify_memory:

@@ -82,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reader-buffer", type=bounded(int, 4096, 2**40), default=None, help="bytes buffered per reader"
     )
     parser.add_argument(
+        "--memory-budget",
+        type=bounded(int, 1 << 28, 1 << 46),
+        default=None,
+        metavar="BYTES",
+        help="the pod's memory limit (global.memory_budget): caps left unset follow it (docs/cell.md)",
+    )
+    parser.add_argument(
         "--stall-timeout",
         type=SECONDS,
         default=10.0,
@@ -139,7 +146,8 @@ def main(args: argparse.Namespace) -> int:
     from celltap.user_errors import UserError, explain
 
     try:
-        cfg = load_config(args.config)
+        budget = {"memory_budget": args.memory_budget} if args.memory_budget is not None else None
+        cfg = load_config(args.config, budget)
     except ConfigError as exc:
         print(f"celltap cell: config error: {exc}", file=sys.stderr)
         return 2
@@ -166,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
 
         from celltap.user_errors import serve_metrics
     try:
-        cell = Cell(cfg, cell_id, args.ipfix, args.reader_buffer)
+        cell = Cell(cfg, cell_id, args.ipfix, args.reader_buffer, inputs=max(1, len(args.input)))
     except (ValueError, OSError) as exc:
         print(f"celltap cell: {exc}", file=sys.stderr)
         return 2

@@ -68,6 +68,9 @@ class LiveSource:
 
     sock: socket.socket
     max_frames = 4096
+    # frame bytes of one batch, checked after each recvmmsg call (cell/memory_budget.py, INPUT_MEMORY):
+    # with 64 KB datagrams 16 MiB let the cell's RSS grow ~127 MiB, 4 MiB ~64 MiB (rows included)
+    max_batch_bytes = 4 << 20
 
     def __init__(self) -> None:
         self.drops: dict[str, int] = {}
@@ -133,9 +136,9 @@ class TunnelSource(LiveSource):
         parts: list[FrameBatch] = []
         recvs: list[np.ndarray] = []
         sent: list[np.ndarray] = []
-        total = 0
+        total = nbytes = 0
         rx = self.rx
-        while total < self.max_frames:
+        while total < self.max_frames and nbytes < self.max_batch_bytes:
             try:
                 n = rx.recv()
             except OSError as exc:  # the socket's error, not the traffic's: counted, the cell goes on
@@ -157,6 +160,7 @@ class TunnelSource(LiveSource):
             offs = np.zeros(idx.size, np.int64)
             np.cumsum(caplen[:-1], out=offs[1:])
             buf = np.empty(int(caplen.sum()), np.uint8)
+            nbytes += buf.size
             scatter_rows(buf, offs, rx.rows.reshape(-1), idx * rx.slot_size + start[idx], caplen)
             recv_ts = rx.times(n)[idx]
             recv_ts = np.where(recv_ts > 0, recv_ts, time.time_ns())

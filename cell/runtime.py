@@ -22,6 +22,7 @@ from celltap.cell.inputs import (
 )
 from celltap.cell.interfaces import InterfaceServer
 from celltap.cell.loopback_input import LoopbackParser
+from celltap.cell.memory_budget import HEADROOM, plan
 from celltap.cell.sftap_config import CellConfig
 from celltap.cell.store.serve import StoreServer, read_token
 from celltap.cell.store.writer import PacketStore
@@ -47,7 +48,12 @@ class Cell:
     """One flow abstractor process's state; `run_offline` / `run_live` drive it."""
 
     def __init__(
-        self, cfg: CellConfig, cell_id: int = 0, ipfix: str | None = None, reader_buffer: int | None = None
+        self,
+        cfg: CellConfig,
+        cell_id: int = 0,
+        ipfix: str | None = None,
+        reader_buffer: int | None = None,
+        inputs: int = 1,
     ) -> None:
         self.cfg = cfg
         self.cell_id = cell_id
@@ -55,6 +61,20 @@ class Cell:
         # default thresholds would rescan millions of live flows again and again.
         gc.freeze()
         gc.set_threshold(200_000, 50, 1000)
+        if reader_buffer:
+            cfg.glob.reader_buffer = reader_buffer  # --reader-buffer: counted in the budget like the key
+        self.budget = plan(cfg, inputs)  # the live inputs it will read (their buffers are planned)
+        if cfg.glob.max_flows is None:
+            cfg.glob.max_flows = self.budget.max_flows
+        log.info("%s", self.budget.describe())
+        if self.budget.total > self.budget.usable:
+            log.warning(
+                "the configured caps can take %d MiB, more than memory_budget %d MiB less %.0f%% headroom: "
+                "raise global.memory_budget to the pod's limit, or lower the caps",
+                self.budget.total >> 20,
+                cfg.glob.memory_budget >> 20,
+                HEADROOM * 100,
+            )
         self.abstractor = Abstractor(cfg)
         self.stop = False
         self.loopback_events = 0
@@ -64,7 +84,7 @@ class Cell:
         self.server = InterfaceServer(
             cfg.glob.home,
             list(self.abstractor.sinks),
-            reader_buffer or cfg.glob.reader_buffer,
+            cfg.glob.reader_buffer,
             loopback=lb.ifname if lb else None,
             on_loopback=self._on_loopback,
             pcap=pc.ifname if pc else None,

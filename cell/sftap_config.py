@@ -41,6 +41,7 @@ _GLOBAL_KEYS = (
     "reader_buffer",
     "loopback_max_len",
     "max_flows",
+    "memory_budget",
     "defrag_timeout",
     "defrag_memory",
     "gc_scan",
@@ -80,10 +81,16 @@ GLOBAL_RANGES: dict[str, Any] = {
         "ooo_memory": _range(1, 1 << 40),
         "reader_buffer": _range(4096, 1 << 40),
         "max_flows": _range(1, 1 << 32),
+        "memory_budget": _range(1 << 28, 1 << 46),
         "defrag_memory": _range(1, 1 << 40),
         "gc_scan": _range(1, 1 << 24),
     },
 }
+# The buffer caps that are shares of `memory_budget` when the config leaves them unset (budget // share;
+# at the default 4 GiB: 64 MiB, 256 MiB, 256 MiB, 64 MiB). See cell/memory_budget.py.
+CAP_SHARES = {"defrag_memory": 64, "ooo_memory": 16, "classify_memory": 16, "reader_buffer": 64}
+DEFAULT_MEMORY_BUDGET = 4 << 30
+
 RULE_RANGES: dict[str, Any] = {
     "type": "object",
     "properties": {"nice": _range(-(2**31), 2**31 - 1), "balance": _range(1, 1024)},
@@ -144,15 +151,16 @@ class GlobalConfig:
     hop_limit: int = 2
     midstream: bool = True  # pick up flows whose SYN was not seen (Zeek does)
     classify_bytes: int = 4096
-    classify_hold: int = 1 << 16  # most stream bytes held back waiting for the silent side's first bytes
-    classify_memory: int = 256 << 20  # all flows' held-back bytes: past it, flows classify at once
+    classify_hold: int = 1 << 16  # real memory one flow holds back waiting for the silent side's first bytes
+    classify_memory: int = DEFAULT_MEMORY_BUDGET // 16  # all flows' held-back memory: past it, flows classify
     ooo_limit: int = 1 << 20
-    ooo_memory: int = 256 << 20  # all flows' out-of-order bytes: past it, holes are skipped at once
-    reader_buffer: int = 64 << 20
+    ooo_memory: int = DEFAULT_MEMORY_BUDGET // 16  # all flows' out-of-order memory: past it, holes skipped
+    reader_buffer: int = DEFAULT_MEMORY_BUDGET // 64
     loopback_max_len: int = 1 << 20  # a loopback DATA event announcing more is skipped and counted
-    max_flows: int = 4_000_000
+    max_flows: int | None = None  # None: what memory_budget leaves (cell/memory_budget.py)
+    memory_budget: int = DEFAULT_MEMORY_BUDGET  # the pod's memory limit: the caps left unset follow it
     defrag_timeout: float = 30.0
-    defrag_memory: int = 64 << 20
+    defrag_memory: int = DEFAULT_MEMORY_BUDGET // 64
     gc_scan: int = 16384
     cell_id: int = 0
     decapsulate: bool = True  # GRE / ERSPAN / VXLAN / IP in IP: the inner flow (no: the tunnel's own flow)
@@ -283,6 +291,9 @@ def _parse_global(section: Any) -> GlobalConfig:
             g.socket_group = parse_group(value, where)
         else:
             setattr(g, key, _int(value, where, 1))
+    for key, share in CAP_SHARES.items():
+        if key not in section:
+            setattr(g, key, g.memory_budget // share)
     ranged = {
         k: getattr(g, k) if hasattr(g, k) else _int(v, f"global.{k}")
         for k, v in section.items()
@@ -387,10 +398,15 @@ def parse_config(doc: Any) -> CellConfig:
     return cfg
 
 
-def load_config(path: str | Path) -> CellConfig:
-    """Read and validate an SF-TAP YAML configuration file."""
+def load_config(path: str | Path, global_overrides: dict[str, Any] | None = None) -> CellConfig:
+    """Read and validate an SF-TAP YAML configuration file; `global_overrides` replace `global` keys
+    before validation (a command-line option then counts exactly as the key would)."""
     try:
         doc = read_yaml(path)
     except SharedConfigError as exc:
         raise ConfigError(str(exc)) from None
+    if global_overrides and (doc is None or isinstance(doc, dict)):
+        doc = dict(doc or {})
+        glob = doc.get("global")
+        doc["global"] = {**(glob if isinstance(glob, dict) else {}), **global_overrides}
     return parse_config(doc)

@@ -18,6 +18,7 @@ for; a node refuses (fences) one meant for an earlier incarnation of itself.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -47,6 +48,30 @@ from celltap.ring import Ring
 log = logging.getLogger("celltap.collector.cluster")
 
 RESTED = 1 << 63  # sequence bit of a message re-routed to new owners because primary and backup left
+# Real memory a pending record takes besides its row, its packed copy and its key hashes (8 bytes per
+# key): the replicas' indices, the masks (tests/cluster/test_pending_memory.py: 2 x the row + 56 bytes
+# per record with one key, by tracemalloc).
+PER_RECORD_EXTRA = 48
+
+
+def pending_memory(records: np.ndarray, keys: int) -> int:
+    """Real memory `records` take while pending: the rows, their packed wire copy, the hashes per key,
+    index and mask; variable-length fields' objects by their own size (cf. max_pending_bytes)."""
+    n = len(records)
+    cost = 2 * records.nbytes + n * (PER_RECORD_EXTRA + 8 * keys)
+    for dtype, offset in _object_fields(records.dtype):
+        values = records.getfield(dtype, offset).tolist()  # getfield: ~10x faster than records[name]
+        chars = sum(map(len, values))
+        # bytes: len + 33 (header); str: at most 4 bytes a character + 80 (a UCS-4 string's header)
+        cost += 4 * chars + 80 * n if values and isinstance(values[0], str) else chars + 40 * n
+    return cost
+
+
+@functools.lru_cache(maxsize=4096)
+def _object_fields(dtype: np.dtype) -> tuple[tuple[np.dtype, int], ...]:
+    """(dtype, offset) of the variable-length (object) columns of a record dtype, looked up once."""
+    fields = dtype.fields or {}
+    return tuple(fields[n][:2] for n in dtype.names or () if fields[n][0].hasobject)
 
 
 @dataclass
@@ -58,6 +83,8 @@ class RouterConfig:
     batch_records: int = 8192  # coalesce small IPFIX messages into batches of about this size
     flush_interval: float = 0.02  # seconds a partial batch may wait
     max_pending_records: int = 2_000_000  # bound on records held until acknowledged
+    # ...and on their real memory (pending_memory: a wide template's records cost more each)
+    max_pending_bytes: int = 128 << 20
     window: int = 8  # messages in flight per node stream
     replication: bool = True  # also send each record to its backup (exact totals across failures)
     tls: TLSConfig | None = None
@@ -88,6 +115,7 @@ class Outgoing:
     generation: int = 0
     wire_id: str = ""  # the collector run that first routed it (kept when a journal replays it)
     segment: int | None = None  # journal segment holding it
+    memory: int = 0  # pending_memory() of its records, charged while it is pending
 
     @property
     def complete(self) -> bool:
@@ -113,6 +141,7 @@ class _Accumulator:
     template: Template
     arrays: list[np.ndarray] = field(default_factory=list)
     count: int = 0
+    memory: int = 0  # pending_memory() of the arrays
     since: float = 0.0
 
 
@@ -221,6 +250,7 @@ class ClusterRouter:
         self.deliveries: dict[int, tuple[Outgoing, str, int, str]] = {}
         self.pending_records = 0
         self.accumulated = 0
+        self.pending_bytes = 0  # real memory of pending and accumulated records (max_pending_bytes)
         # Records wait per (exporter, domain), one accumulator per template, and a domain's
         # accumulators are routed together (see _route_domain).
         self._acc: dict[Domain, dict[tuple, _Accumulator]] = {}
@@ -308,18 +338,23 @@ class ClusterRouter:
         if n == 0:
             return True, None
         CLUSTER_METRICS.records_in.labels(self.cid).inc(n)
+        memory = pending_memory(batch.records, max(1, len(self.keys)))
         with self.lock:
             self.counts["records_in"] += n
             reason = None
             if not self.members:
                 reason = "no_nodes"
-            elif self.pending_records + self.accumulated + n > self.config.max_pending_records:
+            elif (
+                self.pending_records + self.accumulated + n > self.config.max_pending_records
+                or self.pending_bytes + memory > self.config.max_pending_bytes
+            ):
                 reason = "buffer_full"
             if reason is not None:
                 self.counts[f"dropped_{reason}"] += n
                 CLUSTER_METRICS.dropped.labels(self.cid, reason).inc(n)
                 return False, None
             self.accumulated += n
+            self.pending_bytes += memory
         t = batch.template
         dom = (batch.exporter, batch.domain)
         key = (t.template_id, t.record_bytes())
@@ -330,6 +365,7 @@ class ClusterRouter:
                 acc = accs[key] = _Accumulator(batch.exporter, batch.domain, t, since=time.monotonic())
             acc.arrays.append(batch.records)
             acc.count += n
+            acc.memory += memory
             return True, dom if acc.count >= self.config.batch_records else None
 
     def flush(self) -> None:
@@ -382,6 +418,7 @@ class ClusterRouter:
                 log.exception("could not route %d records from %s; dropped", count, dom[0])
                 with self.lock:
                     self.accumulated -= count
+                    self.pending_bytes -= sum(a.memory for a in accs)
                     self.counts["dropped_error"] = self.counts.get("dropped_error", 0) + count
                 CLUSTER_METRICS.dropped.labels(self.cid, "error").inc(count)
 
@@ -409,6 +446,10 @@ class ClusterRouter:
                 whole = Part(part.node, np.arange(len(part.index)), part.mask)
                 out.replicas = {p.node: p for p in router.backups(part.node, sub, whole)}
             outs.append(out)
+        left = acc.memory  # the accumulator's charge moves to its messages, in shares of their records
+        for i, out in enumerate(outs):
+            out.memory = left if i == len(outs) - 1 else acc.memory * len(out.records) // acc.count
+            left -= out.memory
         return outs
 
     def _route_group(self, accs: list[_Accumulator], item: SequenceItem | None) -> None:
@@ -419,6 +460,7 @@ class ClusterRouter:
         with self.lock:
             for acc in accs:
                 self.accumulated -= acc.count
+                self.pending_bytes -= acc.memory  # charged again per message in _add_pending
                 if router.ring.ids:
                     continue
                 # The ring emptied meanwhile: nobody to route to.
@@ -466,6 +508,9 @@ class ClusterRouter:
             self.journal.retain(out.segment)
         self.pending[id(out)] = out
         self.pending_records += len(out.records)
+        if not out.memory:  # a re-sent part or a journal replay: charged by its own records
+            out.memory = pending_memory(out.records, len(out.keys))
+        self.pending_bytes += out.memory
         CLUSTER_METRICS.pending.labels(self.cid).set(self.pending_records)
 
     def _drop_pending(self, out: Outgoing) -> None:
@@ -473,6 +518,7 @@ class ClusterRouter:
             if out.segment is not None and self.journal is not None:
                 self.journal.release(out.segment)
             self.pending_records -= len(out.records)
+            self.pending_bytes -= out.memory
             CLUSTER_METRICS.pending.labels(self.cid).set(self.pending_records)
             if not self.pending:
                 self.idle.notify_all()
@@ -766,6 +812,7 @@ class ClusterRouter:
         with self.lock:
             return {
                 "collector": self.cid, **self.counts, "pending_records": self.pending_records,
+                "pending_bytes": self.pending_bytes,
                 "members": sorted(self.members), "keys": list(self.keys),
             }  # fmt: skip
 

@@ -27,8 +27,8 @@ from celltap.registry.tls import TLSConfig
 log = logging.getLogger("celltap.collector.cluster")
 
 ROUTING_KEYS = {
-    "batch_records", "max_pending_records", "window", "replication", "seed", "flush_interval", "journal",
-    "journal_fsync",
+    "batch_records", "max_pending_records", "max_pending_bytes", "window", "replication", "seed",
+    "flush_interval", "journal", "journal_fsync",
 }  # fmt: skip
 
 

@@ -172,6 +172,7 @@ RANGES: dict[str, Any] = {
                 "batch_records": _range(1, 1 << 24),
                 "flush_interval": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
                 "max_pending_records": _range(1, 1 << 36),
+                "max_pending_bytes": _range(1 << 20, 1 << 44),
                 "window": _range(1, 1024),
                 "seed": _range(0, 2**64 - 1),
                 "replication": {"type": "boolean"},

@@ -3,10 +3,13 @@
 The first fragment (offset 0) carries the ports, so it is routed like any packet of its flow and
 its datagram key -- v4: (src, dst, protocol, id); v6: (src, dst, id) -- is remembered with that
 cell.  Later fragments look the key up.  Fragments that arrive before their first fragment are
-copied into a bounded waiting room (time, bytes and datagram count) and released, in arrival
-order, when the first fragment shows up.  What leaves the waiting room unreleased is counted by
-reason.  Fragments are rare, so this is a scalar path; it is sans-IO: it only sees bytes and
-times and returns decisions.
+copied into a bounded waiting room (time, real memory and datagram count) and released, in arrival
+order, when the first fragment shows up. `max_bytes` caps real memory, not payload: a waiting frame
+costs its bytes plus FRAME_OVERHEAD (its bytes object's header, the (time, frame) tuple, the time,
+the list slot), a waiting datagram DATAGRAM_OVERHEAD (its entry, key and list); 42-byte fragments
+cost ~4x their payload, which the payload count let through.  What leaves the waiting room
+unreleased is counted by reason.  Fragments are rare, so this is a scalar path; it is sans-IO: it
+only sees bytes and times and returns decisions.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ DatagramKey = tuple[int, bytes, bytes, int, int]  # (l3, src, dst, proto or 0 fo
 EXPIRED = "frag_timeout"
 OVERFLOW_BYTES = "frag_overflow_bytes"
 OVERFLOW_DATAGRAMS = "frag_overflow_datagrams"
+# Real memory besides the frame's bytes (tracemalloc, tests/incubator/test_fragments.py: ~105-135
+# bytes a frame and ~250 a datagram plus its key's ~200)
+FRAME_OVERHEAD = 152
+DATAGRAM_OVERHEAD = 512
 
 
 def datagram_key(l3: int, src: bytes, dst: bytes, proto: int, frag_id: int) -> DatagramKey:
@@ -33,7 +40,8 @@ class Waiting:
 
     first_seen_ns: int
     frames: list[tuple[int, bytes]] = field(default_factory=list)  # (ts_ns, frame)
-    nbytes: int = 0
+    nbytes: int = 0  # payload
+    mem: int = DATAGRAM_OVERHEAD  # real memory (what max_bytes caps)
 
 
 @dataclass
@@ -60,7 +68,8 @@ class FragmentTracker:
         self.max_known = max_known
         self.known: OrderedDict[DatagramKey, tuple[int, int]] = OrderedDict()  # key -> (slot, expiry)
         self.waiting: OrderedDict[DatagramKey, Waiting] = OrderedDict()
-        self.waiting_bytes = 0
+        self.waiting_bytes = 0  # payload of the waiting frames
+        self.waiting_mem = 0  # their real memory, with the datagrams' (what max_bytes caps)
         self.waiting_frames = 0
 
     def first_fragment(self, key: DatagramKey, slot: int, now_ns: int) -> Released | None:
@@ -73,6 +82,7 @@ class FragmentTracker:
         if w is None:
             return None
         self.waiting_bytes -= w.nbytes
+        self.waiting_mem -= w.mem
         self.waiting_frames -= len(w.frames)
         return Released(slot, w.frames)
 
@@ -89,14 +99,19 @@ class FragmentTracker:
                 drops[OVERFLOW_DATAGRAMS] = drops.get(OVERFLOW_DATAGRAMS, 0) + 1
                 return -2
             w = self.waiting[key] = Waiting(now_ns)
-        if self.waiting_bytes + len(frame) > self.max_bytes:
+            self.waiting_mem += w.mem
+        cost = len(frame) + FRAME_OVERHEAD
+        if self.waiting_mem + cost > self.max_bytes:
             drops[OVERFLOW_BYTES] = drops.get(OVERFLOW_BYTES, 0) + 1
             if not w.frames:
                 del self.waiting[key]
+                self.waiting_mem -= w.mem
             return -2
         w.frames.append((ts_ns, frame))
         w.nbytes += len(frame)
+        w.mem += cost
         self.waiting_bytes += len(frame)
+        self.waiting_mem += cost
         self.waiting_frames += 1
         return -1
 
@@ -122,4 +137,5 @@ class FragmentTracker:
         w = self.waiting.pop(key)
         drops[reason] = drops.get(reason, 0) + len(w.frames)
         self.waiting_bytes -= w.nbytes
+        self.waiting_mem -= w.mem
         self.waiting_frames -= len(w.frames)

@@ -181,7 +181,7 @@ def test_classification_hold_cap_bounds_real_memory_crafted():
     allocations held back (main counted 1 byte per ~170 allocated, so the cap never triggered)."""
     cap = 512 << 10
     frames = silent_server(1, 20_000)
-    a = _cell({"classify_memory": cap})
+    a = _cell({"classify_memory": cap, "classify_hold": 1 << 30})  # the per-flow hold: below
     batch = _batch(frames)
 
     def run():
@@ -298,3 +298,30 @@ def test_flood_of_held_back_bytes_stays_under_classify_memory_crafted(tmp_path):
     runs = _flood(tmp_path, silent_server(2000, 100, 64), ["classify_memory"])
     _check(runs, 1)
     assert runs["capped"][1]["classified_early"]["memory"] > 1000
+
+
+def test_flood_of_tiny_segments_stays_under_the_per_flow_hold_crafted(tmp_path):
+    """100 clients send 2,000 1-byte segments each to silent servers: 200 KB of payload, but tens of MB
+    of real memory held back uncapped (each chunk's bookkeeping). classify_hold counts real memory, so at
+    16 KiB per flow the peak RSS stays within baseline + 100 x 16 KiB + allowance; every flow is
+    classified early by its hold, none by the global cap (classify_memory 1 GiB in every run)."""
+    flows, hold = 100, 16 << 10
+    pcap = tmp_path / "tiny.pcap"
+    write_raw_pcap(str(pcap), silent_server(flows, 2000, 1))
+    runs = {}
+    for label, value in (("base", 1), ("capped", hold), ("uncapped", 1 << 30)):
+        d = tmp_path / label
+        d.mkdir()
+        # classify_bytes 64 (SF-TAP's window, payload) keeps the hold's floor (2 x 64 + one chunk) small;
+        # no TCP rule: a classified flow's bytes are counted unrouted, so no run makes 1-byte events
+        glob = {"home": d / "home", "timeout": 30, "classify_bytes": 64, "classify_memory": 1 << 30}
+        text = "global:\n" + "".join(f"  {k}: {v}\n" for k, v in {**glob, "classify_hold": value}.items())
+        (d / "cell.yaml").write_text(text + "udp_default:\n  if: udp\n  proto: UDP\n")
+        runs[label] = _peak_rss(d / "cell.yaml", pcap, d / "home")
+    base, capped, uncapped = runs["base"][0], runs["capped"][0], runs["uncapped"][0]
+    bound = base + flows * hold + ALLOWANCE
+    figures = f"peak {capped / MiB:.1f} MiB, baseline {base / MiB:.1f}, uncapped {uncapped / MiB:.1f}"
+    assert capped <= bound, figures
+    assert uncapped > bound, "the flood is too small to prove the bound: " + figures
+    assert runs["capped"][1]["classified_early"] == {"hold": flows}
+    assert runs["uncapped"][1]["classified_early"] == {}

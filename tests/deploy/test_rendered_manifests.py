@@ -11,6 +11,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.deploy.chart import NAMESPACE, RELEASE, VALUE_SETS, find, merged_values
 
@@ -280,3 +281,27 @@ def test_ports_are_unique_and_scraped(rendered: dict[str, list[dict[str, Any]]],
     served = {p["name"] for s in metric_services for p in s["spec"]["ports"]}
     assert endpoints <= served
     assert {n for n in served if n.startswith("metrics") or n.startswith("an-")} == endpoints
+
+
+_QUANTITY = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6}
+_QUANTITY |= {"G": 10**9, "T": 10**12}
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_cell_memory_budget_is_its_memory_limit(rendered: dict[str, list[dict[str, Any]]], name: str) -> None:
+    """Each cell gets its container's memory limit as --memory-budget, and the rendered sftap.yaml's
+    worst case under that budget fits it (cell/memory_budget.py; docs/cell.md, "Memory budget")."""
+    from celltap.cell.memory_budget import plan
+    from celltap.cell.sftap_config import parse_config
+
+    sts = find(rendered[name], "StatefulSet", "-cell")
+    cell = next(c for c in pod_spec(sts)["containers"] if c["name"] == "cell")
+    limit = str(cell["resources"]["limits"]["memory"])
+    digits = limit.rstrip("KiMGT")
+    expected = int(digits) * _QUANTITY[limit[len(digits) :]]
+    args = cell["args"]
+    assert args[args.index("--memory-budget") + 1] == str(expected), name
+    sftap = yaml.safe_load(find(rendered[name], "ConfigMap", "-config")["data"]["sftap.yaml"]) or {}
+    sftap["global"] = {**(sftap.get("global") or {}), "memory_budget": expected}
+    p = plan(parse_config(sftap))
+    assert p.total <= p.usable <= expected, p.describe()

@@ -6,7 +6,14 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from celltap.incubator.fragments import EXPIRED, OVERFLOW_BYTES, OVERFLOW_DATAGRAMS, FragmentTracker
+from celltap.incubator.fragments import (
+    DATAGRAM_OVERHEAD,
+    EXPIRED,
+    FRAME_OVERHEAD,
+    OVERFLOW_BYTES,
+    OVERFLOW_DATAGRAMS,
+    FragmentTracker,
+)
 from celltap.incubator.separator import HELD, Separator
 from celltap.loadgen.packets import ethernet, fragment_header, ipv4, ipv6, udp
 
@@ -88,14 +95,16 @@ def test_waiting_fragments_expire_and_are_counted():
 
 
 def test_waiting_room_overflow_is_counted_by_reason():
-    # Later fragments are 1514 + 82 bytes per datagram.
-    tr = FragmentTracker(max_bytes=2000, max_datagrams=2)
+    # Later fragments are 1514 + 82 bytes per datagram; max_bytes is real memory: the room holds the
+    # first datagram's two and the second's 1514-byte one, not its 82-byte one
+    held = 2 * DATAGRAM_OVERHEAD + 1514 + 82 + 1514 + 3 * FRAME_OVERHEAD
+    tr = FragmentTracker(max_bytes=held + 81 + FRAME_OVERHEAD, max_datagrams=2)
     sep = Separator({"a": 1}, fragments=tr)
     later = [f for i in range(3) for f in v4_fragments(100 + i, 2000 + i)[1:]]
     r = sep.route(FrameBatch.from_frames(later, [0] * len(later)))
     assert r.drops == {OVERFLOW_BYTES: 1, OVERFLOW_DATAGRAMS: 2}
     assert int((r.slots == HELD).sum()) == 3
-    assert tr.waiting_bytes == 1514 + 82 + 82
+    assert tr.waiting_bytes == 1514 + 82 + 1514 and tr.waiting_mem == held
     end = sep.flush()
     assert end.drops == {EXPIRED: 3}
 
@@ -125,3 +134,57 @@ class _Null:
 
     def close(self) -> None:
         pass
+
+
+def _tiny_later_fragments(n: int) -> list[bytes]:
+    """`n` datagrams of which only the last fragment arrives: 8 bytes of payload at offset 8 (42-byte
+    frames), each datagram its own id and source (crafted)."""
+    out = []
+    for i in range(n):
+        src = bytes([10, 1 + (i >> 16) % 200, (i >> 8) & 0xFF, i & 0xFF])
+        out.append(MAC + b"\x08\x00" + ipv4(src, B4, 17, bytes(8), ident=i & 0xFFFF, frag_offset=8))
+    return out
+
+
+def _kept_by(fn) -> int:
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        keep = fn()
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    del keep
+    return kept
+
+
+def test_waiting_room_counts_real_memory_crafted():
+    """20,000 tiny lone fragments: the tracker's count of its memory is at least what tracemalloc sees
+    it keep (main counted their 840 KB of frames, about a quarter), and at most twice."""
+    frames = _tiny_later_fragments(20_000)
+    batch = FrameBatch.from_frames(frames, [0] * len(frames))
+    tr = FragmentTracker(max_bytes=1 << 40, max_datagrams=1 << 30)
+    sep = Separator({"a": 1}, fragments=tr)
+    kept = _kept_by(lambda: sep.route(batch))
+    assert tr.waiting_frames == 20_000 and tr.waiting_bytes == 42 * 20_000
+    assert kept <= tr.waiting_mem <= 2 * kept, (kept, tr.waiting_mem)
+
+
+def test_waiting_room_cap_bounds_real_memory_crafted():
+    """The same flood under max_bytes = 512 KiB: what stays allocated is within the cap, the rest of
+    the fragments are refused and counted."""
+    cap = 512 << 10
+    frames = _tiny_later_fragments(20_000)
+    batch = FrameBatch.from_frames(frames, [0] * len(frames))
+    tr = FragmentTracker(max_bytes=cap, max_datagrams=1 << 30)
+    sep = Separator({"a": 1}, fragments=tr)
+    out = []
+    kept = _kept_by(lambda: out.append(sep.route(batch).drops))  # the routing's slot array goes
+    drops = out[0]
+    assert drops[OVERFLOW_BYTES] == 20_000 - tr.waiting_frames > 0
+    assert kept <= cap + (32 << 10), kept

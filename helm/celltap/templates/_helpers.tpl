@@ -177,3 +177,15 @@ livenessProbe:
 {{- end -}}
 {{- toJson $ports -}}
 {{- end -}}
+
+{{/* A memory quantity (4Gi, 512Mi, 2G, 1073741824) in bytes; other forms fail the render. */}}
+{{- define "celltap.bytes" -}}
+{{- $q := toString . -}}
+{{- $num := regexFind "^[0-9]+" $q -}}
+{{- $unit := trimPrefix $num $q -}}
+{{- $units := dict "" 1 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- if or (not $num) (not (hasKey $units $unit)) -}}
+{{- fail (printf "memory quantity %q: use a whole number with Ki, Mi, Gi, Ti, k, M, G or T" $q) -}}
+{{- end -}}
+{{- printf "%d" (mul (int64 $num) (int64 (get $units $unit))) -}}
+{{- end -}}
