@@ -152,7 +152,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(
         f"celltap collector: listening on {', '.join(map(str, cfg.listen))}"
-        f" ({cfg.workers if service.processes else 1} UDP worker(s))",
+        f" ({service.workers_alive()} UDP worker(s),"
+        f" {cfg.workers if service.processes else 1} per UDP address)",
         file=sys.stderr,
         flush=True,
     )
