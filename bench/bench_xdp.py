@@ -178,10 +178,11 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def offer(bed: Bed, conf: str, frames: int, rate: int | None, cpus: int, pid: int) -> dict:
-    """Send `frames` with trafgen at `rate` pps (None: as fast as it can); measure what arrived."""
+def offer(bed: Bed, conf: str, frames: int, rate: int | None, cpus: int, pid: int | None) -> dict:
+    """Send `frames` with trafgen at `rate` pps (None: as fast as it can); measure what arrived
+    (`pid`: the incubator process whose own CPU time is counted, None when none runs)."""
     before = bed.delivered()
-    p0 = proc_cpu_s(pid)
+    p0 = proc_cpu_s(pid) if pid else 0.0
     tx0 = tx_stats(bed)
     j0, t0 = cpu_jiffies(), time.perf_counter()
     cmd = ["trafgen", "--dev", "tg0", "--conf", conf, "--num", str(frames), "--cpus", str(cpus), "-q", "-C"]
@@ -199,7 +200,7 @@ def offer(bed: Bed, conf: str, frames: int, rate: int | None, cpus: int, pid: in
         stable = stable + 1 if now == last else 0
         last = now
     j1 = cpu_jiffies()
-    p1 = proc_cpu_s(pid)
+    p1 = proc_cpu_s(pid) if pid else 0.0
     hz = os.sysconf("SC_CLK_TCK")
     got = last - before
     busy = (j1[0] - j0[0]) / hz
@@ -215,7 +216,7 @@ def offer(bed: Bed, conf: str, frames: int, rate: int | None, cpus: int, pid: in
         "cpu_s_per_mframe": round(busy / frames * 1e6, 3),
         "softirq_s_per_mframe": round((j1[1] - j0[1]) / hz / frames * 1e6, 3),
         "busy_cpus": round(busy / wall, 2),
-        "incubator_process_cpu_s_per_mframe": round((p1 - p0) / frames * 1e6, 3),
+        "incubator_process_cpu_s_per_mframe": round((p1 - p0) / frames * 1e6, 3) if pid else None,
     }
 
 
@@ -260,45 +261,125 @@ def idle_floor(seconds: float = 2.0) -> float:
     return (j1[0] - j0[0]) / os.sysconf("SC_CLK_TCK") / seconds
 
 
-def measure(seconds: float) -> dict:
-    """Both paths, same rates; returns the results dict."""
+RATES = ((250_000, 1), (500_000, 1), (1_000_000, 1), (None, 1), (None, 2))  # (pps or max, trafgen CPUs)
+# The floor of the BPF-stats method: the same attachment, traffic and statistics around programs
+# that do (next to) nothing; xdp_incubator's figure minus these is what its own work costs.
+FLOORS = {"floor_pass": "xdp_pass", "floor_redirect": "xdp_redirect_floor"}
+
+
+def attach_floor(bed: Bed, program: str):
+    """Load and attach a floor program to tg1 (xdp_redirect_floor sends every frame to c0)."""
+    import socket
+    import struct
+
+    from celltap.incubator.xdp.build import build_object
+    from celltap.incubator.xdp.libbpf import BpfObject
+
+    def go():
+        obj = BpfObject(str(build_object()), programs=(program,))
+        try:
+            c0 = socket.if_nametoindex("c0")
+            obj.map("cell_devs").update(struct.pack("<I", 0), struct.pack("<I", c0))
+            obj.attach_xdp(program, socket.if_nametoindex("tg1"))
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    return bed.call(go)
+
+
+def xdp_runs(bed: Bed, conf: str, seconds: float, pid: int | None, label: str) -> tuple[list[dict], dict]:
+    """Every rate of RATES through the XDP program attached to tg1, each with its BPF-stats ns/frame;
+    returns (runs, {run_time_ns, run_cnt, ns_per_frame} over all of them)."""
+    runs, total_ns, total_cnt = [], 0, 0
+    for rate, cpus in RATES:
+        s0 = bpf_stats(bed)
+        r = offer(bed, conf, int((rate or 1_200_000) * seconds), rate, cpus, pid)
+        s1 = bpf_stats(bed)
+        ns, cnt = s1[0] - s0[0], s1[1] - s0[1]
+        r["bpf_ns_per_frame"] = round(ns / cnt, 1) if cnt else None
+        r["bpf_run_cnt"] = cnt
+        total_ns += ns
+        total_cnt += cnt
+        runs.append(r)
+        print(label, r, file=sys.stderr)
+    overall = {
+        "run_time_ns": total_ns,
+        "run_cnt": total_cnt,
+        "ns_per_frame": round(total_ns / total_cnt, 1) if total_cnt else None,
+    }
+    return runs, overall
+
+
+def measure(seconds: float, paths: tuple[str, ...] = ("floor", "xdp", "python"), rounds: int = 1) -> dict:
+    """The asked paths, same rates; returns the results dict.  `rounds` > 1 repeats the BPF-stats
+    programs (floors and ours) one after the other, so load from other processes hits all alike."""
     tmp = tempfile.mkdtemp(prefix="bench_xdp")
     conf = os.path.join(tmp, "udp64.cfg")
     with open(conf, "w") as f:
         f.write(TRAFGEN_CONF)
     floor = idle_floor()
-    out: dict = {"machine": machine(), "idle_busy_cpus": round(floor, 3), "paths": {}}
-    out["xdp_test_run"] = test_run_ns()
+    out: dict = {"machine": machine(), "idle_busy_cpus": round(floor, 3), "paths": {}, "bpf_stats": {}}
+    if "xdp" in paths:
+        out["xdp_test_run"] = test_run_ns()
     stats_was = sh("sysctl", "-n", "kernel.bpf_stats_enabled").strip()
     bed = Bed()
     cpu = max(os.sched_getaffinity(0))
+    order = ([*FLOORS] if "floor" in paths else []) + (["xdp"] if "xdp" in paths else [])
     try:
-        for path, capture in (("xdp", "xdp:tg1"), ("python", "afpacket:tg1")):
-            proc = start_incubator(bed, capture, tmp, cpu)
-            runs = []
+        sh("sysctl", "-qw", "kernel.bpf_stats_enabled=1")
+        for rnd in range(rounds):
+            for path in order:
+                label = path if rounds == 1 else f"{path}#{rnd}"
+                if path in FLOORS:
+                    obj = attach_floor(bed, FLOORS[path])
+                    try:
+                        runs, overall = xdp_runs(bed, conf, seconds, None, label)
+                    finally:
+                        obj.close()
+                else:
+                    proc = start_incubator(bed, "xdp:tg1", tmp, cpu)
+                    try:
+                        runs, overall = xdp_runs(bed, conf, seconds, proc.pid, label)
+                    finally:
+                        proc.send_signal(signal.SIGTERM)
+                        proc.wait(timeout=30)
+                out["paths"].setdefault(path, []).extend(dict(r, round=rnd) for r in runs)
+                out["bpf_stats"].setdefault(path, []).append(overall)
+        sh("sysctl", "-qw", f"kernel.bpf_stats_enabled={stats_was}")
+        if "python" in paths:
+            proc = start_incubator(bed, "afpacket:tg1", tmp, cpu)
             try:
-                if path == "xdp":
-                    sh("sysctl", "-qw", "kernel.bpf_stats_enabled=1")
-                    s0 = bpf_stats(bed)
-                for rate in (250_000, 500_000, 1_000_000, None):
-                    for cpus in (1, 2) if rate is None else (1,):
-                        n = int((rate or 1_200_000) * seconds)
-                        runs.append(offer(bed, conf, n, rate, cpus, proc.pid))
-                        print(path, runs[-1], file=sys.stderr)
-                if path == "xdp":
-                    s1 = bpf_stats(bed)
-                    sh("sysctl", "-qw", f"kernel.bpf_stats_enabled={stats_was}")
-                    cnt = s1[1] - s0[1]
-                    out["xdp_ns_per_frame"] = round((s1[0] - s0[0]) / cnt, 1) if cnt else None
-                    out["xdp_bpf_stats_frames"] = cnt
+                out["paths"]["python"] = [
+                    offer(bed, conf, int((rate or 1_200_000) * seconds), rate, cpus, proc.pid)
+                    for rate, cpus in RATES
+                ]
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
-            out["paths"][path] = runs
     finally:
         sh("sysctl", "-qw", f"kernel.bpf_stats_enabled={stats_was}", check=False)
         bed.close()
+    out.update(summarise(out["bpf_stats"]))
     return out
+
+
+def summarise(stats: dict[str, list[dict]]) -> dict:
+    """ns/frame of each program over all its rounds, and ours against the floors (same run)."""
+    ns = {}
+    for path, rounds in stats.items():
+        cnt = sum(r["run_cnt"] for r in rounds)
+        ns[path] = round(sum(r["run_time_ns"] for r in rounds) / cnt, 1) if cnt else None
+    res: dict = {"bpf_ns_per_frame": ns}
+    if ns.get("xdp"):
+        res["xdp_ns_per_frame"] = ns["xdp"]
+        res["xdp_bpf_stats_frames"] = sum(r["run_cnt"] for r in stats["xdp"])
+        for f in FLOORS:
+            if ns.get(f):
+                res[f"xdp_over_{f}"] = round(ns["xdp"] / ns[f], 2)
+                res[f"xdp_minus_{f}_ns"] = round(ns["xdp"] - ns[f], 1)
+    return res
 
 
 def machine() -> dict:
@@ -326,17 +407,26 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="traffic per measurement at the asked rate")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--paths",
+        default="floor,xdp,python",
+        help="comma-separated: floor (xdp_pass and xdp_redirect_floor), xdp (the incubator's program), "
+        "python (the AF_PACKET incubator)",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the BPF-stats programs this many times")
     args = ap.parse_args(argv)
-    res = measure(args.seconds)
+    res = measure(args.seconds, tuple(p.strip() for p in args.paths.split(",") if p.strip()), args.rounds)
     if args.json:
         print(json.dumps(res, indent=1))
     else:
         print(json.dumps(res["machine"]))
-        print(
-            f"idle floor: {res['idle_busy_cpus']} busy CPUs; "
-            f"XDP program: {res.get('xdp_ns_per_frame')} ns/frame (BPF stats)"
-        )
-        print(f"BPF_PROG_TEST_RUN: {res['xdp_test_run']}")
+        print(f"idle floor: {res['idle_busy_cpus']} busy CPUs")
+        print(f"ns/frame by BPF stats (same run, same traffic): {res['bpf_ns_per_frame']}")
+        for f in FLOORS:
+            if f"xdp_over_{f}" in res:
+                print(f"xdp_incubator vs {f}: x{res[f'xdp_over_{f}']} (+{res[f'xdp_minus_{f}_ns']} ns)")
+        if "xdp_test_run" in res:
+            print(f"BPF_PROG_TEST_RUN: {res['xdp_test_run']}")
         for path, runs in res["paths"].items():
             for r in runs:
                 print(path, r)
