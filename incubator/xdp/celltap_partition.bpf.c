@@ -321,16 +321,17 @@ static __always_inline __u64 le32(const __u8 *p)
 	return (__u64)p[0] | ((__u64)p[1] << 8) | ((__u64)p[2] << 16) | ((__u64)p[3] << 24);
 }
 
-static __always_inline __u64 xxh64_key14(const __u8 *k, __u64 seed)
+/* XXH64 of a 14-byte key given as XXH64 reads it: bytes 0-7 (little-endian), 8-11, 12, 13. */
+static __always_inline __u64 xxh64_key14(__u64 k0, __u64 k8, __u64 k12, __u64 k13, __u64 seed)
 {
 	__u64 h = seed + P5 + 14;
-	h ^= xround(0, le64(k));
+	h ^= xround(0, k0);
 	h = rotl64(h, 27) * P1 + P4;
-	h ^= le32(k + 8) * P1;
+	h ^= k8 * P1;
 	h = rotl64(h, 23) * P2 + P3;
-	h ^= (__u64)k[12] * P5;
+	h ^= k12 * P5;
 	h = rotl64(h, 11) * P1;
-	h ^= (__u64)k[13] * P5;
+	h ^= k13 * P5;
 	h = rotl64(h, 11) * P1;
 	return avalanche(h);
 }
@@ -410,9 +411,10 @@ static __always_inline void put16(__u8 *k, __u32 v)
 	k[1] = v;
 }
 
+/* The v4 key is [4, proto, a, z] with a and z the two endpoints (address, port: 6 bytes big-endian),
+ * smaller first; its XXH64 words come from a and z by byte swaps (no key in memory). */
 static __always_inline void hash_v4(struct parsed *p, __u32 sport, __u32 dport, __u64 seed)
 {
-	__u8 key[16] = {};
 	const __u8 *s = p->dk.src, *d = p->dk.dst;
 	__u64 sv = ((__u64)s[0] << 40) | ((__u64)s[1] << 32) | ((__u64)s[2] << 24) | ((__u64)s[3] << 16) | sport;
 	__u64 dv = ((__u64)d[0] << 40) | ((__u64)d[1] << 32) | ((__u64)d[2] << 24) | ((__u64)d[3] << 16) | dport;
@@ -421,14 +423,9 @@ static __always_inline void hash_v4(struct parsed *p, __u32 sport, __u32 dport, 
 		a = dv;
 		z = sv;
 	}
-	key[0] = 4;
-	key[1] = p->dk.proto;
-#pragma unroll
-	for (int i = 0; i < 6; i++) {
-		key[2 + i] = a >> (40 - 8 * i);
-		key[8 + i] = z >> (40 - 8 * i);
-	}
-	p->hash = xxh64_key14(key, seed);
+	__u64 k0 = __builtin_bswap64(a) | ((__u64)p->dk.proto << 8) | 4;  /* a < 2^48: bytes 2-7 */
+	__u64 k8 = __builtin_bswap32((__u32)(z >> 16));
+	p->hash = xxh64_key14(k0, k8, (z >> 8) & 0xFF, z & 0xFF, seed);
 }
 
 static __always_inline __u64 be64(const __u8 *p)
