@@ -15,10 +15,17 @@ Figures, each for both paths at the same offered rates:
   softirq part (where the XDP program and AF_PACKET delivery run), and the incubator process's
   own CPU seconds per million frames (/proc/PID/stat: not inflated by other load);
 * for the XDP program, ns per frame from the kernel's BPF statistics
-  (`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt of `bpftool prog show`), which adds the
-  cost of the statistics themselves (two clock reads per run).
+  (`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt of `bpftool prog show`), per run and over
+  all runs, which includes the cost of the statistics themselves (a clock read per run; on a VM
+  whose sched_clock is kvm-clock, tens of ns).
+* the floor of that method, measured in the same run with the same traffic at the same rates on
+  the same veth: `xdp_pass` (returns XDP_PASS: what the statistics and the call cost) and
+  `xdp_redirect_floor` (only `bpf_redirect_map` through the same DEVMAP to c0: the least a
+  redirecting program costs); the incubator's figure is printed as a ratio to both and as the ns
+  above them.
 
-Run as root: `.venv/bin/python bench/bench_xdp.py [--seconds S] [--json]`.
+Run as root: `.venv/bin/python bench/bench_xdp.py [--seconds S] [--paths floor,xdp,python]
+[--rounds N] [--json]` (`--rounds` repeats floors and ours one after the other).
 """
 
 from __future__ import annotations
