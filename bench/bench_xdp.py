@@ -369,6 +369,8 @@ def measure(seconds: float, paths: tuple[str, ...] = ("floor", "xdp", "python"),
         sh("sysctl", "-qw", f"kernel.bpf_stats_enabled={stats_was}", check=False)
         bed.close()
     out.update(summarise(out["bpf_stats"]))
+    out["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    out["idle_busy_cpus_end"] = round(idle_floor(), 3)
     return out
 
 
