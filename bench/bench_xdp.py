@@ -1,10 +1,11 @@
 """XDP incubator benchmark: the kernel path against the Python incubator, same traffic, one run.
 
 Setup (a network namespace with a unique name, removed at the end): trafgen sends 64-byte
-Ethernet/IPv4/UDP frames (20 000 flows) into veth tg0 -> tg1; the incubator (`capture:
-xdp:tg1` or `afpacket:tg1`, 4 cells `iface:cK`) separates them onto veths c0..c3, whose peers
-run `xdp_sink` (count and drop: a receiver that costs next to nothing), so "delivered" is what
-the sinks counted and "lost" is sent - delivered.
+Ethernet/IPv4/UDP frames (20 000 flows by default, `--flows`; each frame the next flow's, so a
+flow's state is touched once per 20 000 frames: the worst case for caches) into veth tg0 -> tg1;
+the incubator (`capture: xdp:tg1` or `afpacket:tg1`, 4 cells `iface:cK`) separates them onto
+veths c0..c3, whose peers run `xdp_sink` (count and drop: a receiver that costs next to nothing),
+so "delivered" is what the sinks counted and "lost" is sent - delivered.
 
 Figures, each for both paths at the same offered rates:
 * delivered frames and loss at fixed trafgen rates and at trafgen's top rate (one and two
@@ -50,7 +51,7 @@ CELLS = ("c0", "c1", "c2", "c3")
 TRAFGEN_CONF = """{
   eth(da=02:00:00:00:00:02, sa=02:00:00:00:00:01, type=0x0800),
   ipv4(saddr=10.0.0.1, daddr=10.0.1.1, proto=17, ttl=64),
-  udp(sp=dinc(10000, 29999), dp=80),
+  udp(sp=dinc(10000, {last_port}), dp=80),
   fill(0x00, 18)
 }
 """
@@ -319,15 +320,24 @@ def xdp_runs(bed: Bed, conf: str, seconds: float, pid: int | None, label: str) -
     return runs, overall
 
 
-def measure(seconds: float, paths: tuple[str, ...] = ("floor", "xdp", "python"), rounds: int = 1) -> dict:
+def measure(
+    seconds: float, paths: tuple[str, ...] = ("floor", "xdp", "python"), rounds: int = 1, flows: int = 20000
+) -> dict:
     """The asked paths, same rates; returns the results dict.  `rounds` > 1 repeats the BPF-stats
     programs (floors and ours) one after the other, so load from other processes hits all alike."""
     tmp = tempfile.mkdtemp(prefix="bench_xdp")
     conf = os.path.join(tmp, "udp64.cfg")
     with open(conf, "w") as f:
-        f.write(TRAFGEN_CONF)
+        ports = f"dinc(10000, {10000 + flows - 1})" if flows > 1 else "10000"
+        f.write(TRAFGEN_CONF.replace("dinc(10000, {last_port})", ports))
     floor = idle_floor()
-    out: dict = {"machine": machine(), "idle_busy_cpus": round(floor, 3), "paths": {}, "bpf_stats": {}}
+    out: dict = {
+        "machine": machine(),
+        "idle_busy_cpus": round(floor, 3),
+        "flows": flows,
+        "paths": {},
+        "bpf_stats": {},
+    }
     if "xdp" in paths:
         out["xdp_test_run"] = test_run_ns()
     stats_was = sh("sysctl", "-n", "kernel.bpf_stats_enabled").strip()
@@ -423,8 +433,10 @@ def main(argv: list[str] | None = None) -> dict:
         "python (the AF_PACKET incubator)",
     )
     ap.add_argument("--rounds", type=int, default=1, help="repeat the BPF-stats programs this many times")
+    ap.add_argument("--flows", type=int, default=20000, help="UDP flows trafgen cycles through (1-55536)")
     args = ap.parse_args(argv)
-    res = measure(args.seconds, tuple(p.strip() for p in args.paths.split(",") if p.strip()), args.rounds)
+    paths = tuple(p.strip() for p in args.paths.split(",") if p.strip())
+    res = measure(args.seconds, paths, args.rounds, min(max(args.flows, 1), 55536))
     if args.json:
         print(json.dumps(res, indent=1))
     else:
