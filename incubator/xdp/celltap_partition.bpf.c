@@ -195,7 +195,8 @@ struct {
 
 /* Frames a redirect target failed to transmit (from the xdp_devmap_xmit tracepoint), and the
  * copies xdp_egress dropped on purpose (inline broadcast), by target ifindex; the control plane
- * creates the keys of its targets, so other programs' redirects on this host are not counted. */
+ * creates the keys of its targets, so other programs' redirects on this host are not counted.
+ * egress_filtered counts most copies of every inline frame: per CPU, so no line bounces. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_CELLS + 2);
@@ -204,7 +205,7 @@ struct {
 } xmit_drops SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, MAX_CELLS + 2);
 	__type(key, __u32);
 	__type(value, __u64);
@@ -940,7 +941,7 @@ int xdp_egress(struct xdp_md *ctx)
 	if (!c || c->ifindex != eg) {
 		__u64 *n = bpf_map_lookup_elem(&egress_filtered, &eg);
 		if (n)
-			__sync_fetch_and_add(n, 1);
+			*n += 1;
 		return XDP_DROP;
 	}
 	if (c->rewrite_mac) {

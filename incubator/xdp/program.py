@@ -133,18 +133,20 @@ class PartitionProgram:
 
     def _watch_xmit(self, ifindex: int) -> None:
         """Count the transmit failures (and inline's filtered copies) of one redirect target."""
-        for m in (self.xmit_drops_map, self.egress_filtered_map):
-            if m.lookup(struct.pack("<I", ifindex), 8) is None:
-                m.update(struct.pack("<I", ifindex), struct.pack("<Q", 0))
+        k = struct.pack("<I", ifindex)
+        if self.xmit_drops_map.lookup(k, 8) is None:
+            self.xmit_drops_map.update(k, struct.pack("<Q", 0))
+        if self.egress_filtered_map.lookup(k, 8 * self.ncpu) is None:  # per CPU
+            self.egress_filtered_map.update(k, bytes(8 * self.ncpu))
 
     def xmit_drops(self, ifindex: int) -> int:
         """Frames redirected to `ifindex` that it failed to transmit (inline: not counting the
         copies xdp_egress dropped on purpose)."""
         k = struct.pack("<I", ifindex)
         raw = self.xmit_drops_map.lookup(k, 8)
-        filt = self.egress_filtered_map.lookup(k, 8)
+        filt = self.egress_filtered_map.lookup(k, 8 * self.ncpu)
         total = struct.unpack("<Q", raw)[0] if raw else 0
-        return total - (struct.unpack("<Q", filt)[0] if filt else 0)
+        return total - (sum(struct.unpack(f"<{self.ncpu}Q", filt)) if filt else 0)
 
     def targets(self) -> dict[int, int]:
         """Slot -> ifindex of every cell the kernel has redirected to (left cells included)."""
