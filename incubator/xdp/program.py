@@ -215,6 +215,7 @@ class PartitionProgram:
             )
         self._write_alive_bits(alive | self._alive)
         self.write_table(cells.table)
+        self._write_alive_bits(alive)  # leaving slots: dead before their devmap entries go
         for slot in sorted(self._alive - alive):
             self.cells_map.update(struct.pack("<I", slot), _CELL.pack(b"\0" * 6, 0, 0, 0))
             if self._devs is not None:
@@ -222,7 +223,6 @@ class PartitionProgram:
             ifi = self._ifindex.pop(slot, 0)
             if self._bcast is not None and ifi and (not self.sides or ifi not in self.sides):
                 self._bcast.delete(struct.pack("<I", ifi))
-        self._write_alive_bits(alive)
         self._alive = alive
         self.write_config(cells.first_slot() if alive else SLOT_NONE, my_slot)
 
