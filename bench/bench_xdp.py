@@ -1,10 +1,11 @@
 """XDP incubator benchmark: the kernel path against the Python incubator, same traffic, one run.
 
 Setup (a network namespace with a unique name, removed at the end): trafgen sends 64-byte
-Ethernet/IPv4/UDP frames (20 000 flows) into veth tg0 -> tg1; the incubator (`capture:
-xdp:tg1` or `afpacket:tg1`, 4 cells `iface:cK`) separates them onto veths c0..c3, whose peers
-run `xdp_sink` (count and drop: a receiver that costs next to nothing), so "delivered" is what
-the sinks counted and "lost" is sent - delivered.
+Ethernet/IPv4/UDP frames (20 000 flows by default, `--flows`; each frame the next flow's, so a
+flow's state is touched once per 20 000 frames: the worst case for caches) into veth tg0 -> tg1;
+the incubator (`capture: xdp:tg1` or `afpacket:tg1`, 4 cells `iface:cK`) separates them onto
+veths c0..c3, whose peers run `xdp_sink` (count and drop: a receiver that costs next to nothing),
+so "delivered" is what the sinks counted and "lost" is sent - delivered.
 
 Figures, each for both paths at the same offered rates:
 * delivered frames and loss at fixed trafgen rates and at trafgen's top rate (one and two
@@ -15,10 +16,17 @@ Figures, each for both paths at the same offered rates:
   softirq part (where the XDP program and AF_PACKET delivery run), and the incubator process's
   own CPU seconds per million frames (/proc/PID/stat: not inflated by other load);
 * for the XDP program, ns per frame from the kernel's BPF statistics
-  (`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt of `bpftool prog show`), which adds the
-  cost of the statistics themselves (two clock reads per run).
+  (`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt of `bpftool prog show`), per run and over
+  all runs, which includes the cost of the statistics themselves (a clock read per run; on a VM
+  whose sched_clock is kvm-clock, tens of ns).
+* the floor of that method, measured in the same run with the same traffic at the same rates on
+  the same veth: `xdp_pass` (returns XDP_PASS: what the statistics and the call cost) and
+  `xdp_redirect_floor` (only `bpf_redirect_map` through the same DEVMAP to c0: the least a
+  redirecting program costs); the incubator's figure is printed as a ratio to both and as the ns
+  above them.
 
-Run as root: `.venv/bin/python bench/bench_xdp.py [--seconds S] [--json]`.
+Run as root: `.venv/bin/python bench/bench_xdp.py [--seconds S] [--paths floor,xdp,python]
+[--rounds N] [--json]` (`--rounds` repeats floors and ours one after the other).
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ CELLS = ("c0", "c1", "c2", "c3")
 TRAFGEN_CONF = """{
   eth(da=02:00:00:00:00:02, sa=02:00:00:00:00:01, type=0x0800),
   ipv4(saddr=10.0.0.1, daddr=10.0.1.1, proto=17, ttl=64),
-  udp(sp=dinc(10000, 29999), dp=80),
+  udp(sp=dinc(10000, {last_port}), dp=80),
   fill(0x00, 18)
 }
 """
@@ -178,10 +186,11 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def offer(bed: Bed, conf: str, frames: int, rate: int | None, cpus: int, pid: int) -> dict:
-    """Send `frames` with trafgen at `rate` pps (None: as fast as it can); measure what arrived."""
+def offer(bed: Bed, conf: str, frames: int, rate: int | None, cpus: int, pid: int | None) -> dict:
+    """Send `frames` with trafgen at `rate` pps (None: as fast as it can); measure what arrived
+    (`pid`: the incubator process whose own CPU time is counted, None when none runs)."""
     before = bed.delivered()
-    p0 = proc_cpu_s(pid)
+    p0 = proc_cpu_s(pid) if pid else 0.0
     tx0 = tx_stats(bed)
     j0, t0 = cpu_jiffies(), time.perf_counter()
     cmd = ["trafgen", "--dev", "tg0", "--conf", conf, "--num", str(frames), "--cpus", str(cpus), "-q", "-C"]
@@ -199,7 +208,7 @@ def offer(bed: Bed, conf: str, frames: int, rate: int | None, cpus: int, pid: in
         stable = stable + 1 if now == last else 0
         last = now
     j1 = cpu_jiffies()
-    p1 = proc_cpu_s(pid)
+    p1 = proc_cpu_s(pid) if pid else 0.0
     hz = os.sysconf("SC_CLK_TCK")
     got = last - before
     busy = (j1[0] - j0[0]) / hz
@@ -215,7 +224,7 @@ def offer(bed: Bed, conf: str, frames: int, rate: int | None, cpus: int, pid: in
         "cpu_s_per_mframe": round(busy / frames * 1e6, 3),
         "softirq_s_per_mframe": round((j1[1] - j0[1]) / hz / frames * 1e6, 3),
         "busy_cpus": round(busy / wall, 2),
-        "incubator_process_cpu_s_per_mframe": round((p1 - p0) / frames * 1e6, 3),
+        "incubator_process_cpu_s_per_mframe": round((p1 - p0) / frames * 1e6, 3) if pid else None,
     }
 
 
@@ -260,45 +269,136 @@ def idle_floor(seconds: float = 2.0) -> float:
     return (j1[0] - j0[0]) / os.sysconf("SC_CLK_TCK") / seconds
 
 
-def measure(seconds: float) -> dict:
-    """Both paths, same rates; returns the results dict."""
+RATES = ((250_000, 1), (500_000, 1), (1_000_000, 1), (None, 1), (None, 2))  # (pps or max, trafgen CPUs)
+# The floor of the BPF-stats method: the same attachment, traffic and statistics around programs
+# that do (next to) nothing; xdp_incubator's figure minus these is what its own work costs.
+FLOORS = {"floor_pass": "xdp_pass", "floor_redirect": "xdp_redirect_floor"}
+
+
+def attach_floor(bed: Bed, program: str):
+    """Load and attach a floor program to tg1 (xdp_redirect_floor sends every frame to c0)."""
+    import socket
+    import struct
+
+    from celltap.incubator.xdp.build import build_object
+    from celltap.incubator.xdp.libbpf import BpfObject
+
+    def go():
+        obj = BpfObject(str(build_object()), programs=(program,))
+        try:
+            c0 = socket.if_nametoindex("c0")
+            obj.map("cell_devs").update(struct.pack("<I", 0), struct.pack("<I", c0))
+            obj.attach_xdp(program, socket.if_nametoindex("tg1"))
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    return bed.call(go)
+
+
+def xdp_runs(bed: Bed, conf: str, seconds: float, pid: int | None, label: str) -> tuple[list[dict], dict]:
+    """Every rate of RATES through the XDP program attached to tg1, each with its BPF-stats ns/frame;
+    returns (runs, {run_time_ns, run_cnt, ns_per_frame} over all of them)."""
+    runs, total_ns, total_cnt = [], 0, 0
+    for rate, cpus in RATES:
+        s0 = bpf_stats(bed)
+        r = offer(bed, conf, int((rate or 1_200_000) * seconds), rate, cpus, pid)
+        s1 = bpf_stats(bed)
+        ns, cnt = s1[0] - s0[0], s1[1] - s0[1]
+        r["bpf_ns_per_frame"] = round(ns / cnt, 1) if cnt else None
+        r["bpf_run_cnt"] = cnt
+        total_ns += ns
+        total_cnt += cnt
+        runs.append(r)
+        print(label, r, file=sys.stderr)
+    overall = {
+        "run_time_ns": total_ns,
+        "run_cnt": total_cnt,
+        "ns_per_frame": round(total_ns / total_cnt, 1) if total_cnt else None,
+    }
+    return runs, overall
+
+
+def measure(
+    seconds: float, paths: tuple[str, ...] = ("floor", "xdp", "python"), rounds: int = 1, flows: int = 20000
+) -> dict:
+    """The asked paths, same rates; returns the results dict.  `rounds` > 1 repeats the BPF-stats
+    programs (floors and ours) one after the other, so load from other processes hits all alike."""
     tmp = tempfile.mkdtemp(prefix="bench_xdp")
     conf = os.path.join(tmp, "udp64.cfg")
     with open(conf, "w") as f:
-        f.write(TRAFGEN_CONF)
+        ports = f"dinc(10000, {10000 + flows - 1})" if flows > 1 else "10000"
+        f.write(TRAFGEN_CONF.replace("dinc(10000, {last_port})", ports))
     floor = idle_floor()
-    out: dict = {"machine": machine(), "idle_busy_cpus": round(floor, 3), "paths": {}}
-    out["xdp_test_run"] = test_run_ns()
+    out: dict = {
+        "machine": machine(),
+        "idle_busy_cpus": round(floor, 3),
+        "flows": flows,
+        "paths": {},
+        "bpf_stats": {},
+    }
+    if "xdp" in paths:
+        out["xdp_test_run"] = test_run_ns()
     stats_was = sh("sysctl", "-n", "kernel.bpf_stats_enabled").strip()
     bed = Bed()
     cpu = max(os.sched_getaffinity(0))
+    order = ([*FLOORS] if "floor" in paths else []) + (["xdp"] if "xdp" in paths else [])
     try:
-        for path, capture in (("xdp", "xdp:tg1"), ("python", "afpacket:tg1")):
-            proc = start_incubator(bed, capture, tmp, cpu)
-            runs = []
+        sh("sysctl", "-qw", "kernel.bpf_stats_enabled=1")
+        for rnd in range(rounds):
+            for path in order:
+                label = path if rounds == 1 else f"{path}#{rnd}"
+                if path in FLOORS:
+                    obj = attach_floor(bed, FLOORS[path])
+                    try:
+                        runs, overall = xdp_runs(bed, conf, seconds, None, label)
+                    finally:
+                        obj.close()
+                else:
+                    proc = start_incubator(bed, "xdp:tg1", tmp, cpu)
+                    try:
+                        runs, overall = xdp_runs(bed, conf, seconds, proc.pid, label)
+                    finally:
+                        proc.send_signal(signal.SIGTERM)
+                        proc.wait(timeout=30)
+                out["paths"].setdefault(path, []).extend(dict(r, round=rnd) for r in runs)
+                out["bpf_stats"].setdefault(path, []).append(overall)
+        sh("sysctl", "-qw", f"kernel.bpf_stats_enabled={stats_was}")
+        if "python" in paths:
+            proc = start_incubator(bed, "afpacket:tg1", tmp, cpu)
             try:
-                if path == "xdp":
-                    sh("sysctl", "-qw", "kernel.bpf_stats_enabled=1")
-                    s0 = bpf_stats(bed)
-                for rate in (250_000, 500_000, 1_000_000, None):
-                    for cpus in (1, 2) if rate is None else (1,):
-                        n = int((rate or 1_200_000) * seconds)
-                        runs.append(offer(bed, conf, n, rate, cpus, proc.pid))
-                        print(path, runs[-1], file=sys.stderr)
-                if path == "xdp":
-                    s1 = bpf_stats(bed)
-                    sh("sysctl", "-qw", f"kernel.bpf_stats_enabled={stats_was}")
-                    cnt = s1[1] - s0[1]
-                    out["xdp_ns_per_frame"] = round((s1[0] - s0[0]) / cnt, 1) if cnt else None
-                    out["xdp_bpf_stats_frames"] = cnt
+                out["paths"]["python"] = [
+                    offer(bed, conf, int((rate or 1_200_000) * seconds), rate, cpus, proc.pid)
+                    for rate, cpus in RATES
+                ]
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
-            out["paths"][path] = runs
     finally:
         sh("sysctl", "-qw", f"kernel.bpf_stats_enabled={stats_was}", check=False)
         bed.close()
+    out.update(summarise(out["bpf_stats"]))
+    out["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    out["idle_busy_cpus_end"] = round(idle_floor(), 3)
     return out
+
+
+def summarise(stats: dict[str, list[dict]]) -> dict:
+    """ns/frame of each program over all its rounds, and ours against the floors (same run)."""
+    ns = {}
+    for path, rounds in stats.items():
+        cnt = sum(r["run_cnt"] for r in rounds)
+        ns[path] = round(sum(r["run_time_ns"] for r in rounds) / cnt, 1) if cnt else None
+    res: dict = {"bpf_ns_per_frame": ns}
+    if ns.get("xdp"):
+        res["xdp_ns_per_frame"] = ns["xdp"]
+        res["xdp_bpf_stats_frames"] = sum(r["run_cnt"] for r in stats["xdp"])
+        for f in FLOORS:
+            if ns.get(f):
+                res[f"xdp_over_{f}"] = round(ns["xdp"] / ns[f], 2)
+                res[f"xdp_minus_{f}_ns"] = round(ns["xdp"] - ns[f], 1)
+    return res
 
 
 def machine() -> dict:
@@ -326,17 +426,28 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="traffic per measurement at the asked rate")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--paths",
+        default="floor,xdp,python",
+        help="comma-separated: floor (xdp_pass and xdp_redirect_floor), xdp (the incubator's program), "
+        "python (the AF_PACKET incubator)",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the BPF-stats programs this many times")
+    ap.add_argument("--flows", type=int, default=20000, help="UDP flows trafgen cycles through (1-55536)")
     args = ap.parse_args(argv)
-    res = measure(args.seconds)
+    paths = tuple(p.strip() for p in args.paths.split(",") if p.strip())
+    res = measure(args.seconds, paths, args.rounds, min(max(args.flows, 1), 55536))
     if args.json:
         print(json.dumps(res, indent=1))
     else:
         print(json.dumps(res["machine"]))
-        print(
-            f"idle floor: {res['idle_busy_cpus']} busy CPUs; "
-            f"XDP program: {res.get('xdp_ns_per_frame')} ns/frame (BPF stats)"
-        )
-        print(f"BPF_PROG_TEST_RUN: {res['xdp_test_run']}")
+        print(f"idle floor: {res['idle_busy_cpus']} busy CPUs")
+        print(f"ns/frame by BPF stats (same run, same traffic): {res['bpf_ns_per_frame']}")
+        for f in FLOORS:
+            if f"xdp_over_{f}" in res:
+                print(f"xdp_incubator vs {f}: x{res[f'xdp_over_{f}']} (+{res[f'xdp_minus_{f}_ns']} ns)")
+        if "xdp_test_run" in res:
+            print(f"BPF_PROG_TEST_RUN: {res['xdp_test_run']}")
         for path, runs in res["paths"].items():
             for r in runs:
                 print(path, r)

@@ -14,10 +14,27 @@
  *
  * The flow hash is XXH64 of the canonical key (celltap.flowkey: l3, l4, smaller endpoint first),
  * seeded by the cluster seed.  The cell is `table[hash >> (64 - table_bits)]`, a BPF array the
- * control plane computes from the ring (celltap.incubator.cells).  Live flows are pinned in an
- * LRU hash (flow hash -> slot, deadline: idle timeout, or a short linger after FIN/RST); a pin
- * whose cell left is ignored.  The first fragment of a datagram records its slot under the
- * datagram key (v4: src, dst, protocol, id; v6: src, dst, id) for the later fragments.
+ * control plane computes from the ring (celltap.incubator.cells).  Live flows are pinned
+ * (flow hash -> slot, deadline: idle timeout, or a short linger after FIN/RST); a pin whose cell
+ * left is ignored.  The first fragment of a datagram records its slot under the datagram key
+ * (v4: src, dst, protocol, id; v6: src, dst, id) for the later fragments.
+ *
+ * Where pins live.  Every frame of a flow must touch its pin (its deadline moves), so the pin
+ * store's memory footprint is what a frame costs: an LRU hash sized for flows.max_flows spreads
+ * even a few thousand live flows over a bucket array of 16 bytes per possible flow, and each
+ * frame then misses the caches and the TLB twice (bucket, element).  The XDP program therefore
+ * keeps pins first in `pin_sets`, a small set-associative array (PIN_WAYS pins per 64-byte set,
+ * a set chosen by the hash's low bits, one spin lock per set: one cache line per frame), and only
+ * the flows that find their set full of live pins in the LRU hash.  A flow has at most one live
+ * pin: the set is searched first, the LRU only when the set has none, and a new pin goes to the
+ * set when a way is free (empty or expired), else to the LRU.  The decisions are the LRU-only
+ * ones (same slots, same deadlines, same counters); only their cost changes.  Socket filters
+ * cannot take a spin lock, so the DiCAP filter keeps its pins in the LRU hash alone.
+ *
+ * Why not skip pins for buckets that are not moving: a pin is what remembers, at the moment a
+ * bucket moves, which of its flows were live (seen within the idle timeout) and where they went.
+ * A flow that had no pin when its bucket moved cannot be told from a new one (UDP has no SYN), so
+ * liveness has to be recorded for every frame of every flow, moving bucket or not.
  */
 #include <linux/bpf.h>
 #include <linux/types.h>
@@ -72,7 +89,7 @@ struct config {
 	__u32 side_b;
 	__u32 capture;      /* the interface xdp_incubator runs on (mirror) */
 	__u32 devmap_id;    /* id of cell_devs: whose redirect errors are ours */
-	__u32 pad;
+	__u32 pin_set_mask; /* pin_sets entries - 1 (a power of two) */
 };
 
 struct cell {
@@ -92,6 +109,27 @@ struct pin {
 	__u32 slot;
 	__u32 closing;
 	__u64 expires;
+};
+
+#define PIN_WAYS 2
+
+struct pin_way {
+	__u64 hash;
+	__u64 expires;      /* 0: never used */
+	__u32 slot;
+	__u32 closing;
+};
+
+struct pin_set {
+	struct bpf_spin_lock lock;
+	__u32 pad;
+	struct pin_way way[PIN_WAYS];
+	__u64 pad2;         /* 64 bytes: one cache line */
+};
+
+/* Live cells by slot, as bits: read under a pin set's lock (no map lookups may happen there). */
+struct alive_bits {
+	__u64 w[MAX_CELLS / 64];
 };
 
 struct dgram_key {
@@ -157,7 +195,8 @@ struct {
 
 /* Frames a redirect target failed to transmit (from the xdp_devmap_xmit tracepoint), and the
  * copies xdp_egress dropped on purpose (inline broadcast), by target ifindex; the control plane
- * creates the keys of its targets, so other programs' redirects on this host are not counted. */
+ * creates the keys of its targets, so other programs' redirects on this host are not counted.
+ * egress_filtered counts most copies of every inline frame: per CPU, so no line bounces. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_CELLS + 2);
@@ -166,7 +205,7 @@ struct {
 } xmit_drops SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, MAX_CELLS + 2);
 	__type(key, __u32);
 	__type(value, __u64);
@@ -187,6 +226,21 @@ struct {
 	__type(key, __u64);
 	__type(value, struct pin);
 } pins SEC(".maps");
+
+/* The XDP program's first pin store (see "Where pins live"); sized by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 15);
+	__type(key, __u32);
+	__type(value, struct pin_set);
+} pin_sets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct alive_bits);
+} alive_bits SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -268,16 +322,17 @@ static __always_inline __u64 le32(const __u8 *p)
 	return (__u64)p[0] | ((__u64)p[1] << 8) | ((__u64)p[2] << 16) | ((__u64)p[3] << 24);
 }
 
-static __always_inline __u64 xxh64_key14(const __u8 *k, __u64 seed)
+/* XXH64 of a 14-byte key given as XXH64 reads it: bytes 0-7 (little-endian), 8-11, 12, 13. */
+static __always_inline __u64 xxh64_key14(__u64 k0, __u64 k8, __u64 k12, __u64 k13, __u64 seed)
 {
 	__u64 h = seed + P5 + 14;
-	h ^= xround(0, le64(k));
+	h ^= xround(0, k0);
 	h = rotl64(h, 27) * P1 + P4;
-	h ^= le32(k + 8) * P1;
+	h ^= k8 * P1;
 	h = rotl64(h, 23) * P2 + P3;
-	h ^= (__u64)k[12] * P5;
+	h ^= k12 * P5;
 	h = rotl64(h, 11) * P1;
-	h ^= (__u64)k[13] * P5;
+	h ^= k13 * P5;
 	h = rotl64(h, 11) * P1;
 	return avalanche(h);
 }
@@ -357,9 +412,10 @@ static __always_inline void put16(__u8 *k, __u32 v)
 	k[1] = v;
 }
 
+/* The v4 key is [4, proto, a, z] with a and z the two endpoints (address, port: 6 bytes big-endian),
+ * smaller first; its XXH64 words come from a and z by byte swaps (no key in memory). */
 static __always_inline void hash_v4(struct parsed *p, __u32 sport, __u32 dport, __u64 seed)
 {
-	__u8 key[16] = {};
 	const __u8 *s = p->dk.src, *d = p->dk.dst;
 	__u64 sv = ((__u64)s[0] << 40) | ((__u64)s[1] << 32) | ((__u64)s[2] << 24) | ((__u64)s[3] << 16) | sport;
 	__u64 dv = ((__u64)d[0] << 40) | ((__u64)d[1] << 32) | ((__u64)d[2] << 24) | ((__u64)d[3] << 16) | dport;
@@ -368,14 +424,9 @@ static __always_inline void hash_v4(struct parsed *p, __u32 sport, __u32 dport, 
 		a = dv;
 		z = sv;
 	}
-	key[0] = 4;
-	key[1] = p->dk.proto;
-#pragma unroll
-	for (int i = 0; i < 6; i++) {
-		key[2 + i] = a >> (40 - 8 * i);
-		key[8 + i] = z >> (40 - 8 * i);
-	}
-	p->hash = xxh64_key14(key, seed);
+	__u64 k0 = __builtin_bswap64(a) | ((__u64)p->dk.proto << 8) | 4;  /* a < 2^48: bytes 2-7 */
+	__u64 k8 = __builtin_bswap32((__u32)(z >> 16));
+	p->hash = xxh64_key14(k0, k8, (z >> 8) & 0xFF, z & 0xFF, seed);
 }
 
 static __always_inline __u64 be64(const __u8 *p)
@@ -564,40 +615,164 @@ static __always_inline int cell_alive(__u32 slot)
 	return c && c->alive;
 }
 
-/* Slot of a flow (K_FLOW): its pin, else the table; SLOT_NONE when no cell is alive. */
-static __always_inline __u32 flow_slot(struct parsed *p, const struct config *cfg, __u64 now)
+static __always_inline __u64 pin_deadline(const struct config *cfg, __u32 closing, __u64 now)
 {
-	struct pin *pin = 0;
-	if (cfg->pin) {
-		pin = bpf_map_lookup_elem(&pins, &p->hash);
-		if (pin && pin->expires > now) {
-			if (cell_alive(pin->slot)) {
-				if (p->closing)
-					pin->closing = 1;
-				pin->expires = now + (pin->closing ? cfg->linger_ns : cfg->idle_ns);
-				return pin->slot;
-			}
-			count(C_REHOMED_PIN, 1);
+	return now + (closing ? cfg->linger_ns : cfg->idle_ns);
+}
+
+static __always_inline int bit_alive(const struct alive_bits *a, __u32 slot)
+{
+	return (a->w[(slot >> 6) & (MAX_CELLS / 64 - 1)] >> (slot & 63)) & 1;
+}
+
+enum { PS_MISS = 0, PS_HIT, PS_REHOMED };
+
+/* Look the flow up in its pin set: PS_HIT (*slot; deadline moved), PS_REHOMED (a live pin whose
+ * cell left), PS_MISS (no live pin here). */
+static __always_inline int set_lookup(struct pin_set *ps, const struct alive_bits *a,
+				      const struct parsed *p, const struct config *cfg, __u64 now, __u32 *slot)
+{
+	int res = PS_MISS;
+	bpf_spin_lock(&ps->lock);
+#pragma unroll
+	for (int i = 0; i < PIN_WAYS; i++) {
+		struct pin_way *w = &ps->way[i];
+		if (res != PS_MISS || w->hash != p->hash || w->expires <= now)
+			continue;
+		if (bit_alive(a, w->slot)) {
+			if (p->closing)
+				w->closing = 1;
+			w->expires = pin_deadline(cfg, w->closing, now);
+			*slot = w->slot;
+			res = PS_HIT;
+		} else {
+			res = PS_REHOMED;
 		}
 	}
+	bpf_spin_unlock(&ps->lock);
+	return res;
+}
+
+/* Pin the flow to `slot` in its set: into its own stale way, else a free (empty or expired) one.
+ * Returns 1 when pinned, 0 when the set is full of live pins; when another CPU pinned the flow
+ * meanwhile, keeps that pin and puts its slot in *slot (returns 1, *created 0). */
+static __always_inline int set_insert(struct pin_set *ps, const struct alive_bits *a,
+				      const struct parsed *p, const struct config *cfg, __u64 now,
+				      __u32 *slot, int *created)
+{
+	int pick = -1, own = 0;
+	bpf_spin_lock(&ps->lock);
+#pragma unroll
+	for (int i = 0; i < PIN_WAYS; i++) {
+		struct pin_way *w = &ps->way[i];
+		if (own)
+			continue;
+		if (w->hash == p->hash) {
+			own = 1;
+			if (w->expires > now && bit_alive(a, w->slot)) {
+				pick = -2;  /* pinned meanwhile */
+				if (p->closing)
+					w->closing = 1;
+				w->expires = pin_deadline(cfg, w->closing, now);
+				*slot = w->slot;
+			} else {
+				pick = i;
+			}
+		} else if (pick == -1 && w->expires <= now) {
+			pick = i;
+		}
+	}
+	if (pick >= 0) {
+		struct pin_way *w = &ps->way[pick & (PIN_WAYS - 1)];
+		w->hash = p->hash;
+		w->slot = *slot;
+		w->closing = p->closing;
+		w->expires = pin_deadline(cfg, p->closing, now);
+	}
+	bpf_spin_unlock(&ps->lock);
+	*created = pick >= 0;
+	return pick != -1;
+}
+
+/* The LRU hash's pin of the flow: its slot when live with a live cell (deadline moved), else
+ * SLOT_NONE; *found says whether a live pin was there (whose cell left: counted rehomed). */
+static __always_inline __u32 lru_lookup(const struct parsed *p, const struct config *cfg, __u64 now,
+					int *found)
+{
+	struct pin *pin = bpf_map_lookup_elem(&pins, &p->hash);
+	*found = 0;
+	if (!pin || pin->expires <= now)
+		return SLOT_NONE;
+	*found = 1;
+	if (!cell_alive(pin->slot)) {
+		count(C_REHOMED_PIN, 1);
+		return SLOT_NONE;
+	}
+	if (p->closing)
+		pin->closing = 1;
+	pin->expires = pin_deadline(cfg, pin->closing, now);
+	return pin->slot;
+}
+
+static __always_inline void lru_pin(const struct parsed *p, const struct config *cfg, __u64 now, __u32 slot)
+{
+	struct pin np = {.slot = slot, .closing = p->closing};
+	np.expires = pin_deadline(cfg, p->closing, now);
+	bpf_map_update_elem(&pins, &p->hash, &np, BPF_ANY);
+	count(C_NEW_PIN, 1);
+}
+
+static __always_inline __u32 table_slot(const struct parsed *p, const struct config *cfg)
+{
 	__u32 bucket = p->hash >> (64 - (cfg->table_bits & 63));
 	__u32 *t = bpf_map_lookup_elem(&part_table, &bucket);
-	if (!t || *t == SLOT_NONE)
-		return SLOT_NONE;
-	__u32 slot = *t;
-	if (cfg->pin) {
-		struct pin np = {.slot = slot, .closing = p->closing};
-		np.expires = now + (p->closing ? cfg->linger_ns : cfg->idle_ns);
-		bpf_map_update_elem(&pins, &p->hash, &np, BPF_ANY);
-		count(C_NEW_PIN, 1);
+	return t ? *t : SLOT_NONE;
+}
+
+/* Slot of a flow (K_FLOW): its pin, else the table; SLOT_NONE when no cell is alive.  `sets`
+ * (a constant): keep pins in pin_sets first (XDP), or in the LRU hash alone (socket filters). */
+static __always_inline __u32 flow_slot(struct parsed *p, const struct config *cfg, __u64 now, int sets)
+{
+	if (!cfg->pin)
+		return table_slot(p, cfg);
+	__u32 zero = 0, si = (__u32)p->hash & cfg->pin_set_mask;
+	struct pin_set *ps = sets ? bpf_map_lookup_elem(&pin_sets, &si) : 0;
+	struct alive_bits *a = sets ? bpf_map_lookup_elem(&alive_bits, &zero) : 0;
+	__u32 slot = SLOT_NONE;
+	int in_lru = 0, created = 0;
+	if (ps && a) {
+		int r = set_lookup(ps, a, p, cfg, now, &slot);
+		if (r == PS_HIT)
+			return slot;
+		if (r == PS_REHOMED)
+			count(C_REHOMED_PIN, 1);
+		else {
+			slot = lru_lookup(p, cfg, now, &in_lru);
+			if (slot != SLOT_NONE)
+				return slot;
+		}
+	} else {
+		slot = lru_lookup(p, cfg, now, &in_lru);
+		if (slot != SLOT_NONE)
+			return slot;
 	}
+	slot = table_slot(p, cfg);
+	if (slot == SLOT_NONE)
+		return SLOT_NONE;
+	/* a live LRU pin whose cell left is replaced where it is: one live pin per flow */
+	if (ps && a && !in_lru && set_insert(ps, a, p, cfg, now, &slot, &created)) {
+		if (created)
+			count(C_NEW_PIN, 1);
+		return slot;
+	}
+	lru_pin(p, cfg, now, slot);
 	return slot;
 }
 
 enum { D_SLOT = 0, D_UP, D_DROP };
 
 /* Decide a frame: D_SLOT with *slot, D_UP (counted), or D_DROP (counted). */
-static __always_inline int decide(const __u8 *b, __u32 flen, __u32 tags, __u32 *slot)
+static __always_inline int decide(const __u8 *b, __u32 flen, __u32 tags, __u32 *slot, int sets)
 {
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
@@ -636,7 +811,7 @@ static __always_inline int decide(const __u8 *b, __u32 flen, __u32 tags, __u32 *
 		count(C_UP_FRAG_BEFORE_FIRST, 1);
 		return D_UP;
 	}
-	*slot = flow_slot(&p, cfg, now);
+	*slot = flow_slot(&p, cfg, now, sets);
 	if (*slot == SLOT_NONE) {
 		count(C_DROP_NO_CELL, 1);
 		return D_DROP;
@@ -727,7 +902,7 @@ int xdp_incubator(struct xdp_md *ctx)
 	count(C_RX, 1);
 	count(C_RX_BYTES, flen);
 	__u32 slot = 0, zero = 0;
-	int d = decide(s->buf, flen, 0, &slot);
+	int d = decide(s->buf, flen, 0, &slot, 1);
 	if (d == D_UP)
 		return XDP_PASS;  /* inline: the Python path bridges it too */
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
@@ -766,7 +941,7 @@ int xdp_egress(struct xdp_md *ctx)
 	if (!c || c->ifindex != eg) {
 		__u64 *n = bpf_map_lookup_elem(&egress_filtered, &eg);
 		if (n)
-			__sync_fetch_and_add(n, 1);
+			*n += 1;
 		return XDP_DROP;
 	}
 	if (c->rewrite_mac) {
@@ -795,7 +970,7 @@ int dicap_filter(struct __sk_buff *skb)
 		return skb->len;
 	}
 	__u32 slot = 0, zero = 0;
-	int d = decide(s->buf, flen, skb->vlan_present ? 1 : 0, &slot);
+	int d = decide(s->buf, flen, skb->vlan_present ? 1 : 0, &slot, 0);
 	if (d == D_UP)
 		return skb->len;
 	if (d == D_DROP)
@@ -857,6 +1032,14 @@ SEC("xdp")
 int xdp_pass(struct xdp_md *ctx)
 {
 	return XDP_PASS;
+}
+
+/* Benchmarks: the floor of the BPF-stats method for a redirecting program -- every frame to slot 0's
+ * interface through cell_devs, as xdp_incubator's last step does, and nothing else. */
+SEC("xdp")
+int xdp_redirect_floor(struct xdp_md *ctx)
+{
+	return bpf_redirect_map(&cell_devs, 0, XDP_PASS);
 }
 
 /* Benchmarks and tests: count a cell's frames and drop them (a receiver that costs almost nothing). */

@@ -36,6 +36,7 @@ PROGRAMS = (
     "dicap_filter",
     "xdp_pass",
     "xdp_sink",
+    "xdp_redirect_floor",
 )
 
 
@@ -226,14 +227,7 @@ class BpfObject:
                     raise BpfError(22, f"{path}: no map {name}")
                 _check(L.bpf_map__set_max_entries(m, n), f"set_max_entries {name}")
             if programs is not None:
-                for name in (
-                    "xdp_incubator",
-                    "xdp_egress",
-                    "count_xmit_drops",
-                    "dicap_filter",
-                    "xdp_pass",
-                    "xdp_sink",
-                ):
+                for name in PROGRAMS:
                     p = L.bpf_object__find_program_by_name(obj, name.encode())
                     if p:
                         L.bpf_program__set_autoload(p, name in programs)

@@ -5,6 +5,10 @@ control plane writes the partition table computed by `CellSet` (the numpy path's
 so the kernel and numpy decide alike), the live cells (devmap entries, MAC rewrite, alive flag)
 and the config; it reads the per-CPU counters (summed over CPUs) and the fragment map (to release
 fragments the Python path holds once their first fragment went through the kernel).
+
+Pins: the XDP program keeps them first in `pin_sets` (a small set-associative array, PIN_WAYS per
+set, `KernelConfig.pin_cache_flows` pins in all) and the overflow in the LRU hash `pins` (sized
+by max_flows); the socket filter in the LRU hash alone (see the C source, "Where pins live").
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ COUNTERS = (
 )
 _CONFIG = struct.Struct("<QQQQIIIIIIHHIIIII")
 _CELL = struct.Struct("<6sBBI")
+_PIN_SET = struct.Struct("<II" + "QQII" * 2 + "Q")  # lock, pad, PIN_WAYS x (hash, expires, slot, closing)
+PIN_WAYS = 2
 _DGRAM_KEY = struct.Struct("<BBHI16s16s")
 _DGRAM_VAL = struct.Struct("<IIQ")
 
@@ -65,6 +71,12 @@ class KernelConfig:
     geneve_port: int = 6081
     max_flows: int = 1 << 20
     max_datagrams: int = 65536
+    pin_cache_flows: int = 1 << 16  # pins in the XDP program's set-associative store (2 MiB)
+
+    def pin_sets(self) -> int:
+        """Entries of pin_sets: a power of two, PIN_WAYS pins each, at most max_flows pins in all."""
+        n = max(1, min(self.max_flows, self.pin_cache_flows) // PIN_WAYS)
+        return 1 << (n.bit_length() - 1)
 
 
 class PartitionProgram:
@@ -88,6 +100,7 @@ class PartitionProgram:
                 "part_table": 1 << table_bits,
                 "pins": max(1024, kcfg.max_flows),
                 "frags": max(1024, kcfg.max_datagrams),
+                "pin_sets": kcfg.pin_sets(),
             },
             programs=programs,
         )
@@ -99,6 +112,8 @@ class PartitionProgram:
         self.counters_map = self.obj.map("counters")
         self.out_map = self.obj.map("cell_out")
         self.pins_map = self.obj.map("pins")
+        self.pin_sets_map = self.obj.map("pin_sets")
+        self.alive_bits_map = self.obj.map("alive_bits")
         self._devs = self.obj.map("cell_devs") if "xdp_incubator" in programs else None
         self.xmit_drops_map = self.obj.map("xmit_drops")
         self.egress_filtered_map = self.obj.map("egress_filtered")
@@ -118,18 +133,20 @@ class PartitionProgram:
 
     def _watch_xmit(self, ifindex: int) -> None:
         """Count the transmit failures (and inline's filtered copies) of one redirect target."""
-        for m in (self.xmit_drops_map, self.egress_filtered_map):
-            if m.lookup(struct.pack("<I", ifindex), 8) is None:
-                m.update(struct.pack("<I", ifindex), struct.pack("<Q", 0))
+        k = struct.pack("<I", ifindex)
+        if self.xmit_drops_map.lookup(k, 8) is None:
+            self.xmit_drops_map.update(k, struct.pack("<Q", 0))
+        if self.egress_filtered_map.lookup(k, 8 * self.ncpu) is None:  # per CPU
+            self.egress_filtered_map.update(k, bytes(8 * self.ncpu))
 
     def xmit_drops(self, ifindex: int) -> int:
         """Frames redirected to `ifindex` that it failed to transmit (inline: not counting the
         copies xdp_egress dropped on purpose)."""
         k = struct.pack("<I", ifindex)
         raw = self.xmit_drops_map.lookup(k, 8)
-        filt = self.egress_filtered_map.lookup(k, 8)
+        filt = self.egress_filtered_map.lookup(k, 8 * self.ncpu)
         total = struct.unpack("<Q", raw)[0] if raw else 0
-        return total - (struct.unpack("<Q", filt)[0] if filt else 0)
+        return total - (sum(struct.unpack(f"<{self.ncpu}Q", filt)) if filt else 0)
 
     def targets(self) -> dict[int, int]:
         """Slot -> ifindex of every cell the kernel has redirected to (left cells included)."""
@@ -165,7 +182,7 @@ class PartitionProgram:
             self.sides[1] if self.sides else 0,
             self.capture,
             self._devs.id() if self._devs is not None else 0,
-            0,
+            k.pin_sets() - 1,
         )
         self.config_map.update(struct.pack("<I", 0), value)
 
@@ -196,7 +213,9 @@ class PartitionProgram:
             self.cells_map.update(
                 struct.pack("<I", slot), _CELL.pack(mac or b"\0" * 6, int(bool(mac)), 1, ifi)
             )
+        self._write_alive_bits(alive | self._alive)
         self.write_table(cells.table)
+        self._write_alive_bits(alive)  # leaving slots: dead before their devmap entries go
         for slot in sorted(self._alive - alive):
             self.cells_map.update(struct.pack("<I", slot), _CELL.pack(b"\0" * 6, 0, 0, 0))
             if self._devs is not None:
@@ -206,6 +225,13 @@ class PartitionProgram:
                 self._bcast.delete(struct.pack("<I", ifi))
         self._alive = alive
         self.write_config(cells.first_slot() if alive else SLOT_NONE, my_slot)
+
+    def _write_alive_bits(self, slots: set[int]) -> None:
+        """The live slots as bits (what the XDP program reads under a pin set's lock)."""
+        words = [0] * (MAX_CELLS // 64)
+        for slot in slots:
+            words[slot >> 6] |= 1 << (slot & 63)
+        self.alive_bits_map.update(struct.pack("<I", 0), struct.pack(f"<{len(words)}Q", *words))
 
     def write_table(self, table: np.ndarray) -> None:
         """Write the partition table, bucket by bucket (only the buckets that changed)."""
@@ -247,8 +273,23 @@ class PartitionProgram:
         return slot
 
     def pin_count(self) -> int:
-        """Live pins (a map walk: for tests and occasional gauges, not per batch)."""
-        return sum(1 for _ in self.pins_map.keys(8))
+        """Pins held, live or expired, in the set store and the LRU hash (map walks: for tests and
+        occasional gauges, not per batch)."""
+        return len(self.set_pins()) + sum(1 for _ in self.pins_map.keys(8))
+
+    def set_pins(self) -> dict[int, tuple[int, int, int]]:
+        """Flow hash -> (slot, closing, expires ns) of every pin in the set store."""
+        out = {}
+        for i in range(self.kcfg.pin_sets()):
+            raw = self.pin_sets_map.lookup(struct.pack("<I", i), _PIN_SET.size)
+            if raw is None:
+                continue
+            v = _PIN_SET.unpack(raw)
+            for w in range(PIN_WAYS):
+                h, expires, slot, closing = v[2 + 4 * w : 6 + 4 * w]
+                if expires:
+                    out[h] = (slot, closing, expires)
+        return out
 
     def close(self) -> None:
         """Detach and free everything."""

@@ -434,6 +434,10 @@ def test_xdp_inline_bridges_ping_and_tcp_and_separates_every_frame(tmp_path):
     received, accounted = conservation(m)
     assert received == sum(crossed.values()) == accounted, m
     assert sum_metric(m, "celltap_incubator_bridged_frames_total") == sum(crossed.values()), m
+    # every copy reached its target: the copies xdp_egress dropped on purpose (the other cells')
+    # are not transmit failures
+    assert sum_metric(m, "celltap_incubator_bridge_dropped_frames_total") == 0, m
+    assert m.get('celltap_incubator_dropped_frames_total{reason="output_xdp_xmit"}', 0) == 0, m
     ring = Ring({c: WEIGHT_SCALE for c in cells})
     tshark = require_tool("tshark")
     for c, path in files.items():
