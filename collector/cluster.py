@@ -90,6 +90,7 @@ class RouterConfig:
     tls: TLSConfig | None = None
     journal: str | None = None  # directory: routed messages kept until acknowledged (collector/journal.py)
     journal_fsync: bool = False  # also survive a machine crash, at one fsync per routed message
+    close_timeout: float = 10.0  # at shutdown, seconds to wait for pending acknowledgements
 
 
 @dataclass(eq=False)

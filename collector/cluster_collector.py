@@ -28,7 +28,7 @@ log = logging.getLogger("celltap.collector.cluster")
 
 ROUTING_KEYS = {
     "batch_records", "max_pending_records", "max_pending_bytes", "window", "replication", "seed",
-    "flush_interval", "journal", "journal_fsync",
+    "flush_interval", "journal", "journal_fsync", "close_timeout",
 }  # fmt: skip
 
 
@@ -101,7 +101,7 @@ def start_router(
     membership.register("collectors", config.collector_id, value)
 
     def close() -> None:
-        router.close()
+        router.close(config.close_timeout)
         membership.close()
 
     return router, close

@@ -176,6 +176,7 @@ RANGES: dict[str, Any] = {
                 "window": _range(1, 1024),
                 "seed": _range(0, 2**64 - 1),
                 "replication": {"type": "boolean"},
+                "close_timeout": _range(0, 3600, "number"),
             },
         },
     },

@@ -78,7 +78,10 @@ def test_wide_records_are_capped_by_max_pending_bytes(unreachable_node):
         unreachable_node,
         "mem",
         router_config(
-            "c-mem", {"batch_records": 1000, "max_pending_bytes": cap, "max_pending_records": 10**9}, None
+            "c-mem",
+            {"batch_records": 1000, "max_pending_bytes": cap, "max_pending_records": 10**9,
+             "close_timeout": 0.5},
+            None,
         ),
     )
     try:
@@ -154,7 +157,8 @@ def _collector_peak_growth(
     conf.write_text(yaml.safe_dump({
         "listen": [f"udp://127.0.0.1:{port}"], "workers": 1, "metrics_port": 0, "registry": registry,
         "cluster": "mem", "collector_id": tag, "receive_buffer": 8 << 20,
-        "routing": {"batch_records": 1000, "max_pending_bytes": cap, "max_pending_records": 10**9},
+        "routing": {"batch_records": 1000, "max_pending_bytes": cap, "max_pending_records": 10**9,
+                    "close_timeout": 0.5},  # the node never answers: no use waiting at the stop
     }))  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([*CELLTAP, "collector", "--config", str(conf)], stderr=subprocess.PIPE,

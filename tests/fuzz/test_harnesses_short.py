@@ -16,7 +16,7 @@ import pytest
 from fuzz.run import harness_names
 
 ROOT = Path(__file__).resolve().parents[2]
-SECONDS = 4
+SECONDS = 2
 
 
 def run_fuzz(*args: str, timeout: float = 180) -> tuple[subprocess.CompletedProcess, dict]:
