@@ -116,8 +116,9 @@ def _key_totals(answer: dict) -> dict[str, int]:
     return {row["key"]: int(row["records"]) for row in answer["top"]}
 
 
-def run(fault: str, etcd: Any, tmp: Path) -> Outcome:
-    """One cluster, one stream, one fault; the outcome judged against the generators' records."""
+def run(fault: str, etcd: Any, tmp: Path, duration: float = DURATION) -> Outcome:
+    """One cluster, one stream of `duration` seconds, one fault `AT` seconds in; the outcome judged
+    against the generators' records."""
     c = Cluster(tmp, etcd.url, ttl=TTL)
     cid = "c1"
     try:
@@ -127,7 +128,7 @@ def run(fault: str, etcd: Any, tmp: Path) -> Outcome:
         c.start_collector(cid)
         c.wait_collector(cid, 3)
         gens = [
-            (loadgen(c.collector_udp[cid], RATE, DURATION, 1, base, seed, tmp, f"lg{seed}"), base, seed)
+            (loadgen(c.collector_udp[cid], RATE, duration, 1, base, seed, tmp, f"lg{seed}"), base, seed)
             for base, seed in (("127.0.0.10", 1), ("127.0.0.20", 7))
         ]
         time.sleep(AT)
