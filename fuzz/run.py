@@ -2,15 +2,19 @@
 
     python fuzz/run.py NAME [--runs N] [--seconds S] [--corpus DIR] [--crash-dir DIR] [--max-len N]
 
-Theory of operation: the runner (this process) writes the harness's seeds into a corpus directory
-and starts a worker process (`--worker NAME`) that imports `fuzz/harness_NAME.py` inside
+Theory of operation: the runner (this process) writes the harness's seeds into a corpus directory and
+starts a worker process (`--worker NAME`) that imports `fuzz/harness_NAME.py` inside
 `atheris.instrument_imports(include=["celltap", "fuzz"])`, so every celltap module the harness reaches
-is instrumented for coverage, then hands control to libFuzzer. libFuzzer stops at the first input
-that raises (or hangs past --timeout) and writes it as an artifact. The runner replays each artifact
-in a separate process to get its signature (exception type and innermost source line), keeps it in
-`tests/fuzz/crashers/NAME/` unless a kept crasher has the same signature, and restarts the worker
-with the remaining budget; it gives up after three duplicates in a row (one bug being found again).
-It prints runs, exec/s (executed inputs over the workers' wall time, start-up included) and the new
+is instrumented for coverage (except the modules a harness names in `UNINSTRUMENTED`: oracles and sinks
+that check what the parser produced, which then run at full speed and still check every input), then
+hands control to libFuzzer. A harness may set `FUZZ_MAX_LEN`, the largest input libFuzzer makes for it
+(its parser's unit is small; without a cap libFuzzer's inputs grow towards the largest seed or 4096
+bytes over a long run, and the rate falls with them); --max-len overrides. libFuzzer stops at the first
+input that raises (or hangs past --timeout) and writes it as an artifact. The runner replays each
+artifact in a separate process to get its signature (exception type and innermost source line), keeps it
+in `tests/fuzz/crashers/NAME/` unless a kept crasher has the same signature, and restarts the worker
+with the remaining budget; it gives up after three duplicates in a row (one bug being found again). It
+prints runs, exec/s (executed inputs over the workers' wall time, start-up included) and the new
 crashers, and a final `RESULT {json}` line; exit status 0 when nothing new was found, 1 when a new
 crasher was kept, 2 when the harness could not run.
 """
@@ -134,6 +138,7 @@ def write_seeds(name: str, corpus: Path) -> int:
 
 
 def _worker_command(name: str, budget: list[str], corpus: Path, artifacts: Path, args: argparse.Namespace):
+    max_len = args.max_len or getattr(load_harness(name), "FUZZ_MAX_LEN", 0)
     libfuzzer = [
         *budget,
         f"-artifact_prefix={artifacts}/",
@@ -141,8 +146,8 @@ def _worker_command(name: str, budget: list[str], corpus: Path, artifacts: Path,
         "-rss_limit_mb=2048",
         "-print_final_stats=1",
     ]
-    if args.max_len:
-        libfuzzer.append(f"-max_len={args.max_len}")
+    if max_len:
+        libfuzzer.append(f"-max_len={max_len}")
     return [sys.executable, "-m", "fuzz.run", "--worker", name, "--", *libfuzzer, str(corpus)]
 
 
@@ -229,10 +234,36 @@ def _worker(name: str, libfuzzer_args: list[str]) -> None:
 
     logging.disable(logging.CRITICAL)  # analyzers log what they count; the fuzzer's output is the report
     include = ["celltap", "fuzz", *([Path(name).stem] if name.endswith(".py") else [])]
-    with atheris.instrument_imports(include=include):
+    skip = _harness_attr(name, "UNINSTRUMENTED", ())
+    with atheris.instrument_imports(include=include, exclude=list(skip)):
         mod = load_harness(name)
+    wrong = [m for m in skip if m in sys.modules and _is_instrumented(sys.modules[m])]
+    if wrong or not _is_instrumented(mod):
+        raise RuntimeError(f"instrumentation is not as meant: harness {mod.__name__}, skipped {wrong}")
     atheris.Setup([sys.argv[0], *libfuzzer_args], mod.test_one_input)
     atheris.Fuzz()
+
+
+def _harness_attr(name: str, attr: str, default):
+    """A harness module-level setting, read from its source (importing it now would import, and so
+    leave uninstrumented, the modules it reaches)."""
+    import ast
+
+    path = Path(name) if name.endswith(".py") else FUZZ_DIR / f"harness_{name}.py"
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == attr for t in node.targets):
+            return ast.literal_eval(node.value)
+    return default
+
+
+def _is_instrumented(module) -> bool:
+    """True if any function of `module` carries atheris's coverage hooks."""
+    codes = [
+        v.__code__
+        for v in vars(module).values()
+        if hasattr(v, "__code__") and getattr(v, "__module__", None) == module.__name__
+    ]
+    return any("_trace_branch" in c.co_names for c in codes)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
