@@ -20,8 +20,6 @@ from fuzz.seed_streams import scenario_conversations
 
 NAMES = sorted(ANALYZERS)
 PORTS = {"dns": 53, "http": 80, "sip": 5060, "smtp": 25, "tls": 443}
-# Framing is the target: 4 KiB holds dozens of events; seeds are built to fit (see _stream).
-FUZZ_MAX_LEN = 4096
 
 
 class StrictTable(FlowTable):
@@ -55,19 +53,17 @@ def test_one_input(data: bytes) -> None:
 def _stream(name: str, fmt: str) -> bytes:
     enc = encode_text if fmt == "text" else encode_binary
     out = []
-    budget = FUZZ_MAX_LEN - 2 - 2 * len(BAD_TEXT[1])  # the mode bytes and a bad event in front still fit
     for proto, turns in scenario_conversations(name, 1):
         tcp = proto == 6
         flow = FlowId("10.0.0.1", "10.0.0.2", 40000, PORTS[name], 0, "ipv4", "tcp" if tcp else "udp")
         t = 1_700_000_000.0
-        events = [enc(flow, CREATED, t)] if tcp else []
+        if tcp:
+            out.append(enc(flow, CREATED, t))
         for from_client, payload in turns[:12]:  # small seeds keep the fuzzer fast: framing is the target
             t += 0.001
-            events.append(enc(flow, DATA, t, 1 if from_client else 2, payload[:600]))
-        end = [enc(flow, DESTROYED, t + 0.001)] if tcp else []
-        while len(events) > 1 and sum(map(len, events + end)) > budget:
-            events.pop()  # the connection's later turns; it still ends with its DESTROYED
-        out += events + end
+            out.append(enc(flow, DATA, t, 1 if from_client else 2, payload[:600]))
+        if tcp:
+            out.append(enc(flow, DESTROYED, t + 0.001))
     return b"".join(out)
 
 
