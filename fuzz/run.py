@@ -98,6 +98,7 @@ class Result:
     new_crashers: list[str] = field(default_factory=list)
     duplicate_crashers: int = 0
     error: str = ""
+    max_len: int = 0  # libFuzzer's -max_len (0: libFuzzer's own choice)
 
 
 def _artifact_signature(name: str, path: Path) -> str:
@@ -137,8 +138,13 @@ def write_seeds(name: str, corpus: Path) -> int:
     return len(seeds)
 
 
+def max_len_for(name: str, args: argparse.Namespace) -> int:
+    """--max-len, else the harness's FUZZ_MAX_LEN, else 0 (libFuzzer chooses)."""
+    return args.max_len or getattr(load_harness(name), "FUZZ_MAX_LEN", 0)
+
+
 def _worker_command(name: str, budget: list[str], corpus: Path, artifacts: Path, args: argparse.Namespace):
-    max_len = args.max_len or getattr(load_harness(name), "FUZZ_MAX_LEN", 0)
+    max_len = max_len_for(name, args)
     libfuzzer = [
         *budget,
         f"-artifact_prefix={artifacts}/",
@@ -170,7 +176,7 @@ def _keep(name: str, art: Path, crash_dir: Path, known: set[str], result: Result
 
 def fuzz(name: str, args: argparse.Namespace) -> Result:
     """Run harness `name` for the budget in `args`, restarting the worker after each crash."""
-    result = Result(short_name(name))
+    result = Result(short_name(name), max_len=max_len_for(name, args))
     crash_dir = CRASHERS if not args.crash_dir else Path(args.crash_dir)
     crash_dir = crash_dir / result.harness
     tmp = Path(tempfile.mkdtemp(prefix=f"fuzz-{result.harness}-"))
