@@ -246,9 +246,17 @@ def _worker(name: str, libfuzzer_args: list[str]) -> None:
     wrong = [m for m in skip if m in sys.modules and _is_instrumented(sys.modules[m])]
     if wrong or not _is_instrumented(mod):
         raise RuntimeError(f"instrumentation is not as meant: harness {mod.__name__}, skipped {wrong}")
+    target = mod.test_one_input
     if _harness_attr(name, "ARRAY_COMPARES", False):
-        _compare_arrays_directly(atheris)
-    atheris.Setup([sys.argv[0], *libfuzzer_args], mod.test_one_input)
+        installed = []
+
+        def target(data: bytes) -> None:
+            if not installed:  # atheris.Fuzz() binds its own hook on the module: wrap that one
+                _compare_arrays_directly(atheris)
+                installed.append(True)
+            mod.test_one_input(data)
+
+    atheris.Setup([sys.argv[0], *libfuzzer_args], target)
     atheris.Fuzz()
 
 
