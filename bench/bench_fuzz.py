@@ -70,6 +70,7 @@ def main() -> list[Result]:
                 note=(
                     f"{r['runs']:,} inputs in {r['seconds']:.0f} s ({stop}; wall {wall:.0f} s), "
                     f"{r['new_units']} new corpus units, {r['workers']} worker start(s), "
+                    f"max_len {r.get('max_len') or 'libFuzzer default'}, "
                     f"new crashers: {crashers}, re-found known: {r['duplicate_crashers']}"
                 ),
                 extra=r,

@@ -20,17 +20,29 @@ SERVER = "10.0.0.2"
 START = 1_700_000_000.0
 
 
+_FLOWS: dict[tuple[int, int, bool], FlowId] = {}
+
+
+def _flow(client_ep: int, port: int, udp: bool) -> FlowId:
+    """The connection's flow id (with its uid), built once per kind: it is the same for every input."""
+    key = (client_ep, port, udp)
+    flow = _FLOWS.get(key)
+    if flow is None:
+        if client_ep == 1:
+            flow = FlowId(CLIENT[0], SERVER, CLIENT[1], port, 0, "ipv4", "udp" if udp else "tcp")
+        else:  # the client is the larger endpoint: swap the addresses so it is endpoint 2
+            flow = FlowId("10.0.0.0", CLIENT[0], port, CLIENT[1], 0, "ipv4", "udp" if udp else "tcp")
+        flow = _FLOWS[key] = with_uid(flow, START)
+    return flow
+
+
 def run_analyzer(analyzer: FlowAnalyzer, data: bytes, port: int, datagrams: bool) -> list[dict]:
     """Feed the input's chunks to `analyzer` as one connection; return its records (checked)."""
     mode, turns = decode_turns(data)
     client_ep = 1 if mode & 1 == 0 else 2
     udp = datagrams and bool(mode & 2)
     ends = END_REASONS[(mode >> 2) & 3]
-    if client_ep == 1:
-        flow = FlowId(CLIENT[0], SERVER, CLIENT[1], port, 0, "ipv4", "udp" if udp else "tcp")
-    else:  # the client is the larger endpoint: swap the addresses so it is endpoint 2
-        flow = FlowId("10.0.0.0", CLIENT[0], port, CLIENT[1], 0, "ipv4", "udp" if udp else "tcp")
-    flow = with_uid(flow, START)
+    flow = _flow(client_ep, port, udp)
     t = START
     if udp:
         for from_client, payload in turns:

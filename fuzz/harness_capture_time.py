@@ -15,6 +15,10 @@ from celltap.cell.inputs import geneve_inner, vxlan_inner
 from celltap.capture_time import arista_headers, geneve_headers, strip_arista
 from celltap.pcap.batch import FrameBatch
 
+# Vectorised code compares numpy arrays: fuzz/run.py keeps those comparisons out of atheris's hook,
+# which leaks on each (kilobytes per input here, an out-of-memory within a long run).
+ARRAY_COMPARES = True
+
 
 def _pieces(data: bytes) -> list[bytes]:
     if not data:

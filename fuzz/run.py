@@ -2,15 +2,19 @@
 
     python fuzz/run.py NAME [--runs N] [--seconds S] [--corpus DIR] [--crash-dir DIR] [--max-len N]
 
-Theory of operation: the runner (this process) writes the harness's seeds into a corpus directory
-and starts a worker process (`--worker NAME`) that imports `fuzz/harness_NAME.py` inside
+Theory of operation: the runner (this process) writes the harness's seeds into a corpus directory and
+starts a worker process (`--worker NAME`) that imports `fuzz/harness_NAME.py` inside
 `atheris.instrument_imports(include=["celltap", "fuzz"])`, so every celltap module the harness reaches
-is instrumented for coverage, then hands control to libFuzzer. libFuzzer stops at the first input
-that raises (or hangs past --timeout) and writes it as an artifact. The runner replays each artifact
-in a separate process to get its signature (exception type and innermost source line), keeps it in
-`tests/fuzz/crashers/NAME/` unless a kept crasher has the same signature, and restarts the worker
-with the remaining budget; it gives up after three duplicates in a row (one bug being found again).
-It prints runs, exec/s (executed inputs over the workers' wall time, start-up included) and the new
+is instrumented for coverage (except the modules a harness names in `UNINSTRUMENTED`: oracles and sinks
+that check what the parser produced, which then run at full speed and still check every input), then
+hands control to libFuzzer. A harness may set `FUZZ_MAX_LEN`, the largest input libFuzzer makes for it
+(its parser's unit is small; without a cap libFuzzer's inputs grow towards the largest seed or 4096
+bytes over a long run, and the rate falls with them); --max-len overrides. libFuzzer stops at the first
+input that raises (or hangs past --timeout) and writes it as an artifact. The runner replays each
+artifact in a separate process to get its signature (exception type and innermost source line), keeps it
+in `tests/fuzz/crashers/NAME/` unless a kept crasher has the same signature, and restarts the worker
+with the remaining budget; it gives up after three duplicates in a row (one bug being found again). It
+prints runs, exec/s (executed inputs over the workers' wall time, start-up included) and the new
 crashers, and a final `RESULT {json}` line; exit status 0 when nothing new was found, 1 when a new
 crasher was kept, 2 when the harness could not run.
 """
@@ -94,6 +98,7 @@ class Result:
     new_crashers: list[str] = field(default_factory=list)
     duplicate_crashers: int = 0
     error: str = ""
+    max_len: int = 0  # libFuzzer's -max_len (0: libFuzzer's own choice)
 
 
 def _artifact_signature(name: str, path: Path) -> str:
@@ -133,7 +138,13 @@ def write_seeds(name: str, corpus: Path) -> int:
     return len(seeds)
 
 
+def max_len_for(name: str, args: argparse.Namespace) -> int:
+    """--max-len, else the harness's FUZZ_MAX_LEN, else 0 (libFuzzer chooses)."""
+    return args.max_len or getattr(load_harness(name), "FUZZ_MAX_LEN", 0)
+
+
 def _worker_command(name: str, budget: list[str], corpus: Path, artifacts: Path, args: argparse.Namespace):
+    max_len = max_len_for(name, args)
     libfuzzer = [
         *budget,
         f"-artifact_prefix={artifacts}/",
@@ -141,8 +152,8 @@ def _worker_command(name: str, budget: list[str], corpus: Path, artifacts: Path,
         "-rss_limit_mb=2048",
         "-print_final_stats=1",
     ]
-    if args.max_len:
-        libfuzzer.append(f"-max_len={args.max_len}")
+    if max_len:
+        libfuzzer.append(f"-max_len={max_len}")
     return [sys.executable, "-m", "fuzz.run", "--worker", name, "--", *libfuzzer, str(corpus)]
 
 
@@ -165,7 +176,7 @@ def _keep(name: str, art: Path, crash_dir: Path, known: set[str], result: Result
 
 def fuzz(name: str, args: argparse.Namespace) -> Result:
     """Run harness `name` for the budget in `args`, restarting the worker after each crash."""
-    result = Result(short_name(name))
+    result = Result(short_name(name), max_len=max_len_for(name, args))
     crash_dir = CRASHERS if not args.crash_dir else Path(args.crash_dir)
     crash_dir = crash_dir / result.harness
     tmp = Path(tempfile.mkdtemp(prefix=f"fuzz-{result.harness}-"))
@@ -229,10 +240,76 @@ def _worker(name: str, libfuzzer_args: list[str]) -> None:
 
     logging.disable(logging.CRITICAL)  # analyzers log what they count; the fuzzer's output is the report
     include = ["celltap", "fuzz", *([Path(name).stem] if name.endswith(".py") else [])]
-    with atheris.instrument_imports(include=include):
+    skip = _harness_attr(name, "UNINSTRUMENTED", ())
+    with atheris.instrument_imports(include=include, exclude=list(skip)):
         mod = load_harness(name)
-    atheris.Setup([sys.argv[0], *libfuzzer_args], mod.test_one_input)
+    wrong = [m for m in skip if m in sys.modules and _is_instrumented(sys.modules[m])]
+    if wrong or not _is_instrumented(mod):
+        raise RuntimeError(f"instrumentation is not as meant: harness {mod.__name__}, skipped {wrong}")
+    target = mod.test_one_input
+    if _harness_attr(name, "ARRAY_COMPARES", False):
+        installed = []
+
+        def target(data: bytes) -> None:
+            if not installed:  # atheris.Fuzz() binds its own hook on the module: wrap that one
+                _compare_arrays_directly(atheris)
+                installed.append(True)
+            mod.test_one_input(data)
+
+    atheris.Setup([sys.argv[0], *libfuzzer_args], target)
     atheris.Fuzz()
+
+
+def _compare_arrays_directly(atheris) -> None:
+    """Route comparisons with a numpy array operand around atheris's comparison hook.
+
+    atheris 3.0's hook (`_trace_cmp`, which instrumented code looks up on the module at each call)
+    leaks about 160 bytes whenever the comparison yields an array, as vectorised code's elementwise
+    `a <= b` does: a harness doing that per input grows by kilobytes per input until libFuzzer's
+    -rss_limit_mb stops it with an out-of-memory that is not the parser's. Such comparisons are done
+    directly (no comparison feedback for them; branch coverage is unchanged); every other goes to
+    atheris. Opt-in per harness (`ARRAY_COMPARES = True`): the extra Python call costs a fifth of the
+    rate of a harness that compares many scalars.
+    """
+    import operator
+
+    import numpy as np
+    from atheris.version_dependent import CMP_OP_SHIFT_AMOUNT
+
+    if CMP_OP_SHIFT_AMOUNT:  # Python 3.12+: the hook gets the opcode's shifted argument; not handled
+        return
+    native = atheris._trace_cmp
+    ops = (operator.lt, operator.le, operator.eq, operator.ne, operator.gt, operator.ge)
+    array = np.ndarray
+
+    def trace_cmp(a, b, op, counter, is_const):
+        if isinstance(a, array) or isinstance(b, array):
+            return ops[op](a, b)
+        return native(a, b, op, counter, is_const)
+
+    atheris._trace_cmp = trace_cmp
+
+
+def _harness_attr(name: str, attr: str, default):
+    """A harness module-level setting, read from its source (importing it now would import, and so
+    leave uninstrumented, the modules it reaches)."""
+    import ast
+
+    path = Path(name) if name.endswith(".py") else FUZZ_DIR / f"harness_{name}.py"
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == attr for t in node.targets):
+            return ast.literal_eval(node.value)
+    return default
+
+
+def _is_instrumented(module) -> bool:
+    """True if any function of `module` carries atheris's coverage hooks."""
+    codes = [
+        v.__code__
+        for v in vars(module).values()
+        if hasattr(v, "__code__") and getattr(v, "__module__", None) == module.__name__
+    ]
+    return any("_trace_branch" in c.co_names for c in codes)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
