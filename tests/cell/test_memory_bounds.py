@@ -8,15 +8,12 @@ the held state), and the peak RSS (VmHWM / wait4's ru_maxrss) of the real `cellt
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
-import tracemalloc
 from pathlib import Path
 
 from celltap.cell.abstractor import Abstractor
@@ -32,6 +29,7 @@ from bench.crafted_floods import (
     write_raw_pcap,
 )
 from celltap.pcap.batch import LINKTYPE_RAW, FrameBatch
+from tests.memory_probe import kept_bytes, peak_rss_until_exit
 
 MiB = 1 << 20
 TCP_ONLY = {"tcp_default": {"if": "default", "proto": "TCP"}, "udp_default": {"if": "udp", "proto": "UDP"}}
@@ -43,21 +41,6 @@ def _cell(glob: dict) -> Abstractor:
 
 def _batch(frames: list[tuple[int, bytes]]) -> FrameBatch:
     return FrameBatch.from_frames([f for _, f in frames], [t for t, _ in frames], LINKTYPE_RAW)
-
-
-def _traced(fn) -> int:
-    """Bytes still allocated after fn() (what it keeps), by tracemalloc."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        keep = fn()
-        gc.collect()
-        after = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
-    del keep
-    return after - before
 
 
 # ---------------------------------------------------------------------- finding 4: linear reassembly
@@ -113,7 +96,7 @@ def test_defrag_cap_bounds_real_memory_crafted():
             d.push(pkt, 0, len(pkt))
         return d
 
-    kept = _traced(push)
+    kept = kept_bytes(push)
     assert kept <= cap + (32 << 10), f"{kept} bytes kept under a {cap}-byte cap"
     assert d.drops.get("memory", 0) > 0  # 1,000 datagrams cannot fit: the oldest went, counted
 
@@ -128,7 +111,7 @@ def test_defrag_accounting_never_underestimates_crafted():
             d.push(pkt, 0, len(pkt))
         return d
 
-    kept = _traced(push)
+    kept = kept_bytes(push)
     assert len(d.pending) == 5000
     assert kept <= d.mem <= 2 * kept, (kept, d.mem)
 
@@ -160,8 +143,8 @@ def test_out_of_order_cap_bounds_real_memory_crafted():
     cap = 512 << 10
     st = TcpStats()
     flows: list[Flow] = []
-    kept = _traced(lambda: flows.extend(_ooo_flood(st, 50, 200, 1 << 40, cap)))
-    flow_objects = _traced(lambda: _bare_flows(50))
+    kept = kept_bytes(lambda: flows.extend(_ooo_flood(st, 50, 200, 1 << 40, cap)))
+    flow_objects = kept_bytes(lambda: _bare_flows(50))
     assert st.cap_skips["memory"] > 0
     assert kept - flow_objects <= cap + (32 << 10), (kept, flow_objects)
 
@@ -170,8 +153,8 @@ def test_out_of_order_accounting_never_underestimates_crafted():
     """No cap: the reassembler's count of its memory is at least what tracemalloc sees it keep."""
     st = TcpStats()
     flows: list[Flow] = []
-    kept = _traced(lambda: flows.extend(_ooo_flood(st, 20, 500, 1 << 40, 1 << 40)))
-    flow_objects = _traced(lambda: _bare_flows(20))
+    kept = kept_bytes(lambda: flows.extend(_ooo_flood(st, 20, 500, 1 << 40, 1 << 40)))
+    flow_objects = kept_bytes(lambda: _bare_flows(20))
     assert st.ooo_bytes == 20 * 500
     assert kept - flow_objects <= st.ooo_mem <= 2 * (kept - flow_objects), (kept, flow_objects, st.ooo_mem)
 
@@ -190,7 +173,7 @@ def test_classification_hold_cap_bounds_real_memory_crafted():
             s.take()  # what was classified went out to the interfaces (bounded there)
         return a
 
-    kept = _traced(run)
+    kept = kept_bytes(run)
     assert a.classified_early["memory"] == 1
     assert kept <= cap + (64 << 10), kept
 
@@ -206,33 +189,14 @@ def _peak_rss(config: Path, pcap: Path, home: Path) -> tuple[int, dict]:
         proc = subprocess.Popen(
             cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
         )
-    hwm = [0]
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.is_set():
-            try:
-                text = Path(f"/proc/{proc.pid}/status").read_text()
-            except OSError:
-                return
-            m = re.search(r"VmHWM:\s+(\d+) kB", text)
-            if m:
-                hwm[0] = max(hwm[0], int(m.group(1)) * 1024)
-            time.sleep(0.02)
-
-    t = threading.Thread(target=poll, daemon=True)
-    t.start()
-    err = proc.stderr.read()
-    proc.wait()
-    stop.set()
-    t.join()
+    peak, err = peak_rss_until_exit(proc)
     assert proc.returncode == 0, err[-3000:]
     m = re.search(r"offline run drops: (\{.*\})", err)
     own = re.search(r"offline run peak RSS: (\d+) kB", err)
     assert m and own, err[-3000:]
     # The cell's own VmHWM after its last flow ended, and what we saw polling it (wait4's ru_maxrss is
     # no good here: Linux folds the forking parent's size into it at exec).
-    return max(hwm[0], int(own.group(1)) * 1024), json.loads(m.group(1))
+    return max(peak, int(own.group(1)) * 1024), json.loads(m.group(1))
 
 
 CAP = 2 * MiB

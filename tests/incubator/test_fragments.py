@@ -18,6 +18,7 @@ from celltap.incubator.separator import HELD, Separator
 from celltap.loadgen.packets import ethernet, fragment_header, ipv4, ipv6, udp
 
 from celltap.pcap.batch import FrameBatch
+from tests.memory_probe import kept_bytes
 
 A4, B4 = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 A6, B6 = bytes.fromhex("20010db8000000000000000000000001"), bytes.fromhex("20010db8000000000000000000000002")
@@ -146,23 +147,6 @@ def _tiny_later_fragments(n: int) -> list[bytes]:
     return out
 
 
-def _kept_by(fn) -> int:
-    import gc
-    import tracemalloc
-
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        keep = fn()
-        gc.collect()
-        kept = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    del keep
-    return kept
-
-
 def test_waiting_room_counts_real_memory_crafted():
     """20,000 tiny lone fragments: the tracker's count of its memory is at least what tracemalloc sees
     it keep (main counted their 840 KB of frames, about a quarter), and at most twice."""
@@ -170,7 +154,7 @@ def test_waiting_room_counts_real_memory_crafted():
     batch = FrameBatch.from_frames(frames, [0] * len(frames))
     tr = FragmentTracker(max_bytes=1 << 40, max_datagrams=1 << 30)
     sep = Separator({"a": 1}, fragments=tr)
-    kept = _kept_by(lambda: sep.route(batch))
+    kept = kept_bytes(lambda: sep.route(batch))
     assert tr.waiting_frames == 20_000 and tr.waiting_bytes == 42 * 20_000
     assert kept <= tr.waiting_mem <= 2 * kept, (kept, tr.waiting_mem)
 
@@ -184,7 +168,7 @@ def test_waiting_room_cap_bounds_real_memory_crafted():
     tr = FragmentTracker(max_bytes=cap, max_datagrams=1 << 30)
     sep = Separator({"a": 1}, fragments=tr)
     out = []
-    kept = _kept_by(lambda: out.append(sep.route(batch).drops))  # the routing's slot array goes
+    kept = kept_bytes(lambda: out.append(sep.route(batch).drops))  # the routing's slot array goes
     drops = out[0]
     assert drops[OVERFLOW_BYTES] == 20_000 - tr.waiting_frames > 0
     assert kept <= cap + (32 << 10), kept

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import subprocess
 import sys
-import threading
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -36,6 +33,7 @@ from celltap.incubator.memory_budget import (
 )
 
 from tests.deploy.chart import VALUE_SETS, documents, find, helm_template
+from tests.memory_probe import peak_rss_until_exit
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -96,25 +94,9 @@ def test_the_incubator_process_is_within_its_planned_size(tmp_path):
         [*cli, "incubator", "--read", str(src), "--cells", "4", "--write-dir", str(tmp_path / "out")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    hwm = [0]
-
-    def poll() -> None:
-        while proc.poll() is None:
-            try:
-                m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{proc.pid}/status").read_text())
-            except OSError:
-                return
-            if m:
-                hwm[0] = max(hwm[0], int(m.group(1)) * 1024)
-            time.sleep(0.02)
-
-    t = threading.Thread(target=poll, daemon=True)
-    t.start()
-    err = proc.stderr.read()
-    proc.wait()
-    t.join()
+    peak, err = peak_rss_until_exit(proc)
     assert proc.returncode == 0, err[-2000:]
-    assert 0 < hwm[0] <= PROCESS, f"peak RSS {hwm[0] / MiB:.0f} MiB"
+    assert 0 < peak <= PROCESS, f"peak RSS {peak / MiB:.0f} MiB"
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
