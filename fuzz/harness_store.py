@@ -8,7 +8,9 @@ capture file. Only QueryError is an expected outcome of a query; any other excep
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from urllib.parse import parse_qs
 
@@ -24,8 +26,11 @@ ARRAY_COMPARES = True
 
 # In memory where the machine has a tmpfs: every input writes and reads these files (page-cache reads
 # either way; tmpfs saves the file system's journal and writeback on each of millions of inputs).
+# Under fuzz/run.py, in the scratch directory it removes after the run (libFuzzer ends the worker
+# without exit handlers); imported elsewhere (the crasher replay), removed at exit.
 _TMP = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-_DIR = tempfile.mkdtemp(prefix="celltap-fuzz-store-", dir=_TMP)
+_DIR = tempfile.mkdtemp(prefix="celltap-fuzz-store-", dir=os.environ.get("CELLTAP_FUZZ_SCRATCH") or _TMP)
+atexit.register(shutil.rmtree, _DIR, True)
 _PCAP = os.path.join(_DIR, "cell0-00000000.pcap")
 _IDX = os.path.join(_DIR, "cell0-00000000.idx")
 _KEY = parse_flow("tcp 10.0.0.1:1234 10.0.0.2:80")

@@ -114,6 +114,9 @@ def _artifact_signature(name: str, path: Path) -> str:
     return p.stdout.strip().splitlines()[-1] if p.stdout.strip() else f"crash (replay: {p.stderr[-200:]})"
 
 
+SCRATCH_ENV = "CELLTAP_FUZZ_SCRATCH"  # a directory the runner removes after the run
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
@@ -180,6 +183,10 @@ def fuzz(name: str, args: argparse.Namespace) -> Result:
     crash_dir = CRASHERS if not args.crash_dir else Path(args.crash_dir)
     crash_dir = crash_dir / result.harness
     tmp = Path(tempfile.mkdtemp(prefix=f"fuzz-{result.harness}-"))
+    # Files a harness writes go here, on a tmpfs where there is one, and go with the run: libFuzzer
+    # ends its worker without Python's exit handlers, so a harness cannot clean up after itself.
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    scratch = tempfile.mkdtemp(prefix=f"celltap-fuzz-{result.harness}-", dir=shm)
     corpus = Path(args.corpus) if args.corpus else tmp / "corpus"
     try:
         write_seeds(name, corpus)
@@ -208,7 +215,7 @@ def fuzz(name: str, args: argparse.Namespace) -> Result:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     cwd=ROOT,
-                    env=_env(),
+                    env={**_env(), SCRATCH_ENV: scratch},
                 )
             result.seconds += time.monotonic() - started
             result.workers += 1
@@ -227,6 +234,7 @@ def fuzz(name: str, args: argparse.Namespace) -> Result:
                 break  # the budget ran out without a crash
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     result.exec_per_second = round(result.runs / result.seconds, 1) if result.seconds else 0.0
     result.seconds = round(result.seconds, 2)
     return result
