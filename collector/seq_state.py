@@ -85,7 +85,7 @@ class SequenceState:
         self._times: list[float] = []
         self._mm: mmap.mmap | None = None
         self._loaded: dict[tuple[str, int], Entry] = {}
-        self._lock = threading.Lock()  # the cluster router's thread may save too (after_routed)
+        self._lock = threading.Lock()  # the cluster router's thread may save too (route_with_sequence)
 
     def load(self, now: float | None = None) -> dict[tuple[str, int], Entry]:
         """Read every worker's file, keep the newest entry per key, and start this worker's own file."""
