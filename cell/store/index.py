@@ -21,6 +21,7 @@ then renamed, so a reader never sees half an index).
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from dataclasses import dataclass, field, fields
@@ -120,14 +121,22 @@ class FileIndex:
         """One of META's values."""
         return int(self.meta[self.META.index(name)])
 
-    def save(self, path: str) -> int:
-        """Write atomically (temporary name, fsync-free rename); returns the bytes written."""
+    def to_bytes(self) -> bytes:
+        """The index as it is saved (an .npz archive)."""
+        buf = io.BytesIO()
+        np.savez(buf, **{f.name: getattr(self, f.name) for f in fields(self)})
+        return buf.getvalue()
+
+    def save(self, path: str, data: bytes | None = None) -> int:
+        """Write atomically (temporary name, fsync-free rename); returns the bytes written.
+
+        `data` is `to_bytes()` when the caller already has it (to make room for its size first)."""
+        data = self.to_bytes() if data is None else data
         tmp = path + ".tmp"
         with open(tmp, "wb") as fh:
-            np.savez(fh, **{f.name: getattr(self, f.name) for f in fields(self)})
-        size = os.path.getsize(tmp)
+            fh.write(data)
         os.replace(tmp, path)
-        return size
+        return len(data)
 
     @classmethod
     def load(cls, path: str) -> FileIndex:

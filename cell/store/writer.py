@@ -368,7 +368,13 @@ class PacketStore:
         size = cur.size
         idx_path = cur.path[:-5] + ".idx"
         try:
-            written = cur.index.finish().save(idx_path)
+            index = cur.index.finish()
+            data = index.to_bytes()
+            # Room for the index as it really is (the running reserve is an estimate): the bound holds
+            # while it is written, not only once the next file opens.
+            while self.closed and self.disk_bytes() + cur.size + len(data) > self.cfg.max_bytes:
+                self._remove_oldest("size")
+            written = index.save(idx_path, data)
             size += written
             self.index_bytes_written += written
         except OSError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from celltap.collector.cluster_collector import router_config, start_router
-from celltap.collector.cluster_query import scatter_gather
+from celltap.collector.cluster_query import scatter_gather, settled_scatter_gather
 from celltap.collector.node import AnalysisNode
 from celltap.collector.node_config import config_from_dict
 
@@ -26,7 +26,7 @@ def test_a_node_behind_on_a_departure_makes_the_answer_incomplete_until_it_catch
     def config(nid: str):
         return config_from_dict({
             "id": nid, "listen": f"127.0.0.1:{free_port()}", "http": None, "registry": registry,
-            "cluster": "qv", "lease_ttl": 2, "apps": {"volume": {"kind": "volume", "key": "src"}},
+            "cluster": "qv", "lease_ttl": 10, "apps": {"volume": {"kind": "volume", "key": "src"}},
         })  # fmt: skip
 
     nodes = {nid: AnalysisNode(config(nid)) for nid in ("a", "b", "c")}
@@ -42,8 +42,8 @@ def test_a_node_behind_on_a_departure_makes_the_answer_incomplete_until_it_catch
             assert router.on_batch(make_batch(recs))
             fed += len(recs)
         assert router.wait_idle(30)
-        answer = scatter_gather(router.members, "volume", {"n": 1})
-        assert answer["complete"] and answer["total"]["records"] == fed, answer
+        answer = settled_scatter_gather(lambda: router.members, "volume", {"n": 1})
+        assert answer["complete"] and answer["total"]["records"] == fed, (answer["errors"], fed)
 
         b = nodes["b"]
         watch, b._node_set = b._node_set, None  # b hears of no membership change from now on
@@ -58,8 +58,10 @@ def test_a_node_behind_on_a_departure_makes_the_answer_incomplete_until_it_catch
 
         b._node_set = watch
         b._on_members()  # the watch catches up: b absorbs what it kept for a
-        again = scatter_gather(router.members, "volume", {"n": 1})
-        assert again["complete"] and again["total"]["records"] == fed, again
+        # asked as `celltap top` asks: again over a fresh view while views differ (a lease renewal
+        # that lags on a loaded machine changes an incarnation for a moment)
+        again = settled_scatter_gather(lambda: router.members, "volume", {"n": 1})
+        assert again["complete"] and again["total"]["records"] == fed, (again["errors"], fed)
     finally:
         close()
         for n in nodes.values():
