@@ -316,8 +316,9 @@ class ClusterRouter:
         """
         ready: set[Domain] = set()
         for b in batches:
-            ready.add(self._accept(b)[1])  # type: ignore[arg-type]
-        ready.discard(None)  # type: ignore[arg-type]
+            _, due = self._accept(b)
+            if due is not None:
+                ready.add(due)
         with self._route_lock:
             if items:
                 now: list[SequenceItem] = []
