@@ -377,6 +377,8 @@ class Bed:
                 "0",
                 "-U",
                 "--immediate-mode",
+                "-B",
+                "65536",  # KiB: the 1 MiB responses arrive as one burst; the default 2 MiB can overflow
                 "-Z",
                 "root",
                 "-w",

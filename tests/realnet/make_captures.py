@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shutil
 import signal
 import struct
@@ -64,6 +65,12 @@ def _fault(bed: Bed, sc: Scenario) -> contextlib.AbstractContextManager:
     raise ValueError(f"unknown fault {sc.fault!r}")
 
 
+def tcpdump_dropped(log: str) -> int | None:
+    """Frames tcpdump's own report says the kernel dropped (None when it printed no report)."""
+    m = re.search(r"^(\d+) packets? dropped by kernel", log, re.M)
+    return int(m.group(1)) if m else None
+
+
 def run_scenario(bed: Bed, servers, sc: Scenario, outdir: Path, scratch: Path) -> dict:
     """Capture one scenario; return its manifest entry."""
     tmp = scratch / sc.name
@@ -83,6 +90,7 @@ def run_scenario(bed: Bed, servers, sc: Scenario, outdir: Path, scratch: Path) -
         "celltap": files.celltap.name,
         "frames_tcpdump": len(pcap_frames(files.tcpdump)),
         "frames_celltap": len(pcap_frames(files.celltap)),
+        "tcpdump_dropped": tcpdump_dropped(files.tcpdump_log.read_text(errors="replace")),
         "seconds": round(time.time() - t0, 2),
         "tools": tools,
     }

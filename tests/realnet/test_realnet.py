@@ -183,6 +183,13 @@ HTTP_CURL = [
 ]
 
 
+def test_oracle_captures_complete(capdir):
+    """tcpdump (the oracle's capture) reported its kernel drops for every scenario, and they are 0."""
+    manifest = json.loads((capdir / "manifest.json").read_text())
+    dropped = {e["name"]: e.get("tcpdump_dropped") for e in manifest["scenarios"]}
+    assert all(v == 0 for v in dropped.values()), f"tcpdump's kernel drops per scenario: {dropped}"
+
+
 @pytest.mark.parametrize("name", HTTP_CURL)
 def test_tshark_sees_what_the_clients_got(capdir, results, name):
     """The oracle checked against the tools: every status code curl (-w %{http_code}) or the raw client
@@ -197,7 +204,10 @@ def test_tshark_sees_what_the_clients_got(capdir, results, name):
     if not got:
         pytest.skip(f"{name}: no client reports status codes")
     theirs = Counter(i.key[1] for i in results["tcpdump"].expected[("http", name)] if i.key[0] == "response")
-    assert not got - theirs, f"{name}: clients got {dict(got)}, tshark decodes {dict(theirs)}"
+    dropped = e.get("tcpdump_dropped")
+    assert not got - theirs, (
+        f"{name}: clients got {dict(got)}, tshark decodes {dict(theirs)}; tcpdump dropped {dropped}"
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
