@@ -12,33 +12,26 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 import socket
 
 import numpy as np
 
-from celltap.mmsg import IoVec, MMsgHdr, MsgHdr, libc_function
+from celltap.mmsg import MSG_TRUNC, IoVec, MMsgHdr, MsgHdr, recvmmsg_available, recvmmsg_nowait
 
 SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; also SCM_TIMESTAMPNS
-MSG_DONTWAIT = 0x40
-MSG_TRUNC = 0x20
 CONTROL_SIZE = 32  # CMSG_SPACE(sizeof(struct timespec)) on 64-bit Linux
-
-_RECVMMSG = libc_function(
-    "recvmmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
-)
 
 
 def available() -> bool:
     """True where libc exposes recvmmsg."""
-    return _RECVMMSG is not None
+    return recvmmsg_available()
 
 
 class StampedReceiver:
     """Receive up to `slots` datagrams per call from a non-blocking socket, with kernel receive times."""
 
     def __init__(self, sock: socket.socket, slots: int = 256, slot_size: int = 65535) -> None:
-        if _RECVMMSG is None:
+        if not recvmmsg_available():
             raise OSError(errno.ENOSYS, "recvmmsg is not available")
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.fd = sock.fileno()
@@ -66,13 +59,7 @@ class StampedReceiver:
     def recv(self) -> int:
         """One recvmmsg call: how many datagrams now sit in rows 0..n-1 (0 if none is queued)."""
         self._controllen[:] = CONTROL_SIZE  # the kernel overwrites it with what it wrote
-        n = _RECVMMSG(self.fd, ctypes.addressof(self.msgs), self.slots, MSG_DONTWAIT, None)
-        if n <= 0:
-            err = ctypes.get_errno()
-            if n < 0 and err not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
-                raise OSError(err, os.strerror(err))
-            return 0
-        return n
+        return recvmmsg_nowait(self.fd, self.msgs, self.slots)
 
     def lengths(self, n: int) -> np.ndarray:
         """Bytes received in each of the n slots (int64; at most slot_size)."""

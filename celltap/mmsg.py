@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -54,6 +55,32 @@ def libc_function(name: str, argtypes: tuple) -> Callable[..., int] | None:
 
 # sendmmsg(fd, struct mmsghdr *, count, flags): None where libc lacks it
 SENDMMSG = libc_function("sendmmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int))
+# recvmmsg(fd, struct mmsghdr *, count, flags, struct timespec *): None where libc lacks it
+RECVMMSG = libc_function(
+    "recvmmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
+)
+MSG_DONTWAIT = 0x40
+MSG_TRUNC = 0x20
+
+
+def recvmmsg_available() -> bool:
+    """True where libc exposes recvmmsg (Linux glibc / musl)."""
+    return RECVMMSG is not None
+
+
+def recvmmsg_nowait(fd: int, msgs: ctypes.Array, slots: int) -> int:
+    """One non-blocking recvmmsg into `msgs`: how many slots it filled (0 when nothing is queued or
+    a signal came first); any other error raises OSError."""
+    if RECVMMSG is None:
+        raise OSError(errno.ENOSYS, "recvmmsg is not available")
+    n = RECVMMSG(fd, ctypes.addressof(msgs), slots, MSG_DONTWAIT, None)
+    if n <= 0:
+        err = ctypes.get_errno()
+        if n < 0 and err not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+            raise OSError(err, os.strerror(err))
+        return 0
+    return n
+
 
 # mmsghdr and iovec as rows of pointer-sized words, so numpy fills a whole batch per column.
 _WORD = ctypes.sizeof(ctypes.c_void_p)

@@ -8,34 +8,25 @@ addresses are read back with numpy, and the caller gets (exporter, memoryview) p
 from __future__ import annotations
 
 import ctypes
-import errno
-import os
 import socket
 
 import numpy as np
 
-from celltap.mmsg import IoVec, MMsgHdr, MsgHdr, libc_function
+from celltap.mmsg import MSG_TRUNC, IoVec, MMsgHdr, MsgHdr, recvmmsg_available, recvmmsg_nowait
 
-MSG_DONTWAIT = 0x40
-MSG_TRUNC = 0x20
 SOCKADDR_SIZE = 28  # sockaddr_in6, large enough for both families
 
 
-_RECVMMSG = libc_function(
-    "recvmmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
-)
-
-
 def available() -> bool:
-    """True where libc exposes recvmmsg (Linux glibc / musl)."""
-    return _RECVMMSG is not None
+    """True where libc exposes recvmmsg."""
+    return recvmmsg_available()
 
 
 class BatchReceiver:
     """Receive up to `slots` datagrams per call from a non-blocking UDP socket."""
 
     def __init__(self, sock: socket.socket, slots: int = 128, slot_size: int = 65535) -> None:
-        if _RECVMMSG is None:
+        if not recvmmsg_available():
             raise OSError("recvmmsg is not available")
         self.sock = sock
         self.fd = sock.fileno()
@@ -93,11 +84,8 @@ class BatchReceiver:
     def recv(self) -> int:
         """One recvmmsg call: how many datagrams now sit in slots 0..n-1 (0 if none are queued)."""
         self._namelen[:] = SOCKADDR_SIZE
-        n = _RECVMMSG(self.fd, ctypes.addressof(self.msgs), self.slots, MSG_DONTWAIT, None)
-        if n <= 0:
-            err = ctypes.get_errno()
-            if n < 0 and err not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
-                raise OSError(err, os.strerror(err))
+        n = recvmmsg_nowait(self.fd, self.msgs, self.slots)
+        if n == 0:
             return 0
         flags = self._flags[:n] & MSG_TRUNC
         if flags.any():
