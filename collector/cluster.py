@@ -275,6 +275,7 @@ class ClusterRouter:
             self.journal = Journal(Path(config.journal) / config.collector_id, fsync=config.journal_fsync)
             self._replay, sequences = self.journal.recover()
             self.recovered_sequences = _sequences_from_journal(sequences)
+            CLUSTER_METRICS.journal_torn.labels(config.collector_id).inc(self.journal.torn)
             if self._replay:
                 log.warning("journal holds %d messages of an earlier run; re-delivering them once nodes "
                             "are known", len(self._replay))  # fmt: skip

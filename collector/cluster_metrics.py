@@ -62,6 +62,12 @@ class ClusterMetrics:
             "records an earlier run journaled, re-delivered at start (nodes drop what they hold)",
             ["collector"],
         )
+        self.journal_torn = Counter(
+            "celltap_collector_cluster_journal_torn_total",
+            "journal records found cut short at start (a crash mid-write): never sent, and the exporters'"
+            " saved sequence numbers point before them, so their records count as sequence_lost",
+            ["collector"],
+        )
 
 
 CLUSTER_METRICS = ClusterMetrics()

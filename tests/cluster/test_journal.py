@@ -7,6 +7,7 @@ import numpy as np
 from celltap.collector.cluster import ClusterRouter, RouterConfig
 from celltap.collector.journal import Journal
 from celltap.proto import celltap_pb2 as pb
+from prometheus_client import REGISTRY
 
 from tests.cluster.records import make_batch, make_records
 
@@ -80,7 +81,9 @@ def test_a_domains_sequence_state_is_journaled_with_its_records_and_saved_after(
     # lost: the journal re-delivers them).
     router = ClusterRouter(RouterConfig(collector_id="c1", journal=str(tmp_path), flush_interval=3600))
     apps = [{"key": "src"}, {"key": "dst"}]  # nodes that never answer: everything stays pending
-    router.set_members({n: {"grpc": "127.0.0.1:1", "incarnation": "x", "apps": apps} for n in ("n1", "n2", "n3")})  # noqa: E501
+    router.set_members(
+        {n: {"grpc": "127.0.0.1:1", "incarnation": "x", "apps": apps} for n in ("n1", "n2", "n3")}
+    )  # noqa: E501
     saved: list[list] = []
     router.bind_sequences(saved.append, lambda _: None)
     rng = np.random.default_rng(1)
@@ -110,3 +113,22 @@ def test_a_domains_sequence_state_is_journaled_with_its_records_and_saved_after(
             masks[key] = masks.get(key, 0) + int(np.count_nonzero(bits))
     assert masks == {"dst": 300, "src": 300} and len(entries) >= 2
     assert sequences == {f"{first.exporter}|{first.domain}": [300, "records", 1.0]}
+
+
+def test_a_router_started_over_a_torn_record_counts_it_in_its_metrics(tmp_path) -> None:
+    j = Journal(tmp_path / "c9")
+    seg = j.append(_entry(1))
+    j.close()
+    whole = tmp_path / "whole"
+    Journal(whole).append(_entry(2))
+    record = next(whole.glob("*.journal")).read_bytes()
+    with open(tmp_path / "c9" / f"{seg:08d}.journal", "ab") as fh:
+        fh.write(record[:-3])  # a kill three bytes before the record's end
+    metric = ("celltap_collector_cluster_journal_torn_total", {"collector": "c9"})
+    before = REGISTRY.get_sample_value(*metric) or 0
+    router = ClusterRouter(RouterConfig(collector_id="c9", journal=str(tmp_path)))
+    try:
+        assert [e.batch.sequence for _, e in router._replay] == [1]
+        assert REGISTRY.get_sample_value(*metric) == before + 1
+    finally:
+        router.close(timeout=0.1)
