@@ -69,6 +69,7 @@ enum {
 	C_DROP_NO_CELL,
 	C_BRIDGED_TO_A,     /* inline: frames the kernel sent on to side A's peer */
 	C_BRIDGED_TO_B,
+	C_UP_SLOT_LIMIT,    /* a cell's slot is past the packed table's: Python decides every frame */
 	C_N
 };
 
@@ -90,6 +91,8 @@ struct config {
 	__u32 capture;      /* the interface xdp_incubator runs on (mirror) */
 	__u32 devmap_id;    /* id of cell_devs: whose redirect errors are ours */
 	__u32 pin_set_mask; /* pin_sets entries - 1 (a power of two) */
+	__u32 all_up;       /* socket filter: a slot past the table's (TABLE_NONE), so every frame up */
+	__u32 pad;          /* 88 bytes, no hidden padding (program.py _CONFIG) */
 };
 
 struct cell {
@@ -795,6 +798,10 @@ static __always_inline int decide(const __u8 *b, __u32 flen, __u32 tags, __u32 *
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return D_UP;
+	if (cfg->all_up) {
+		count(C_UP_SLOT_LIMIT, 1);
+		return D_UP;
+	}
 	struct parsed p = {};
 	parse(b, flen, tags, cfg, &p);
 	__u64 now = bpf_ktime_get_coarse_ns(); /* timeouts are seconds: jiffies do */

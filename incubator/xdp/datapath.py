@@ -189,6 +189,17 @@ class XdpPath:
         sep = self.engine.sep
         if self.program != "xdp_incubator":
             my_slot = sep.cells.slot_of.get(my_cell, SLOT_NONE) if my_cell in sep.cells.alive else SLOT_NONE
+            if self.prog.all_up:
+                return
+            if max(sep.cells.alive_slots(), default=0) >= TABLE_SLOTS:
+                log.warning(
+                    "dicap: %d distinct cells since start, the kernel's partition table names %d; "
+                    "the eBPF filter hands every frame to the Python path from now on",
+                    len(sep.cells.ids),
+                    TABLE_SLOTS,
+                )
+                self.prog.pass_all_up(my_slot)
+                return
             self.prog.set_cells(sep.cells, my_slot=my_slot)
             return
         ifindex: dict[int, int] = {}

@@ -57,8 +57,9 @@ COUNTERS = (
     "drop_no_cell",
     "bridged_to_a",
     "bridged_to_b",
+    "up_slot_limit",
 )
-_CONFIG = struct.Struct("<QQQQIIIIIIHHIIIII")
+_CONFIG = struct.Struct("<QQQQIIIIIIHHIIIIII4x")  # struct config: 88 bytes
 _CELL = struct.Struct("<6sBBI")
 _PIN_SET = struct.Struct("<II" + "QQII" * 2 + "Q")  # lock, pad, PIN_WAYS x (hash, expires, slot, closing)
 PIN_WAYS = 2
@@ -137,6 +138,7 @@ class PartitionProgram:
         self._alive: set[int] = set()
         self._ifindex: dict[int, int] = {}
         self._seen_ifindex: dict[int, int] = {}  # kept after a cell leaves: its counters stay readable
+        self.all_up = False  # socket filter: every frame up to Python (a slot past TABLE_SLOTS)
         if sides:
             for ifi in sides:
                 self._bcast_add(ifi)
@@ -195,6 +197,7 @@ class PartitionProgram:
             self.capture,
             self._devs.id() if self._devs is not None else 0,
             k.pin_sets() - 1,
+            int(self.all_up),
         )
         self.config_map.update(struct.pack("<I", 0), value)
 
@@ -242,6 +245,12 @@ class PartitionProgram:
                 self._bcast.delete(struct.pack("<I", ifi))
         self._alive = alive
         self.write_config(cells.first_slot() if alive else SLOT_NONE, my_slot)
+
+    def pass_all_up(self, my_slot: int) -> None:
+        """Socket filter: hand every frame to Python from now on (slots are never reused, so once a
+        cell's slot is past what the packed table names, the kernel cannot decide again)."""
+        self.all_up = True
+        self.write_config(SLOT_NONE, my_slot)
 
     def _write_alive_bits(self, slots: set[int]) -> None:
         """The live slots as bits (what the XDP program reads under a pin set's lock)."""

@@ -176,3 +176,53 @@ def test_packed_table_names_slots_0_to_254_and_refuses_255(program):
     too_many = CellSet({f"s{i:03d}": 1 for i in range(256)})
     with pytest.raises(SlotLimitError, match="slot 255"):
         program.set_cells(too_many, {s: lo for s in too_many.alive_slots()})
+
+
+def test_dicap_filter_hands_every_frame_up_once_a_slot_is_past_the_table(tmp_path, caplog):
+    """A DiCAP cell's eBPF filter: while every slot fits the packed table, another cell's frame is
+    not kept; once a 256th distinct cell joins, the control plane says so in one line and the filter
+    hands every frame to the Python path (counted `up_slot_limit`), which has the whole table."""
+    require_root()
+    require_tool("clang")
+    import logging
+
+    from celltap.incubator.engine import CellSpec, Engine
+    from celltap.incubator.metrics import IncubatorMetrics
+    from celltap.incubator.separator import Separator
+    from celltap.incubator.xdp.datapath import OTHER_CELL_SPEC, XdpPath, dicap_open
+    from celltap.incubator.xdp.libbpf import test_run
+    from celltap.incubator.xdp.program import KernelConfig
+    from prometheus_client import CollectorRegistry
+
+    engine = Engine(Separator(), IncubatorMetrics(CollectorRegistry()), open_fn=dicap_open(""))
+    path = XdpPath("lo", KernelConfig(), engine, engine.metrics, "dicap_filter")
+    try:
+        engine.after_set_cells = lambda: path.apply("c000")
+
+        def cells(n: int) -> dict[str, CellSpec]:
+            own = CellSpec("c000", f"pcap:{tmp_path}/own.pcap")
+            return {"c000": own} | {f"c{i:03d}": CellSpec(f"c{i:03d}", OTHER_CELL_SPEC) for i in range(1, n)}
+
+        a, b = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+        frames = [
+            ethernet(b"\x02" * 6, b"\x04" * 6, 0x0800, ipv4(a, b, 17, udp(a, b, 1000 + i, 53, b"x")))
+            for i in range(64)
+        ]
+        # BPF_PROG_TEST_RUN hands a socket filter the frame past an Ethernet header it strips (an
+        # AF_PACKET socket's filter sees the MAC header): a throwaway header in front of each
+        frames = [bytes(12) + b"\x08\x00" + f for f in frames]
+        fd = path.prog_fd()
+        engine.set_cells(cells(255))
+        kept = sum(test_run(fd, f)[0] == len(f) - 14 for f in frames)
+        c = path.prog.counters()
+        assert kept < len(frames) and c["other_cell"] == len(frames) - kept, (kept, c)
+        assert c["up_slot_limit"] == 0
+        with caplog.at_level(logging.WARNING, logger="celltap.incubator"):
+            engine.set_cells(cells(256))
+            engine.set_cells(cells(256))  # said once
+        lines = [r.getMessage() for r in caplog.records if "hands every frame" in r.getMessage()]
+        assert len(lines) == 1 and "256 distinct cells" in lines[0], lines
+        assert all(test_run(fd, f)[0] == len(f) - 14 for f in frames)
+        assert path.prog.counters()["up_slot_limit"] == len(frames)
+    finally:
+        path.close()
