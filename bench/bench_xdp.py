@@ -26,7 +26,11 @@ Figures, each for both paths at the same offered rates:
   above them.
 
 Run as root: `.venv/bin/python bench/bench_xdp.py [--seconds S] [--paths floor,xdp,python]
-[--rounds N] [--json]` (`--rounds` repeats floors and ours one after the other).
+[--rounds N] [--json]` (`--rounds` repeats floors and ours one after the other), or with the
+defaults through the harness: `.venv/bin/python -m bench.run bench_xdp` (`main()` returns the
+figures as a dict: `runs` and `bpf_stats` are one row per measurement, tagged by path and round).
+Needs root, trafgen (netsniff-ng), bpftool and clang; without them it stops with one line saying
+which is missing.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -335,8 +340,8 @@ def measure(
         "machine": machine(),
         "idle_busy_cpus": round(floor, 3),
         "flows": flows,
-        "paths": {},
-        "bpf_stats": {},
+        "runs": [],
+        "bpf_stats": [],
     }
     if "xdp" in paths:
         out["xdp_test_run"] = test_run_ns()
@@ -362,16 +367,20 @@ def measure(
                     finally:
                         proc.send_signal(signal.SIGTERM)
                         proc.wait(timeout=30)
-                out["paths"].setdefault(path, []).extend(dict(r, round=rnd) for r in runs)
-                out["bpf_stats"].setdefault(path, []).append(overall)
+                out["runs"].extend(dict(path=path, round=rnd, **r) for r in runs)
+                out["bpf_stats"].append(dict(path=path, round=rnd, **overall))
         sh("sysctl", "-qw", f"kernel.bpf_stats_enabled={stats_was}")
         if "python" in paths:
             proc = start_incubator(bed, "afpacket:tg1", tmp, cpu)
             try:
-                out["paths"]["python"] = [
-                    offer(bed, conf, int((rate or 1_200_000) * seconds), rate, cpus, proc.pid)
+                out["runs"].extend(
+                    dict(
+                        path="python",
+                        round=0,
+                        **offer(bed, conf, int((rate or 1_200_000) * seconds), rate, cpus, proc.pid),
+                    )
                     for rate, cpus in RATES
-                ]
+                )
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
@@ -384,16 +393,17 @@ def measure(
     return out
 
 
-def summarise(stats: dict[str, list[dict]]) -> dict:
+def summarise(stats: list[dict]) -> dict:
     """ns/frame of each program over all its rounds, and ours against the floors (same run)."""
     ns = {}
-    for path, rounds in stats.items():
+    for path in dict.fromkeys(r["path"] for r in stats):
+        rounds = [r for r in stats if r["path"] == path]
         cnt = sum(r["run_cnt"] for r in rounds)
         ns[path] = round(sum(r["run_time_ns"] for r in rounds) / cnt, 1) if cnt else None
     res: dict = {"bpf_ns_per_frame": ns}
     if ns.get("xdp"):
         res["xdp_ns_per_frame"] = ns["xdp"]
-        res["xdp_bpf_stats_frames"] = sum(r["run_cnt"] for r in stats["xdp"])
+        res["xdp_bpf_stats_frames"] = sum(r["run_cnt"] for r in stats if r["path"] == "xdp")
         for f in FLOORS:
             if ns.get(f):
                 res[f"xdp_over_{f}"] = round(ns["xdp"] / ns[f], 2)
@@ -421,8 +431,18 @@ def machine() -> dict:
     }
 
 
+def unavailable() -> str | None:
+    """Why this machine cannot run the benchmark (None when it can)."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, XDP, kernel.bpf_stats_enabled)"
+    for tool, pkg in (("trafgen", "netsniff-ng"), ("bpftool", "bpftool"), ("clang", "clang")):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (Debian: apt-get install {pkg})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Run and print the figures."""
+    """Run and print the figures (bench/run.py calls main() without arguments: the defaults)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="traffic per measurement at the asked rate")
     ap.add_argument("--json", action="store_true")
@@ -434,7 +454,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--rounds", type=int, default=1, help="repeat the BPF-stats programs this many times")
     ap.add_argument("--flows", type=int, default=20000, help="UDP flows trafgen cycles through (1-55536)")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(argv if argv is not None else [])
+    why = unavailable()
+    if why:
+        raise SystemExit(f"bench_xdp: {why}")
     paths = tuple(p.strip() for p in args.paths.split(",") if p.strip())
     res = measure(args.seconds, paths, args.rounds, min(max(args.flows, 1), 55536))
     if args.json:
@@ -448,11 +471,10 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"xdp_incubator vs {f}: x{res[f'xdp_over_{f}']} (+{res[f'xdp_minus_{f}_ns']} ns)")
         if "xdp_test_run" in res:
             print(f"BPF_PROG_TEST_RUN: {res['xdp_test_run']}")
-        for path, runs in res["paths"].items():
-            for r in runs:
-                print(path, r)
+        for r in res["runs"]:
+            print(r)
     return res
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -13,11 +13,11 @@
  * counted by reason in a per-CPU array.
  *
  * The flow hash is XXH64 of the canonical key (celltap.flowkey: l3, l4, smaller endpoint first),
- * seeded by the cluster seed.  The cell is `table[hash >> (64 - table_bits)]`, a BPF array the
- * control plane computes from the ring (celltap.incubator.cells).  Live flows are pinned
- * (flow hash -> slot, deadline: idle timeout, or a short linger after FIN/RST); a pin whose cell
- * left is ignored.  The first fragment of a datagram records its slot under the datagram key
- * (v4: src, dst, protocol, id; v6: src, dst, id) for the later fragments.
+ * seeded by the cluster seed.  The cell is `table[hash >> (64 - table_bits)]`, a BPF array (one
+ * byte per bucket) the control plane computes from the ring (celltap.incubator.cells).  Live flows
+ * are pinned (flow hash -> slot, deadline: idle timeout, or a short linger after FIN/RST); a pin
+ * whose cell left is ignored.  The first fragment of a datagram records its slot under the
+ * datagram key (v4: src, dst, protocol, id; v6: src, dst, id) for the later fragments.
  *
  * Where pins live.  Every frame of a flow must touch its pin (its deadline moves), so the pin
  * store's memory footprint is what a frame costs: an LRU hash sized for flows.max_flows spreads
@@ -69,6 +69,7 @@ enum {
 	C_DROP_NO_CELL,
 	C_BRIDGED_TO_A,     /* inline: frames the kernel sent on to side A's peer */
 	C_BRIDGED_TO_B,
+	C_UP_SLOT_LIMIT,    /* a cell's slot is past the packed table's: Python decides every frame */
 	C_N
 };
 
@@ -90,6 +91,8 @@ struct config {
 	__u32 capture;      /* the interface xdp_incubator runs on (mirror) */
 	__u32 devmap_id;    /* id of cell_devs: whose redirect errors are ours */
 	__u32 pin_set_mask; /* pin_sets entries - 1 (a power of two) */
+	__u32 all_up;       /* socket filter: a slot past the table's (TABLE_NONE), so every frame up */
+	__u32 pad;          /* 88 bytes, no hidden padding (program.py _CONFIG) */
 };
 
 struct cell {
@@ -163,11 +166,24 @@ struct {
 	__type(value, struct config);
 } config SEC(".maps");
 
+/* The partition table, packed: one byte per bucket, 8 buckets per element (bucket b is byte b & 7
+ * of element b >> 3), so 65 536 buckets take 64 KB.  An array of __u32 slots took 512 KB (the
+ * kernel rounds array elements up to 8 bytes), a random line of which missed the caches on nearly
+ * every frame.  A byte names slots 0-254; TABLE_NONE (0xFF) is a bucket with no live cell, so the
+ * kernel path serves at most 255 slots (the control plane refuses more, program.TABLE_SLOTS).
+ *
+ * Updates: the control plane rewrites the elements that changed with one batch update.  A frame
+ * that runs meanwhile may see some buckets old and some new, but never a torn bucket: a bucket is
+ * one byte, written whole.  Its old and its new owner are both alive while the table changes
+ * (a joining slot is alive before the table names it, a leaving one dead only after), and a live
+ * flow follows its pin, not the table, so no live flow changes cell because of the update. */
+#define TABLE_NONE 0xFF
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1 << 16);   /* set to 1 << table_bits by the loader */
+	__uint(max_entries, 1 << 13);   /* set to 1 << (table_bits - 3) by the loader */
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 } part_table SEC(".maps");
 
 struct {
@@ -725,8 +741,12 @@ static __always_inline void lru_pin(const struct parsed *p, const struct config 
 static __always_inline __u32 table_slot(const struct parsed *p, const struct config *cfg)
 {
 	__u32 bucket = p->hash >> (64 - (cfg->table_bits & 63));
-	__u32 *t = bpf_map_lookup_elem(&part_table, &bucket);
-	return t ? *t : SLOT_NONE;
+	__u32 elem = bucket >> 3;
+	__u64 *t = bpf_map_lookup_elem(&part_table, &elem);
+	if (!t)
+		return SLOT_NONE;
+	__u32 slot = ((const __u8 *)t)[bucket & 7];
+	return slot == TABLE_NONE ? SLOT_NONE : slot;
 }
 
 /* Slot of a flow (K_FLOW): its pin, else the table; SLOT_NONE when no cell is alive.  `sets`
@@ -778,6 +798,10 @@ static __always_inline int decide(const __u8 *b, __u32 flen, __u32 tags, __u32 *
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg)
 		return D_UP;
+	if (cfg->all_up) {
+		count(C_UP_SLOT_LIMIT, 1);
+		return D_UP;
+	}
 	struct parsed p = {};
 	parse(b, flen, tags, cfg, &p);
 	__u64 now = bpf_ktime_get_coarse_ns(); /* timeouts are seconds: jiffies do */

@@ -36,7 +36,7 @@ from celltap.incubator.cells import TABLE_BITS
 from celltap.incubator.engine import CellSpec, Engine
 from celltap.incubator.metrics import IncubatorMetrics
 from celltap.incubator.outputs import Output, open_output, parse_mac
-from celltap.incubator.xdp.program import COUNTERS, SLOT_NONE, KernelConfig, PartitionProgram
+from celltap.incubator.xdp.program import COUNTERS, SLOT_NONE, TABLE_SLOTS, KernelConfig, PartitionProgram
 
 from celltap.pcap.batch import FrameBatch
 
@@ -166,7 +166,17 @@ class XdpPath:
         return self.prog.obj.prog_fd(self.program)
 
     def check_cells(self, cells: Mapping[str, CellSpec]) -> None:
-        """Raise XdpUnavailable unless every cell output is an interface here."""
+        """Raise XdpUnavailable unless every cell output is an interface here and every cell's slot
+        fits the kernel's packed partition table (slots are never reused: each new cell id takes
+        the next one)."""
+        known = self.engine.sep.cells.slot_of
+        new = sorted(set(cells) - set(known))
+        slots = [known[c] for c in cells if c in known] + list(range(len(known), len(known) + len(new)))
+        if slots and max(slots) >= TABLE_SLOTS:
+            raise XdpUnavailable(
+                f"{len(known) + len(new)} distinct cells since start: the kernel's partition table "
+                f"names {TABLE_SLOTS} (slots 0-{TABLE_SLOTS - 1})"
+            )
         for spec in cells.values():
             name, _mac = iface_of(spec.output)
             try:
@@ -179,6 +189,17 @@ class XdpPath:
         sep = self.engine.sep
         if self.program != "xdp_incubator":
             my_slot = sep.cells.slot_of.get(my_cell, SLOT_NONE) if my_cell in sep.cells.alive else SLOT_NONE
+            if self.prog.all_up:
+                return
+            if max(sep.cells.alive_slots(), default=0) >= TABLE_SLOTS:
+                log.warning(
+                    "dicap: %d distinct cells since start, the kernel's partition table names %d; "
+                    "the eBPF filter hands every frame to the Python path from now on",
+                    len(sep.cells.ids),
+                    TABLE_SLOTS,
+                )
+                self.prog.pass_all_up(my_slot)
+                return
             self.prog.set_cells(sep.cells, my_slot=my_slot)
             return
         ifindex: dict[int, int] = {}

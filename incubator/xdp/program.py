@@ -2,7 +2,8 @@
 
 One `PartitionProgram` wraps one loaded object (XDP incubator or DiCAP socket filter).  The
 control plane writes the partition table computed by `CellSet` (the numpy path's own table,
-so the kernel and numpy decide alike), the live cells (devmap entries, MAC rewrite, alive flag)
+so the kernel and numpy decide alike; packed one byte per bucket, so the kernel path serves slots
+0-254, `TABLE_SLOTS`), the live cells (devmap entries, MAC rewrite, alive flag)
 and the config; it reads the per-CPU counters (summed over CPUs) and the fragment map (to release
 fragments the Python path holds once their first fragment went through the kernel).
 
@@ -25,6 +26,15 @@ from celltap.incubator.xdp.libbpf import BpfObject, num_cpus
 
 MAX_CELLS = 256
 SLOT_NONE = 0xFFFFFFFF
+TABLE_NONE = 0xFF  # a packed table's byte for "no live cell"
+TABLE_SLOTS = 255  # slots a packed table byte can name (0-254): the kernel path's limit
+BUCKETS_PER_ELEM = 8  # part_table: one byte per bucket, 8 per 8-byte array element
+
+
+class SlotLimitError(ValueError):
+    """A cell's slot is past what the kernel's packed partition table can name."""
+
+
 NONIP_CODES = {"bridge": 0, "cell0": 1, "all": 2}
 # In the order of the C enum; "up_*" frames went up to Python, "drop_*" were dropped (counted).
 COUNTERS = (
@@ -47,8 +57,9 @@ COUNTERS = (
     "drop_no_cell",
     "bridged_to_a",
     "bridged_to_b",
+    "up_slot_limit",
 )
-_CONFIG = struct.Struct("<QQQQIIIIIIHHIIIII")
+_CONFIG = struct.Struct("<QQQQIIIIIIHHIIIIII4x")  # struct config: 88 bytes
 _CELL = struct.Struct("<6sBBI")
 _PIN_SET = struct.Struct("<II" + "QQII" * 2 + "Q")  # lock, pad, PIN_WAYS x (hash, expires, slot, closing)
 PIN_WAYS = 2
@@ -93,11 +104,13 @@ class PartitionProgram:
         self.kcfg = kcfg
         self.capture = capture  # ifindex xdp_incubator runs on (mirror): whose redirects we count
         self.sides = sides  # inline: ifindexes of the two bridged interfaces
+        if table_bits < 3:
+            raise ValueError(f"table_bits {table_bits}: the packed partition table needs at least 3")
         self.table_bits = table_bits
         self.obj = BpfObject(
             str(build_object()),
             max_entries={
-                "part_table": 1 << table_bits,
+                "part_table": (1 << table_bits) // BUCKETS_PER_ELEM,
                 "pins": max(1024, kcfg.max_flows),
                 "frags": max(1024, kcfg.max_datagrams),
                 "pin_sets": kcfg.pin_sets(),
@@ -125,6 +138,7 @@ class PartitionProgram:
         self._alive: set[int] = set()
         self._ifindex: dict[int, int] = {}
         self._seen_ifindex: dict[int, int] = {}  # kept after a cell leaves: its counters stay readable
+        self.all_up = False  # socket filter: every frame up to Python (a slot past TABLE_SLOTS)
         if sides:
             for ifi in sides:
                 self._bcast_add(ifi)
@@ -183,6 +197,7 @@ class PartitionProgram:
             self.capture,
             self._devs.id() if self._devs is not None else 0,
             k.pin_sets() - 1,
+            int(self.all_up),
         )
         self.config_map.update(struct.pack("<I", 0), value)
 
@@ -199,6 +214,11 @@ class PartitionProgram:
         sends flows to it, and a leaving slot is out of the table before it is marked dead.
         """
         alive = set(cells.alive_slots())
+        if alive and max(alive) >= TABLE_SLOTS:
+            raise SlotLimitError(
+                f"cell slot {max(alive)}: the kernel's partition table names slots 0-{TABLE_SLOTS - 1} "
+                f"({TABLE_SLOTS} distinct cells since the incubator started)"
+            )
         for slot in sorted(alive - self._alive):
             ifi = ifindex[slot] if ifindex is not None else 0
             if self._devs is not None and ifindex is not None:
@@ -226,6 +246,12 @@ class PartitionProgram:
         self._alive = alive
         self.write_config(cells.first_slot() if alive else SLOT_NONE, my_slot)
 
+    def pass_all_up(self, my_slot: int) -> None:
+        """Socket filter: hand every frame to Python from now on (slots are never reused, so once a
+        cell's slot is past what the packed table names, the kernel cannot decide again)."""
+        self.all_up = True
+        self.write_config(SLOT_NONE, my_slot)
+
     def _write_alive_bits(self, slots: set[int]) -> None:
         """The live slots as bits (what the XDP program reads under a pin set's lock)."""
         words = [0] * (MAX_CELLS // 64)
@@ -234,13 +260,21 @@ class PartitionProgram:
         self.alive_bits_map.update(struct.pack("<I", 0), struct.pack(f"<{len(words)}Q", *words))
 
     def write_table(self, table: np.ndarray) -> None:
-        """Write the partition table, bucket by bucket (only the buckets that changed)."""
-        new = np.where(table < 0, SLOT_NONE, table).astype(np.uint32)
+        """Write the partition table packed, one byte per bucket (only the elements that changed).
+
+        A bucket is one byte written whole, so a frame running during the update sees each bucket
+        either old or new (see the C source, part_table)."""
+        if table.size and int(table.max()) >= TABLE_SLOTS:
+            raise SlotLimitError(
+                f"partition table names slot {int(table.max())}; the kernel's names 0-{TABLE_SLOTS - 1}"
+            )
+        packed = np.where(table < 0, TABLE_NONE, table).astype(np.uint8)
+        new = packed.reshape(-1, BUCKETS_PER_ELEM)
         old = getattr(self, "_table", None)
-        idx = np.arange(new.size) if old is None else np.flatnonzero(old != new)
-        if idx.size:  # one syscall for the whole change (a joining cell takes ~1/N of 65 536 buckets)
+        idx = np.arange(len(new)) if old is None else np.flatnonzero((old != new).any(axis=1))
+        if idx.size:  # one syscall for the whole change (a joining cell takes ~1/N of the buckets)
             keys = idx.astype("<u4").tobytes()
-            self.table_map.update_batch(keys, new[idx].astype("<u4").tobytes(), int(idx.size))
+            self.table_map.update_batch(keys, new[idx].tobytes(), int(idx.size))
         self._table = new
 
     def counters(self) -> dict[str, int]:

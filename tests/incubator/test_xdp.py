@@ -363,6 +363,34 @@ def test_xdp_falls_back_to_the_python_incubator_with_one_log_line(xdp_ns, tmp_pa
         assert collections.Counter(got) == collections.Counter(want[f"cell-{i}"])
 
 
+def test_xdp_more_cells_than_the_kernel_table_names_keeps_the_python_path(xdp_ns, tmp_path):
+    """256 cells: the kernel's packed table names slots 0-254, so the incubator says so in one line
+    and separates in Python (every frame accounted for), instead of failing at the 256th slot."""
+    ns = xdp_ns
+    traffic = str(tmp_path / "in.pcap")
+    subprocess.run([*CELLTAP, "loadgen", "pcap", "mixed", traffic, "--count", "20"], check=True)
+    sent = frames_of(traffic)
+    cfg = {
+        "mode": "mirror",
+        "capture": "xdp:tap-in",
+        "cells": [{"id": f"c{i:03d}", "output": f"iface:{CELLS[i % len(CELLS)]}"} for i in range(256)],
+        "metrics_port": 9487,
+    }
+    inc = IncubatorProcess(ns, cfg, str(tmp_path))
+    try:
+        inc.wait_ready(256, timeout=60)
+        replay(ns, traffic, "tap")
+        m = inc.wait_received(len(sent))
+    finally:
+        assert inc.stop() == 0
+    log = open(inc.log.name, encoding="utf-8", errors="replace").read()
+    lines = [ln for ln in log.splitlines() if "the Python incubator separates instead" in ln]
+    assert len(lines) == 1 and "partition table names 255" in lines[0], log
+    received, accounted = conservation(m)
+    assert received >= len(sent) and accounted == received, m
+    assert sum_metric(m, "celltap_incubator_xdp_passed_frames_total") == 0, m
+
+
 def test_xdp_inline_bridges_ping_and_tcp_and_separates_every_frame(tmp_path):
     """Inline: the kernel bridges both ways (DEVMAP broadcast, an egress program keeps the peer's
     copy and the cell's copy) while separating; ping and a 300 kB TCP echo cross, and every frame
