@@ -335,6 +335,21 @@ def test_xdp_adding_a_cell_during_traffic_moves_no_live_flow(tmp_path):
     assert sum_metric(m, "celltap_incubator_xdp_passed_frames_total") == 0, m
 
 
+def _run_python_fallback(ns, cfg: dict, tmp_path, traffic: str, frames: int, cells: int):
+    """Run an `xdp:` incubator that must fall back to Python over `traffic`: (its fallback log lines,
+    the whole log, the metrics once every frame was received)."""
+    inc = IncubatorProcess(ns, cfg, str(tmp_path))
+    try:
+        inc.wait_ready(cells, timeout=60)
+        replay(ns, traffic, "tap")
+        m = inc.wait_received(frames)
+    finally:
+        assert inc.stop() == 0
+    log = open(inc.log.name, encoding="utf-8", errors="replace").read()
+    lines = [ln for ln in log.splitlines() if "the Python incubator separates instead" in ln]
+    return lines, log, m
+
+
 def test_xdp_falls_back_to_the_python_incubator_with_one_log_line(xdp_ns, tmp_path):
     """A cell output XDP cannot redirect to (a pcap file) keeps the Python path, and says why once."""
     ns = xdp_ns
@@ -348,15 +363,7 @@ def test_xdp_falls_back_to_the_python_incubator_with_one_log_line(xdp_ns, tmp_pa
         "cells": [{"id": f"cell-{i}", "output": f"pcap:{tmp_path}/out-{i}.pcap"} for i in range(2)],
         "metrics_port": 9477,
     }
-    inc = IncubatorProcess(ns, cfg, str(tmp_path))
-    try:
-        inc.wait_ready(2)
-        replay(ns, traffic, "tap")
-        inc.wait_received(len(sent))
-    finally:
-        assert inc.stop() == 0
-    log = open(inc.log.name, encoding="utf-8", errors="replace").read()
-    lines = [ln for ln in log.splitlines() if "the Python incubator separates instead" in ln]
+    lines, log, _ = _run_python_fallback(ns, cfg, tmp_path, traffic, len(sent), cells=2)
     assert len(lines) == 1 and "is not an interface" in lines[0], log
     for i in range(2):
         got = frames_of(f"{tmp_path}/out-{i}.pcap")
@@ -376,15 +383,7 @@ def test_xdp_more_cells_than_the_kernel_table_names_keeps_the_python_path(xdp_ns
         "cells": [{"id": f"c{i:03d}", "output": f"iface:{CELLS[i % len(CELLS)]}"} for i in range(256)],
         "metrics_port": 9487,
     }
-    inc = IncubatorProcess(ns, cfg, str(tmp_path))
-    try:
-        inc.wait_ready(256, timeout=60)
-        replay(ns, traffic, "tap")
-        m = inc.wait_received(len(sent))
-    finally:
-        assert inc.stop() == 0
-    log = open(inc.log.name, encoding="utf-8", errors="replace").read()
-    lines = [ln for ln in log.splitlines() if "the Python incubator separates instead" in ln]
+    lines, log, m = _run_python_fallback(ns, cfg, tmp_path, traffic, len(sent), cells=256)
     assert len(lines) == 1 and "partition table names 255" in lines[0], log
     received, accounted = conservation(m)
     assert received >= len(sent) and accounted == received, m
