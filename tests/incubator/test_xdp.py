@@ -335,36 +335,30 @@ def test_xdp_adding_a_cell_during_traffic_moves_no_live_flow(tmp_path):
     assert sum_metric(m, "celltap_incubator_xdp_passed_frames_total") == 0, m
 
 
-def _run_python_fallback(ns, cfg: dict, tmp_path, traffic: str, frames: int, cells: int):
-    """Run an `xdp:` incubator that must fall back to Python over `traffic`: (its fallback log lines,
-    the whole log, the metrics once every frame was received)."""
+def _run_python_fallback(ns, tmp_path, cells: list[dict], metrics_port: int):
+    """Replay 20 frames into an `xdp:` incubator over `cells` that must fall back to Python: (the
+    capture, its fallback log lines, the whole log, the metrics once every frame was received)."""
+    traffic = str(tmp_path / "in.pcap")
+    subprocess.run([*CELLTAP, "loadgen", "pcap", "mixed", traffic, "--count", "20"], check=True)
+    cfg = {"mode": "mirror", "capture": "xdp:tap-in", "cells": cells, "metrics_port": metrics_port}
     inc = IncubatorProcess(ns, cfg, str(tmp_path))
     try:
-        inc.wait_ready(cells, timeout=60)
+        inc.wait_ready(len(cells), timeout=60)
         replay(ns, traffic, "tap")
-        m = inc.wait_received(frames)
+        m = inc.wait_received(len(frames_of(traffic)))
     finally:
         assert inc.stop() == 0
     log = open(inc.log.name, encoding="utf-8", errors="replace").read()
     lines = [ln for ln in log.splitlines() if "the Python incubator separates instead" in ln]
-    return lines, log, m
+    return traffic, lines, log, m
 
 
 def test_xdp_falls_back_to_the_python_incubator_with_one_log_line(xdp_ns, tmp_path):
     """A cell output XDP cannot redirect to (a pcap file) keeps the Python path, and says why once."""
-    ns = xdp_ns
-    traffic = str(tmp_path / "in.pcap")
-    subprocess.run([*CELLTAP, "loadgen", "pcap", "mixed", traffic, "--count", "20"], check=True)
-    sent = frames_of(traffic)
-    want, _ = offline_split(traffic, tmp_path / "split", 2)
-    cfg = {
-        "mode": "mirror",
-        "capture": "xdp:tap-in",
-        "cells": [{"id": f"cell-{i}", "output": f"pcap:{tmp_path}/out-{i}.pcap"} for i in range(2)],
-        "metrics_port": 9477,
-    }
-    lines, log, _ = _run_python_fallback(ns, cfg, tmp_path, traffic, len(sent), cells=2)
+    cells = [{"id": f"cell-{i}", "output": f"pcap:{tmp_path}/out-{i}.pcap"} for i in range(2)]
+    traffic, lines, log, _ = _run_python_fallback(xdp_ns, tmp_path, cells, 9477)
     assert len(lines) == 1 and "is not an interface" in lines[0], log
+    want, _ = offline_split(traffic, tmp_path / "split", 2)
     for i in range(2):
         got = frames_of(f"{tmp_path}/out-{i}.pcap")
         assert collections.Counter(got) == collections.Counter(want[f"cell-{i}"])
@@ -373,20 +367,11 @@ def test_xdp_falls_back_to_the_python_incubator_with_one_log_line(xdp_ns, tmp_pa
 def test_xdp_more_cells_than_the_kernel_table_names_keeps_the_python_path(xdp_ns, tmp_path):
     """256 cells: the kernel's packed table names slots 0-254, so the incubator says so in one line
     and separates in Python (every frame accounted for), instead of failing at the 256th slot."""
-    ns = xdp_ns
-    traffic = str(tmp_path / "in.pcap")
-    subprocess.run([*CELLTAP, "loadgen", "pcap", "mixed", traffic, "--count", "20"], check=True)
-    sent = frames_of(traffic)
-    cfg = {
-        "mode": "mirror",
-        "capture": "xdp:tap-in",
-        "cells": [{"id": f"c{i:03d}", "output": f"iface:{CELLS[i % len(CELLS)]}"} for i in range(256)],
-        "metrics_port": 9487,
-    }
-    lines, log, m = _run_python_fallback(ns, cfg, tmp_path, traffic, len(sent), cells=256)
+    cells = [{"id": f"c{i:03d}", "output": f"iface:{CELLS[i % len(CELLS)]}"} for i in range(256)]
+    traffic, lines, log, m = _run_python_fallback(xdp_ns, tmp_path, cells, 9487)
     assert len(lines) == 1 and "partition table names 255" in lines[0], log
     received, accounted = conservation(m)
-    assert received >= len(sent) and accounted == received, m
+    assert received >= len(frames_of(traffic)) and accounted == received, m
     assert sum_metric(m, "celltap_incubator_xdp_passed_frames_total") == 0, m
 
 
