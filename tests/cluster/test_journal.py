@@ -83,7 +83,7 @@ def test_a_domains_sequence_state_is_journaled_with_its_records_and_saved_after(
     apps = [{"key": "src"}, {"key": "dst"}]  # nodes that never answer: everything stays pending
     router.set_members(
         {n: {"grpc": "127.0.0.1:1", "incarnation": "x", "apps": apps} for n in ("n1", "n2", "n3")}
-    )  # noqa: E501
+    )
     saved: list[list] = []
     router.bind_sequences(saved.append, lambda _: None)
     rng = np.random.default_rng(1)
