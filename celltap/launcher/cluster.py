@@ -41,17 +41,21 @@ class Component:
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str, check: Callable[[], None]) -> None:
-    """Poll `pred` until true; `check` raises if a process died meanwhile; TimeoutError names `what`."""
+    """Poll `pred` until true; `check` raises if a process died meanwhile; TimeoutError names `what`
+    and how the last poll ended (an error, or the condition still false), so a stall can be told
+    from a component that never answered."""
     deadline = time.monotonic() + timeout
+    last = "the condition was still false"
     while True:
         check()
         try:
             if pred():
                 return
-        except (OSError, ValueError, KeyError):
-            pass  # still starting
+            last = "the condition was still false"
+        except (OSError, ValueError, KeyError) as exc:
+            last = f"{type(exc).__name__}: {exc}"  # still starting
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last poll: {last})")
         time.sleep(0.1)
 
 
@@ -160,12 +164,16 @@ class LocalCluster:
             child = self.sup.start(name, [*CELLTAP, "node", "--config", str(path)])
             self.components.append(Component("node", name, child, f"http://{http}/metrics", {"http": http}))
         for c in self.of_kind("node"):
-            wait_until(
-                lambda c=c: len(_http_json(f"http://{c.extra['http']}/status")["members"]) == s.nodes,
-                60,
-                f"{c.name} to see all {s.nodes} nodes",
-                self.check,
-            )
+            seen: dict[str, Any] = {}
+
+            def sees_all(c: Component = c, seen: dict[str, Any] = seen) -> bool:
+                seen["members"] = _http_json(f"http://{c.extra['http']}/status")["members"]
+                return len(seen["members"]) == s.nodes
+
+            try:
+                wait_until(sees_all, 60, f"{c.name} to see all {s.nodes} nodes", self.check)
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}; its last view: {seen.get('members', 'never answered')}") from None
 
     def _start_collectors(self) -> None:
         s = self.spec
