@@ -169,12 +169,12 @@ class XdpPath:
         """Raise XdpUnavailable unless every cell output is an interface here and every cell's slot
         fits the kernel's packed partition table (slots are never reused: each new cell id takes
         the next one)."""
-        known = self.engine.sep.cells.slot_of
-        new = sorted(set(cells) - set(known))
-        slots = [known[c] for c in cells if c in known] + list(range(len(known), len(known) + len(new)))
-        if slots and max(slots) >= TABLE_SLOTS:
+        # Slots are dense (0, 1, ... in order of first sight), so the highest one these cells would
+        # take is the number of distinct ids seen, them included, less one.
+        distinct = len(set(self.engine.sep.cells.slot_of) | set(cells))
+        if distinct > TABLE_SLOTS:
             raise XdpUnavailable(
-                f"{len(known) + len(new)} distinct cells since start: the kernel's partition table "
+                f"{distinct} distinct cells since start: the kernel's partition table "
                 f"names {TABLE_SLOTS} (slots 0-{TABLE_SLOTS - 1})"
             )
         for spec in cells.values():
