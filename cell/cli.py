@@ -223,6 +223,7 @@ def main(args: argparse.Namespace) -> int:
             cell.abstractor.finish()
             cell.flush()
             cell.server.drain(2.0)
+            cell.log_live_drops()
         return 0
     except OSError as exc:
         print(f"celltap cell: {explain(exc)}", file=sys.stderr)

@@ -37,6 +37,7 @@ from celltap.capture_time import (
 )
 from celltap.pcap import open_capture, scatter_rows
 from celltap.pcap.batch import LINKTYPE_ETHERNET, FrameBatch
+from celltap.socket_drops import udp_receive_drops
 
 VXLAN_HEADER = 8
 VXLAN_DEFAULT_PORT = 4789
@@ -88,6 +89,10 @@ class LiveSource:
     def settle(self) -> None:
         """Before a last read: let the kernel hand over what it still holds (nothing to do here)."""
 
+    def count_kernel_drops(self) -> None:
+        """Add what the kernel dropped before this input could read it to `drops` (read periodically:
+        the kernel's counters are not free to read)."""
+
     def _finish(self, batch: FrameBatch, recv_ns: np.ndarray, carried: np.ndarray) -> FrameBatch:
         """Take Arista timestamp headers out; keep carried times that are plausible; count sources.
 
@@ -127,6 +132,14 @@ class TunnelSource(LiveSource):
         self.rx = StampedReceiver(self.sock)
         self.vni = vni
         self.address = self.sock.getsockname()
+        self._kernel_seen = udp_receive_drops(self.sock) or 0
+
+    def count_kernel_drops(self) -> None:
+        """Datagrams dropped because the socket's receive buffer was full: `buffer_full`."""
+        seen = udp_receive_drops(self.sock)
+        if seen is not None and seen > self._kernel_seen:
+            self.drops["buffer_full"] = self.drops.get("buffer_full", 0) + seen - self._kernel_seen
+            self._kernel_seen = seen
 
     def _inner(self, rows: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(kept mask, inner frame offset in its row, carried capture time or 0) of n datagrams."""
@@ -272,19 +285,39 @@ class InterfaceSource(LiveSource):
     """AF_PACKET TPACKET_V3 ring on one interface: every frame in both directions, like libpcap, each
     with the kernel's capture time."""
 
-    def __init__(self, ifname: str, blocks: int = 32) -> None:
+    # 32 MiB of ring in 128 blocks of 256 KiB.  The kernel hands a block over when it is full or when
+    # its retire timer (10 ms) fires, so at a trickle each block holds one 10 ms slice: 128 blocks
+    # ride out a 1.3 s stall of the cell (32 blocks of 1 MiB lost frames after 0.3 s).  A block still
+    # holds any frame (64 KiB at most, GRO included).  Frames the kernel drops when the ring is full
+    # are counted as `capture_ring_full`.
+    block_size = 256 << 10
+    blocks = 128
+
+    def __init__(self, ifname: str) -> None:
         super().__init__()
         from celltap.incubator.capture.afpacket import AfPacketCapture
 
         self.retire_ms = 10
-        self.ring = AfPacketCapture(ifname, block_nr=blocks, retire_ms=self.retire_ms, ignore_outgoing=False)
+        self.ring = AfPacketCapture(
+            ifname,
+            block_size=self.block_size,
+            block_nr=self.blocks,
+            retire_ms=self.retire_ms,
+            ignore_outgoing=False,
+        )
         self.sock = self.ring.sock
         # promiscuous while the socket lives: a mirror port's frames are addressed to other hosts
         mreq = struct.pack("iHH8s", socket.if_nametoindex(ifname), PACKET_MR_PROMISC, 0, b"")
         self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
 
+    def count_kernel_drops(self) -> None:
+        """Frames the kernel dropped because every block of the ring was full: `capture_ring_full`."""
+        lost = self.ring.stats().drops  # PACKET_STATISTICS: since the previous read
+        if lost:
+            self.drops["capture_ring_full"] = self.drops.get("capture_ring_full", 0) + lost
+
     def read_batch(self) -> FrameBatch | None:
-        batch = self.ring.read_batch(max_blocks=8, max_frames=self.max_frames)
+        batch = self.ring.read_batch(max_blocks=32, max_frames=self.max_frames)
         if batch is None:
             return None
         try:

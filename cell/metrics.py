@@ -21,7 +21,13 @@ PACKET_DROP_REASONS = (
     *(f"decode_{r.label}" for r in Reason if r is not Reason.OK),
 )  # fmt: skip
 DEFRAG_DROP_REASONS = ("bad_header", "too_big", "bad_length", "timeout", "inconsistent", "memory")
-INPUT_DROP_REASONS = ("vxlan_short", "vxlan_no_vni_flag", "vxlan_other_vni")
+INPUT_DROP_REASONS = (
+    "vxlan_short",
+    "vxlan_no_vni_flag",
+    "vxlan_other_vni",
+    "buffer_full",
+    "capture_ring_full",
+)
 # Per interface (every interface the configuration serves), why events did not reach a reader.
 INTERFACE_DROP_REASONS = ("no_reader", "reader_slow", "reader_stuck", "reader_closed")
 # L7 loopback events not re-injected: the core's (abstractor) and the loopback parser's reasons.

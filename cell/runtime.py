@@ -30,6 +30,8 @@ from celltap.cell.store.writer import PacketStore
 from celltap.pcap.batch import FrameBatch
 
 log = logging.getLogger("celltap.cell")
+# How often the live inputs' kernel drop counters are read (a scan of /proc/net/udp for a tunnel).
+KERNEL_DROPS_EVERY_S = 1.0
 
 
 def _vm_hwm() -> str:
@@ -207,6 +209,7 @@ class Cell:
             "loopback": a.loopback_drops,
             "tcp_cap_skips": a.tcp_stats.cap_skips,
             "classified_early": a.classified_early,
+            "input": self.input_drops(),
         }
         return {k: {r: n for r, n in v.items() if n} for k, v in out.items()}
 
@@ -246,7 +249,7 @@ class Cell:
 
     def run_live(self, tick: float = 0.1, until: Callable[[], bool] | None = None) -> None:
         """Serve inputs and sockets until stopped; idle flows time out by the wall clock."""
-        last_gc = 0.0
+        last_gc = last_kernel = 0.0
         while not self.stop and not (until and until()):
             self.server.poll(tick)
             now = time.monotonic()
@@ -254,6 +257,22 @@ class Cell:
                 last_gc = now
                 self.abstractor.collect(self.clock())
                 self.flush()
+            if now - last_kernel >= KERNEL_DROPS_EVERY_S:
+                last_kernel = now
+                self.count_kernel_drops()
+
+    def count_kernel_drops(self) -> None:
+        """Add what the kernel dropped at each live input (full ring or receive buffer) to its drops."""
+        for s in self.sources:
+            s.count_kernel_drops()
+
+    def log_live_drops(self) -> None:
+        """At the end of a live run: what was dropped, and a warning naming what the inputs lost."""
+        self.count_kernel_drops()
+        lost = self.input_drops()
+        if lost:
+            log.warning("live inputs dropped frames: %s", json.dumps(lost, sort_keys=True))
+        log.info("live run drops: %s", json.dumps(self.drop_summary(), sort_keys=True))
 
     def close(self) -> None:
         """Close inputs, sockets and the exporter."""

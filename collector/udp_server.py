@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import select
 import socket
 import time
@@ -17,6 +16,7 @@ from celltap.collector.slot_batch import feed_slots
 from celltap.collector.stats import BUFFER_FULL, INTERNAL_ERROR, SINK_ERROR, STOPPED
 
 from celltap.ipfix.records import RecordBatch
+from celltap.socket_drops import udp_receive_drops
 
 log = logging.getLogger("celltap.collector")
 MAX_DATAGRAM = 65535
@@ -40,22 +40,6 @@ def open_udp_socket(addr: ListenAddress, receive_buffer: int, reuseport: bool = 
     sock.bind((addr.host, addr.port))
     sock.setblocking(False)
     return sock
-
-
-def kernel_drops(sock: socket.socket) -> int | None:
-    """Datagrams the kernel dropped on this socket (its receive buffer was full), from /proc/net/udp*."""
-    inode = str(os.fstat(sock.fileno()).st_ino)
-    for name in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(name) as fh:
-                next(fh)
-                for line in fh:
-                    parts = line.split()
-                    if len(parts) >= 13 and parts[9] == inode:
-                        return int(parts[-1])
-        except OSError:
-            continue
-    return None
 
 
 def ingest_received(
@@ -106,7 +90,7 @@ class UdpWorker:
         self.batch_datagrams = batch_datagrams
         self.on_stats = on_stats
         self.stats_interval = stats_interval
-        self._drops_seen = kernel_drops(sock) or 0
+        self._drops_seen = udp_receive_drops(sock) or 0
         self.datagrams = 0
         self.rx: BatchReceiver | None = None
         self.vectorised = vectorised
@@ -195,7 +179,7 @@ class UdpWorker:
 
     def report(self) -> None:
         """Add kernel drops since the last report and hand the stats deltas on."""
-        drops = kernel_drops(self.sock)
+        drops = udp_receive_drops(self.sock)
         if drops is not None and drops > self._drops_seen:
             self.ingestor.stats.dropped_messages[BUFFER_FULL] += drops - self._drops_seen
             self._drops_seen = drops

@@ -229,6 +229,7 @@ def _run_live(analysis, ifname: str) -> None:
     finally:
         analysis.finish()
         sel.close()
+        src.count_kernel_drops()
         src.close()
         for k, v in src.drops.items():
             analysis.abstractor.count_drop(f"input_{k}", v)

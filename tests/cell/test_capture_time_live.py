@@ -120,6 +120,10 @@ class Cell:
         """`time=` of every DATA event, in microseconds (as printed)."""
         return [round(e.time * 1e6) for e in parse_text(bytes(self.reader.data)) if e.event == "DATA"]
 
+    def log_text(self) -> str:
+        """The cell's stderr (once stopped)."""
+        return Path(self.log.name).read_text(errors="replace")[-2000:]
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
@@ -211,13 +215,21 @@ def test_live_frames_keep_their_capture_times_through_every_path(bed, tmp_path):
         total = len(GAPS_S) + BURST
         p = snd.run(sys.executable, "-c", SENDER, ",".join(map(str, GAPS_S)), str(BURST), timeout=60)
         assert p.returncode == 0, p.stderr
+        short = []
         for name, c in cells.items():
-            wait_for(lambda c=c: len(c.data_times()) >= total, timeout=30, what=f"{name}: all datagrams")
+            try:
+                wait_for(lambda c=c: len(c.data_times()) >= total, timeout=30, what=f"{name}: all datagrams")
+            except AssertionError:
+                short.append(name)
     finally:
         for inc in incs:
             inc.stop()
         for c in cells.values():
             c.stop()
+    # a cell short of datagrams: how many it got, and its log (its input drops are named at exit)
+    assert not short, "; ".join(
+        f"{n}: {len(cells[n].data_times())} of {total} datagrams, log: {cells[n].log_text()!r}" for n in short
+    )
     dump.stop()
     truth = _tcpdump_times(tshark, dump.path)
     assert len(truth) == total, "tcpdump missed datagrams"
