@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --system
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -q -p no:cacheprovider --durations=30 "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --durations=30 "$@"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider -m image tests/deploy/test_image.py
