@@ -22,14 +22,17 @@ def require_root() -> None:
         pytest.skip("needs root for network namespaces / raw sockets")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group tests for pytest-xdist's `--dist loadgroup` (scripts/test.sh): a module runs whole on
-    one worker, so its module fixtures are built once and its tests keep their order; the test bed's
-    modules (tests/realnet) share one worker, whose session fixture builds the bed once."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        group = "realnet" if module.startswith("tests/realnet/") else module
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """Under `-n N --dist loadfile` (scripts/test.sh): each test module runs whole on one worker (its
+    module fixtures are built once, its tests keep their order), and the test bed's modules
+    (tests/realnet) share one worker, whose session fixture builds the bed once."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
 
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "tests/realnet" if module.startswith("tests/realnet/") else module
+
+    return ModuleScheduling(config, log)

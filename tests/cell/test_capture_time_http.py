@@ -9,7 +9,10 @@ read by tshark) and the incubator capture the same frames; the incubator sends t
 DATA event's `time=` must be the capture time of the segment that carried its first byte, so the
 responses' times differ from the requests' by nginx's real answer time, which tshark measures too.
 Tolerance TOL_US: nftables' copies reach `th-mon` without a kernel timestamp, so tcpdump's and the
-incubator's sockets each read the clock for them, a few microseconds apart (measured: 3-4 us).
+incubator's sockets each read the clock for them, a few microseconds apart (measured: 3-4 us).  On a
+VM the vCPU can be preempted between those two reads (CI saw one time 310 us off on a loaded
+machine), so one of the six times may be off by up to PREEMPTED_US; stamping a response with its
+request's time, or a batch's receive time, would put several times off by nginx's answer time.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from tests.incubator.live_helpers import IncubatorProcess, NetNS, Tcpdump, no_of
 pytestmark = pytest.mark.netns
 
 TOL_US = 30
+PREEMPTED_US = 1_000
 
 CELL_CONFIG = """global:
   home: {home}
@@ -183,9 +187,13 @@ def test_http_response_events_carry_the_response_capture_time(http_bed, tmp_path
     want_req = [t // 1000 for t in requests]
     want_resp = [t // 1000 for t in responses]
     assert len(got_req) == len(got_resp) == 3
-    assert max(abs(a - b) for a, b in zip(got_req + got_resp, want_req + want_resp, strict=True)) <= TOL_US
+    errors = [abs(a - b) for a, b in zip(got_req + got_resp, want_req + want_resp, strict=True)]
+    # every time is the right segment's; one of the six may be a preempted clock read (see above)
+    assert max(errors) <= PREEMPTED_US, errors
+    assert sum(e > TOL_US for e in errors) <= 1, errors
     assert all(b > a for a, b in zip(got_req, got_resp, strict=True)), "responses stamped as their requests"
     for a, b, ta, tb in zip(got_req, got_resp, want_req, want_resp, strict=True):
-        assert abs((b - a) - (tb - ta)) <= 2 * TOL_US, "answer time differs from tshark's"
+        if abs(a - ta) <= TOL_US and abs(b - tb) <= TOL_US:
+            assert abs((b - a) - (tb - ta)) <= 2 * TOL_US, "answer time differs from tshark's"
     print("answer times (us), cell vs tcpdump:", [(b - a, tb - ta) for a, b, ta, tb in
                                                    zip(got_req, got_resp, want_req, want_resp, strict=True)])
