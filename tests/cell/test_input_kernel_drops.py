@@ -24,20 +24,13 @@ from pathlib import Path
 import pytest
 
 from tests.cell.runner import RawReader, wait_for
+from tests.cell.test_capture_time_live import CELL_CONFIG  # UDP to udp/default, long timeouts
 from tests.cell.wire import parse_text
 from tests.conftest import require_root, require_tool
 from tests.incubator.live_helpers import NetNS, no_offloads, quiet
 
 pytestmark = pytest.mark.netns
 
-CELL_CONFIG = """global:
-  home: {home}
-  timeout: 60
-  udp_timeout: 60
-udp_default:
-  proto: UDP
-  if: default
-"""
 PROBE_PORT = 3999  # warm-up datagrams (their own flow) until the cell is seen reading its input
 TEST_PORT = 4000
 
