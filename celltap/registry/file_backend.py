@@ -98,6 +98,9 @@ class FileWatch(SnapshotWatch):
         self._thread.start()
 
     def _run(self) -> None:
+        # The revision is read before the scan, and writers publish a revision only after its files
+        # are written: a scan after reading revision R sees every change up to R, so skipping scans
+        # while the revision stays R never hides a change.
         last_rev: str | None = None
         next_expiry = 0.0
         failing = False
@@ -202,11 +205,20 @@ class FileRegistry(Registry):
                 raise
             return ""
 
-    def _bump_rev(self) -> int:
+    def _next_rev(self) -> tuple[int, str]:
+        """The next revision and its token, not yet published (under the lock)."""
         epoch, _, number = self._read_rev().partition(" ")
         rev = int(number or 0) + 1
-        token = f"{epoch or secrets.token_hex(4)} {rev}"
+        return rev, f"{epoch or secrets.token_hex(4)} {rev}"
+
+    def _publish_rev(self, token: str) -> None:
+        """Make a mutation visible to watches: only after its files are written (see FileWatch)."""
         self._write_atomic(os.path.join(self.root, "rev"), token.encode())
+
+    def _bump_rev(self) -> int:
+        """Publish the next revision (after a mutation that needs no revision in its files)."""
+        rev, token = self._next_rev()
+        self._publish_rev(token)
         return rev
 
     def _listdir(self, path: str) -> list[str]:
@@ -315,8 +327,9 @@ class FileRegistry(Registry):
                 expires = self._lease_expiry(self._lease_path(lease.id))
                 if expires is None or expires <= time.time():
                     raise LeaseNotFound(f"lease {lease.id:x} expired or revoked")
-            entry["rev"] = self._bump_rev()
+            entry["rev"], token = self._next_rev()
             self._write_atomic(os.path.join(self._kv, key_file_name(key)), json.dumps(entry).encode())
+            self._publish_rev(token)  # after the file: a watch that reads this revision sees the key
 
     def _live_entry(self, key: str) -> tuple[_Entry, float | None] | None:
         """The stored entry of `key` and its lease expiry (None: no lease), if it is live."""

@@ -86,3 +86,51 @@ def test_vanished_directory_is_an_outage_but_an_emptied_one_is_empty(tmp_path: P
     reg.put("/k", b"v3")
     assert reg.get("/k") == b"v3"
     reg.close()
+
+
+def test_a_put_publishes_its_revision_only_after_its_file(tmp_path: Path) -> None:
+    """Watches skip scanning while the revision is unchanged, so a revision a watch can read before
+    the key's file exists would hide the key from it until the next change (the demo once waited
+    60 s for a node to see itself).  The instant the key's file is written, the revision file must
+    still hold the previous revision."""
+    from celltap.registry.file_backend import FileRegistry
+
+    reg = FileRegistry(str(tmp_path / "reg"), poll_interval=0.05)
+    reg.put("/k/a", b"1")
+    before_write: list[str] = []
+    write = reg._write_atomic
+
+    def observe(path: str, data: bytes) -> None:
+        if os.path.dirname(path) == reg._kv:
+            before_write.append(reg._read_rev())  # what a watch polling at this instant reads
+        write(path, data)
+
+    reg._write_atomic = observe  # type: ignore[method-assign]
+    old = reg._read_rev()
+    reg.put("/k/a", b"2")
+    assert before_write == [old] and reg._read_rev() != old
+    reg.close()
+
+
+def test_a_watch_polling_throughout_sees_each_put_before_the_next(tmp_path: Path) -> None:
+    """Real threads, no interleaving forced: a watch polling every millisecond while another client
+    puts a key 1,000 times, each put awaited before the next (as a node's own registration is awaited in
+    a quiet cluster).  A put whose revision a poll read too early stays invisible: the wait times out."""
+    import queue
+
+    url = f"file://{tmp_path / 'reg'}?poll=0.001"
+    reader, writer = open_registry(url), open_registry(url)
+    events: queue.Queue = queue.Queue()
+    handle = reader.watch_prefix("/k/", events.put, initial=True)
+    assert handle.wait_synced(5)
+    try:
+        for i in range(1000):
+            writer.put("/k/a", str(i).encode())
+            try:
+                event = events.get(timeout=2)
+            except queue.Empty:
+                raise AssertionError(f"put {i} never reached the watch") from None
+            assert event.value == str(i).encode()
+    finally:
+        reader.close()
+        writer.close()
