@@ -1,9 +1,10 @@
 """Test-side stand-in for the cell: a pcap reassembled by tshark into SF-TAP interface events.
 
 tshark dissects the capture (`tcp.payload`, `udp.payload`, `tcp.seq_raw` per frame); we keep each
-direction's bytes in sequence order (dropping retransmitted bytes), order endpoints as the cell does
-(lexicographically smaller (address bytes, port) is endpoint 1) and encode CREATED / DATA /
-DESTROYED events in the documented text or binary format.
+direction's bytes in sequence order (dropping retransmitted bytes, holding a segment that arrives
+ahead of a gap until the gap is filled: a capture on a loaded machine can reorder segments), order
+endpoints as the cell does (lexicographically smaller (address bytes, port) is endpoint 1) and
+encode CREATED / DATA / DESTROYED events in the documented text or binary format.
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ def _canon(src: str, sport: int, dst: str, dport: int) -> tuple[FlowId, int]:
     if (a.packed, sport) <= (b.packed, dport):
         return FlowId(str(a), str(b), sport, dport, 0, l3, "tcp"), 1
     return FlowId(str(b), str(a), dport, sport, 0, l3, "tcp"), 2
+
+
+def _deliver(st: dict, flow: FlowId, sender: int, seq: int, t: float, payload: bytes, enc) -> list[bytes]:
+    """DATA events for the bytes of a segment not delivered yet (none for a retransmission)."""
+    expect = st["next"].get(sender, seq)
+    skip = (expect - seq) & 0xFFFFFFFF
+    if skip >= len(payload):
+        return []  # retransmission of bytes already delivered
+    payload = payload[skip:]
+    st["next"][sender] = (seq + skip + len(payload)) & 0xFFFFFFFF
+    return [
+        enc(flow, DATA, t, sender, payload[i : i + 0xFFFF], "none") for i in range(0, len(payload), 0xFFFF)
+    ]
 
 
 def pcap_to_events(pcap: str, fmt: str = "text", display_filter: str = "tcp or udp") -> bytes:
@@ -97,14 +111,23 @@ def pcap_to_events(pcap: str, fmt: str = "text", display_filter: str = "tcp or u
         if not v["tcp.payload"]:
             continue
         payload = bytes.fromhex(v["tcp.payload"].replace(":", ""))
+        held = st.setdefault("held", {}).setdefault(sender, {})
         expect = st["next"].get(sender, seq)
-        skip = (expect - seq) & 0xFFFFFFFF
-        if skip >= len(payload):
-            continue  # retransmission of bytes already delivered
-        payload = payload[skip:]
-        st["next"][sender] = (seq + skip + len(payload)) & 0xFFFFFFFF
-        for i in range(0, len(payload), 0xFFFF):
-            out.append(enc(flow, DATA, t, sender, payload[i : i + 0xFFFF], "none"))
+        if 0 < (seq - expect) & 0xFFFFFFFF < 1 << 31:
+            # ahead of the bytes expected (the capture reordered segments, or one is still to
+            # come): held until the gap before it is filled, as the cell's reassembly does
+            if len(payload) > len(held.get(seq, (0, b""))[1]):
+                held[seq] = (t, payload)
+            continue
+        out += _deliver(st, flow, sender, seq, t, payload, enc)
+        while held:
+            nxt = st["next"][sender]
+            ready = [q for q in held if (nxt - q) & 0xFFFFFFFF < 1 << 31]  # at or before nxt
+            if not ready:
+                break
+            for q in sorted(ready, key=lambda q: (q - nxt) & 0xFFFFFFFF):
+                ht, hp = held.pop(q)
+                out += _deliver(st, flow, sender, q, ht, hp, enc)
     for st in tcp.values():
         out.append(enc(st["flow"], DESTROYED, st["last"], reason=st["reason"]))
     return b"".join(out)
