@@ -339,8 +339,8 @@ def test_reregisters_when_registry_comes_back_empty(private_store: Store) -> Non
     key = member_key(s.cluster, "collectors", "col1")
     assert wait_until(lambda: reg.get(key) is not None, timeout=10)
     assert reg.get_json(key) == {"id": "col1", "listen": ["udp://0.0.0.0:4739"]}
-    assert registration.times_registered == 2
-    # counted just after the registration is written (the supervisor thread): wait for it
+    # both counted just after the registration is written (the supervisor thread): wait for them
+    assert wait_until(lambda: registration.times_registered == 2, timeout=5)
     assert wait_until(
         lambda: metric("celltap_registry_reregistrations_total", kind="collectors") == rereg_before + 1,
         timeout=5,
