@@ -285,23 +285,21 @@ class InterfaceSource(LiveSource):
     """AF_PACKET TPACKET_V3 ring on one interface: every frame in both directions, like libpcap, each
     with the kernel's capture time."""
 
-    # 32 MiB of ring in 128 blocks of 256 KiB.  The kernel hands a block over when it is full or when
-    # its retire timer (10 ms) fires, so at a trickle each block holds one 10 ms slice: 128 blocks
-    # ride out a 1.3 s stall of the cell (32 blocks of 1 MiB lost frames after 0.3 s).  A block still
-    # holds any frame (64 KiB at most, GRO included).  Frames the kernel drops when the ring is full
-    # are counted as `capture_ring_full`.
-    block_size = 256 << 10
-    blocks = 128
+    # 32 MiB of ring in the shared small blocks (afpacket.BLOCK_SIZE): with the 10 ms retire timer
+    # it rides out a 1.3 s stall of the cell at a trickle.  Frames the kernel drops when the ring is
+    # full are counted as `capture_ring_full`.
+    ring_bytes = 32 << 20
+    batch_bytes = 8 << 20  # frame bytes taken from the ring per read (whole blocks)
 
     def __init__(self, ifname: str) -> None:
         super().__init__()
-        from celltap.incubator.capture.afpacket import AfPacketCapture
+        from celltap.incubator.capture.afpacket import AfPacketCapture, blocks_of
 
         self.retire_ms = 10
+        self.max_blocks = blocks_of(self.batch_bytes)
         self.ring = AfPacketCapture(
             ifname,
-            block_size=self.block_size,
-            block_nr=self.blocks,
+            block_nr=blocks_of(self.ring_bytes),
             retire_ms=self.retire_ms,
             ignore_outgoing=False,
         )
@@ -317,7 +315,7 @@ class InterfaceSource(LiveSource):
             self.drops["capture_ring_full"] = self.drops.get("capture_ring_full", 0) + lost
 
     def read_batch(self) -> FrameBatch | None:
-        batch = self.ring.read_batch(max_blocks=32, max_frames=self.max_frames)
+        batch = self.ring.read_batch(max_blocks=self.max_blocks, max_frames=self.max_frames)
         if batch is None:
             return None
         try:

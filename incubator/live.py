@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from celltap.incubator.capture.afpacket import AfPacketCapture, MiB, blocks_of
 from celltap.incubator.capture.sources import CaptureUnavailable, PcapSource, netmap_available, parse_capture
 from celltap.incubator.cellsource import RegistryCells, StaticCells
 from celltap.incubator.config import Config, ConfigError
@@ -28,17 +29,10 @@ from celltap.pcap.batch import FrameBatch
 
 log = logging.getLogger("celltap.incubator")
 RESOLVE_EVERY_S = 0.02  # XDP: how often held fragments look for their first fragment in the kernel
-# Capture ring blocks of 256 KiB (`batch.ring_mb` of them in all, four per MiB).  The kernel hands a
-# block over when it is full or its retire timer (`batch.timeout_ms`) fires, so at a trickle each
-# block holds one timer slice: 1 MiB blocks let the default 64 MiB ring ride out 0.64 s of stall,
-# 256 KiB blocks 2.56 s, for the same memory.  Any frame (64 KiB at most) still fits a block.
-RING_BLOCK = 256 << 10
-BATCH_BYTES = 8 << 20  # frame bytes taken from the ring per read (whole blocks)
+BATCH_BYTES = 8 << 20  # frame bytes taken from the capture ring per read (whole blocks)
 
 
 def _open_afpacket(spec: str, cfg: Config, bpf: bytes | None = None) -> Any:
-    from celltap.incubator.capture.afpacket import AfPacketCapture
-
     kind, arg = parse_capture(spec)
     if kind == "xdp":  # the Python half of the XDP path, or its fallback: an AF_PACKET ring
         kind = "afpacket"
@@ -56,8 +50,7 @@ def _open_afpacket(spec: str, cfg: Config, bpf: bytes | None = None) -> Any:
     b = cfg["batch"]
     return AfPacketCapture(
         arg,
-        block_size=RING_BLOCK,
-        block_nr=max(2, b["ring_mb"]) * ((1 << 20) // RING_BLOCK),
+        block_nr=blocks_of(max(2, b["ring_mb"]) * MiB),  # small blocks: see afpacket.BLOCK_SIZE
         retire_ms=b["timeout_ms"],
         fanout_group=cfg["fanout_group"],
         bpf=bpf,
@@ -267,7 +260,7 @@ class Incubator:
     def run(self) -> int:
         """The data path loop."""
         timeout = self.cfg["batch"]["timeout_ms"]
-        max_blocks = BATCH_BYTES // RING_BLOCK
+        max_blocks = blocks_of(BATCH_BYTES)
         max_frames = self.cfg["batch"]["frames"]
         self._apply_cells()
         poller = select.poll()
